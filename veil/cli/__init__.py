@@ -1,0 +1,3 @@
+"""The `veil` command line (thin wiring; see veil.cli.main)."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""veil.cloud_service (later issues)."""
+
+__all__: list[str] = []

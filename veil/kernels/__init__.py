@@ -1,0 +1,3 @@
+"""veil.kernels (later issues)."""
+
+__all__: list[str] = []

@@ -1,0 +1,38 @@
+"""The one settings class (env prefix ``VEIL_``), shared by the CLI, the models and the service."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "get_settings"]
+
+
+def _default_data_dir() -> Path:
+    return Path.home() / ".veil"
+
+
+class Settings(BaseSettings):
+    """Runtime settings, read from ``VEIL_*`` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="VEIL_", extra="ignore")
+
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    """Where converted models, databases, reports and run outputs live."""
+
+    model: str = "smollm2-135m-instruct"
+    """A registered model name (``veil.models.loading.MODEL_REGISTRY``) or a local directory."""
+
+    database_url: str | None = None
+    """SQLAlchemy URL; ``None`` means SQLite in ``data_dir``."""
+
+    def resolved_data_dir(self) -> Path:
+        path = self.data_dir.expanduser()
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,65 @@
+"""Progress bars for long runs: rich on stderr, so ``--json`` output on stdout stays clean."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Protocol
+
+__all__ = ["Progress", "RichProgress", "NullProgress"]
+
+
+class Progress(Protocol):
+    """Something that shows how far a stage has come."""
+
+    def stage(self, description: str, total: int) -> StageHandle: ...
+
+
+class StageHandle(Protocol):
+    def advance(self, n: int = 1) -> None: ...
+
+
+class _NullHandle:
+    def advance(self, n: int = 1) -> None:
+        return None
+
+
+class NullProgress:
+    """Shows nothing (tests, library use)."""
+
+    @contextmanager
+    def stage(self, description: str, total: int) -> Iterator[_NullHandle]:
+        yield _NullHandle()
+
+
+class _RichHandle:
+    def __init__(self, progress: object, task: object) -> None:
+        self._progress = progress
+        self._task = task
+
+    def advance(self, n: int = 1) -> None:
+        self._progress.advance(self._task, n)  # type: ignore[attr-defined]
+
+
+class RichProgress:
+    """One rich progress bar per stage, on stderr."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._progress = Progress(
+            TextColumn("{task.description:<44}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=Console(file=sys.stderr),
+            transient=False,
+        )
+
+    @contextmanager
+    def stage(self, description: str, total: int) -> Iterator[_RichHandle]:
+        with self._progress:
+            task = self._progress.add_task(description, total=total)
+            yield _RichHandle(self._progress, task)

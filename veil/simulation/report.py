@@ -1,0 +1,157 @@
+"""The experiment's report: a self-contained ``report.html`` (plots embedded as PNG) and ``summary.json``."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+import platform
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from veil.simulation.experiments.personalization import ExperimentResult
+
+__all__ = ["write_report", "methods_table_rows"]
+
+_LABELS = {
+    "none": "no personalisation",
+    "static": "static embedding",
+    "idfree-beta": "IDfree-PL (Beta)",
+    "idfree-gaussian": "IDfree-PL (Gaussian)",
+    "idfree-basis_mixture": "IDfree-PL (basis mixture)",
+    "idfree-gaussian-gradient-return": "IDfree-PL (Gaussian, gradient-return)",
+    "on-device-finetune": "on-device fine-tuning",
+}
+
+
+def label(method: str) -> str:
+    return _LABELS.get(method, method)
+
+
+def methods_table_rows(result: ExperimentResult) -> list[list[str]]:
+    """Rows of the terminal/HTML table: method, accuracy, Bayes attribution, linkage attack, chance."""
+    rows = []
+    for m in result.methods:
+        attr = f"{m.attribution_accuracy:.3f}" if m.uploads_embedding else "n/a (no embedding)"
+        link = f"{m.linkage_accuracy:.3f}" if m.uploads_embedding else "n/a"
+        rows.append([label(m.method), f"{m.accuracy:.3f}", attr, link, f"{m.chance:.3f}"])
+    return rows
+
+
+def _png(fig: Any) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _plots(result: ExperimentResult) -> list[tuple[str, str]]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    names = [label(m.method) for m in result.methods]
+    out = []
+
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    ax.barh(names, [m.accuracy for m in result.methods], color="#4c72b0")
+    ax.set_xlabel("accuracy on held-out examples")
+    ax.set_xlim(0, 1)
+    ax.invert_yaxis()
+    ax.set_title("Accuracy per method")
+    out.append(("Accuracy per method", _png(fig)))
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    uploads = [m for m in result.methods if m.uploads_embedding]
+    y = range(len(uploads))
+    ax.barh(
+        [i - 0.2 for i in y],
+        [m.attribution_accuracy for m in uploads],
+        height=0.4,
+        label="Bayes-optimal attributor",
+        color="#c44e52",
+    )
+    ax.barh(
+        [i + 0.2 for i in y],
+        [m.linkage_accuracy for m in uploads],
+        height=0.4,
+        label="clustering linkage attack",
+        color="#dd8452",
+    )
+    ax.axvline(uploads[0].chance if uploads else 0, color="black", ls="--", label="chance (1/users)")
+    ax.set_yticks(list(y), [label(m.method) for m in uploads])
+    ax.set_xlim(0, 1.02)
+    ax.invert_yaxis()
+    ax.set_xlabel("share of uploads attributed to the right user")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title("Attribution of uploaded embeddings")
+    out.append(("Attribution accuracy against chance", _png(fig)))
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for family in sorted({m.family for m in result.frontier if m.family}):
+        pts = sorted((m for m in result.frontier if m.family == family), key=lambda m: m.attribution_accuracy)
+        ax.plot(
+            [m.attribution_accuracy for m in pts],
+            [m.accuracy for m in pts],
+            "o-",
+            label=f"IDfree-PL {family}",
+        )
+        for m in pts:
+            ax.annotate(
+                f"{m.spread:g}",
+                (m.attribution_accuracy, m.accuracy),
+                fontsize=7,
+                textcoords="offset points",
+                xytext=(3, 3),
+            )
+    for name, marker in (("none", "s"), ("static", "X")):
+        m = result.method(name)
+        ax.plot([m.attribution_accuracy], [m.accuracy], marker, ms=9, label=label(name))
+    ax.axvline(1.0 / result.users, color="grey", ls=":", label="chance")
+    ax.set_xlabel("Bayes-optimal attribution accuracy (lower is more private)")
+    ax.set_ylabel("accuracy")
+    ax.legend(fontsize=8)
+    ax.set_title("Privacy-utility frontier (labels: spread)")
+    out.append(("Privacy-utility frontier", _png(fig)))
+    plt.close(fig)
+    return out
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def write_report(result: ExperimentResult, out_dir: Path) -> tuple[Path, Path]:
+    """Write ``report.html`` and ``summary.json`` into ``out_dir``; returns their paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = {**result.to_json(), "machine": {"platform": platform.platform(), "cpus": os.cpu_count()}}
+    summary_path = out_dir / "summary.json"
+    _atomic_write(summary_path, json.dumps(summary, indent=2))
+    head = ["method", "accuracy", "Bayes attribution", "linkage attack", "chance"]
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
+        for row in methods_table_rows(result)
+    )
+    plots = "".join(
+        f"<h2>{html.escape(t)}</h2><img alt='{html.escape(t)}' src='data:image/png;base64,{b64}'>"
+        for t, b64 in _plots(result)
+    )
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Veil: IDfree-PL report</title>
+<style>body{{font-family:sans-serif;max-width:960px;margin:2em auto}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child{{text-align:left}}</style>
+</head><body><h1>ID-free personalisation: {html.escape(result.task)} on {html.escape(result.model)}</h1>
+<p>{result.users} users, {result.test_examples} held-out examples, {result.seconds:.0f} s on
+{html.escape(platform.machine())} with {os.cpu_count()} CPUs. Attribution is measured on fresh uploads of
+each method's embeddings; methods that upload no embedding are at chance by construction.</p>
+<table><tr>{"".join(f"<th>{h}</th>" for h in head)}</tr>{rows}</table>{plots}</body></html>"""
+    report_path = out_dir / "report.html"
+    _atomic_write(report_path, page)
+    return report_path, summary_path
