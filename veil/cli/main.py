@@ -24,7 +24,7 @@ app.add_typer(bench_app, name="bench")
 
 Quick = Annotated[bool, typer.Option("--quick", help="Tiny model and small data: minutes on 2 CPU cores.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of tables.")]
-Task = Annotated[str, typer.Option(help="classification | next_word")]
+Task = Annotated[str, typer.Option(help="next_word (keyboard) | classification")]
 Seed = Annotated[int, typer.Option(help="Random seed.")]
 
 
@@ -88,7 +88,7 @@ def _run_experiment(quick: bool, task: str, seed: int, as_json: bool) -> object:
 
 @experiment_app.command("personalization")
 def experiment_personalization(
-    quick: Quick = False, as_json: AsJson = False, task: Task = "classification", seed: Seed = 0
+    quick: Quick = False, as_json: AsJson = False, task: Task = "next_word", seed: Seed = 0
 ) -> None:
     """IDfree-PL against no personalisation, static embeddings and on-device fine-tuning."""
     result = _run_experiment(quick, task, seed, as_json)
@@ -100,7 +100,7 @@ def experiment_personalization(
 
 @app.command()
 def demo(
-    task: Task = "classification",
+    task: Task = "next_word",
     seed: Seed = 0,
     out: Annotated[Path | None, typer.Option(help="Output folder (default: the data dir).")] = None,
 ) -> None:

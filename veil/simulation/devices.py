@@ -78,18 +78,26 @@ def _split(indices: np.ndarray, frac: float, rng: np.random.Generator) -> tuple[
     return order[n_val:], order[:n_val]
 
 
-def _val_loss(
+def _val_losses(
     model: PersonalizedLM,
     data: TokenizedTask,
-    val: np.ndarray,
-    dist: UserDistribution,
+    val: Mapping[str, np.ndarray],
+    dists: Mapping[str, UserDistribution],
     rng: np.random.Generator,
-) -> float:
-    if val.size == 0:
-        return 0.0
+) -> dict[str, float]:
+    """Mean validation loss of every user (fresh samples), in one forward pass."""
+    users = [u for u in val if val[u].size]
+    if not users:
+        return {}
+    idx = np.concatenate([val[u] for u in users])
+    samples = np.concatenate([dists[u].sample(rng, size=val[u].size) for u in users])
     with torch.no_grad():
-        batch = data.batch(val, dist.sample(rng, size=val.size))
-        return float(row_losses(model, batch, data.task).mean())
+        losses = row_losses(model, data.batch(idx, samples), data.task).numpy()
+    out, offset = {}, 0
+    for u in users:
+        out[u] = float(losses[offset : offset + val[u].size].mean())
+        offset += val[u].size
+    return out
 
 
 def learn_distributions(
@@ -151,11 +159,12 @@ def learn_distributions(
                 for (u, c), e in zip(chunks.items(), samples_np, strict=True):
                     learners[u].step(e, grads[offset : offset + c.size] / c.size)
                     offset += c.size
+        now = {u: current(u) for u in users}
+        val_losses = _val_losses(model, data, {u: splits[u][1] for u in users}, now, rng)
         for u in users:
-            dist = current(u)
-            loss = _val_loss(model, data, splits[u][1], dist, rng)
-            if loss < best[u][0] or splits[u][1].size == 0:
-                best[u] = (loss, dist)
+            loss = val_losses.get(u, -np.inf)  # no validation split: keep the latest parameters
+            if loss < best[u][0] or u not in val_losses:
+                best[u] = (loss, now[u])
         if on_epoch is not None:
             on_epoch(epoch)
     return {u: best[u][1] for u in users}
