@@ -117,6 +117,12 @@ class OnDeviceLearner:
         released code's fixed-scale Gaussian variant.
     max_grad_norm : float, optional
         If given, rescale the gradient so its global L2 norm is at most this value.
+    prior_weight : float
+        Weight ``lambda`` of a pull toward the starting (population prior) parameters: the loss gains
+        ``lambda/2 * sum((theta - theta_0)**2)`` over the trainable unconstrained parameters. For a
+        Gaussian mean with fixed std ``s`` this is ``lambda * s**2 * KL(P || P_0)``: it keeps users close
+        to each other, the paper's second way to prevent attribution. ``0`` (default) is the paper's
+        training, whose KL regulariser is defined but not called.
     """
 
     def __init__(
@@ -125,6 +131,7 @@ class OnDeviceLearner:
         lr: float = 0.05,
         trainable: Iterable[str] | None = None,
         max_grad_norm: float | None = None,
+        prior_weight: float = 0.0,
     ) -> None:
         if not isinstance(distribution, UserDistribution):
             raise ValueError(f"distribution must be a UserDistribution, got {type(distribution).__name__}")
@@ -134,7 +141,11 @@ class OnDeviceLearner:
             raise ValueError(f"trainable must be a non-empty subset of {sorted(names)}, got {sorted(chosen)}")
         if max_grad_norm is not None and not (np.isfinite(max_grad_norm) and max_grad_norm > 0):
             raise ValueError(f"max_grad_norm must be a finite number > 0 or None, got {max_grad_norm}")
+        if not (np.isfinite(prior_weight) and prior_weight >= 0):
+            raise ValueError(f"prior_weight must be a finite number >= 0, got {prior_weight}")
         self._distribution = distribution
+        self.prior_weight = float(prior_weight)
+        self._anchor = {k: v.copy() for k, v in distribution.unconstrained().items() if k in chosen}
         self.trainable = frozenset(chosen)
         self.max_grad_norm = max_grad_norm
         self.optimizer = Adam(lr=lr)
@@ -165,6 +176,8 @@ class OnDeviceLearner:
             if norm > self.max_grad_norm:
                 grads = {k: g * (self.max_grad_norm / norm) for k, g in grads.items()}
         params = {k: v for k, v in self._distribution.unconstrained().items() if k in self.trainable}
+        if self.prior_weight:
+            grads = {k: g + self.prior_weight * (params[k] - self._anchor[k]) for k, g in grads.items()}
         new_params = self.optimizer.step(params, grads)
         self._distribution = self._distribution.with_unconstrained(new_params)
         return self._distribution

@@ -52,6 +52,8 @@ class DeviceLearningConfig:
         that barely moves them in 20 epochs of a small local set, so the default here is 0.05.
     val_fraction: held-out share of each user's examples for keeping the best parameters (paper: 0.1).
     trainable: names of unconstrained parameters to learn; ``None`` learns all of them.
+    prior_weight: pull of the trainable parameters toward their starting values (the population
+        prior), ``lambda/2 * ||theta - theta_0||^2`` per user (see ``OnDeviceLearner``); 0 is the paper.
     seed: sampling and shuffling.
     """
 
@@ -61,6 +63,7 @@ class DeviceLearningConfig:
     lr: float = 0.05
     val_fraction: float = 0.1
     trainable: tuple[str, ...] | None = None
+    prior_weight: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -68,6 +71,8 @@ class DeviceLearningConfig:
             raise ValueError(f"mode must be 'local' or 'gradient_return', got {self.mode!r}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
+        if not (np.isfinite(self.prior_weight) and self.prior_weight >= 0):
+            raise ValueError(f"prior_weight must be >= 0, got {self.prior_weight}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
 
@@ -127,12 +132,16 @@ def learn_distributions(
             for name, param in twin.named_parameters():
                 param.requires_grad_(cfg.trainable is None or name in cfg.trainable)
         params = [p for t in twins.values() for p in t.parameters() if p.requires_grad]
+        anchors = [p.detach().clone() for p in params]
         optim = torch.optim.Adam(params, lr=cfg.lr)
         current: Callable[[str], UserDistribution] = lambda u: twins[u].to_numpy()  # noqa: E731
     else:
         if oracle is None:
             oracle = lambda idx, e: embedding_gradients(model, data, idx, e)  # noqa: E731
-        learners = {u: OnDeviceLearner(init[u], lr=cfg.lr, trainable=cfg.trainable) for u in users}
+        learners = {
+            u: OnDeviceLearner(init[u], lr=cfg.lr, trainable=cfg.trainable, prior_weight=cfg.prior_weight)
+            for u in users
+        }
         current = lambda u: learners[u].distribution  # noqa: E731
 
     best = {u: (np.inf, init[u]) for u in users}
@@ -149,8 +158,12 @@ def learn_distributions(
                 batch.embeddings = torch.cat(samples, dim=0)
                 losses = row_losses(model, batch, data.task)
                 weights = torch.cat([torch.full((c.size,), 1.0 / c.size) for c in chunks.values()])
+                loss = (losses * weights).sum()
+                if cfg.prior_weight:
+                    pull = sum(((p - a) ** 2).sum() for p, a in zip(params, anchors, strict=True))
+                    loss = loss + 0.5 * cfg.prior_weight * pull
                 optim.zero_grad(set_to_none=True)
-                (losses * weights).sum().backward()
+                loss.backward()
                 optim.step()
             else:
                 samples_np = [learners[u].distribution.sample(rng, size=c.size) for u, c in chunks.items()]

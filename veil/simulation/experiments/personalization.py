@@ -127,11 +127,11 @@ class ExperimentConfig:
             ),
             max_tokens=32,
             stage1=TrainConfig(epochs=2, lr=3e-3, batch_size=32, seed=seed),
-            stage2=DeviceLearningConfig(epochs=12, batch_size=12, lr=0.1, seed=seed),
+            stage2=DeviceLearningConfig(epochs=12, batch_size=12, lr=0.5, seed=seed),
             stage3=TrainConfig(epochs=6, lr=3e-3, batch_size=32, seed=seed),
             ondevice=TrainConfig(epochs=4, lr=2e-3, batch_size=8, seed=seed),
-            spreads={"beta": (20.0, 3.0), "gaussian": (0.5, 2.0), "basis_mixture": (0.25, 1.0)},
-            default_spread={"beta": 20.0, "gaussian": 0.5, "basis_mixture": 0.25},
+            spreads={"beta": (20.0, 3.0), "gaussian": (1.0, 8.0), "basis_mixture": (0.25, 1.0)},
+            default_spread={"beta": 20.0, "gaussian": 1.0, "basis_mixture": 0.25},
             seed=seed,
         )
 
