@@ -50,7 +50,7 @@ def test_mixed_batch_matches_row_by_row_reference(tiny_base, placement: str) -> 
     with torch.no_grad():
         out = wrapped(ids, mask, emb, has)
         for r in range(3):
-            soft = emb[r] if has[r] else torch.zeros(2, 64)  # population embedding
+            soft = emb[r] if has[r] else None  # no embedding: the population model, no soft token
             ref = _reference(tiny_base, ids[r][mask[r].bool()], soft, placement)
             torch.testing.assert_close(out[r, -ref.shape[0] :], ref, rtol=1e-5, atol=1e-5)
 
@@ -61,10 +61,12 @@ def test_embedding_changes_the_output(tiny_base) -> None:
     with torch.no_grad():
         a = wrapped.classify(ids, mask, torch.zeros(3, 1, 64))
         b = wrapped.classify(ids, mask, torch.ones(3, 1, 64))
-        c = wrapped.classify(ids, mask)  # no embedding: the population (zero) embedding
+        c = wrapped.classify(ids, mask)  # no embedding: the population model
+        d = wrapped.classify(ids, mask, torch.ones(3, 1, 64), torch.tensor([False, False, False]))
     assert a.shape == (3, 3)
     assert not torch.allclose(a, b)
-    torch.testing.assert_close(a, c)
+    assert not torch.allclose(a, c)
+    torch.testing.assert_close(c, d)
 
 
 def test_generate_with_prefix_matches_base(tiny_base) -> None:

@@ -7,8 +7,10 @@ the input-embedding layer, as in the paper's released code:
   pooling position (the last one), where the classification head reads.
 - ``placement="prefix"`` (generation): prepended to the text, as a soft prompt.
 
-Rows without an embedding get the *population embedding* (zeros, the paper's cold-start choice), so a
-batch may mix personalised and unpersonalised rows. Every sequence is re-packed left-padded, so the last
+Rows without an embedding are served by the *population model*: the same network with no soft token
+(their text is packed exactly as the base model would see it), so a batch may mix personalised and
+unpersonalised rows. The paper's released code feeds cold-start users a zero embedding instead; on
+SmolLM2 an attended all-zero input vector made every gradient NaN (measured), so we do not. Every sequence is re-packed left-padded, so the last
 position is the pooling/next-token position for all rows and ``generate`` works directly. With
 ``n_tokens == 0`` the wrapper is the base model, logit for logit.
 """
@@ -81,10 +83,11 @@ class PersonalizedLM(nn.Module):
         self.base = base
         self.config = config or PersonalizationConfig()
         self.hidden_size = int(base.get_input_embeddings().weight.shape[1])
-        n = self.config.n_tokens
-        dtype = base.get_input_embeddings().weight.dtype
-        self.register_buffer("population_embedding", torch.zeros(n, self.hidden_size, dtype=dtype))
         self.head = nn.Linear(self.hidden_size, self.config.num_labels) if self.config.num_labels else None
+
+    @property
+    def device(self) -> torch.device:
+        return self.base.get_input_embeddings().weight.device
 
     @property
     def embedding_shape(self) -> tuple[int, int]:
@@ -113,49 +116,40 @@ class PersonalizedLM(nn.Module):
         user_embedding:
             ``(B, n_tokens, hidden)`` or ``None`` (every row unpersonalised).
         has_embedding:
-            ``(B,)`` bool; rows where it is False use the population embedding. Defaults to all True
-            when ``user_embedding`` is given.
+            ``(B,)`` bool; rows where it is False get no soft token (the population model). Defaults to
+            all True when ``user_embedding`` is given.
         """
         batch, length = input_ids.shape
         n = self.config.n_tokens
         text = self.base.get_input_embeddings()(input_ids)  # (B, T, H)
         mask = attention_mask.to(torch.bool)
         lengths = mask.sum(dim=1)  # (B,)
-        if n == 0:
-            soft = text.new_zeros(batch, 0, self.hidden_size)
+        if user_embedding is None or n == 0:
+            n_row = torch.zeros_like(lengths)
+            soft = text.new_zeros(batch, max(n, 1), self.hidden_size)
         else:
-            pop = self.population_embedding.to(text.dtype).expand(batch, n, self.hidden_size)
-            if user_embedding is None:
-                soft = pop
-            else:
-                self._check_embedding(user_embedding, batch)
-                soft = user_embedding.to(text.dtype)
-                if has_embedding is not None:
-                    soft = torch.where(has_embedding.view(batch, 1, 1).to(torch.bool), soft, pop)
-        out_len = length + n
-        # Source index of each real text token, in order, per row: first real position + offset.
-        first = torch.argmax(mask.to(torch.int64), dim=1)  # (B,)
+            self._check_embedding(user_embedding, batch)
+            soft = user_embedding.to(text.dtype)
+            has = torch.ones_like(mask[:, 0]) if has_embedding is None else has_embedding.to(torch.bool)
+            n_row = has.to(lengths.dtype) * n  # (B,): soft tokens of each row
+        out_len = length + (n if user_embedding is not None else 0)
+        first = torch.argmax(mask.to(torch.int64), dim=1)  # (B,): first real text position
         pos = torch.arange(out_len, device=input_ids.device).unsqueeze(0)  # (1, L)
-        start = (out_len - lengths - n).unsqueeze(1)  # (B, 1): where each row's content begins
-        rel = pos - start  # (B, L): index into [content] for each output position
+        rel = pos - (out_len - lengths - n_row).unsqueeze(1)  # (B, L): index into the row's content
         valid = rel >= 0
         if self.config.placement == "prefix":
-            is_soft = valid & (rel < n)
-            text_rel = rel - n
+            is_soft = valid & (rel < n_row.unsqueeze(1))
+            text_rel, soft_rel = rel - n_row.unsqueeze(1), rel
         else:
             is_soft = valid & (rel >= lengths.unsqueeze(1))
-            text_rel = rel
+            text_rel, soft_rel = rel, rel - lengths.unsqueeze(1)
         text_src = (first.unsqueeze(1) + text_rel).clamp(0, length - 1)  # (B, L)
-        gathered_text = torch.gather(text, 1, text_src.unsqueeze(-1).expand(-1, -1, self.hidden_size))
-        soft_rel = (rel if self.config.placement == "prefix" else rel - lengths.unsqueeze(1)).clamp(
-            0, max(n - 1, 0)
-        )
-        if n > 0:
-            gathered_soft = torch.gather(soft, 1, soft_rel.unsqueeze(-1).expand(-1, -1, self.hidden_size))
-            embeds = torch.where(is_soft.unsqueeze(-1), gathered_soft, gathered_text)
-        else:
-            embeds = gathered_text
-        embeds = embeds * valid.unsqueeze(-1).to(embeds.dtype)  # (B, L, H), zeros on padding
+        index = text_src.unsqueeze(-1).expand(-1, -1, self.hidden_size)
+        embeds = torch.gather(text, 1, index)  # (B, L, H)
+        if n > 0 and user_embedding is not None:
+            soft_index = soft_rel.clamp(0, n - 1).unsqueeze(-1).expand(-1, -1, self.hidden_size)
+            embeds = torch.where(is_soft.unsqueeze(-1), torch.gather(soft, 1, soft_index), embeds)
+        embeds = embeds * valid.unsqueeze(-1).to(embeds.dtype)  # zeros on padding
         out_mask = valid.to(attention_mask.dtype)
         position_ids = (out_mask.cumsum(dim=1) - 1).clamp(min=0)
         return PackedInputs(embeds, out_mask, position_ids)

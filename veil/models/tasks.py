@@ -100,17 +100,21 @@ def tokenize_task(
 
 
 def logits_for(model: PersonalizedLM, batch: Batch, task: Task) -> Tensor:
-    """Class logits ``(B, C)`` or next-token logits ``(B, V)``."""
+    """Class logits ``(B, C)`` or next-token logits ``(B, V)``, on the model's device."""
     fn = model.classify if task == "classification" else model.next_token_logits
-    return fn(batch.input_ids, batch.attention_mask, batch.embeddings, batch.has_embedding)
+    dev = model.device
+    emb = None if batch.embeddings is None else batch.embeddings.to(dev)
+    has = None if batch.has_embedding is None else batch.has_embedding.to(dev)
+    return fn(batch.input_ids.to(dev), batch.attention_mask.to(dev), emb, has)
 
 
 def row_losses(model: PersonalizedLM, batch: Batch, task: Task) -> Tensor:
-    """Cross-entropy per row, ``(B,)``."""
-    return F.cross_entropy(logits_for(model, batch, task), batch.targets, reduction="none")
+    """Cross-entropy per row, ``(B,)`` (on the model's device)."""
+    logits = logits_for(model, batch, task)
+    return F.cross_entropy(logits, batch.targets.to(logits.device), reduction="none")
 
 
 @torch.no_grad()
 def predict(model: PersonalizedLM, batch: Batch, task: Task) -> Tensor:
-    """Top-1 predicted target per row, ``(B,)``."""
-    return logits_for(model, batch, task).argmax(dim=-1)
+    """Top-1 predicted target per row, ``(B,)``, on the CPU."""
+    return logits_for(model, batch, task).argmax(dim=-1).cpu()

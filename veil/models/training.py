@@ -219,4 +219,4 @@ def embedding_gradients(
     finally:
         for p, flag in zip(model.parameters(), flags, strict=True):
             p.requires_grad_(flag)
-    return losses.detach().numpy(), grad.numpy().astype(np.float64)
+    return losses.detach().cpu().numpy(), grad.cpu().numpy().astype(np.float64)

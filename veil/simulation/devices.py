@@ -97,7 +97,7 @@ def _val_losses(
     idx = np.concatenate([val[u] for u in users])
     samples = np.concatenate([dists[u].sample(rng, size=val[u].size) for u in users])
     with torch.no_grad():
-        losses = row_losses(model, data.batch(idx, samples), data.task).numpy()
+        losses = row_losses(model, data.batch(idx, samples), data.task).cpu().numpy()
     out, offset = {}, 0
     for u in users:
         out[u] = float(losses[offset : offset + val[u].size].mean())
@@ -158,6 +158,7 @@ def learn_distributions(
                 batch.embeddings = torch.cat(samples, dim=0)
                 losses = row_losses(model, batch, data.task)
                 weights = torch.cat([torch.full((c.size,), 1.0 / c.size) for c in chunks.values()])
+                weights = weights.to(losses.device)
                 loss = (losses * weights).sum()
                 if cfg.prior_weight:
                     pull = sum(((p - a) ** 2).sum() for p, a in zip(params, anchors, strict=True))

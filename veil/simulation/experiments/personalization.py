@@ -68,6 +68,7 @@ class ExperimentConfig:
     attribution_uploads: fresh uploads per user for the attribution estimates.
     rounds: stage 2 and stage 3 alternate this many times (the paper's ``--init_path`` restarts stage 2
         from the previous parameters; alternation itself is our reading of it).
+    device: torch device for the model (``"auto"``: CUDA when available, else CPU).
     seed: everything random in the run.
     """
 
@@ -98,6 +99,7 @@ class ExperimentConfig:
     gradient_return_family: str | None = "gaussian"
     attribution_uploads: int = 50
     rounds: int = 1
+    device: str = "auto"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -137,8 +139,18 @@ class ExperimentConfig:
 
     @classmethod
     def full(cls, task: str = "next_word", seed: int = 0) -> ExperimentConfig:
-        """SmolLM2-135M-Instruct on the default population (paper settings where they fit)."""
-        return cls(population=PopulationConfig(task=task, seed=seed), seed=seed)
+        """SmolLM2-135M-Instruct on the default population (paper settings where they fit: 20 local
+        epochs, the Gaussian's fixed scale 0.2, Beta starting at alpha=2, beta=5)."""
+        return cls(
+            population=PopulationConfig(task=task, seed=seed),
+            stage1=TrainConfig(epochs=2, lr=5e-5, batch_size=16, seed=seed),
+            stage2=DeviceLearningConfig(epochs=20, batch_size=16, lr=0.5, seed=seed),
+            stage3=TrainConfig(epochs=3, lr=1e-4, batch_size=16, seed=seed),
+            ondevice=TrainConfig(epochs=3, lr=1e-4, batch_size=8, seed=seed),
+            spreads={"beta": (7.0, 2.0), "gaussian": (0.2, 1.0, 4.0), "basis_mixture": (0.25, 1.0)},
+            default_spread={"beta": 7.0, "gaussian": 0.2, "basis_mixture": 0.25},
+            seed=seed,
+        )
 
 
 @dataclass
@@ -226,7 +238,8 @@ class _Run:
             self.owner[i] = ex.user
         placement = "suffix" if task == "classification" else "prefix"
         num_labels = len(self.population.labels) if task == "classification" else None
-        self.model = PersonalizedLM(loaded.model, PersonalizationConfig(1, placement, num_labels))
+        device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+        self.model = PersonalizedLM(loaded.model, PersonalizationConfig(1, placement, num_labels)).to(device)
         self.shape = self.model.embedding_shape
         self.stage1_state: dict[str, torch.Tensor] | None = None
         self.basis_means = np.random.default_rng(cfg.seed + 17).normal(
