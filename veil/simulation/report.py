@@ -14,7 +14,7 @@ from typing import Any
 
 from veil.simulation.experiments.personalization import ExperimentResult
 
-__all__ = ["write_report", "methods_table_rows"]
+__all__ = ["label", "methods_table_rows", "write_report"]
 
 _LABELS = {
     "none": "no personalisation",
