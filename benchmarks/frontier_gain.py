@@ -31,12 +31,9 @@ TASKS = ("next_word", "classification")
 
 def _quiet_libraries() -> None:
     os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from transformers.utils import logging as hf_logging
+    from veil.models.loading import quiet_transformers
 
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
+    quiet_transformers()
 
 
 def run_quick(task: str, seed: int) -> dict[str, Any]:

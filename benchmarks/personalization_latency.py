@@ -30,12 +30,9 @@ TARGET_RATIO = 1.05
 
 def _quiet_libraries() -> None:
     os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from transformers.utils import logging as hf_logging
+    from veil.models.loading import quiet_transformers
 
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
+    quiet_transformers()
 
 
 def cpu_model() -> str:
@@ -51,42 +48,10 @@ def cpu_model() -> str:
 
 
 def full_sequence_latency(loaded: Any, batch: int, tokens: int, repeats: int) -> dict[str, Any]:
-    """Like ``personalization_latency`` but with logits at every position, ``(B, T[+1], vocab)``.
+    """Like ``personalization_latency`` but with logits at every position, ``(B, T[+1], vocab)``."""
+    from veil.models.benchmarking import interleaved_latency
 
-    Calls are interleaved, as in the next-token benchmark, so load drift hits both paths alike.
-    """
-    import numpy as np
-    import torch
-
-    from veil.models.benchmarking import time_calls
-    from veil.models.personalization import PersonalizationConfig, PersonalizedLM
-
-    base = loaded.model
-    wrapped = PersonalizedLM(base, PersonalizationConfig(n_tokens=1, placement="prefix"))
-    gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(3, base.config.vocab_size, (batch, tokens), generator=gen)
-    mask = torch.ones_like(ids)
-    emb = torch.randn(batch, 1, wrapped.hidden_size, generator=gen) * 0.02
-
-    def plain() -> None:
-        base(input_ids=ids, attention_mask=mask)
-
-    def personal() -> None:
-        wrapped(ids, mask, emb)
-
-    with torch.inference_mode():
-        for _ in range(3):
-            plain(), personal()
-        a, b = np.empty(repeats), np.empty(repeats)
-        for i in range(repeats):
-            a[i] = time_calls(plain, 1, warmup=0)[0]
-            b[i] = time_calls(personal, 1, warmup=0)[0]
-    stats = {
-        k: {"median_ms": float(np.median(v)), "p90_ms": float(np.percentile(v, 90))}
-        for k, v in (("unpersonalised", a), ("personalised", b))
-    }
-    ratio = stats["personalised"]["median_ms"] / stats["unpersonalised"]["median_ms"]
-    return {"batch": batch, "tokens": tokens, "repeats": repeats, **stats, "ratio": ratio}
+    return interleaved_latency(loaded.model, batch, tokens, repeats, full_sequence=True)
 
 
 def _positive(text: str) -> int:

@@ -11,7 +11,7 @@ import torch
 
 from veil.models.personalization import PersonalizationConfig, PersonalizedLM
 
-__all__ = ["personalization_latency", "time_calls"]
+__all__ = ["interleaved_latency", "personalization_latency", "time_calls"]
 
 
 def time_calls(fn: Any, repeats: int, warmup: int = 3) -> np.ndarray:
@@ -26,19 +26,15 @@ def time_calls(fn: Any, repeats: int, warmup: int = 3) -> np.ndarray:
     return out
 
 
-@torch.inference_mode()
-def personalization_latency(model_name: str | None, batch: int, tokens: int, repeats: int) -> dict[str, Any]:
-    """Next-token forward pass with and without a user embedding, same model, same batch.
+def interleaved_latency(
+    base: Any, batch: int, tokens: int, repeats: int, full_sequence: bool = False
+) -> dict[str, Any]:
+    """Time the bare model against ``PersonalizedLM`` (one prefix soft token) on the same batch.
 
-    The baseline is the bare transformers model on the token batch; the personalised path packs one
-    soft token per row (prefix) through :class:`PersonalizedLM`. Calls are interleaved so drifts in
-    machine load hit both paths alike.
+    Next-token logits by default, logits at every position with ``full_sequence``. Calls are
+    interleaved so drifts in machine load hit both paths alike. Returns per-path median and p90 ms
+    and their ``ratio``.
     """
-    from veil.models.loading import load_model
-    from veil.settings import get_settings
-
-    loaded = load_model(model_name or get_settings().model)
-    base = loaded.model
     wrapped = PersonalizedLM(base, PersonalizationConfig(n_tokens=1, placement="prefix"))
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(3, base.config.vocab_size, (batch, tokens), generator=gen)
@@ -46,27 +42,41 @@ def personalization_latency(model_name: str | None, batch: int, tokens: int, rep
     emb = torch.randn(batch, 1, wrapped.hidden_size, generator=gen) * 0.02
 
     def plain() -> None:
-        base(input_ids=ids, attention_mask=mask, logits_to_keep=1)
+        if full_sequence:
+            base(input_ids=ids, attention_mask=mask)
+        else:
+            base(input_ids=ids, attention_mask=mask, logits_to_keep=1)
 
     def personal() -> None:
-        wrapped.next_token_logits(ids, mask, emb)
+        if full_sequence:
+            wrapped(ids, mask, emb)
+        else:
+            wrapped.next_token_logits(ids, mask, emb)
 
-    for _ in range(3):
-        plain(), personal()
-    a, b = np.empty(repeats), np.empty(repeats)
-    for i in range(repeats):
-        a[i] = time_calls(plain, 1, warmup=0)[0]
-        b[i] = time_calls(personal, 1, warmup=0)[0]
+    with torch.inference_mode():
+        for _ in range(3):
+            plain(), personal()
+        a, b = np.empty(repeats), np.empty(repeats)
+        for i in range(repeats):
+            a[i] = time_calls(plain, 1, warmup=0)[0]
+            b[i] = time_calls(personal, 1, warmup=0)[0]
     stats = {
         k: {"median_ms": float(np.median(v)), "p90_ms": float(np.percentile(v, 90))}
         for k, v in (("unpersonalised", a), ("personalised", b))
     }
+    ratio = stats["personalised"]["median_ms"] / stats["unpersonalised"]["median_ms"]
+    return {"batch": batch, "tokens": tokens, "repeats": repeats, **stats, "ratio": ratio}
+
+
+def personalization_latency(model_name: str | None, batch: int, tokens: int, repeats: int) -> dict[str, Any]:
+    """Next-token forward pass with and without a user embedding, same model, same batch."""
+    from veil.models.loading import load_model
+    from veil.settings import get_settings
+
+    loaded = load_model(model_name or get_settings().model)
+    result = interleaved_latency(loaded.model, batch, tokens, repeats)
     return {
         "model": loaded.name,
-        "batch": batch,
-        "tokens": tokens,
-        "repeats": repeats,
-        **stats,
-        "ratio": stats["personalised"]["median_ms"] / stats["unpersonalised"]["median_ms"],
+        **result,
         "machine": f"{platform.machine()} CPU x{torch.get_num_threads()} threads",
     }

@@ -24,6 +24,7 @@ from typing import Any
 
 __all__ = [
     "MODEL_REGISTRY",
+    "quiet_transformers",
     "LoadedModel",
     "ModelLoadError",
     "load_model",
@@ -53,6 +54,16 @@ class LoadedModel:
 def _offline() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def quiet_transformers() -> None:
+    """Offline hub, no transformers progress bars or warnings: for CLI and benchmark output."""
+    _offline()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
 
 
 def _smollm2_package_dir() -> Path:
