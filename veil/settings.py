@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings", "get_settings"]
@@ -27,6 +28,12 @@ class Settings(BaseSettings):
 
     database_url: str | None = None
     """SQLAlchemy URL; ``None`` means SQLite in ``data_dir``."""
+
+    environment: Literal["development", "production"] = "development"
+    """``production`` refuses secrets the service would otherwise generate for itself."""
+
+    gateway_kek: SecretStr | None = None
+    """Base64 of the 32-byte key that encrypts the OHTTP gateway's private keys at rest."""
 
     def resolved_data_dir(self) -> Path:
         path = self.data_dir.expanduser()

@@ -13,6 +13,8 @@ from typing import Annotated
 
 import typer
 
+from veil.cli.errors import UserError
+
 __all__ = ["app", "main"]
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Veil: ID-free personalised LLMs.")
@@ -25,10 +27,6 @@ Quick = Annotated[bool, typer.Option("--quick", help="Tiny model and small data:
 AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of tables.")]
 Task = Annotated[str, typer.Option(help="next_word (keyboard) | classification")]
 Seed = Annotated[int, typer.Option(help="Random seed.")]
-
-
-class UserError(Exception):
-    """Raised for errors that are the caller's to fix; printed as one line, exit code 2."""
 
 
 def _quiet_libraries() -> None:
@@ -140,6 +138,15 @@ def bench_latency(
         f"overhead ratio (personalised / unpersonalised median): {result['ratio']:.3f} "
         f"(target < 1.05) on {result['machine']}"
     )
+
+
+def _register_service_commands() -> None:
+    from veil.cli import service
+
+    service.register(app)
+
+
+_register_service_commands()
 
 
 def main() -> None:

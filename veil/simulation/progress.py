@@ -13,15 +13,20 @@ __all__ = ["Progress", "RichProgress", "NullProgress"]
 class Progress(Protocol):
     """Something that shows how far a stage has come."""
 
-    def stage(self, description: str, total: int) -> StageHandle: ...
+    def stage(self, description: str, total: int | None) -> StageHandle: ...
 
 
 class StageHandle(Protocol):
     def advance(self, n: int = 1) -> None: ...
 
+    def update(self, completed: int, total: int | None = None) -> None: ...
+
 
 class _NullHandle:
     def advance(self, n: int = 1) -> None:
+        return None
+
+    def update(self, completed: int, total: int | None = None) -> None:
         return None
 
 
@@ -29,7 +34,7 @@ class NullProgress:
     """Shows nothing (tests, library use)."""
 
     @contextmanager
-    def stage(self, description: str, total: int) -> Iterator[_NullHandle]:
+    def stage(self, description: str, total: int | None) -> Iterator[_NullHandle]:
         yield _NullHandle()
 
 
@@ -40,6 +45,10 @@ class _RichHandle:
 
     def advance(self, n: int = 1) -> None:
         self._progress.advance(self._task, n)  # type: ignore[attr-defined]
+
+    def update(self, completed: int, total: int | None = None) -> None:
+        """Set the position (and the total, when it is only known once the stage runs)."""
+        self._progress.update(self._task, completed=completed, total=total)  # type: ignore[attr-defined]
 
 
 class RichProgress:
@@ -59,7 +68,7 @@ class RichProgress:
         )
 
     @contextmanager
-    def stage(self, description: str, total: int) -> Iterator[_RichHandle]:
+    def stage(self, description: str, total: int | None) -> Iterator[_RichHandle]:
         with self._progress:
             task = self._progress.add_task(description, total=total)
             yield _RichHandle(self._progress, task)

@@ -1,0 +1,196 @@
+"""Service commands: ``veil serve``, ``veil relay``, ``veil keys ...``, ``veil train personalized``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from veil.cli.errors import UserError
+
+__all__ = ["register"]
+
+keys_app = typer.Typer(no_args_is_help=True, help="API keys for cloud API consumers (stored hashed).")
+train_app = typer.Typer(no_args_is_help=True, help="Training jobs on the stored uploads.")
+
+Host = Annotated[str, typer.Option(help="Interface to listen on.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of tables.")]
+
+
+def _sessions():  # -> sessionmaker
+    from veil.cloud_service.store.db import make_engine, migrate, session_factory
+    from veil.settings import get_settings
+
+    settings = get_settings()
+    engine = make_engine(settings.database_url, settings.resolved_data_dir())
+    migrate(engine)
+    return session_factory(engine)
+
+
+def serve(
+    host: Host = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    model: Annotated[str | None, typer.Option(help="Model or checkpoint to serve (default VEIL_MODEL).")] = None,
+    max_batch: Annotated[int, typer.Option(help="Most requests per model batch.")] = 8,
+) -> None:
+    """Start the API and the OHTTP gateway (data directory from VEIL_DATA_DIR)."""
+    import dataclasses
+
+    import uvicorn
+
+    from veil.cloud_service.app import create_app
+    from veil.cloud_service.config import ServiceConfig
+    from veil.cloud_service.engine import EngineConfig
+    from veil.models.loading import quiet_transformers
+
+    if not 0 < port < 65536:
+        raise UserError(f"port must be in 1..65535, got {port}")
+    quiet_transformers()
+    config = ServiceConfig.from_settings()
+    config = dataclasses.replace(
+        config, model=model or config.model, engine=EngineConfig(max_batch=max_batch)
+    )
+    typer.echo(f"veil: serving {config.model} on http://{host}:{port} (data: {config.data_dir})", err=True)
+    uvicorn.run(create_app(config), host=host, port=port, access_log=False, log_level="warning")
+
+
+def relay(
+    gateway: Annotated[str, typer.Option(help="Base URL of the gateway, e.g. http://127.0.0.1:8000.")],
+    host: Host = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8080,
+    hold_window_ms: Annotated[
+        float, typer.Option(help="Hold requests up to this long and forward them shuffled (0: off).")
+    ] = 0.0,
+    max_body_kb: Annotated[int, typer.Option(help="Largest encapsulated request accepted.")] = 1024,
+) -> None:
+    """Start an Oblivious HTTP relay: forwards encapsulated bodies only, strips every client header."""
+    from veil.cloud_service.relay import RelayConfig, run_relay
+
+    if not gateway.startswith(("http://", "https://")):
+        raise UserError(f"--gateway must be an http(s) URL, got {gateway!r}")
+    if hold_window_ms < 0:
+        raise UserError(f"--hold-window-ms must be >= 0, got {hold_window_ms}")
+    config = RelayConfig(
+        gateway_url=gateway.rstrip("/"), hold_window_s=hold_window_ms / 1000.0, max_body_bytes=max_body_kb * 1024
+    )
+    typer.echo(f"veil: relay on http://{host}:{port} -> {config.gateway_url}", err=True)
+    run_relay(config, host, port)
+
+
+@keys_app.command("create")
+def keys_create(
+    label: Annotated[str, typer.Option(help="What the key is for (e.g. the consuming service).")] = "default",
+) -> None:
+    """Create an API key; the key is printed once, alone on the last line."""
+    from veil.cloud_service.store.repository import create_api_key
+
+    if not label.strip() or len(label) > 200:
+        raise UserError("--label must be 1..200 characters")
+    with _sessions()() as session:
+        key = create_api_key(session, label.strip())
+    typer.echo("Store this key now; only its hash is kept:", err=True)
+    typer.echo(key)
+
+
+@keys_app.command("list")
+def keys_list(as_json: AsJson = False) -> None:
+    """List API keys (prefix, label, day created, revoked); never the keys themselves."""
+    from dataclasses import asdict
+
+    from veil.cloud_service.store.repository import list_api_keys
+
+    with _sessions()() as session:
+        keys = list_api_keys(session)
+    rows = [{k: str(v) if not isinstance(v, bool) else v for k, v in asdict(info).items()} for info in keys]
+    if as_json:
+        typer.echo(json.dumps({"keys": rows}))
+        return
+    for row in rows:
+        typer.echo("  ".join(f"{k}={v}" for k, v in row.items()))
+
+
+@keys_app.command("revoke")
+def keys_revoke(prefix: Annotated[str, typer.Argument(help="The key's prefix as shown by 'veil keys list'.")]) -> None:
+    """Revoke an API key by its prefix."""
+    from veil.cloud_service.store.repository import revoke_api_key
+
+    with _sessions()() as session:
+        if not revoke_api_key(session, prefix):
+            raise UserError(f"no API key with prefix {prefix!r}")
+    typer.echo(f"revoked {prefix}")
+
+
+@train_app.command("personalized")
+def train_personalized(
+    task: Annotated[str, typer.Option(help="next_word | classification")] = "next_word",
+    base: Annotated[str | None, typer.Option(help="Starting model or checkpoint (default VEIL_MODEL).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Checkpoint folder (default: data dir/checkpoints).")] = None,
+    epochs: Annotated[int, typer.Option(help="Passes over the uploads.")] = 3,
+    batch_size: Annotated[int, typer.Option(help="Rows per step (expected size with Poisson sampling).")] = 32,
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-3,
+    dp: Annotated[bool, typer.Option("--dp/--no-dp", help="DP-SGD through Opacus.")] = False,
+    noise_multiplier: Annotated[float | None, typer.Option(help="DP noise multiplier.")] = None,
+    target_epsilon: Annotated[float | None, typer.Option(help="DP: reach this epsilon instead.")] = None,
+    delta: Annotated[float | None, typer.Option(help="DP delta (default: 1/n^1.1).")] = None,
+    max_grad_norm: Annotated[float, typer.Option(help="DP per-example clipping norm.")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    as_json: AsJson = False,
+) -> None:
+    """IDfree-PL stage 3 on the stored uploads, optionally with DP-SGD; reports (epsilon, delta)."""
+    from dataclasses import asdict
+
+    from veil.cloud_service.jobs.personalized import PersonalizedTrainingConfig
+    from veil.cloud_service.jobs.runner import run_training_job
+    from veil.models.dp_training import DPConfig
+    from veil.models.loading import quiet_transformers
+    from veil.settings import get_settings
+
+    if task not in ("next_word", "classification"):
+        raise UserError(f"--task must be next_word or classification, got {task!r}")
+    if dp and noise_multiplier is None and target_epsilon is None:
+        noise_multiplier = 1.0
+    dp_cfg = (
+        DPConfig(
+            noise_multiplier=None if target_epsilon is not None else noise_multiplier,
+            target_epsilon=target_epsilon,
+            delta=delta,
+            max_grad_norm=max_grad_norm,
+        )
+        if dp
+        else None
+    )
+    cfg = PersonalizedTrainingConfig(
+        task=task, epochs=epochs, batch_size=batch_size, lr=lr, dp=dp_cfg, seed=seed
+    )
+    quiet_transformers()
+    settings = get_settings()
+    report = run_training_job(
+        _sessions(),
+        base or settings.model,
+        out,
+        cfg,
+        settings.resolved_data_dir(),
+        show_progress=sys.stderr.isatty() or not as_json,
+    )
+    if as_json:
+        typer.echo(json.dumps(report.to_json()))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"Personalised fine-tuning on stored uploads ({task})")
+    table.add_column("field")
+    table.add_column("value", justify="right")
+    for key, value in asdict(report).items():
+        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    Console().print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(serve)
+    app.command()(relay)
+    app.add_typer(keys_app, name="keys")
+    app.add_typer(train_app, name="train")

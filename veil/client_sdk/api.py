@@ -1,0 +1,126 @@
+"""What a phone asks the Veil cloud, over any transport that speaks the inner HTTP requests.
+
+:class:`PhoneAPI` builds the JSON bodies of the phone routes and reads the answers; the transport is
+injected (an :class:`~veil.client_sdk.ohttp.client.AsyncOHTTPClient` through a relay in production and
+in the demo). Every upload carries a fresh random ``Idempotency-Key``, reused on retries, so a retried
+upload is stored once. Nothing here identifies the phone: no user id, no device id, no stable key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+__all__ = ["AsyncTransport", "PhoneAPI", "VeilAPIError", "new_idempotency_key"]
+
+
+class VeilAPIError(Exception):
+    """The service answered with an error (``status`` 4xx/5xx and the JSON error's fields)."""
+
+    def __init__(self, status: int, type: str, message: str, param: str | None = None) -> None:  # noqa: A002
+        super().__init__(f"{status} {type}: {message}")
+        self.status = status
+        self.type = type
+        self.message = message
+        self.param = param
+
+
+class _Response(Protocol):
+    status: int
+    content: bytes
+
+
+class AsyncTransport(Protocol):
+    async def request(
+        self, method: str, path: str, *, json: Any = None, headers: dict[str, str] | None = None
+    ) -> _Response: ...
+
+
+def new_idempotency_key() -> str:
+    """32 random URL-safe characters: unique per upload, unrelated to the phone."""
+    return secrets.token_urlsafe(24)
+
+
+def _decode(resp: _Response) -> dict[str, Any]:
+    try:
+        body = json.loads(resp.content or b"{}")
+    except ValueError as exc:
+        raise VeilAPIError(resp.status, "invalid_response", "the service did not answer JSON") from exc
+    if resp.status >= 400:
+        err = body.get("error", {}) if isinstance(body, dict) else {}
+        raise VeilAPIError(
+            resp.status, str(err.get("type", "error")), str(err.get("message", "")), err.get("param")
+        )
+    return body
+
+
+class PhoneAPI:
+    """The phone routes of the Veil API.
+
+    Parameters
+    ----------
+    transport: sends one inner HTTP request (method, path, JSON body, headers) and returns the answer.
+    model: the served model id (``/v1/models``).
+    retries: extra attempts of an upload after a 5xx answer (the same idempotency key each time).
+    """
+
+    def __init__(self, transport: AsyncTransport, model: str, retries: int = 2) -> None:
+        if retries < 0:
+            raise ValueError(f"retries must be >= 0, got {retries}")
+        self.transport = transport
+        self.model = model
+        self.retries = retries
+
+    async def models(self) -> list[dict[str, Any]]:
+        return _decode(await self.transport.request("GET", "/v1/models"))["data"]
+
+    async def embedding_gradient(
+        self, task: str, text: str, label: str, embedding: np.ndarray
+    ) -> tuple[float, np.ndarray]:
+        """Loss and dL/de ``(n_tokens, hidden)`` for one example and one fresh sample."""
+        body = {
+            "model": self.model,
+            "task": task,
+            "text": text,
+            "label": label,
+            "embedding": np.asarray(embedding, dtype=np.float64).tolist(),
+        }
+        out = _decode(await self.transport.request("POST", "/v1/embedding-gradients", json=body))
+        return float(out["loss"]), np.asarray(out["gradient"], dtype=np.float64)
+
+    async def upload(
+        self,
+        task: str,
+        text: str,
+        label: str | None,
+        embedding: np.ndarray | None,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        """Store one anonymous example; returns ``{"id", "status"}`` (``duplicate`` on a replayed key)."""
+        key = idempotency_key or new_idempotency_key()
+        body: dict[str, Any] = {"model": self.model, "task": task, "text": text, "label": label}
+        if embedding is not None:
+            body["embedding"] = np.asarray(embedding, dtype=np.float64).tolist()
+        for attempt in range(self.retries + 1):
+            resp = await self.transport.request(
+                "POST", "/v1/uploads", json=body, headers={"idempotency-key": key}
+            )
+            if resp.status < 500 or attempt == self.retries:
+                return _decode(resp)
+            await asyncio.sleep(0.05 * 2**attempt)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def chat(
+        self, messages: Sequence[dict[str, str]], embedding: np.ndarray | None = None, **params: Any
+    ) -> str:
+        """A non-streamed completion (``max_tokens``, ``temperature``, ``seed``, ``stop`` pass through)."""
+        body: dict[str, Any] = {"model": self.model, "messages": list(messages), **params}
+        if embedding is not None:
+            body["user_embedding"] = np.asarray(embedding, dtype=np.float64).tolist()
+        out = _decode(await self.transport.request("POST", "/v1/chat/completions", json=body))
+        return str(out["choices"][0]["message"]["content"])

@@ -1,0 +1,98 @@
+"""The anonymous channel: Oblivious HTTP (RFC 9458) carrying Binary HTTP (RFC 9292) over HPKE (RFC 9180).
+
+Modules: :mod:`~veil.client_sdk.ohttp.bhttp` (binary HTTP messages), :mod:`~veil.client_sdk.ohttp.hpke`
+(HPKE base mode on ``cryptography``), :mod:`~veil.client_sdk.ohttp.keys` (key configurations, gateway key
+pairs), :mod:`~veil.client_sdk.ohttp.ohttp` (request/response encapsulation),
+:mod:`~veil.client_sdk.ohttp.errors` and :mod:`~veil.client_sdk.ohttp.client` (sync and async clients).
+Only the standard library, ``cryptography`` and ``httpx`` are imported: this ships to phones.
+"""
+
+from __future__ import annotations
+
+from veil.client_sdk.ohttp.bhttp import (
+    BinaryHTTPError,
+    BinaryRequest,
+    BinaryResponse,
+    InformationalResponse,
+    decode_message,
+)
+from veil.client_sdk.ohttp.client import USER_AGENT, AsyncOHTTPClient, InnerResponse, OHTTPClient, RelayError
+from veil.client_sdk.ohttp.errors import (
+    OHTTP_KEY_PROBLEM,
+    DecryptionFailedError,
+    KeyConfigError,
+    MalformedMessageError,
+    OHTTPError,
+    ReplayedRequestError,
+    RequestTooLargeError,
+    UnknownKeyIdError,
+    UnsupportedSuiteError,
+)
+from veil.client_sdk.ohttp.hpke import (
+    AEAD_AES_128_GCM,
+    AEAD_AES_256_GCM,
+    AEAD_CHACHA20_POLY1305,
+    KDF_HKDF_SHA256,
+    KEM_MLKEM768_X25519,
+    KEM_X25519_HKDF_SHA256,
+    Suite,
+)
+from veil.client_sdk.ohttp.keys import (
+    DEFAULT_SYMMETRIC_ALGORITHMS,
+    GatewayKeyPair,
+    KeyConfig,
+    decode_key_configs,
+    encode_key_configs,
+)
+from veil.client_sdk.ohttp.ohttp import (
+    KEYS_MEDIA_TYPE,
+    REQUEST_MEDIA_TYPE,
+    RESPONSE_MEDIA_TYPE,
+    ClientResponseContext,
+    ServerResponseContext,
+    decapsulate_request,
+    decapsulate_response,
+    encapsulate_request,
+)
+
+__all__ = [
+    "AEAD_AES_128_GCM",
+    "AEAD_AES_256_GCM",
+    "AEAD_CHACHA20_POLY1305",
+    "DEFAULT_SYMMETRIC_ALGORITHMS",
+    "KDF_HKDF_SHA256",
+    "KEM_MLKEM768_X25519",
+    "KEM_X25519_HKDF_SHA256",
+    "KEYS_MEDIA_TYPE",
+    "OHTTP_KEY_PROBLEM",
+    "REQUEST_MEDIA_TYPE",
+    "RESPONSE_MEDIA_TYPE",
+    "USER_AGENT",
+    "AsyncOHTTPClient",
+    "BinaryHTTPError",
+    "BinaryRequest",
+    "BinaryResponse",
+    "ClientResponseContext",
+    "DecryptionFailedError",
+    "GatewayKeyPair",
+    "InformationalResponse",
+    "InnerResponse",
+    "KeyConfig",
+    "KeyConfigError",
+    "MalformedMessageError",
+    "OHTTPClient",
+    "OHTTPError",
+    "RelayError",
+    "ReplayedRequestError",
+    "RequestTooLargeError",
+    "ServerResponseContext",
+    "Suite",
+    "UnknownKeyIdError",
+    "UnsupportedSuiteError",
+    "decapsulate_request",
+    "decapsulate_response",
+    "decode_key_configs",
+    "decode_message",
+    "encapsulate_request",
+    "encode_key_configs",
+]

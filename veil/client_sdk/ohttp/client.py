@@ -1,0 +1,397 @@
+"""Oblivious HTTP clients (sync and async, on httpx) for phones talking to Veil through a relay.
+
+Each call builds a binary HTTP request for the target, seals it to the gateway's key with a fresh HPKE
+context (a new encapsulation on every try, so retries cannot be linked either), POSTs it to the relay as
+``message/ohttp-req`` and opens the encapsulated response. The outer request carries only
+``content-type``, ``accept`` and a fixed generic ``user-agent``: requests are built directly rather than
+through the httpx client's defaults, so no cookies, client auth or per-install headers can leak, and
+response cookies are never sent back. The inner request carries only what the caller passes (plus
+``content-type`` for JSON); ``cookie`` and ``expect`` headers are refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json as jsonlib
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from veil.client_sdk.ohttp.bhttp import BinaryHTTPError, BinaryRequest, BinaryResponse
+from veil.client_sdk.ohttp.errors import OHTTP_KEY_PROBLEM, UnsupportedSuiteError
+from veil.client_sdk.ohttp.keys import KeyConfig, decode_key_configs
+from veil.client_sdk.ohttp.ohttp import (
+    KEYS_MEDIA_TYPE,
+    REQUEST_MEDIA_TYPE,
+    RESPONSE_MEDIA_TYPE,
+    ClientResponseContext,
+    encapsulate_request,
+)
+
+__all__ = ["USER_AGENT", "AsyncOHTTPClient", "InnerResponse", "OHTTPClient", "RelayError"]
+
+# The same for every install and version, so it says nothing about the phone.
+USER_AGENT = "ohttp-client"
+_RETRY_STATUSES = frozenset({502, 503, 504})
+_REFUSED_HEADERS = frozenset({"cookie", "expect", "host"})
+_KEY_ERROR_TYPES = frozenset({"unknown_key_id", "unsupported_ohttp_suite"})
+
+
+class RelayError(Exception):
+    """The relay or gateway answered without an encapsulated response, or could not be reached.
+
+    Attributes
+    ----------
+    status_code : int or None
+        HTTP status from the relay; ``None`` when it could not be reached.
+    error_type : str
+        The ``error.type`` of a JSON error body, or a generic type.
+    """
+
+    def __init__(self, message: str, status_code: int | None = None, error_type: str = "relay_error") -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.error_type = error_type
+
+    @property
+    def is_key_problem(self) -> bool:
+        """Whether the gateway refused our key configuration (outdated key id or suite)."""
+        return self.error_type in _KEY_ERROR_TYPES
+
+
+@dataclass(frozen=True)
+class InnerResponse:
+    """The target's response, as opened from the encapsulated response."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    content: bytes
+
+    def header(self, name: str) -> str | None:
+        """The first value of header ``name`` (case-insensitive), or ``None``."""
+        return next((v for n, v in self.headers if n == name.lower()), None)
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8")
+
+    def json(self) -> Any:
+        """The content parsed as JSON."""
+        return jsonlib.loads(self.content)
+
+
+def _media_type(value: str | None) -> str:
+    return (value or "").split(";", 1)[0].strip().lower()
+
+
+def _relay_error(response: httpx.Response) -> RelayError:
+    error_type, message = "relay_error", f"relay answered {response.status_code}"
+    try:
+        error = response.json()["error"]
+        error_type = str(error.get("type", error_type))
+        message = str(error.get("message", message))
+        if error.get("problem_type") == OHTTP_KEY_PROBLEM:
+            error_type = error_type if error_type in _KEY_ERROR_TYPES else "unknown_key_id"
+    except (ValueError, KeyError, TypeError, AttributeError):
+        pass
+    return RelayError(message, response.status_code, error_type)
+
+
+class _ClientCore:
+    """Configuration, message building and response handling shared by both clients."""
+
+    def __init__(
+        self,
+        relay_url: str,
+        *,
+        key_config: KeyConfig | None,
+        key_config_url: str | None,
+        target_authority: str,
+        scheme: str,
+        timeout: float,
+        retries: int,
+        retry_backoff_s: float,
+    ) -> None:
+        if (key_config is None) == (key_config_url is None):
+            raise ValueError("give exactly one of key_config and key_config_url")
+        if retries < 0 or retry_backoff_s < 0 or timeout <= 0:
+            raise ValueError(
+                f"need retries >= 0, retry_backoff_s >= 0 and timeout > 0, got {retries}, {retry_backoff_s}, {timeout}"
+            )
+        if key_config is not None and not key_config.supported_algorithms():
+            raise UnsupportedSuiteError(
+                f"key {key_config.key_id} offers no (KDF, AEAD) pair this client implements"
+            )
+        self.relay_url = relay_url
+        self.key_config_url = key_config_url
+        self.target_authority = target_authority
+        self.scheme = scheme
+        self.timeout = timeout
+        self.retries = retries
+        self.retry_backoff_s = retry_backoff_s
+        self._key_config = key_config
+
+    def _inner(
+        self, method: str, path: str, json: Any, content: bytes | None, headers: Mapping[str, str] | None
+    ) -> bytes:
+        if json is not None and content is not None:
+            raise ValueError("give json or content, not both")
+        fields: list[tuple[str, str]] = []
+        if json is not None:
+            content = jsonlib.dumps(json, separators=(",", ":")).encode("utf-8")
+            fields.append(("content-type", "application/json"))
+        for name, value in (headers or {}).items():
+            if name.lower() in _REFUSED_HEADERS:
+                raise ValueError(f"header {name!r} may not be sent through the oblivious channel")
+            fields.append((name, value))
+        request = BinaryRequest(
+            method.upper(), self.scheme, self.target_authority, path, fields, content or b""
+        )
+        return request.encode()
+
+    def _outer(self, body: bytes) -> httpx.Request:
+        headers = {
+            "content-type": REQUEST_MEDIA_TYPE,
+            "accept": RESPONSE_MEDIA_TYPE,
+            "user-agent": USER_AGENT,
+        }
+        return httpx.Request("POST", self.relay_url, headers=headers, content=body)
+
+    def _key_request(self) -> httpx.Request:
+        headers = {"accept": KEYS_MEDIA_TYPE, "user-agent": USER_AGENT}
+        return httpx.Request("GET", str(self.key_config_url), headers=headers)
+
+    def _parse_key_configs(self, response: httpx.Response) -> KeyConfig:
+        if (
+            response.status_code != 200
+            or _media_type(response.headers.get("content-type")) != KEYS_MEDIA_TYPE
+        ):
+            raise _relay_error(response)
+        for config in decode_key_configs(response.content):
+            if config.supported_algorithms():
+                self._key_config = config
+                return config
+        raise UnsupportedSuiteError("the gateway offers no key configuration this client implements")
+
+    def _open(self, response: httpx.Response, context: ClientResponseContext) -> InnerResponse:
+        if (
+            response.status_code != 200
+            or _media_type(response.headers.get("content-type")) != RESPONSE_MEDIA_TYPE
+        ):
+            raise _relay_error(response)
+        try:
+            inner = BinaryResponse.decode(context.decapsulate_response(response.content))
+        except BinaryHTTPError as exc:
+            raise RelayError(
+                f"the gateway sent an invalid binary response: {exc}", 200, "invalid_response"
+            ) from exc
+        return InnerResponse(inner.status, tuple(inner.headers), inner.content)
+
+    def _backoff(self, attempt: int) -> float:
+        return self.retry_backoff_s * (2**attempt)
+
+    def _encapsulator(self, config: KeyConfig, inner: bytes) -> tuple[Callable[[], httpx.Request], list]:
+        """A request factory that seals ``inner`` afresh on every call, and the list of its contexts."""
+        contexts: list[ClientResponseContext] = []
+
+        def build() -> httpx.Request:
+            # A fresh encapsulation per try: a retried request is unlinkable to the first.
+            body, context = encapsulate_request(config, inner)
+            contexts.append(context)
+            return self._outer(body)
+
+        return build, contexts
+
+
+class OHTTPClient(_ClientCore):
+    """Synchronous OHTTP client.
+
+    Parameters
+    ----------
+    relay_url : str
+        The relay resource that accepts ``message/ohttp-req`` (e.g. ``http://relay:8080/ohttp``).
+    key_config : KeyConfig, optional
+        The gateway's key configuration, if known in advance.
+    key_config_url : str, optional
+        Where to GET ``application/ohttp-keys`` instead (fetched once, refreshed once when the gateway
+        reports an unknown key); exactly one of ``key_config`` and ``key_config_url``.
+    target_authority : str
+        The ``:authority`` of the inner requests (the target the gateway serves).
+    scheme : str
+        The inner ``:scheme``.
+    http_client : httpx.Client, optional
+        Client to send with (its default headers, cookies and auth are never used); by default one is made.
+    transport : httpx.BaseTransport, optional
+        Transport for the client made here.
+    timeout : float
+        Seconds per HTTP exchange.
+    retries : int
+        Extra tries after connection errors or a 502/503/504 from the relay.
+    retry_backoff_s : float
+        First pause between tries; doubles each time.
+    """
+
+    def __init__(
+        self,
+        relay_url: str,
+        *,
+        key_config: KeyConfig | None = None,
+        key_config_url: str | None = None,
+        target_authority: str = "veil.invalid",
+        scheme: str = "https",
+        http_client: httpx.Client | None = None,
+        transport: httpx.BaseTransport | None = None,
+        timeout: float = 30.0,
+        retries: int = 2,
+        retry_backoff_s: float = 0.1,
+    ) -> None:
+        super().__init__(
+            relay_url,
+            key_config=key_config,
+            key_config_url=key_config_url,
+            target_authority=target_authority,
+            scheme=scheme,
+            timeout=timeout,
+            retries=retries,
+            retry_backoff_s=retry_backoff_s,
+        )
+        self._owns_http = http_client is None
+        self._http = http_client or httpx.Client(transport=transport, timeout=timeout, trust_env=False)
+
+    def _send(self, build: Callable[[], httpx.Request]) -> httpx.Response:
+        for attempt in range(self.retries + 1):
+            request = build()
+            try:
+                response = self._http.send(request, auth=None, follow_redirects=False)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                if attempt == self.retries:
+                    raise RelayError(f"cannot reach {request.url}: {exc}", None, "relay_unreachable") from exc
+            else:
+                if response.status_code not in _RETRY_STATUSES or attempt == self.retries:
+                    return response
+            time.sleep(self._backoff(attempt))
+        raise AssertionError("unreachable: the last try returns or raises")
+
+    def key_config(self, *, refresh: bool = False) -> KeyConfig:
+        """The gateway key configuration in use (fetched from ``key_config_url`` if needed)."""
+        if self._key_config is None or (refresh and self.key_config_url):
+            return self._parse_key_configs(self._send(self._key_request))
+        return self._key_config
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        content: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> InnerResponse:
+        """Send one request to the target through the relay; returns the target's response."""
+        inner = self._inner(method, path, json, content, headers)
+        for refreshed in (False, True):
+            build, contexts = self._encapsulator(self.key_config(refresh=refreshed), inner)
+            response = self._send(build)
+            try:
+                return self._open(response, contexts[-1])
+            except RelayError as exc:
+                if refreshed or not (exc.is_key_problem and self.key_config_url):
+                    raise
+        raise AssertionError("unreachable: the second pass returns or raises")
+
+    def close(self) -> None:
+        """Close the HTTP client if this object made it."""
+        if self._owns_http:
+            self._http.close()
+
+    def __enter__(self) -> OHTTPClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncOHTTPClient(_ClientCore):
+    """Asynchronous OHTTP client; same parameters as :class:`OHTTPClient` with httpx's async types."""
+
+    def __init__(
+        self,
+        relay_url: str,
+        *,
+        key_config: KeyConfig | None = None,
+        key_config_url: str | None = None,
+        target_authority: str = "veil.invalid",
+        scheme: str = "https",
+        http_client: httpx.AsyncClient | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        timeout: float = 30.0,
+        retries: int = 2,
+        retry_backoff_s: float = 0.1,
+    ) -> None:
+        super().__init__(
+            relay_url,
+            key_config=key_config,
+            key_config_url=key_config_url,
+            target_authority=target_authority,
+            scheme=scheme,
+            timeout=timeout,
+            retries=retries,
+            retry_backoff_s=retry_backoff_s,
+        )
+        self._owns_http = http_client is None
+        self._http = http_client or httpx.AsyncClient(transport=transport, timeout=timeout, trust_env=False)
+
+    async def _send(self, build: Callable[[], httpx.Request]) -> httpx.Response:
+        for attempt in range(self.retries + 1):
+            request = build()
+            try:
+                response = await self._http.send(request, auth=None, follow_redirects=False)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                if attempt == self.retries:
+                    raise RelayError(f"cannot reach {request.url}: {exc}", None, "relay_unreachable") from exc
+            else:
+                if response.status_code not in _RETRY_STATUSES or attempt == self.retries:
+                    return response
+            await asyncio.sleep(self._backoff(attempt))
+        raise AssertionError("unreachable: the last try returns or raises")
+
+    async def key_config(self, *, refresh: bool = False) -> KeyConfig:
+        """The gateway key configuration in use (fetched from ``key_config_url`` if needed)."""
+        if self._key_config is None or (refresh and self.key_config_url):
+            return self._parse_key_configs(await self._send(self._key_request))
+        return self._key_config
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        content: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> InnerResponse:
+        """Send one request to the target through the relay; returns the target's response."""
+        inner = self._inner(method, path, json, content, headers)
+        for refreshed in (False, True):
+            build, contexts = self._encapsulator(await self.key_config(refresh=refreshed), inner)
+            response = await self._send(build)
+            try:
+                return self._open(response, contexts[-1])
+            except RelayError as exc:
+                if refreshed or not (exc.is_key_problem and self.key_config_url):
+                    raise
+        raise AssertionError("unreachable: the second pass returns or raises")
+
+    async def aclose(self) -> None:
+        """Close the HTTP client if this object made it."""
+        if self._owns_http:
+            await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncOHTTPClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

@@ -1,0 +1,138 @@
+"""``/v1/chat/completions``: OpenAI-compatible, optionally personalised by ``user_embedding``."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
+
+from veil.cloud_service.api.deps import Caller, State
+from veil.cloud_service.errors import APIError
+from veil.cloud_service.schemas import ChatCompletionRequest, embedding_array
+from veil.models.generation import SamplingParams
+
+router = APIRouter(tags=["chat"])
+
+
+def _prepare(
+    body: ChatCompletionRequest, state: State
+) -> tuple[list[int], np.ndarray | None, SamplingParams]:
+    engine = state.engine
+    if body.model != engine.name:
+        raise APIError(404, f"model {body.model!r} does not exist", param="model", code="model_not_found")
+    embedding = None
+    if body.user_embedding is not None:
+        try:
+            embedding = embedding_array(body.user_embedding, engine.embedding_shape)
+        except ValueError as exc:
+            raise APIError(400, f"user_embedding {exc}", param="user_embedding") from exc
+    messages = [
+        {"role": m.role if m.role != "developer" else "system", "content": m.text()} for m in body.messages
+    ]
+    prompt = engine.encode_chat(messages)
+    soft = engine.embedding_shape[0] if embedding is not None else 0
+    room = engine.context_length - len(prompt) - soft
+    if room < 1:
+        raise APIError(
+            400,
+            f"the prompt is {len(prompt) + soft} tokens; this model's context is {engine.context_length}",
+            param="messages",
+            code="context_length_exceeded",
+        )
+    wanted = body.max_completion_tokens or body.max_tokens
+    if wanted is not None and wanted > room:
+        raise APIError(
+            400,
+            f"prompt ({len(prompt) + soft} tokens) plus max_tokens ({wanted}) exceeds the context "
+            f"of {engine.context_length} tokens",
+            param="max_tokens",
+            code="context_length_exceeded",
+        )
+    limit = wanted if wanted is not None else min(state.config.default_max_tokens, room)
+    params = SamplingParams(
+        max_new_tokens=limit, temperature=body.temperature, top_p=body.top_p, seed=body.seed
+    )
+    return prompt, embedding, params
+
+
+def _chunk(cid: str, created: int, model: str, delta: dict[str, Any], finish: str | None) -> str:
+    body = {
+        "id": cid,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+    return f"data: {json.dumps(body)}\n\n"
+
+
+@router.post("/v1/chat/completions", response_model=None)
+async def chat_completions(body: ChatCompletionRequest, state: State, _: Caller) -> Any:
+    prompt, embedding, params = _prepare(body, state)
+    engine = state.engine
+    cid = "chatcmpl-" + secrets.token_hex(12)
+    created = int(time.time())
+    events = engine.chat(prompt, embedding, params, body.stops())
+
+    def usage(completion: int) -> dict[str, int]:
+        return {
+            "prompt_tokens": len(prompt),
+            "completion_tokens": completion,
+            "total_tokens": len(prompt) + completion,
+        }
+
+    if not body.stream:
+        parts: list[str] = []
+        finish, completion = "length", 0
+        async for event in events:
+            parts.append(event.delta)
+            if event.finish_reason is not None:
+                finish, completion = event.finish_reason, event.completion_tokens
+        if finish == "error":
+            raise APIError(500, "the model failed on this batch", type="server_error")
+        state.metrics.tokens.inc(completion)
+        return {
+            "id": cid,
+            "object": "chat.completion",
+            "created": created,
+            "model": engine.name,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "".join(parts)},
+                    "finish_reason": finish,
+                    "logprobs": None,
+                }
+            ],
+            "usage": usage(completion),
+        }
+
+    include_usage = body.stream_options is None or body.stream_options.include_usage
+
+    async def stream() -> AsyncIterator[str]:
+        yield _chunk(cid, created, engine.name, {"role": "assistant", "content": ""}, None)
+        async for event in events:
+            if event.delta:
+                yield _chunk(cid, created, engine.name, {"content": event.delta}, None)
+            if event.finish_reason is not None:
+                state.metrics.tokens.inc(event.completion_tokens)
+                yield _chunk(cid, created, engine.name, {}, event.finish_reason)
+                if include_usage:
+                    final = {
+                        "id": cid,
+                        "object": "chat.completion.chunk",
+                        "created": created,
+                        "model": engine.name,
+                        "choices": [],
+                        "usage": usage(event.completion_tokens),
+                    }
+                    yield f"data: {json.dumps(final)}\n\n"
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})

@@ -1,0 +1,36 @@
+"""``/v1/embedding-gradients``: dL/de for one anonymous example (gradient-return on-device learning).
+
+The phone sends a text, its label and a fresh sample e; the cloud answers the loss and its gradient
+with respect to e under the frozen model, and the phone turns that into a step on its own distribution
+(reparameterisation, ``veil.client_sdk.learning``). The cloud keeps nothing.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from veil.cloud_service.api.deps import Caller, State
+from veil.cloud_service.errors import APIError
+from veil.cloud_service.schemas import GradientRequest, GradientResponse, embedding_array
+
+router = APIRouter(tags=["personalisation"])
+
+
+@router.post("/v1/embedding-gradients", response_model=GradientResponse)
+async def embedding_gradient(body: GradientRequest, state: State, _: Caller) -> GradientResponse:
+    engine = state.engine
+    if body.model is not None and body.model != engine.name:
+        raise APIError(404, f"model {body.model!r} does not exist", param="model", code="model_not_found")
+    try:
+        embedding = embedding_array(body.embedding, engine.embedding_shape)
+    except ValueError as exc:
+        raise APIError(400, f"embedding {exc}", param="embedding") from exc
+    if body.task == "classification":
+        if not engine.classes:
+            raise APIError(400, f"model {engine.name!r} has no classification head", param="task")
+        if body.label not in engine.classes:
+            raise APIError(400, f"label {body.label!r} is not one of {engine.classes}", param="label")
+    elif not body.label.strip() or " " in body.label.strip():
+        raise APIError(400, "a next_word label is one word without spaces", param="label")
+    result = await engine.gradient(body.task, body.text, body.label.strip(), embedding)
+    return GradientResponse(model=engine.name, loss=result.loss, gradient=result.gradient.tolist())

@@ -1,0 +1,75 @@
+"""Settings of one API process (built from :class:`veil.settings.Settings` or directly in tests)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from veil.cloud_service.engine import EngineConfig
+
+__all__ = ["ServiceConfig"]
+
+
+@dataclass
+class ServiceConfig:
+    """What ``veil serve`` runs.
+
+    Attributes
+    ----------
+    data_dir: models, the SQLite database, gateway keys.
+    model: registered model name, model directory or personalised checkpoint to serve.
+    database_url: SQLAlchemy URL; ``None`` is SQLite in ``data_dir``.
+    max_body_bytes: larger request bodies (outer or inside OHTTP) are refused with 413.
+    default_max_tokens: completion length when the request gives none.
+    engine: batching of model work.
+    gateway_kem: KEM of new gateway keys: ``"x25519"`` (default) or ``"mlkem768-x25519"``.
+    gateway_kek: 32-byte key-encryption key for gateway keys at rest; ``None`` reads or creates
+        ``<data_dir>/gateway.kek`` (mode 0600) in development; production must set it.
+    environment: ``"development"`` or ``"production"`` (production refuses generated secrets).
+    replay_window_s: an encapsulated request seen again within this window is refused.
+    """
+
+    data_dir: Path
+    model: str = "smollm2-135m-instruct"
+    database_url: str | None = None
+    max_body_bytes: int = 1 << 20
+    default_max_tokens: int = 256
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    gateway_kem: str = "x25519"
+    gateway_kek: bytes | None = None
+    environment: str = "development"
+    replay_window_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir).expanduser()
+        if self.max_body_bytes < 1024:
+            raise ValueError(f"max_body_bytes must be >= 1024, got {self.max_body_bytes}")
+        if self.default_max_tokens < 1:
+            raise ValueError(f"default_max_tokens must be >= 1, got {self.default_max_tokens}")
+        if self.environment not in ("development", "production"):
+            raise ValueError(f"environment must be 'development' or 'production', got {self.environment!r}")
+        if self.gateway_kek is not None and len(self.gateway_kek) != 32:
+            raise ValueError(f"gateway_kek must be 32 bytes, got {len(self.gateway_kek)}")
+        if self.environment == "production" and self.gateway_kek is None:
+            raise ValueError("production needs VEIL_GATEWAY_KEK (32 bytes, base64); refusing a generated key")
+
+    @classmethod
+    def from_settings(cls) -> ServiceConfig:
+        import base64
+
+        from veil.settings import get_settings
+
+        s = get_settings()
+        kek = None
+        if s.gateway_kek is not None:
+            try:
+                kek = base64.b64decode(s.gateway_kek.get_secret_value(), validate=True)
+            except ValueError as exc:
+                raise ValueError("VEIL_GATEWAY_KEK must be base64 of 32 bytes") from exc
+        return cls(
+            data_dir=s.resolved_data_dir(),
+            model=s.model,
+            database_url=s.database_url,
+            gateway_kek=kek,
+            environment=s.environment,
+        )

@@ -1,0 +1,321 @@
+"""The model engine behind the API: one personalised LM, requests batched when they arrive together.
+
+Requests are queued per kind (chat generation, embedding gradients). A batching loop takes the first
+waiting request, waits up to ``batch_window_s`` for more (at most ``max_batch``), and runs the batch on
+the single model thread; requests that arrive meanwhile form the next batch. Generation streams: each
+new token is decoded on the model thread and handed to the request's asyncio queue, so SSE clients see
+tokens as they are produced. Stop strings are checked on the decoded text, never split across deltas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from veil.models.generation import SamplingParams, generate_batch
+
+__all__ = ["ChatEvent", "EngineConfig", "GradientResult", "ServingEngine"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EngineConfig:
+    """Batching of model work.
+
+    Attributes
+    ----------
+    max_batch: most requests run together in one forward pass.
+    batch_window_s: how long the first request of a batch waits for companions.
+    """
+
+    max_batch: int = 8
+    batch_window_s: float = 0.005
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
+        if not 0.0 <= self.batch_window_s <= 1.0:
+            raise ValueError(f"batch_window_s must be in [0, 1], got {self.batch_window_s}")
+
+
+@dataclass
+class ChatEvent:
+    """One streamed piece of a completion: a text ``delta``, or the end (``finish_reason`` set)."""
+
+    delta: str = ""
+    finish_reason: str | None = None
+    completion_tokens: int = 0
+
+
+@dataclass
+class GradientResult:
+    loss: float
+    gradient: np.ndarray  # (n_tokens, hidden)
+
+
+@dataclass
+class _ChatJob:
+    prompt_ids: list[int]
+    embedding: np.ndarray | None
+    params: SamplingParams
+    stop: tuple[str, ...]
+    events: asyncio.Queue[ChatEvent]
+    loop: asyncio.AbstractEventLoop
+    cancelled: bool = False
+    tokens: list[int] = field(default_factory=list)
+    emitted: int = 0
+    text: str = ""
+    finished: bool = False
+
+
+@dataclass
+class _GradJob:
+    task: str
+    text: str
+    label: str
+    embedding: np.ndarray
+    future: asyncio.Future[GradientResult]
+
+
+class ServingEngine:
+    """Serves one :class:`~veil.models.personalization.PersonalizedLM` to many concurrent requests.
+
+    Parameters
+    ----------
+    model: the personalised LM (eval mode).
+    tokenizer: its tokenizer (chat template, left padding).
+    name: the model id shown by ``/v1/models``.
+    classes: class names for the classification task (``None``: next-word only).
+    config: batching settings.
+    on_batch: optional callback ``(kind, size)`` for metrics.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        name: str,
+        classes: Sequence[str] | None = None,
+        config: EngineConfig | None = None,
+        on_batch: Any = None,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.classes = list(classes) if classes else None
+        self.config = config or EngineConfig()
+        self._on_batch = on_batch
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="veil-model")
+        self._chat_queue: asyncio.Queue[_ChatJob] | None = None
+        self._grad_queue: asyncio.Queue[_GradJob] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_id = int(pad)
+        stops = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")}
+        self.stop_token_ids = tuple(sorted(int(t) for t in stops if isinstance(t, int) and t >= 0))
+
+    # ------------------------------------------------------------------ facts about the model
+    @property
+    def embedding_shape(self) -> tuple[int, int]:
+        return tuple(self.model.embedding_shape)  # type: ignore[return-value]
+
+    @property
+    def context_length(self) -> int:
+        return int(getattr(self.model.base.config, "max_position_embeddings", 2048))
+
+    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
+        """Prompt token ids for chat ``messages`` (the model's chat template, generation prompt added)."""
+        if getattr(self.tokenizer, "chat_template", None):
+            enc = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+            ids = enc["input_ids"] if hasattr(enc, "keys") else enc
+            return [int(t) for t in ids]
+        text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
+        return [int(t) for t in self.tokenizer(text, add_special_tokens=False)["input_ids"]]
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        self._chat_queue = asyncio.Queue()
+        self._grad_queue = asyncio.Queue()
+        self._tasks = [
+            asyncio.create_task(self._batch_loop(self._chat_queue, self._run_chat), name="veil-chat-batcher"),
+            asyncio.create_task(self._batch_loop(self._grad_queue, self._run_grads), name="veil-grad-batcher"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    async def _batch_loop(self, queue: asyncio.Queue[Any], run: Any) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await queue.get()]
+            deadline = loop.time() + self.config.batch_window_s
+            while len(batch) < self.config.max_batch:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    while len(batch) < self.config.max_batch and not queue.empty():
+                        batch.append(queue.get_nowait())
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(queue.get(), remaining))
+                except TimeoutError:
+                    break
+            if self._on_batch is not None:
+                self._on_batch("chat" if run == self._run_chat else "gradients", len(batch))
+            try:
+                await loop.run_in_executor(self._executor, run, batch)
+            except Exception as exc:  # the batch failed as a whole: fail every request in it
+                log.exception("model batch failed")
+                for job in batch:
+                    self._fail(job, exc)
+
+    @staticmethod
+    def _fail(job: Any, exc: Exception) -> None:
+        if isinstance(job, _GradJob):
+            job.future.get_loop().call_soon_threadsafe(_reject, job.future, exc)
+        elif not job.finished:
+            job.finished = True
+            job.loop.call_soon_threadsafe(job.events.put_nowait, ChatEvent(finish_reason="error"))
+
+    # ------------------------------------------------------------------ chat
+    async def chat(
+        self,
+        prompt_ids: list[int],
+        embedding: np.ndarray | None,
+        params: SamplingParams,
+        stop: Sequence[str] = (),
+    ) -> AsyncIterator[ChatEvent]:
+        """Stream a completion; the last event has ``finish_reason`` set."""
+        if self._chat_queue is None:
+            raise RuntimeError("engine not started")
+        params = SamplingParams(
+            max_new_tokens=params.max_new_tokens,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            seed=params.seed,
+            stop_token_ids=self.stop_token_ids,
+        )
+        job = _ChatJob(
+            list(prompt_ids), embedding, params, tuple(stop), asyncio.Queue(), asyncio.get_running_loop()
+        )
+        await self._chat_queue.put(job)
+        try:
+            while True:
+                event = await job.events.get()
+                yield event
+                if event.finish_reason is not None:
+                    return
+        finally:
+            job.cancelled = True  # the consumer went away: stop generating for it
+
+    def _run_chat(self, jobs: list[_ChatJob]) -> None:
+        counts = [0] * len(jobs)
+
+        def on_step(step: list[int | None]) -> set[int]:
+            stop_rows: set[int] = set()
+            for r, (job, tok) in enumerate(zip(jobs, step, strict=True)):
+                if job.cancelled:
+                    stop_rows.add(r)
+                    continue
+                if tok is None or job.finished:
+                    continue
+                counts[r] += 1
+                job.tokens.append(tok)
+                if self._advance(job, counts[r]):
+                    stop_rows.add(r)
+            return stop_rows
+
+        results = generate_batch(
+            self.model,
+            [j.prompt_ids for j in jobs],
+            [j.embedding for j in jobs],
+            [j.params for j in jobs],
+            self.pad_id,
+            on_step,
+        )
+        for job, (_tokens, reason), n in zip(jobs, results, counts, strict=True):
+            if job.finished:
+                continue
+            self._flush(job, len(job.text))
+            job.finished = True
+            job.loop.call_soon_threadsafe(
+                job.events.put_nowait, ChatEvent(finish_reason=reason, completion_tokens=n)
+            )
+
+    def _advance(self, job: _ChatJob, n_tokens: int) -> bool:
+        """Decode the row so far, emit what is safe, finish the job at a stop string (returns True)."""
+        # decoding the whole row each step keeps multi-byte characters and token merges right
+        text = self.tokenizer.decode(job.tokens, skip_special_tokens=True)
+        hits = [i for i in (text.find(s) for s in job.stop) if i >= 0]
+        if hits:
+            job.text = text[: min(hits)]
+            self._flush(job, len(job.text))
+            job.finished = True
+            job.loop.call_soon_threadsafe(
+                job.events.put_nowait, ChatEvent(finish_reason="stop", completion_tokens=n_tokens)
+            )
+            return True
+        job.text = text
+        # hold back what could be the start of a stop string, and an unfinished UTF-8 character
+        safe = len(text.rstrip("\ufffd"))
+        if job.stop:
+            safe = min(safe, len(text) - max(len(s) for s in job.stop) + 1)
+        self._flush(job, safe)
+        return False
+
+    def _flush(self, job: _ChatJob, upto: int) -> None:
+        if upto > job.emitted:
+            delta = job.text[job.emitted : upto]
+            job.emitted = upto
+            job.loop.call_soon_threadsafe(job.events.put_nowait, ChatEvent(delta=delta))
+
+    # ------------------------------------------------------------------ embedding gradients
+    async def gradient(self, task: str, text: str, label: str, embedding: np.ndarray) -> GradientResult:
+        """Loss and dL/de for one anonymous example (batched with concurrent requests)."""
+        if self._grad_queue is None:
+            raise RuntimeError("engine not started")
+        future: asyncio.Future[GradientResult] = asyncio.get_running_loop().create_future()
+        await self._grad_queue.put(_GradJob(task, text, label, embedding, future))
+        return await future
+
+    def _run_grads(self, jobs: list[_GradJob]) -> None:
+        from veil.models.tasks import tokenize_task
+        from veil.models.training import embedding_gradients
+
+        for task in sorted({j.task for j in jobs}):
+            group = [j for j in jobs if j.task == task]
+            data = tokenize_task(
+                self.tokenizer,
+                task,  # type: ignore[arg-type]
+                [j.text for j in group],
+                [j.label for j in group],
+                self.classes or [],
+            )
+            emb = np.stack([j.embedding for j in group]).astype(np.float32)
+            losses, grads = embedding_gradients(self.model, data, np.arange(len(group)), emb)
+            for j, loss, grad in zip(group, losses, grads, strict=True):
+                result = GradientResult(float(loss), grad)
+                j.future.get_loop().call_soon_threadsafe(_resolve, j.future, result)
+
+
+def _reject(future: asyncio.Future[GradientResult], exc: Exception) -> None:
+    if not future.done():
+        future.set_exception(exc)
+
+
+def _resolve(future: asyncio.Future[GradientResult], result: GradientResult) -> None:
+    if not future.done():
+        future.set_result(result)

@@ -1,0 +1,152 @@
+"""Request and response bodies of the HTTP API (pydantic), apart from the storage tables.
+
+Chat follows OpenAI's ``/v1/chat/completions`` so the official client works unchanged; Veil's own
+field is ``user_embedding``. Fields a client may send that could identify a person (OpenAI's ``user``)
+are accepted and dropped, never stored or logged.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = [
+    "ChatCompletionRequest",
+    "ChatMessage",
+    "GradientRequest",
+    "GradientResponse",
+    "StreamOptions",
+    "TextPart",
+    "UploadRequest",
+    "UploadResponse",
+    "embedding_array",
+]
+
+MAX_TEXT_CHARS = 16_384
+MAX_EMBEDDING_VALUES = 65_536
+
+Embedding = list[float] | list[list[float]]
+
+
+def embedding_array(values: Embedding, shape: tuple[int, int]):  # -> np.ndarray
+    """Validate a JSON embedding against the model's ``(n_tokens, hidden)``; ``ValueError`` if it fails.
+
+    A flat list is accepted when ``n_tokens == 1``.
+    """
+    import numpy as np
+
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.ndim == 1 and shape[0] == 1:
+        arr = arr[None, :]
+    if arr.shape != tuple(shape):
+        raise ValueError(f"must have shape {list(shape)}, got {list(arr.shape)}")
+    if not np.isfinite(arr).all():
+        raise ValueError("contains NaN or Inf")
+    return arr.astype(np.float32)
+
+
+def _finite_embedding(values: Embedding | None) -> Embedding | None:
+    if values is None:
+        return None
+    flat = [v for row in values for v in row] if values and isinstance(values[0], list) else values
+    if len(flat) > MAX_EMBEDDING_VALUES:
+        raise ValueError(f"has {len(flat)} values, more than {MAX_EMBEDDING_VALUES}")
+    if not all(math.isfinite(v) for v in flat):  # type: ignore[arg-type]
+        raise ValueError("contains NaN or Inf")
+    return values
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "user", "assistant", "developer"]
+    content: str | list[TextPart]
+
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = True
+
+
+class ChatCompletionRequest(BaseModel):
+    """OpenAI chat completion request, plus ``user_embedding``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    max_tokens: Annotated[int | None, Field(ge=1)] = None
+    max_completion_tokens: Annotated[int | None, Field(ge=1)] = None
+    temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 1.0
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
+    seed: int | None = None
+    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: Annotated[int, Field(ge=1, le=1)] = 1
+    user_embedding: Embedding | None = None
+    """A fresh sample from the caller's distribution, ``(n_tokens, hidden)`` (flat if ``n_tokens == 1``)."""
+
+    _check_embedding = field_validator("user_embedding")(_finite_embedding)
+
+    def stops(self) -> tuple[str, ...]:
+        if self.stop is None:
+            return ()
+        stops = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+        return tuple(s for s in stops if s)
+
+    def token_limit(self, default: int) -> int:
+        return self.max_completion_tokens or self.max_tokens or default
+
+
+class UploadRequest(BaseModel):
+    """One anonymous training example: the text, a fresh embedding sample, the task, an optional label.
+
+    The idempotency key travels in the ``Idempotency-Key`` header.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: Literal["classification", "next_word"]
+    text: Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]
+    label: Annotated[str | None, Field(max_length=256)] = None
+    embedding: Embedding | None = None
+    model: str | None = None
+
+    _check_embedding = field_validator("embedding")(_finite_embedding)
+
+
+class UploadResponse(BaseModel):
+    id: int
+    object: Literal["upload"] = "upload"
+    status: Literal["created", "duplicate"]
+
+
+class GradientRequest(BaseModel):
+    """One anonymous example and an embedding sample; the answer is dL/de for it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: Literal["classification", "next_word"]
+    text: Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]
+    label: Annotated[str, Field(min_length=1, max_length=256)]
+    embedding: Embedding
+    model: str | None = None
+
+    _check_embedding = field_validator("embedding")(_finite_embedding)
+
+
+class GradientResponse(BaseModel):
+    object: Literal["embedding_gradient"] = "embedding_gradient"
+    model: str
+    loss: float
+    gradient: list[list[float]]

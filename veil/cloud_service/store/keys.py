@@ -1,0 +1,194 @@
+"""Data access for API keys (cloud API consumers) and OHTTP gateway keys.
+
+API keys are ``veil_sk_`` followed by 32 random bytes in URL-safe base64 (43 characters). Only the
+SHA-256 of the whole key is stored: a fast hash is right for 256 random bits (no dictionary to
+search), and it keeps verification cheap on every request. The first 8 characters of the random part
+are stored as the ``prefix``, to find the row and to name the key in listings.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from veil.cloud_service.store.errors import StoreError
+from veil.cloud_service.store.tables import ApiKey, GatewayKey
+from veil.cloud_service.store.util import db_errors, utc_day
+
+__all__ = [
+    "API_KEY_PREFIX",
+    "ApiKeyInfo",
+    "GatewayKeyRow",
+    "create_api_key",
+    "delete_gateway_key",
+    "hash_api_key",
+    "list_api_keys",
+    "load_gateway_keys",
+    "retire_gateway_key",
+    "revoke_api_key",
+    "save_gateway_key",
+    "verify_api_key",
+]
+
+API_KEY_PREFIX = "veil_sk_"
+_SECRET_BYTES = 32
+_SECRET_CHARS = 43  # unpadded URL-safe base64 of 32 bytes
+_LOOKUP_CHARS = 8
+_KEY_PATTERN = re.compile(re.escape(API_KEY_PREFIX) + rf"[A-Za-z0-9_-]{{{_SECRET_CHARS}}}")
+
+
+@dataclass(frozen=True)
+class ApiKeyInfo:
+    """What the store knows about an API key (never the key itself)."""
+
+    id: int
+    prefix: str
+    """First 8 characters after ``veil_sk_``; shown as ``veil_sk_<prefix>...``."""
+    label: str
+    created_day: dt.date
+    revoked: bool
+
+
+class GatewayKeyRow(NamedTuple):
+    """A stored gateway key: ``key_id`` (0-255), the encrypted ``record``, and whether it is retired."""
+
+    key_id: int
+    record: bytes
+    retired: bool
+
+
+def hash_api_key(plaintext: str) -> str:
+    """SHA-256 hex of an API key, as stored in ``api_keys.key_hash``."""
+    return hashlib.sha256(plaintext.encode("utf-8")).hexdigest()
+
+
+def _info(row: ApiKey) -> ApiKeyInfo:
+    return ApiKeyInfo(row.id, row.prefix, row.label, row.created_day, row.revoked)
+
+
+@db_errors
+def create_api_key(session: Session, label: str) -> str:
+    """Create a key and return its plaintext; this is the only time it exists outside the caller.
+
+    Raises
+    ------
+    ValueError
+        ``label`` is blank, longer than 256 characters, or contains NUL.
+    """
+    if not isinstance(label, str) or not label.strip() or len(label) > 256 or "\x00" in label:
+        raise ValueError("label must be a non-blank string of at most 256 characters without NUL")
+    # A prefix collision (48 random bits) is astronomically rare; the unique constraint catches it.
+    for _attempt in range(3):
+        plaintext = API_KEY_PREFIX + secrets.token_urlsafe(_SECRET_BYTES)
+        session.add(
+            ApiKey(
+                prefix=plaintext[len(API_KEY_PREFIX) : len(API_KEY_PREFIX) + _LOOKUP_CHARS],
+                key_hash=hash_api_key(plaintext),
+                label=label,
+                created_day=utc_day(),
+                revoked=False,
+            )
+        )
+        try:
+            session.commit()
+            return plaintext
+        except IntegrityError:
+            session.rollback()
+    raise StoreError("could not create a unique API key prefix")
+
+
+@db_errors
+def verify_api_key(session: Session, plaintext: str) -> ApiKeyInfo | None:
+    """The key's info when ``plaintext`` is a valid, unrevoked key; None otherwise."""
+    if not isinstance(plaintext, str) or not _KEY_PATTERN.fullmatch(plaintext):
+        return None
+    prefix = plaintext[len(API_KEY_PREFIX) : len(API_KEY_PREFIX) + _LOOKUP_CHARS]
+    row = session.scalars(select(ApiKey).where(ApiKey.prefix == prefix)).one_or_none()
+    # Constant-time comparison so the response time says nothing about how much of the hash matched.
+    if row is None or not hmac.compare_digest(row.key_hash, hash_api_key(plaintext)) or row.revoked:
+        return None
+    return _info(row)
+
+
+@db_errors
+def revoke_api_key(session: Session, prefix: str) -> bool:
+    """Revoke the key with this prefix (``veil_sk_`` in front is accepted); False when there is none.
+
+    Revoking an already revoked key returns True: the key exists and is revoked afterwards.
+    """
+    if not isinstance(prefix, str):
+        raise ValueError(f"prefix must be a string, got {type(prefix).__name__}")
+    if prefix.startswith(API_KEY_PREFIX):
+        prefix = prefix[len(API_KEY_PREFIX) :]
+    prefix = prefix[:_LOOKUP_CHARS]
+    if len(prefix) != _LOOKUP_CHARS:
+        return False
+    result = session.execute(update(ApiKey).where(ApiKey.prefix == prefix).values(revoked=True))
+    session.commit()
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+@db_errors
+def list_api_keys(session: Session) -> list[ApiKeyInfo]:
+    """All keys, revoked ones included, oldest first."""
+    return [_info(row) for row in session.scalars(select(ApiKey).order_by(ApiKey.id))]
+
+
+@db_errors
+def load_gateway_keys(session: Session) -> list[GatewayKeyRow]:
+    """All stored gateway keys, by key id."""
+    rows = session.execute(
+        select(GatewayKey.key_id, GatewayKey.record, GatewayKey.retired).order_by(GatewayKey.key_id)
+    )
+    return [GatewayKeyRow(key_id, bytes(record), retired) for key_id, record, retired in rows]
+
+
+def _check_key_id(key_id: int) -> None:
+    if isinstance(key_id, bool) or not isinstance(key_id, int) or not 0 <= key_id <= 255:
+        raise ValueError(f"key_id must be an integer in 0..255, got {key_id!r}")
+
+
+@db_errors
+def save_gateway_key(session: Session, key_id: int, record: bytes) -> bool:
+    """Store a new gateway key; False (nothing written) when ``key_id`` is already taken.
+
+    Insert-only on purpose: when several API processes start together and each generates a key, one
+    wins and the others must reload the stored keys instead of overwriting the winner's.
+    """
+    _check_key_id(key_id)
+    if not isinstance(record, bytes | bytearray) or not record:
+        raise ValueError("record must be non-empty bytes")
+    session.add(GatewayKey(key_id=key_id, record=bytes(record), created_day=utc_day(), retired=False))
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        return False
+    return True
+
+
+@db_errors
+def retire_gateway_key(session: Session, key_id: int) -> bool:
+    """Mark a key retired (still decrypts, no longer advertised); False when there is no such key."""
+    _check_key_id(key_id)
+    result = session.execute(update(GatewayKey).where(GatewayKey.key_id == key_id).values(retired=True))
+    session.commit()
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+@db_errors
+def delete_gateway_key(session: Session, key_id: int) -> bool:
+    """Delete a key (after its retirement period), freeing its id; False when there is no such key."""
+    _check_key_id(key_id)
+    result = session.execute(delete(GatewayKey).where(GatewayKey.key_id == key_id))
+    session.commit()
+    return bool(result.rowcount)  # type: ignore[attr-defined]

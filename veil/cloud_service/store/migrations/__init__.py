@@ -1,0 +1,1 @@
+"""Alembic migrations of the Veil store (run by :func:`veil.cloud_service.store.db.migrate`)."""

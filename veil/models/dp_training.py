@@ -1,0 +1,418 @@
+"""IDfree-PL stage 3 on stored uploads, optionally with DP-SGD (Abadi et al., arXiv:1607.00133) via Opacus.
+
+Each training example is one anonymous upload: (text, label, the one embedding sampled on the phone).
+Unlike :func:`veil.models.training.fit`, whose source draws a fresh sample per step, the cloud holds a
+single sample per upload, so the embedding of an example is fixed.
+
+DP-SGD, as wired here:
+
+- **Per-sample gradients** come from Opacus' hooks (``GradSampleHooks``), attached to the submodules of
+  the :class:`~veil.models.personalization.PersonalizedLM` itself, so the task's own forward paths
+  (``classify`` / ``next_token_logits``) run unchanged. Each per-example gradient is clipped to
+  ``max_grad_norm``; Gaussian noise of std ``noise_multiplier * max_grad_norm`` is added to the sum,
+  which is divided by the expected batch size (``DPOptimizer``), then AdamW steps.
+- **LoRA** (``TrainConfig.lora``) is the practical mode: the frozen base (embeddings, RMSNorm, MLP)
+  needs no per-sample gradients, only the adapters and the head do. **Full fine-tuning also works**:
+  Opacus has no hand-written sampler for ``LlamaRMSNorm`` and falls back to its functorch sampler
+  (``torch.func.vmap`` over the layer), and rotary embeddings hold no parameters (checked against a
+  naive per-example loop in the tests). It costs ``batch x model size`` of memory, though (135M
+  parameters x 32 rows is about 17 GB in fp32), so prefer LoRA beyond tiny models. A layer Opacus
+  cannot handle (a trainable layer with buffers) raises ``ValueError`` advising LoRA.
+- **Sampling**: Poisson sampling with rate ``q = 1 / ceil(n / batch_size)`` for ``epochs * ceil(n /
+  batch_size)`` steps, as Opacus' ``DPDataLoader`` does; an empty batch still takes a noise-only step.
+  Batch selection and noise use fresh OS entropy, never ``TrainConfig.seed``: the guarantee needs both
+  to be secret, so DP runs are not bit-reproducible. Only the cold-start masks follow the seed.
+- **Accounting**: add-or-remove-one-*upload* neighbouring relation, i.e. the unit of privacy is one
+  upload, not one person: a person with k uploads gets the group-privacy guarantee for k records.
+  Rows held out for evaluation are not covered.
+
+``TrainConfig.max_grad_norm`` (clipping of the batch gradient) is not used under DP: per-sample clipping
+to ``DPConfig.max_grad_norm`` replaces it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from veil.models.personalization import PersonalizedLM
+from veil.models.tasks import TokenizedTask, row_losses
+from veil.models.training import TrainConfig, _schedule, apply_lora, fit
+
+__all__ = [
+    "ACCOUNTANTS",
+    "DPConfig",
+    "DPTrainResult",
+    "PrivacyPlan",
+    "attach_private",
+    "compute_epsilon",
+    "default_delta",
+    "fit_private",
+    "plan_privacy",
+    "trainable_parameters",
+]
+
+ACCOUNTANTS = ("prv", "rdp")
+
+
+def default_delta(n_examples: int) -> float:
+    """``1 / n**1.1``: below ``1/n`` (which would allow releasing one whole record), as advised for DP-SGD.
+
+    >>> round(default_delta(1000), 8)
+    0.00050119
+    """
+    if n_examples < 1:
+        raise ValueError(f"n_examples must be >= 1, got {n_examples}")
+    return 1.0 / n_examples**1.1
+
+
+@dataclass
+class DPConfig:
+    """DP-SGD settings. Give exactly one of ``noise_multiplier`` and ``target_epsilon``."""
+
+    noise_multiplier: float | None = None
+    """Noise std as a multiple of ``max_grad_norm`` (sigma); fixed, and epsilon follows from it."""
+    target_epsilon: float | None = None
+    """Epsilon to reach at the end of training; sigma is found by Opacus' binary search for it."""
+    delta: float | None = None
+    """Target delta; ``None`` means :func:`default_delta` of the number of training uploads."""
+    max_grad_norm: float = 1.0
+    """Per-example L2 clipping bound C (over all trainable parameters together)."""
+    accountant: str = "prv"
+    """``"prv"``: numerical privacy-loss-distribution accountant (Gopi et al., arXiv:2106.02848), tight,
+    reports its upper estimate, Opacus' default. ``"rdp"``: Renyi DP (Mironov, arXiv:1702.07476)
+    converted with Balle et al. 2020; a looser but classic upper bound."""
+    poisson_sampling: bool = True
+    """Poisson-sampled batches (what the accountants assume). ``False`` uses shuffled fixed-size batches
+    and reports the same accountant's figure, as Opacus does; that figure is then not a proof."""
+
+    def __post_init__(self) -> None:
+        if (self.noise_multiplier is None) == (self.target_epsilon is None):
+            raise ValueError(
+                "give exactly one of noise_multiplier and target_epsilon, got "
+                f"noise_multiplier={self.noise_multiplier}, target_epsilon={self.target_epsilon}"
+            )
+        if self.noise_multiplier is not None and not (0 < self.noise_multiplier < math.inf):
+            raise ValueError(f"noise_multiplier must be > 0 and finite, got {self.noise_multiplier}")
+        if self.target_epsilon is not None and not (0 < self.target_epsilon < math.inf):
+            raise ValueError(f"target_epsilon must be > 0 and finite, got {self.target_epsilon}")
+        if self.delta is not None and not 0 < self.delta < 1:
+            raise ValueError(f"delta must be in (0, 1), got {self.delta}")
+        if not (0 < self.max_grad_norm < math.inf):
+            raise ValueError(f"max_grad_norm must be > 0 and finite, got {self.max_grad_norm}")
+        if self.accountant not in ACCOUNTANTS:
+            raise ValueError(f"accountant must be one of {ACCOUNTANTS}, got {self.accountant!r}")
+
+
+@dataclass
+class PrivacyPlan:
+    """What a DP run will do: sigma, delta, sampling rate and number of steps."""
+
+    noise_multiplier: float
+    delta: float
+    sample_rate: float
+    steps: int
+    steps_per_epoch: int
+    expected_batch_size: float
+
+
+@dataclass
+class DPTrainResult:
+    """Outcome of :func:`fit_private`; the privacy fields are ``None`` without DP.
+
+    ``losses`` holds the mean loss of every step (NaN for an empty Poisson batch).
+    """
+
+    losses: list[float]
+    epsilon: float | None
+    delta: float | None
+    noise_multiplier: float | None
+    steps: int
+    sample_rate: float | None
+    accountant: str | None = None
+
+
+def compute_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float, accountant: str) -> float:
+    """Epsilon of ``steps`` Poisson-subsampled Gaussian steps, by Opacus' accountant."""
+    from opacus.accountants import create_accountant
+
+    acc = create_accountant(mechanism=accountant)
+    acc.history = [(noise_multiplier, sample_rate, steps)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # PRV at q = 1 takes log(0) on a masked branch
+        return float(acc.get_epsilon(delta=delta))
+
+
+def plan_privacy(dp: DPConfig, n_examples: int, cfg: TrainConfig) -> PrivacyPlan:
+    """Resolve sigma (searching for ``target_epsilon`` if given), delta and the sampling schedule.
+
+    Raises
+    ------
+    ValueError
+        If no sigma below Opacus' limit reaches ``target_epsilon``.
+    """
+    from opacus.accountants.utils import get_noise_multiplier
+
+    per_epoch = math.ceil(n_examples / cfg.batch_size)
+    rate, steps = 1.0 / per_epoch, per_epoch * cfg.epochs
+    delta = dp.delta if dp.delta is not None else default_delta(n_examples)
+    sigma = dp.noise_multiplier
+    if sigma is None:
+        with warnings.catch_warnings():
+            # The search tries huge sigmas, where RDP's best order is the largest one: not a concern.
+            warnings.simplefilter("ignore", RuntimeWarning)
+            warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+            sigma = float(
+                get_noise_multiplier(
+                    target_epsilon=dp.target_epsilon,
+                    target_delta=delta,
+                    sample_rate=rate,
+                    steps=steps,
+                    accountant=dp.accountant,
+                )
+            )
+    return PrivacyPlan(sigma, delta, rate, steps, per_epoch, n_examples * rate)
+
+
+def _secret_generator(device: torch.device) -> torch.Generator:
+    gen = torch.Generator(device=device)
+    gen.manual_seed(int.from_bytes(os.urandom(8), "little"))
+    return gen
+
+
+def attach_private(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    noise_multiplier: float,
+    max_grad_norm: float,
+    expected_batch_size: float,
+    generator: torch.Generator | None = None,
+) -> tuple[object, object]:
+    """Opacus per-sample gradient hooks on ``model`` and a ``DPOptimizer`` around ``optimizer``.
+
+    Backpropagate the *sum* of per-row losses; ``DPOptimizer.step`` then clips each row's gradient to
+    ``max_grad_norm``, adds noise, divides by ``expected_batch_size`` and steps. Call
+    ``hooks.cleanup()`` when done (this also removes the ``grad_sample`` attributes).
+
+    Returns
+    -------
+    (GradSampleHooks, DPOptimizer)
+
+    Raises
+    ------
+    ValueError
+        If Opacus cannot compute per-sample gradients of a trainable layer (use LoRA then).
+    """
+    from opacus.grad_sample import GradSampleHooks
+    from opacus.optimizers import DPOptimizer
+
+    try:
+        hooks = GradSampleHooks(model, batch_first=True, loss_reduction="sum", strict=True)
+    except NotImplementedError as err:
+        raise ValueError(
+            f"Opacus cannot compute per-sample gradients for a trainable layer of this model ({err}); "
+            "train with LoRA adapters (TrainConfig.lora) so that only linear layers train"
+        ) from err
+    dp_optim = DPOptimizer(
+        optimizer,
+        noise_multiplier=noise_multiplier,
+        max_grad_norm=max_grad_norm,
+        expected_batch_size=expected_batch_size,  # type: ignore[arg-type]  # a float mean is fine
+        loss_reduction="mean",
+        generator=generator,
+    )
+    return hooks, dp_optim
+
+
+def trainable_parameters(model: PersonalizedLM, cfg: TrainConfig, task: str) -> list[nn.Parameter]:
+    """Set ``requires_grad`` for training ``task`` (LoRA adapters + head, or every used weight) and
+    return the trainable parameters."""
+    if cfg.lora is not None:
+        apply_lora(model, cfg.lora)
+    else:
+        for p in model.base.parameters():
+            p.requires_grad_(True)
+    # Opacus needs a per-sample gradient for every trainable parameter, so freeze what the task's
+    # forward never touches: the LM head for classification (unless tied to the input embeddings),
+    # the classification head for next-word prediction.
+    if task == "classification":
+        out = model.base.get_output_embeddings()
+        if out is not None and out.weight is not model.base.get_input_embeddings().weight:
+            out.requires_grad_(False)
+        if model.head is not None:
+            model.head.requires_grad_(True)
+    elif model.head is not None:
+        model.head.requires_grad_(False)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def _tidy(model: nn.Module, hooks: object) -> None:
+    hooks.cleanup()  # type: ignore[attr-defined]
+    for p in model.parameters():
+        for attr in ("summed_grad",):
+            if hasattr(p, attr):
+                delattr(p, attr)
+        p.grad = None
+    for m in model.modules():  # activations of a forward whose backward never ran
+        for attr in ("activations", "max_batch_len"):
+            if hasattr(m, attr):
+                delattr(m, attr)
+
+
+def fit_private(
+    model: PersonalizedLM,
+    data: TokenizedTask,
+    indices: Sequence[int] | np.ndarray,
+    cfg: TrainConfig,
+    dp: DPConfig | None,
+    embeddings: np.ndarray | None = None,
+    has: np.ndarray | None = None,
+    on_step: Callable[[float], None] | None = None,
+) -> DPTrainResult:
+    """Train on ``data[indices]`` with one fixed embedding per example, with DP-SGD unless ``dp`` is None.
+
+    Parameters
+    ----------
+    embeddings:
+        ``(len(data), n_tokens, hidden)``: the sample uploaded with each example, or ``None`` to train
+        the population model only.
+    has:
+        ``(len(data),)`` bool: False for examples uploaded without an embedding (trained as cold-start
+        rows); default all True. A further ``cfg.cold_start_fraction`` of rows drops its embedding.
+    on_step:
+        Called with each step's mean loss.
+
+    With ``dp=None`` and every example carrying an embedding this is :func:`veil.models.training.fit`
+    with a source returning the stored embeddings.
+    """
+    indices = np.asarray(indices, dtype=np.int64)
+    if indices.size == 0:
+        raise ValueError("no training examples")
+    if embeddings is not None:
+        embeddings = np.asarray(embeddings, dtype=np.float32)
+        want = (len(data), *model.embedding_shape)
+        if embeddings.shape != want:
+            raise ValueError(f"embeddings must have shape {want}, got {embeddings.shape}")
+    if has is not None:
+        has = np.asarray(has, dtype=bool)
+        if has.shape != (len(data),):
+            raise ValueError(f"has must have shape ({len(data)},), got {has.shape}")
+    if dp is None and embeddings is not None and (has is None or has[indices].all()):
+        stored = embeddings
+        losses = fit(model, data, indices, cfg, lambda idx: stored[idx], on_step)
+        return DPTrainResult(losses, None, None, None, len(losses), None)
+    return _train(model, data, indices, cfg, dp, embeddings, has, on_step)
+
+
+def _train(
+    model: PersonalizedLM,
+    data: TokenizedTask,
+    indices: np.ndarray,
+    cfg: TrainConfig,
+    dp: DPConfig | None,
+    embeddings: np.ndarray | None,
+    has: np.ndarray | None,
+    on_step: Callable[[float], None] | None,
+) -> DPTrainResult:
+    n = indices.size
+    plan = plan_privacy(dp, n, cfg) if dp is not None else None
+    per_epoch = math.ceil(n / cfg.batch_size)
+    total = per_epoch * cfg.epochs
+    params = trainable_parameters(model, cfg, data.task)
+    optim: torch.optim.Optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: _schedule(s, total, int(cfg.warmup_ratio * total)))
+    mask_rng = np.random.default_rng(cfg.seed)  # cold-start masks: data-independent, may be public
+    # Batch membership must stay secret for amplification by subsampling: OS entropy, not the seed.
+    batch_rng = np.random.default_rng() if plan is not None else np.random.default_rng(cfg.seed)
+    hooks = accountant = None
+    if plan is not None and dp is not None:
+        from opacus.accountants import create_accountant
+
+        hooks, optim = attach_private(
+            model,
+            optim,
+            noise_multiplier=plan.noise_multiplier,
+            max_grad_norm=dp.max_grad_norm,
+            expected_batch_size=plan.expected_batch_size,
+            generator=_secret_generator(model.device),
+        )
+        accountant = create_accountant(mechanism=dp.accountant)
+        optim.attach_step_hook(  # type: ignore[attr-defined]
+            lambda _: accountant.step(noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate)
+        )
+    poisson = dp is not None and dp.poisson_sampling
+    losses: list[float] = []
+    model.train()
+    try:
+        with warnings.catch_warnings():
+            # Input ids need no gradient, so torch notes that the embedding's backward hook sees outputs only.
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            for _ in range(cfg.epochs):
+                order = batch_rng.permutation(indices)
+                for step in range(per_epoch):
+                    if poisson:
+                        idx = indices[batch_rng.random(n) < plan.sample_rate]  # type: ignore[union-attr]
+                    else:
+                        idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+                    losses.append(_step(model, data, idx, cfg, embeddings, has, mask_rng, optim, params, dp))
+                    sched.step()
+                    if on_step is not None:
+                        on_step(losses[-1])
+    finally:
+        model.eval()
+        if hooks is not None:
+            _tidy(model, hooks)
+    if plan is None or dp is None or accountant is None:
+        return DPTrainResult(losses, None, None, None, len(losses), None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        epsilon = float(accountant.get_epsilon(delta=plan.delta))
+    return DPTrainResult(
+        losses, epsilon, plan.delta, plan.noise_multiplier, len(losses), plan.sample_rate, dp.accountant
+    )
+
+
+def _step(
+    model: PersonalizedLM,
+    data: TokenizedTask,
+    idx: np.ndarray,
+    cfg: TrainConfig,
+    embeddings: np.ndarray | None,
+    has: np.ndarray | None,
+    mask_rng: np.random.Generator,
+    optim: torch.optim.Optimizer,
+    params: list[nn.Parameter],
+    dp: DPConfig | None,
+) -> float:
+    """One optimiser step on rows ``idx``; returns their mean loss (NaN for an empty batch)."""
+    optim.zero_grad(set_to_none=True)
+    if idx.size == 0:
+        # An empty Poisson batch still releases noise: skipping it would reveal that the batch was empty.
+        for p in params:
+            p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)  # type: ignore[attr-defined]
+        optim.step()
+        return math.nan
+    if embeddings is None:
+        batch = data.batch(idx)
+    else:
+        keep = mask_rng.random(idx.size) >= cfg.cold_start_fraction
+        if has is not None:
+            keep &= has[idx]
+        batch = data.batch(idx, embeddings[idx], keep)
+    rows: Tensor = row_losses(model, batch, data.task)
+    if dp is None:
+        rows.mean().backward()
+        if cfg.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+    else:
+        rows.sum().backward()  # per-row gradients; DPOptimizer averages over the expected batch size
+    optim.step()
+    return float(rows.detach().mean())

@@ -1,0 +1,167 @@
+"""Batched, step-wise text generation for the personalised LM, with per-row sampling settings.
+
+``transformers``' ``generate`` applies one set of sampling settings to the whole batch and returns only
+at the end. The service needs rows with their own ``temperature``, ``top_p``, ``seed`` and length,
+streaming of every token as it is produced, and stopping a row early when the caller sees a stop
+string. :func:`generate_batch` is that loop: one prefill of the packed (soft-token) prompts, then one
+forward step per new token over the KV cache; finished rows ride along until the whole batch is done.
+
+Per-row seeds use a per-row ``torch.Generator``, so a seeded row's samples do not depend on which other
+requests shared its batch (the logits themselves can differ in the last bits with batch composition).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from veil.models.personalization import PersonalizedLM
+
+__all__ = ["SamplingParams", "generate_batch", "sample_next"]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How one row is decoded.
+
+    Attributes
+    ----------
+    max_new_tokens: upper bound on generated tokens (the row finishes with reason ``"length"``).
+    temperature: 0 means greedy; otherwise logits are divided by it before sampling.
+    top_p: nucleus sampling mass in (0, 1]; 1 keeps the whole distribution.
+    seed: seeds this row's own generator; ``None`` draws from the global generator.
+    stop_token_ids: token ids that end the row (reason ``"stop"``); the token itself is not emitted.
+    """
+
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop_token_ids: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not 0.0 <= self.temperature <= 2.0:
+            raise ValueError(f"temperature must be in [0, 2], got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+def sample_next(logits: Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
+    """One token id from next-token ``logits`` ``(vocab,)`` under ``params``."""
+    if params.temperature == 0.0:
+        return int(torch.argmax(logits))
+    probs = torch.softmax(logits.float() / params.temperature, dim=-1)
+    if params.top_p < 1.0:
+        sorted_p, order = torch.sort(probs, descending=True)
+        # keep the smallest prefix whose mass reaches top_p (always at least the top token)
+        keep = (sorted_p.cumsum(0) - sorted_p) < params.top_p
+        sorted_p = sorted_p * keep
+        probs = torch.zeros_like(probs).scatter(0, order, sorted_p)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def _cache_keyword(base: Any) -> str:
+    # transformers 5.2x renamed ``past_key_values`` to ``cache``; earlier 5.x only know the old name
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def _cache_of(out: Any) -> Any:
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
+@torch.no_grad()
+def generate_batch(
+    model: PersonalizedLM,
+    prompts: Sequence[Sequence[int]],
+    embeddings: Sequence[np.ndarray | None],
+    params: Sequence[SamplingParams],
+    pad_id: int,
+    on_step: Callable[[list[int | None]], set[int] | None] | None = None,
+) -> list[tuple[list[int], str]]:
+    """Generate for a batch of prompts; returns ``(token_ids, finish_reason)`` per row.
+
+    Parameters
+    ----------
+    prompts: token ids of each row (no padding).
+    embeddings: per row, a user embedding ``(n_tokens, hidden)`` or ``None`` (population model).
+    params: per-row :class:`SamplingParams`.
+    pad_id: the id used for left padding and for finished rows' dummy inputs.
+    on_step: called after every step with the new token of each row (``None`` for rows that were
+        already finished or just hit a stop token); it may return row indices to stop now (reason
+        ``"stop"``), e.g. when the caller found a stop string in the decoded text.
+    """
+    n = len(prompts)
+    if not (n == len(embeddings) == len(params)) or n == 0:
+        raise ValueError(f"need equal, non-zero numbers of prompts/embeddings/params, got {n}")
+    dev = model.device
+    width = max(len(p) for p in prompts)
+    ids = torch.full((n, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.long)
+    for r, toks in enumerate(prompts):
+        if not toks:
+            raise ValueError(f"prompt {r} is empty")
+        ids[r, width - len(toks) :] = torch.tensor(list(toks), dtype=torch.long)
+        mask[r, width - len(toks) :] = 1
+    has = torch.tensor([e is not None for e in embeddings])
+    emb = None
+    if bool(has.any()):
+        shape = model.embedding_shape
+        emb = torch.zeros((n, *shape), dtype=torch.float32)
+        for r, e in enumerate(embeddings):
+            if e is not None:
+                emb[r] = torch.as_tensor(np.asarray(e, dtype=np.float32))
+        emb = emb.to(dev)
+    packed = model.pack(ids.to(dev), mask.to(dev), emb, has.to(dev) if emb is not None else None)
+    gens = [None if p.seed is None else torch.Generator().manual_seed(p.seed) for p in params]
+    out = model.base(
+        inputs_embeds=packed.inputs_embeds,
+        attention_mask=packed.attention_mask,
+        position_ids=packed.position_ids,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    cache_kw = _cache_keyword(model.base)
+    attn = packed.attention_mask
+    pos = packed.position_ids[:, -1:]  # (B, 1)
+    tokens: list[list[int]] = [[] for _ in range(n)]
+    reasons: list[str | None] = [None] * n
+    while True:
+        logits = out.logits[:, -1, :].float().cpu()  # (B, V)
+        step: list[int | None] = [None] * n
+        for r in range(n):
+            if reasons[r] is not None:
+                continue
+            tok = sample_next(logits[r], params[r], gens[r])
+            if tok in params[r].stop_token_ids:
+                reasons[r] = "stop"
+                continue
+            tokens[r].append(tok)
+            step[r] = tok
+            if len(tokens[r]) >= params[r].max_new_tokens:
+                reasons[r] = "length"
+        if on_step is not None:
+            for r in on_step(step) or ():
+                if reasons[r] is None or reasons[r] == "length":
+                    reasons[r] = "stop"
+        if all(reason is not None for reason in reasons):
+            break
+        feed = torch.tensor([[t if t is not None else pad_id] for t in step], dtype=torch.long)
+        attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)  # (B, L + 1)
+        pos = pos + 1
+        out = model.base(
+            input_ids=feed.to(dev),
+            attention_mask=attn,
+            position_ids=pos,
+            use_cache=True,
+            **{cache_kw: _cache_of(out)},
+        )
+    return [(tokens[r], reasons[r] or "length") for r in range(n)]
