@@ -85,7 +85,9 @@ def test_train_personalized_end_to_end(data_dir, tmp_path, dp: DPConfig | None) 
     if dp is None:
         assert meta["privacy"] is None
     else:
-        assert meta["privacy"]["epsilon"] == report.epsilon and meta["privacy"]["unit"].startswith("one upload")
+        assert meta["privacy"]["epsilon"] == report.epsilon and meta["privacy"]["unit"].startswith(
+            "one upload"
+        )
     assert not any("lora_" in n for n, _ in model.named_parameters())  # merged
 
 
@@ -105,17 +107,23 @@ def test_training_continues_from_a_checkpoint(data_dir, tmp_path) -> None:
 def test_next_word_job_with_cold_start_uploads(data_dir, tmp_path) -> None:
     rng = np.random.default_rng(0)
     uploads = [
-        Upload(f"Thanks, see you {i}", word, "next_word", None if i % 4 == 0 else rng.normal(size=(1, HIDDEN)))
+        Upload(
+            f"Thanks, see you {i}", word, "next_word", None if i % 4 == 0 else rng.normal(size=(1, HIDDEN))
+        )
         for i, word in enumerate(["soon", "later"] * 20)
     ]
-    report = train_personalized(uploads, "tiny-llama", tmp_path / "nw", _cfg(task="next_word", epochs=1), data_dir)
+    report = train_personalized(
+        uploads, "tiny-llama", tmp_path / "nw", _cfg(task="next_word", epochs=1), data_dir
+    )
     assert report.n_skipped == 0 and report.n_train == 32 and math.isfinite(report.final_loss)
     model, _, meta = load_personalized(report.checkpoint)
     assert model.head is None and model.config.placement == "prefix" and meta["classes"] is None
 
 
 def test_no_usable_uploads_is_a_clear_error(data_dir, tmp_path) -> None:
-    with pytest.raises(ValueError, match=r"no usable uploads .*4 uploads \(embedding_nonfinite: 1, embedding_shape"):
+    with pytest.raises(
+        ValueError, match=r"no usable uploads .*4 uploads \(embedding_nonfinite: 1, embedding_shape"
+    ):
         train_personalized(_junk(), "tiny-llama", tmp_path / "x", _cfg(), data_dir)
     with pytest.raises(ValueError, match="at least 2 classes"):
         train_personalized(_uploads(20)[::2], "tiny-llama", tmp_path / "x", _cfg(), data_dir)

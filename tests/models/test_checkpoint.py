@@ -19,7 +19,9 @@ from veil.models.tasks import TokenizedTask
 from veil.models.training import LoraSettings, TrainConfig, apply_lora, fit
 
 
-def _inputs(n_tokens: int = 1, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _inputs(
+    n_tokens: int = 1, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, 128, (5, 9), generator=g)
     mask = torch.ones_like(ids)
@@ -38,7 +40,9 @@ def _assert_same_outputs(a: PersonalizedLM, b: PersonalizedLM, tol: float = 0.0)
     with torch.no_grad():
         for e, h in ((emb, has), (emb, None), (None, None)):
             if a.head is not None:
-                torch.testing.assert_close(a.classify(ids, mask, e, h), b.classify(ids, mask, e, h), atol=tol, rtol=tol)
+                torch.testing.assert_close(
+                    a.classify(ids, mask, e, h), b.classify(ids, mask, e, h), atol=tol, rtol=tol
+                )
             torch.testing.assert_close(
                 a.next_token_logits(ids, mask, e, h), b.next_token_logits(ids, mask, e, h), atol=tol, rtol=tol
             )
@@ -64,7 +68,9 @@ def test_save_load_gives_identical_logits(tiny_base, tiny_tokenizer, tmp_path, l
     _assert_same_outputs(model, loaded, tol=1e-4 if lora else 0.0)
     if lora:  # the merge matters: without the adapters the outputs differ
         plain = PersonalizedLM(type(tiny_base)(tiny_base.config), model.config)
-        assert not torch.allclose(plain.next_token_logits(*_inputs()[:2]), loaded.next_token_logits(*_inputs()[:2]))
+        assert not torch.allclose(
+            plain.next_token_logits(*_inputs()[:2]), loaded.next_token_logits(*_inputs()[:2])
+        )
 
 
 def test_checkpoint_loads_with_plain_transformers(tiny_base, tiny_tokenizer, tmp_path) -> None:

@@ -46,7 +46,9 @@ def _norm(grads: list[torch.Tensor]) -> float:
 
 
 @pytest.mark.filterwarnings("ignore:Full backward hook is firing")
-@pytest.mark.parametrize(("task", "lora"), [("classification", True), ("classification", False), ("next_word", True)])
+@pytest.mark.parametrize(
+    ("task", "lora"), [("classification", True), ("classification", False), ("next_word", True)]
+)
 def test_per_sample_gradients_and_clipping_match_a_naive_loop(tiny_base, task: str, lora: bool) -> None:
     # lora=False is full fine-tuning: LlamaRMSNorm goes through Opacus' functorch sampler, and the tied
     # embedding matrix collects per-sample gradients from the lookup and (next_word) the LM head.
@@ -70,7 +72,11 @@ def test_per_sample_gradients_and_clipping_match_a_naive_loop(tiny_base, task: s
     assert sum(n > clip * 1.01 for n in norms) >= 2  # clipping bites for some rows, not for others
 
     hooks, optim = attach_private(
-        model, torch.optim.SGD(params, lr=1.0), noise_multiplier=0.0, max_grad_norm=clip, expected_batch_size=4
+        model,
+        torch.optim.SGD(params, lr=1.0),
+        noise_multiplier=0.0,
+        max_grad_norm=clip,
+        expected_batch_size=4,
     )
     try:
         row_losses(model, data.batch(np.arange(6), emb, has), task).sum().backward()
@@ -133,7 +139,9 @@ def test_empty_poisson_batches_still_take_noisy_steps(tiny_base) -> None:
     cfg = TrainConfig(epochs=12, batch_size=1, lr=1e-3, lora=LoraSettings(r=2))
     model = _model(tiny_base)
     head = model.head.weight.detach().clone()  # type: ignore[union-attr]
-    r = fit_private(model, data, np.arange(4), cfg, DPConfig(noise_multiplier=1.0, accountant="rdp"), _embeddings(data))
+    r = fit_private(
+        model, data, np.arange(4), cfg, DPConfig(noise_multiplier=1.0, accountant="rdp"), _embeddings(data)
+    )
     assert r.steps == 48 and len(r.losses) == 48
     assert any(math.isnan(x) for x in r.losses)  # P(no empty batch in 48 draws of q=1/4) ~ 1e-8
     assert r.epsilon == pytest.approx(compute_epsilon(1.0, 0.25, 48, r.delta, "rdp"))  # type: ignore[arg-type]
@@ -158,7 +166,9 @@ def test_without_dp_it_is_fit_on_the_stored_embeddings(tiny_base) -> None:
 def test_plan_follows_opacus_sampling() -> None:
     plan = plan_privacy(DPConfig(noise_multiplier=1.3), 100, TrainConfig(epochs=3, batch_size=32))
     assert (plan.steps_per_epoch, plan.steps) == (4, 12) and plan.sample_rate == 0.25
-    assert plan.expected_batch_size == 25 and plan.delta == default_delta(100) and plan.noise_multiplier == 1.3
+    assert (
+        plan.expected_batch_size == 25 and plan.delta == default_delta(100) and plan.noise_multiplier == 1.3
+    )
 
 
 def test_validation() -> None:

@@ -204,7 +204,9 @@ def _read_manifest(path: Path) -> dict[str, Any]:
         version = manifest["format_version"]
         pers = manifest["personalization"]
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ModelLoadError(f"checkpoint {str(path)!r} has an unreadable {CHECKPOINT_FILE}: {err!r}") from err
+        raise ModelLoadError(
+            f"checkpoint {str(path)!r} has an unreadable {CHECKPOINT_FILE}: {err!r}"
+        ) from err
     if manifest.get("format") != FORMAT or version != FORMAT_VERSION:
         raise ModelLoadError(
             f"checkpoint {str(path)!r} has format {manifest.get('format')!r} version {version!r}; "
@@ -215,7 +217,9 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
-def load_personalized(path: str | Path, device: str | torch.device = "cpu") -> tuple[PersonalizedLM, Any, dict]:
+def load_personalized(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[PersonalizedLM, Any, dict]:
     """Load a checkpoint written by :func:`save_personalized`.
 
     Returns
@@ -238,7 +242,9 @@ def load_personalized(path: str | Path, device: str | torch.device = "cpu") -> t
     try:
         config = PersonalizationConfig(**manifest["personalization"])
     except (TypeError, ValueError) as err:
-        raise ModelLoadError(f"checkpoint {str(root)!r} has an invalid personalization config: {err}") from err
+        raise ModelLoadError(
+            f"checkpoint {str(root)!r} has an invalid personalization config: {err}"
+        ) from err
     try:
         loaded = load_model(root.resolve(), data_dir=root.parent)
     except ModelLoadError:
@@ -253,7 +259,9 @@ def load_personalized(path: str | Path, device: str | torch.device = "cpu") -> t
             raise ModelLoadError(f"checkpoint {str(root)!r} has a missing or corrupt head: {err!r}") from err
     classes = manifest.get("classes")
     if config.num_labels is not None and (not isinstance(classes, list) or len(classes) != config.num_labels):
-        raise ModelLoadError(f"checkpoint {str(root)!r} must list {config.num_labels} classes, got {classes!r}")
+        raise ModelLoadError(
+            f"checkpoint {str(root)!r} must list {config.num_labels} classes, got {classes!r}"
+        )
     want = tuple(manifest.get("embedding_shape") or model.embedding_shape)
     if want != model.embedding_shape:
         raise ModelLoadError(

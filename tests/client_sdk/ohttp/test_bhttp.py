@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -107,7 +109,10 @@ FIG10_RESPONSE = BinaryResponse(
         InformationalResponse(102, [("running", '"sleep 15"')]),
         InformationalResponse(
             103,
-            [("link", "</style.css>; rel=preload; as=style"), ("link", "</script.js>; rel=preload; as=script")],
+            [
+                ("link", "</style.css>; rel=preload; as=style"),
+                ("link", "</script.js>; rel=preload; as=script"),
+            ],
         ),
     ],
 )
@@ -168,9 +173,17 @@ def test_rfc_9458_minimal_messages_decode() -> None:
 
 @pytest.mark.parametrize(
     ("value", "encoded"),
-    [(0, "00"), (63, "3f"), (64, "4040"), (37, "25"), (15293, "7bbd"), (494878333, "9d7f3e7d"),
-     (151288809941952652, "c2197c5eff14e88c"), ((1 << 62) - 1, "ffffffffffffffff")],
-)  # fmt: skip
+    [
+        (0, "00"),
+        (63, "3f"),
+        (64, "4040"),
+        (37, "25"),
+        (15293, "7bbd"),
+        (494878333, "9d7f3e7d"),
+        (151288809941952652, "c2197c5eff14e88c"),
+        ((1 << 62) - 1, "ffffffffffffffff"),
+    ],
+)
 def test_varint_rfc_9000_examples(value: int, encoded: str) -> None:
     assert encode_varint(value).hex() == encoded
     assert decode_varint(bytes.fromhex(encoded)) == (value, len(encoded) // 2)
@@ -254,8 +267,9 @@ def test_constructor_validation() -> None:
 
 
 _token = st.text(alphabet="!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz", min_size=1, max_size=12)
-_value = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\x7f"),
-                 max_size=40).map(lambda s: s.strip(" \t"))  # fmt: skip
+_value = st.text(
+    alphabet=st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\x7f"), max_size=40
+).map(lambda s: s.strip(" \t"))
 _fields = st.lists(st.tuples(_token, _value), max_size=6)
 _visible = st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=30)
 
@@ -273,8 +287,9 @@ _visible = st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E
     truncate=st.booleans(),
     padding=st.integers(0, 20),
 )
-def test_request_round_trip(method, scheme, authority, path, headers, content, trailers, indeterminate, truncate,
-                            padding) -> None:  # fmt: skip
+def test_request_round_trip(
+    method, scheme, authority, path, headers, content, trailers, indeterminate, truncate, padding
+) -> None:
     request = BinaryRequest(method, scheme, authority, path, headers, content, trailers)
     encoded = request.encode(indeterminate=indeterminate, truncate=truncate, padding=padding)
     assert BinaryRequest.decode(encoded) == request
@@ -292,7 +307,9 @@ def test_request_round_trip(method, scheme, authority, path, headers, content, t
     truncate=st.booleans(),
 )
 def test_response_round_trip(status, interim, headers, content, trailers, indeterminate, truncate) -> None:
-    response = BinaryResponse(status, headers, content, [InformationalResponse(s, h) for s, h in interim], trailers)
+    response = BinaryResponse(
+        status, headers, content, [InformationalResponse(s, h) for s, h in interim], trailers
+    )
     encoded = response.encode(indeterminate=indeterminate, truncate=truncate)
     assert BinaryResponse.decode(encoded) == response
 
@@ -300,7 +317,5 @@ def test_response_round_trip(status, interim, headers, content, trailers, indete
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=64))
 def test_random_bytes_never_crash_the_decoder(data: bytes) -> None:
-    try:
+    with contextlib.suppress(BinaryHTTPError):  # any other exception fails the test
         decode_message(data)
-    except BinaryHTTPError:
-        pass

@@ -12,13 +12,13 @@ from veil.client_sdk.ohttp.hpke import (
     AEAD_AES_128_GCM,
     AEAD_AES_256_GCM,
     AEAD_CHACHA20_POLY1305,
+    DHKEMX25519,
     KDF_HKDF_SHA256,
     KEM_MLKEM768_X25519,
     KEM_X25519_HKDF_SHA256,
-    DHKEMX25519,
+    MLKEM768X25519,
     KEMError,
     MessageLimitReachedError,
-    MLKEM768X25519,
     OpenError,
     Suite,
     UnsupportedAlgorithmError,
@@ -123,7 +123,10 @@ def _crypto_keys(kem_id: int, private_key: bytes):
     return sk, crypto_hpke.MLKEM768X25519PublicKey(sk_m.public_key(), sk_x.public_key())
 
 
-_CRYPTO_KEM = {KEM_X25519_HKDF_SHA256: crypto_hpke.KEM.X25519, KEM_MLKEM768_X25519: crypto_hpke.KEM.MLKEM768_X25519}
+_CRYPTO_KEM = {
+    KEM_X25519_HKDF_SHA256: crypto_hpke.KEM.X25519,
+    KEM_MLKEM768_X25519: crypto_hpke.KEM.MLKEM768_X25519,
+}
 _CRYPTO_AEAD = {
     AEAD_AES_128_GCM: crypto_hpke.AEAD.AES_128_GCM,
     AEAD_AES_256_GCM: crypto_hpke.AEAD.AES_256_GCM,

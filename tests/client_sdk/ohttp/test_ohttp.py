@@ -182,7 +182,13 @@ def test_request_info_binds_the_header() -> None:
 
 def test_errors_carry_status_and_json_body() -> None:
     body = UnknownKeyIdError("no key 7").to_dict()
-    assert body == {"error": {"type": "unknown_key_id", "message": "no key 7", "param": None,
-                              "problem_type": OHTTP_KEY_PROBLEM}}  # fmt: skip
+    assert body == {
+        "error": {
+            "type": "unknown_key_id",
+            "message": "no key 7",
+            "param": None,
+            "problem_type": OHTTP_KEY_PROBLEM,
+        }
+    }
     assert DecryptionFailedError("x").to_dict()["error"].keys() == {"type", "message", "param"}
     assert all(issubclass(e, OHTTPError) for e in (MalformedMessageError, UnsupportedSuiteError))

@@ -66,7 +66,9 @@ def test_key_config_validation() -> None:
         KeyConfig(1, 0x0010, bytes(65))
     with pytest.raises(KeyConfigError):
         encode_key_configs([])
-    assert KeyConfig(1, KEM_X25519_HKDF_SHA256, bytes(32), [(2, 1), (1, 2)]).supported_algorithms() == [(1, 2)]
+    assert KeyConfig(1, KEM_X25519_HKDF_SHA256, bytes(32), [(2, 1), (1, 2)]).supported_algorithms() == [
+        (1, 2)
+    ]
 
 
 @pytest.mark.parametrize("kem_id", [KEM_X25519_HKDF_SHA256, KEM_MLKEM768_X25519])

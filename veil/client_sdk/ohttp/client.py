@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json as jsonlib
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -260,6 +261,7 @@ class OHTTPClient(_ClientCore):
         )
         self._owns_http = http_client is None
         self._http = http_client or httpx.Client(transport=transport, timeout=timeout, trust_env=False)
+        self._key_lock = threading.Lock()
 
     def _send(self, build: Callable[[], httpx.Request]) -> httpx.Response:
         for attempt in range(self.retries + 1):
@@ -269,6 +271,9 @@ class OHTTPClient(_ClientCore):
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 if attempt == self.retries:
                     raise RelayError(f"cannot reach {request.url}: {exc}", None, "relay_unreachable") from exc
+            except httpx.TransportError as exc:
+                # Not retried: the relay may already have forwarded the request.
+                raise RelayError(f"exchange with {request.url} failed: {exc!r}", None, "relay_error") from exc
             else:
                 if response.status_code not in _RETRY_STATUSES or attempt == self.retries:
                     return response
@@ -277,9 +282,11 @@ class OHTTPClient(_ClientCore):
 
     def key_config(self, *, refresh: bool = False) -> KeyConfig:
         """The gateway key configuration in use (fetched from ``key_config_url`` if needed)."""
-        if self._key_config is None or (refresh and self.key_config_url):
-            return self._parse_key_configs(self._send(self._key_request))
-        return self._key_config
+        stale = self._key_config
+        with self._key_lock:  # one fetch even when many threads start at once
+            if self._key_config is None or (refresh and self.key_config_url and self._key_config is stale):
+                return self._parse_key_configs(self._send(self._key_request))
+            return self._key_config
 
     def request(
         self,
@@ -290,7 +297,15 @@ class OHTTPClient(_ClientCore):
         content: bytes | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> InnerResponse:
-        """Send one request to the target through the relay; returns the target's response."""
+        """Send one request to the target through the relay; returns the target's response.
+
+        Raises
+        ------
+        RelayError
+            No encapsulated response: relay or gateway error status, or the relay is unreachable.
+        DecryptionFailedError, MalformedMessageError
+            The encapsulated response did not open (tampered in transit).
+        """
         inner = self._inner(method, path, json, content, headers)
         for refreshed in (False, True):
             build, contexts = self._encapsulator(self.key_config(refresh=refreshed), inner)
@@ -343,6 +358,7 @@ class AsyncOHTTPClient(_ClientCore):
         )
         self._owns_http = http_client is None
         self._http = http_client or httpx.AsyncClient(transport=transport, timeout=timeout, trust_env=False)
+        self._key_lock: asyncio.Lock | None = None
 
     async def _send(self, build: Callable[[], httpx.Request]) -> httpx.Response:
         for attempt in range(self.retries + 1):
@@ -352,6 +368,9 @@ class AsyncOHTTPClient(_ClientCore):
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 if attempt == self.retries:
                     raise RelayError(f"cannot reach {request.url}: {exc}", None, "relay_unreachable") from exc
+            except httpx.TransportError as exc:
+                # Not retried: the relay may already have forwarded the request.
+                raise RelayError(f"exchange with {request.url} failed: {exc!r}", None, "relay_error") from exc
             else:
                 if response.status_code not in _RETRY_STATUSES or attempt == self.retries:
                     return response
@@ -360,9 +379,13 @@ class AsyncOHTTPClient(_ClientCore):
 
     async def key_config(self, *, refresh: bool = False) -> KeyConfig:
         """The gateway key configuration in use (fetched from ``key_config_url`` if needed)."""
-        if self._key_config is None or (refresh and self.key_config_url):
-            return self._parse_key_configs(await self._send(self._key_request))
-        return self._key_config
+        stale = self._key_config
+        if self._key_lock is None:  # made here so it belongs to the running loop
+            self._key_lock = asyncio.Lock()
+        async with self._key_lock:  # one fetch even when many requests start at once
+            if self._key_config is None or (refresh and self.key_config_url and self._key_config is stale):
+                return self._parse_key_configs(await self._send(self._key_request))
+            return self._key_config
 
     async def request(
         self,
@@ -373,7 +396,15 @@ class AsyncOHTTPClient(_ClientCore):
         content: bytes | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> InnerResponse:
-        """Send one request to the target through the relay; returns the target's response."""
+        """Send one request to the target through the relay; returns the target's response.
+
+        Raises
+        ------
+        RelayError
+            No encapsulated response: relay or gateway error status, or the relay is unreachable.
+        DecryptionFailedError, MalformedMessageError
+            The encapsulated response did not open (tampered in transit).
+        """
         inner = self._inner(method, path, json, content, headers)
         for refreshed in (False, True):
             build, contexts = self._encapsulator(await self.key_config(refresh=refreshed), inner)

@@ -190,16 +190,22 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _load(base: str | Path, cfg: PersonalizedTrainingConfig, data_dir: str | Path | None) -> tuple[Any, Any, Any]:
+def _load(
+    base: str | Path, cfg: PersonalizedTrainingConfig, data_dir: str | Path | None
+) -> tuple[Any, Any, Any]:
     """(PersonalizedLM, tokenizer, its classes) for a checkpoint; (base LM, tokenizer, None) otherwise."""
     if is_personalized_checkpoint(base):
         model, tokenizer, meta = load_personalized(base)
         has_head = model.head is not None
         if has_head != (cfg.task == "classification"):
             kind = "classification (it has a head)" if has_head else "next_word (no head)"
-            raise ValueError(f"checkpoint {str(base)!r} was trained for {kind}, but the job's task is {cfg.task}")
+            raise ValueError(
+                f"checkpoint {str(base)!r} was trained for {kind}, but the job's task is {cfg.task}"
+            )
         if cfg.n_tokens is not None and cfg.n_tokens != model.config.n_tokens:
-            raise ValueError(f"checkpoint {str(base)!r} takes {model.config.n_tokens} soft tokens, not {cfg.n_tokens}")
+            raise ValueError(
+                f"checkpoint {str(base)!r} takes {model.config.n_tokens} soft tokens, not {cfg.n_tokens}"
+            )
         classes = meta.get("classes")
         if cfg.classes is not None and classes is not None and list(cfg.classes) != list(classes):
             raise ValueError(f"classes {list(cfg.classes)} differ from the checkpoint's {classes}")
@@ -210,7 +216,11 @@ def _load(base: str | Path, cfg: PersonalizedTrainingConfig, data_dir: str | Pat
 
 @torch.no_grad()
 def _accuracy(
-    model: PersonalizedLM, data: TokenizedTask, idx: np.ndarray, emb: np.ndarray | None, has: np.ndarray | None
+    model: PersonalizedLM,
+    data: TokenizedTask,
+    idx: np.ndarray,
+    emb: np.ndarray | None,
+    has: np.ndarray | None,
 ) -> float | None:
     if idx.size == 0:
         return None

@@ -1,0 +1,90 @@
+"""Test helpers: real uvicorn servers on loopback ports in background threads, and tiny gateway apps."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from veil.client_sdk.ohttp import KEYS_MEDIA_TYPE, RESPONSE_MEDIA_TYPE, OHTTPError
+from veil.cloud_service.gateway import Dispatch, Gateway
+
+
+@contextlib.contextmanager
+def serve(app: Any, *, timeout_s: float = 10.0) -> Iterator[str]:
+    """Run ``app`` with uvicorn on a free loopback port; yields its base URL, stops it on exit.
+
+    Logging is left to the test's handlers (``log_config=None``) and the access log is off, as in
+    ``run_relay``.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, log_config=None, access_log=False, server_header=False, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout_s
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout_s)
+        sock.close()
+
+
+def make_gateway_app(
+    gateway: Gateway, dispatch: Dispatch, received: list[list[tuple[str, str]]]
+) -> Starlette:
+    """A minimal gateway server: ``/ohttp`` and the key configuration; records every request's headers."""
+
+    async def ohttp(request: Request) -> Response:
+        received.append([(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw])
+        try:
+            body = await gateway.handle(await request.body(), dispatch)
+        except OHTTPError as exc:
+            return JSONResponse(exc.to_dict(), exc.status)
+        return Response(body, media_type=RESPONSE_MEDIA_TYPE)
+
+    async def keys(request: Request) -> Response:
+        received.append([(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw])
+        return Response(
+            gateway.key_config_bytes(), media_type=KEYS_MEDIA_TYPE, headers={"cache-control": "max-age=60"}
+        )
+
+    return Starlette(
+        routes=[Route("/ohttp", ohttp, methods=["POST"]), Route("/.well-known/ohttp-gateway", keys)]
+    )
+
+
+def make_echo_app() -> Starlette:
+    """The inner target: echoes method, path, headers, body and the client address it was given."""
+
+    async def echo(request: Request) -> Response:
+        body = await request.body()
+        return JSONResponse(
+            {
+                "method": request.method,
+                "path": request.url.path,
+                "headers": [[k, v] for k, v in request.headers.items()],
+                "body": body.decode("utf-8", "replace"),
+                "client": request.client.host if request.client else None,
+            },
+            status_code=201 if request.method == "POST" else 200,
+        )
+
+    return Starlette(routes=[Route("/{path:path}", echo, methods=["GET", "POST", "PUT", "DELETE"])])
