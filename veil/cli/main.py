@@ -57,6 +57,8 @@ def _print_table(result: object) -> None:
     frontier = Table(title="Privacy-utility frontier (spread swept per family)")
     for head in ("family", "spread", "accuracy", "gain over none", "Bayes attribution"):
         frontier.add_column(head, justify="right")
+    if not result.frontier:
+        return
     none_acc = result.method("none").accuracy
     for m in result.frontier:
         frontier.add_row(
@@ -95,14 +97,40 @@ def experiment_personalization(
 def demo(
     task: Task = "next_word",
     seed: Seed = 0,
-    out: Annotated[Path | None, typer.Option(help="Output folder (default: the data dir).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder (default: the data dir/demo).")] = None,
+    dp: Annotated[
+        bool, typer.Option("--dp/--no-dp", help="Also run stage 3 with DP-SGD (about 8 more minutes).")
+    ] = False,
+    as_json: AsJson = False,
 ) -> None:
-    """The quick experiment with progress bars, then report.html and summary.json."""
-    from veil.simulation.report import write_report
+    """IDfree-PL through the real service: API + gateway, a relay process, phones, uploads, training.
 
-    result = _run_experiment(True, task, seed, False)
-    report, summary = write_report(result, out or _data_dir())
-    _print_table(result)
+    Writes report.html and summary.json; the in-process comparison of every method is
+    'veil experiment personalization --quick'.
+    """
+    from veil.simulation.progress import NullProgress, RichProgress
+    from veil.simulation.report import write_report
+    from veil.simulation.service_demo import ServiceDemoConfig, run_service_demo
+
+    _quiet_libraries()
+    cfg = ServiceDemoConfig.quick(task, seed)
+    cfg.dp_noise_multiplier = 1.0 if dp else None
+    target = out or (_data_dir() / "demo")
+    progress = NullProgress() if as_json and not sys.stderr.isatty() else RichProgress()
+    outcome = run_service_demo(cfg, target, progress)
+    report, summary = write_report(outcome.result, target, outcome.service)
+    if as_json:
+        typer.echo(json.dumps(outcome.to_json()))
+        return
+    _print_table(outcome.result)
+    service = outcome.service
+    typer.echo(
+        f"through the relay: {service['requests_through_relay']} requests "
+        f"({service['requests_per_second']:.0f}/s), {service['uploads_stored']} uploads stored"
+    )
+    for name, run in service["training"].items():
+        eps = "no DP" if run["epsilon"] is None else f"epsilon {run['epsilon']:.2f}, delta {run['delta']:.1e}"
+        typer.echo(f"{name}: {run['n_train']} uploads, {eps}")
     typer.echo(f"report:  {report}\nsummary: {summary}")
 
 

@@ -33,8 +33,13 @@ def _sessions():  # -> sessionmaker
 def serve(
     host: Host = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
-    model: Annotated[str | None, typer.Option(help="Model or checkpoint to serve (default VEIL_MODEL).")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Model or checkpoint to serve (default VEIL_MODEL).")
+    ] = None,
     max_batch: Annotated[int, typer.Option(help="Most requests per model batch.")] = 8,
+    torch_threads: Annotated[
+        int | None, typer.Option(help="CPU threads for the model (default: torch's choice).")
+    ] = None,
 ) -> None:
     """Start the API and the OHTTP gateway (data directory from VEIL_DATA_DIR)."""
     import dataclasses
@@ -48,6 +53,12 @@ def serve(
 
     if not 0 < port < 65536:
         raise UserError(f"port must be in 1..65535, got {port}")
+    if torch_threads is not None:
+        if torch_threads < 1:
+            raise UserError(f"--torch-threads must be >= 1, got {torch_threads}")
+        import torch
+
+        torch.set_num_threads(torch_threads)
     quiet_transformers()
     config = ServiceConfig.from_settings()
     config = dataclasses.replace(
@@ -74,7 +85,9 @@ def relay(
     if hold_window_ms < 0:
         raise UserError(f"--hold-window-ms must be >= 0, got {hold_window_ms}")
     config = RelayConfig(
-        gateway_url=gateway.rstrip("/"), hold_window_s=hold_window_ms / 1000.0, max_body_bytes=max_body_kb * 1024
+        gateway_url=gateway.rstrip("/"),
+        hold_window_s=hold_window_ms / 1000.0,
+        max_body_bytes=max_body_kb * 1024,
     )
     typer.echo(f"veil: relay on http://{host}:{port} -> {config.gateway_url}", err=True)
     run_relay(config, host, port)
@@ -113,7 +126,9 @@ def keys_list(as_json: AsJson = False) -> None:
 
 
 @keys_app.command("revoke")
-def keys_revoke(prefix: Annotated[str, typer.Argument(help="The key's prefix as shown by 'veil keys list'.")]) -> None:
+def keys_revoke(
+    prefix: Annotated[str, typer.Argument(help="The key's prefix as shown by 'veil keys list'.")],
+) -> None:
     """Revoke an API key by its prefix."""
     from veil.cloud_service.store.repository import revoke_api_key
 
@@ -126,10 +141,16 @@ def keys_revoke(prefix: Annotated[str, typer.Argument(help="The key's prefix as 
 @train_app.command("personalized")
 def train_personalized(
     task: Annotated[str, typer.Option(help="next_word | classification")] = "next_word",
-    base: Annotated[str | None, typer.Option(help="Starting model or checkpoint (default VEIL_MODEL).")] = None,
-    out: Annotated[Path | None, typer.Option(help="Checkpoint folder (default: data dir/checkpoints).")] = None,
+    base: Annotated[
+        str | None, typer.Option(help="Starting model or checkpoint (default VEIL_MODEL).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Checkpoint folder (default: data dir/checkpoints).")
+    ] = None,
     epochs: Annotated[int, typer.Option(help="Passes over the uploads.")] = 3,
-    batch_size: Annotated[int, typer.Option(help="Rows per step (expected size with Poisson sampling).")] = 32,
+    batch_size: Annotated[
+        int, typer.Option(help="Rows per step (expected size with Poisson sampling).")
+    ] = 32,
     lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-3,
     dp: Annotated[bool, typer.Option("--dp/--no-dp", help="DP-SGD through Opacus.")] = False,
     noise_multiplier: Annotated[float | None, typer.Option(help="DP noise multiplier.")] = None,

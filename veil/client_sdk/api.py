@@ -59,6 +59,25 @@ def _decode(resp: _Response) -> dict[str, Any]:
     return body
 
 
+async def _retrying(send: Any, retries: int) -> _Response:
+    """Send until a non-5xx answer; transport failures are retried too. Only for idempotent requests
+    (an upload carries its idempotency key, a gradient request changes nothing)."""
+    from veil.client_sdk.ohttp.client import RelayError
+
+    attempt = 0
+    while True:
+        try:
+            resp = await send()
+        except RelayError:
+            if attempt >= retries:
+                raise
+        else:
+            if resp.status < 500 or attempt >= retries:
+                return resp
+        await asyncio.sleep(0.05 * 2**attempt)
+        attempt += 1
+
+
 class PhoneAPI:
     """The phone routes of the Veil API.
 
@@ -66,7 +85,8 @@ class PhoneAPI:
     ----------
     transport: sends one inner HTTP request (method, path, JSON body, headers) and returns the answer.
     model: the served model id (``/v1/models``).
-    retries: extra attempts of an upload after a 5xx answer (the same idempotency key each time).
+    retries: extra attempts of an upload or gradient request after a 5xx answer or a failed exchange
+        (an upload keeps its idempotency key, so it is stored once).
     """
 
     def __init__(self, transport: AsyncTransport, model: str, retries: int = 2) -> None:
@@ -90,7 +110,8 @@ class PhoneAPI:
             "label": label,
             "embedding": np.asarray(embedding, dtype=np.float64).tolist(),
         }
-        out = _decode(await self.transport.request("POST", "/v1/embedding-gradients", json=body))
+        send = lambda: self.transport.request("POST", "/v1/embedding-gradients", json=body)  # noqa: E731
+        out = _decode(await _retrying(send, self.retries))
         return float(out["loss"]), np.asarray(out["gradient"], dtype=np.float64)
 
     async def upload(
@@ -106,14 +127,9 @@ class PhoneAPI:
         body: dict[str, Any] = {"model": self.model, "task": task, "text": text, "label": label}
         if embedding is not None:
             body["embedding"] = np.asarray(embedding, dtype=np.float64).tolist()
-        for attempt in range(self.retries + 1):
-            resp = await self.transport.request(
-                "POST", "/v1/uploads", json=body, headers={"idempotency-key": key}
-            )
-            if resp.status < 500 or attempt == self.retries:
-                return _decode(resp)
-            await asyncio.sleep(0.05 * 2**attempt)
-        raise AssertionError("unreachable")  # pragma: no cover
+        headers = {"idempotency-key": key}
+        send = lambda: self.transport.request("POST", "/v1/uploads", json=body, headers=headers)  # noqa: E731
+        return _decode(await _retrying(send, self.retries))
 
     async def chat(
         self, messages: Sequence[dict[str, str]], embedding: np.ndarray | None = None, **params: Any

@@ -8,7 +8,7 @@ import time
 from types import TracebackType
 from typing import Any
 
-__all__ = ["BackgroundServer", "free_port"]
+__all__ = ["BackgroundServer", "RelayProcess", "free_port"]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -58,3 +58,57 @@ class BackgroundServer:
     ) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=30)
+
+
+class RelayProcess:
+    """``veil relay`` as a separate process on a free loopback port (the relay never shares the API's
+    process: it must not see what the gateway sees). ``with RelayProcess(api.url) as relay: relay.url``."""
+
+    def __init__(self, gateway_url: str, hold_window_ms: float = 0.0, timeout_s: float = 60.0) -> None:
+        self.gateway_url = gateway_url
+        self.hold_window_ms = hold_window_ms
+        self.timeout_s = timeout_s
+        self.port = free_port()
+        self.proc: Any = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> RelayProcess:
+        import subprocess
+        import sys
+
+        import httpx
+
+        cmd = [sys.executable, "-m", "veil.cli.main", "relay", "--gateway", self.gateway_url]
+        cmd += ["--port", str(self.port), "--hold-window-ms", str(self.hold_window_ms)]
+        import tempfile
+
+        self._log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self._log)
+        deadline = time.monotonic() + self.timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                self._log.seek(0)
+                err = self._log.read().decode(errors="replace").strip().splitlines()
+                raise RuntimeError(f"relay exited with {self.proc.returncode}: {err[-1] if err else ''}")
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        self.proc.kill()
+        raise RuntimeError(f"relay did not start within {self.timeout_s} s")
+
+    def __exit__(self, *exc: object) -> None:
+        import subprocess
+
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self._log.close()

@@ -28,7 +28,13 @@ _LABELS = {
 
 
 def label(method: str) -> str:
-    return _LABELS.get(method, method)
+    if method in _LABELS:
+        return _LABELS[method]
+    if method.startswith("idfree-") and "-service" in method:
+        family = method.removeprefix("idfree-").split("-service")[0].replace("_", " ")
+        dp = " + DP-SGD" if method.endswith("-dp") else ""
+        return f"IDfree-PL ({family}) via OHTTP service{dp}"
+    return method
 
 
 def methods_table_rows(result: ExperimentResult) -> list[list[str]]:
@@ -92,6 +98,8 @@ def _plots(result: ExperimentResult) -> list[tuple[str, str]]:
     out.append(("Attribution accuracy against chance", _png(fig)))
     plt.close(fig)
 
+    if not result.frontier:
+        return out
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for family in sorted({m.family for m in result.frontier if m.family}):
         pts = sorted((m for m in result.frontier if m.family == family), key=lambda m: m.attribution_accuracy)
@@ -110,6 +118,8 @@ def _plots(result: ExperimentResult) -> list[tuple[str, str]]:
                 xytext=(3, 3),
             )
     for name, marker in (("none", "s"), ("static", "X")):
+        if name not in {m.method for m in result.methods}:
+            continue
         m = result.method(name)
         ax.plot([m.attribution_accuracy], [m.accuracy], marker, ms=9, label=label(name))
     ax.axvline(1.0 / result.users, color="grey", ls=":", label="chance")
@@ -129,10 +139,37 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def write_report(result: ExperimentResult, out_dir: Path) -> tuple[Path, Path]:
-    """Write ``report.html`` and ``summary.json`` into ``out_dir``; returns their paths."""
+def _extra_tables(extra: dict[str, Any]) -> str:
+    """Nested dicts of scalars as key/value tables (one per section)."""
+    flat = {k: v for k, v in extra.items() if not isinstance(v, dict)}
+    parts = [("Service run", flat)] if flat else []
+    parts += [(k, v) for k, v in extra.items() if isinstance(v, dict)]
+    out = []
+    for title, table in parts:
+        rows = "".join(
+            f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(_fmt(v))}</td></tr>"
+            for k, v in table.items()
+            if not isinstance(v, dict | list)
+        )
+        out.append(f"<h2>{html.escape(title)}</h2><table>{rows}</table>")
+    return "".join(out)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def write_report(
+    result: ExperimentResult, out_dir: Path, extra: dict[str, Any] | None = None
+) -> tuple[Path, Path]:
+    """Write ``report.html`` and ``summary.json`` into ``out_dir``; returns their paths.
+
+    ``extra`` (e.g. the service run's figures) is added to the summary and shown as tables.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = {**result.to_json(), "machine": {"platform": platform.platform(), "cpus": os.cpu_count()}}
+    if extra:
+        summary["service"] = extra
     summary_path = out_dir / "summary.json"
     _atomic_write(summary_path, json.dumps(summary, indent=2))
     head = ["method", "accuracy", "Bayes attribution", "linkage attack", "chance"]
@@ -151,7 +188,8 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child{{t
 <p>{result.users} users, {result.test_examples} held-out examples, {result.seconds:.0f} s on
 {html.escape(platform.machine())} with {os.cpu_count()} CPUs. Attribution is measured on fresh uploads of
 each method's embeddings; methods that upload no embedding are at chance by construction.</p>
-<table><tr>{"".join(f"<th>{h}</th>" for h in head)}</tr>{rows}</table>{plots}</body></html>"""
+<table><tr>{"".join(f"<th>{h}</th>" for h in head)}</tr>{rows}</table>{plots}
+{_extra_tables(extra or {})}</body></html>"""
     report_path = out_dir / "report.html"
     _atomic_write(report_path, page)
     return report_path, summary_path

@@ -36,6 +36,10 @@ __all__ = ["USER_AGENT", "AsyncOHTTPClient", "InnerResponse", "OHTTPClient", "Re
 
 # The same for every install and version, so it says nothing about the phone.
 USER_AGENT = "ohttp-client"
+# Idle connections are dropped well before a server's usual 5 s keep-alive, so a request is never sent
+# on a connection the server is closing (that race surfaces as a ReadError that cannot be retried
+# blindly, because the relay may already have forwarded the request).
+_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=2.0)
 _RETRY_STATUSES = frozenset({502, 503, 504})
 _REFUSED_HEADERS = frozenset({"cookie", "expect", "host"})
 _KEY_ERROR_TYPES = frozenset({"unknown_key_id", "unsupported_ohttp_suite"})
@@ -260,7 +264,9 @@ class OHTTPClient(_ClientCore):
             retry_backoff_s=retry_backoff_s,
         )
         self._owns_http = http_client is None
-        self._http = http_client or httpx.Client(transport=transport, timeout=timeout, trust_env=False)
+        self._http = http_client or httpx.Client(
+            transport=transport, timeout=timeout, trust_env=False, limits=_LIMITS
+        )
         self._key_lock = threading.Lock()
 
     def _send(self, build: Callable[[], httpx.Request]) -> httpx.Response:
@@ -357,7 +363,9 @@ class AsyncOHTTPClient(_ClientCore):
             retry_backoff_s=retry_backoff_s,
         )
         self._owns_http = http_client is None
-        self._http = http_client or httpx.AsyncClient(transport=transport, timeout=timeout, trust_env=False)
+        self._http = http_client or httpx.AsyncClient(
+            transport=transport, timeout=timeout, trust_env=False, limits=_LIMITS
+        )
         self._key_lock: asyncio.Lock | None = None
 
     async def _send(self, build: Callable[[], httpx.Request]) -> httpx.Response:
