@@ -108,3 +108,16 @@ def test_quick_experiment_json_end_to_end(cli_data_dir: Path) -> None:
             assert 0.0 <= m[key] <= 1.0, (name, key, m[key])
     assert out["methods"]["static"]["attribution_accuracy"] >= 0.99
     assert out["methods"]["none"]["attribution_accuracy"] == pytest.approx(out["methods"]["none"]["chance"])
+
+
+@pytest.mark.slow
+def test_demo_through_the_service_json(cli_data_dir: Path, tmp_path: Path) -> None:
+    proc = veil(cli_data_dir, "demo", "--json", "--out", str(tmp_path), timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    service = out["service"]
+    assert service["uploads_stored"] == service["training"]["stage3"]["n_uploads"] > 0
+    assert service["requests_through_relay"] > service["uploads_stored"]
+    methods = out["methods"]
+    assert methods["idfree-gaussian-service"]["accuracy"] > methods["none"]["accuracy"]
+    assert (tmp_path / "report.html").is_file() and (tmp_path / "summary.json").is_file()

@@ -179,11 +179,12 @@ _register_service_commands()
 
 def main() -> None:
     """Console entry point: maps user errors to one line and exit code 2."""
+    from veil.cloud_service.store.errors import StoreError
     from veil.models.loading import ModelLoadError
 
     try:
         app(standalone_mode=False)
-    except (UserError, ModelLoadError, ValueError, FileNotFoundError) as exc:
+    except (UserError, ModelLoadError, StoreError, ValueError, FileNotFoundError) as exc:
         typer.echo(f"veil: error: {exc}".splitlines()[0], err=True)
         sys.exit(2)
     except typer.Exit as exc:

@@ -5,6 +5,7 @@ The run's row moves queued -> running -> succeeded | failed; a failed run keeps 
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -47,10 +48,13 @@ def run_training_job(
     try:
         with sessions() as session:
             uploads = list(iter_uploads(session, task=cfg.task))
-        with progress.stage("stage 3: fine-tune on uploads", None) as bar:
+        with contextlib.ExitStack() as stack:
+            bars: list[Any] = []
 
             def on_step(step: int, total: int, loss: float) -> None:
-                bar.update(step, total)
+                if not bars:  # the bar appears once training starts, not before a refusal
+                    bars.append(stack.enter_context(progress.stage("stage 3: fine-tune on uploads", total)))
+                bars[0].update(step, total)
 
             report = train_personalized(uploads, base, target, cfg, data_dir=data_dir, progress=on_step)
     except Exception as exc:
