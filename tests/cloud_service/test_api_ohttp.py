@@ -110,3 +110,23 @@ def test_phone_api_raises_typed_errors(stack) -> None:
     with pytest.raises(VeilAPIError) as err:
         asyncio.run(bad())
     assert err.value.status == 400 and err.value.param == "embedding"
+
+
+def test_rotated_keys_are_picked_up_and_old_keys_keep_working(stack) -> None:
+    from veil.cloud_service.gateway_setup import build_gateway
+
+    api, _, sessions = stack
+    headers = {"content-type": "message/ohttp-req"}
+    old = decode_key_configs(httpx.get(api.url + "/.well-known/ohttp-gateway").content)[0]
+    # another process (``veil gateway rotate``) rotates the keys in the shared store
+    config = ServiceConfig(
+        data_dir=Path(api.server.config.app.state.veil.config.data_dir), model="tiny-llama"
+    )
+    new = build_gateway(config, sessions).keyring.rotate()
+    assert new.key_id != old.key_id
+    inner = BinaryRequest("GET", "https", "veil.invalid", "/health", [], b"").encode()
+    for key_config in (new, old):
+        sealed, context = encapsulate_request(key_config, inner)
+        r = httpx.post(api.url + "/ohttp", content=sealed, headers=headers)
+        assert r.status_code == 200, r.text
+        assert b'"ok"' in context.decapsulate_response(r.content)

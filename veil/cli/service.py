@@ -14,6 +14,7 @@ from veil.cli.errors import UserError
 __all__ = ["register"]
 
 keys_app = typer.Typer(no_args_is_help=True, help="API keys for cloud API consumers (stored hashed).")
+gateway_app = typer.Typer(no_args_is_help=True, help="The OHTTP gateway's HPKE keys (sealed at rest).")
 train_app = typer.Typer(no_args_is_help=True, help="Training jobs on the stored uploads.")
 
 Host = Annotated[str, typer.Option(help="Interface to listen on.")]
@@ -138,6 +139,45 @@ def keys_revoke(
     typer.echo(f"revoked {prefix}")
 
 
+def _keyring():  # -> Keyring
+    from veil.cloud_service.config import ServiceConfig
+    from veil.cloud_service.gateway_setup import build_gateway
+
+    return build_gateway(ServiceConfig.from_settings(), _sessions()).keyring
+
+
+@gateway_app.command("list")
+def gateway_list(as_json: AsJson = False) -> None:
+    """The published key configurations, newest first (key id, KEM, KDF and AEAD ids)."""
+    configs = [
+        {"key_id": c.key_id, "kem_id": c.kem_id, "symmetric": [list(a) for a in c.symmetric_algorithms]}
+        for c in _keyring().key_configs()
+    ]
+    if as_json:
+        typer.echo(json.dumps({"keys": configs}))
+        return
+    for c in configs:
+        typer.echo(f"key_id={c['key_id']}  kem=0x{c['kem_id']:04x}  symmetric={c['symmetric']}")
+
+
+@gateway_app.command("rotate")
+def gateway_rotate() -> None:
+    """Make a new current gateway key; older keys keep working until retired."""
+    config = _keyring().rotate()
+    typer.echo(f"new current key id {config.key_id}; running servers pick it up within 30 s")
+
+
+@gateway_app.command("retire")
+def gateway_retire(
+    key_id: Annotated[
+        int | None, typer.Option(help="Retire this key now (default: keys past the grace period).")
+    ] = None,
+) -> None:
+    """Remove rotated-out gateway keys."""
+    gone = _keyring().retire(key_id)
+    typer.echo(f"retired key ids: {gone or 'none'}")
+
+
 @train_app.command("personalized")
 def train_personalized(
     task: Annotated[str, typer.Option(help="next_word | classification")] = "next_word",
@@ -214,4 +254,5 @@ def register(app: typer.Typer) -> None:
     app.command()(serve)
     app.command()(relay)
     app.add_typer(keys_app, name="keys")
+    app.add_typer(gateway_app, name="gateway")
     app.add_typer(train_app, name="train")

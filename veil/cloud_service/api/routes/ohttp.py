@@ -6,11 +6,13 @@ marked with the ``veil.ohttp`` scope extension, so phone routes need no API key 
 
 from __future__ import annotations
 
+import time
+
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from veil.client_sdk.ohttp.bhttp import BinaryRequest, BinaryResponse
-from veil.client_sdk.ohttp.errors import OHTTPError
+from veil.client_sdk.ohttp.errors import OHTTPError, UnknownKeyIdError
 from veil.cloud_service.api.deps import OHTTP_SCOPE_KEY, State
 from veil.cloud_service.errors import APIError
 from veil.cloud_service.inprocess import call_app
@@ -20,9 +22,22 @@ router = APIRouter(tags=["oblivious http"])
 _HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length", "upgrade", "te"})
 
 
+_RELOAD_EVERY_S = 30.0
+
+
+def _fresh_keys(state: State, force: bool = False) -> None:
+    """Pick up keys rotated by another process (``veil gateway rotate``, another worker)."""
+    keyring = state.gateway.keyring
+    now = time.monotonic()
+    if force or now - getattr(keyring, "_veil_loaded_at", 0.0) > _RELOAD_EVERY_S:
+        keyring.reload()
+        keyring._veil_loaded_at = now  # type: ignore[attr-defined]
+
+
 @router.get("/.well-known/ohttp-gateway")
 def key_configuration(state: State) -> Response:
     """The gateway's key configurations (``application/ohttp-keys``), newest first."""
+    _fresh_keys(state)
     return Response(
         state.gateway.key_config_bytes(),
         media_type="application/ohttp-keys",
@@ -48,7 +63,11 @@ async def gateway(request: Request, state: State) -> Response:
 
     body = await request.body()
     try:
-        sealed = await state.gateway.handle(body, dispatch)
+        try:
+            sealed = await state.gateway.handle(body, dispatch)
+        except UnknownKeyIdError:
+            _fresh_keys(state, force=True)  # a key rotated in elsewhere: one retry with the stored keys
+            sealed = await state.gateway.handle(body, dispatch)
     except OHTTPError as exc:
         state.metrics.ohttp.labels(exc.error_type).inc()
         return JSONResponse(exc.to_dict(), status_code=exc.status)
