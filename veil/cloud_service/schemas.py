@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 __all__ = [
     "ChatCompletionRequest",
     "ChatMessage",
+    "Embedding",
     "GradientRequest",
     "GradientResponse",
     "StreamOptions",
@@ -28,6 +29,7 @@ MAX_TEXT_CHARS = 16_384
 MAX_EMBEDDING_VALUES = 65_536
 
 Embedding = list[float] | list[list[float]]
+"""A JSON embedding: ``(n_tokens, hidden)`` rows, or one flat row when ``n_tokens == 1``."""
 
 
 def embedding_array(values: Embedding, shape: tuple[int, int]):  # -> np.ndarray

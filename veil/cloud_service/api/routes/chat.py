@@ -12,9 +12,10 @@ import numpy as np
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
+from veil.cloud_service.api.checks import check_model, served_embedding
 from veil.cloud_service.api.deps import Caller, State
 from veil.cloud_service.errors import APIError
-from veil.cloud_service.schemas import ChatCompletionRequest, embedding_array
+from veil.cloud_service.schemas import ChatCompletionRequest
 from veil.models.generation import SamplingParams
 
 router = APIRouter(tags=["chat"])
@@ -24,14 +25,10 @@ def _prepare(
     body: ChatCompletionRequest, state: State
 ) -> tuple[list[int], np.ndarray | None, SamplingParams]:
     engine = state.engine
-    if body.model != engine.name:
-        raise APIError(404, f"model {body.model!r} does not exist", param="model", code="model_not_found")
+    check_model(engine, body.model)
     embedding = None
     if body.user_embedding is not None:
-        try:
-            embedding = embedding_array(body.user_embedding, engine.embedding_shape)
-        except ValueError as exc:
-            raise APIError(400, f"user_embedding {exc}", param="user_embedding") from exc
+        embedding = served_embedding(engine, body.user_embedding, "user_embedding")
     messages = [
         {"role": m.role if m.role != "developer" else "system", "content": m.text()} for m in body.messages
     ]

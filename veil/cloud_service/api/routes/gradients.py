@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from veil.cloud_service.api.checks import check_model, served_embedding
 from veil.cloud_service.api.deps import Caller, State
 from veil.cloud_service.errors import APIError
-from veil.cloud_service.schemas import GradientRequest, GradientResponse, embedding_array
+from veil.cloud_service.schemas import GradientRequest, GradientResponse
 
 router = APIRouter(tags=["personalisation"])
 
@@ -19,12 +20,8 @@ router = APIRouter(tags=["personalisation"])
 @router.post("/v1/embedding-gradients", response_model=GradientResponse)
 async def embedding_gradient(body: GradientRequest, state: State, _: Caller) -> GradientResponse:
     engine = state.engine
-    if body.model is not None and body.model != engine.name:
-        raise APIError(404, f"model {body.model!r} does not exist", param="model", code="model_not_found")
-    try:
-        embedding = embedding_array(body.embedding, engine.embedding_shape)
-    except ValueError as exc:
-        raise APIError(400, f"embedding {exc}", param="embedding") from exc
+    check_model(engine, body.model)
+    embedding = served_embedding(engine, body.embedding, "embedding")
     if body.task == "classification":
         if not engine.classes:
             raise APIError(400, f"model {engine.name!r} has no classification head", param="task")

@@ -6,8 +6,8 @@ from typing import Any
 
 from fastapi import APIRouter
 
+from veil.cloud_service.api.checks import check_model
 from veil.cloud_service.api.deps import Caller, State
-from veil.cloud_service.errors import APIError
 
 router = APIRouter(tags=["models"])
 
@@ -33,6 +33,5 @@ def list_models(state: State, _: Caller) -> dict[str, Any]:
 
 @router.get("/v1/models/{model_id}")
 def get_model(model_id: str, state: State, _: Caller) -> dict[str, Any]:
-    if model_id != state.engine.name:
-        raise APIError(404, f"model {model_id!r} does not exist", param="model", code="model_not_found")
+    check_model(state.engine, model_id)
     return model_card(state)

@@ -7,9 +7,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Response
 
+from veil.cloud_service.api.checks import check_model, served_embedding
 from veil.cloud_service.api.deps import Caller, DbSession, State
 from veil.cloud_service.errors import APIError
-from veil.cloud_service.schemas import UploadRequest, UploadResponse, embedding_array
+from veil.cloud_service.schemas import UploadRequest, UploadResponse
 
 router = APIRouter(tags=["uploads"])
 
@@ -34,14 +35,8 @@ def create_upload(
             param="Idempotency-Key",
         )
     engine = state.engine
-    if body.model is not None and body.model != engine.name:
-        raise APIError(404, f"model {body.model!r} does not exist", param="model", code="model_not_found")
-    embedding = None
-    if body.embedding is not None:
-        try:
-            embedding = embedding_array(body.embedding, engine.embedding_shape)
-        except ValueError as exc:
-            raise APIError(400, f"embedding {exc}", param="embedding") from exc
+    check_model(engine, body.model)
+    embedding = None if body.embedding is None else served_embedding(engine, body.embedding, "embedding")
     known = engine.classes or []
     if body.task == "classification" and body.label is not None and known and body.label not in known:
         raise APIError(400, f"label {body.label!r} is not one of {engine.classes}", param="label")
