@@ -159,6 +159,7 @@ def test_concurrent_requests_are_batched(service) -> None:
     [
         (_chat(model="nope"), 404, "model"),
         (_chat(user_embedding=[0.0] * 3), 400, "user_embedding"),
+        (_chat(user_embedding=[1e39] + [0.0] * 63), 400, "user_embedding"),
         (_chat(max_tokens=100_000), 400, "max_tokens"),
         (_chat(temperature=5), 400, "temperature"),
         ({"model": MODEL, "messages": []}, 400, "messages"),

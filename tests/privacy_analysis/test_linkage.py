@@ -1,12 +1,22 @@
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from veil.privacy_analysis.attribution import wilson_interval
-from veil.privacy_analysis.linkage import adjusted_rand_index, kmeans, linkage_attack
+from veil.privacy_analysis.linkage import (
+    adjusted_rand_index,
+    kmeans,
+    kmeans_inertia,
+    linkage_attack,
+    matched_accuracy,
+    name_clusters,
+    pairwise_precision_recall,
+)
 
 
 def _naive_ari(a: np.ndarray, b: np.ndarray) -> float:
@@ -55,3 +65,63 @@ def test_wilson_interval_contains_the_proportion() -> None:
     assert wilson_interval(0, 10)[0] == 0.0
     with pytest.raises(ValueError):
         wilson_interval(1, 0)
+
+
+def _naive_pairs(truth: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
+    pairs = [(i, j) for i in range(len(truth)) for j in range(i + 1, len(truth))]
+    linked = [(i, j) for i, j in pairs if pred[i] == pred[j]]
+    same = [(i, j) for i, j in pairs if truth[i] == truth[j]]
+    both = [(i, j) for i, j in linked if truth[i] == truth[j]]
+    return (len(both) / len(linked) if linked else 1.0), (len(both) / len(same) if same else 1.0)
+
+
+def test_pairwise_precision_recall_on_hand_made_clusterings() -> None:
+    truth = np.array([0, 0, 0, 1, 1, 2])
+    # perfect clustering (names do not matter)
+    assert pairwise_precision_recall(truth, np.array([5, 5, 5, 7, 7, 9])) == (1.0, 1.0)
+    # everything in one cluster: all 4 same-user pairs found among 15 linked pairs
+    assert pairwise_precision_recall(truth, np.zeros(6, dtype=int)) == pytest.approx((4 / 15, 1.0))
+    # all singletons: nothing linked, so nothing wrongly linked, and no same-user pair found
+    assert pairwise_precision_recall(truth, np.arange(6)) == (1.0, 0.0)
+    # user 0 split in two, users 1 and 2 merged: linked pairs (0,1), (3,4), (3,5), (4,5); true (0,1), (3,4)
+    assert pairwise_precision_recall(truth, np.array([0, 0, 1, 2, 2, 2])) == pytest.approx((2 / 4, 2 / 4))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(0, 3), min_size=2, max_size=20), st.integers(0, 10_000))
+def test_pairwise_precision_recall_match_pair_enumeration(labels: list[int], seed: int) -> None:
+    truth = np.array(labels)
+    pred = np.random.default_rng(seed).integers(0, 4, size=truth.size)
+    assert pairwise_precision_recall(truth, pred) == pytest.approx(_naive_pairs(truth, pred))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(0, 3), min_size=1, max_size=20), st.integers(0, 10_000), st.integers(1, 5))
+def test_hungarian_naming_is_the_best_one_to_one_naming(
+    labels: list[int], seed: int, n_clusters: int
+) -> None:
+    truth = np.array(labels)
+    pred = np.random.default_rng(seed).integers(0, n_clusters, size=truth.size)
+    users, clusters = np.unique(truth), np.unique(pred)
+    best = 0
+    # brute force over injective partial namings: every cluster gets a distinct user or none
+    for perm in itertools.permutations([*users, *[None] * len(clusters)], len(clusters)):
+        naming = dict(zip(clusters, perm, strict=True))
+        best = max(best, sum(naming[p] == t for p, t in zip(pred, truth, strict=True)))
+    named = name_clusters(truth, pred)
+    assert np.sum(named == truth) == best
+    assert matched_accuracy(truth, pred) == pytest.approx(best / truth.size)
+    assert set(np.unique(named)) <= {*users.tolist(), -1}
+
+
+def test_kmeans_inertia_is_the_within_cluster_sum_of_squares() -> None:
+    x = np.array([[0.0, 0.0], [2.0, 0.0], [10.0, 10.0]])
+    assert kmeans_inertia(x, np.array([0, 0, 1])) == pytest.approx(2.0)
+    assert kmeans_inertia(x, np.array([0, 1, 2])) == 0.0
+
+
+def test_scores_reject_mismatched_labelings() -> None:
+    with pytest.raises(ValueError, match="equal length"):
+        pairwise_precision_recall(np.zeros(3), np.zeros(4))
+    with pytest.raises(ValueError, match="empty"):
+        matched_accuracy(np.zeros(0), np.zeros(0))

@@ -168,13 +168,16 @@ def bench_latency(
     )
 
 
-def _register_service_commands() -> None:
-    from veil.cli import service
+def _register_commands() -> None:
+    from veil.cli import audit as audit_cli
+    from veil.cli import onnx_export, service
 
     service.register(app)
+    audit_cli.register(app)
+    onnx_export.register(app)
 
 
-_register_service_commands()
+_register_commands()
 
 
 def main() -> None:
@@ -183,7 +186,8 @@ def main() -> None:
     from veil.models.loading import ModelLoadError
 
     try:
-        app(standalone_mode=False)
+        # without standalone mode click returns a typer.Exit's code instead of exiting with it
+        code = app(standalone_mode=False)
     except (UserError, ModelLoadError, StoreError, ValueError, FileNotFoundError) as exc:
         typer.echo(f"veil: error: {exc}".splitlines()[0], err=True)
         sys.exit(2)
@@ -198,6 +202,8 @@ def main() -> None:
             typer.echo(f"veil: error: {exc.format_message()}".splitlines()[0], err=True)
             sys.exit(2)
         raise
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from veil.client_sdk.distributions.base import UserDistribution
+from veil.client_sdk.policy_guard import PolicyGuard
 
 __all__ = ["Adam", "OnDeviceLearner"]
 
@@ -123,6 +124,9 @@ class OnDeviceLearner:
         Gaussian mean with fixed std ``s`` this is ``lambda * s**2 * KL(P || P_0)``: it keeps users close
         to each other, the paper's second way to prevent attribution. ``0`` (default) is the paper's
         training, whose KL regulariser is defined but not called.
+    guard : PolicyGuard, optional
+        Device-side privacy policy (:mod:`veil.client_sdk.policy_guard`): after every step the new
+        parameters are projected back inside the policy before they are used. ``None`` (default): no guard.
     """
 
     def __init__(
@@ -132,6 +136,7 @@ class OnDeviceLearner:
         trainable: Iterable[str] | None = None,
         max_grad_norm: float | None = None,
         prior_weight: float = 0.0,
+        guard: PolicyGuard | None = None,
     ) -> None:
         if not isinstance(distribution, UserDistribution):
             raise ValueError(f"distribution must be a UserDistribution, got {type(distribution).__name__}")
@@ -143,6 +148,9 @@ class OnDeviceLearner:
             raise ValueError(f"max_grad_norm must be a finite number > 0 or None, got {max_grad_norm}")
         if not (np.isfinite(prior_weight) and prior_weight >= 0):
             raise ValueError(f"prior_weight must be a finite number >= 0, got {prior_weight}")
+        if guard is not None and not isinstance(guard, PolicyGuard):
+            raise ValueError(f"guard must be a PolicyGuard or None, got {type(guard).__name__}")
+        self.guard = guard
         self._distribution = distribution
         self.prior_weight = float(prior_weight)
         self._anchor = {k: v.copy() for k, v in distribution.unconstrained().items() if k in chosen}
@@ -179,5 +187,6 @@ class OnDeviceLearner:
         if self.prior_weight:
             grads = {k: g + self.prior_weight * (params[k] - self._anchor[k]) for k, g in grads.items()}
         new_params = self.optimizer.step(params, grads)
-        self._distribution = self._distribution.with_unconstrained(new_params)
+        updated = self._distribution.with_unconstrained(new_params)
+        self._distribution = updated if self.guard is None else self.guard.project(updated)
         return self._distribution

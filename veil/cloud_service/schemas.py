@@ -46,6 +46,8 @@ def embedding_array(values: Embedding, shape: tuple[int, int]):  # -> np.ndarray
         raise ValueError(f"must have shape {list(shape)}, got {list(arr.shape)}")
     if not np.isfinite(arr).all():
         raise ValueError("contains NaN or Inf")
+    if np.abs(arr).max(initial=0.0) > np.finfo(np.float32).max:
+        raise ValueError("has values beyond the float32 range (|x| > 3.4e38)")
     return arr.astype(np.float32)
 
 

@@ -7,14 +7,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy.sparse import issparse
 
 from veil.privacy_analysis.attribution import wilson_interval
 
 __all__ = [
     "AttackResult",
     "as_features",
+    "check_aux",
     "check_owners",
     "make_result",
+    "matmul",
     "prepare_features",
     "stratified_split",
 ]
@@ -38,6 +41,9 @@ class AttackResult:
     details : dict
         Attack-specific figures (JSON-serialisable scalars), e.g. ``ari``, ``pairwise_precision``,
         ``n_eval``, ``bayes_accuracy_same_uploads``.
+    predictions : ndarray ``(N,)`` of int, optional
+        The user each upload was attributed to, ``-1`` for uploads the attack was not evaluated on (the
+        labelled auxiliary part); left out of :meth:`as_dict`, ``repr`` and comparisons.
     """
 
     name: str
@@ -45,6 +51,7 @@ class AttackResult:
     ci: tuple[float, float]
     chance: float
     details: dict[str, Any] = field(default_factory=dict)
+    predictions: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready dictionary (the interval as a two-element list)."""
@@ -57,10 +64,27 @@ class AttackResult:
         }
 
 
-def make_result(name: str, hits: int, n: int, k: int, details: dict[str, Any]) -> AttackResult:
-    """Build an :class:`AttackResult` from ``hits`` correct attributions out of ``n`` among ``k`` users."""
-    lo, hi = wilson_interval(int(hits), int(n))
-    return AttackResult(name, hits / n, (lo, hi), 1.0 / k, {"n_eval": int(n), **details})
+def matmul(a: Any, b: np.ndarray) -> np.ndarray:
+    """``a @ b`` for a dense or scipy-sparse ``a`` ``(N, F)`` and a dense ``b`` ``(F, K)``.
+
+    Dense products go through ``einsum`` rather than BLAS: the attacks multiply many small matrices, and
+    multi-threaded BLAS on small operands is up to ten times slower than a plain loop when the machine's
+    few cores are busy (measured on the 2-core CI machine); sparse ones use scipy's own kernels.
+    """
+    if issparse(a):
+        return np.asarray(a @ b)
+    return np.einsum("nf,fk->nk", a, b)
+
+
+def make_result(
+    name: str, owners: np.ndarray, predictions: np.ndarray, k: int, details: dict[str, Any]
+) -> AttackResult:
+    """Score ``predictions`` ``(N,)`` (``-1``: not evaluated) against ``owners`` ``(N,)`` among ``k`` users."""
+    evaluated = predictions >= 0
+    n = int(evaluated.sum())
+    hits = int(np.sum(predictions[evaluated] == owners[evaluated]))
+    lo, hi = wilson_interval(hits, n)
+    return AttackResult(name, hits / n, (lo, hi), 1.0 / k, {"n_eval": n, **details}, predictions)
 
 
 def as_features(uploads: np.ndarray) -> np.ndarray:
@@ -77,6 +101,14 @@ def as_features(uploads: np.ndarray) -> np.ndarray:
     if not np.all(np.isfinite(x)):
         raise ValueError("uploads must be finite (no NaN/Inf)")
     return x.reshape(x.shape[0], -1)
+
+
+def check_aux(aux: np.ndarray, n: int) -> np.ndarray:
+    """``aux`` as a boolean mask ``(n,)`` with at least one labelled and one evaluated upload, or ``ValueError``."""
+    mask = np.asarray(aux)
+    if mask.shape != (n,) or mask.dtype != bool or mask.all() or not mask.any():
+        raise ValueError(f"aux must be a boolean mask of shape ({n},) with both parts non-empty")
+    return mask
 
 
 def check_owners(owners: np.ndarray, n: int, k: int) -> np.ndarray:

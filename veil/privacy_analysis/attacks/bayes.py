@@ -109,9 +109,8 @@ def bayes_attack(
     post = np.exp(log_post)
     with np.errstate(invalid="ignore"):
         entropy = -np.sum(np.where(post > 0, post * log_post, 0.0), axis=1)
-    hits = int(np.sum(log_post.argmax(axis=1) == o))
     details = {
         "expected_accuracy": float(post.max(axis=1).mean()),
         "anonymity_degree": float(entropy.mean() / np.log(k)),
     }
-    return make_result("bayes_known_parameters", hits, o.size, k, details)
+    return make_result("bayes_known_parameters", o, log_post.argmax(axis=1), k, details)

@@ -1,0 +1,343 @@
+"""The Python reference client: what a phone app does, end to end (see ``PROTOCOL.md`` beside this file).
+
+:class:`VeilClient` keeps the private parameters on disk (:class:`~veil.client_sdk.param_store.ParamStore`),
+draws a fresh sample for every request, checks the device's privacy policy first, sends the phone routes
+through an Oblivious HTTP relay (:class:`~veil.client_sdk.api.PhoneAPI` over
+:class:`~veil.client_sdk.ohttp.AsyncOHTTPClient`), learns from returned gradients, uploads with
+idempotency keys and chats. Its math (sample, parameter update, policy check) goes through an injected
+:class:`MathBackend`: :class:`NumpyBackend` here (the distributions and ``OnDeviceLearner``), or the ONNX
+graphs that apps embed.
+
+Guarantees
+----------
+* Parameters change only after a whole step succeeded: gradient received and valid, update computed,
+  policy met, file written atomically. Any failure leaves memory and disk as they were.
+* Every request is safe to retry, and is retried (bounded, exponential backoff with jitter) after a
+  transport failure, a 5xx, or a response that did not open or parse: an upload keeps its idempotency
+  key *and its body* across retries, so it is stored once.
+* Nothing identifying is sent: no ids, no cookies, no stable keys; every sample and every HPKE
+  encapsulation is fresh (a retry re-encapsulates the same inner request).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import secrets
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+
+from veil.client_sdk.api import AsyncTransport, PhoneAPI, VeilAPIError, new_idempotency_key
+from veil.client_sdk.distributions.base import UserDistribution
+from veil.client_sdk.math_backends import Draw, LearningConfig, MathBackend, NumpyBackend, OnnxBackend
+from veil.client_sdk.ohttp.client import AsyncOHTTPClient, RelayError
+from veil.client_sdk.ohttp.errors import DecryptionFailedError, KeyConfigError, MalformedMessageError
+from veil.client_sdk.param_store import ClientState, ParamStore
+from veil.client_sdk.policy_guard import PolicyCheck, PolicyViolationError
+
+__all__ = [
+    "Draw",
+    "InvalidResponseError",
+    "LearnResult",
+    "LearningConfig",
+    "MathBackend",
+    "ModelMismatchError",
+    "NumpyBackend",
+    "OnnxBackend",
+    "RetryPolicy",
+    "VeilClient",
+    "VeilClientError",
+    "secure_rng",
+]
+
+T = TypeVar("T")
+_jitter = random.SystemRandom()  # retry timing must not be predictable from a seeded generator
+
+
+class VeilClientError(Exception):
+    """Base class of the reference client's own errors."""
+
+
+class InvalidResponseError(VeilClientError):
+    """The service answered, but not with the documented shape (missing field, wrong shape, NaN)."""
+
+
+class ModelMismatchError(VeilClientError):
+    """The served model or its ``embedding_shape`` does not match the stored parameters."""
+
+
+def secure_rng() -> np.random.Generator:
+    """A generator seeded with 128 bits from the OS's secure source; a fresh one for every sample, so
+    the cloud cannot predict one sample from others even if it could invert numpy's PCG64."""
+    return np.random.default_rng(secrets.randbits(128))
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded retries with exponential backoff and full jitter.
+
+    Parameters
+    ----------
+    retries : int
+        Extra attempts after the first, >= 0.
+    backoff_s : float
+        Attempt ``k`` (from 0) waits a uniform time in ``[0, backoff_s * 2**k]``, >= 0.
+    """
+
+    retries: int = 3
+    backoff_s: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.retries < 0 or not (math.isfinite(self.backoff_s) and self.backoff_s >= 0):
+            raise ValueError(f"need retries >= 0 and backoff_s >= 0, got {self.retries}, {self.backoff_s}")
+
+
+def _retryable(exc: Exception) -> bool:
+    """Failures after which the same request may succeed (every phone route is safe to resend)."""
+    if isinstance(exc, RelayError):
+        # Key problems are not here: the transport already refetched the keys once for this request.
+        status = exc.status_code
+        return status is None or status >= 500 or exc.error_type == "ohttp_decryption_failed"
+    if isinstance(exc, VeilAPIError):
+        return exc.status >= 500 or exc.type == "invalid_response"
+    # The response (or the key list) was altered or garbled on the way.
+    return isinstance(
+        exc, DecryptionFailedError | MalformedMessageError | KeyConfigError | InvalidResponseError
+    )
+
+
+@dataclass(frozen=True)
+class LearnResult:
+    """The outcome of one learning step."""
+
+    loss: float
+    steps: int
+    """Steps taken so far, this one included."""
+    policy: PolicyCheck
+
+
+class VeilClient:
+    """A phone's Veil client.
+
+    Parameters
+    ----------
+    transport : AsyncTransport
+        Sends inner requests (an :class:`AsyncOHTTPClient` through a relay; see :meth:`through_relay`).
+    store : ParamStore
+        Where the parameters live.
+    model : str
+        The served model id (``/v1/models``).
+    backend : MathBackend, optional
+        Sampling, update and policy; default :class:`NumpyBackend` without a policy.
+    rng : callable returning a numpy Generator, optional
+        Source of sampling randomness; default :func:`secure_rng` (tests pass a seeded one).
+    retry : RetryPolicy, optional
+        Retries of every route.
+    """
+
+    def __init__(
+        self,
+        transport: AsyncTransport,
+        store: ParamStore,
+        *,
+        model: str,
+        backend: MathBackend | None = None,
+        rng: Callable[[], np.random.Generator] = secure_rng,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        if not model:
+            raise ValueError("model must be a non-empty model id")
+        self.api = PhoneAPI(transport, model, retries=0)  # retries happen here, around whole exchanges
+        self.transport = transport
+        self.store = store
+        self.model = model
+        self.backend: MathBackend = backend or NumpyBackend()
+        self.retry = retry or RetryPolicy()
+        self._rng = rng
+        self._state: ClientState | None = None
+        self._lock = asyncio.Lock()
+        self._owns_transport = False
+
+    @classmethod
+    def through_relay(
+        cls,
+        relay_url: str,
+        store: ParamStore,
+        *,
+        model: str,
+        key_config_url: str | None = None,
+        timeout_s: float = 30.0,
+        **kwargs: Any,
+    ) -> VeilClient:
+        """A client with its own :class:`AsyncOHTTPClient`; ``key_config_url`` defaults to the relay's
+        ``/.well-known/ohttp-gateway`` when ``relay_url`` ends in ``/ohttp``."""
+        if key_config_url is None:
+            if not relay_url.rstrip("/").endswith("/ohttp"):
+                raise ValueError(f"give key_config_url: cannot derive it from {relay_url!r}")
+            key_config_url = relay_url.rstrip("/")[: -len("/ohttp")] + "/.well-known/ohttp-gateway"
+        # The transport makes one attempt per call (connect errors aside); this client retries.
+        transport = AsyncOHTTPClient(relay_url, key_config_url=key_config_url, timeout=timeout_s, retries=0)
+        client = cls(transport, store, model=model, **kwargs)
+        client._owns_transport = True
+        return client
+
+    async def aclose(self) -> None:
+        if self._owns_transport:
+            await self.transport.aclose()  # type: ignore[attr-defined]
+
+    async def __aenter__(self) -> VeilClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # ------------------------------------------------------------------ parameters
+    def initialise(self, prior: UserDistribution, *, overwrite: bool = False) -> ClientState:
+        """Write the first parameter file: the population prior, for this model."""
+        if self.store.exists() and not overwrite:
+            raise FileExistsError(f"{self.store.path} exists; pass overwrite=True to start again")
+        state = ClientState(prior, {}, self.model)
+        self._enforce(state.distribution)
+        self.store.save(state)
+        self._state = state
+        return state
+
+    @property
+    def state(self) -> ClientState:
+        """The current parameters (read from disk on first use and checked against the policy).
+
+        Raises
+        ------
+        ParamStoreError
+            Missing, corrupt or undecryptable file.
+        ModelMismatchError
+            The file was learnt for another model.
+        PolicyViolationError
+            The stored parameters break the device's policy.
+        """
+        if self._state is None:
+            state = self.store.load()
+            if state.model is not None and state.model != self.model:
+                raise ModelMismatchError(
+                    f"{self.store.path} holds parameters for {state.model!r}, not {self.model!r}"
+                )
+            self._enforce(state.distribution)
+            self._state = state
+        return self._state
+
+    def _enforce(self, distribution: UserDistribution) -> PolicyCheck:
+        check = self.backend.check(distribution)
+        if not check.ok:
+            raise PolicyViolationError(
+                f"{check.measure} = {check.value:.4g} exceeds the limit {check.limit:.4g}"
+            )
+        return check
+
+    def draw(self) -> Draw:
+        """A fresh sample of the current parameters (and its noise), after the policy check."""
+        distribution = self.state.distribution
+        self._enforce(distribution)
+        return self.backend.sample(distribution, self._rng())
+
+    def sample(self) -> np.ndarray:
+        """A fresh sample of the current parameters, shape ``(n_tokens, dim)``, after the policy check."""
+        return self.draw().value
+
+    # ------------------------------------------------------------------ routes
+    async def _with_retries(self, send: Callable[[], Awaitable[T]]) -> T:
+        for attempt in range(self.retry.retries + 1):
+            try:
+                return await send()
+            except Exception as exc:  # noqa: BLE001 - filtered right below
+                if attempt == self.retry.retries or not _retryable(exc):
+                    raise
+            await asyncio.sleep(_jitter.uniform(0.0, self.retry.backoff_s * 2**attempt))
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    async def discover(self) -> dict[str, Any]:
+        """The model card (``GET /v1/models``); checks that it serves this model with our sample shape."""
+
+        async def fetch() -> list[Any]:
+            try:
+                cards = await self.api.models()
+            except (KeyError, TypeError) as exc:
+                raise InvalidResponseError(f"model list is malformed: {exc!r}") from exc
+            if not isinstance(cards, list):
+                raise InvalidResponseError(f"model list is malformed: {cards!r}")
+            return cards
+
+        cards = await self._with_retries(fetch)
+        card = next((c for c in cards if isinstance(c, dict) and c.get("id") == self.model), None)
+        if card is None:
+            raise ModelMismatchError(f"the service does not serve {self.model!r}")
+        shape = tuple(card.get("embedding_shape") or ())
+        if shape != self.state.distribution.shape:
+            raise ModelMismatchError(
+                f"{self.model!r} takes embeddings of shape {list(shape)}, the parameters sample "
+                f"{list(self.state.distribution.shape)}"
+            )
+        return card
+
+    async def learn(self, task: str, text: str, label: str) -> LearnResult:
+        """One gradient-return step: sample, ask for dL/de, update, check, save (all or nothing)."""
+        async with self._lock:  # one step at a time: each update starts from the last saved state
+            state = self.state
+            draw = self.draw()
+            x = draw.value
+
+            async def exchange() -> tuple[float, np.ndarray]:
+                try:
+                    loss, grad = await self.api.embedding_gradient(task, text, label, x)
+                except (KeyError, TypeError, ValueError) as exc:
+                    raise InvalidResponseError(f"gradient response is malformed: {exc!r}") from exc
+                if grad.shape != x.shape or not np.isfinite(grad).all() or not math.isfinite(loss):
+                    raise InvalidResponseError(
+                        f"gradient must be finite with shape {list(x.shape)}, got {list(grad.shape)}"
+                    )
+                return loss, grad
+
+            loss, grad = await self._with_retries(exchange)
+            new = self.backend.update(state, draw, grad)
+            check = self._enforce(new.distribution)
+            self.store.save(new)  # raises before anything changes in memory
+            self._state = new
+            return LearnResult(loss, new.steps, check)
+
+    async def upload(
+        self, task: str, text: str, label: str | None = None, *, with_embedding: bool = True
+    ) -> dict[str, Any]:
+        """Store one anonymous example (``{"id", "object", "status"}``); retried with the same key and body."""
+        embedding = self.sample() if with_embedding else None
+        key = new_idempotency_key()
+
+        async def send() -> dict[str, Any]:
+            out = await self.api.upload(task, text, label, embedding, idempotency_key=key)
+            if not isinstance(out, dict) or out.get("status") not in ("created", "duplicate"):
+                raise InvalidResponseError(f"upload answer is malformed: {out!r}")
+            return out
+
+        return await self._with_retries(send)
+
+    async def chat(
+        self, messages: Sequence[dict[str, str]], *, personalised: bool = True, **params: Any
+    ) -> str:
+        """A completion, personalised with a fresh sample unless ``personalised=False``.
+
+        ``params`` pass through (``max_tokens``, ``temperature``, ``top_p``, ``seed``, ``stop``); OpenAI's
+        ``user`` is refused, since it exists to identify people.
+        """
+        if "user" in params or "user_embedding" in params:
+            raise ValueError("pass no 'user' or 'user_embedding': the client sends a fresh sample itself")
+        embedding = self.sample() if personalised else None
+
+        async def send() -> str:
+            try:
+                return await self.api.chat(messages, embedding, **params)
+            except (KeyError, TypeError, IndexError) as exc:
+                raise InvalidResponseError(f"chat answer is malformed: {exc!r}") from exc
+
+        return await self._with_retries(send)

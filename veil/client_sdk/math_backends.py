@@ -1,0 +1,302 @@
+"""The phone's math, behind one interface: sample, parameter update, privacy-policy check.
+
+:class:`NumpyBackend` is the reference (the families' samplers, :class:`OnDeviceLearner`,
+:class:`PolicyGuard`). :class:`OnnxBackend` runs the graphs that ``veil export-onnx`` writes and apps
+embed (:mod:`veil.client_sdk.runtime`), each verified against its manifest before use: the sampler takes
+its noise as input tensors (drawn here from the client's secure generator and kept in the
+:class:`Draw`, since the Beta update differentiates through the noise that made the sample), the update
+graph is one ``OnDeviceLearner.step`` with the Adam state passed in and out, and the policy graph measures
+the parameters against the prior. Two documented exceptions: the Beta family has no policy graph (its
+bound needs log-Beta differences float32 cannot resolve), so its check is the numpy guard; and projecting
+an update back inside the policy is a bisection on the line to the prior whose every probe is the policy
+graph (:meth:`PolicyGuard.project` with the graph as its check).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from veil.client_sdk.distributions.base import UserDistribution
+from veil.client_sdk.distributions.basis_mixture import BasisMixtureDistribution
+from veil.client_sdk.distributions.gaussian import GaussianDistribution
+from veil.client_sdk.learning import OnDeviceLearner
+from veil.client_sdk.param_store import ClientState
+from veil.client_sdk.policy_guard import PolicyCheck, PolicyGuard
+
+__all__ = ["Draw", "LearningConfig", "MathBackend", "NumpyBackend", "OnnxBackend"]
+
+_NO_POLICY = PolicyCheck(ok=True, value=0.0, limit=math.inf, measure="none")
+_FLOAT32_MARGIN = 2.0**-18
+"""Projection aims this far (relatively) inside each limit, so float64 re-checks of a float32 boundary
+point agree with the graph."""
+_ADAM_DEFAULTS = {"betas": (0.9, 0.999), "eps": 1e-8}
+
+
+@dataclass(frozen=True)
+class LearningConfig:
+    """How the parameters learn from returned gradients (IDfree-PL's Adam, arXiv:2501.06062, 2.3).
+
+    Parameters
+    ----------
+    lr : float
+        Adam step size in the family's unconstrained space, > 0 (wins over the ``lr`` stored with the
+        Adam state, so an app update can change it).
+    trainable : tuple of str, optional
+        Unconstrained parameters to update (default: all of them).
+    max_grad_norm : float, optional
+        Clip the parameter gradient to this global L2 norm.
+    """
+
+    lr: float = 0.05
+    trainable: tuple[str, ...] | None = None
+    max_grad_norm: float | None = None
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
+        if self.max_grad_norm is not None and not (
+            math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0
+        ):
+            raise ValueError(f"max_grad_norm must be > 0 or None, got {self.max_grad_norm}")
+
+
+@dataclass(frozen=True)
+class Draw:
+    """One sample, shape ``(n_tokens, dim)`` float64, and the noise tensors that produced it (if any)."""
+
+    value: np.ndarray
+    noise: Mapping[str, np.ndarray] = field(default_factory=dict)
+
+
+class MathBackend(Protocol):
+    """Every computation the phone performs on its parameters."""
+
+    name: str
+
+    def sample(self, distribution: UserDistribution, rng: np.random.Generator) -> Draw:
+        """One fresh sample of ``distribution``."""
+        ...
+
+    def update(self, state: ClientState, draw: Draw, grad: np.ndarray) -> ClientState:
+        """One optimiser step from a draw and the returned ``dL/dx`` (same shape); a new state."""
+        ...
+
+    def check(self, distribution: UserDistribution) -> PolicyCheck:
+        """The device's privacy policy for these parameters."""
+        ...
+
+
+class NumpyBackend:
+    """The numpy reference: the family's sampler, :class:`OnDeviceLearner` and :class:`PolicyGuard`.
+
+    Parameters
+    ----------
+    learning : LearningConfig
+        Optimiser settings.
+    guard : PolicyGuard, optional
+        The privacy policy; updates are projected inside it. ``None``: no policy.
+    """
+
+    name = "numpy"
+
+    def __init__(self, learning: LearningConfig | None = None, guard: PolicyGuard | None = None) -> None:
+        if guard is not None and not isinstance(guard, PolicyGuard):
+            raise ValueError(f"guard must be a PolicyGuard or None, got {type(guard).__name__}")
+        self.learning = learning or LearningConfig()
+        self.guard = guard
+
+    def sample(self, distribution: UserDistribution, rng: np.random.Generator) -> Draw:
+        return Draw(np.asarray(distribution.sample(rng), dtype=np.float64))
+
+    def update(self, state: ClientState, draw: Draw, grad: np.ndarray) -> ClientState:
+        cfg = self.learning
+        learner = OnDeviceLearner(
+            state.distribution,
+            lr=cfg.lr,
+            trainable=cfg.trainable,
+            max_grad_norm=cfg.max_grad_norm,
+            guard=self.guard,
+        )
+        if state.optimizer:
+            learner.optimizer.load_state_dict(state.optimizer)
+            learner.optimizer.lr = cfg.lr
+        updated = learner.step(draw.value, grad)
+        return ClientState(updated, learner.optimizer.state_dict(), state.model)
+
+    def check(self, distribution: UserDistribution) -> PolicyCheck:
+        return _NO_POLICY if self.guard is None else self.guard.check(distribution)
+
+
+class _GraphGuard(PolicyGuard):
+    """A :class:`PolicyGuard` whose measure is the exported policy graph (so ``project`` probes it)."""
+
+    def __init__(self, guard: PolicyGuard, session: Any) -> None:
+        super().__init__(guard.prior, guard.max_tv, guard.max_gdp_mu)
+        self.session = session
+
+    def check(self, dist: UserDistribution) -> PolicyCheck:
+        max_tv = math.inf if self.max_tv is None else self.max_tv
+        if isinstance(dist, GaussianDistribution):
+            max_mu = math.inf if self.max_gdp_mu is None else self.max_gdp_mu
+            prior = self.prior.unconstrained()
+            p = dist.unconstrained()
+            out = self.session.run(
+                mean=p["mean"], log_std=p["log_std"], prior_mean=prior["mean"], prior_log_std=prior["log_std"],
+                max_tv=max_tv, max_gdp_mu=max_mu,
+            )  # fmt: skip
+            measures = [
+                ("tv_to_prior", float(out["tv"]), max_tv),
+                ("gdp_mu_to_prior", float(out["gdp_mu"]), max_mu),
+            ]
+        elif isinstance(dist, BasisMixtureDistribution):
+            logits = dist.unconstrained()["logits"]
+            out = self.session.run(logits=logits, prior_weights=self.prior.weights, max_tv=max_tv)  # type: ignore[attr-defined]
+            measures = [("tv_to_prior", float(out["tv"]), max_tv)]
+        else:
+            raise ValueError(f"no policy graph for the {dist.family!r} family")
+        name, value, limit = max((m for m in measures if math.isfinite(m[2])), key=lambda m: m[1] / m[2])
+        return PolicyCheck(ok=bool(out["ok"]), value=value, limit=limit, measure=name)
+
+
+class OnnxBackend:
+    """The exported ONNX graphs of one family, verified against their manifest.
+
+    Parameters
+    ----------
+    model_dir : path-like
+        Folder with ``manifest.json`` and the ``<family>_sample``, ``<family>_update`` (and, when a policy
+        is set, ``<family>_policy``) graphs.
+    family : str
+        ``"gaussian"``, ``"beta"`` or ``"basis_mixture"`` (over a Gaussian basis).
+    learning : LearningConfig
+        Optimiser settings.
+    guard : PolicyGuard, optional
+        The policy's prior and limits; measured by the policy graph (numpy for Beta, see the module).
+
+    Raises
+    ------
+    ModelFileError
+        A graph is missing, corrupt, or differs from its manifest entry.
+    """
+
+    name = "onnx"
+
+    def __init__(
+        self,
+        model_dir: str | os.PathLike[str],
+        family: str,
+        learning: LearningConfig | None = None,
+        guard: PolicyGuard | None = None,
+    ) -> None:
+        from veil.client_sdk.runtime import BetaConstruction, load_graphs
+
+        if family not in ("gaussian", "beta", "basis_mixture"):
+            raise ValueError(f"family must be gaussian, beta or basis_mixture, got {family!r}")
+        if guard is not None and guard.prior.family != family:
+            raise ValueError(f"the policy's prior is {guard.prior.family!r}, the graphs are {family!r}")
+        names = [f"{family}_sample", f"{family}_update"]
+        if guard is not None and family != "beta":
+            names.append(f"{family}_policy")
+        graphs = load_graphs(model_dir, names)
+        self.family = family
+        self.learning = learning or LearningConfig()
+        self._sampler, self._update = graphs[names[0]], graphs[names[1]]
+        self.params: list[str] = list(self._update.entry.extra.get("params", []))
+        chosen = set(self.params) if self.learning.trainable is None else set(self.learning.trainable)
+        if not chosen or not chosen <= set(self.params):
+            raise ValueError(f"trainable must be a non-empty subset of {self.params}, got {sorted(chosen)}")
+        self._trainable = np.array([p in chosen for p in self.params])
+        construction = self._sampler.entry.extra.get("construction") or {}
+        self._beta = BetaConstruction(
+            **{k: construction[k] for k in ("rounds", "boost") if k in construction}
+        )
+        self.guard: PolicyGuard | None = guard
+        self._projector: PolicyGuard | None = guard
+        if guard is not None and family != "beta":
+            session = graphs[names[2]]
+            self.guard = _GraphGuard(guard, session)
+            shrink = 1.0 - _FLOAT32_MARGIN
+            inner = PolicyGuard(
+                guard.prior,
+                None if guard.max_tv is None else guard.max_tv * shrink,
+                None if guard.max_gdp_mu is None else guard.max_gdp_mu * shrink,
+            )
+            self._projector = _GraphGuard(inner, session)
+
+    def _check_family(self, distribution: UserDistribution) -> None:
+        if distribution.family != self.family:
+            raise ValueError(
+                f"these graphs are for {self.family!r}, got a {distribution.family!r} distribution"
+            )
+
+    @staticmethod
+    def _gaussian_basis(dist: BasisMixtureDistribution) -> tuple[np.ndarray, np.ndarray]:
+        if not all(isinstance(c, GaussianDistribution) for c in dist.basis):
+            raise ValueError("the basis-mixture sampler graph needs a Gaussian basis")
+        return np.stack([c.loc for c in dist.basis]), np.log(np.stack([c.std for c in dist.basis]))  # type: ignore[attr-defined]
+
+    def sample(self, distribution: UserDistribution, rng: np.random.Generator) -> Draw:
+        self._check_family(distribution)
+        n, d = distribution.shape
+        feeds: dict[str, Any] = dict(distribution.unconstrained())
+        if self.family == "gaussian":
+            noise = {"normal": rng.standard_normal((1, n, d))}
+        elif self.family == "beta":
+            noise = {
+                "normal": rng.standard_normal(self._beta.normal_shape(1, n, d)),
+                "uniform": rng.random(self._beta.uniform_shape(1, n, d)),
+            }
+        else:
+            feeds["basis_mean"], feeds["basis_log_std"] = self._gaussian_basis(distribution)  # type: ignore[arg-type]
+            noise = {
+                "uniform": rng.random((1, len(distribution.basis))),
+                "normal": rng.standard_normal((1, n, d)),
+            }  # type: ignore[attr-defined]
+        out = self._sampler.run(feeds, **noise)["sample"]
+        return Draw(np.asarray(out[0], dtype=np.float64), noise)
+
+    def update(self, state: ClientState, draw: Draw, grad: np.ndarray) -> ClientState:
+        dist, cfg = state.distribution, self.learning
+        self._check_family(dist)
+        params = dist.unconstrained()
+        opt = dict(state.optimizer) if state.optimizer else {}
+        betas = tuple(opt.get("betas", _ADAM_DEFAULTS["betas"]))
+        eps = float(opt.get("eps", _ADAM_DEFAULTS["eps"]))
+        feeds: dict[str, Any] = dict(params)
+        feeds["grad"] = np.asarray(grad, dtype=np.float64)[None]
+        if self.family == "gaussian":
+            feeds["sample"] = draw.value[None]
+        elif self.family == "beta":
+            feeds.update(draw.noise)
+        else:
+            feeds["basis_mean"] = np.stack([c.mean() for c in dist.basis])  # type: ignore[attr-defined]
+        for p in self.params:
+            feeds[f"anchor_{p}"] = params[p]  # prior_weight 0: the anchor is not used
+            feeds[f"adam_m_{p}"] = opt.get("m", {}).get(p, np.zeros_like(params[p]))
+            feeds[f"adam_v_{p}"] = opt.get("v", {}).get(p, np.zeros_like(params[p]))
+        feeds.update(
+            adam_t=np.int64(opt.get("t", 0)), lr=cfg.lr, beta1=betas[0], beta2=betas[1], eps=eps,
+            max_grad_norm=math.inf if cfg.max_grad_norm is None else cfg.max_grad_norm, prior_weight=0.0,
+            trainable=self._trainable,
+        )  # fmt: skip
+        out = self._update.run(feeds)
+        new = {p: np.asarray(out[f"new_{p}"], dtype=np.float64) for p in self.params}
+        updated = dist.with_unconstrained(new)
+        if self.guard is not None and self._projector is not None and not self.guard.check(updated).ok:
+            updated = self._projector.project(updated)
+        optimizer = {
+            "lr": cfg.lr, "betas": betas, "eps": eps, "t": int(out["new_adam_t"]),
+            "m": {p: np.asarray(out[f"new_adam_m_{p}"], np.float64) for p in self.params},
+            "v": {p: np.asarray(out[f"new_adam_v_{p}"], np.float64) for p in self.params},
+        }  # fmt: skip
+        return ClientState(updated, optimizer, state.model)
+
+    def check(self, distribution: UserDistribution) -> PolicyCheck:
+        self._check_family(distribution)
+        return _NO_POLICY if self.guard is None else self.guard.check(distribution)

@@ -1,0 +1,431 @@
+"""Export a causal LM to one ONNX graph with an explicit KV cache: the phone's local language model.
+
+The graph (float32, every axis named below is dynamic; ``L`` = number of layers):
+
+============================  =======  ======================================  ==========================
+name                          dtype    shape                                   meaning
+============================  =======  ======================================  ==========================
+``input_ids``                 int64    ``(batch, seq)``                        text tokens of this call
+``prefix_embeds``             float32  ``(batch, prefix, hidden)``             soft tokens before the text
+``attention_mask``            int64    ``(batch, total_seq)``                  1 = attend, 0 = padding
+``position_ids``              int64    ``(batch, query_seq)``                  ``query_seq = prefix + seq``
+``past_key_values.{i}.key``   float32  ``(batch, kv_heads, past_seq, head_dim)``  ``i < L``; ``past_seq``
+``past_key_values.{i}.value``                                                     may be 0 (first call)
+``logits`` (output)           float32  ``(batch, vocab)``                      next token, last position
+``present.{i}.key|value``     float32  ``(batch, kv_heads, total_seq, head_dim)``  the cache to feed back
+============================  =======  ======================================  ==========================
+
+with ``total_seq = past_seq + prefix + seq``. Choices, and why:
+
+- **Token ids plus an optional embedding prefix** rather than ``inputs_embeds`` alone. The user
+  embedding of the ID-free personalised LM (``PersonalizedLM``, placement ``"prefix"``) enters as soft
+  tokens, so the graph must accept vectors; but an ``inputs_embeds``-only graph would make the app
+  look up token embeddings itself, i.e. ship the embedding table a second time (it is tied to the
+  output head: 28M of SmolLM2's 135M parameters). ``prefix`` is simply 0 when there is no user
+  embedding and on every decoding step. In a batch, rows without an embedding pass zeros there with
+  ``attention_mask`` 0; masked positions change nothing, so this equals ``PersonalizedLM.pack``'s layout.
+- **Logits of the last position only**: a prefill of ``n`` tokens would otherwise compute ``n x vocab``
+  logits that generation throws away.
+- **Positions and mask are inputs**, so left padding and soft tokens are the caller's business, exactly
+  as in :func:`veil.models.generation.generate_batch`.
+
+Beside the graph, ``out_dir`` receives ``lm.json`` (sizes, special tokens, sha256 of every file, the I/O
+contract) and ``tokenizer.json`` (for the ``tokenizers`` package). :class:`OnnxLM` in
+``veil.client_sdk.runtime.generate`` reads exactly these. The export is checked against the torch model
+with onnxruntime before it is reported done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import inspect
+import io
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "DEFAULT_OPSET",
+    "LM_GRAPH_FILE",
+    "LM_SPEC_FILE",
+    "LM_TOKENIZER_FILE",
+    "LMExportError",
+    "export_causal_lm",
+    "export_lm",
+]
+
+DEFAULT_OPSET = 18  # onnxruntime >= 1.14, i.e. every mobile build of the last years
+LM_GRAPH_FILE = "lm.onnx"
+LM_SPEC_FILE = "lm.json"  # read by veil.client_sdk.runtime.generate.OnnxLM
+LM_TOKENIZER_FILE = "tokenizer.json"
+SPEC_FORMAT = "veil-onnx-lm/1"
+# protobuf refuses messages over 2 GiB; above this the weights go to a side file
+_EXTERNAL_DATA_BYTES = 1_500_000_000
+# export-time check: max |onnx - torch| over max |torch| logits
+_VERIFY_RTOL = 1e-4
+
+
+class LMExportError(ValueError):
+    """The model cannot be exported, or its export does not reproduce the torch model."""
+
+
+def _cache_keyword(base: nn.Module) -> str:
+    # transformers 5.2x renamed ``past_key_values`` to ``cache``
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+class _CachedLM(nn.Module):
+    """The exported function: flat tensors in, last-position logits and the grown cache out."""
+
+    def __init__(self, lm: nn.Module) -> None:
+        super().__init__()
+        self.lm = lm
+        self.n_layers = int(lm.config.num_hidden_layers)
+        self.cache_kw = _cache_keyword(lm.base_model)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        prefix_embeds: Tensor,
+        attention_mask: Tensor,
+        position_ids: Tensor,
+        past: list[Tensor],
+    ) -> tuple[Tensor, ...]:
+        from transformers import DynamicCache
+
+        text = self.lm.get_input_embeddings()(input_ids)  # (B, T, H)
+        embeds = torch.cat([prefix_embeds.to(text.dtype), text], dim=1)  # (B, S + T, H)
+        cache = DynamicCache(config=self.lm.config)
+        for i in range(self.n_layers):
+            cache.update(past[2 * i], past[2 * i + 1], i)
+        hidden = self.lm.base_model(
+            inputs_embeds=embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=True,
+            **{self.cache_kw: cache},
+        ).last_hidden_state
+        logits = self.lm.get_output_embeddings()(hidden[:, -1, :])  # (B, V)
+        presents = [t for layer in cache.layers for t in (layer.keys, layer.values)]
+        return (logits, *presents)
+
+
+def _sizes(lm: nn.Module) -> dict[str, int]:
+    cfg = lm.config
+    heads = int(cfg.num_attention_heads)
+    return {
+        "n_layers": int(cfg.num_hidden_layers),
+        "n_kv_heads": int(getattr(cfg, "num_key_value_heads", None) or heads),
+        "head_dim": int(getattr(cfg, "head_dim", None) or cfg.hidden_size // heads),
+        "hidden_size": int(lm.get_input_embeddings().weight.shape[1]),
+        "vocab_size": int(lm.get_output_embeddings().weight.shape[0]),
+        "max_position_embeddings": int(getattr(cfg, "max_position_embeddings", 0) or 0),
+    }
+
+
+def _check_exportable(lm: nn.Module) -> None:
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    if getattr(lm.config, "is_encoder_decoder", False):
+        raise LMExportError("only decoder-only causal LMs can be exported, got an encoder-decoder")
+    if lm.get_output_embeddings() is None:
+        raise LMExportError(f"{type(lm).__name__} has no language-model head")
+    dtype = lm.get_input_embeddings().weight.dtype
+    if dtype != torch.float32:
+        raise LMExportError(f"export a float32 model (load it with dtype=torch.float32), got {dtype}")
+    kinds = sorted({type(layer).__name__ for layer in DynamicCache(config=lm.config).layers})
+    if kinds != [DynamicLayer.__name__]:
+        # sliding-window and hybrid caches drop old entries: the graph's contract (present = past + new)
+        # would no longer hold
+        raise LMExportError(f"only full-attention KV caches can be exported, this model uses {kinds}")
+
+
+def _io_names(n_layers: int) -> tuple[list[str], list[str]]:
+    past = [f"past_key_values.{i}.{kv}" for i in range(n_layers) for kv in ("key", "value")]
+    present = [f"present.{i}.{kv}" for i in range(n_layers) for kv in ("key", "value")]
+    return ["input_ids", "prefix_embeds", "attention_mask", "position_ids", *past], ["logits", *present]
+
+
+def _example(sizes: dict[str, int], batch: int, prefix: int, seq: int, past: int, seed: int = 0) -> tuple:
+    g = torch.Generator().manual_seed(seed)
+    n, h = sizes["n_layers"], sizes["hidden_size"]
+    ids = torch.randint(0, sizes["vocab_size"], (batch, seq), generator=g)
+    soft = torch.randn(batch, prefix, h, generator=g) * 0.05
+    mask = torch.ones(batch, past + prefix + seq, dtype=torch.long)
+    if batch > 1 and past + prefix + seq > 2:
+        mask[0, :2] = 0  # row 0 is left-padded: the mask path must be traced, not assumed all-ones
+    pos = (mask.cumsum(1) - 1).clamp(min=0)[:, past:]  # (B, prefix + seq)
+    kv = (batch, sizes["n_kv_heads"], past, sizes["head_dim"])
+    return ids, soft, mask, pos, [torch.randn(*kv, generator=g) * 0.5 for _ in range(2 * n)]
+
+
+# the named axes of each input/output, in _io_names order; None = a fixed size
+def _axis_names(n_layers: int) -> tuple[list[list[str | None]], list[list[str | None]]]:
+    kv_in = ["batch", None, "past_seq", None]
+    kv_out = ["batch", None, "total_seq", None]
+    inputs = [["batch", "seq"], ["batch", "prefix", None], ["batch", "total_seq"], ["batch", "query_seq"]]
+    return inputs + [kv_in] * (2 * n_layers), [["batch", None]] + [kv_out] * (2 * n_layers)
+
+
+def _finish_graph(path: Path, sizes: dict[str, int], opset: int, source: str) -> None:
+    """Name the dynamic axes readably and stamp the sizes into the model's metadata."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    ins, outs = _axis_names(sizes["n_layers"])
+    for values, names in ((model.graph.input, ins), (model.graph.output, outs)):
+        for value, axes in zip(values, names, strict=True):
+            for dim, name in zip(value.type.tensor_type.shape.dim, axes, strict=True):
+                if name is not None:
+                    dim.dim_param = name
+    meta = {"veil.kind": "causal_lm", "veil.opset": str(opset), "veil.source": source}
+    meta.update({f"veil.{k}": str(v) for k, v in sizes.items()})
+    del model.metadata_props[:]
+    for key, value in meta.items():
+        model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
+    onnx.save(model, str(path))  # external-data references, if any, are kept as they are
+
+
+def _verify(lm: nn.Module, path: Path, sizes: dict[str, int]) -> float:
+    """Largest relative error (over logits and cache) of the graph against torch, on odd shapes.
+
+    Realistic inputs: a prefill from an empty cache (left padding, soft tokens at the scale of the
+    token embeddings), then a decoding step on the cache the graph itself returned. Random caches
+    are off-distribution and inflate float noise through deep models (1.7e-4 on SmolLM2's 30 layers).
+    """
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [i.name for i in sess.get_inputs()]
+    scale = float(lm.get_input_embeddings().weight.detach().std())
+    worst = 0.0
+
+    def compare(args: tuple) -> list[np.ndarray]:
+        nonlocal worst
+        ids, soft, mask, pos, kv = args
+        got = sess.run(None, dict(zip(names, [t.numpy() for t in (ids, soft, mask, pos, *kv)], strict=True)))
+        with torch.no_grad():
+            ref = _CachedLM(lm)(ids, soft, mask, pos, kv)
+        # cache entries of padding positions are never attended to, and implementation-defined
+        keep = mask.numpy()[:, None, :, None].astype(np.float32)
+        for k, (a, b) in enumerate(zip(got, ref, strict=True)):
+            if a.shape != tuple(b.shape):
+                raise LMExportError(f"exported graph returns shape {a.shape}, torch {tuple(b.shape)}")
+            a, b = (a, b.numpy()) if k == 0 else (a * keep, b.numpy() * keep)
+            worst = max(worst, float(np.abs(a - b).max() / max(float(np.abs(b).max()), 1e-6)))
+        return got
+
+    for batch, prefix, seq in ((1, 0, 1), (2, 2, 5), (3, 0, 4)):
+        ids, soft, mask, pos, kv = _example(sizes, batch, prefix, seq, past=0, seed=batch)
+        present = compare((ids, soft * (scale / 0.05), mask, pos, kv))[1:]
+        step = torch.randint(0, sizes["vocab_size"], (batch, 1), generator=torch.Generator().manual_seed(seq))
+        mask = torch.cat([mask, torch.ones_like(step)], dim=1)
+        past = [torch.from_numpy(t) for t in present]
+        compare((step, soft[:, :0], mask, pos[:, -1:] + 1, past))
+    return worst
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _export_graph(lm: nn.Module, path: Path, sizes: dict[str, int], opset: int) -> None:
+    from torch.export import Dim
+
+    in_names, out_names = _io_names(sizes["n_layers"])
+    # distinct sizes >= 2: torch.export gives equal example sizes one symbol and specialises 0 and 1
+    args = _example(sizes, batch=2, prefix=3, seq=5, past=7)
+    auto = Dim.AUTO
+    dyn = ({0: auto, 1: auto}, {0: auto, 1: auto}, {0: auto, 1: auto}, {0: auto, 1: auto})
+    dyn = (*dyn, [{0: auto, 2: auto}] * (2 * sizes["n_layers"]))
+    external = sum(p.numel() * p.element_size() for p in lm.parameters()) > _EXTERNAL_DATA_BYTES
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # "torchvision is not installed" and similar noise
+    try:
+        with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+            torch.onnx.export(
+                _CachedLM(lm).eval(),
+                args,
+                str(path),
+                input_names=in_names,
+                output_names=out_names,
+                dynamic_shapes=dyn,
+                opset_version=opset,
+                dynamo=True,
+                external_data=external,
+            )
+    except ImportError as exc:
+        raise LMExportError(f"ONNX export needs onnxscript: pip install onnxscript ({exc})") from exc
+    except Exception as exc:  # torch.export raises many types; one line for the CLI
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise LMExportError(f"torch.onnx.export failed for {type(lm).__name__}: {first}") from exc
+    finally:
+        quiet.setLevel(level)
+
+
+def _tokenizer_fields(tokenizer: Any, out_dir: Path) -> dict[str, Any]:
+    fields: dict[str, Any] = {"tokenizer": None, "chat_template": None}
+    if tokenizer is None:
+        return fields
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        backend.save(str(out_dir / LM_TOKENIZER_FILE))
+        fields["tokenizer"] = {"file": LM_TOKENIZER_FILE, "sha256": _sha256(out_dir / LM_TOKENIZER_FILE)}
+    template = getattr(tokenizer, "chat_template", None)
+    fields["chat_template"] = template if isinstance(template, str) else None
+    return fields
+
+
+def _special_ids(lm: nn.Module, tokenizer: Any) -> dict[str, Any]:
+    cfg = getattr(lm, "generation_config", None) or lm.config
+    eos = getattr(cfg, "eos_token_id", None)
+    if eos is None and tokenizer is not None:
+        eos = tokenizer.eos_token_id
+    eos_ids = [] if eos is None else [int(e) for e in (eos if isinstance(eos, list | tuple) else [eos])]
+    pad = getattr(cfg, "pad_token_id", None)
+    if pad is None and tokenizer is not None:
+        pad = tokenizer.pad_token_id
+    bos = getattr(cfg, "bos_token_id", None)
+    return {
+        "bos_token_id": None if bos is None else int(bos),
+        "eos_token_ids": eos_ids,
+        "pad_token_id": int(pad) if pad is not None else (eos_ids[0] if eos_ids else 0),
+    }
+
+
+def export_causal_lm(
+    lm: nn.Module,
+    out_dir: str | Path,
+    tokenizer: Any = None,
+    opset: int = DEFAULT_OPSET,
+    source: str = "model",
+) -> list[Any]:
+    """Export an in-memory ``transformers`` causal LM (see the module docstring for the graph).
+
+    Parameters
+    ----------
+    lm: a float32 decoder-only causal LM with a full-attention cache (Llama, SmolLM2, ...).
+    out_dir: created if missing; ``lm.onnx``, ``lm.json`` and ``tokenizer.json`` are replaced.
+    tokenizer: its ``tokenizer.json`` and special tokens go beside the graph; ``None`` skips them.
+    opset: ONNX opset of the default domain.
+    source: a name recorded in ``lm.json`` (a registry name or a path).
+
+    Returns
+    -------
+    list
+        One manifest entry for the graph (a ``ManifestEntry`` when ``veil.models.onnx.manifest``
+        exists, else a dict with its fields).
+
+    Raises
+    ------
+    LMExportError
+        Unsupported model, exporter failure, or an export whose logits differ from torch's.
+    """
+    if not 13 <= opset <= 23:
+        raise ValueError(f"opset must be in [13, 23], got {opset}")
+    lm = lm.eval()
+    _check_exportable(lm)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    sizes = _sizes(lm)
+    # export into a scratch folder and move in at the end: a failed export leaves no half-written graph
+    with tempfile.TemporaryDirectory(prefix=".lm-export-", dir=out) as tmp:
+        scratch = Path(tmp) / LM_GRAPH_FILE
+        _export_graph(lm, scratch, sizes, opset)
+        _finish_graph(scratch, sizes, opset, source)
+        error = _verify(lm, scratch, sizes)
+        if error > _VERIFY_RTOL:
+            raise LMExportError(f"exported graph differs from torch: relative logit error {error:.2e}")
+        files = sorted(p.name for p in Path(tmp).iterdir())
+        for name in files:
+            os.replace(Path(tmp) / name, out / name)
+    extra_files = [name for name in files if name != LM_GRAPH_FILE]
+    in_names, out_names = _io_names(sizes["n_layers"])
+    ins, outs = _axis_names(sizes["n_layers"])
+    fixed = {"hidden": sizes["hidden_size"], "vocab": sizes["vocab_size"]}
+    inputs = _describe(in_names, ins, sizes, fixed, ["int64", "float32", "int64", "int64"])
+    outputs = _describe(out_names, outs, sizes, fixed, ["float32"])
+    spec: dict[str, Any] = {
+        "format": SPEC_FORMAT,
+        "graph": {"file": LM_GRAPH_FILE, "sha256": _sha256(out / LM_GRAPH_FILE)},
+        "external_data": [{"file": f, "sha256": _sha256(out / f)} for f in extra_files],
+        "opset": opset,
+        "dtype": "float32",
+        "source": source,
+        **sizes,
+        **_special_ids(lm, tokenizer),
+        **_tokenizer_fields(tokenizer, out),
+        "inputs": inputs,
+        "outputs": outputs,
+        "export_max_rel_error": error,
+    }
+    (out / LM_SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n")
+    entry = {
+        "name": "lm",
+        "file": LM_GRAPH_FILE,
+        "sha256": spec["graph"]["sha256"],
+        "opset": opset,
+        "inputs": inputs,
+        "outputs": outputs,
+        "kind": "causal_lm",
+        "extra": {k: spec[k] for k in ("external_data", "tokenizer", "source", *sizes)}
+        | {"spec": LM_SPEC_FILE},
+    }
+    return [_as_manifest_entry(entry)]
+
+
+def _describe(
+    names: list[str],
+    axes: list[list[str | None]],
+    sizes: dict[str, int],
+    fixed: dict[str, int],
+    dtypes: list[str],
+) -> list[dict[str, Any]]:
+    rows = []
+    for k, (name, dims) in enumerate(zip(names, axes, strict=True)):
+        if name.startswith(("past_key_values", "present")):
+            shape: list[Any] = [dims[0], sizes["n_kv_heads"], dims[2], sizes["head_dim"]]
+        elif name == "prefix_embeds":
+            shape = [*dims[:2], fixed["hidden"]]
+        elif name == "logits":
+            shape = [dims[0], fixed["vocab"]]
+        else:
+            shape = list(dims)
+        rows.append({"name": name, "dtype": dtypes[k] if k < len(dtypes) else "float32", "shape": shape})
+    return rows
+
+
+def _as_manifest_entry(entry: dict[str, Any]) -> Any:
+    try:
+        from veil.models.onnx.manifest import ManifestEntry
+    except ImportError:
+        return entry
+    return ManifestEntry(**entry)
+
+
+def export_lm(
+    model_name_or_path: str | Path,
+    out_dir: str | Path,
+    data_dir: str | Path | None = None,
+    opset: int = DEFAULT_OPSET,
+) -> list[Any]:
+    """Load a registered model (``tiny-llama``, ``smollm2-135m-instruct``) or a model directory and
+    export it with its tokenizer; see :func:`export_causal_lm`."""
+    from veil.models.loading import load_model
+
+    loaded = load_model(model_name_or_path, data_dir)
+    return export_causal_lm(loaded.model, out_dir, loaded.tokenizer, opset=opset, source=loaded.name)
