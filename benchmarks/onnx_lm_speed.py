@@ -12,7 +12,8 @@ Usage::
     .venv/bin/python benchmarks/onnx_lm_speed.py                                  # tiny-llama
     .venv/bin/python benchmarks/onnx_lm_speed.py --model smollm2-135m-instruct --json
 
-The export is cached in ``<data_dir>/onnx/<model>`` (``--onnx-dir`` to choose) and redone when missing.
+The export is cached in ``<data_dir>/onnx/<model>`` (``--onnx-dir`` to choose) and redone when its
+manifest has no ``lm`` entry of this model.
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     from veil.client_sdk.runtime.generate import OnnxLM, SamplingParams
     from veil.models import generation
     from veil.models.loading import load_model, quiet_transformers
-    from veil.models.onnx.lm import LM_SPEC_FILE, export_lm
+    from veil.models.onnx.lm import LM_ENTRY, export_lm
+    from veil.models.onnx.manifest import ModelFileError, read_manifest
     from veil.models.personalization import PersonalizationConfig, PersonalizedLM
 
     quiet_transformers()
@@ -83,8 +85,11 @@ def main(argv: list[str] | None = None) -> int:
         root = Path(args.data_dir).expanduser() if args.data_dir else get_settings().resolved_data_dir()
         onnx_dir = root / "onnx" / loaded.name
     export_s = None
-    spec = onnx_dir / LM_SPEC_FILE
-    if not spec.is_file() or json.loads(spec.read_text()).get("source") != loaded.name:
+    try:
+        cached = read_manifest(onnx_dir).entry(LM_ENTRY).extra.get("source") == loaded.name
+    except (ModelFileError, KeyError):
+        cached = False
+    if not cached:
         t = time.perf_counter()
         export_lm(args.model, onnx_dir, args.data_dir)
         export_s = time.perf_counter() - t
@@ -147,15 +152,14 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(out))
         return 0
     print(f"{loaded.name}: {len(ids)} prompt tokens, {args.new_tokens} new, greedy, median of {args.repeats}")
-    print(
-        f"  {out['machine']['cpu']}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}; graph {graph_mb:.1f} MiB"
-    )
+    exported = "cached" if export_s is None else f"exported in {export_s:.0f} s"
+    print(f"  {out['machine']['cpu']}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}")
+    print(f"  graph {graph_mb:.1f} MiB ({exported})")
     print(f"  {'setting':<24}{'path':<13}{'first token ms':>15}{'decode tok/s':>14}")
     for label, r in results.items():
         for path in ("torch", "onnxruntime"):
-            print(
-                f"  {label:<24}{path:<13}{r[path]['first_token_ms']:>15.1f}{r[path]['decode_tokens_per_s']:>14.1f}"
-            )
+            ttft, rate = r[path]["first_token_ms"], r[path]["decode_tokens_per_s"]
+            print(f"  {label:<24}{path:<13}{ttft:>15.1f}{rate:>14.1f}")
         print(
             f"  {'':<24}{'ratio':<13}{r['prefill_speedup_ort_over_torch']:>14.2f}x"
             f"{r['decode_speedup_ort_over_torch']:>13.2f}x  (onnxruntime over torch)"

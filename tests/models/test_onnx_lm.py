@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from veil.client_sdk.runtime import generate as client
-from veil.client_sdk.runtime.generate import LMFileError, OnnxLM, SamplingParams, sample_next
+from veil.client_sdk.runtime.generate import ModelFileError, OnnxLM, SamplingParams, sample_next
+from veil.client_sdk.runtime.manifest import read_manifest, sha256_file
 from veil.models import generation
 from veil.models.loading import ModelLoadError, load_model
 from veil.models.onnx import lm as exporter
@@ -50,39 +51,31 @@ def onnx_lm(exported) -> OnnxLM:
     return OnnxLM(exported[1])
 
 
-def _entry(e) -> dict:
-    return (
-        e if isinstance(e, dict) else {k: getattr(e, k) for k in ("name", "file", "sha256", "opset", "kind")}
-    )
-
-
 def _embeddings(hidden: int) -> list[np.ndarray | None]:
     rng = np.random.default_rng(0)
     return [rng.normal(size=(N_SOFT, hidden)).astype(np.float32), None, rng.normal(size=(N_SOFT, hidden))]
 
 
-def test_export_writes_graph_spec_tokenizer_and_entry(exported) -> None:
+def test_export_writes_graph_tokenizer_and_manifest_entry(exported) -> None:
     _, out, entries = exported
     assert len(entries) == 1
-    entry = _entry(entries[0])
-    assert (entry["name"], entry["file"], entry["kind"], entry["opset"]) == ("lm", "lm.onnx", "causal_lm", 18)
-    assert entry["sha256"] == exporter._sha256(out / "lm.onnx")
-    spec = json.loads((out / exporter.LM_SPEC_FILE).read_text())
-    assert spec["n_layers"] == 2 and spec["n_kv_heads"] == 2 and spec["head_dim"] == 16
-    assert spec["export_max_rel_error"] < 1e-5
-    assert [i["name"] for i in spec["inputs"]][:4] == [
-        "input_ids",
-        "prefix_embeds",
-        "attention_mask",
-        "position_ids",
-    ]
-    assert spec["outputs"][1] == {
-        "name": "present.0.key",
-        "dtype": "float32",
-        "shape": ["batch", 2, "total_seq", 16],
-    }
-    assert (out / "tokenizer.json").is_file()
-    assert client.LM_SPEC_FILE == exporter.LM_SPEC_FILE and client.SPEC_FORMAT == exporter.SPEC_FORMAT
+    entry = entries[0]
+    assert read_manifest(out).entry("lm") == entry
+    assert (entry.name, entry.file, entry.kind, entry.opset) == ("lm", "lm.onnx", "lm", 18)
+    assert entry.sha256 == sha256_file(out / "lm.onnx")
+    names = [t.name for t in entry.inputs]
+    assert names[:4] == ["input_ids", "prefix_embeds", "attention_mask", "position_ids"]
+    assert names[4:6] == ["past_key_values.0.key", "past_key_values.0.value"] and len(names) == 8
+    assert entry.outputs[1].shape == ("batch", 2, "total_seq", 16)
+    extra = entry.extra
+    assert (extra["n_layers"], extra["n_kv_heads"], extra["head_dim"], extra["hidden_size"]) == (2, 2, 16, 64)
+    assert extra["export_max_rel_error"] < 1e-5
+    assert extra["tokenizer"]["sha256"] == sha256_file(out / "tokenizer.json")
+    assert (client.LM_ENTRY, client.LM_KIND, client.LM_FORMAT) == (
+        exporter.LM_ENTRY,
+        exporter.LM_KIND,
+        exporter.LM_FORMAT,
+    )
 
 
 def test_client_runs_without_torch_or_transformers(exported) -> None:
@@ -173,7 +166,7 @@ def test_stop_tokens_eos_default_and_caller_stop(exported, onnx_lm: OnnxLM, tmp_
     stop = SamplingParams(max_new_tokens=12, temperature=0.0, stop_token_ids=(tokens[k],))
     assert onnx_lm.generate(PROMPTS[0], params=stop) == (tokens[:k], "stop")
     d = _copy(exported, tmp_path)
-    _edit_spec(d, eos_token_ids=[tokens[k]])
+    _edit_entry(d, eos_token_ids=[tokens[k]])
     eos = SamplingParams(max_new_tokens=12, temperature=0.0)  # stop_token_ids=None: the model's EOS ids
     assert OnnxLM(d).generate(PROMPTS[0], params=eos) == (tokens[:k], "stop")
     out = onnx_lm.generate_batch(
@@ -228,42 +221,57 @@ def _copy(exported, tmp_path: Path) -> Path:
     return dst
 
 
-def _edit_spec(path: Path, **changes) -> None:
-    spec = json.loads((path / "lm.json").read_text())
-    spec.update(changes)
-    (path / "lm.json").write_text(json.dumps(spec))
+def _edit_entry(path: Path, **changes) -> None:
+    manifest = json.loads((path / "manifest.json").read_text())
+    entry = next(e for e in manifest["entries"] if e["name"] == "lm")
+    for key, value in changes.items():
+        if key in entry["extra"]:
+            entry["extra"][key] = value
+        else:
+            entry[key] = value
+    (path / "manifest.json").write_text(json.dumps(manifest))
 
 
 def test_corrupt_or_mismatched_files_give_clear_errors(exported, tmp_path: Path) -> None:
     d = _copy(exported, tmp_path)
     data = (d / "lm.onnx").read_bytes()
     (d / "lm.onnx").write_bytes(data[: len(data) // 2])
-    with pytest.raises(LMFileError, match="corrupt or was replaced"):
+    with pytest.raises(ModelFileError, match="corrupt or replaced"):
         OnnxLM(d)
-    with pytest.raises(LMFileError, match="onnxruntime cannot load"):
-        OnnxLM(d, verify=False)
+    with pytest.raises(ModelFileError, match="lm.onnx"):
+        OnnxLM(d, verify=False)  # truncated protobuf: refused by the opset reader or onnxruntime
     (d / "lm.onnx").write_bytes(data)
     OnnxLM(d)  # restored
-    _edit_spec(d, opset=17)
-    with pytest.raises(LMFileError, match="opset=18"):
+    original = (d / "manifest.json").read_text()
+    _edit_entry(d, opset=17)
+    with pytest.raises(ModelFileError, match="opset 18; the manifest says 17"):
         OnnxLM(d)
-    spec = json.loads((exported[1] / "lm.json").read_text())
-    spec["inputs"][4]["shape"][1] = 3  # kv heads of another model
-    _edit_spec(d, opset=18, inputs=spec["inputs"])
-    with pytest.raises(LMFileError, match="graph inputs"):
+    (d / "manifest.json").write_text(original)
+    _edit_entry(d, n_kv_heads=3)  # sizes of another model
+    with pytest.raises(ModelFileError, match="do not fit the manifest's sizes"):
         OnnxLM(d)
-    _edit_spec(d, format="something-else/9")
-    with pytest.raises(LMFileError, match="format"):
+    (d / "manifest.json").write_text(original)
+    entry = read_manifest(d).entry("lm").to_json()
+    entry["inputs"][4]["shape"][1] = 3
+    _edit_entry(d, inputs=entry["inputs"])
+    with pytest.raises(ModelFileError, match="differ from the manifest"):
         OnnxLM(d)
-    (d / "lm.json").unlink()
-    with pytest.raises(LMFileError, match="no lm.json"):
+    (d / "manifest.json").write_text(original)
+    _edit_entry(d, format="something-else/9")
+    with pytest.raises(ModelFileError, match="not a language model"):
+        OnnxLM(d)
+    (d / "manifest.json").write_text(original)
+    with pytest.raises(ModelFileError, match="no graph 'other'"):
+        OnnxLM(d, name="other")
+    (d / "manifest.json").unlink()
+    with pytest.raises(ModelFileError, match="no manifest"):
         OnnxLM(d)
 
 
 def test_replaced_tokenizer_is_refused(exported, tmp_path: Path) -> None:
     d = _copy(exported, tmp_path)
     (d / "tokenizer.json").write_text("{}")
-    with pytest.raises(LMFileError, match="tokenizer"):
+    with pytest.raises(ModelFileError, match="tokenizer"):
         OnnxLM(d).encode("hi")
 
 

@@ -37,6 +37,14 @@ def export_onnx_command(
         ),
     ] = None,
     opset: Annotated[int, typer.Option("--opset", help="ONNX opset: 17 or 18.")] = 17,
+    lm: Annotated[
+        str | None,
+        typer.Option(
+            "--lm",
+            help="Also export this on-device LM (model name or directory), with its KV cache, as 'lm'.",
+            show_default=False,
+        ),
+    ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON object on stdout instead of a table.")
     ] = False,
@@ -52,10 +60,21 @@ def export_onnx_command(
     try:
         shapes = GraphShapes(n_tokens=n_tokens, dim=dim, n_basis=n_basis)
         manifest = export_onnx(out, chosen, shapes, opset=opset)
+        if lm is not None:
+            from veil.models.loading import quiet_transformers
+            from veil.models.onnx.lm import export_lm
+            from veil.models.onnx.manifest import read_manifest
+            from veil.settings import get_settings
+
+            quiet_transformers()
+            export_lm(lm, out, get_settings().resolved_data_dir())
+            manifest = read_manifest(out)
     except ValueError as exc:
         raise UserError(str(exc)) from exc
     written = [
-        e for e in manifest.entries if e.family in chosen and e.kind in ("sampler", "update", "policy")
+        e
+        for e in manifest.entries
+        if (e.family in chosen and e.kind in ("sampler", "update", "policy")) or (lm and e.kind == "lm")
     ]
     sizes = {e.name: (out / e.file).stat().st_size for e in written}
     if as_json:

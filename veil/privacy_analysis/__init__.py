@@ -1,7 +1,16 @@
 """Privacy analysis: how well could a curious cloud attribute anonymous uploads to people?
 
-Submodules: ``attribution`` (Bayes-optimal attributor by Monte Carlo), ``linkage`` (unsupervised
-clustering attack on the pooled stream). Import them directly.
+Submodules (import them directly):
+
+- ``distances``: total variation, Hellinger and Bhattacharyya between users' distributions.
+- ``bounds`` and ``attribution``: the Bayes-optimal attribution accuracy (exact in low dimension, Monte
+  Carlo with a Wilson interval, vectorised for large populations), its closed-form upper bounds, and the
+  accuracy when T uploads of a user can be linked.
+- ``gdp``: the Gaussian-DP view of a pair of users (mu, the (epsilon, delta) curve, the trade-off).
+- ``identifiability``: the Gram-matrix test, and the shared-basis family with and without grouping.
+- ``attacks`` and ``linkage``: what a curious cloud can actually run on stored uploads.
+- ``accounting``: Opacus accountants for DP-SGD on uploads, and composition across runs.
+- ``spec``, ``policy``, ``audit``, ``audit_report``: ``veil audit``.
 """
 
 __all__: list[str] = []

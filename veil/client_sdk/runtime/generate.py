@@ -1,12 +1,14 @@
 """The phone's local language model on onnxruntime: load, verify, and generate with a KV cache.
 
-:class:`OnnxLM` opens a directory written by ``veil.models.onnx.lm.export_lm`` (``lm.json``,
-``lm.onnx``, ``tokenizer.json``), checks every file's sha256 and the graph's inputs and outputs against
-``lm.json`` before use, and runs the reference generation loop that an app reimplements in Kotlin or
-Swift: one prefill call over the prompt (with the user's soft tokens as ``prefix_embeds`` when
-personalised), then one call per new token feeding back the ``present.*`` tensors as
-``past_key_values.*``. Greedy decoding reproduces ``veil.models.generation.generate_batch`` token for
-token (the parity tests pin it).
+:class:`OnnxLM` opens a folder written by ``veil.models.onnx.lm.export_lm`` (``manifest.json`` with an
+entry named ``lm``, ``lm.onnx``, ``tokenizer.json``). Before use it checks, against that entry, the
+sha256 of every file (graph, tokenizer), the graph's default-domain opset and its input
+and output names, dtypes and fixed sizes, and that these agree with the sizes in the entry's ``extra``;
+any difference raises :class:`~veil.client_sdk.runtime.manifest.ModelFileError`. It then runs the
+reference generation loop that an app reimplements in Kotlin or Swift: one prefill call over the prompt
+(with the user's soft tokens as ``prefix_embeds`` when personalised), then one call per new token
+feeding back the ``present.*`` tensors as ``past_key_values.*``. Greedy decoding reproduces
+``veil.models.generation.generate_batch`` token for token (the parity tests pin it).
 
 Tokenisation: when the ``tokenizers`` package is importable (a dependency of ``transformers``; it does
 not import torch), :meth:`OnnxLM.encode` and :meth:`OnnxLM.decode` use the shipped ``tokenizer.json``.
@@ -17,7 +19,6 @@ same ``tokenizer.json`` and the loop works on token ids. Only numpy and onnxrunt
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,32 +26,41 @@ from typing import Any
 
 import numpy as np
 
+from veil.client_sdk.runtime.graphs import MAX_OPSET, MIN_OPSET, read_opsets
+from veil.client_sdk.runtime.manifest import (
+    ManifestEntry,
+    ModelFileError,
+    TensorSpec,
+    read_manifest,
+    sha256_file,
+)
+
 __all__ = [
-    "LM_SPEC_FILE",
-    "LMFileError",
+    "LM_ENTRY",
+    "LM_FORMAT",
+    "LM_KIND",
     "LMSpec",
+    "ModelFileError",
     "OnnxLM",
     "SamplingParams",
     "sample_next",
 ]
 
-LM_SPEC_FILE = "lm.json"  # written by veil.models.onnx.lm.export_causal_lm
-SPEC_FORMAT = "veil-onnx-lm/1"
-_NP_DTYPES = {"int64": np.int64, "float32": np.float32}
+LM_ENTRY = "lm"  # the manifest entry written by veil.models.onnx.lm.export_causal_lm
+LM_KIND = "lm"
+LM_FORMAT = "veil-onnx-lm/1"  # the layout of the entry's ``extra``
 _ORT_DTYPES = {"tensor(int64)": "int64", "tensor(float)": "float32"}
-
-
-class LMFileError(ValueError):
-    """A model directory that is missing, corrupt, or does not match its ``lm.json``."""
+_SIZES = ("n_layers", "n_kv_heads", "head_dim", "hidden_size", "vocab_size", "max_position_embeddings")
 
 
 @dataclass(frozen=True)
 class LMSpec:
-    """What ``lm.json`` promises about the graph beside it (field meanings as in the exporter)."""
+    """The language model's sizes and special tokens: the ``extra`` of its manifest entry.
 
-    graph: dict[str, str]
-    external_data: list[dict[str, str]]
-    opset: int
+    ``tokenizer`` is ``{"file", "sha256"}`` or ``None``; ``eos_token_ids`` end
+    generation by default; ``pad_token_id`` fills left padding and finished rows.
+    """
+
     n_layers: int
     n_kv_heads: int
     head_dim: int
@@ -60,34 +70,55 @@ class LMSpec:
     bos_token_id: int | None
     eos_token_ids: tuple[int, ...]
     pad_token_id: int
-    tokenizer: dict[str, str] | None
-    chat_template: str | None
-    inputs: list[dict[str, Any]]
-    outputs: list[dict[str, Any]]
+    tokenizer: dict[str, str] | None = None
+    chat_template: str | None = None
     source: str = "model"
 
     @classmethod
-    def load(cls, directory: Path) -> LMSpec:
-        path = directory / LM_SPEC_FILE
+    def from_entry(cls, entry: ManifestEntry) -> LMSpec:
+        """Read and check the entry's ``extra``.
+
+        Raises
+        ------
+        ModelFileError
+            Not a language-model entry, another ``extra`` format, or missing or malformed fields.
+        """
+        extra = entry.extra
+        if entry.kind != LM_KIND or extra.get("format") != LM_FORMAT:
+            raise ModelFileError(
+                f"manifest entry {entry.name!r} is kind {entry.kind!r} with format {extra.get('format')!r}, "
+                f"not a language model ({LM_KIND!r}, {LM_FORMAT!r})"
+            )
         try:
-            raw = json.loads(path.read_text())
-        except FileNotFoundError as exc:
-            raise LMFileError(f"{str(directory)!r} is not an exported LM: it has no {LM_SPEC_FILE}") from exc
-        except (OSError, ValueError) as exc:
-            raise LMFileError(f"cannot read {str(path)!r}: {exc}") from exc
-        if not isinstance(raw, dict) or raw.get("format") != SPEC_FORMAT:
-            got = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
-            raise LMFileError(f"{str(path)!r} has format {got!r}, this client reads {SPEC_FORMAT!r}")
-        fields = {name: raw[name] for name in cls.__dataclass_fields__ if name in raw}
-        fields["eos_token_ids"] = tuple(int(t) for t in raw.get("eos_token_ids", ()))
-        try:
-            return cls(**fields)
-        except TypeError as exc:
-            raise LMFileError(f"{str(path)!r} lacks fields: {exc}") from exc
+            bos = extra.get("bos_token_id")
+            return cls(
+                **{k: int(extra[k]) for k in _SIZES},
+                bos_token_id=None if bos is None else int(bos),
+                eos_token_ids=tuple(int(t) for t in extra["eos_token_ids"]),
+                pad_token_id=int(extra["pad_token_id"]),
+                tokenizer=extra.get("tokenizer"),
+                chat_template=extra.get("chat_template"),
+                source=str(extra.get("source", "model")),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelFileError(f"manifest entry {entry.name!r}: malformed extra: {exc!r}") from exc
 
     @property
     def past_names(self) -> list[str]:
         return [f"past_key_values.{i}.{kv}" for i in range(self.n_layers) for kv in ("key", "value")]
+
+    def expected_io(self) -> tuple[list[tuple[str, str, tuple]], list[tuple[str, str, tuple]]]:
+        """``(name, dtype, fixed sizes by axis, None = symbolic)`` of every input and output."""
+        kv = (None, self.n_kv_heads, None, self.head_dim)
+        inputs = [
+            ("input_ids", "int64", (None, None)),
+            ("prefix_embeds", "float32", (None, None, self.hidden_size)),
+            ("attention_mask", "int64", (None, None)),
+            ("position_ids", "int64", (None, None)),
+        ] + [(name, "float32", kv) for name in self.past_names]
+        present = [f"present.{i}.{kv_}" for i in range(self.n_layers) for kv_ in ("key", "value")]
+        outputs = [("logits", "float32", (None, self.vocab_size))] + [(n, "float32", kv) for n in present]
+        return inputs, outputs
 
 
 @dataclass(frozen=True)
@@ -137,25 +168,40 @@ def sample_next(logits: np.ndarray, params: SamplingParams, rng: np.random.Gener
     return int(min(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"), len(cdf) - 1))
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _check_file(directory: Path, entry: dict[str, str], what: str) -> Path:
-    path = directory / entry["file"]
+def _check_file(directory: Path, item: dict[str, str], what: str) -> Path:
+    path = directory / Path(str(item["file"])).name  # never a path outside the folder
     if not path.is_file():
-        raise LMFileError(f"{what} file {str(path)!r} is missing")
-    digest = _sha256(path)
-    if digest != entry["sha256"]:
-        raise LMFileError(
-            f"{what} file {str(path)!r} is corrupt or was replaced: sha256 {digest[:16]}..., "
-            f"{LM_SPEC_FILE} expects {entry['sha256'][:16]}..."
+        raise ModelFileError(f"{path}: {what} file is missing")
+    digest = sha256_file(path)
+    if digest != item["sha256"]:
+        raise ModelFileError(
+            f"{path}: sha256 {digest} differs from the manifest's {item['sha256']} (corrupt or replaced)"
         )
     return path
+
+
+def _first_difference(a: list[tuple], b: list[tuple]) -> str:
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            return f"{x} vs {y}"
+    return f"{len(a)} vs {len(b)} tensors"
+
+
+def _check_io(where: str, specs: tuple[TensorSpec, ...], actual: list[Any], expected: list[tuple]) -> None:
+    """The session's tensors must be the manifest's, and the manifest's what the sizes imply.
+
+    Tensors compare as ``(name, dtype, sizes)`` with symbolic sizes as ``None``.
+    """
+    promised = [(s.name, s.dtype, tuple(d if isinstance(d, int) else None for d in s.shape)) for s in specs]
+    got = [
+        (a.name, _ORT_DTYPES.get(a.type, a.type), tuple(d if isinstance(d, int) else None for d in a.shape))
+        for a in actual
+    ]
+    if got != promised:
+        raise ModelFileError(f"{where}s differ from the manifest's: {_first_difference(got, promised)}")
+    if promised != expected:
+        diff = _first_difference(promised, expected)
+        raise ModelFileError(f"{where}s do not fit the manifest's sizes (manifest vs sizes): {diff}")
 
 
 class OnnxLM:
@@ -163,66 +209,74 @@ class OnnxLM:
 
     Parameters
     ----------
-    directory: a folder written by ``export_lm``.
+    directory: a folder written by ``export_lm`` (with ``manifest.json``).
     threads: onnxruntime intra-op threads; ``None`` lets onnxruntime choose (all cores).
-    verify: check sha256 of every file (turn off only for files verified once already).
+    verify: check the sha256 of every file (opset, inputs and outputs are always checked).
+    name: the manifest entry of the model.
+
+    Raises
+    ------
+    ModelFileError
+        No manifest or entry, or files that differ from it (see the module docstring).
     """
 
-    def __init__(self, directory: str | Path, threads: int | None = None, verify: bool = True) -> None:
+    def __init__(
+        self, directory: str | Path, threads: int | None = None, verify: bool = True, name: str = LM_ENTRY
+    ) -> None:
         import onnxruntime as ort
 
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads must be >= 1 or None, got {threads}")
         self.directory = Path(directory)
-        self.spec = LMSpec.load(self.directory)
+        manifest = read_manifest(self.directory)
+        try:
+            self.entry = manifest.entry(name)
+        except KeyError as exc:
+            raise ModelFileError(f"{self.directory}: {exc.args[0]}") from exc
+        self.spec = LMSpec.from_entry(self.entry)
+        path = self.directory / self.entry.file
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ModelFileError(f"{path}: cannot read the language model: {exc}") from exc
         if verify:
-            graph = _check_file(self.directory, self.spec.graph, "graph")
-            for entry in self.spec.external_data:
-                _check_file(self.directory, entry, "external data")
-        else:
-            graph = self.directory / self.spec.graph["file"]
+            digest = hashlib.sha256(data).hexdigest()
+            if digest != self.entry.sha256:
+                raise ModelFileError(
+                    f"{path}: sha256 {digest} differs from the manifest's {self.entry.sha256} "
+                    "(corrupt or replaced)"
+                )
+        try:
+            opset = read_opsets(data).get("")
+        except ModelFileError as exc:
+            raise ModelFileError(f"{path}: not an ONNX model: {exc}") from exc
+        if opset != self.entry.opset or not MIN_OPSET <= opset <= MAX_OPSET:
+            raise ModelFileError(
+                f"{path}: opset {opset}; the manifest says {self.entry.opset}, "
+                f"this client runs {MIN_OPSET}..{MAX_OPSET}"
+            )
         options = ort.SessionOptions()
+        options.log_severity_level = 3
         if threads is not None:
-            if threads < 1:
-                raise ValueError(f"threads must be >= 1 or None, got {threads}")
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
         try:
-            self.session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+            # the very bytes that were hashed: nothing can swap the file between check and use
+            self.session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise LMFileError(f"onnxruntime cannot load {str(graph)!r}: {first}") from exc
-        self._check_signature()
+            raise ModelFileError(f"{path}: onnxruntime cannot load it: {first}") from exc
+        del data
+        want_in, want_out = self.spec.expected_io()
+        _check_io(f"{path}: input", self.entry.inputs, self.session.get_inputs(), want_in)
+        _check_io(f"{path}: output", self.entry.outputs, self.session.get_outputs(), want_out)
         self._tokenizer: Any = None
-
-    def _check_signature(self) -> None:
-        meta = self.session.get_modelmeta().custom_metadata_map
-        for key, want in (("opset", self.spec.opset), ("n_layers", self.spec.n_layers)):
-            got = meta.get(f"veil.{key}")
-            if got != str(want):
-                raise LMFileError(f"graph was exported with {key}={got}, {LM_SPEC_FILE} says {want}")
-        for side, actual, promised in (
-            ("input", self.session.get_inputs(), self.spec.inputs),
-            ("output", self.session.get_outputs(), self.spec.outputs),
-        ):
-            got = [
-                (
-                    a.name,
-                    _ORT_DTYPES.get(a.type, a.type),
-                    [d if isinstance(d, int) else None for d in a.shape],
-                )
-                for a in actual
-            ]
-            want = [
-                (p["name"], p["dtype"], [d if isinstance(d, int) else None for d in p["shape"]])
-                for p in promised
-            ]
-            if got != want:
-                raise LMFileError(f"graph {side}s {got} do not match {LM_SPEC_FILE}: {want}")
 
     # ----------------------------------------------------------------------------------------- tokens
     def _tokenizer_or_raise(self) -> Any:
         if self._tokenizer is None:
             if self.spec.tokenizer is None:
-                raise LMFileError(f"{str(self.directory)!r} was exported without a tokenizer")
+                raise ModelFileError(f"{str(self.directory)!r} was exported without a tokenizer")
             try:
                 from tokenizers import Tokenizer
             except ImportError as exc:

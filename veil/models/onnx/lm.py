@@ -1,19 +1,16 @@
 """Export a causal LM to one ONNX graph with an explicit KV cache: the phone's local language model.
 
-The graph (float32, every axis named below is dynamic; ``L`` = number of layers):
+The graph (float32; ``L`` layers; every named axis is dynamic)::
 
-============================  =======  ======================================  ==========================
-name                          dtype    shape                                   meaning
-============================  =======  ======================================  ==========================
-``input_ids``                 int64    ``(batch, seq)``                        text tokens of this call
-``prefix_embeds``             float32  ``(batch, prefix, hidden)``             soft tokens before the text
-``attention_mask``            int64    ``(batch, total_seq)``                  1 = attend, 0 = padding
-``position_ids``              int64    ``(batch, query_seq)``                  ``query_seq = prefix + seq``
-``past_key_values.{i}.key``   float32  ``(batch, kv_heads, past_seq, head_dim)``  ``i < L``; ``past_seq``
-``past_key_values.{i}.value``                                                     may be 0 (first call)
-``logits`` (output)           float32  ``(batch, vocab)``                      next token, last position
-``present.{i}.key|value``     float32  ``(batch, kv_heads, total_seq, head_dim)``  the cache to feed back
-============================  =======  ======================================  ==========================
+  in   input_ids                  int64    (batch, seq)                            text tokens of this call
+       prefix_embeds              float32  (batch, prefix, hidden)                 soft tokens before text
+       attention_mask             int64    (batch, total_seq)                      1 = attend, 0 = padding
+       position_ids               int64    (batch, query_seq)                      query_seq = prefix + seq
+       past_key_values.{i}.key    float32  (batch, kv_heads, past_seq, head_dim)   past_seq may be 0
+       past_key_values.{i}.value  float32  (batch, kv_heads, past_seq, head_dim)   i = 0 .. L-1
+  out  logits                     float32  (batch, vocab)                          next token only
+       present.{i}.key            float32  (batch, kv_heads, total_seq, head_dim)  the cache to feed back
+       present.{i}.value          float32  (batch, kv_heads, total_seq, head_dim)
 
 with ``total_seq = past_seq + prefix + seq``. Choices, and why:
 
@@ -29,22 +26,22 @@ with ``total_seq = past_seq + prefix + seq``. Choices, and why:
 - **Positions and mask are inputs**, so left padding and soft tokens are the caller's business, exactly
   as in :func:`veil.models.generation.generate_batch`.
 
-Beside the graph, ``out_dir`` receives ``lm.json`` (sizes, special tokens, sha256 of every file, the I/O
-contract) and ``tokenizer.json`` (for the ``tokenizers`` package). :class:`OnnxLM` in
-``veil.client_sdk.runtime.generate`` reads exactly these. The export is checked against the torch model
-with onnxruntime before it is reported done.
+Beside the graph, ``out_dir`` receives ``tokenizer.json`` (for the ``tokenizers`` package) and the
+``lm`` entry of ``manifest.json`` (:mod:`veil.models.onnx.manifest`), whose ``extra`` holds the sizes,
+special tokens and the tokenizer's sha256. The graph is one file (weights inside, no external data).
+:class:`veil.client_sdk.runtime.generate.OnnxLM` reads exactly these. Before the entry is written, the
+graph is checked against the torch model with onnxruntime.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import inspect
 import io
-import json
 import logging
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -52,10 +49,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from veil.client_sdk.runtime.graphs import MAX_OPSET, MIN_OPSET
+from veil.models.onnx.manifest import ManifestEntry, add_entries, describe_model, sha256_file
+
 __all__ = [
     "DEFAULT_OPSET",
     "LM_GRAPH_FILE",
-    "LM_SPEC_FILE",
+    "LM_ENTRY",
+    "LM_FORMAT",
+    "LM_KIND",
     "LM_TOKENIZER_FILE",
     "LMExportError",
     "export_causal_lm",
@@ -64,12 +66,14 @@ __all__ = [
 
 DEFAULT_OPSET = 18  # onnxruntime >= 1.14, i.e. every mobile build of the last years
 LM_GRAPH_FILE = "lm.onnx"
-LM_SPEC_FILE = "lm.json"  # read by veil.client_sdk.runtime.generate.OnnxLM
 LM_TOKENIZER_FILE = "tokenizer.json"
-SPEC_FORMAT = "veil-onnx-lm/1"
-# protobuf refuses messages over 2 GiB; above this the weights go to a side file
-_EXTERNAL_DATA_BYTES = 1_500_000_000
-# export-time check: max |onnx - torch| over max |torch| logits
+# the manifest entry that veil.client_sdk.runtime.generate.OnnxLM looks up
+LM_ENTRY = "lm"
+LM_KIND = "lm"
+LM_FORMAT = "veil-onnx-lm/1"  # the layout of the entry's ``extra``
+# protobuf refuses messages over 2 GiB, and no phone runs a float32 model of that size: one file it is
+_MAX_WEIGHT_BYTES = 1_800_000_000
+# export-time check: max |onnx - torch| / max |torch|, for the logits and for each cache tensor
 _VERIFY_RTOL = 1e-4
 
 
@@ -142,6 +146,11 @@ def _check_exportable(lm: nn.Module) -> None:
     dtype = lm.get_input_embeddings().weight.dtype
     if dtype != torch.float32:
         raise LMExportError(f"export a float32 model (load it with dtype=torch.float32), got {dtype}")
+    weight_bytes = sum(p.numel() * p.element_size() for p in lm.parameters())
+    if weight_bytes > _MAX_WEIGHT_BYTES:
+        raise LMExportError(
+            f"the model has {weight_bytes / 1e9:.1f} GB of weights; at most 1.8 GB fit one file"
+        )
     kinds = sorted({type(layer).__name__ for layer in DynamicCache(config=lm.config).layers})
     if kinds != [DynamicLayer.__name__]:
         # sliding-window and hybrid caches drop old entries: the graph's contract (present = past + new)
@@ -155,11 +164,13 @@ def _io_names(n_layers: int) -> tuple[list[str], list[str]]:
     return ["input_ids", "prefix_embeds", "attention_mask", "position_ids", *past], ["logits", *present]
 
 
-def _example(sizes: dict[str, int], batch: int, prefix: int, seq: int, past: int, seed: int = 0) -> tuple:
+def _example(
+    sizes: dict[str, int], batch: int, prefix: int, seq: int, past: int, seed: int = 0, soft_std: float = 0.05
+) -> tuple:
     g = torch.Generator().manual_seed(seed)
     n, h = sizes["n_layers"], sizes["hidden_size"]
     ids = torch.randint(0, sizes["vocab_size"], (batch, seq), generator=g)
-    soft = torch.randn(batch, prefix, h, generator=g) * 0.05
+    soft = torch.randn(batch, prefix, h, generator=g) * soft_std
     mask = torch.ones(batch, past + prefix + seq, dtype=torch.long)
     if batch > 1 and past + prefix + seq > 2:
         mask[0, :2] = 0  # row 0 is left-padded: the mask path must be traced, not assumed all-ones
@@ -187,12 +198,12 @@ def _finish_graph(path: Path, sizes: dict[str, int], opset: int, source: str) ->
             for dim, name in zip(value.type.tensor_type.shape.dim, axes, strict=True):
                 if name is not None:
                     dim.dim_param = name
-    meta = {"veil.kind": "causal_lm", "veil.opset": str(opset), "veil.source": source}
+    meta = {"veil.kind": LM_KIND, "veil.opset": str(opset), "veil.source": source}
     meta.update({f"veil.{k}": str(v) for k, v in sizes.items()})
     del model.metadata_props[:]
     for key, value in meta.items():
         model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
-    onnx.save(model, str(path))  # external-data references, if any, are kept as they are
+    onnx.save(model, str(path))
 
 
 def _verify(lm: nn.Module, path: Path, sizes: dict[str, int]) -> float:
@@ -225,21 +236,13 @@ def _verify(lm: nn.Module, path: Path, sizes: dict[str, int]) -> float:
         return got
 
     for batch, prefix, seq in ((1, 0, 1), (2, 2, 5), (3, 0, 4)):
-        ids, soft, mask, pos, kv = _example(sizes, batch, prefix, seq, past=0, seed=batch)
-        present = compare((ids, soft * (scale / 0.05), mask, pos, kv))[1:]
+        ids, soft, mask, pos, kv = _example(sizes, batch, prefix, seq, past=0, seed=batch, soft_std=scale)
+        present = compare((ids, soft, mask, pos, kv))[1:]
         step = torch.randint(0, sizes["vocab_size"], (batch, 1), generator=torch.Generator().manual_seed(seq))
         mask = torch.cat([mask, torch.ones_like(step)], dim=1)
         past = [torch.from_numpy(t) for t in present]
         compare((step, soft[:, :0], mask, pos[:, -1:] + 1, past))
     return worst
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _export_graph(lm: nn.Module, path: Path, sizes: dict[str, int], opset: int) -> None:
@@ -251,12 +254,12 @@ def _export_graph(lm: nn.Module, path: Path, sizes: dict[str, int], opset: int) 
     auto = Dim.AUTO
     dyn = ({0: auto, 1: auto}, {0: auto, 1: auto}, {0: auto, 1: auto}, {0: auto, 1: auto})
     dyn = (*dyn, [{0: auto, 2: auto}] * (2 * sizes["n_layers"]))
-    external = sum(p.numel() * p.element_size() for p in lm.parameters()) > _EXTERNAL_DATA_BYTES
     quiet = logging.getLogger("torch.onnx")
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # "torchvision is not installed" and similar noise
     try:
-        with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+        with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch's own pytree deprecations
             torch.onnx.export(
                 _CachedLM(lm).eval(),
                 args,
@@ -266,7 +269,7 @@ def _export_graph(lm: nn.Module, path: Path, sizes: dict[str, int], opset: int) 
                 dynamic_shapes=dyn,
                 opset_version=opset,
                 dynamo=True,
-                external_data=external,
+                external_data=False,
             )
     except ImportError as exc:
         raise LMExportError(f"ONNX export needs onnxscript: pip install onnxscript ({exc})") from exc
@@ -284,7 +287,7 @@ def _tokenizer_fields(tokenizer: Any, out_dir: Path) -> dict[str, Any]:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
         backend.save(str(out_dir / LM_TOKENIZER_FILE))
-        fields["tokenizer"] = {"file": LM_TOKENIZER_FILE, "sha256": _sha256(out_dir / LM_TOKENIZER_FILE)}
+        fields["tokenizer"] = {"file": LM_TOKENIZER_FILE, "sha256": sha256_file(out_dir / LM_TOKENIZER_FILE)}
     template = getattr(tokenizer, "chat_template", None)
     fields["chat_template"] = template if isinstance(template, str) else None
     return fields
@@ -313,30 +316,30 @@ def export_causal_lm(
     tokenizer: Any = None,
     opset: int = DEFAULT_OPSET,
     source: str = "model",
-) -> list[Any]:
+) -> list[ManifestEntry]:
     """Export an in-memory ``transformers`` causal LM (see the module docstring for the graph).
 
     Parameters
     ----------
     lm: a float32 decoder-only causal LM with a full-attention cache (Llama, SmolLM2, ...).
-    out_dir: created if missing; ``lm.onnx``, ``lm.json`` and ``tokenizer.json`` are replaced.
+    out_dir: created if missing; ``lm.onnx`` and ``tokenizer.json`` are replaced and the ``lm`` entry
+        of ``manifest.json`` is added or replaced (other entries stay).
     tokenizer: its ``tokenizer.json`` and special tokens go beside the graph; ``None`` skips them.
     opset: ONNX opset of the default domain.
-    source: a name recorded in ``lm.json`` (a registry name or a path).
+    source: a name recorded in the entry (a registry name or a path).
 
     Returns
     -------
-    list
-        One manifest entry for the graph (a ``ManifestEntry`` when ``veil.models.onnx.manifest``
-        exists, else a dict with its fields).
+    list of ManifestEntry
+        The one entry written (``name="lm"``, ``kind="lm"``; sizes and special tokens in ``extra``).
 
     Raises
     ------
     LMExportError
-        Unsupported model, exporter failure, or an export whose logits differ from torch's.
+        Unsupported model, exporter failure, or an export whose outputs differ from torch's.
     """
-    if not 13 <= opset <= 23:
-        raise ValueError(f"opset must be in [13, 23], got {opset}")
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ValueError(f"opset must be in [{MIN_OPSET}, {MAX_OPSET}], got {opset}")
     lm = lm.eval()
     _check_exportable(lm)
     out = Path(out_dir)
@@ -349,72 +352,21 @@ def export_causal_lm(
         _finish_graph(scratch, sizes, opset, source)
         error = _verify(lm, scratch, sizes)
         if error > _VERIFY_RTOL:
-            raise LMExportError(f"exported graph differs from torch: relative logit error {error:.2e}")
+            raise LMExportError(f"exported graph differs from torch: relative error {error:.2e}")
         files = sorted(p.name for p in Path(tmp).iterdir())
         for name in files:
             os.replace(Path(tmp) / name, out / name)
-    extra_files = [name for name in files if name != LM_GRAPH_FILE]
-    in_names, out_names = _io_names(sizes["n_layers"])
-    ins, outs = _axis_names(sizes["n_layers"])
-    fixed = {"hidden": sizes["hidden_size"], "vocab": sizes["vocab_size"]}
-    inputs = _describe(in_names, ins, sizes, fixed, ["int64", "float32", "int64", "int64"])
-    outputs = _describe(out_names, outs, sizes, fixed, ["float32"])
-    spec: dict[str, Any] = {
-        "format": SPEC_FORMAT,
-        "graph": {"file": LM_GRAPH_FILE, "sha256": _sha256(out / LM_GRAPH_FILE)},
-        "external_data": [{"file": f, "sha256": _sha256(out / f)} for f in extra_files],
-        "opset": opset,
-        "dtype": "float32",
+    extra: dict[str, Any] = {
+        "format": LM_FORMAT,
         "source": source,
         **sizes,
         **_special_ids(lm, tokenizer),
         **_tokenizer_fields(tokenizer, out),
-        "inputs": inputs,
-        "outputs": outputs,
         "export_max_rel_error": error,
     }
-    (out / LM_SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n")
-    entry = {
-        "name": "lm",
-        "file": LM_GRAPH_FILE,
-        "sha256": spec["graph"]["sha256"],
-        "opset": opset,
-        "inputs": inputs,
-        "outputs": outputs,
-        "kind": "causal_lm",
-        "extra": {k: spec[k] for k in ("external_data", "tokenizer", "source", *sizes)}
-        | {"spec": LM_SPEC_FILE},
-    }
-    return [_as_manifest_entry(entry)]
-
-
-def _describe(
-    names: list[str],
-    axes: list[list[str | None]],
-    sizes: dict[str, int],
-    fixed: dict[str, int],
-    dtypes: list[str],
-) -> list[dict[str, Any]]:
-    rows = []
-    for k, (name, dims) in enumerate(zip(names, axes, strict=True)):
-        if name.startswith(("past_key_values", "present")):
-            shape: list[Any] = [dims[0], sizes["n_kv_heads"], dims[2], sizes["head_dim"]]
-        elif name == "prefix_embeds":
-            shape = [*dims[:2], fixed["hidden"]]
-        elif name == "logits":
-            shape = [dims[0], fixed["vocab"]]
-        else:
-            shape = list(dims)
-        rows.append({"name": name, "dtype": dtypes[k] if k < len(dtypes) else "float32", "shape": shape})
-    return rows
-
-
-def _as_manifest_entry(entry: dict[str, Any]) -> Any:
-    try:
-        from veil.models.onnx.manifest import ManifestEntry
-    except ImportError:
-        return entry
-    return ManifestEntry(**entry)
+    entry = describe_model(out / LM_GRAPH_FILE, name=LM_ENTRY, kind=LM_KIND, extra=extra)
+    add_entries(out, [entry])
+    return [entry]
 
 
 def export_lm(
@@ -422,7 +374,7 @@ def export_lm(
     out_dir: str | Path,
     data_dir: str | Path | None = None,
     opset: int = DEFAULT_OPSET,
-) -> list[Any]:
+) -> list[ManifestEntry]:
     """Load a registered model (``tiny-llama``, ``smollm2-135m-instruct``) or a model directory and
     export it with its tokenizer; see :func:`export_causal_lm`."""
     from veil.models.loading import load_model
