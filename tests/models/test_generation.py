@@ -26,7 +26,11 @@ def _reference(lm: PersonalizedLM, prompt: list[int], emb: np.ndarray | None, n:
 def test_greedy_batch_equals_transformers_generate_row_by_row(lm: PersonalizedLM) -> None:
     rng = np.random.default_rng(0)
     prompts = [[5, 9, 17, 33], [7, 8], [100, 3, 4, 5, 6, 7, 8]]
-    embs = [rng.normal(size=(2, lm.hidden_size)).astype(np.float32), None, rng.normal(size=(2, lm.hidden_size))]
+    embs = [
+        rng.normal(size=(2, lm.hidden_size)).astype(np.float32),
+        None,
+        rng.normal(size=(2, lm.hidden_size)),
+    ]
     params = [SamplingParams(max_new_tokens=6, temperature=0.0)] * 3
     got = generate_batch(lm, prompts, embs, params, pad_id=0)
     for (tokens, reason), prompt, emb in zip(got, prompts, embs, strict=True):
@@ -38,7 +42,9 @@ def test_stop_tokens_lengths_and_caller_stop(lm: PersonalizedLM) -> None:
     prompt = [5, 9, 17, 33]
     sampled = SamplingParams(max_new_tokens=30, temperature=2.0, seed=7)
     longer, _ = generate_batch(lm, [prompt], [None], [sampled], 0)[0]
-    k = next(i for i, t in enumerate(longer) if t not in longer[:i] and i > 0)  # first new token after the 1st
+    k = next(
+        i for i, t in enumerate(longer) if t not in longer[:i] and i > 0
+    )  # first new token after the 1st
     stop = SamplingParams(max_new_tokens=30, temperature=2.0, seed=7, stop_token_ids=(longer[k],))
     assert generate_batch(lm, [prompt], [None], [stop], 0)[0] == (longer[:k], "stop")
     first = _reference(lm, prompt, None, 3)
@@ -49,7 +55,12 @@ def test_stop_tokens_lengths_and_caller_stop(lm: PersonalizedLM) -> None:
         return {1} if len(calls) == 2 else None
 
     out = generate_batch(
-        lm, [prompt, prompt], [None, None], [SamplingParams(max_new_tokens=4, temperature=0.0)] * 2, 0, on_step
+        lm,
+        [prompt, prompt],
+        [None, None],
+        [SamplingParams(max_new_tokens=4, temperature=0.0)] * 2,
+        0,
+        on_step,
     )
     assert out[0] == (first + _reference(lm, prompt, None, 4)[3:], "length")
     assert out[1] == (first[:2], "stop")

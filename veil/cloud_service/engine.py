@@ -146,7 +146,9 @@ class ServingEngine:
         self._grad_queue = asyncio.Queue()
         self._tasks = [
             asyncio.create_task(self._batch_loop(self._chat_queue, self._run_chat), name="veil-chat-batcher"),
-            asyncio.create_task(self._batch_loop(self._grad_queue, self._run_grads), name="veil-grad-batcher"),
+            asyncio.create_task(
+                self._batch_loop(self._grad_queue, self._run_grads), name="veil-grad-batcher"
+            ),
         ]
 
     async def stop(self) -> None:

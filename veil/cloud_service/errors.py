@@ -51,7 +51,9 @@ class APIError(Exception):
         self.code = code
 
 
-def error_body(status: int, message: str, type: str | None = None, param: str | None = None, code: str | None = None) -> dict[str, Any]:  # noqa: A002,E501
+def error_body(
+    status: int, message: str, type: str | None = None, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:  # noqa: A002,E501
     err = APIError(status, message, type=type, param=param, code=code)
     return {"error": {"type": err.type, "message": err.message, "param": err.param, "code": err.code}}
 

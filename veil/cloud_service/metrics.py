@@ -25,10 +25,15 @@ class Metrics:
         self.latency = Histogram(
             "veil_http_request_seconds", "Request latency by route", ["route"], registry=r
         )
-        self.ohttp = Counter("veil_ohttp_requests", "Encapsulated requests by outcome", ["outcome"], registry=r)
+        self.ohttp = Counter(
+            "veil_ohttp_requests", "Encapsulated requests by outcome", ["outcome"], registry=r
+        )
         self.batch_size = Histogram(
-            "veil_model_batch_size", "Requests per model batch", ["kind"],
-            buckets=(1, 2, 4, 8, 16, 32, 64), registry=r,
+            "veil_model_batch_size",
+            "Requests per model batch",
+            ["kind"],
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=r,
         )
         self.uploads = Counter("veil_uploads", "Uploads by outcome", ["outcome"], registry=r)
         self.tokens = Counter("veil_generated_tokens", "Completion tokens generated", registry=r)
