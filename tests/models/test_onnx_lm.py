@@ -283,3 +283,27 @@ def test_export_refuses_what_it_cannot_export(tiny_base, tmp_path: Path, data_di
     with pytest.raises(ModelLoadError):
         export_lm("no-such-model", tmp_path, data_dir)
     assert not (tmp_path / "lm.onnx").exists()
+
+
+def test_reference_client_answers_locally_with_its_sample_as_prefix(
+    exported, onnx_lm: OnnxLM, tmp_path: Path
+) -> None:
+    from veil.client_sdk import GaussianDistribution
+    from veil.client_sdk.client import VeilClient, VeilClientError
+    from veil.client_sdk.param_store import ParamStore
+
+    lm = exported[0]
+    hidden = onnx_lm.spec.hidden_size
+    prior = GaussianDistribution(np.full((1, hidden), 0.3), np.full((1, hidden), 1e-6))  # a near point mass
+    client = VeilClient(object(), ParamStore(tmp_path / "p.json"), model="m", local_lm=onnx_lm)
+    client.initialise(prior)
+    prompt = [5, 9, 17, 33]
+    answer = client.generate_locally(prompt, max_new_tokens=6)
+    plm = PersonalizedLM(lm, PersonalizationConfig(n_tokens=1, placement="prefix")).eval()
+    want = generation.generate_batch(
+        plm, [prompt], [prior.loc], [generation.SamplingParams(max_new_tokens=6, temperature=0.0)], pad_id=2
+    )[0][0]
+    assert answer == onnx_lm.decode(want)
+    assert VeilClient(object(), ParamStore(tmp_path / "q.json"), model="m").local_lm is None
+    with pytest.raises(VeilClientError):
+        VeilClient(object(), ParamStore(tmp_path / "q.json"), model="m").generate_locally(prompt)

@@ -101,6 +101,10 @@ def demo(
     dp: Annotated[
         bool, typer.Option("--dp/--no-dp", help="Also run stage 3 with DP-SGD (about 8 more minutes).")
     ] = False,
+    max_gdp_mu: Annotated[
+        float | None,
+        typer.Option(help="Phones' privacy policy: largest Gaussian-DP mu to the population prior."),
+    ] = None,
     as_json: AsJson = False,
 ) -> None:
     """IDfree-PL through the real service: API + gateway, a relay process, phones, uploads, training.
@@ -115,6 +119,8 @@ def demo(
     _quiet_libraries()
     cfg = ServiceDemoConfig.quick(task, seed)
     cfg.dp_noise_multiplier = 1.0 if dp else None
+    cfg.max_gdp_mu = max_gdp_mu
+    cfg.__post_init__()
     target = out or (_data_dir() / "demo")
     progress = NullProgress() if as_json and not sys.stderr.isatty() else RichProgress()
     outcome = run_service_demo(cfg, target, progress)

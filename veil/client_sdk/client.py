@@ -137,6 +137,8 @@ class VeilClient:
         Source of sampling randomness; default :func:`secure_rng` (tests pass a seeded one).
     retry : RetryPolicy, optional
         Retries of every route.
+    local_lm : veil.client_sdk.runtime.generate.OnnxLM, optional
+        The on-device language model (``veil export-onnx --lm``) for :meth:`generate_locally`.
     """
 
     def __init__(
@@ -148,6 +150,7 @@ class VeilClient:
         backend: MathBackend | None = None,
         rng: Callable[[], np.random.Generator] = secure_rng,
         retry: RetryPolicy | None = None,
+        local_lm: Any = None,
     ) -> None:
         if not model:
             raise ValueError("model must be a non-empty model id")
@@ -157,6 +160,7 @@ class VeilClient:
         self.model = model
         self.backend: MathBackend = backend or NumpyBackend()
         self.retry = retry or RetryPolicy()
+        self.local_lm = local_lm
         self._rng = rng
         self._state: ClientState | None = None
         self._lock = asyncio.Lock()
@@ -246,6 +250,29 @@ class VeilClient:
     def sample(self) -> np.ndarray:
         """A fresh sample of the current parameters, shape ``(n_tokens, dim)``, after the policy check."""
         return self.draw().value
+
+    def generate_locally(
+        self, prompt: Sequence[int] | str, *, personalised: bool = True, max_new_tokens: int = 32
+    ) -> str:
+        """Answer on the phone with the local ONNX model, the fresh sample as soft-token prefix.
+
+        Nothing leaves the device. Raises :class:`VeilClientError` without a ``local_lm`` or when its
+        width differs from the distribution's.
+        """
+        from veil.client_sdk.runtime.generate import SamplingParams
+
+        if self.local_lm is None:
+            raise VeilClientError("no local model: pass local_lm=OnnxLM(<export-onnx folder>)")
+        prefix = self.sample() if personalised else None
+        if prefix is not None and prefix.shape[-1] != self.local_lm.spec.hidden_size:
+            raise VeilClientError(
+                f"the distribution's width {prefix.shape[-1]} is not the local model's {self.local_lm.spec.hidden_size}"
+            )
+        params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)
+        tokens, _ = self.local_lm.generate(
+            prompt, None if prefix is None else prefix.astype(np.float32), params
+        )
+        return self.local_lm.decode(tokens)
 
     # ------------------------------------------------------------------ routes
     async def _with_retries(self, send: Callable[[], Awaitable[T]]) -> T:

@@ -58,6 +58,9 @@ class ServiceDemoConfig:
     max_batch: most requests per model batch in the service.
     hold_window_ms: the relay holds requests up to this long and forwards them shuffled.
     max_in_flight: most requests the simulated phones have outstanding at once.
+    max_gdp_mu: the phones' privacy policy: every update is projected back so that the Gaussian-DP
+        ``mu`` between a phone's distribution and the population prior stays below this
+        (:class:`veil.client_sdk.policy_guard.PolicyGuard`; Gaussian family only); ``None``: no guard.
     """
 
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig.quick)
@@ -70,6 +73,7 @@ class ServiceDemoConfig:
     max_batch: int = 64
     hold_window_ms: float = 5.0
     max_in_flight: int = 128
+    max_gdp_mu: float | None = None
 
     def __post_init__(self) -> None:
         if self.family not in self.experiment.families:
@@ -78,6 +82,8 @@ class ServiceDemoConfig:
             raise ValueError("stage2_epochs, stage3_epochs, uploads_per_example and max_batch must be >= 1")
         if self.dp_noise_multiplier is not None and self.dp_noise_multiplier <= 0:
             raise ValueError(f"dp_noise_multiplier must be > 0 or None, got {self.dp_noise_multiplier}")
+        if self.max_gdp_mu is not None and (self.family != "gaussian" or not self.max_gdp_mu > 0):
+            raise ValueError(f"max_gdp_mu needs the gaussian family and a value > 0, got {self.max_gdp_mu}")
 
     @classmethod
     def quick(cls, task: str = "next_word", seed: int = 0) -> ServiceDemoConfig:
@@ -135,8 +141,19 @@ class _Phones:
     async def learn(
         self, init: dict[str, UserDistribution], trainable: tuple[str, ...], progress: Progress
     ) -> dict[str, UserDistribution]:
+        from veil.client_sdk.policy_guard import PolicyGuard
+
         s2 = self.run.cfg.stage2
-        learners = {u: OnDeviceLearner(init[u], lr=s2.lr, trainable=trainable) for u in self.run.users}
+        mu = self.cfg.max_gdp_mu
+        learners = {
+            u: OnDeviceLearner(
+                init[u],
+                lr=s2.lr,
+                trainable=trainable,
+                guard=None if mu is None else PolicyGuard(init[u], max_gdp_mu=mu),
+            )
+            for u in self.run.users
+        }
         splits = {}
         for u in self.run.users:
             idx = self.rng.permutation(np.asarray(self.run.train[u], dtype=np.int64))
@@ -310,6 +327,7 @@ def run_service_demo(
         "phones_seconds": round(phones_s, 1),
         "requests_per_second": round(requests / phones_s, 1),
         "relay_hold_window_ms": cfg.hold_window_ms,
+        "phone_policy_max_gdp_mu": cfg.max_gdp_mu,
         "training": training,
     }
     return ServiceDemoResult(result, service)
