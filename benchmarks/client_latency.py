@@ -37,7 +37,7 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 
 from veil.client_sdk import BasisMixtureDistribution, BetaDistribution, GaussianDistribution  # noqa: E402
-from veil.client_sdk.api import new_idempotency_key  # noqa: E402
+from veil.client_sdk.api import embedding_field, new_idempotency_key  # noqa: E402
 from veil.client_sdk.client import LearningConfig, NumpyBackend, secure_rng  # noqa: E402
 from veil.client_sdk.ohttp import (  # noqa: E402
     KEM_MLKEM768_X25519,
@@ -94,7 +94,7 @@ def make_request(config: Any, backend: Any, dist: Any, model: str) -> Callable[[
         sample = backend.sample(dist, secure_rng()).value
         t2 = time.perf_counter_ns()
         body = {"model": model, "task": "next_word", "text": "a cup of", "label": "tea"}
-        body["embedding"] = np.asarray(sample, dtype=np.float64).tolist()
+        body.update(embedding_field("embedding", sample))  # what PhoneAPI sends: base64 float32
         content = json.dumps(body, separators=(",", ":")).encode("utf-8")
         fields = [("content-type", "application/json"), ("idempotency-key", new_idempotency_key())]
         inner = BinaryRequest("POST", "https", "veil.invalid", "/v1/uploads", fields, content).encode()

@@ -9,6 +9,7 @@ should open. ``test_every_value_is_checked`` flips one byte of each value in tur
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 import importlib.util
 import json
@@ -218,18 +219,23 @@ def test_every_flipped_byte_of_a_sealed_message_is_refused(name: str) -> None:
             ctx.decapsulate_response(bytes(bad))
 
 
+def _embedding(body: dict[str, Any]) -> np.ndarray:
+    """The body's sample, from either wire form (the compact base64 float32 one by default)."""
+    if "embedding_b64" in body:
+        return np.frombuffer(base64.b64decode(body["embedding_b64"]), dtype="<f4").reshape(2, 3)
+    return np.array(body["embedding"])
+
+
 async def _phone_call(api: PhoneAPI, request: dict[str, Any]) -> Any:
     body = json.loads(request["content"]) if request["content"] else {}
     if request["path"] == "/v1/models":
         return await api.models()
     if request["path"] == "/v1/uploads":
         key = dict(request["headers"])["idempotency-key"]
-        emb = np.array(body["embedding"])
+        emb = _embedding(body)
         return await api.upload(body["task"], body["text"], body["label"], emb, key)
     if request["path"] == "/v1/embedding-gradients":
-        loss, grad = await api.embedding_gradient(
-            body["task"], body["text"], body["label"], np.array(body["embedding"])
-        )
+        loss, grad = await api.embedding_gradient(body["task"], body["text"], body["label"], _embedding(body))
         return {"loss": loss, "gradient": grad.tolist()}
     raise AssertionError(f"no phone call for {request['path']}")
 

@@ -8,6 +8,7 @@ programs; the integration test runs the real API and relay with tiny-llama.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import re
@@ -204,6 +205,19 @@ def test_store_survives_sigkill_during_writes(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- client
+
+
+def _sample(body: dict, name: str) -> np.ndarray:
+    """The sample a request carries, in either wire form (base64 float32 by default)."""
+    if f"{name}_b64" in body:
+        return (
+            np.frombuffer(base64.b64decode(body[f"{name}_b64"]), dtype="<f4")
+            .astype(np.float64)
+            .reshape(SHAPE)
+        )
+    return np.asarray(body[name])
+
+
 class Service:
     """Relay and gateway in one httpx handler: a real gateway key opens every request; ``answer``
     plays the API. ``outer`` queues outer failures (a status, ``"garbage"`` or an httpx exception)."""
@@ -224,7 +238,7 @@ class Service:
             card = {"id": MODEL, "object": "model", "embedding_shape": list(SHAPE)}
             return 200, {"object": "list", "data": [card]}
         if req.path == "/v1/embedding-gradients":  # L = ||e - TARGET||^2
-            e = np.asarray(body["embedding"])
+            e = _sample(body, "embedding")
             return 200, {"object": "embedding_gradient", "model": MODEL, "loss": float(np.sum((e - TARGET) ** 2)),
                          "gradient": (2 * (e - TARGET)).tolist()}  # fmt: skip
         if req.path == "/v1/uploads":
@@ -235,7 +249,7 @@ class Service:
             self.uploads[key] = req.content
             return 201, {"id": len(self.uploads), "object": "upload", "status": "created"}
         if req.path == "/v1/chat/completions":
-            text = "personalised" if "user_embedding" in body else "plain"
+            text = "personalised" if "user_embedding_b64" in body else "plain"
             return 200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": text}}]}
         return 404, {"error": {"type": "not_found_error", "message": "no route", "param": None, "code": None}}
 
@@ -306,10 +320,11 @@ def test_client_learns_from_returned_gradients(tmp_path: Path) -> None:
     step1 = make_client(one_service, ParamStore(tmp_path / "one.veil"), rng=lambda: np.random.default_rng(0))
     step1.initialise(prior)
     run(lambda: step1.learn("next_word", "a cup of", "tea"))
-    one = np.asarray(json.loads(one_service.seen[0].content)["embedding"])
+    one = _sample(json.loads(one_service.seen[0].content), "embedding")
     ref = OnDeviceLearner(prior, lr=0.1)
     ref.step(one, 2 * (one - TARGET))
-    np.testing.assert_allclose(step1.state.distribution.loc, ref.distribution.loc, rtol=1e-12)
+    # the wire carries float32, the phone keeps its float64 sample: equal to float32 precision
+    np.testing.assert_allclose(step1.state.distribution.loc, ref.distribution.loc, rtol=1e-6)
     np.testing.assert_allclose(step1.state.distribution.std, ref.distribution.std, rtol=1e-12)
 
 
@@ -427,11 +442,11 @@ def test_requests_carry_nothing_identifying(tmp_path: Path) -> None:
         assert {n for n, _ in req.headers} <= allowed, req.headers
         assert (req.scheme, req.authority) == ("https", "veil.invalid")
         body = json.loads(req.content) if req.content else {}
-        assert set(body) <= {"model", "task", "text", "label", "embedding", "messages", "max_tokens",
-                             "user_embedding"}  # fmt: skip
+        assert set(body) <= {"model", "task", "text", "label", "embedding_b64", "messages", "max_tokens",
+                             "user_embedding_b64"}  # fmt: skip
     for request in service.outer_requests:
         assert set(request.headers) == {"host", "content-type", "accept", "user-agent", "content-length"}
-    embeddings = [json.loads(r.content).get("embedding") for r in service.seen[1:3]]
+    embeddings = [json.loads(r.content).get("embedding_b64") for r in service.seen[1:3]]
     assert embeddings[0] != embeddings[1]  # a fresh sample per request
 
 
@@ -441,7 +456,7 @@ def test_chat_is_personalised_with_a_fresh_sample(tmp_path: Path) -> None:
     client.initialise(gaussian())
     msgs = [{"role": "user", "content": "hi"}]
     assert run(lambda: client.chat(msgs, max_tokens=2)) == "personalised"
-    assert np.asarray(json.loads(service.seen[-1].content)["user_embedding"]).shape == SHAPE
+    assert _sample(json.loads(service.seen[-1].content), "user_embedding").shape == SHAPE
     assert run(lambda: client.chat(msgs, personalised=False)) == "plain"
     with pytest.raises(ValueError, match="user"):
         run(lambda: client.chat(msgs, user="alice@example.com"))

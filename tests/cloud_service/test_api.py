@@ -241,3 +241,24 @@ def test_metrics_are_prometheus_text(client, service) -> None:
     assert r.headers["content-type"].startswith("text/plain")
     assert 'veil_http_requests_total{route="/v1/models",status="200"}' in r.text
     assert json.loads(httpx.get(server.url + "/health").text)["status"] == "ok"
+
+
+def test_compact_base64_embeddings_equal_json_ones(client) -> None:
+    import base64
+
+    emb = np.random.default_rng(2).normal(size=(1, 64)).astype(np.float32)
+    b64 = base64.b64encode(emb.astype("<f4").tobytes()).decode()
+    body = {"task": "next_word", "text": "I would like a cup of", "label": "tea"}
+    as_json = client.post("/v1/embedding-gradients", json={**body, "embedding": emb.tolist()}).json()
+    as_b64 = client.post("/v1/embedding-gradients", json={**body, "embedding_b64": b64}).json()
+    assert as_b64 == as_json
+    for bad, fragment in [
+        ({"embedding_b64": "not base64!"}, "base64"),
+        ({"embedding_b64": base64.b64encode(b"\0" * 12).decode()}, "64"),
+        ({"embedding_b64": b64, "embedding": emb.tolist()}, "either"),
+        ({}, "required"),
+    ]:
+        r = client.post("/v1/embedding-gradients", json={**body, **bad})
+        assert r.status_code == 400 and fragment in r.json()["error"]["message"], r.text
+    chat = client.post("/v1/chat/completions", json=_chat(temperature=0, user_embedding_b64=b64))
+    assert chat.status_code == 200

@@ -109,7 +109,7 @@ def test_phone_api_raises_typed_errors(stack) -> None:
 
     with pytest.raises(VeilAPIError) as err:
         asyncio.run(bad())
-    assert err.value.status == 400 and err.value.param == "embedding"
+    assert err.value.status == 400 and err.value.param == "embedding_b64"
 
 
 def test_rotated_keys_are_picked_up_and_old_keys_keep_working(stack) -> None:

@@ -9,6 +9,7 @@ upload is stored once. Nothing here identifies the phone: no user id, no device 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import secrets
 from collections.abc import Sequence
@@ -16,7 +17,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-__all__ = ["AsyncTransport", "PhoneAPI", "VeilAPIError", "new_idempotency_key"]
+__all__ = ["AsyncTransport", "PhoneAPI", "VeilAPIError", "embedding_field", "new_idempotency_key"]
 
 
 class VeilAPIError(Exception):
@@ -78,6 +79,15 @@ async def _retrying(send: Any, retries: int) -> _Response:
         attempt += 1
 
 
+def embedding_field(name: str, embedding: np.ndarray, encoding: str = "base64") -> dict[str, Any]:
+    """The body field for a sample: ``{name_b64: "..."}`` (base64 of little-endian float32, row-major;
+    about 4x smaller and 20x cheaper to encode) or ``{name: [[...]]}`` (JSON numbers)."""
+    if encoding == "json":
+        return {name: np.asarray(embedding, dtype=np.float64).tolist()}
+    values = np.ascontiguousarray(embedding, dtype="<f4")
+    return {f"{name}_b64": base64.b64encode(values.tobytes()).decode("ascii")}
+
+
 class PhoneAPI:
     """The phone routes of the Veil API.
 
@@ -85,16 +95,25 @@ class PhoneAPI:
     ----------
     transport: sends one inner HTTP request (method, path, JSON body, headers) and returns the answer.
     model: the served model id (``/v1/models``).
+    embedding_encoding: ``"base64"`` (default: ``embedding_b64``, float32) or ``"json"`` (lists of numbers).
     retries: extra attempts of an upload or gradient request after a 5xx answer or a failed exchange
         (an upload keeps its idempotency key, so it is stored once).
     """
 
-    def __init__(self, transport: AsyncTransport, model: str, retries: int = 2) -> None:
+    def __init__(
+        self, transport: AsyncTransport, model: str, retries: int = 2, embedding_encoding: str = "base64"
+    ) -> None:
         if retries < 0:
             raise ValueError(f"retries must be >= 0, got {retries}")
         self.transport = transport
         self.model = model
+        if embedding_encoding not in ("base64", "json"):
+            raise ValueError(f"embedding_encoding must be 'base64' or 'json', got {embedding_encoding!r}")
         self.retries = retries
+        self.embedding_encoding = embedding_encoding
+
+    def _embedding_field(self, name: str, embedding: np.ndarray) -> dict[str, Any]:
+        return embedding_field(name, embedding, self.embedding_encoding)
 
     async def models(self) -> list[dict[str, Any]]:
         return _decode(await self.transport.request("GET", "/v1/models"))["data"]
@@ -108,7 +127,7 @@ class PhoneAPI:
             "task": task,
             "text": text,
             "label": label,
-            "embedding": np.asarray(embedding, dtype=np.float64).tolist(),
+            **self._embedding_field("embedding", embedding),
         }
         send = lambda: self.transport.request("POST", "/v1/embedding-gradients", json=body)  # noqa: E731
         out = _decode(await _retrying(send, self.retries))
@@ -126,7 +145,7 @@ class PhoneAPI:
         key = idempotency_key or new_idempotency_key()
         body: dict[str, Any] = {"model": self.model, "task": task, "text": text, "label": label}
         if embedding is not None:
-            body["embedding"] = np.asarray(embedding, dtype=np.float64).tolist()
+            body.update(self._embedding_field("embedding", embedding))
         headers = {"idempotency-key": key}
         send = lambda: self.transport.request("POST", "/v1/uploads", json=body, headers=headers)  # noqa: E731
         return _decode(await _retrying(send, self.retries))
@@ -137,6 +156,6 @@ class PhoneAPI:
         """A non-streamed completion (``max_tokens``, ``temperature``, ``seed``, ``stop`` pass through)."""
         body: dict[str, Any] = {"model": self.model, "messages": list(messages), **params}
         if embedding is not None:
-            body["user_embedding"] = np.asarray(embedding, dtype=np.float64).tolist()
+            body.update(self._embedding_field("user_embedding", embedding))
         out = _decode(await self.transport.request("POST", "/v1/chat/completions", json=body))
         return str(out["choices"][0]["message"]["content"])

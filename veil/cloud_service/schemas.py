@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
     "ChatCompletionRequest",
@@ -22,6 +22,7 @@ __all__ = [
     "TextPart",
     "UploadRequest",
     "UploadResponse",
+    "decode_embedding_b64",
     "embedding_array",
 ]
 
@@ -49,6 +50,37 @@ def embedding_array(values: Embedding, shape: tuple[int, int]):  # -> np.ndarray
     if np.abs(arr).max(initial=0.0) > np.finfo(np.float32).max:
         raise ValueError("has values beyond the float32 range (|x| > 3.4e38)")
     return arr.astype(np.float32)
+
+
+MAX_EMBEDDING_B64_CHARS = (MAX_EMBEDDING_VALUES * 4 + 2) // 3 * 4
+
+EmbeddingB64 = Annotated[str, Field(max_length=MAX_EMBEDDING_B64_CHARS)]
+"""The compact form: standard base64 of little-endian float32 values, row-major ``(n_tokens, hidden)``."""
+
+
+def decode_embedding_b64(text: str):  # -> np.ndarray (flat float64)
+    """Values of a base64 float32 embedding; ``ValueError`` for bad base64 or a length not a multiple of 4."""
+    import base64
+    import binascii
+
+    import numpy as np
+
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError("is not valid base64") from exc
+    if not raw or len(raw) % 4:
+        raise ValueError(f"must decode to a whole number of float32 values, got {len(raw)} bytes")
+    return np.frombuffer(raw, dtype="<f4").astype(np.float64)
+
+
+def _one_form(plain: str, b64: str):  # -> model validator
+    def check(self):  # type: ignore[no-untyped-def]
+        if getattr(self, plain) is not None and getattr(self, b64) is not None:
+            raise ValueError(f"send either {plain} or {b64}, not both")
+        return self
+
+    return model_validator(mode="after")(check)
 
 
 def _finite_embedding(values: Embedding | None) -> Embedding | None:
@@ -99,8 +131,11 @@ class ChatCompletionRequest(BaseModel):
     n: Annotated[int, Field(ge=1, le=1)] = 1
     user_embedding: Embedding | None = None
     """A fresh sample from the caller's distribution, ``(n_tokens, hidden)`` (flat if ``n_tokens == 1``)."""
+    user_embedding_b64: EmbeddingB64 | None = None
+    """The same sample in the compact form (base64 of little-endian float32)."""
 
     _check_embedding = field_validator("user_embedding")(_finite_embedding)
+    _one_embedding = _one_form("user_embedding", "user_embedding_b64")
 
     def stops(self) -> tuple[str, ...]:
         if self.stop is None:
@@ -124,9 +159,11 @@ class UploadRequest(BaseModel):
     text: Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]
     label: Annotated[str | None, Field(max_length=256)] = None
     embedding: Embedding | None = None
+    embedding_b64: EmbeddingB64 | None = None
     model: str | None = None
 
     _check_embedding = field_validator("embedding")(_finite_embedding)
+    _one_embedding = _one_form("embedding", "embedding_b64")
 
 
 class UploadResponse(BaseModel):
@@ -143,10 +180,18 @@ class GradientRequest(BaseModel):
     task: Literal["classification", "next_word"]
     text: Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]
     label: Annotated[str, Field(min_length=1, max_length=256)]
-    embedding: Embedding
+    embedding: Embedding | None = None
+    embedding_b64: EmbeddingB64 | None = None
     model: str | None = None
 
     _check_embedding = field_validator("embedding")(_finite_embedding)
+    _one_embedding = _one_form("embedding", "embedding_b64")
+
+    @model_validator(mode="after")
+    def _needs_embedding(self) -> GradientRequest:
+        if self.embedding is None and self.embedding_b64 is None:
+            raise ValueError("embedding (or embedding_b64) is required")
+        return self
 
 
 class GradientResponse(BaseModel):

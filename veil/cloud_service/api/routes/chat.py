@@ -26,9 +26,7 @@ def _prepare(
 ) -> tuple[list[int], np.ndarray | None, SamplingParams]:
     engine = state.engine
     check_model(engine, body.model)
-    embedding = None
-    if body.user_embedding is not None:
-        embedding = served_embedding(engine, body.user_embedding, "user_embedding")
+    embedding = served_embedding(engine, body.user_embedding, "user_embedding", body.user_embedding_b64)
     messages = [
         {"role": m.role if m.role != "developer" else "system", "content": m.text()} for m in body.messages
     ]

@@ -21,7 +21,7 @@ router = APIRouter(tags=["personalisation"])
 async def embedding_gradient(body: GradientRequest, state: State, _: Caller) -> GradientResponse:
     engine = state.engine
     check_model(engine, body.model)
-    embedding = served_embedding(engine, body.embedding, "embedding")
+    embedding = served_embedding(engine, body.embedding, "embedding", body.embedding_b64)
     if body.task == "classification":
         if not engine.classes:
             raise APIError(400, f"model {engine.name!r} has no classification head", param="task")

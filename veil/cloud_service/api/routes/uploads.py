@@ -36,7 +36,7 @@ def create_upload(
         )
     engine = state.engine
     check_model(engine, body.model)
-    embedding = None if body.embedding is None else served_embedding(engine, body.embedding, "embedding")
+    embedding = served_embedding(engine, body.embedding, "embedding", body.embedding_b64)
     known = engine.classes or []
     if body.task == "classification" and body.label is not None and known and body.label not in known:
         raise APIError(400, f"label {body.label!r} is not one of {engine.classes}", param="label")
