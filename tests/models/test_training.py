@@ -68,6 +68,25 @@ def test_lora_trains_only_adapters_and_head(tiny_base) -> None:
     assert any("lora_" in n for n, _ in model.base.named_parameters())
 
 
+@pytest.mark.parametrize("private", [False, True])
+def test_freeze_embeddings_trains_everything_but_the_token_matrix(tiny_base, private: bool) -> None:
+    from veil.models.dp_training import DPConfig, fit_private
+
+    data = TokenizedTask("next_word", _task(32).token_ids, np.random.default_rng(1).integers(3, 128, 32), 2)
+    model = PersonalizedLM(tiny_base, PersonalizationConfig(n_tokens=1, placement="prefix"))
+    before = {n: p.detach().clone() for n, p in model.base.named_parameters()}
+    cfg = TrainConfig(epochs=1, lr=1e-2, batch_size=8, freeze_embeddings=True)
+    if private:
+        emb = np.random.default_rng(2).normal(size=(32, 1, model.hidden_size))
+        fit_private(model, data, np.arange(32), cfg, DPConfig(noise_multiplier=1.0), embeddings=emb)
+    else:
+        fit(model, data, np.arange(32), cfg)
+    changed = {n for n, p in model.base.named_parameters() if not torch.equal(p, before[n])}
+    frozen = {n for n in before if "embed_tokens" in n or "lm_head" in n}
+    assert frozen and not (changed & frozen)
+    assert any("self_attn" in n for n in changed) and any("mlp" in n for n in changed)
+
+
 def test_config_validation() -> None:
     with pytest.raises(ValueError, match="lr"):
         TrainConfig(lr=0)

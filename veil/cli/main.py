@@ -99,7 +99,7 @@ def demo(
     seed: Seed = 0,
     out: Annotated[Path | None, typer.Option(help="Output folder (default: the data dir/demo).")] = None,
     dp: Annotated[
-        bool, typer.Option("--dp/--no-dp", help="Also run stage 3 with DP-SGD (about 8 more minutes).")
+        bool, typer.Option("--dp/--no-dp", help="Also run stage 3 with DP-SGD (about 30 more seconds).")
     ] = False,
     max_gdp_mu: Annotated[
         float | None,

@@ -46,7 +46,7 @@ from torch import Tensor, nn
 
 from veil.models.personalization import PersonalizedLM
 from veil.models.tasks import TokenizedTask, row_losses
-from veil.models.training import TrainConfig, _schedule, apply_lora, fit
+from veil.models.training import TrainConfig, _schedule, apply_lora, fit, freeze_token_embeddings
 
 __all__ = [
     "ACCOUNTANTS",
@@ -244,6 +244,8 @@ def trainable_parameters(model: PersonalizedLM, cfg: TrainConfig, task: str) -> 
     else:
         for p in model.base.parameters():
             p.requires_grad_(True)
+        if cfg.freeze_embeddings:
+            freeze_token_embeddings(model)
     # Opacus needs a per-sample gradient for every trainable parameter, so freeze what the task's
     # forward never touches: the LM head for classification (unless tied to the input embeddings),
     # the classification head for next-word prediction.

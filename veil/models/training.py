@@ -36,6 +36,7 @@ __all__ = [
     "embedding_gradients",
     "evaluate",
     "fit",
+    "freeze_token_embeddings",
 ]
 
 EmbeddingSource = Callable[[np.ndarray], np.ndarray]
@@ -71,6 +72,9 @@ class TrainConfig:
     cold_start_fraction: stage 3 only: share of rows trained with the population embedding.
     seed: shuffling and cold-start masks.
     lora: ``None`` for full fine-tuning, else LoRA adapters (the head always trains).
+    freeze_embeddings: full fine-tuning without the token embedding matrix (and the LM head tied to it).
+        Under DP-SGD that matrix dominates the per-example gradients (3.1M of tiny-llama's 3.3M
+        weights), so freezing it makes private training several times faster.
     """
 
     epochs: int = 3
@@ -82,6 +86,7 @@ class TrainConfig:
     cold_start_fraction: float = 0.1
     seed: int = 0
     lora: LoraSettings | None = field(default=None)
+    freeze_embeddings: bool = False
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -119,7 +124,18 @@ def _trainable(model: PersonalizedLM, cfg: TrainConfig) -> list[nn.Parameter]:
         return apply_lora(model, cfg.lora)
     for p in model.parameters():
         p.requires_grad_(True)
-    return list(model.parameters())
+    if cfg.freeze_embeddings:
+        freeze_token_embeddings(model)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def freeze_token_embeddings(model: PersonalizedLM) -> None:
+    """Stop training the input embedding matrix and an output head that shares (ties) it."""
+    emb = model.base.get_input_embeddings()
+    emb.requires_grad_(False)
+    out = model.base.get_output_embeddings()
+    if out is not None and out.weight is emb.weight:
+        out.requires_grad_(False)
 
 
 def _schedule(step: int, total: int, warmup: int) -> float:

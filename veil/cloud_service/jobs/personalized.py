@@ -63,6 +63,8 @@ class PersonalizedTrainingConfig:
     """LoRA adapters (merged into the weights when saving); ``None`` fine-tunes every weight."""
     cold_start_fraction: float = 0.1
     """Share of training rows whose embedding is dropped, so cold-start users are served."""
+    freeze_embeddings: bool = False
+    """Full fine-tuning without the token embedding matrix (much faster under DP-SGD)."""
     max_tokens: int = 48
     """Tokens kept per text (the last ones)."""
     dp: DPConfig | None = None
@@ -103,6 +105,7 @@ class PersonalizedTrainingConfig:
             cold_start_fraction=self.cold_start_fraction,
             seed=self.seed,
             lora=self.lora,
+            freeze_embeddings=self.freeze_embeddings,
         )
 
     def to_json(self) -> dict[str, Any]:
