@@ -77,7 +77,15 @@ def test_train_personalized_with_and_without_dp(store_dir: Path) -> None:
     assert report["n_uploads"] == 80 and report["epsilon"] is None
     assert Path(report["checkpoint"]).is_dir()
     private = veil(
-        store_dir, *common, "--dp", "--noise-multiplier", "1.0", "--out", str(store_dir / "dp-ckpt")
+        store_dir,
+        *common,
+        "--dp",
+        "--noise-multiplier",
+        "1.0",
+        "--full",
+        "--freeze-embeddings",
+        "--out",
+        str(store_dir / "dp-ckpt"),
     )
     assert private.returncode == 0, private.stderr[-2000:]
     dp = json.loads(private.stdout.strip().splitlines()[-1])

@@ -193,6 +193,10 @@ def train_personalized(
     ] = 32,
     lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-3,
     dp: Annotated[bool, typer.Option("--dp/--no-dp", help="DP-SGD through Opacus.")] = False,
+    lora: Annotated[bool, typer.Option("--lora/--full", help="LoRA adapters or full fine-tuning.")] = True,
+    freeze_embeddings: Annotated[
+        bool, typer.Option(help="Full fine-tuning without the token embedding matrix (fast under DP).")
+    ] = False,
     noise_multiplier: Annotated[float | None, typer.Option(help="DP noise multiplier.")] = None,
     target_epsilon: Annotated[float | None, typer.Option(help="DP: reach this epsilon instead.")] = None,
     delta: Annotated[float | None, typer.Option(help="DP delta (default: 1/n^1.1).")] = None,
@@ -223,8 +227,17 @@ def train_personalized(
         if dp
         else None
     )
+    from veil.models.training import LoraSettings
+
     cfg = PersonalizedTrainingConfig(
-        task=task, epochs=epochs, batch_size=batch_size, lr=lr, dp=dp_cfg, seed=seed
+        task=task,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        dp=dp_cfg,
+        seed=seed,
+        lora=LoraSettings() if lora and not freeze_embeddings else None,
+        freeze_embeddings=freeze_embeddings,
     )
     quiet_transformers()
     settings = get_settings()
