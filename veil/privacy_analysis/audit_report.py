@@ -9,24 +9,16 @@ The report reads the JSON summary (:meth:`AuditResult.to_json`, or the stream-on
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from veil.reporting import atomic_write_text, png_base64
+
 __all__ = ["summary_rows", "write_audit_report"]
-
-
-def _png(fig: Any) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def _fmt(value: Any) -> str:
@@ -135,7 +127,7 @@ def _plots(summary: dict[str, Any], matrix: np.ndarray | None) -> list[tuple[str
         ax.set_ylabel("attribution accuracy")
         ax.legend(fontsize=8)
         ax.set_title("Attribution accuracy against linked uploads")
-        out.append(("Attribution accuracy against linked uploads", _png(fig)))
+        out.append(("Attribution accuracy against linked uploads", png_base64(fig)))
         plt.close(fig)
     attacks = summary.get("attacks") or []
     if attacks:
@@ -150,7 +142,7 @@ def _plots(summary: dict[str, Any], matrix: np.ndarray | None) -> list[tuple[str
         ax.set_xlabel(f"accuracy on {summary.get('attacks_context', {}).get('users', '?')} users")
         ax.legend(fontsize=8)
         ax.set_title("Practical attacks (Bayes-known-parameters is the ceiling)")
-        out.append(("Practical attacks", _png(fig)))
+        out.append(("Practical attacks", png_base64(fig)))
         plt.close(fig)
     utility = summary.get("utility") or []
     if utility:
@@ -183,7 +175,7 @@ def _plots(summary: dict[str, Any], matrix: np.ndarray | None) -> list[tuple[str
         ax.set_ylabel("task accuracy (utility)")
         ax.legend(fontsize=8)
         ax.set_title("Privacy-utility frontier")
-        out.append(("Privacy-utility frontier", _png(fig)))
+        out.append(("Privacy-utility frontier", png_base64(fig)))
         plt.close(fig)
     if matrix is not None and matrix.shape[0] <= 50:
         fig, ax = plt.subplots(figsize=(6, 5))
@@ -192,16 +184,9 @@ def _plots(summary: dict[str, Any], matrix: np.ndarray | None) -> list[tuple[str
         ax.set_xlabel("user")
         ax.set_ylabel("user")
         ax.set_title("Pairwise total variation")
-        out.append(("Pairwise total variation", _png(fig)))
+        out.append(("Pairwise total variation", png_base64(fig)))
         plt.close(fig)
     return out
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
 
 
 def write_audit_report(
@@ -219,7 +204,7 @@ def write_audit_report(
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / "audit.json"
-    _atomic_write(json_path, json.dumps(summary, indent=2))
+    atomic_write_text(json_path, json.dumps(summary, indent=2))
     rows = "".join(
         f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>" for k, v in summary_rows(summary)
     )
@@ -249,5 +234,5 @@ Intervals are 95% (Wilson).</p>{verdict}
 <table><tr><th>quantity</th><th>value</th></tr>{rows}</table>
 {"<h2>Stored stream</h2><ul>" + notes + "</ul>" if notes else ""}{plots}</body></html>"""
     report_path = out_dir / "report.html"
-    _atomic_write(report_path, page)
+    atomic_write_text(report_path, page)
     return report_path, json_path

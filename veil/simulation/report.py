@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 import os
 import platform
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from veil.reporting import atomic_write_text, png_base64
 from veil.simulation.experiments.personalization import ExperimentResult
 
 __all__ = ["label", "methods_table_rows", "write_report"]
@@ -47,12 +45,6 @@ def methods_table_rows(result: ExperimentResult) -> list[list[str]]:
     return rows
 
 
-def _png(fig: Any) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    return base64.b64encode(buf.getvalue()).decode("ascii")
-
-
 def _plots(result: ExperimentResult) -> list[tuple[str, str]]:
     import matplotlib
 
@@ -68,7 +60,7 @@ def _plots(result: ExperimentResult) -> list[tuple[str, str]]:
     ax.set_xlim(0, 1)
     ax.invert_yaxis()
     ax.set_title("Accuracy per method")
-    out.append(("Accuracy per method", _png(fig)))
+    out.append(("Accuracy per method", png_base64(fig)))
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(8, 3.6))
@@ -95,7 +87,7 @@ def _plots(result: ExperimentResult) -> list[tuple[str, str]]:
     ax.set_xlabel("share of uploads attributed to the right user")
     ax.legend(loc="lower right", fontsize=8)
     ax.set_title("Attribution of uploaded embeddings")
-    out.append(("Attribution accuracy against chance", _png(fig)))
+    out.append(("Attribution accuracy against chance", png_base64(fig)))
     plt.close(fig)
 
     if not result.frontier:
@@ -127,16 +119,9 @@ def _plots(result: ExperimentResult) -> list[tuple[str, str]]:
     ax.set_ylabel("accuracy")
     ax.legend(fontsize=8)
     ax.set_title("Privacy-utility frontier (labels: spread)")
-    out.append(("Privacy-utility frontier", _png(fig)))
+    out.append(("Privacy-utility frontier", png_base64(fig)))
     plt.close(fig)
     return out
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
 
 
 def _extra_tables(extra: dict[str, Any]) -> str:
@@ -171,7 +156,7 @@ def write_report(
     if extra:
         summary["service"] = extra
     summary_path = out_dir / "summary.json"
-    _atomic_write(summary_path, json.dumps(summary, indent=2))
+    atomic_write_text(summary_path, json.dumps(summary, indent=2))
     head = ["method", "accuracy", "Bayes attribution", "linkage attack", "chance"]
     rows = "".join(
         "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
@@ -191,5 +176,5 @@ each method's embeddings; methods that upload no embedding are at chance by cons
 <table><tr>{"".join(f"<th>{h}</th>" for h in head)}</tr>{rows}</table>{plots}
 {_extra_tables(extra or {})}</body></html>"""
     report_path = out_dir / "report.html"
-    _atomic_write(report_path, page)
+    atomic_write_text(report_path, page)
     return report_path, summary_path
