@@ -9,14 +9,21 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from veil.client_sdk.ohttp import KEYS_MEDIA_TYPE, RESPONSE_MEDIA_TYPE, OHTTPError
-from veil.cloud_service.gateway import Dispatch, Gateway
+from veil.client_sdk.ohttp import (
+    KEYS_MEDIA_TYPE,
+    RESPONSE_MEDIA_TYPE,
+    BinaryRequest,
+    BinaryResponse,
+    OHTTPError,
+)
+from veil.cloud_service.gateway import HOP_BY_HOP, Dispatch, Gateway
 
 
 @contextlib.contextmanager
@@ -88,3 +95,25 @@ def make_echo_app() -> Starlette:
         )
 
     return Starlette(routes=[Route("/{path:path}", echo, methods=["GET", "POST", "PUT", "DELETE"])])
+
+
+def asgi_dispatch(app: Any) -> Dispatch:
+    """A ``dispatch`` that serves inner requests with the ASGI ``app`` in-process.
+
+    The inner app sees the client address ``0.0.0.0:0``; responses are buffered (OHTTP cannot stream,
+    RFC 9458 section 5.1).
+    """
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False, client=("0.0.0.0", 0))
+
+    async def dispatch(request: BinaryRequest) -> BinaryResponse:
+        url = f"{request.scheme or 'http'}://{request.authority or 'gateway.invalid'}{request.path}"
+        headers = [(n, v) for n, v in request.headers if n not in HOP_BY_HOP]
+        # Built directly, not via client.request, so httpx adds no default headers of its own.
+        inner = httpx.Request(request.method, url, headers=headers, content=request.content)
+        async with httpx.AsyncClient(transport=transport, trust_env=False) as client:
+            response = await client.send(inner)
+        fields = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in response.headers.raw]
+        kept = [(n, v) for n, v in fields if n not in HOP_BY_HOP]
+        return BinaryResponse(response.status_code, kept, response.content)
+
+    return dispatch

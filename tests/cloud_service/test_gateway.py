@@ -8,7 +8,7 @@ import os
 import stat
 
 import pytest
-from servers import make_echo_app
+from servers import asgi_dispatch, make_echo_app
 
 from veil.client_sdk.ohttp import (
     KEM_MLKEM768_X25519,
@@ -30,7 +30,6 @@ from veil.cloud_service.gateway import (
     KeyringError,
     MemoryKeyStorage,
     WrongKeyEncryptionKeyError,
-    asgi_dispatch,
 )
 
 KEK = bytes(range(32))

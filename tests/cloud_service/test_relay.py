@@ -13,7 +13,7 @@ import time
 
 import httpx
 import pytest
-from servers import make_echo_app, make_gateway_app, serve
+from servers import asgi_dispatch, make_echo_app, make_gateway_app, serve
 from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.routing import Route
@@ -29,7 +29,7 @@ from veil.client_sdk.ohttp import (
     decode_key_configs,
     encapsulate_request,
 )
-from veil.cloud_service.gateway import Gateway, Keyring, MemoryKeyStorage, asgi_dispatch
+from veil.cloud_service.gateway import Gateway, Keyring, MemoryKeyStorage
 from veil.cloud_service.relay import RelayConfig, create_relay_app
 
 IDENTIFYING = {

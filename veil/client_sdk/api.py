@@ -112,9 +112,6 @@ class PhoneAPI:
         self.retries = retries
         self.embedding_encoding = embedding_encoding
 
-    def _embedding_field(self, name: str, embedding: np.ndarray) -> dict[str, Any]:
-        return embedding_field(name, embedding, self.embedding_encoding)
-
     async def models(self) -> list[dict[str, Any]]:
         return _decode(await self.transport.request("GET", "/v1/models"))["data"]
 
@@ -127,7 +124,7 @@ class PhoneAPI:
             "task": task,
             "text": text,
             "label": label,
-            **self._embedding_field("embedding", embedding),
+            **embedding_field("embedding", embedding, self.embedding_encoding),
         }
         send = lambda: self.transport.request("POST", "/v1/embedding-gradients", json=body)  # noqa: E731
         out = _decode(await _retrying(send, self.retries))
@@ -145,7 +142,7 @@ class PhoneAPI:
         key = idempotency_key or new_idempotency_key()
         body: dict[str, Any] = {"model": self.model, "task": task, "text": text, "label": label}
         if embedding is not None:
-            body.update(self._embedding_field("embedding", embedding))
+            body.update(embedding_field("embedding", embedding, self.embedding_encoding))
         headers = {"idempotency-key": key}
         send = lambda: self.transport.request("POST", "/v1/uploads", json=body, headers=headers)  # noqa: E731
         return _decode(await _retrying(send, self.retries))
@@ -156,6 +153,6 @@ class PhoneAPI:
         """A non-streamed completion (``max_tokens``, ``temperature``, ``seed``, ``stop`` pass through)."""
         body: dict[str, Any] = {"model": self.model, "messages": list(messages), **params}
         if embedding is not None:
-            body.update(self._embedding_field("user_embedding", embedding))
+            body.update(embedding_field("user_embedding", embedding, self.embedding_encoding))
         out = _decode(await self.transport.request("POST", "/v1/chat/completions", json=body))
         return str(out["choices"][0]["message"]["content"])

@@ -11,7 +11,8 @@ time-limited set of digests of HPKE ``enc`` values, to reject replays.
   and encapsulates the answer. Errors before decryption raise typed :class:`OHTTPError` (the caller sends
   their status in the clear); errors after it (a malformed inner message, an exception in ``dispatch``)
   become an *encapsulated* error response, as RFC 9458 section 5.2 requires.
-* :func:`asgi_dispatch` serves inner requests with an ASGI app in-process.
+* ``dispatch`` is the caller's: the API serves inner requests with its own app in process
+  (``veil.cloud_service.api.routes.ohttp``).
 """
 
 from __future__ import annotations
@@ -28,9 +29,8 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
-import httpx
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -56,7 +56,7 @@ __all__ = [
     "KeyringError",
     "MemoryKeyStorage",
     "WrongKeyEncryptionKeyError",
-    "asgi_dispatch",
+    "HOP_BY_HOP",
 ]
 
 log = logging.getLogger(__name__)
@@ -384,26 +384,5 @@ class Gateway:
             return _error_response(500, "internal_error", "the request could not be served")
 
 
-_HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length", "upgrade", "te"})
-
-
-def asgi_dispatch(app: Any) -> Dispatch:
-    """A ``dispatch`` that serves inner requests with the ASGI ``app`` in-process.
-
-    The inner app sees the client address ``0.0.0.0:0``; responses are buffered (OHTTP cannot stream,
-    RFC 9458 section 5.1).
-    """
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False, client=("0.0.0.0", 0))
-
-    async def dispatch(request: BinaryRequest) -> BinaryResponse:
-        url = f"{request.scheme or 'http'}://{request.authority or 'gateway.invalid'}{request.path}"
-        headers = [(n, v) for n, v in request.headers if n not in _HOP_BY_HOP]
-        # Built directly, not via client.request, so httpx adds no default headers of its own.
-        inner = httpx.Request(request.method, url, headers=headers, content=request.content)
-        async with httpx.AsyncClient(transport=transport, trust_env=False) as client:
-            response = await client.send(inner)
-        fields = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in response.headers.raw]
-        kept = [(n, v) for n, v in fields if n not in _HOP_BY_HOP]
-        return BinaryResponse(response.status_code, kept, response.content)
-
-    return dispatch
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length", "upgrade", "te"})
+"""Connection-level fields, never carried from an inner request to the target or back."""

@@ -25,6 +25,7 @@ KDF HKDF-SHA256 (0x0001); AEADs AES-128-GCM (0x0001), AES-256-GCM (0x0002), ChaC
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import os
 from dataclasses import dataclass
@@ -149,7 +150,7 @@ class Aead:
             raise OpenError("AEAD authentication failed") from exc
 
 
-class Kem:
+class Kem(abc.ABC):
     """The HPKE KEM interface over serialised keys (RFC 9180 section 4)."""
 
     kem_id: int
@@ -159,18 +160,22 @@ class Kem:
     public_key_size: int
     private_key_size: int
 
+    @abc.abstractmethod
     def generate_key_pair(self) -> tuple[bytes, bytes]:
         """A fresh ``(private_key, public_key)``."""
         raise NotImplementedError
 
+    @abc.abstractmethod
     def public_key(self, private_key: bytes) -> bytes:
         """The serialised public key of a serialised private key."""
         raise NotImplementedError
 
+    @abc.abstractmethod
     def encap(self, public_key: bytes, *, ephemeral_key: bytes | None = None) -> tuple[bytes, bytes]:
         """``(shared_secret, enc)`` for the recipient ``public_key``."""
         raise NotImplementedError
 
+    @abc.abstractmethod
     def decap(self, enc: bytes, private_key: bytes) -> bytes:
         """The shared secret encapsulated in ``enc``."""
         raise NotImplementedError

@@ -15,11 +15,10 @@ from veil.client_sdk.ohttp.bhttp import BinaryRequest, BinaryResponse
 from veil.client_sdk.ohttp.errors import OHTTPError, UnknownKeyIdError
 from veil.cloud_service.api.deps import OHTTP_SCOPE_KEY, State
 from veil.cloud_service.errors import APIError
+from veil.cloud_service.gateway import HOP_BY_HOP
 from veil.cloud_service.inprocess import call_app
 
 router = APIRouter(tags=["oblivious http"])
-
-_HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length", "upgrade", "te"})
 
 
 _RELOAD_EVERY_S = 30.0
@@ -56,9 +55,9 @@ async def gateway(request: Request, state: State) -> Response:
     app = request.app
 
     async def dispatch(inner: BinaryRequest) -> BinaryResponse:
-        headers = [(n, v) for n, v in inner.headers if n.lower() not in _HOP_BY_HOP]
+        headers = [(n, v) for n, v in inner.headers if n.lower() not in HOP_BY_HOP]
         answer = await call_app(app, inner.method, inner.path, headers, inner.content)
-        kept = [(n.lower(), v) for n, v in answer.headers if n.lower() not in _HOP_BY_HOP]
+        kept = [(n.lower(), v) for n, v in answer.headers if n.lower() not in HOP_BY_HOP]
         return BinaryResponse(answer.status, kept, answer.content)
 
     body = await request.body()
