@@ -16,6 +16,7 @@ from veil.client_sdk.distributions import (
     BetaDistribution,
     GaussianDistribution,
 )
+from veil.client_sdk.distributions.divergences import UnequalCovarianceError
 from veil.client_sdk.learning import OnDeviceLearner
 from veil.client_sdk.policy_guard import (
     PolicyGuard,
@@ -46,7 +47,9 @@ def test_gaussian_closed_forms_match_integration() -> None:
     tv_eq, _ = _grid_tv_bc(norm(0.3, 0.7).pdf, norm(1.5, 0.7).pdf, -15, 15)
     assert tv_bound(p, r) == pytest.approx(tv_eq, abs=1e-6)
     assert gaussian_mu(p, r) == pytest.approx(1.2 / 0.7)
-    assert gaussian_mu(p, q) == math.inf
+    with pytest.raises(UnequalCovarianceError):  # unequal stds: no finite mu exists...
+        gaussian_mu(p, q)
+    assert PolicyGuard(p, max_gdp_mu=5.0).check(q).value == math.inf  # ...which the guard reads as inf
 
 
 def test_beta_bhattacharyya_matches_integration_and_beta_formula() -> None:

@@ -4,21 +4,16 @@ Before a phone uses new distribution parameters (after on-device learning, or wh
 guard measures how far they are from the population prior ``P_0`` and, when a limit is broken, moves them
 back inside. Everything is numpy and :mod:`math` only (this module ships to phones).
 
-Measures (closed forms; IDFREE_PL.md section 3.2)
--------------------------------------------------
-- **TV to the prior** (``max_tv``), an upper bound that is exact where a closed form exists:
-
-  * Gaussian, equal stds: exactly ``TV = 2 Phi(Delta/2) - 1`` with ``Delta = ||(m - m0) / s||``.
-  * Gaussian with different stds, and Beta: ``TV <= sqrt(1 - BC^2)`` (the Hellinger sandwich) with the
-    Bhattacharyya coefficient a product over coordinates of
-    ``sqrt(2 s s0 / (s^2 + s0^2)) exp(-(m - m0)^2 / (4 (s^2 + s0^2)))`` (Gaussian) or
-    ``B((a+a0)/2, (b+b0)/2) / sqrt(B(a, b) B(a0, b0))`` (Beta, log-Beta through ``math.lgamma``).
-  * Basis mixture over the prior's basis: ``TV <= 0.5 ||w - w0||_1`` (joint convexity of TV).
-
-- **Gaussian-DP mu to the prior** (``max_gdp_mu``, Gaussian family only): telling one upload of ``P`` from
-  one of ``P_0`` is ``mu``-GDP with ``mu = Delta`` when the stds are equal (Dong, Roth & Su,
-  arXiv:1905.02383). With different stds no finite ``mu`` works (the tails of the wider law give tests
-  whose power beats every ``G_mu``), so the measure is ``inf`` there.
+Measures (the formulas live in :mod:`veil.client_sdk.distributions.divergences`)
+--------------------------------------------------------------------------------
+- **TV to the prior** (``max_tv``): :func:`~veil.client_sdk.distributions.divergences.tv_bound`, an upper
+  bound that is exact for Gaussians with equal stds (``2 Phi(Delta/2) - 1``), ``sqrt(1 - BC^2)`` for other
+  Gaussians and for Betas, and ``0.5 ||w - w0||_1`` for a mixture over the prior's basis.
+- **Gaussian-DP mu to the prior** (``max_gdp_mu``, Gaussian family only):
+  :func:`~veil.client_sdk.distributions.divergences.gaussian_mu`, ``mu = Delta`` for equal stds (Dong, Roth
+  & Su, arXiv:1905.02383). With different stds no finite ``mu`` exists and ``gaussian_mu`` raises
+  :class:`~veil.client_sdk.distributions.divergences.UnequalCovarianceError`; the guard reads that as
+  ``mu = inf``, a breach of every limit.
 
 Projection
 ----------
@@ -36,12 +31,15 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
-
-from veil.client_sdk.distributions._special import log_beta
 from veil.client_sdk.distributions.base import UserDistribution
 from veil.client_sdk.distributions.basis_mixture import BasisMixtureDistribution
-from veil.client_sdk.distributions.beta import BetaDistribution
+from veil.client_sdk.distributions.divergences import (
+    UnequalCovarianceError,
+    gaussian_mu,
+    stds_equal,
+    tv_bound,
+)
+from veil.client_sdk.distributions.divergences import log_bc as log_bhattacharyya
 from veil.client_sdk.distributions.gaussian import GaussianDistribution
 
 __all__ = [
@@ -54,7 +52,6 @@ __all__ = [
 ]
 
 _BISECTION_STEPS = 60
-_SAME_STD_RTOL = 1e-9
 
 
 class PolicyViolationError(ValueError):
@@ -71,86 +68,6 @@ class PolicyCheck:
     limit: float
     measure: str
     """``"tv_to_prior"`` or ``"gdp_mu_to_prior"``."""
-
-
-# ---------------------------------------------------------------------------------------------- measures
-def _same_std(p: GaussianDistribution, q: GaussianDistribution) -> bool:
-    return bool(np.allclose(p.std, q.std, rtol=_SAME_STD_RTOL, atol=0.0))
-
-
-def _std_normal_cdf(x: float) -> float:
-    return 0.5 * math.erfc(-x / math.sqrt(2.0))
-
-
-def log_bhattacharyya(p: UserDistribution, q: UserDistribution) -> float:
-    """``log BC(p, q)`` for two Gaussians or two Betas of the same shape (closed forms above).
-
-    >>> g = GaussianDistribution([[0.0]], [[1.0]])
-    >>> round(log_bhattacharyya(g, GaussianDistribution([[2.0]], [[1.0]])), 6)  # -Delta^2 / 8
-    -0.5
-    """
-    _check_pair(p, q)
-    if isinstance(p, GaussianDistribution) and isinstance(q, GaussianDistribution):
-        v1, v2 = p.std**2, q.std**2
-        total = v1 + v2
-        diff = p.loc - q.loc
-        return float(np.sum(0.5 * np.log(2.0 * p.std * q.std / total) - diff * diff / (4.0 * total)))
-    if isinstance(p, BetaDistribution) and isinstance(q, BetaDistribution):
-        mid = log_beta(0.5 * (p.alpha + q.alpha), 0.5 * (p.beta + q.beta))
-        ends = 0.5 * (log_beta(p.alpha, p.beta) + log_beta(q.alpha, q.beta))
-        return float(min(0.0, np.sum(mid - ends)))  # BC <= 1; clip rounding noise above it
-    raise ValueError(
-        f"closed-form Bhattacharyya needs two Gaussians or two Betas, got {type(p).__name__}, "
-        f"{type(q).__name__}"
-    )
-
-
-def gaussian_mu(p: GaussianDistribution, q: GaussianDistribution) -> float:
-    """Gaussian-DP ``mu`` of one upload of ``p`` against one of ``q``.
-
-    ``Delta = ||(m_p - m_q) / s||`` for equal stds, else ``inf`` (see the module docstring).
-    """
-    _check_pair(p, q)
-    if not (isinstance(p, GaussianDistribution) and isinstance(q, GaussianDistribution)):
-        raise ValueError(f"Gaussian-DP mu needs two Gaussians, got {type(p).__name__}, {type(q).__name__}")
-    if not _same_std(p, q):
-        return math.inf
-    return float(np.sqrt(np.sum(((p.loc - q.loc) / q.std) ** 2)))
-
-
-def tv_bound(p: UserDistribution, q: UserDistribution) -> float:
-    """Upper bound on ``TV(p, q)``, exact for equal-std Gaussians (see the module docstring)."""
-    _check_pair(p, q)
-    if isinstance(p, BasisMixtureDistribution) and isinstance(q, BasisMixtureDistribution):
-        _check_same_basis(p, q)
-        return float(min(1.0, 0.5 * np.sum(np.abs(p.weights - q.weights))))
-    if isinstance(p, GaussianDistribution) and isinstance(q, GaussianDistribution) and _same_std(p, q):
-        return 2.0 * _std_normal_cdf(0.5 * gaussian_mu(p, q)) - 1.0
-    log_bc = log_bhattacharyya(p, q)
-    return float(math.sqrt(max(0.0, -math.expm1(2.0 * log_bc))))  # sqrt(1 - BC^2), accurate near BC = 1
-
-
-def _check_pair(p: UserDistribution, q: UserDistribution) -> None:
-    if not isinstance(p, UserDistribution) or not isinstance(q, UserDistribution):
-        raise ValueError(f"expected two UserDistributions, got {type(p).__name__}, {type(q).__name__}")
-    if type(p) is not type(q):
-        raise ValueError(f"the policy compares one family with itself, got {p.family!r} and {q.family!r}")
-    if p.shape != q.shape:
-        raise ValueError(f"shapes differ: {p.shape} vs the prior's {q.shape}")
-
-
-def _check_same_basis(p: BasisMixtureDistribution, q: BasisMixtureDistribution) -> None:
-    if p.basis is q.basis:
-        return
-    same = len(p.basis) == len(q.basis) and all(
-        type(a) is type(b)
-        and all(np.array_equal(x, y) for x, y in zip(a._arrays().values(), b._arrays().values(), strict=True))
-        for a, b in zip(p.basis, q.basis, strict=True)
-    )
-    if not same:
-        raise ValueError(
-            "the mixture's basis differs from the prior's; the policy needs the shared public basis"
-        )
 
 
 # ---------------------------------------------------------------------------------------------- guard
@@ -198,8 +115,7 @@ class PolicyGuard:
         if self.max_tv is not None:
             checks.append(("tv_to_prior", tv_bound(dist, self.prior), self.max_tv))
         if self.max_gdp_mu is not None:
-            mu = gaussian_mu(dist, self.prior)  # type: ignore[arg-type]
-            checks.append(("gdp_mu_to_prior", mu, self.max_gdp_mu))
+            checks.append(("gdp_mu_to_prior", self._gdp_mu(dist), self.max_gdp_mu))
         name, value, limit = max(checks, key=lambda c: c[1] / c[2])
         return PolicyCheck(ok=all(v <= lim for _, v, lim in checks), value=value, limit=limit, measure=name)
 
@@ -207,7 +123,7 @@ class PolicyGuard:
         """``dist`` itself when inside the policy, else the nearest point on the line to the prior that is."""
         if self.check(dist).ok:
             return dist
-        if self.max_gdp_mu is not None and not _same_std(dist, self.prior):  # type: ignore[arg-type]
+        if self.max_gdp_mu is not None and not stds_equal(dist.std, self.prior.std):  # type: ignore[attr-defined]
             dist = GaussianDistribution(dist.loc, self.prior.std)  # type: ignore[attr-defined]
             if self.check(dist).ok:
                 return dist
@@ -231,6 +147,12 @@ class PolicyGuard:
                 f"{result.measure} = {result.value:.4g} exceeds the limit {result.limit:.4g}"
             )
         return dist
+
+    def _gdp_mu(self, dist: UserDistribution) -> float:
+        try:
+            return gaussian_mu(dist, self.prior)  # type: ignore[arg-type]
+        except UnequalCovarianceError:
+            return math.inf  # no finite mu exists, so every finite limit is broken
 
     def _line(self, dist: UserDistribution) -> Callable[[float], UserDistribution]:
         prior = self.prior

@@ -89,7 +89,7 @@ def measure_pairwise_tv(
 
 def measure_tv_to_prior(dists: list[UserDistribution], prior: UserDistribution) -> dict[str, Any]:
     """Each user's TV bound to the prior, exactly as the device guard computes it (closed forms)."""
-    from veil.client_sdk.policy_guard import tv_bound
+    from veil.client_sdk.distributions.divergences import tv_bound
 
     values = np.array([tv_bound(d, prior) for d in dists])
     return {"max": float(values.max()), "mean": float(values.mean()), "measure": "closed-form upper bound"}
@@ -100,15 +100,21 @@ def measure_gdp(
 ) -> dict[str, Any] | None:
     """Pairwise Gaussian-DP mu: exact over every pair when all users share one std.
 
-    With different stds no finite mu holds (the likelihood ratio is unbounded): ``mu_max`` is then
-    ``None`` (``inf`` for the policy) and ``mu_pooled_max`` summarises the mean separation only.
+    "One std" as :func:`~veil.client_sdk.distributions.divergences.gaussian_mu` and the device guard judge
+    it: :func:`~veil.client_sdk.distributions.divergences.stds_equal` for every pair, whose worst pair is
+    the smallest and the largest std of each coordinate. ``mu_max`` is then the largest ``gaussian_mu``
+    over all pairs, by one Gram product. With different stds no finite mu holds (``gaussian_mu`` raises
+    ``UnequalCovarianceError``): ``mu_max`` is ``None`` (``inf`` for the policy) and ``mu_pooled_max``
+    summarises the mean separation only.
     """
     if not all(isinstance(d, GaussianDistribution) for d in dists):
         return None
+    from veil.client_sdk.distributions.divergences import stds_equal
     from veil.privacy_analysis import gdp
 
-    std = dists[0].std  # type: ignore[attr-defined]
-    if not all(np.array_equal(d.std, std) for d in dists):  # type: ignore[attr-defined]
+    stds = np.stack([d.std for d in dists])  # type: ignore[attr-defined]  # (K, n_tokens, dim)
+    std = stds[0]
+    if not stds_equal(stds.min(axis=0), stds.max(axis=0)):
         idx = _subset(len(dists), pairwise_users, rng)
         pooled = max(
             float(gdp.gaussian_pair_mu(dists[i], dists[j], covariance="pooled"))

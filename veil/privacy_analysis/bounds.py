@@ -12,6 +12,9 @@ IDfree-PL, arXiv:2501.06062; the paper's own theorem statements are not reproduc
 * Isotropic Gaussians ``N(mu_i, s^2 I)``: ``Delta = |mu_i - mu_j| / s``, ``TV = 2 Phi(Delta/2) - 1``,
   ``Acc* = Phi(Delta/2)``, ``BC = exp(-Delta^2 / 8)``.
 * Hellinger sandwich (Le Cam): ``1 - BC <= TV <= sqrt(1 - BC^2)``; T linked uploads: ``BC_T = BC^T``.
+
+The divergence formulas (TV, BC, the sandwich) are the phone's, from
+:mod:`veil.client_sdk.distributions.divergences`; this module adds what attribution needs on top.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import numpy as np
 from scipy import special
 
 from veil.client_sdk.distributions import UserDistribution
+from veil.client_sdk.distributions.divergences import gaussian_shift_bc, gaussian_shift_tv, tv_bounds_from_bc
 from veil.privacy_analysis._families import (
     atom_interval_mass,
     atoms,
@@ -63,16 +67,13 @@ def isotropic_gaussian_accuracy(delta: float | np.ndarray) -> np.ndarray:
 
 
 def isotropic_gaussian_tv(delta: float | np.ndarray) -> np.ndarray:
-    """Total variation ``2 Phi(Delta/2) - 1`` between two equal-covariance Gaussians."""
-    d = np.asarray(delta, dtype=np.float64)
-    # 2 Phi(x) - 1 = erf(x / sqrt 2): no cancellation for small Delta.
-    return special.erf(d / (2.0 * np.sqrt(2.0)))
+    """Total variation ``2 Phi(Delta/2) - 1`` between two equal-covariance Gaussians (:func:`gaussian_shift_tv`)."""
+    return gaussian_shift_tv(delta)
 
 
 def isotropic_gaussian_bc(delta: float | np.ndarray) -> np.ndarray:
-    """Bhattacharyya coefficient ``exp(-Delta^2/8)`` between two equal-covariance Gaussians."""
-    d = np.asarray(delta, dtype=np.float64)
-    return np.exp(-d * d / 8.0)
+    """Bhattacharyya coefficient ``exp(-Delta^2/8)`` between two equal-covariance Gaussians (:func:`gaussian_shift_bc`)."""
+    return gaussian_shift_bc(delta)
 
 
 def two_user_accuracy(tv: float | np.ndarray) -> np.ndarray:
@@ -83,14 +84,13 @@ def two_user_accuracy(tv: float | np.ndarray) -> np.ndarray:
 def tv_sandwich(bc: float | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(lower, upper)`` bounds on TV from the Bhattacharyya coefficient: ``(1 - BC, sqrt(1 - BC^2))``.
 
-    ``1 - BC`` is the squared Hellinger distance ``H^2`` (with ``H^2 = 1 - BC``).
+    ``1 - BC`` is the squared Hellinger distance ``H^2`` (with ``H^2 = 1 - BC``); :func:`tv_bounds_from_bc`.
 
     >>> lo, hi = tv_sandwich(1.0)
     >>> float(lo), float(hi)
     (0.0, 0.0)
     """
-    b = np.clip(np.asarray(bc, dtype=np.float64), 0.0, 1.0)
-    return 1.0 - b, np.sqrt(1.0 - b * b)
+    return tv_bounds_from_bc(bc)
 
 
 def linked_bc(bc: float | np.ndarray, t: int) -> np.ndarray:

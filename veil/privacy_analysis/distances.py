@@ -1,8 +1,8 @@
 """Distances between two users' distributions: Bhattacharyya coefficient, Hellinger, total variation.
 
-Closed forms where they exist (IDFREE_PL.md section 3.2; Bhattacharyya 1943, Kailath 1967 for the
-Gaussian and Beta coefficients), exact one-dimensional integration where the difference between two
-product laws lives in a single coordinate, and Monte Carlo otherwise:
+Closed forms where they exist (the phone's :mod:`veil.client_sdk.distributions.divergences`, whose
+docstring cites them), exact one-dimensional integration where the difference between two product laws
+lives in a single coordinate, and Monte Carlo otherwise:
 
 ===========================  ==============================================================================
 pair                         method
@@ -23,7 +23,8 @@ shared-basis mixtures        the MC estimate is clipped by TV <= 0.5 * |w_i - w_
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -35,15 +36,27 @@ from veil.client_sdk.distributions import (
     GaussianDistribution,
     UserDistribution,
 )
+from veil.client_sdk.distributions.divergences import (
+    LOG_BC,
+    gaussian_mu,
+    gaussian_shift_bc,
+    gaussian_shift_tv,
+    hellinger_from_bc,
+    log_bc,
+    log_bc_beta,
+    log_bc_gaussian,
+    mixture_tv_bound,
+    pair_family,
+    same_basis,
+)
 from veil.privacy_analysis._families import (
     check_population,
     flat_params,
     log_prob_flat,
     quantile_grid,
     same_params,
-    shared_basis,
 )
-from veil.privacy_analysis.bounds import exact_bayes_attribution, isotropic_gaussian_tv
+from veil.privacy_analysis.bounds import exact_bayes_attribution
 
 __all__ = [
     "bhattacharyya",
@@ -59,27 +72,18 @@ __all__ = [
 _MEASURES = ("tv", "hellinger", "bhattacharyya", "bc")
 _BLOCK = 4_000_000  # floats per broadcast block in the vectorised pairwise paths
 
+_BATCHED_LOG_BC: dict[str, Callable[..., np.ndarray]] = {
+    "gaussian": log_bc_gaussian,
+    "beta": partial(log_bc_beta, betaln=special.betaln),  # scipy: faster than math.lgamma on large batches
+}
+"""The divergences' array formulas over ``(K, 1, D)`` x ``(1, K, D)`` parameter stacks, by family."""
+
 
 def _pair(p: UserDistribution, q: UserDistribution) -> None:
     check_population([p, q], min_users=2)
 
 
 # ---------------------------------------------------------------------------------------- Bhattacharyya
-def _log_bc_gaussian(m1: np.ndarray, s1: np.ndarray, m2: np.ndarray, s2: np.ndarray) -> np.ndarray:
-    """Log BC summed over the last axis, for broadcastable ``(..., D)`` means and stds."""
-    v = s1 * s1 + s2 * s2
-    diff = m1 - m2
-    return np.sum(0.5 * np.log(2.0 * s1 * s2 / v) - diff * diff / (4.0 * v), axis=-1)
-
-
-def _log_bc_beta(a1: np.ndarray, b1: np.ndarray, a2: np.ndarray, b2: np.ndarray) -> np.ndarray:
-    """Log BC summed over the last axis, for broadcastable ``(..., D)`` Beta parameters."""
-    terms = special.betaln(0.5 * (a1 + a2), 0.5 * (b1 + b2)) - 0.5 * (
-        special.betaln(a1, b1) + special.betaln(a2, b2)
-    )
-    return np.sum(terms, axis=-1)
-
-
 def _mc_terms(
     p: UserDistribution, q: UserDistribution, rng: np.random.Generator, n_samples: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -123,10 +127,8 @@ def bhattacharyya(
     _pair(p, q)
     if same_params(p, q):
         return 1.0
-    if isinstance(p, GaussianDistribution) and isinstance(q, GaussianDistribution):
-        return float(np.exp(_log_bc_gaussian(*flat_params(p), *flat_params(q))))
-    if isinstance(p, BetaDistribution) and isinstance(q, BetaDistribution):
-        return float(min(1.0, np.exp(_log_bc_beta(*flat_params(p), *flat_params(q)))))
+    if pair_family(LOG_BC, p, q) is not None:
+        return float(np.exp(log_bc(p, q)))
     if int(np.prod(p.shape)) == 1:
         return _bc_1d(p, q)
     est, _ = bhattacharyya_mc(p, q, rng or np.random.default_rng(0), n_samples)
@@ -155,7 +157,7 @@ def _bc_1d(p: UserDistribution, q: UserDistribution) -> float:
 
 def hellinger(p: UserDistribution, q: UserDistribution, **kw: Any) -> float:
     """Hellinger distance ``H = sqrt(1 - BC)`` in ``[0, 1]`` (keywords go to :func:`bhattacharyya`)."""
-    return float(np.sqrt(max(0.0, 1.0 - bhattacharyya(p, q, **kw))))
+    return float(hellinger_from_bc(bhattacharyya(p, q, **kw)))
 
 
 # ---------------------------------------------------------------------------------------- total variation
@@ -170,13 +172,6 @@ def total_variation_mc(
     _pair(p, q)
     lp, lq = _mc_terms(p, q, rng, n_samples)
     return _stratified(np.abs(np.tanh(0.5 * lp)), np.abs(np.tanh(0.5 * lq)))
-
-
-def mixture_tv_bound(p: BasisMixtureDistribution, q: BasisMixtureDistribution) -> float:
-    """``0.5 * ||w_p - w_q||_1``, an upper bound on TV for two mixtures over one shared basis."""
-    if shared_basis([p, q]) is None:
-        raise ValueError("mixture_tv_bound needs two basis mixtures over the same basis")
-    return float(0.5 * np.abs(p.weights - q.weights).sum())
 
 
 def _one_coordinate(d: UserDistribution, j: int) -> UserDistribution:
@@ -201,7 +196,7 @@ def total_variation_estimate(
     if type(p) is type(q) and isinstance(p, GaussianDistribution | BetaDistribution):
         (a1, b1), (a2, b2) = flat_params(p), flat_params(q)
         if isinstance(p, GaussianDistribution) and np.array_equal(b1, b2):
-            return float(isotropic_gaussian_tv(np.linalg.norm((a1 - a2) / b1))), 0.0, "closed form"
+            return float(gaussian_shift_tv(gaussian_mu(p, q))), 0.0, "closed form"
         differ = np.flatnonzero((a1 != a2) | (b1 != b2))
         if differ.size == 1:  # TV of products with identical other factors is the TV of that factor
             j = int(differ[0])
@@ -209,8 +204,12 @@ def total_variation_estimate(
     if int(np.prod(p.shape)) == 1:
         return _tv_1d(p, q), 0.0, "exact 1-D"
     est, se = total_variation_mc(p, q, rng or np.random.default_rng(0), n_samples)
-    if isinstance(p, BasisMixtureDistribution) and shared_basis([p, q]) is not None:
-        est = min(est, mixture_tv_bound(p, q))  # type: ignore[arg-type]
+    if (
+        isinstance(p, BasisMixtureDistribution)
+        and isinstance(q, BasisMixtureDistribution)
+        and same_basis(p, q)
+    ):
+        est = min(est, mixture_tv_bound(p, q))
     return float(np.clip(est, 0.0, 1.0)), se, "Monte Carlo"
 
 
@@ -244,12 +243,11 @@ def _row_blocks(k: int, d: int) -> list[slice]:
 
 
 def _vectorised_log_bc(users: Sequence[UserDistribution]) -> np.ndarray | None:
-    if all(isinstance(d, GaussianDistribution) for d in users):
-        fn = _log_bc_gaussian
-    elif all(isinstance(d, BetaDistribution) for d in users):
-        fn = _log_bc_beta
-    else:
+    """``(K, K)`` matrix of :func:`log_bc` over all pairs, or ``None`` when the family has no closed form."""
+    families = {pair_family(_BATCHED_LOG_BC, users[0], d) for d in users}
+    if None in families:
         return None
+    fn = _BATCHED_LOG_BC[families.pop()]
     a, b = (np.stack(x) for x in zip(*(flat_params(d) for d in users), strict=True))  # (K, D) each
     out = np.empty((len(users), len(users)))
     for blk in _row_blocks(*a.shape):
@@ -293,10 +291,9 @@ def pairwise(dists: Sequence[UserDistribution], measure: str = "tv", **kw: Any) 
         kw["rng"] = np.random.default_rng(0)
     delta = _equal_std_delta(users)
     if delta is not None:
-        bc = np.exp(-delta * delta / 8.0)
-        out = isotropic_gaussian_tv(delta) if measure == "tv" else bc
-    elif measure != "tv" and (log_bc := _vectorised_log_bc(users)) is not None:
-        out = np.exp(log_bc)
+        out = gaussian_shift_tv(delta) if measure == "tv" else gaussian_shift_bc(delta)
+    elif measure != "tv" and (log_coeff := _vectorised_log_bc(users)) is not None:
+        out = np.exp(log_coeff)
     else:
         fn = total_variation if measure == "tv" else bhattacharyya
         out = np.eye(k) if measure != "tv" else np.zeros((k, k))
@@ -304,7 +301,7 @@ def pairwise(dists: Sequence[UserDistribution], measure: str = "tv", **kw: Any) 
             for j in range(i + 1, k):
                 out[i, j] = out[j, i] = fn(users[i], users[j], **kw)
     if measure == "hellinger":
-        out = np.sqrt(np.maximum(0.0, 1.0 - out))
+        out = hellinger_from_bc(out)
     out = 0.5 * (out + out.T)
     np.fill_diagonal(out, 0.0 if measure in ("tv", "hellinger") else 1.0)
     return out

@@ -11,6 +11,11 @@ lists these as inferred applications to IDfree-PL (arXiv:2501.06062).
 
 For pairs outside that case, :func:`privacy_profile_mc` and :func:`empirical_tradeoff` measure the same
 curves by Monte Carlo, for any two distributions.
+
+``mu`` itself for a pair of Gaussians is :func:`gaussian_pair_mu`, the phone's
+:func:`veil.client_sdk.distributions.divergences.gaussian_mu` under its audit name: it raises
+:class:`UnequalCovarianceError` when the stds differ, where no finite ``mu`` exists (``covariance="pooled"``
+gives a mean-separation summary that is no guarantee).
 """
 
 from __future__ import annotations
@@ -18,10 +23,13 @@ from __future__ import annotations
 import numpy as np
 from scipy import optimize, special
 
-from veil.client_sdk.distributions import GaussianDistribution, UserDistribution
+from veil.client_sdk.distributions import UserDistribution
+from veil.client_sdk.distributions.divergences import UnequalCovarianceError
+from veil.client_sdk.distributions.divergences import gaussian_mu as gaussian_pair_mu
 from veil.privacy_analysis._families import check_population
 
 __all__ = [
+    "UnequalCovarianceError",
     "empirical_tradeoff",
     "gaussian_pair_mu",
     "gdp_delta",
@@ -38,40 +46,6 @@ def _check_mu(mu: float) -> float:
     if not np.isfinite(m) or m < 0:
         raise ValueError(f"mu must be finite and >= 0, got {mu}")
     return m
-
-
-def gaussian_pair_mu(p: GaussianDistribution, q: GaussianDistribution, *, covariance: str = "equal") -> float:
-    """GDP parameter ``mu = Delta = ||(mu_p - mu_q) / std||`` for two diagonal Gaussians.
-
-    Parameters
-    ----------
-    covariance : {"equal", "pooled"}
-        ``"equal"`` (default) requires equal stds (within 1e-9 relative), where ``mu`` is exact.
-        ``"pooled"`` uses ``std = sqrt((s_p^2 + s_q^2)/2)`` per coordinate for unequal stds: a
-        summary of the mean separation only, *not* a GDP guarantee (with unequal variances the
-        likelihood ratio is unbounded and no finite ``mu`` need hold; use TV or :func:`privacy_profile_mc`).
-
-    Raises
-    ------
-    ValueError
-        Non-Gaussian inputs, mismatched shapes, or unequal stds under ``covariance="equal"``.
-    """
-    check_population([p, q], min_users=2)
-    if not isinstance(p, GaussianDistribution) or not isinstance(q, GaussianDistribution):
-        raise ValueError(f"gaussian_pair_mu needs two Gaussians, got {type(p).__name__}, {type(q).__name__}")
-    if covariance == "equal":
-        if not np.allclose(p.std, q.std, rtol=1e-9, atol=0.0):
-            worst = float(np.max(np.abs(p.std / q.std - 1.0)))
-            raise ValueError(
-                f"stds differ (max relative difference {worst:.3g}); mu-GDP is exact only for equal "
-                "covariances: pass covariance='pooled' for a mean-separation summary"
-            )
-        std = 0.5 * (p.std + q.std)
-    elif covariance == "pooled":
-        std = np.sqrt(0.5 * (p.std**2 + q.std**2))
-    else:
-        raise ValueError(f"covariance must be 'equal' or 'pooled', got {covariance!r}")
-    return float(np.linalg.norm((p.loc - q.loc) / std))
 
 
 def gdp_delta(epsilon: float | np.ndarray, mu: float) -> np.ndarray:

@@ -1,13 +1,15 @@
 """Privacy-policy check graphs: the measures of :class:`veil.client_sdk.policy_guard.PolicyGuard.check`.
 
-Gaussian (``gaussian_policy``), mirroring :func:`~veil.client_sdk.policy_guard.gaussian_mu` and
-:func:`~veil.client_sdk.policy_guard.tv_bound`:
+Gaussian (``gaussian_policy``), mirroring the guard's measures, which are
+:func:`~veil.client_sdk.distributions.divergences.gaussian_mu` and
+:func:`~veil.client_sdk.distributions.divergences.tv_bound`:
 
 - equal stds (``max |log_std - prior_log_std| <= 2**-20``; the numpy guard uses ``rtol 1e-9``, which
   float32 cannot resolve, and stds the app resets to the prior's are bit-identical):
   ``gdp_mu = Delta = ||(mean - prior_mean) / prior_std||_2`` and ``tv = 2 Phi(Delta / 2) - 1
   = erf(Delta / (2 sqrt 2))`` exactly;
-- different stds: ``gdp_mu = +inf`` (no finite mu exists) and ``tv = sqrt(1 - BC^2)`` with
+- different stds: ``gdp_mu = +inf`` (no finite mu exists: ``gaussian_mu`` raises
+  ``UnequalCovarianceError``, which the guard reads as ``inf``) and ``tv = sqrt(1 - BC^2)`` with
   ``log BC = sum(-0.5 log cosh(r) - (m - m0)^2 / (4 (s^2 + s0^2)))``, ``r = log s - log s0``
   (``2 s s0 / (s^2 + s0^2) = 1 / cosh(r)``), evaluated with ``log1p``/``expm1`` forms that keep float32
   relative accuracy for nearly equal distributions;
