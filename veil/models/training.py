@@ -39,8 +39,9 @@ __all__ = [
     "freeze_token_embeddings",
 ]
 
-EmbeddingSource = Callable[[np.ndarray], np.ndarray]
-"""Maps example indices ``(B,)`` to fresh user embeddings ``(B, n_tokens, hidden)``."""
+EmbeddingSource = Callable[[np.ndarray], "np.ndarray | torch.Tensor"]
+"""Maps example indices ``(B,)`` to fresh user embeddings ``(B, n_tokens, hidden)``. A float32 tensor
+that requires grad keeps its graph, so the embeddings themselves can be trained (``extra_parameters``)."""
 
 
 @dataclass
@@ -151,16 +152,19 @@ def fit(
     cfg: TrainConfig,
     embeddings: EmbeddingSource | None = None,
     on_step: Callable[[float], None] | None = None,
+    extra_parameters: Sequence[nn.Parameter] = (),
 ) -> list[float]:
     """Train ``model`` on ``data[indices]``; returns the mean loss of every step.
 
     With ``embeddings=None`` this is stage 1 (population embedding everywhere); otherwise stage 3.
+    ``extra_parameters`` are trained with the model by the same optimiser (e.g. the public prototype
+    embeddings of a codebook, which ``embeddings`` then returns as a differentiable tensor).
     """
     indices = np.asarray(indices, dtype=np.int64)
     if indices.size == 0:
         raise ValueError("no training examples")
     rng = np.random.default_rng(cfg.seed)
-    params = _trainable(model, cfg)
+    params = _trainable(model, cfg) + list(extra_parameters)
     optim = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(indices.size / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs

@@ -1,7 +1,8 @@
 """User-distribution families for soft-token embeddings (numpy only; this code ships to phones).
 
 Families: :class:`BetaDistribution` (IDfree-PL's, arXiv:2501.06062), :class:`GaussianDistribution`
-(diagonal) and :class:`BasisMixtureDistribution` (per-user weights over a public basis). :data:`FAMILIES`
+(diagonal), :class:`BasisMixtureDistribution` (per-user weights over a public basis) and
+:class:`PrototypeDistribution` (a k-anonymous choice from a public :class:`Codebook`). :data:`FAMILIES`
 maps the family name stored in saved files to its class.
 """
 
@@ -13,13 +14,25 @@ from veil.client_sdk.distributions.base import FAMILIES, UserDistribution
 from veil.client_sdk.distributions.basis_mixture import BasisMixtureDistribution
 from veil.client_sdk.distributions.beta import BetaDistribution
 from veil.client_sdk.distributions.gaussian import GaussianDistribution
+from veil.client_sdk.distributions.prototype import (
+    Codebook,
+    CodebookMismatchError,
+    PrototypeDistribution,
+    choose_prototype,
+    enforce_k_min,
+)
 
 __all__ = [
     "FAMILIES",
     "BasisMixtureDistribution",
     "BetaDistribution",
+    "Codebook",
+    "CodebookMismatchError",
     "GaussianDistribution",
+    "PrototypeDistribution",
     "UserDistribution",
+    "choose_prototype",
+    "enforce_k_min",
     "load_distribution",
 ]
 
