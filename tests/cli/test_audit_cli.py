@@ -267,3 +267,114 @@ def test_installed_entry_point_exit_codes(spec_file: Path, tmp_path: Path) -> No
     assert violated.returncode == 1 and "policy violated" in violated.stdout
     bad = veil("--population", str(tmp_path / "missing.yaml"))
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and bad.stderr.startswith("veil: error:")
+
+
+UPLOAD_KEYS = {
+    "file",
+    "seed",
+    "users",
+    "uploads",
+    "types",
+    "train_fraction",
+    "chance",
+    "group_floor",
+    "attacks",
+    "skipped",
+}
+
+
+def _write_uploads(path: Path, *, text: bool = True, **override: np.ndarray) -> Path:
+    """6 users in 3 types of 2, 20 uploads each, well apart: every attack should find them."""
+    rng = np.random.default_rng(0)
+    users = np.repeat(np.arange(6), 20)
+    emb = (rng.normal(size=(6, 1, 4)) * 4.0)[users] + 0.2 * rng.normal(size=(120, 1, 4))
+    arrays = {"embedding": emb.astype(np.float32), "user": users, "type": users // 2}
+    if text:
+        arrays["text"] = np.array([f"note {i % 3}" for i in range(120)])
+    np.savez(path, **{**arrays, **override})
+    return path
+
+
+def test_uploads_file_json_has_every_attack_against_chance_and_floor(
+    monkeypatch, capsys, tmp_path: Path
+) -> None:
+    path = _write_uploads(tmp_path / "method.npz")
+    code, out, err = run_cli(monkeypatch, capsys, "audit", "--uploads", str(path), "--json", "--seed", "1")
+    assert code == 0, err
+    summary = json.loads(out)
+    assert set(summary) == UPLOAD_KEYS and summary["skipped"] == {}
+    assert (summary["users"], summary["uploads"], summary["types"], summary["seed"]) == (6, 120, 3, 1)
+    assert summary["chance"] == pytest.approx(1 / 6) and summary["group_floor"] == pytest.approx(0.5)
+    names = [a["name"] for a in summary["attacks"]]
+    assert names == [
+        "knn",
+        "gaussian_fit",
+        "learned_attributor",
+        "linkage_kmeans",
+        "linkage_gmm",
+        "stylometric",
+    ]
+    for attack in summary["attacks"]:
+        assert set(attack) == {"name", "accuracy", "ci", "chance", "details"}
+        assert {"n_eval", "group_floor", "users", "sampled"} <= set(attack["details"])
+        assert attack["ci"][0] <= attack["accuracy"] <= attack["ci"][1] + 1e-12
+        assert attack["details"]["group_floor"] == pytest.approx(0.5) and attack["chance"] == pytest.approx(
+            1 / 6
+        )
+    assert summary["attacks"][0]["accuracy"] > 0.9
+    assert run_cli(monkeypatch, capsys, "audit", "--uploads", str(path), "--json", "--seed", "1")[1] == out
+
+
+def test_uploads_file_table_and_a_file_without_text(monkeypatch, capsys, tmp_path: Path) -> None:
+    path = _write_uploads(tmp_path / "method.npz", text=False)
+    code, out, _ = run_cli(monkeypatch, capsys, "audit", "--uploads", str(path))
+    assert code == 0
+    assert "6 users, 120 uploads, 3 types" in out and "95% interval" in out and "floor" in out
+    assert "gaussian_fit" in out and "skipped stylometric: the file has no text" in out
+
+
+@pytest.mark.parametrize(
+    ("make", "fragment"),
+    [
+        (lambda p: p, "no such file"),
+        (lambda p: p.write_bytes(b"junk") and p, "not a readable .npz"),
+        (
+            lambda p: _write_uploads(p, type=np.zeros(3, dtype=np.int64)),
+            "'type' must be integers of shape (120,)",
+        ),
+        (lambda p: _write_uploads(p, embedding=np.zeros((120, 4), dtype=np.float32)), "n_tokens"),
+        (lambda p: _write_uploads(p, user=np.r_[np.zeros(119, dtype=np.int64), 1]), "user 1 with 1"),
+        (
+            lambda p: np.savez(p, embedding=np.zeros((4, 1, 2), np.float32), users=np.arange(4)) or p,
+            "missing",
+        ),
+    ],
+)
+def test_bad_uploads_files_give_one_line_and_exit_two(
+    monkeypatch, capsys, tmp_path: Path, make, fragment
+) -> None:
+    path = tmp_path / "bad.npz"
+    make(path)
+    code, out, err = run_cli(monkeypatch, capsys, "audit", "--uploads", str(path), "--json")
+    assert code == 2 and out == ""
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("veil: error: ") and fragment in lines[0], err
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        (("--population", "x.yaml"), "not with --population"),
+        (("--db", "sqlite:///x.sqlite3"), "not with --population, --params or --db"),
+        (("--report", "out"), "--report: not used by --uploads FILE"),
+        (("--no-attacks", "--linked", "1,2"), "--linked, --attacks: not used"),
+        (("--max-attack-accuracy", "0.5"), "--max-attack-accuracy"),
+    ],
+)
+def test_uploads_file_refuses_population_inputs_and_options(
+    monkeypatch, capsys, tmp_path: Path, extra: tuple[str, ...], fragment: str
+) -> None:
+    path = _write_uploads(tmp_path / "method.npz")
+    code, out, err = run_cli(monkeypatch, capsys, "audit", "--uploads", str(path), *extra)
+    assert code == 2 and out == ""
+    assert len(err.splitlines()) == 1 and fragment in err, err

@@ -1,6 +1,6 @@
 """``veil audit``: attribution risk of a population, a policy verdict for CI, and an HTML report.
 
-Inputs (one of the first two, and/or the third):
+Inputs (one of the first two, and/or the third; or the fourth alone):
 
 - ``--population FILE``: a YAML population spec (:mod:`veil.privacy_analysis.spec`);
 - ``--params PATH``: device parameter files saved by ``UserDistribution.save`` (``.npz``), or folders of
@@ -9,8 +9,14 @@ Inputs (one of the first two, and/or the third):
   only the pooled stream (exact repeats, cluster structure: :mod:`veil.privacy_analysis.stream_audit`)
   and every per-user policy limit is "not measurable" (a violation). With ``--params`` as well it adds
   the expected Bayes accuracy on exactly the stored uploads.
+- ``--uploads FILE``: uploads exported by the simulator with their ground truth
+  (:func:`veil.privacy_analysis.attacks.uploads.load_uploads`), attacked by an attacker who knows no
+  parameters (:func:`~veil.privacy_analysis.attacks.uploads.run_upload_attacks`); only ``--json`` and
+  ``--seed`` apply. With any of the three inputs above, ``--uploads N`` keeps its older meaning: the number
+  of Monte-Carlo uploads per user.
 
-Exit codes: 0 when the policy holds, 1 when it is violated, 2 for bad input (one line on stderr).
+Exit codes: 0 when the policy holds (always, for ``--uploads FILE``), 1 when it is violated, 2 for bad
+input (one line on stderr).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from click.core import ParameterSource
 
 from veil.cli.errors import UserError
 
@@ -33,6 +40,7 @@ def register(app: typer.Typer) -> None:
 
 
 def audit(
+    ctx: typer.Context,
     population: Annotated[
         Path | None, typer.Option("--population", help="YAML population spec.", show_default=False)
     ] = None,
@@ -46,7 +54,16 @@ def audit(
         str | None,
         typer.Option("--db", help="Live store URL (sqlite:///PATH or postgresql://...).", show_default=False),
     ] = None,
-    uploads: Annotated[int, typer.Option("--uploads", help="Monte-Carlo uploads per user.")] = 100,
+    uploads: Annotated[
+        str | None,
+        typer.Option(
+            "--uploads",
+            metavar="FILE|N",
+            help="Exported uploads (.npz) to attack; with --population/--params/--db: Monte-Carlo uploads "
+            "per user (default 100).",
+            show_default=False,
+        ),
+    ] = None,
     linked: Annotated[
         str, typer.Option("--linked", help="Linked-upload counts T, comma-separated.")
     ] = "1,2,4,8",
@@ -102,6 +119,7 @@ def audit(
     """Attribution risk of a population: Bayes ceiling, bounds, linked uploads, attacks, policy gate.
 
     Exit code 1 when the policy (spec 'policy:' section and/or the --max-* flags) is violated.
+    'veil audit --uploads FILE' instead attacks exported uploads without knowing any parameters.
     """
     from veil.privacy_analysis.policy import Policy
     from veil.privacy_analysis.spec import SpecError
@@ -109,9 +127,14 @@ def audit(
     if population is not None and params:
         raise UserError("give either --population or --params, not both")
     if population is None and not params and db is None:
-        raise UserError("nothing to audit: give --population FILE, --params DIR_OR_FILES or --db URL")
-    if uploads < 1:
-        raise UserError(f"--uploads must be >= 1, got {uploads}")
+        if uploads is None:
+            raise UserError(
+                "nothing to audit: give --uploads FILE, --population FILE, --params DIR_OR_FILES or --db URL"
+            )
+        _refuse_population_options(ctx)
+        _audit_upload_file(Path(uploads), seed, as_json)
+        return
+    n_uploads = _monte_carlo_uploads(uploads)
     ts = _linked(linked)
     try:
         spec = _load_population(population) if population is not None else None
@@ -131,7 +154,7 @@ def audit(
     except (SpecError, ValueError) as exc:
         raise UserError(str(exc)) from None
     stream = _audit_db(db, dists, seed) if db is not None else None
-    summary, matrix = _run(dists, prior, spec, policy, stream, uploads, ts, seed, attacks, as_json)
+    summary, matrix = _run(dists, prior, spec, policy, stream, n_uploads, ts, seed, attacks, as_json)
     if report is not None:
         from veil.privacy_analysis.audit_report import write_audit_report
 
@@ -143,6 +166,49 @@ def audit(
         _print(summary)
     if not summary["policy"]["ok"]:
         raise SystemExit(1)  # not typer.Exit: main() runs click with standalone_mode=False
+
+
+def _monte_carlo_uploads(text: str | None) -> int:
+    if text is None:
+        return 100
+    try:
+        n = int(text)
+    except ValueError:
+        raise UserError(
+            f"--uploads {text}: an uploads file is audited on its own, not with --population, --params or "
+            "--db (with them, --uploads is the number of Monte-Carlo uploads per user)"
+        ) from None
+    if n < 1:
+        raise UserError(f"--uploads must be >= 1, got {n}")
+    return n
+
+
+def _refuse_population_options(ctx: typer.Context) -> None:
+    own = {"uploads", "as_json", "seed"}
+    given = [
+        param.opts[0]
+        for param in ctx.command.params
+        if param.name not in own and ctx.get_parameter_source(param.name) is not ParameterSource.DEFAULT
+    ]
+    if given:
+        raise UserError(f"{', '.join(given)}: not used by --uploads FILE, which takes only --json and --seed")
+
+
+def _audit_upload_file(path: Path, seed: int, as_json: bool) -> None:
+    import numpy as np
+
+    from veil.privacy_analysis.attacks.uploads import UploadFileError, load_uploads, run_upload_attacks
+
+    try:
+        data = load_uploads(path)
+    except UploadFileError as exc:
+        raise UserError(str(exc)) from None
+    audit = run_upload_attacks(data, np.random.default_rng(seed))
+    summary = {"file": str(path), "seed": seed, **audit.to_json()}
+    if as_json:
+        typer.echo(json.dumps(summary))
+    else:
+        _print_upload_attacks(summary)
 
 
 def _linked(text: str) -> tuple[int, ...]:
@@ -259,3 +325,35 @@ def _print(summary: dict[str, Any]) -> None:
         console.print(f"stream: {finding}")
     for violation in summary["policy"]["violations"]:
         console.print(f"[red]policy violated:[/red] {violation['message']}")
+
+
+def _print_upload_attacks(summary: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    title = (
+        f"Attacks on {Path(summary['file']).name} ({summary['users']} users, {summary['uploads']} uploads, "
+        f"{summary['types']} types)"
+    )
+    table = Table(
+        title=title,
+        caption=f"attacker holds the owners of {summary['train_fraction']:.0%} of every user's uploads; "
+        "users: those attacked (a random subset of whole types for the costly attacks); "
+        "floor: accuracy of knowing a user's type and guessing within it",
+    )
+    for head in ("attack", "users", "accuracy", "95% interval", "chance", "floor"):
+        table.add_column(head, justify="left" if head == "attack" else "right")
+    for attack in summary["attacks"]:
+        lo, hi = attack["ci"]
+        table.add_row(
+            attack["name"],
+            str(attack["details"]["users"]),
+            f"{attack['accuracy']:.3f}",
+            f"[{lo:.3f}, {hi:.3f}]",
+            f"{attack['chance']:.3f}",
+            f"{attack['details']['group_floor']:.3f}",
+        )
+    console = Console()
+    console.print(table)
+    for name, why in summary["skipped"].items():
+        console.print(f"skipped {name}: {why}")
