@@ -121,3 +121,40 @@ def test_demo_through_the_service_json(cli_data_dir: Path, tmp_path: Path) -> No
     methods = out["methods"]
     assert methods["idfree-gaussian-service"]["accuracy"] > methods["none"]["accuracy"]
     assert (tmp_path / "report.html").is_file() and (tmp_path / "summary.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (("--users", "4", "--types", "5"), "cannot exceed --users"),
+        (("--users", "0"), "--users must be >= 1"),
+        (("--users", "-3"), "--users must be >= 1"),
+        (("--types", "0"), "--types must be >= 1"),
+        (("--methods", "none,codebook,telepathy"), "unknown method(s) telepathy"),
+        (("--methods", ","), "unknown method(s)"),
+        (("--users", "40", "--types", "17"), "n_types must be at most 16"),
+    ],
+)
+def test_experiment_rejects_bad_sizes_and_methods(
+    cli_data_dir: Path, args: tuple[str, ...], fragment: str
+) -> None:
+    proc = veil(cli_data_dir, "experiment", "personalization", "--quick", *args, timeout=60)
+    assert_one_line_error(proc, fragment)
+
+
+def test_experiment_rejects_an_unwritable_export_dir_before_any_work(
+    cli_data_dir: Path, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    proc = veil(
+        cli_data_dir,
+        "experiment",
+        "personalization",
+        "--quick",
+        "--export-uploads",
+        str(blocker / "sub"),
+        timeout=60,
+    )
+    assert_one_line_error(proc, "--export-uploads", "cannot write there")
+    assert blocker.read_text() == "not a directory"

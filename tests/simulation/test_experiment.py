@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from veil.models.training import TrainConfig
+from veil.simulation.codebook import CodebookConfig
 from veil.simulation.data import PopulationConfig
 from veil.simulation.devices import DeviceLearningConfig
 from veil.simulation.experiments.personalization import (
@@ -22,15 +23,20 @@ from veil.simulation.experiments.personalization import (
     MethodResult,
     run_personalization_experiment,
 )
+from veil.simulation.experiments.scoring import ScoringConfig
 from veil.simulation.report import write_report
 
 METHODS = {
     "none",
     "static",
+    "oracle-type",
     "idfree-beta",
     "idfree-gaussian",
     "idfree-basis_mixture",
     "idfree-gaussian-gradient-return",
+    "idfree-gaussian-gdp",
+    "codebook",
+    "codebook-mixing",
     "on-device-finetune",
 }
 NO_EMBEDDING = ("none", "on-device-finetune")
@@ -41,7 +47,9 @@ DEFAULT_SPREAD = {"beta": 20.0, "gaussian": 1.0, "basis_mixture": 0.25}
 def micro_config() -> ExperimentConfig:
     return ExperimentConfig(
         model="tiny-llama",
-        population=PopulationConfig(task="next_word", n_users=4, train_per_user=8, test_per_user=4),
+        population=PopulationConfig(
+            task="next_word", n_users=4, n_types=2, train_per_user=8, test_per_user=4
+        ),
         max_tokens=16,
         stage1=TrainConfig(epochs=1, lr=3e-3, batch_size=16),
         stage2=DeviceLearningConfig(epochs=1, batch_size=4, lr=0.5),
@@ -50,6 +58,8 @@ def micro_config() -> ExperimentConfig:
         spreads=dict(SPREADS),
         default_spread=dict(DEFAULT_SPREAD),
         attribution_uploads=10,
+        codebook=CodebookConfig(size=3, k_min=2, rounds=1, choice_examples=4),
+        scoring=ScoringConfig(attack_uploads=4, max_linked=4, link_groups=2),
     )
 
 
@@ -75,13 +85,19 @@ def handmade_result() -> ExperimentResult:
     methods = [
         _row("none", None, None, 0.2, 0.0),
         _row("static", None, None, 0.8, 1.0),
+        _row("oracle-type", None, None, 0.75, 0.5),
         _row("idfree-beta", "beta", 20.0, 0.6, 0.5),
         _row("idfree-gaussian", "gaussian", 1.0, 0.7, 0.6),
         _row("idfree-basis_mixture", "basis_mixture", 0.25, 0.5, 0.3),
         _row("idfree-gaussian-gradient-return", "gaussian", 1.0, 0.65, 0.6),
+        _row("idfree-gaussian-gdp", "gaussian", 1.0, 0.3, 0.3),
+        _row("codebook", None, None, 0.74, 0.5),
+        _row("codebook-mixing", None, None, 0.78, 0.5),
         _row("on-device-finetune", None, None, 0.4, 0.0),
     ]
-    frontier = [m for m in methods if m.family and "gradient" not in m.method]
+    for m in methods:
+        m.attribution_floor = 0.5
+    frontier = [m for m in methods if m.family and "gradient" not in m.method and "gdp" not in m.method]
     frontier.append(_row("idfree-gaussian", "gaussian", 8.0, 0.3, 0.26))
     return ExperimentResult("next_word", "tiny-llama", 4, 16, methods, frontier, 12.0, {"seed": 0})
 
@@ -95,6 +111,14 @@ def check_json(result: ExperimentResult) -> dict:
         for key in ("accuracy", "attribution_accuracy", "chance"):
             assert isinstance(m[key], float) and 0.0 <= m[key] <= 1.0, (name, key, m[key])
     none_acc = out["methods"]["none"]["accuracy"]
+    static_acc = out["methods"]["static"]["accuracy"]
+    assert out["private_default"] == "codebook-mixing"
+    for name, m in out["methods"].items():
+        assert m["gain_retained"] == pytest.approx((m["accuracy"] - none_acc) / (static_acc - none_acc)), name
+        if m["uploads_embedding"]:
+            assert m["attribution_floor"] == pytest.approx(1.0 / (result.users / 2)), name  # 2 types
+            lo, hi = m["attribution_ci"]
+            assert lo <= m["attribution_accuracy"] <= hi
     assert len(out["frontier"]) >= 3
     for point in out["frontier"]:
         assert point["gain_over_none"] == pytest.approx(point["accuracy"] - none_acc)
@@ -107,7 +131,7 @@ def check_report(result: ExperimentResult, out_dir: Path) -> None:
     assert report == out_dir / "report.html" and summary == out_dir / "summary.json"
     page = report.read_text(encoding="utf-8")
     images = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", page)
-    assert len(images) == 3
+    assert len(images) == 4  # accuracy, attribution, gain retained vs attribution, frontier
     assert all(base64.b64decode(b64).startswith(b"\x89PNG\r\n\x1a\n") for b64 in images)
     assert page.count("<tr>") == 1 + len(result.methods)  # header and one row per method
     for cell in ("IDfree-PL (Gaussian, gradient-return)", "on-device fine-tuning", "n/a (no embedding)"):
@@ -182,7 +206,8 @@ def test_real_run_has_every_method_with_sane_numbers(real_result: ExperimentResu
             assert m.uploads_embedding
             assert 0.0 <= m.attribution_accuracy <= 1.0
             assert m.attribution_ci[0] <= m.attribution_accuracy <= m.attribution_ci[1]
-            assert m.cold_start_accuracy is not None and 0.0 <= m.cold_start_accuracy <= 1.0
+            if m.method != "codebook-mixing":  # mixing is served through prototypes: no cold start row
+                assert m.cold_start_accuracy is not None and 0.0 <= m.cold_start_accuracy <= 1.0
     # a point mass per user is attributed every time: the static embedding is an identifier
     assert result.method("static").attribution_accuracy == 1.0
     assert {(m.family, m.spread) for m in result.frontier} == {(f, s[0]) for f, s in SPREADS.items()}

@@ -48,16 +48,19 @@ def _print_table(result: object) -> None:
     from veil.simulation.report import label, methods_table_rows
 
     console = Console()
-    table = Table(title=f"IDfree-PL comparison ({result.task}, {result.model}, {result.users} users)")
-    for head in ("method", "accuracy", "Bayes attribution", "linkage attack", "chance"):
+    table = Table(title=f"Personalisation comparison ({result.task}, {result.model}, {result.users} users)")
+    heads = ("method", "accuracy", "gain retained", "Bayes attribution", "floor", "linkage attack", "chance")
+    for head in heads:
         table.add_column(head, justify="left" if head == "method" else "right")
     for row in methods_table_rows(result):
         table.add_row(*row)
     console.print(table)
+    if result.private_default() is not None:
+        console.print(f"private default: {label(result.private_default())}")
     frontier = Table(title="Privacy-utility frontier (spread swept per family)")
     for head in ("family", "spread", "accuracy", "gain over none", "Bayes attribution"):
         frontier.add_column(head, justify="right")
-    if not result.frontier:
+    if not result.frontier or "none" not in {m.method for m in result.methods}:
         return
     none_acc = result.method("none").accuracy
     for m in result.frontier:
@@ -71,22 +74,81 @@ def _print_table(result: object) -> None:
     console.print(frontier)
 
 
-def _run_experiment(quick: bool, task: str, seed: int, as_json: bool) -> object:
-    from veil.simulation.experiments.personalization import ExperimentConfig, run_personalization_experiment
-    from veil.simulation.progress import NullProgress, RichProgress
+def _experiment_config(
+    quick: bool, task: str, seed: int, users: int | None, types: int | None, methods: str | None
+) -> object:
+    from veil.simulation.experiments.personalization import METHODS, ExperimentConfig
 
-    _quiet_libraries()
-    cfg = ExperimentConfig.quick(task, seed) if quick else ExperimentConfig.full(task, seed)
-    progress = RichProgress() if sys.stderr.isatty() or not as_json else NullProgress()
-    return run_personalization_experiment(cfg, progress)
+    for name, value in (("users", users), ("types", types)):
+        if value is not None and value < 1:
+            raise UserError(f"--{name} must be >= 1, got {value}")
+    if users is not None and types is not None and types > users:
+        raise UserError(f"--types ({types}) cannot exceed --users ({users})")
+    chosen = None
+    if methods is not None:
+        chosen = tuple(m.strip() for m in methods.split(",") if m.strip())
+        unknown = [m for m in chosen if m not in METHODS]
+        if unknown or not chosen:
+            raise UserError(
+                f"unknown method(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(METHODS)}"
+            )
+    preset = ExperimentConfig.quick if quick else ExperimentConfig.full
+    try:
+        cfg = preset(task, seed, users, types)
+        if chosen is not None:
+            cfg.methods = chosen
+            cfg.__post_init__()
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    return cfg
+
+
+def _writable_dir(path: Path, option: str) -> Path:
+    """Create ``path`` if needed and prove it can be written, before any long work starts."""
+    import tempfile
+
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".veil-probe-"):
+            pass
+    except OSError as exc:
+        raise UserError(f"{option} {path}: cannot write there ({exc.strerror or exc})") from exc
+    return path
 
 
 @experiment_app.command("personalization")
 def experiment_personalization(
-    quick: Quick = False, as_json: AsJson = False, task: Task = "next_word", seed: Seed = 0
+    quick: Quick = False,
+    as_json: AsJson = False,
+    task: Task = "next_word",
+    seed: Seed = 0,
+    users: Annotated[int | None, typer.Option(help="Simulated users (default: the preset's).")] = None,
+    types: Annotated[int | None, typer.Option(help="Latent preference types (default: 4).")] = None,
+    methods: Annotated[
+        str | None, typer.Option(help="Comma-separated rows to run, e.g. none,static,codebook-mixing.")
+    ] = None,
+    export_uploads: Annotated[
+        Path | None,
+        typer.Option(help="Write <method>.npz uploads with ground truth here (veil audit --uploads)."),
+    ] = None,
+    report: Annotated[Path | None, typer.Option(help="Write report.html and summary.json here.")] = None,
 ) -> None:
-    """IDfree-PL against no personalisation, static embeddings and on-device fine-tuning."""
-    result = _run_experiment(quick, task, seed, as_json)
+    """Personalisation methods side by side: accuracy, attribution next to its floor, attacks."""
+    from veil.simulation.experiments.personalization import run_personalization_experiment
+    from veil.simulation.progress import NullProgress, RichProgress
+
+    cfg = _experiment_config(quick, task, seed, users, types, methods)
+    if export_uploads is not None:
+        cfg.export_uploads = str(_writable_dir(export_uploads, "--export-uploads"))
+    if report is not None:
+        _writable_dir(report, "--report")
+    _quiet_libraries()
+    progress = RichProgress() if sys.stderr.isatty() or not as_json else NullProgress()
+    result = run_personalization_experiment(cfg, progress)
+    if report is not None:
+        from veil.simulation.report import write_report
+
+        write_report(result, report)
     if as_json:
         typer.echo(json.dumps(result.to_json()))
     else:
@@ -105,9 +167,15 @@ def demo(
         float | None,
         typer.Option(help="Phones' privacy policy: largest Gaussian-DP mu to the population prior."),
     ] = None,
+    mechanism: Annotated[
+        str,
+        typer.Option(
+            help="codebook (k-anonymous prototypes, the default) | gaussian (IDfree-PL, the paper's)."
+        ),
+    ] = "codebook",
     as_json: AsJson = False,
 ) -> None:
-    """IDfree-PL through the real service: API + gateway, a relay process, phones, uploads, training.
+    """Personalisation through the real service: API + gateway, a relay process, phones, uploads, training.
 
     Writes report.html and summary.json; the in-process comparison of every method is
     'veil experiment personalization --quick'.
@@ -117,7 +185,7 @@ def demo(
     from veil.simulation.service_demo import ServiceDemoConfig, run_service_demo
 
     _quiet_libraries()
-    cfg = ServiceDemoConfig.quick(task, seed)
+    cfg = ServiceDemoConfig.quick(task, seed, mechanism)
     cfg.dp_noise_multiplier = 1.0 if dp else None
     cfg.max_gdp_mu = max_gdp_mu
     cfg.__post_init__()
@@ -134,6 +202,13 @@ def demo(
         f"through the relay: {service['requests_through_relay']} requests "
         f"({service['requests_per_second']:.0f}/s), {service['uploads_stored']} uploads stored"
     )
+    book = service.get("codebook")
+    if book is not None:
+        typer.echo(
+            f"codebook: {book['usable']} of {book['size']} prototypes usable (k_min {book['k_min']}, smallest "
+            f"group {book['smallest_group']}), {len(book['versions'])} versions, "
+            f"{book['version_mismatches_caught']} stale choices caught and re-chosen"
+        )
     for name, run in service["training"].items():
         eps = "no DP" if run["epsilon"] is None else f"epsilon {run['epsilon']:.2f}, delta {run['delta']:.1e}"
         typer.echo(f"{name}: {run['n_train']} uploads, {eps}")

@@ -181,7 +181,7 @@ def learn_codebook(
             on_step("choice", r, cfg.rounds)
         if r == cfg.rounds:
             break
-        param = nn.Parameter(torch.as_tensor(book.prototypes, dtype=torch.float32, device=model.device))
+        param = nn.Parameter(torch.tensor(book.prototypes, dtype=torch.float32, device=model.device))
         frozen = book
 
         def uploads(idx: np.ndarray, dists=dists, frozen=frozen, param=param) -> torch.Tensor:

@@ -21,6 +21,10 @@ _LABELS = {
     "idfree-gaussian": "IDfree-PL (Gaussian)",
     "idfree-basis_mixture": "IDfree-PL (basis mixture)",
     "idfree-gaussian-gradient-return": "IDfree-PL (Gaussian, gradient-return)",
+    "idfree-gaussian-gdp": "IDfree-PL (Gaussian, policy-capped residual)",
+    "oracle-type": "oracle per-type embedding",
+    "codebook": "k-anonymous codebook",
+    "codebook-mixing": "codebook + private mixing (Veil's default)",
     "on-device-finetune": "on-device fine-tuning",
 }
 
@@ -35,13 +39,28 @@ def label(method: str) -> str:
     return method
 
 
+TABLE_HEAD = ("method", "accuracy", "gain retained", "Bayes attribution", "floor", "linkage attack", "chance")
+
+
 def methods_table_rows(result: ExperimentResult) -> list[list[str]]:
-    """Rows of the terminal/HTML table: method, accuracy, Bayes attribution, linkage attack, chance."""
+    """Rows of the terminal/HTML table, in the order of :data:`TABLE_HEAD`."""
     rows = []
     for m in result.methods:
         attr = f"{m.attribution_accuracy:.3f}" if m.uploads_embedding else "n/a (no embedding)"
         link = f"{m.linkage_accuracy:.3f}" if m.uploads_embedding else "n/a"
-        rows.append([label(m.method), f"{m.accuracy:.3f}", attr, link, f"{m.chance:.3f}"])
+        gain = result.gain_retained(m)
+        floor = "" if m.attribution_floor is None else f"{m.attribution_floor:.3f}"
+        rows.append(
+            [
+                label(m.method),
+                f"{m.accuracy:.3f}",
+                "" if gain is None else f"{gain:.0%}",
+                attr,
+                floor,
+                link,
+                f"{m.chance:.3f}",
+            ]
+        )
     return rows
 
 
@@ -89,6 +108,33 @@ def _plots(result: ExperimentResult) -> list[tuple[str, str]]:
     ax.set_title("Attribution of uploaded embeddings")
     out.append(("Attribution accuracy against chance", png_base64(fig)))
     plt.close(fig)
+
+    retained = [(m, result.gain_retained(m)) for m in [*result.methods, *result.frontier]]
+    retained = [(m, g) for m, g in retained if g is not None and m.uploads_embedding]
+    if retained:
+        fig, ax = plt.subplots(figsize=(7, 4.8))
+        seen: set[str] = set()
+        for m, g in retained:
+            name = label(m.method) + ("" if m.spread is None else f" ({m.spread:g})")
+            if name in seen:
+                continue
+            seen.add(name)
+            ax.scatter([m.attribution_accuracy], [g], s=40)
+            ax.annotate(
+                name, (m.attribution_accuracy, g), fontsize=7, textcoords="offset points", xytext=(4, 3)
+            )
+        floor = next((m.attribution_floor for m, _ in retained if m.attribution_floor is not None), None)
+        if floor is not None:
+            ax.axvline(floor, color="green", ls="--", label=f"floor 1/(users per type) = {floor:.3f}")
+            ax.axvline(2 * floor, color="green", ls=":", label="twice the floor")
+        ax.axhline(0.9, color="grey", ls=":", label="90% of the static embedding's gain")
+        ax.set_xscale("log")
+        ax.set_xlabel("single-upload Bayes attribution (log scale; lower is more private)")
+        ax.set_ylabel("gain retained: (acc - none) / (static - none)")
+        ax.legend(fontsize=7, loc="lower right")
+        ax.set_title("Gain retained against attribution")
+        out.append(("Gain retained against attribution, with the floor", png_base64(fig)))
+        plt.close(fig)
 
     if not result.frontier:
         return out
@@ -157,7 +203,7 @@ def write_report(
         summary["service"] = extra
     summary_path = out_dir / "summary.json"
     atomic_write_text(summary_path, json.dumps(summary, indent=2))
-    head = ["method", "accuracy", "Bayes attribution", "linkage attack", "chance"]
+    head = TABLE_HEAD
     rows = "".join(
         "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
         for row in methods_table_rows(result)

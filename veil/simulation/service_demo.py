@@ -1,4 +1,26 @@
-"""``veil demo``: IDfree-PL end to end through the real service.
+"""``veil demo``: personalisation end to end through the real service.
+
+The default mechanism is the k-anonymous prototype codebook (``mechanism="codebook"``):
+
+1. The cloud trains the stage-1 model centrally, publishes random Gaussian prototypes
+   (:func:`veil.cloud_service.codebooks.init_codebook`) and serves both: ``veil.cloud_service`` on a
+   loopback port (SQLite in the round's folder), a ``veil relay`` process in front of its gateway.
+2. Each phone is a :class:`veil.client_sdk.client.VeilClient` with an in-memory parameter store. It
+   fetches ``GET /v1/codebook`` through the relay, scores every usable prototype on its own examples by
+   loss requests (``/v1/embedding-gradients``) and keeps the best one. The cloud sees only the
+   aggregate count of choices (in deployment, from secure aggregation; here the simulator adds them
+   up) and retires prototypes chosen by fewer than ``k_min`` phones
+   (:func:`~veil.cloud_service.codebooks.retire_by_counts`), which publishes a new version: every phone's
+   next version check fails (``CodebookMismatchError``) and it chooses again, until nothing is retired.
+3. Phones upload each training example once with their prototype plus tiny noise (a second upload
+   would carry the same prototype); the stage-3 job with ``codebook=True`` decodes every upload to its
+   prototype, trains the model and the prototypes, and publishes the trained codebook.
+4. Steps 2 and 3 alternate ``codebook_rounds`` times, each round on a fresh service folder serving the
+   last checkpoint (its uploads alone train that round); then the phones choose once more against the
+   final model and codebook, and the report gives accuracy and Bayes attribution next to the floor
+   1 / (users per type).
+
+With ``mechanism="gaussian"`` (or another family; IDfree-PL, the paper's mechanism):
 
 1. The cloud trains the stage-1 model centrally and serves it: ``veil.cloud_service`` on a loopback
    port (SQLite in the run's folder), with a ``veil relay`` process in front of its OHTTP gateway.
@@ -18,6 +40,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
+import math
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -46,13 +70,16 @@ class ServiceDemoConfig:
 
     Attributes
     ----------
-    experiment: population, model, stage-1/2/3 settings (default: the quick preset).
-    family: distribution family the phones learn.
-    spread: its spread (``None``: the experiment's default for the family).
+    experiment: population, model, stage-1/2/3 and codebook settings (default: the quick preset).
+    mechanism: ``"codebook"`` (the k-anonymous prototype codebook) or a distribution family the phones
+        learn by IDfree-PL (``"gaussian"``, the paper's; ``"beta"``, ``"basis_mixture"``).
+    codebook_rounds: codebook: choice / upload / stage-3 rounds before the final choice.
+    spread: the family's spread (``None``: the experiment's default for the family).
     stage2_epochs: passes of each phone over its examples in gradient-return learning.
     stage3_epochs: passes of the cloud over the stored uploads.
     uploads_per_example: each example is uploaded this many times, each with a fresh sample (the
-        paper's stage 3 draws a fresh sample per step; stored uploads freeze one each).
+        paper's stage 3 draws a fresh sample per step; stored uploads freeze one each). Distribution
+        families only: a codebook upload is the same prototype each time.
     dp_noise_multiplier: noise of an extra DP-SGD stage-3 run (batch 128, 10 epochs, embedding matrix
         frozen); ``None`` skips it.
     max_batch: most requests per model batch in the service.
@@ -64,7 +91,8 @@ class ServiceDemoConfig:
     """
 
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig.quick)
-    family: str = "gaussian"
+    mechanism: str = "codebook"
+    codebook_rounds: int = 2
     spread: float | None = None
     stage2_epochs: int = 8
     stage3_epochs: int = 6
@@ -76,18 +104,30 @@ class ServiceDemoConfig:
     max_gdp_mu: float | None = None
 
     def __post_init__(self) -> None:
-        if self.family not in self.experiment.families:
-            raise ValueError(f"family must be one of {self.experiment.families}, got {self.family!r}")
+        mechanisms = ("codebook", *self.experiment.families)
+        if self.mechanism not in mechanisms:
+            raise ValueError(f"mechanism must be one of {mechanisms}, got {self.mechanism!r}")
+        if self.codebook_rounds < 1:
+            raise ValueError(f"codebook_rounds must be >= 1, got {self.codebook_rounds}")
+        if self.mechanism == "codebook" and self.dp_noise_multiplier is not None:
+            raise ValueError("the codebook's stage 3 runs without DP-SGD; use a distribution family for --dp")
         if min(self.stage2_epochs, self.stage3_epochs, self.uploads_per_example, self.max_batch) < 1:
             raise ValueError("stage2_epochs, stage3_epochs, uploads_per_example and max_batch must be >= 1")
         if self.dp_noise_multiplier is not None and self.dp_noise_multiplier <= 0:
             raise ValueError(f"dp_noise_multiplier must be > 0 or None, got {self.dp_noise_multiplier}")
-        if self.max_gdp_mu is not None and (self.family != "gaussian" or not self.max_gdp_mu > 0):
-            raise ValueError(f"max_gdp_mu needs the gaussian family and a value > 0, got {self.max_gdp_mu}")
+        if self.max_gdp_mu is not None and (self.mechanism != "gaussian" or not self.max_gdp_mu > 0):
+            raise ValueError(
+                f"max_gdp_mu needs the gaussian mechanism and a value > 0, got {self.max_gdp_mu}"
+            )
+
+    @property
+    def family(self) -> str:
+        """The distribution family the phones use (``"prototype"`` for the codebook)."""
+        return "prototype" if self.mechanism == "codebook" else self.mechanism
 
     @classmethod
-    def quick(cls, task: str = "next_word", seed: int = 0) -> ServiceDemoConfig:
-        return cls(experiment=ExperimentConfig.quick(task, seed))
+    def quick(cls, task: str = "next_word", seed: int = 0, mechanism: str = "codebook") -> ServiceDemoConfig:
+        return cls(experiment=ExperimentConfig.quick(task, seed), mechanism=mechanism)
 
 
 @dataclass
@@ -223,6 +263,229 @@ def _stored_linkage(
     return linkage_attack(x, truth, rng).accuracy
 
 
+class _CountingTransport:
+    """Counts the requests that go out through the relay (the wrapped transport sends them)."""
+
+    def __init__(self, transport: Any) -> None:
+        self.transport = transport
+        self.requests = 0
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        self.requests += 1
+        return await self.transport.request(method, path, **kwargs)
+
+
+async def _codebook_phones(
+    relay_url: str,
+    model: str,
+    run: _Run,
+    cfg: ServiceDemoConfig,
+    stores: dict[str, Any],
+    examples: dict[str, list[tuple[str, str, str]]],
+    codebooks: Any,
+    upload: bool,
+    progress: Progress,
+) -> dict[str, Any]:
+    """Phones choose (again, after each retirement or a new version), then upload when asked.
+
+    Returns the requests sent, the uploads (id -> phone, simulator only), the version mismatches the
+    phones' checks caught and the retirement rounds.
+    """
+    from veil.client_sdk.client import CodebookMismatchError, RetryPolicy, VeilClient
+    from veil.client_sdk.ohttp import AsyncOHTTPClient
+    from veil.cloud_service.codebooks import retire_by_counts
+
+    users = run.users
+    noise_std = run.cfg.codebook.noise_std
+    seeds = np.random.SeedSequence(run.cfg.seed + 7).spawn(len(users))
+    out: dict[str, Any] = {"owners": {}, "mismatches": 0, "retirements": 0}
+    async with AsyncOHTTPClient(
+        relay_url + "/ohttp", key_config_url=relay_url + "/.well-known/ohttp-gateway", timeout=120
+    ) as transport:
+        counted = _CountingTransport(transport)
+        per_phone = max(1, cfg.max_in_flight // len(users))
+        clients = {
+            u: VeilClient(
+                counted,
+                stores[u],
+                model=model,
+                family="prototype",
+                rng=itertools.repeat(np.random.default_rng(sq)).__next__,  # a seeded stream per phone
+                retry=RetryPolicy(retries=3, backoff_s=0.05),
+                max_in_flight=per_phone,
+            )  # fmt: skip
+            for u, sq in zip(users, seeds, strict=True)
+        }
+
+        async def stale(u: str) -> bool:
+            if not stores[u].exists():
+                return True
+            try:
+                await clients[u].check_codebook()
+            except CodebookMismatchError:
+                out["mismatches"] += 1
+                return True
+            return False
+
+        with progress.stage("phones choose prototypes through OHTTP (loss requests)", None):
+            while True:
+                again = [u for u, s in zip(users, await asyncio.gather(*map(stale, users)), strict=True) if s]
+                await asyncio.gather(
+                    *[clients[u].choose_prototype(examples[u], noise_std=noise_std) for u in again]
+                )
+                book = codebooks.current()
+                # the aggregate of the choices: all the cloud learns (secure aggregation in deployment)
+                chosen = [clients[u].state.distribution.index for u in users]
+                new = retire_by_counts(book, np.bincount(chosen, minlength=book.size))
+                if new.version == book.version:
+                    break
+                codebooks.publish(new)
+                out["retirements"] += 1
+        if upload:
+            slots = asyncio.Semaphore(cfg.max_in_flight)
+            pool = run.population.train + run.population.test
+
+            async def one(u: str, i: int) -> None:
+                ex = pool[int(i)]
+                async with slots:
+                    answer = await clients[u].upload(run.population.task, ex.text, ex.label)
+                out["owners"][int(answer["id"])] = u
+
+            with progress.stage("phones upload their prototype through OHTTP", len(users)) as bar:
+                for u in users:
+                    await asyncio.gather(*[one(u, i) for i in run.train[u]])
+                    bar.advance()
+    out["requests"] = counted.requests
+    return out
+
+
+def _codebook_demo(
+    cfg: ServiceDemoConfig, run: _Run, service_dir: Path, stage1: Path, progress: Progress
+) -> tuple[list[MethodResult], dict[str, Any]]:
+    """Rounds of choice, upload and stage 3 through the service, then the final choice and the scores."""
+    from veil.client_sdk.param_store import MemoryParamStore
+    from veil.cloud_service.app import create_app
+    from veil.cloud_service.background import BackgroundServer, RelayProcess
+    from veil.cloud_service.codebooks import CodebookStore, init_codebook
+    from veil.cloud_service.config import ServiceConfig
+    from veil.cloud_service.engine import EngineConfig
+    from veil.cloud_service.jobs.personalized import PersonalizedTrainingConfig
+    from veil.cloud_service.jobs.runner import run_training_job
+    from veil.cloud_service.store import count_uploads, make_engine, session_factory
+    from veil.models.checkpoint import load_personalized
+    from veil.models.training import evaluate
+    from veil.privacy_analysis.attribution import bayes_attribution
+
+    exp, book_cfg = run.cfg, run.cfg.codebook
+    users, types = run.users, len(np.unique(run.types))
+    k_min = book_cfg.resolved_k_min(len(users), types)
+    book = init_codebook(book_cfg.size, k_min, run.shape, book_cfg.seed, book_cfg.init_scale)
+    versions = [book.version]
+    stores = {u: MemoryParamStore(u) for u in users}
+    pick = np.random.default_rng(book_cfg.seed + 1)
+    pool = run.population.train + run.population.test
+    examples = {}
+    for u in users:
+        idx = np.asarray(run.train[u], dtype=np.int64)
+        n = idx.size if book_cfg.choice_examples is None else min(idx.size, book_cfg.choice_examples)
+        examples[u] = [
+            (run.population.task, pool[i].text, pool[i].label) for i in pick.choice(idx, n, replace=False)
+        ]
+    show = not isinstance(progress, NullProgress)
+    base, requests, uploads_stored, mismatches, retirements = stage1, 0, 0, 0, 0
+    training: dict[str, Any] = {}
+    linkage, started, phones_s = math.nan, time.perf_counter(), 0.0
+    for r in range(cfg.codebook_rounds + 1):
+        final = r == cfg.codebook_rounds
+        round_dir = service_dir / f"round-{r}"
+        codebooks = CodebookStore(round_dir)
+        codebooks.publish(book)
+        config = ServiceConfig(
+            data_dir=round_dir, model=str(base), engine=EngineConfig(cfg.max_batch, batch_window_s=0.01)
+        )
+        with BackgroundServer(create_app(config)) as api, RelayProcess(api.url, cfg.hold_window_ms) as relay:
+            phones_started = time.perf_counter()
+            out = asyncio.run(
+                _codebook_phones(
+                    relay.url, "veil-demo", run, cfg, stores, examples, codebooks, not final, progress
+                )
+            )
+        phones_s += time.perf_counter() - phones_started
+        requests += out["requests"]
+        mismatches += out["mismatches"]
+        retirements += out["retirements"]
+        book = codebooks.current()
+        if final:
+            break
+        sessions = session_factory(make_engine(None, round_dir))
+        with sessions() as s:
+            uploads_stored += count_uploads(s)
+        linkage = _stored_linkage(sessions, out["owners"], users, run.rng)
+        job = PersonalizedTrainingConfig(
+            task=run.population.task,
+            epochs=max(1, math.ceil(cfg.stage3_epochs / cfg.codebook_rounds)),
+            batch_size=exp.stage3.batch_size,
+            lr=exp.stage3.lr,
+            lora=None,
+            cold_start_fraction=exp.stage3.cold_start_fraction,
+            max_tokens=exp.max_tokens,
+            seed=exp.seed + r,
+            eval_fraction=0.0,
+            codebook=True,
+        )
+        report = run_training_job(
+            sessions, str(base), round_dir / "stage3", job, round_dir, show_progress=show
+        )
+        training[f"stage3-round{r + 1}"] = report.to_json()
+        base, book = report.checkpoint, codebooks.current()
+        versions.append(book.version)
+    dists = {u: stores[u].load("prototype").distribution for u in users}
+    model, _, _ = load_personalized(base)
+    model.to(run.model.device)
+    acc = float(evaluate(model, run.data, run.test_idx, run.source(dists)).mean())
+    cold = float(evaluate(model, run.data, run.test_idx).mean())
+    bayes = bayes_attribution([dists[u] for u in users], exp.attribution_uploads, run.rng)
+    floor = types / len(users)
+    method = MethodResult(
+        "codebook-service", "prototype", None, acc, bayes.accuracy, (bayes.ci_low, bayes.ci_high), linkage,
+        1.0 / len(users), True, cold, time.perf_counter() - started, attribution_floor=floor,
+    )  # fmt: skip
+    groups = np.bincount([d.index for d in dists.values()], minlength=book.size)  # type: ignore[attr-defined]
+    service = {
+        "mechanism": "codebook",
+        "requests_through_relay": requests,
+        "uploads_stored": uploads_stored,
+        "phones_seconds": round(phones_s, 1),
+        "requests_per_second": round(requests / phones_s, 1),
+        "relay_hold_window_ms": cfg.hold_window_ms,
+        "codebook": {
+            "size": book.size,
+            "k_min": k_min,
+            "usable": int(book.active.sum()),
+            "smallest_group": int(groups[groups > 0].min()),
+            "versions": versions,
+            "retirement_rounds": retirements,
+            "version_mismatches_caught": mismatches,
+            "attribution_floor": floor,
+        },
+        "training": training,
+    }
+    return [method], service
+
+
+def _result(cfg: ServiceDemoConfig, run: _Run, methods: list[MethodResult], t0: float) -> ExperimentResult:
+    return ExperimentResult(
+        task=run.population.task,
+        model=run.cfg.model,
+        users=len(run.users),
+        test_examples=int(run.test_idx.size),
+        methods=methods,
+        frontier=[],
+        seconds=time.perf_counter() - t0,
+        config=_jsonable({**dataclasses.asdict(cfg), "family": cfg.family}),
+    )
+
+
 def run_service_demo(
     cfg: ServiceDemoConfig, work_dir: Path, progress: Progress | None = None
 ) -> ServiceDemoResult:
@@ -255,6 +518,9 @@ def run_service_demo(
     stage1 = save_personalized(
         run.model, load_tokenizer(exp.model), service_dir / "stage1", {"name": "veil-demo"}, overwrite=True
     )
+    if cfg.mechanism == "codebook":
+        more, service = _codebook_demo(cfg, run, service_dir, stage1, progress)
+        return ServiceDemoResult(_result(cfg, run, methods + more, t0), service)
 
     started = time.perf_counter()
     config = ServiceConfig(
@@ -315,17 +581,9 @@ def run_service_demo(
             )
         )
         training[f"stage3{suffix}"] = report.to_json()
-    result = ExperimentResult(
-        task=run.population.task,
-        model=exp.model,
-        users=len(run.users),
-        test_examples=int(run.test_idx.size),
-        methods=methods,
-        frontier=[],
-        seconds=time.perf_counter() - t0,
-        config=_jsonable(dataclasses.asdict(cfg)),
-    )
+    result = _result(cfg, run, methods, t0)
     service = {
+        "mechanism": cfg.mechanism,
         "requests_through_relay": requests,
         "uploads_stored": stored,
         "phones_seconds": round(phones_s, 1),
