@@ -54,6 +54,8 @@ class DeviceLearningConfig:
     trainable: names of unconstrained parameters to learn; ``None`` learns all of them.
     prior_weight: pull of the trainable parameters toward their starting values (the population
         prior), ``lambda/2 * ||theta - theta_0||^2`` per user (see ``OnDeviceLearner``); 0 is the paper.
+    max_rows: rows per forward pass of the simulator; a lockstep step over many devices is split into
+        passes whose gradients add up (per-user losses are independent), so memory stays bounded.
     seed: sampling and shuffling.
     """
 
@@ -64,9 +66,12 @@ class DeviceLearningConfig:
     val_fraction: float = 0.1
     trainable: tuple[str, ...] | None = None
     prior_weight: float = 0.0
+    max_rows: int = 4096
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.max_rows < 1:
+            raise ValueError(f"max_rows must be >= 1, got {self.max_rows}")
         if self.mode not in ("local", "gradient_return"):
             raise ValueError(f"mode must be 'local' or 'gradient_return', got {self.mode!r}")
         if self.epochs < 1 or self.batch_size < 1:
@@ -137,7 +142,14 @@ def learn_distributions(
         current: Callable[[str], UserDistribution] = lambda u: twins[u].to_numpy()  # noqa: E731
     else:
         if oracle is None:
-            oracle = lambda idx, e: embedding_gradients(model, data, idx, e)  # noqa: E731
+
+            def oracle(idx: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                parts = [
+                    embedding_gradients(model, data, idx[i : i + cfg.max_rows], e[i : i + cfg.max_rows])
+                    for i in range(0, idx.size, cfg.max_rows)
+                ]
+                return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
         learners = {
             u: OnDeviceLearner(init[u], lr=cfg.lr, trainable=cfg.trainable, prior_weight=cfg.prior_weight)
             for u in users
@@ -153,18 +165,21 @@ def learn_distributions(
             chunks = {u: c for u, c in chunks.items() if c.size}
             idx = np.concatenate(list(chunks.values()))
             if cfg.mode == "local":
-                samples = [twins[u].rsample(c.size) for u, c in chunks.items()]
-                batch = data.batch(idx, torch.cat(samples, dim=0))
-                batch.embeddings = torch.cat(samples, dim=0)
-                losses = row_losses(model, batch, data.task)
-                weights = torch.cat([torch.full((c.size,), 1.0 / c.size) for c in chunks.values()])
-                weights = weights.to(losses.device)
-                loss = (losses * weights).sum()
-                if cfg.prior_weight:
-                    pull = sum(((p - a) ** 2).sum() for p, a in zip(params, anchors, strict=True))
-                    loss = loss + 0.5 * cfg.prior_weight * pull
                 optim.zero_grad(set_to_none=True)
-                loss.backward()
+                samples = [twins[u].rsample(c.size) for u, c in chunks.items()]
+                emb = torch.cat(samples, dim=0)  # (rows, n, d), differentiable w.r.t. every device's twin
+                weights = torch.cat([torch.full((c.size,), 1.0 / c.size) for c in chunks.values()])
+                for start in range(0, idx.size, cfg.max_rows):
+                    part = slice(start, start + cfg.max_rows)
+                    batch = data.batch(idx[part], emb[part])
+                    batch.embeddings = emb[part]
+                    losses = row_losses(model, batch, data.task)
+                    loss = (losses * weights[part].to(losses.device)).sum()
+                    last = start + cfg.max_rows >= idx.size
+                    if cfg.prior_weight and last:
+                        pull = sum(((p - a) ** 2).sum() for p, a in zip(params, anchors, strict=True))
+                        loss = loss + 0.5 * cfg.prior_weight * pull
+                    loss.backward(retain_graph=not last)
                 optim.step()
             else:
                 samples_np = [learners[u].distribution.sample(rng, size=c.size) for u, c in chunks.items()]
