@@ -112,7 +112,29 @@ def test_quick_experiment_json_end_to_end(cli_data_dir: Path) -> None:
 
 @pytest.mark.slow
 def test_demo_through_the_service_json(cli_data_dir: Path, tmp_path: Path) -> None:
+    """The default mechanism, the codebook: phones choose, re-choose on new versions, upload; the
+    cloud trains model and prototypes."""
     proc = veil(cli_data_dir, "demo", "--json", "--out", str(tmp_path), timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    service = out["service"]
+    runs = service["training"].values()
+    assert service["uploads_stored"] == sum(r["n_uploads"] for r in runs) > 0
+    assert all(r["codebook_version"] != r["codebook_previous_version"] for r in runs)
+    book = service["codebook"]
+    assert book["smallest_group"] >= book["k_min"] and book["version_mismatches_caught"] > 0
+    assert service["requests_through_relay"] > service["uploads_stored"]
+    cb = out["methods"]["codebook-service"]
+    assert cb["accuracy"] > out["methods"]["none"]["accuracy"]
+    assert cb["attribution_accuracy"] <= 1.0 / book["k_min"] + 0.1  # a group of >= k_min shares each upload
+    assert (tmp_path / "report.html").is_file() and (tmp_path / "summary.json").is_file()
+
+
+@pytest.mark.slow
+def test_demo_gaussian_mechanism_json(cli_data_dir: Path, tmp_path: Path) -> None:
+    proc = veil(
+        cli_data_dir, "demo", "--mechanism", "gaussian", "--json", "--out", str(tmp_path), timeout=1800
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     service = out["service"]
@@ -120,7 +142,8 @@ def test_demo_through_the_service_json(cli_data_dir: Path, tmp_path: Path) -> No
     assert service["requests_through_relay"] > service["uploads_stored"]
     methods = out["methods"]
     assert methods["idfree-gaussian-service"]["accuracy"] > methods["none"]["accuracy"]
-    assert (tmp_path / "report.html").is_file() and (tmp_path / "summary.json").is_file()
+    bad = veil(cli_data_dir, "demo", "--mechanism", "dirichlet")
+    assert bad.returncode == 2 and "mechanism" in bad.stderr
 
 
 @pytest.mark.parametrize(
@@ -158,3 +181,8 @@ def test_experiment_rejects_an_unwritable_export_dir_before_any_work(
     )
     assert_one_line_error(proc, "--export-uploads", "cannot write there")
     assert blocker.read_text() == "not a directory"
+
+
+def test_experiment_rejects_a_type_noise_outside_zero_one(cli_data_dir: Path) -> None:
+    proc = veil(cli_data_dir, "experiment", "personalization", "--quick", "--type-noise", "1.5", timeout=60)
+    assert_one_line_error(proc, "type_noise must be in [0, 1)")

@@ -6,6 +6,7 @@ Long commands show progress bars on stderr; ``--json`` prints one JSON object on
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -75,7 +76,13 @@ def _print_table(result: object) -> None:
 
 
 def _experiment_config(
-    quick: bool, task: str, seed: int, users: int | None, types: int | None, methods: str | None
+    quick: bool,
+    task: str,
+    seed: int,
+    users: int | None,
+    types: int | None,
+    methods: str | None,
+    type_noise: float | None = None,
 ) -> object:
     from veil.simulation.experiments.personalization import METHODS, ExperimentConfig
 
@@ -95,6 +102,8 @@ def _experiment_config(
     preset = ExperimentConfig.quick if quick else ExperimentConfig.full
     try:
         cfg = preset(task, seed, users, types)
+        if type_noise is not None:
+            cfg.population = dataclasses.replace(cfg.population, type_noise=type_noise)
         if chosen is not None:
             cfg.methods = chosen
             cfg.__post_init__()
@@ -124,6 +133,10 @@ def experiment_personalization(
     seed: Seed = 0,
     users: Annotated[int | None, typer.Option(help="Simulated users (default: the preset's).")] = None,
     types: Annotated[int | None, typer.Option(help="Latent preference types (default: 4).")] = None,
+    type_noise: Annotated[
+        float | None,
+        typer.Option(help="Share of a user's preferences that differ from its type's (default 0.1)."),
+    ] = None,
     methods: Annotated[
         str | None, typer.Option(help="Comma-separated rows to run, e.g. none,static,codebook-mixing.")
     ] = None,
@@ -137,7 +150,7 @@ def experiment_personalization(
     from veil.simulation.experiments.personalization import run_personalization_experiment
     from veil.simulation.progress import NullProgress, RichProgress
 
-    cfg = _experiment_config(quick, task, seed, users, types, methods)
+    cfg = _experiment_config(quick, task, seed, users, types, methods, type_noise)
     if export_uploads is not None:
         cfg.export_uploads = str(_writable_dir(export_uploads, "--export-uploads"))
     if report is not None:
