@@ -204,15 +204,20 @@ class ExperimentConfig:
         large = users > _LARGE
         return cls(
             population=_population(task, users, types, (24, 8) if large else (48, 16), seed),
-            stage1=TrainConfig(epochs=1 if large else 2, lr=5e-5, batch_size=16, seed=seed),
+            stage1=TrainConfig(epochs=1 if large else 2, lr=5e-5, batch_size=32 if large else 16, seed=seed),
             stage2=DeviceLearningConfig(epochs=6 if large else 20, batch_size=16, lr=0.5, seed=seed),
-            stage3=TrainConfig(epochs=3, lr=1e-4, batch_size=16, seed=seed),
+            stage3=TrainConfig(epochs=2 if large else 3, lr=1e-4, batch_size=32 if large else 16, seed=seed),
             ondevice=TrainConfig(epochs=3, lr=1e-4, batch_size=8, seed=seed),
             spreads={"beta": (7.0,), "gaussian": (0.2,), "basis_mixture": (0.25,)}
             if large
             else {"beta": (7.0, 2.0), "gaussian": (0.2, 1.0, 4.0), "basis_mixture": (0.25, 1.0)},
             default_spread={"beta": 7.0, "gaussian": 0.2, "basis_mixture": 0.25},
-            codebook=CodebookConfig(size=32 if large else 8, choice_examples=12 if large else 16, seed=seed),
+            codebook=CodebookConfig(
+                size=32 if large else 8,
+                rounds=2 if large else 3,
+                choice_examples=12 if large else 16,
+                seed=seed,
+            ),
             seed=seed,
         )
 
