@@ -216,6 +216,8 @@ class ExperimentConfig:
                 size=32 if large else 8,
                 rounds=2 if large else 3,
                 choice_examples=12 if large else 16,
+                init_scale=0.2,  # the paper's Gaussian scale: SmolLM2's input embeddings are small
+                reseed_scale=0.05,
                 seed=seed,
             ),
             seed=seed,
