@@ -98,13 +98,19 @@ def prototype_losses(
     examples: Mapping[str, np.ndarray],
     prototypes: np.ndarray,
     batch_size: int = 512,
+    active: np.ndarray | None = None,
 ) -> np.ndarray:
     """Mean loss of each phone's ``examples`` under each prototype: ``(users, K)``, users in key order.
 
-    Every (example, prototype) pair is one loss request; they are batched across phones.
+    Every (example, prototype) pair is one loss request; they are batched across phones. With an
+    ``active`` mask ``(K,)`` only usable prototypes are asked about; the others get ``inf``.
     """
     users = list(examples)
     k = prototypes.shape[0]
+    if active is not None and not np.all(active):  # retired prototypes are not asked about
+        out = np.full((len(users), k), np.inf)
+        out[:, active] = prototype_losses(model, data, examples, prototypes[active], batch_size)
+        return out
     idx = np.concatenate([examples[u] for u in users])  # (E,)
     owner = np.repeat(np.arange(len(users)), [examples[u].size for u in users])  # (E,)
     rows_ex = np.repeat(idx, k)  # (E*K,) example of every request: e0 p0, e0 p1, ...
@@ -123,14 +129,16 @@ def prototype_losses(
 
 
 def _reseed(book: Codebook, counts: np.ndarray, scale: float, rng: np.random.Generator) -> Codebook:
-    """Put every retired prototype next to a busy usable one (largest groups first) and reactivate it."""
+    """Give each usable prototype (largest groups first) at most one sibling: a retired prototype put next
+    to it and reactivated, so the group can split if it holds two kinds of users."""
     protos = book.prototypes.copy()
+    active = book.active.copy()
     retired = np.flatnonzero(~book.active)
-    busy = np.argsort(-np.where(book.active, counts, -1))
-    for j, r in enumerate(retired):
-        src = busy[j % max(1, int(book.active.sum()))]
+    busy = np.argsort(-np.where(book.active, counts, -1))[: int(book.active.sum())]
+    for r, src in zip(retired, busy, strict=False):
         protos[r] = protos[src] + rng.normal(0.0, scale, size=protos[src].shape)
-    return Codebook(protos, np.ones(book.size, dtype=bool), book.k_min)
+        active[r] = True
+    return Codebook(protos, active, book.k_min)
 
 
 def learn_codebook(
@@ -168,7 +176,7 @@ def learn_codebook(
     history: list[dict[str, int]] = []
     dists: dict[str, PrototypeDistribution] = {}
     for r in range(cfg.rounds + 1):
-        losses = prototype_losses(model, data, scored, book.prototypes)
+        losses = prototype_losses(model, data, scored, book.prototypes, active=book.active)
         choices, book = enforce_k_min(losses, book)
         counts = np.bincount(choices, minlength=book.size)
         history.append(

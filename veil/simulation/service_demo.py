@@ -277,7 +277,6 @@ class _CountingTransport:
 
 async def _codebook_phones(
     relay_url: str,
-    model: str,
     run: _Run,
     cfg: ServiceDemoConfig,
     stores: dict[str, Any],
@@ -286,23 +285,26 @@ async def _codebook_phones(
     upload: bool,
     progress: Progress,
 ) -> dict[str, Any]:
-    """Phones choose (again, after each retirement or a new version), then upload when asked.
+    """Phones choose (again, after each retirement, a new version or a new model), then upload when asked.
 
     Returns the requests sent, the uploads (id -> phone, simulator only), the version mismatches the
-    phones' checks caught and the retirement rounds.
+    phones' checks caught, the phones whose choice was for another model, and the versions published
+    by retirements.
     """
-    from veil.client_sdk.client import CodebookMismatchError, RetryPolicy, VeilClient
+    from veil.client_sdk.api import PhoneAPI
+    from veil.client_sdk.client import CodebookMismatchError, ModelMismatchError, RetryPolicy, VeilClient
     from veil.client_sdk.ohttp import AsyncOHTTPClient
     from veil.cloud_service.codebooks import retire_by_counts
 
     users = run.users
     noise_std = run.cfg.codebook.noise_std
     seeds = np.random.SeedSequence(run.cfg.seed + 7).spawn(len(users))
-    out: dict[str, Any] = {"owners": {}, "mismatches": 0, "retirements": 0}
+    out: dict[str, Any] = {"owners": {}, "mismatches": 0, "model_changes": 0, "published": []}
     async with AsyncOHTTPClient(
         relay_url + "/ohttp", key_config_url=relay_url + "/.well-known/ohttp-gateway", timeout=120
     ) as transport:
         counted = _CountingTransport(transport)
+        model = (await PhoneAPI(counted, "").models())[0]["id"]  # each round serves a new checkpoint
         per_phone = max(1, cfg.max_in_flight // len(users))
         clients = {
             u: VeilClient(
@@ -325,6 +327,9 @@ async def _codebook_phones(
             except CodebookMismatchError:
                 out["mismatches"] += 1
                 return True
+            except ModelMismatchError:  # chosen under the previous round's model
+                out["model_changes"] += 1
+                return True
             return False
 
         with progress.stage("phones choose prototypes through OHTTP (loss requests)", None):
@@ -339,8 +344,7 @@ async def _codebook_phones(
                 new = retire_by_counts(book, np.bincount(chosen, minlength=book.size))
                 if new.version == book.version:
                     break
-                codebooks.publish(new)
-                out["retirements"] += 1
+                out["published"].append(codebooks.publish(new).version)
         if upload:
             slots = asyncio.Semaphore(cfg.max_in_flight)
             pool = run.population.train + run.population.test
@@ -392,7 +396,7 @@ def _codebook_demo(
             (run.population.task, pool[i].text, pool[i].label) for i in pick.choice(idx, n, replace=False)
         ]
     show = not isinstance(progress, NullProgress)
-    base, requests, uploads_stored, mismatches, retirements = stage1, 0, 0, 0, 0
+    base, requests, uploads_stored, mismatches, model_changes, retirements = stage1, 0, 0, 0, 0, 0
     training: dict[str, Any] = {}
     linkage, started, phones_s = math.nan, time.perf_counter(), 0.0
     for r in range(cfg.codebook_rounds + 1):
@@ -406,14 +410,14 @@ def _codebook_demo(
         with BackgroundServer(create_app(config)) as api, RelayProcess(api.url, cfg.hold_window_ms) as relay:
             phones_started = time.perf_counter()
             out = asyncio.run(
-                _codebook_phones(
-                    relay.url, "veil-demo", run, cfg, stores, examples, codebooks, not final, progress
-                )
+                _codebook_phones(relay.url, run, cfg, stores, examples, codebooks, not final, progress)
             )
         phones_s += time.perf_counter() - phones_started
         requests += out["requests"]
         mismatches += out["mismatches"]
-        retirements += out["retirements"]
+        model_changes += out["model_changes"]
+        retirements += len(out["published"])
+        versions += out["published"]
         book = codebooks.current()
         if final:
             break
@@ -433,9 +437,8 @@ def _codebook_demo(
             eval_fraction=0.0,
             codebook=True,
         )
-        report = run_training_job(
-            sessions, str(base), round_dir / "stage3", job, round_dir, show_progress=show
-        )
+        target = round_dir / f"veil-demo-round{r + 1}"  # the folder's name is the served model id
+        report = run_training_job(sessions, str(base), target, job, round_dir, show_progress=show)
         training[f"stage3-round{r + 1}"] = report.to_json()
         base, book = report.checkpoint, codebooks.current()
         versions.append(book.version)
@@ -463,9 +466,10 @@ def _codebook_demo(
             "k_min": k_min,
             "usable": int(book.active.sum()),
             "smallest_group": int(groups[groups > 0].min()),
-            "versions": versions,
+            "versions": versions,  # every version published, in order
             "retirement_rounds": retirements,
             "version_mismatches_caught": mismatches,
+            "model_changes_caught": model_changes,
             "attribution_floor": floor,
         },
         "training": training,

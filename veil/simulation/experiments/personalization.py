@@ -190,7 +190,12 @@ class ExperimentConfig:
             if large
             else {"beta": (20.0, 3.0), "gaussian": (1.0, 8.0), "basis_mixture": (0.25, 1.0)},
             default_spread={"beta": 20.0, "gaussian": 1.0, "basis_mixture": 0.25},
-            codebook=CodebookConfig(size=32 if large else 8, choice_examples=12 if large else 16, seed=seed),
+            codebook=CodebookConfig(
+                size=16 if large else 8,
+                rounds=2 if large else 3,
+                choice_examples=8 if large else 16,
+                seed=seed,
+            ),
             seed=seed,
         )
 
@@ -213,9 +218,9 @@ class ExperimentConfig:
             else {"beta": (7.0, 2.0), "gaussian": (0.2, 1.0, 4.0), "basis_mixture": (0.25, 1.0)},
             default_spread={"beta": 7.0, "gaussian": 0.2, "basis_mixture": 0.25},
             codebook=CodebookConfig(
-                size=32 if large else 8,
+                size=16 if large else 8,
                 rounds=2 if large else 3,
-                choice_examples=12 if large else 16,
+                choice_examples=8 if large else 16,
                 init_scale=0.2,  # the paper's Gaussian scale: SmolLM2's input embeddings are small
                 reseed_scale=0.05,
                 seed=seed,

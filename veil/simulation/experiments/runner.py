@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -219,7 +218,7 @@ class ExperimentRun:
         cfg = self.cfg.codebook
         k_min = cfg.resolved_k_min(len(self.users), len(np.unique(self.types)))
         s3 = self.cfg.stage3
-        s3 = dataclasses.replace(s3, epochs=max(1, math.ceil(s3.epochs / cfg.rounds)))
+        s3 = dataclasses.replace(s3, epochs=max(1, round(s3.epochs / cfg.rounds)))
         total = cfg.rounds * (1 + self._steps(s3.epochs, s3.batch_size)) + 1
         with self.progress.stage(
             f"codebook (K={cfg.size}, k_min={k_min}): choices and stage 3", total
