@@ -1,4 +1,5 @@
-"""``veil export-onnx``: write the phone's ONNX graphs (samplers, updates, policy checks) and manifest."""
+"""``veil export-onnx``: write the phone's ONNX graphs (samplers, updates, policy checks, the prototype
+choice) and manifest."""
 
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ def register(app: typer.Typer) -> None:
 def export_onnx_command(
     out: Annotated[Path, typer.Option("--out", help="Folder for the .onnx files and manifest.json.")],
     families: Annotated[
-        str, typer.Option("--families", help="Comma-separated: gaussian, beta, basis_mixture.")
-    ] = "gaussian,beta,basis_mixture",
+        str, typer.Option("--families", help="Comma-separated: gaussian, beta, basis_mixture, prototype.")
+    ] = "gaussian,beta,basis_mixture,prototype",
     n_tokens: Annotated[
         int | None, typer.Option("--n-tokens", help="Fix n_tokens (default: symbolic).", show_default=False)
     ] = None,
@@ -34,6 +35,12 @@ def export_onnx_command(
         int | None,
         typer.Option(
             "--n-basis", help="Fix the mixture basis size K (default: symbolic).", show_default=False
+        ),
+    ] = None,
+    n_prototypes: Annotated[
+        int | None,
+        typer.Option(
+            "--n-prototypes", help="Fix the codebook size K (default: symbolic).", show_default=False
         ),
     ] = None,
     opset: Annotated[int, typer.Option("--opset", help="ONNX opset: 17 or 18.")] = 17,
@@ -58,7 +65,7 @@ def export_onnx_command(
 
     chosen = [f.strip() for f in families.split(",") if f.strip()]
     try:
-        shapes = GraphShapes(n_tokens=n_tokens, dim=dim, n_basis=n_basis)
+        shapes = GraphShapes(n_tokens=n_tokens, dim=dim, n_basis=n_basis, n_prototypes=n_prototypes)
         manifest = export_onnx(out, chosen, shapes, opset=opset)
         if lm is not None:
             from veil.models.loading import quiet_transformers
@@ -74,7 +81,8 @@ def export_onnx_command(
     written = [
         e
         for e in manifest.entries
-        if (e.family in chosen and e.kind in ("sampler", "update", "policy")) or (lm and e.kind == "lm")
+        if (e.family in chosen and e.kind in ("sampler", "update", "policy", "choice"))
+        or (lm and e.kind == "lm")
     ]
     sizes = {e.name: (out / e.file).stat().st_size for e in written}
     if as_json:

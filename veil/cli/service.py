@@ -1,4 +1,5 @@
-"""Service commands: ``veil serve``, ``veil relay``, ``veil keys ...``, ``veil train personalized``."""
+"""Service commands: ``veil serve``, ``veil relay``, ``veil keys ...``, ``veil gateway ...``,
+``veil codebook ...``, ``veil train personalized``."""
 
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ __all__ = ["register"]
 keys_app = typer.Typer(no_args_is_help=True, help="API keys for cloud API consumers (stored hashed).")
 gateway_app = typer.Typer(no_args_is_help=True, help="The OHTTP gateway's HPKE keys (sealed at rest).")
 train_app = typer.Typer(no_args_is_help=True, help="Training jobs on the stored uploads.")
+codebook_app = typer.Typer(
+    no_args_is_help=True, help="The public prototype codebook phones choose from (GET /v1/codebook)."
+)
 
 Host = Annotated[str, typer.Option(help="Interface to listen on.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of tables.")]
@@ -202,6 +206,13 @@ def train_personalized(
     delta: Annotated[float | None, typer.Option(help="DP delta (default: 1/n^1.1).")] = None,
     max_grad_norm: Annotated[float, typer.Option(help="DP per-example clipping norm.")] = 1.0,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    codebook: Annotated[
+        bool,
+        typer.Option(
+            "--codebook/--no-codebook",
+            help="Decode uploads to the published codebook's prototypes, train them too, publish the result.",
+        ),
+    ] = False,
     as_json: AsJson = False,
 ) -> None:
     """IDfree-PL stage 3 on the stored uploads, optionally with DP-SGD; reports (epsilon, delta)."""
@@ -215,6 +226,8 @@ def train_personalized(
 
     if task not in ("next_word", "classification"):
         raise UserError(f"--task must be next_word or classification, got {task!r}")
+    if codebook and dp:
+        raise UserError("--codebook trains the shared prototypes, which DP-SGD does not cover; drop --dp")
     if dp and noise_multiplier is None and target_epsilon is None:
         noise_multiplier = 1.0
     dp_cfg = (
@@ -238,6 +251,7 @@ def train_personalized(
         seed=seed,
         lora=LoraSettings() if lora and not freeze_embeddings else None,
         freeze_embeddings=freeze_embeddings,
+        codebook=codebook,
     )
     quiet_transformers()
     settings = get_settings()
@@ -263,9 +277,108 @@ def train_personalized(
     Console().print(table)
 
 
+def _codebooks():  # -> CodebookStore
+    from veil.cloud_service.codebooks import CodebookStore
+    from veil.settings import get_settings
+
+    return CodebookStore(get_settings().resolved_data_dir())
+
+
+def _codebook_json(book) -> dict:  # noqa: ANN001 - Codebook, imported lazily
+    return {
+        "version": book.version,
+        "size": book.size,
+        "k_min": book.k_min,
+        "usable": int(book.active.sum()),
+        "active": [bool(a) for a in book.active],
+        "embedding_shape": list(book.shape),
+    }
+
+
+def _echo_codebook(book, path: Path, as_json: bool) -> None:  # noqa: ANN001
+    info = _codebook_json(book)
+    if as_json:
+        typer.echo(json.dumps({**info, "path": str(path)}))
+    else:
+        typer.echo(
+            f"codebook {info['version']}: {info['usable']} of {info['size']} prototypes usable, "
+            f"k_min {info['k_min']}, embedding shape {info['embedding_shape']} ({path})"
+        )
+
+
+@codebook_app.command("init")
+def codebook_init(
+    size: Annotated[int, typer.Option(help="Number of prototypes K (a few times the expected groups).")],
+    k_min: Annotated[int, typer.Option(help="Minimum phones per usable prototype.")],
+    seed: Annotated[int, typer.Option(help="Random seed of the prototypes.")] = 0,
+    scale: Annotated[float, typer.Option(help="Std of the random Gaussian prototypes.")] = 1.0,
+    model: Annotated[
+        str | None, typer.Option(help="Served model whose embedding shape to use (default VEIL_MODEL).")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a published codebook.")] = False,
+    as_json: AsJson = False,
+) -> None:
+    """Publish random Gaussian prototypes of the served model's embedding shape (phones re-choose)."""
+    import dataclasses
+
+    from veil.cloud_service.app import load_served_model
+    from veil.cloud_service.codebooks import init_codebook
+    from veil.cloud_service.config import ServiceConfig
+    from veil.models.loading import quiet_transformers
+
+    store = _codebooks()
+    if store.current() is not None and not overwrite:
+        raise UserError(f"{store.path} exists; pass --overwrite to replace it (phones must choose again)")
+    quiet_transformers()
+    config = ServiceConfig.from_settings()
+    config = dataclasses.replace(config, model=model or config.model)
+    shape = tuple(load_served_model(config)[0].embedding_shape)
+    book = store.publish(init_codebook(size, k_min, shape, seed, scale))
+    _echo_codebook(book, store.path, as_json)
+
+
+@codebook_app.command("retire")
+def codebook_retire(
+    counts: Annotated[
+        Path, typer.Option(help="JSON file: a list of K counts of phones per prototype (an aggregate).")
+    ],
+    as_json: AsJson = False,
+) -> None:
+    """Retire prototypes shared by fewer than k_min phones (one round of the rule; phones re-choose)."""
+    from veil.cloud_service.codebooks import retire_by_counts
+
+    store = _codebooks()
+    book = store.current()
+    if book is None:
+        raise UserError(f"no codebook is published in {store.path.parent} (veil codebook init)")
+    try:
+        values = json.loads(counts.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"--counts {counts}: {exc}") from exc
+    if not isinstance(values, list) or not all(
+        isinstance(v, int) and not isinstance(v, bool) for v in values
+    ):
+        raise UserError(f"--counts {counts}: must be a JSON list of integers")
+    new = retire_by_counts(book, values)
+    if new.version != book.version:
+        new = store.publish(new)
+    _echo_codebook(new, store.path, as_json)
+
+
+@codebook_app.command("show")
+def codebook_show(as_json: AsJson = False) -> None:
+    """The published codebook's version, size, usable prototypes and k_min."""
+    store = _codebooks()
+    book = store.current()
+    if book is None:
+        raise UserError(f"no codebook is published in {store.path.parent} (veil codebook init)")
+    _echo_codebook(book, store.path, as_json)
+
+
 def register(app: typer.Typer) -> None:
     app.command()(serve)
     app.command()(relay)
     app.add_typer(keys_app, name="keys")
     app.add_typer(gateway_app, name="gateway")
     app.add_typer(train_app, name="train")
+    app.add_typer(codebook_app, name="codebook")

@@ -17,18 +17,29 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from veil.client_sdk.codebook_wire import codebook_from_json
+from veil.client_sdk.distributions.prototype import Codebook
+
 __all__ = ["AsyncTransport", "PhoneAPI", "VeilAPIError", "embedding_field", "new_idempotency_key"]
 
 
 class VeilAPIError(Exception):
     """The service answered with an error (``status`` 4xx/5xx and the JSON error's fields)."""
 
-    def __init__(self, status: int, type: str, message: str, param: str | None = None) -> None:  # noqa: A002
+    def __init__(
+        self,
+        status: int,
+        type: str,  # noqa: A002 - the OpenAI field name
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
         super().__init__(f"{status} {type}: {message}")
         self.status = status
         self.type = type
         self.message = message
         self.param = param
+        self.code = code
 
 
 class _Response(Protocol):
@@ -55,7 +66,11 @@ def _decode(resp: _Response) -> dict[str, Any]:
     if resp.status >= 400:
         err = body.get("error", {}) if isinstance(body, dict) else {}
         raise VeilAPIError(
-            resp.status, str(err.get("type", "error")), str(err.get("message", "")), err.get("param")
+            resp.status,
+            str(err.get("type", "error")),
+            str(err.get("message", "")),
+            err.get("param"),
+            err.get("code"),
         )
     return body
 
@@ -96,7 +111,7 @@ class PhoneAPI:
     transport: sends one inner HTTP request (method, path, JSON body, headers) and returns the answer.
     model: the served model id (``/v1/models``).
     embedding_encoding: ``"base64"`` (default: ``embedding_b64``, float32) or ``"json"`` (lists of numbers).
-    retries: extra attempts of an upload or gradient request after a 5xx answer or a failed exchange
+    retries: extra attempts of an upload, gradient or codebook request after a 5xx answer or a failed exchange
         (an upload keeps its idempotency key, so it is stored once).
     """
 
@@ -114,6 +129,15 @@ class PhoneAPI:
 
     async def models(self) -> list[dict[str, Any]]:
         return _decode(await self.transport.request("GET", "/v1/models"))["data"]
+
+    async def codebook(self) -> Codebook:
+        """The published prototype codebook (``GET /v1/codebook``), its version verified.
+
+        Raises :class:`VeilAPIError` (404, ``codebook_not_found``) when none is published and
+        :class:`~veil.client_sdk.codebook_wire.CodebookFormatError` for a malformed body.
+        """
+        send = lambda: self.transport.request("GET", "/v1/codebook")  # noqa: E731
+        return codebook_from_json(_decode(await _retrying(send, self.retries)))
 
     async def embedding_gradient(
         self, task: str, text: str, label: str, embedding: np.ndarray

@@ -17,6 +17,10 @@ Guarantees
   key *and its body* across retries, so it is stored once.
 * Nothing identifying is sent: no ids, no cookies, no stable keys; every sample and every HPKE
   encapsulation is fresh (a retry re-encapsulates the same inner request).
+* With a prototype codebook (``PROTOCOL.md`` 5.5) the choice is made on the phone from loss requests
+  (:meth:`VeilClient.choose_prototype`), and every upload or chat first checks the stored choice against
+  the cloud's current codebook: another version raises :class:`CodebookMismatchError`, and the caller
+  chooses again explicitly. Nothing is re-chosen or resampled behind its back.
 """
 
 from __future__ import annotations
@@ -33,14 +37,23 @@ import numpy as np
 
 from veil.client_sdk.api import AsyncTransport, PhoneAPI, VeilAPIError, new_idempotency_key
 from veil.client_sdk.distributions.base import UserDistribution
+from veil.client_sdk.distributions.prototype import (
+    DEFAULT_NOISE_STD,
+    Codebook,
+    CodebookMismatchError,
+    PrototypeDistribution,
+)
 from veil.client_sdk.math_backends import Draw, LearningConfig, MathBackend, NumpyBackend, OnnxBackend
 from veil.client_sdk.ohttp.client import AsyncOHTTPClient, RelayError
 from veil.client_sdk.ohttp.errors import DecryptionFailedError, KeyConfigError, MalformedMessageError
-from veil.client_sdk.param_store import ClientState, ParamStore
+from veil.client_sdk.param_store import ClientState, FamilyMismatchError, ParamStore
 from veil.client_sdk.policy_guard import PolicyCheck, PolicyViolationError
+from veil.client_sdk.prototype_choice import Example, PrototypeChoice, prototype_losses
 
 __all__ = [
+    "CodebookMismatchError",
     "Draw",
+    "FamilyMismatchError",
     "InvalidResponseError",
     "LearnResult",
     "LearningConfig",
@@ -48,6 +61,7 @@ __all__ = [
     "ModelMismatchError",
     "NumpyBackend",
     "OnnxBackend",
+    "PrototypeChoice",
     "RetryPolicy",
     "VeilClient",
     "VeilClientError",
@@ -139,6 +153,11 @@ class VeilClient:
         Retries of every route.
     local_lm : veil.client_sdk.runtime.generate.OnnxLM, optional
         The on-device language model (``veil export-onnx --lm``) for :meth:`generate_locally`.
+    family : str, optional
+        The distribution family this app uses (e.g. ``"prototype"``); a stored file of another family
+        raises :class:`FamilyMismatchError` naming both. ``None`` accepts any family.
+    max_in_flight : int
+        Most loss requests outstanding at once while choosing a prototype.
     """
 
     def __init__(
@@ -151,9 +170,13 @@ class VeilClient:
         rng: Callable[[], np.random.Generator] = secure_rng,
         retry: RetryPolicy | None = None,
         local_lm: Any = None,
+        family: str | None = None,
+        max_in_flight: int = 8,
     ) -> None:
         if not model:
             raise ValueError("model must be a non-empty model id")
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
         self.api = PhoneAPI(transport, model, retries=0)  # retries happen here, around whole exchanges
         self.transport = transport
         self.store = store
@@ -161,6 +184,8 @@ class VeilClient:
         self.backend: MathBackend = backend or NumpyBackend()
         self.retry = retry or RetryPolicy()
         self.local_lm = local_lm
+        self.family = family
+        self.max_in_flight = max_in_flight
         self._rng = rng
         self._state: ClientState | None = None
         self._lock = asyncio.Lock()
@@ -204,6 +229,7 @@ class VeilClient:
         """Write the first parameter file: the population prior, for this model."""
         if self.store.exists() and not overwrite:
             raise FileExistsError(f"{self.store.path} exists; pass overwrite=True to start again")
+        self._check_family(prior.family)
         state = ClientState(prior, {}, self.model)
         self._enforce(state.distribution)
         self.store.save(state)
@@ -220,11 +246,13 @@ class VeilClient:
             Missing, corrupt or undecryptable file.
         ModelMismatchError
             The file was learnt for another model.
+        FamilyMismatchError
+            The file holds another family than ``family``.
         PolicyViolationError
             The stored parameters break the device's policy.
         """
         if self._state is None:
-            state = self.store.load()
+            state = self.store.load(self.family)
             if state.model is not None and state.model != self.model:
                 raise ModelMismatchError(
                     f"{self.store.path} holds parameters for {state.model!r}, not {self.model!r}"
@@ -232,6 +260,10 @@ class VeilClient:
             self._enforce(state.distribution)
             self._state = state
         return self._state
+
+    def _check_family(self, family: str) -> None:
+        if self.family is not None and family != self.family:
+            raise FamilyMismatchError(f"this client uses the {self.family!r} family, not {family!r}")
 
     def _enforce(self, distribution: UserDistribution) -> PolicyCheck:
         check = self.backend.check(distribution)
@@ -313,6 +345,8 @@ class VeilClient:
         """One gradient-return step: sample, ask for dL/de, update, check, save (all or nothing)."""
         async with self._lock:  # one step at a time: each update starts from the last saved state
             state = self.state
+            if isinstance(state.distribution, PrototypeDistribution):
+                raise VeilClientError("a prototype choice has no gradient steps: use choose_prototype")
             draw = self.draw()
             x = draw.value
 
@@ -337,7 +371,13 @@ class VeilClient:
     async def upload(
         self, task: str, text: str, label: str | None = None, *, with_embedding: bool = True
     ) -> dict[str, Any]:
-        """Store one anonymous example (``{"id", "object", "status"}``); retried with the same key and body."""
+        """Store one anonymous example (``{"id", "object", "status"}``); retried with the same key and body.
+
+        Raises :class:`CodebookMismatchError` when the stored prototype choice is not for the cloud's
+        current codebook (choose again with :meth:`choose_prototype`).
+        """
+        if with_embedding:
+            await self.check_codebook()
         embedding = self.sample() if with_embedding else None
         key = new_idempotency_key()
 
@@ -359,6 +399,8 @@ class VeilClient:
         """
         if "user" in params or "user_embedding" in params:
             raise ValueError("pass no 'user' or 'user_embedding': the client sends a fresh sample itself")
+        if personalised:
+            await self.check_codebook()
         embedding = self.sample() if personalised else None
 
         async def send() -> str:
@@ -368,3 +410,71 @@ class VeilClient:
                 raise InvalidResponseError(f"chat answer is malformed: {exc!r}") from exc
 
         return await self._with_retries(send)
+
+    # ------------------------------------------------------------------ prototype codebook
+    async def codebook(self) -> Codebook:
+        """The cloud's current codebook (``GET /v1/codebook``), its version verified.
+
+        Raises :class:`~veil.client_sdk.api.VeilAPIError` (404) when none is published.
+        """
+
+        async def fetch() -> Codebook:
+            try:
+                return await self.api.codebook()
+            except (KeyError, TypeError, ValueError) as exc:  # CodebookFormatError is a ValueError
+                raise InvalidResponseError(f"codebook answer is malformed: {exc}") from exc
+
+        return await self._with_retries(fetch)
+
+    async def check_codebook(self) -> None:
+        """For a stored prototype choice: raise :class:`CodebookMismatchError` (naming both versions)
+        unless the cloud's current codebook is the one it was made against. No-op for other families.
+
+        :meth:`upload` and :meth:`chat` call it before they sample; :meth:`sample` and
+        :meth:`generate_locally`, which send nothing, do not (they need no network).
+        """
+        distribution = self.state.distribution
+        if isinstance(distribution, PrototypeDistribution):
+            distribution.check_codebook(await self.codebook())
+
+    async def choose_prototype(
+        self, examples: Sequence[Example], *, noise_std: float = DEFAULT_NOISE_STD
+    ) -> PrototypeChoice:
+        """Choose a prototype of the cloud's codebook privately and store it as the parameters.
+
+        Every usable prototype is scored on every example by a loss request (``/v1/embedding-gradients``
+        with the prototype as the embedding); the lowest mean loss wins (ties: lowest index). The new
+        :class:`PrototypeDistribution` replaces the stored parameters (policy checked, file written
+        atomically); from then on uploads and chats carry samples of it.
+
+        Parameters
+        ----------
+        examples : sequence of ``(task, text, label)``
+            The phone's own examples.
+        noise_std : float
+            Std of the noise every upload adds to the prototype.
+        """
+        self._check_family(PrototypeDistribution.family)
+        async with self._lock:
+            book = await self.codebook()
+
+            async def loss(task: str, text: str, label: str, e: np.ndarray) -> float:
+                async def exchange() -> float:
+                    try:
+                        value, _ = await self.api.embedding_gradient(task, text, label, e)
+                    except (KeyError, TypeError, ValueError) as exc:
+                        raise InvalidResponseError(f"gradient response is malformed: {exc!r}") from exc
+                    if not math.isfinite(value):
+                        raise InvalidResponseError(f"loss must be finite, got {value}")
+                    return value
+
+                return await self._with_retries(exchange)
+
+            losses = await prototype_losses(loss, book, examples, self.max_in_flight)
+            index = self.backend.choose(losses, book)
+            state = ClientState(PrototypeDistribution(book, index, noise_std), {}, self.model)
+            self._enforce(state.distribution)
+            self.store.save(state)  # raises before anything changes in memory
+            self._state = state
+            usable = int(book.active.sum())
+            return PrototypeChoice(index, book.version, losses.mean(axis=0), usable * len(examples))

@@ -10,6 +10,11 @@ the parameters against the prior. Two documented exceptions: the Beta family has
 bound needs log-Beta differences float32 cannot resolve), so its check is the numpy guard; and projecting
 an update back inside the policy is a bisection on the line to the prior whose every probe is the policy
 graph (:meth:`PolicyGuard.project` with the graph as its check).
+
+A prototype choice (family ``"prototype"``) has no update and no policy graph: the backends sample it
+(the ONNX one through ``prototype_sample``, a gather of the chosen row plus noise) and choose it
+(:meth:`MathBackend.choose`: :func:`~veil.client_sdk.distributions.choose_prototype`, or the
+``prototype_choice`` graph).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import numpy as np
 from veil.client_sdk.distributions.base import UserDistribution
 from veil.client_sdk.distributions.basis_mixture import BasisMixtureDistribution
 from veil.client_sdk.distributions.gaussian import GaussianDistribution
+from veil.client_sdk.distributions.prototype import Codebook, PrototypeDistribution, choose_prototype
 from veil.client_sdk.learning import OnDeviceLearner
 from veil.client_sdk.param_store import ClientState
 from veil.client_sdk.policy_guard import PolicyCheck, PolicyGuard
@@ -91,6 +97,10 @@ class MathBackend(Protocol):
         """The device's privacy policy for these parameters."""
         ...
 
+    def choose(self, losses: np.ndarray, codebook: Codebook) -> int:
+        """The usable prototype with the lowest mean loss; ``losses`` ``(examples, K)``, NaN where unusable."""
+        ...
+
 
 class NumpyBackend:
     """The numpy reference: the family's sampler, :class:`OnDeviceLearner` and :class:`PolicyGuard`.
@@ -131,6 +141,9 @@ class NumpyBackend:
 
     def check(self, distribution: UserDistribution) -> PolicyCheck:
         return _NO_POLICY if self.guard is None else self.guard.check(distribution)
+
+    def choose(self, losses: np.ndarray, codebook: Codebook) -> int:
+        return choose_prototype(losses, codebook)
 
 
 class _GraphGuard(PolicyGuard):
@@ -173,7 +186,8 @@ class OnnxBackend:
         Folder with ``manifest.json`` and the ``<family>_sample``, ``<family>_update`` (and, when a policy
         is set, ``<family>_policy``) graphs.
     family : str
-        ``"gaussian"``, ``"beta"`` or ``"basis_mixture"`` (over a Gaussian basis).
+        ``"gaussian"``, ``"beta"``, ``"basis_mixture"`` (over a Gaussian basis) or ``"prototype"``
+        (``prototype_sample`` and ``prototype_choice``; no update, no policy).
     learning : LearningConfig
         Optimiser settings.
     guard : PolicyGuard, optional
@@ -196,16 +210,25 @@ class OnnxBackend:
     ) -> None:
         from veil.client_sdk.runtime import BetaConstruction, load_graphs
 
-        if family not in ("gaussian", "beta", "basis_mixture"):
-            raise ValueError(f"family must be gaussian, beta or basis_mixture, got {family!r}")
+        if family not in ("gaussian", "beta", "basis_mixture", "prototype"):
+            raise ValueError(f"family must be gaussian, beta, basis_mixture or prototype, got {family!r}")
+        self.family = family
+        self.learning = learning or LearningConfig()
+        if family == "prototype":
+            if guard is not None:
+                raise ValueError(
+                    "a prototype choice has no policy graph: its privacy is the codebook's k_min"
+                )
+            graphs = load_graphs(model_dir, ["prototype_sample", "prototype_choice"])
+            self._sampler, self._choice = graphs["prototype_sample"], graphs["prototype_choice"]
+            self.params, self.guard, self._projector = [], None, None
+            return
         if guard is not None and guard.prior.family != family:
             raise ValueError(f"the policy's prior is {guard.prior.family!r}, the graphs are {family!r}")
         names = [f"{family}_sample", f"{family}_update"]
         if guard is not None and family != "beta":
             names.append(f"{family}_policy")
         graphs = load_graphs(model_dir, names)
-        self.family = family
-        self.learning = learning or LearningConfig()
         self._sampler, self._update = graphs[names[0]], graphs[names[1]]
         self.params: list[str] = list(self._update.entry.extra.get("params", []))
         chosen = set(self.params) if self.learning.trainable is None else set(self.learning.trainable)
@@ -245,7 +268,14 @@ class OnnxBackend:
         self._check_family(distribution)
         n, d = distribution.shape
         feeds: dict[str, Any] = dict(distribution.unconstrained())
-        if self.family == "gaussian":
+        if isinstance(distribution, PrototypeDistribution):
+            feeds = {
+                "prototypes": distribution.codebook.prototypes,
+                "index": np.int64(distribution.index),
+                "noise_std": distribution.noise_std,
+            }
+            noise = {"normal": rng.standard_normal((1, n, d))}
+        elif self.family == "gaussian":
             noise = {"normal": rng.standard_normal((1, n, d))}
         elif self.family == "beta":
             noise = {
@@ -264,6 +294,8 @@ class OnnxBackend:
     def update(self, state: ClientState, draw: Draw, grad: np.ndarray) -> ClientState:
         dist, cfg = state.distribution, self.learning
         self._check_family(dist)
+        if self.family == "prototype":
+            raise ValueError("a prototype choice has no gradient update: choose the prototype again")
         params = dist.unconstrained()
         opt = dict(state.optimizer) if state.optimizer else {}
         betas = tuple(opt.get("betas", _ADAM_DEFAULTS["betas"]))
@@ -300,3 +332,15 @@ class OnnxBackend:
     def check(self, distribution: UserDistribution) -> PolicyCheck:
         self._check_family(distribution)
         return _NO_POLICY if self.guard is None else self.guard.check(distribution)
+
+    def choose(self, losses: np.ndarray, codebook: Codebook) -> int:
+        if self.family != "prototype":
+            raise ValueError(f"these graphs are for {self.family!r}; choosing needs the prototype graphs")
+        arr = np.asarray(losses, dtype=np.float64)
+        if arr.ndim != 2 or arr.shape[1] != codebook.size:
+            raise ValueError(f"losses must have shape (examples, {codebook.size}), got {arr.shape}")
+        if not np.isfinite(arr[:, codebook.active]).all():
+            raise ValueError("every usable prototype needs finite losses")
+        # unusable columns are never requested (NaN); the graph masks them, and refuses NaN input
+        filled = np.where(codebook.active[None, :], arr, 0.0)
+        return int(self._choice.run(losses=filled, active=codebook.active)["index"])

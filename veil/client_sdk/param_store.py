@@ -47,6 +47,8 @@ from veil.client_sdk.distributions.base import UserDistribution
 __all__ = [
     "ClientState",
     "CorruptParamFileError",
+    "FamilyMismatchError",
+    "MemoryParamStore",
     "MissingParamFileError",
     "ParamStore",
     "ParamStoreError",
@@ -72,6 +74,14 @@ class MissingParamFileError(ParamStoreError, FileNotFoundError):
 
 class CorruptParamFileError(ParamStoreError):
     """The file is truncated, altered, or not a Veil parameter file."""
+
+
+class FamilyMismatchError(ParamStoreError):
+    """The file holds another distribution family than the one asked for.
+
+    Never converted: a phone that switches family (say from a learnt Gaussian to a prototype choice)
+    starts the new family explicitly, it does not resample or reinterpret the old parameters.
+    """
 
 
 class WrongPassphraseError(ParamStoreError):
@@ -223,15 +233,34 @@ class ParamStore:
     def exists(self) -> bool:
         return self.path.exists()
 
-    def load(self) -> ClientState:
-        """Read the state; raises a :class:`ParamStoreError` subclass on any problem."""
-        source = str(self.path)
+    def _read(self) -> bytes:
         try:
-            data = self.path.read_bytes()
+            return self.path.read_bytes()
         except FileNotFoundError:
-            raise MissingParamFileError(f"{source}: no parameter file") from None
+            raise MissingParamFileError(f"{self.path}: no parameter file") from None
         except OSError as exc:
-            raise ParamStoreError(f"{source}: cannot read: {exc}") from exc
+            raise ParamStoreError(f"{self.path}: cannot read: {exc}") from exc
+
+    def load(self, family: str | None = None) -> ClientState:
+        """Read the state; raises a :class:`ParamStoreError` subclass on any problem.
+
+        Parameters
+        ----------
+        family : str, optional
+            The family the caller expects; another one raises :class:`FamilyMismatchError` naming both
+            (exact names: a ``prototype`` file is not a ``gaussian`` one, although its class derives
+            from the Gaussian's).
+        """
+        state = self._load()
+        if family is not None and state.distribution.family != family:
+            raise FamilyMismatchError(
+                f"{self.path}: holds a {state.distribution.family!r} distribution, expected {family!r}"
+            )
+        return state
+
+    def _load(self) -> ClientState:
+        source = str(self.path)
+        data = self._read()
         if len(data) < len(MAGIC) + 1 or not data.startswith(MAGIC):
             raise CorruptParamFileError(f"{source}: not a Veil parameter file")
         mode, body = data[len(MAGIC)], data[len(MAGIC) + 1 :]
@@ -294,7 +323,9 @@ class ParamStore:
 
     def save(self, state: ClientState) -> None:
         """Write ``state`` atomically (temporary file, fsync, rename, fsync of the directory)."""
-        blob = self._encode(state)
+        self._write(self._encode(state))
+
+    def _write(self, blob: bytes) -> None:
         directory = self.path.parent
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = directory / f".{self.path.name}.{secrets.token_hex(6)}.tmp"
@@ -316,3 +347,26 @@ class ParamStore:
             os.fsync(dir_fd)  # the rename itself must survive a crash
         finally:
             os.close(dir_fd)
+
+
+class MemoryParamStore(ParamStore):
+    """A :class:`ParamStore` that keeps the file's bytes in memory (simulations and tests).
+
+    The bytes are exactly those :class:`ParamStore` would write, encrypted when a passphrase is given,
+    so every load goes through the same decoding and checks.
+    """
+
+    def __init__(self, name: str = "memory", **kwargs: Any) -> None:
+        super().__init__(f"<{name}>", **kwargs)
+        self._blob: bytes | None = None
+
+    def exists(self) -> bool:
+        return self._blob is not None
+
+    def _read(self) -> bytes:
+        if self._blob is None:
+            raise MissingParamFileError(f"{self.path}: no parameter file")
+        return self._blob
+
+    def _write(self, blob: bytes) -> None:
+        self._blob = blob

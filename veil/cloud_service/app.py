@@ -12,7 +12,8 @@ from typing import Any
 from fastapi import FastAPI
 
 from veil.cloud_service.api.deps import ServiceState
-from veil.cloud_service.api.routes import chat, gradients, models, ohttp, ops, uploads
+from veil.cloud_service.api.routes import chat, codebook, gradients, models, ohttp, ops, uploads
+from veil.cloud_service.codebooks import CodebookStore
 from veil.cloud_service.config import ServiceConfig
 from veil.cloud_service.engine import ServingEngine
 from veil.cloud_service.errors import error_body, install_error_handlers
@@ -132,7 +133,8 @@ def create_app(config: ServiceConfig, preloaded: LoadedService | None = None) ->
         )
         await engine.start()
         gateway = build_gateway(config, sessions)
-        app.state.veil = ServiceState(config, engine, sessions, gateway, metrics)
+        codebooks = CodebookStore(config.data_dir)
+        app.state.veil = ServiceState(config, engine, sessions, gateway, metrics, codebooks)
         try:
             yield
         finally:
@@ -146,7 +148,7 @@ def create_app(config: ServiceConfig, preloaded: LoadedService | None = None) ->
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    for module in (chat, models, uploads, gradients, ohttp, ops):
+    for module in (chat, models, uploads, gradients, codebook, ohttp, ops):
         app.include_router(module.router)
     app.add_middleware(_LimitsAndMetrics, max_body=config.max_body_bytes)
     return app

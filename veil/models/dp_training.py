@@ -26,6 +26,9 @@ DP-SGD, as wired here:
 - **Accounting**: add-or-remove-one-*upload* neighbouring relation, i.e. the unit of privacy is one
   upload, not one person: a person with k uploads gets the group-privacy guarantee for k records.
   Rows held out for evaluation are not covered.
+- **Trainable embeddings**: :func:`train_rows` takes an ``extra`` module that the embedding source
+  reads (the codebook's prototype table, :mod:`veil.models.dp_codebook`); Opacus hooks it beside the
+  model, so its per-sample gradients are clipped together with the model's and noised like them.
 
 ``TrainConfig.max_grad_norm`` (clipping of the batch gradient) is not used under DP: per-sample clipping
 to ``DPConfig.max_grad_norm`` replaces it.
@@ -46,7 +49,14 @@ from torch import Tensor, nn
 
 from veil.models.personalization import PersonalizedLM
 from veil.models.tasks import TokenizedTask, row_losses
-from veil.models.training import TrainConfig, _schedule, apply_lora, fit, freeze_token_embeddings
+from veil.models.training import (
+    EmbeddingSource,
+    TrainConfig,
+    _schedule,
+    apply_lora,
+    fit,
+    freeze_token_embeddings,
+)
 
 __all__ = [
     "ACCOUNTANTS",
@@ -58,6 +68,7 @@ __all__ = [
     "default_delta",
     "fit_private",
     "plan_privacy",
+    "train_rows",
     "trainable_parameters",
 ]
 
@@ -310,28 +321,46 @@ def fit_private(
         has = np.asarray(has, dtype=bool)
         if has.shape != (len(data),):
             raise ValueError(f"has must have shape ({len(data)},), got {has.shape}")
+    stored = embeddings
+    source = None if stored is None else (lambda idx: stored[idx])
     if dp is None and (embeddings is None or has is None or has[indices].all()):
-        stored = embeddings
-        source = None if stored is None else (lambda idx: stored[idx])
         losses = fit(model, data, indices, cfg, source, on_step)
         return DPTrainResult(losses, None, None, None, len(losses), None)
-    return _train(model, data, indices, cfg, dp, embeddings, has, on_step)
+    return train_rows(model, data, indices, cfg, dp, source, has, on_step)
 
 
-def _train(
+def train_rows(
     model: PersonalizedLM,
     data: TokenizedTask,
     indices: np.ndarray,
     cfg: TrainConfig,
     dp: DPConfig | None,
-    embeddings: np.ndarray | None,
-    has: np.ndarray | None,
-    on_step: Callable[[float], None] | None,
+    source: EmbeddingSource | None,
+    has: np.ndarray | None = None,
+    on_step: Callable[[float], None] | None = None,
+    extra: nn.Module | None = None,
 ) -> DPTrainResult:
+    """The training loop behind :func:`fit_private`, with DP-SGD unless ``dp`` is None.
+
+    Parameters
+    ----------
+    source:
+        Embeddings ``(B, n_tokens, hidden)`` of example indices ``(B,)``; the same for an example at
+        every step (one upload, one embedding). A tensor that requires grad keeps its graph.
+    extra:
+        A module whose trainable parameters ``source`` uses (e.g. a table of prototype embeddings): it
+        trains with the model, and under DP Opacus computes, clips and noises its per-sample gradients
+        with the model's, so each example's clipped gradient covers both.
+    """
+    indices = np.asarray(indices, dtype=np.int64)
     n = indices.size
     per_epoch = math.ceil(n / cfg.batch_size)
     total = per_epoch * cfg.epochs
     params = trainable_parameters(model, cfg, data.task)
+    if extra is not None:
+        params += [p for p in extra.parameters() if p.requires_grad]
+    # What Opacus hooks: the model, and the extra module beside it (a container has no forward).
+    hooked: nn.Module = model if extra is None else nn.ModuleList([model, extra])
     optim: Any = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     warmup = int(cfg.warmup_ratio * total)
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: _schedule(s, total, warmup))
@@ -344,7 +373,7 @@ def _train(
 
         plan = plan_privacy(dp, n, cfg)
         hooks, optim = attach_private(
-            model,
+            hooked,
             optim,
             noise_multiplier=plan.noise_multiplier,
             max_grad_norm=dp.max_grad_norm,
@@ -355,7 +384,7 @@ def _train(
         sigma, rate = plan.noise_multiplier, plan.sample_rate
         optim.attach_step_hook(lambda _: accountant.step(noise_multiplier=sigma, sample_rate=rate))
     losses: list[float] = []
-    model.train()
+    hooked.train()
     try:
         with warnings.catch_warnings():
             # Input ids need no gradient, so torch notes that the embedding's backward hook sees outputs only.
@@ -367,14 +396,14 @@ def _train(
                         idx = indices[batch_rng.random(n) < plan.sample_rate]
                     else:
                         idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-                    losses.append(_step(model, data, idx, cfg, embeddings, has, mask_rng, optim, params, dp))
+                    losses.append(_step(model, data, idx, cfg, source, has, mask_rng, optim, params, dp))
                     sched.step()
                     if on_step is not None:
                         on_step(losses[-1])
     finally:
-        model.eval()
+        hooked.eval()
         if hooks is not None:
-            _tidy(model, hooks)
+            _tidy(hooked, hooks)
     if dp is None or plan is None or accountant is None:
         return DPTrainResult(losses, None, None, None, len(losses), None)
     with warnings.catch_warnings():
@@ -390,7 +419,7 @@ def _step(
     data: TokenizedTask,
     idx: np.ndarray,
     cfg: TrainConfig,
-    embeddings: np.ndarray | None,
+    source: EmbeddingSource | None,
     has: np.ndarray | None,
     mask_rng: np.random.Generator,
     optim: Any,
@@ -406,11 +435,11 @@ def _step(
         optim.step()
         return math.nan
     keep = None
-    if embeddings is not None:
+    if source is not None:
         keep = mask_rng.random(idx.size) >= cfg.cold_start_fraction
         if has is not None:
             keep &= has[idx]
-    batch = data.batch(idx, None if embeddings is None else embeddings[idx], keep)
+    batch = data.batch(idx, None if source is None else source(idx), keep)
     rows: Tensor = row_losses(model, batch, data.task)
     if dp is None:
         rows.mean().backward()

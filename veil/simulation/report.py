@@ -24,7 +24,7 @@ _LABELS = {
     "idfree-gaussian-gdp": "IDfree-PL (Gaussian, policy-capped residual)",
     "oracle-type": "oracle per-type embedding",
     "codebook": "k-anonymous codebook",
-    "codebook-mixing": "codebook + private mixing (Veil's default)",
+    "codebook-mixing": "codebook + private mixing",
     "on-device-finetune": "on-device fine-tuning",
 }
 

@@ -582,6 +582,7 @@ def run_service_demo(
                 True,
                 cold,
                 time.perf_counter() - started + phones_s,
+                attribution_floor=len(np.unique(run.types)) / len(run.users),
             )
         )
         training[f"stage3{suffix}"] = report.to_json()

@@ -64,6 +64,7 @@ __all__ = [
     "learner_update",
     "marsaglia_tsang_rejection",
     "mixture_sample_from_noise",
+    "prototype_sample_from_noise",
 ]
 
 UNIFORM_LOW = 2.0**-126
@@ -116,6 +117,19 @@ def clamp_uniform(u: np.ndarray) -> np.ndarray:
 def gaussian_sample_from_noise(mean: np.ndarray, log_std: np.ndarray, normal: np.ndarray) -> np.ndarray:
     """``mean + exp(log_std) * normal``: ``(n, d), (n, d), (B, n, d) -> (B, n, d)``."""
     return np.asarray(mean, np.float64) + np.exp(np.asarray(log_std, np.float64)) * np.asarray(normal)
+
+
+# ---------------------------------------------------------------------------------------------- prototype
+def prototype_sample_from_noise(
+    prototypes: np.ndarray, index: int, noise_std: float, normal: np.ndarray
+) -> np.ndarray:
+    """``prototypes[index] + noise_std * normal``: ``(K, n, d), (), (), (B, n, d) -> (B, n, d)``.
+
+    :class:`~veil.client_sdk.distributions.PrototypeDistribution`'s sampler written against given noise
+    (a Gaussian with the chosen prototype as mean and ``noise_std`` as every coordinate's std).
+    """
+    mean = np.asarray(prototypes, np.float64)[int(index)]
+    return mean + float(noise_std) * np.asarray(normal, np.float64)
 
 
 # ---------------------------------------------------------------------------------------------- mixture

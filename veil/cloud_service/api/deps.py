@@ -8,12 +8,13 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
+from veil.cloud_service.codebooks import CodebookStore
 from veil.cloud_service.config import ServiceConfig
 from veil.cloud_service.engine import ServingEngine
 from veil.cloud_service.errors import APIError
 from veil.cloud_service.metrics import Metrics
 
-__all__ = ["OHTTP_SCOPE_KEY", "Caller", "DbSession", "ServiceState", "State", "get_state"]
+__all__ = ["OHTTP_SCOPE_KEY", "Caller", "Codebooks", "DbSession", "ServiceState", "State", "get_state"]
 
 OHTTP_SCOPE_KEY = "veil.ohttp"
 """ASGI scope extension set by the gateway on requests it decapsulated (unforgeable from outside)."""
@@ -28,6 +29,7 @@ class ServiceState:
     sessions: Any  # sqlalchemy sessionmaker
     gateway: Any  # veil.cloud_service.gateway.Gateway
     metrics: Metrics
+    codebooks: CodebookStore
 
 
 def get_state(request: Request) -> ServiceState:
@@ -68,6 +70,11 @@ def _caller(request: Request, state: Annotated[ServiceState, Depends(get_state)]
     return CallerInfo(via_gateway=False, api_key_prefix=info.prefix)
 
 
+def _codebooks(state: Annotated[ServiceState, Depends(get_state)]) -> CodebookStore:
+    return state.codebooks
+
+
 State = Annotated[ServiceState, Depends(get_state)]
 DbSession = Annotated[Any, Depends(_session)]
 Caller = Annotated[CallerInfo, Depends(_caller)]
+Codebooks = Annotated[CodebookStore, Depends(_codebooks)]

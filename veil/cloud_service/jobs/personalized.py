@@ -13,7 +13,12 @@ leading space; ``None`` when unlabelled), ``task`` and ``embedding`` (float32 ``
   another model) or that holds NaN/Inf: skipped and counted. We skip rather than fail because the store
   may legitimately hold uploads made for an earlier model, and one stale upload should not block a job;
   the report says how many were dropped;
-- no embedding: used as a cold-start row (trained and evaluated with the population model).
+- no embedding: used as a cold-start row (trained and evaluated with the population model), except in
+  codebook mode, where it is skipped (``no_embedding``): there is no prototype to train with it.
+
+With ``codebook=True`` (and the published codebook passed in), every upload is mapped to its nearest
+usable prototype and the prototype vectors train with the model (:mod:`.codebook`); the trained codebook
+is saved in the checkpoint folder as a new version, which the job runner publishes.
 
 Choices the paper leaves open: LoRA on by default (DP-SGD needs per-sample gradients, which for full
 fine-tuning cost batch x model memory), lr 1e-3 (LoRA and DP-SGD both want a larger step than the
@@ -34,8 +39,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from veil.client_sdk.distributions import Codebook
+from veil.cloud_service.jobs.codebook import CHECKPOINT_CODEBOOK, fit_codebook
 from veil.models.checkpoint import is_personalized_checkpoint, load_personalized, save_personalized
-from veil.models.dp_training import DPConfig, fit_private
+from veil.models.dp_training import DPConfig, DPTrainResult, fit_private
 from veil.models.loading import load_model
 from veil.models.personalization import PersonalizationConfig, PersonalizedLM
 from veil.models.tasks import TokenizedTask, predict, tokenize_task
@@ -80,6 +87,10 @@ class PersonalizedTrainingConfig:
     labels sorted. A fixed set keeps the label set itself out of what the job reveals."""
     device: str = "auto"
     """``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ..."""
+    codebook: bool = False
+    """Decode every upload to its nearest usable prototype of the published codebook and train the
+    prototype vectors with the model (:mod:`veil.cloud_service.jobs.codebook`). Refuses ``dp``: DP-SGD's
+    per-upload clipping does not cover the prototypes, which every upload of a group shares."""
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -94,6 +105,10 @@ class PersonalizedTrainingConfig:
             self.classes = tuple(self.classes)
             if len(self.classes) < 2 or len(set(self.classes)) != len(self.classes):
                 raise ValueError(f"classes must be >= 2 unique names, got {list(self.classes)}")
+        if self.codebook and self.dp is not None:
+            raise ValueError(
+                "codebook training runs without DP-SGD (the shared prototypes are not clipped per upload)"
+            )
         self.train_config()  # validates epochs, batch_size, lr, cold_start_fraction
 
     def train_config(self) -> TrainConfig:
@@ -142,6 +157,12 @@ class PersonalizedTrainingReport:
     accountant: str | None
     checkpoint: Path
     seconds: float
+    codebook_version: str | None = None
+    """Codebook mode: version of the trained codebook (saved in the checkpoint folder)."""
+    codebook_previous_version: str | None = None
+    """Codebook mode: version of the codebook the uploads were decoded with."""
+    codebook_prototypes_used: int | None = None
+    """Codebook mode: prototypes at least one training upload decoded to."""
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-serialisable dict (the checkpoint as a string, NaN as ``None``)."""
@@ -159,7 +180,13 @@ class _Usable:
     skipped: Counter[str] = field(default_factory=Counter)
 
 
-def _collect(uploads: Iterable[Any], task: str, shape: tuple[int, int], classes: set[str] | None) -> _Usable:
+def _collect(
+    uploads: Iterable[Any],
+    task: str,
+    shape: tuple[int, int],
+    classes: set[str] | None,
+    need_embedding: bool = False,
+) -> _Usable:
     out = _Usable()
     for upload in uploads:
         out.n_seen += 1
@@ -175,6 +202,9 @@ def _collect(uploads: Iterable[Any], task: str, shape: tuple[int, int], classes:
             continue
         raw = getattr(upload, "embedding", None)
         emb = None if raw is None else np.asarray(raw, dtype=np.float32)
+        if emb is None and need_embedding:
+            out.skipped["no_embedding"] += 1
+            continue
         if emb is not None and emb.shape != shape:
             out.skipped["embedding_shape"] += 1
             continue
@@ -244,6 +274,7 @@ def train_personalized(
     data_dir: str | Path | None = None,
     progress: ProgressFn | None = None,
     overwrite: bool = False,
+    codebook: Codebook | None = None,
 ) -> PersonalizedTrainingReport:
     """Fine-tune on ``uploads``, evaluate on a held-out share and save a checkpoint at ``out_dir``.
 
@@ -258,6 +289,9 @@ def train_personalized(
         Where the checkpoint goes; must not exist unless ``overwrite`` (checked before training).
     progress:
         Called after each step with ``(step, total_steps, loss)``.
+    codebook:
+        The published codebook (required when ``cfg.codebook``); the trained one is saved as
+        ``<out_dir>/codebook.npz``.
 
     Raises
     ------
@@ -272,6 +306,10 @@ def train_personalized(
     target = Path(out_dir).expanduser()
     if target.exists() and not overwrite:
         raise ValueError(f"output {str(target)!r} already exists; choose another directory or overwrite it")
+    if cfg.codebook and codebook is None:
+        raise ValueError(
+            "codebook training needs the published codebook; none is published (veil codebook init)"
+        )
     loaded, tokenizer, ckpt_classes = _load(base, cfg, data_dir)
     if isinstance(loaded, PersonalizedLM):
         shape = loaded.embedding_shape
@@ -280,7 +318,11 @@ def train_personalized(
     fixed = ckpt_classes if ckpt_classes is not None else cfg.classes
     if cfg.task != "classification":
         fixed = None
-    usable = _collect(uploads, cfg.task, shape, None if fixed is None else set(fixed))
+    if codebook is not None and cfg.codebook and codebook.shape != shape:
+        raise ValueError(
+            f"the codebook's embedding shape {list(codebook.shape)} is not the model's {list(shape)}"
+        )
+    usable = _collect(uploads, cfg.task, shape, None if fixed is None else set(fixed), cfg.codebook)
     n = len(usable.texts)
     n_skipped = sum(usable.skipped.values())
     if n == 0:
@@ -318,7 +360,13 @@ def train_personalized(
         if progress is not None:
             progress(step, total, loss)
 
-    result = fit_private(model, data, train, train_cfg, cfg.dp, emb, has, on_step)
+    trained: Codebook | None = None
+    if cfg.codebook and codebook is not None:
+        losses, trained, decoded = fit_codebook(model, data, train, train_cfg, emb, codebook, on_step)
+        result = DPTrainResult(losses, None, None, None, len(losses), None)
+        emb = trained.prototypes[decoded].astype(np.float32)  # held-out rows use the trained prototypes
+    else:
+        result = fit_private(model, data, train, train_cfg, cfg.dp, emb, has, on_step)
     last = np.asarray(result.losses[-math.ceil(train.size / cfg.batch_size) :], dtype=float)
     final_loss = float(np.nanmean(last)) if np.isfinite(last).any() else math.nan
     acc = _accuracy(model, data, heldout, emb, has)
@@ -349,7 +397,11 @@ def train_personalized(
         "heldout_accuracy": acc,
         "heldout_accuracy_population": acc_pop,
     }
+    if trained is not None and codebook is not None:
+        metadata["codebook"] = {"from_version": codebook.version, "version": trained.version}
     checkpoint = save_personalized(model, tokenizer, target, metadata, classes, overwrite=overwrite)
+    if trained is not None:
+        trained.save(str(Path(checkpoint) / CHECKPOINT_CODEBOOK))
     return PersonalizedTrainingReport(
         n_uploads=usable.n_seen,
         n_skipped=n_skipped,
@@ -366,4 +418,7 @@ def train_personalized(
         accountant=result.accountant,
         checkpoint=checkpoint,
         seconds=time.perf_counter() - start,
+        codebook_version=None if trained is None else trained.version,
+        codebook_previous_version=None if trained is None or codebook is None else codebook.version,
+        codebook_prototypes_used=None if trained is None else int(np.unique(decoded[train]).size),
     )

@@ -1,6 +1,8 @@
 """Run a training job against the store: record the run, feed it the uploads, keep the outcome.
 
 The run's row moves queued -> running -> succeeded | failed; a failed run keeps its one-line error.
+In codebook mode the job reads the codebook published in the data dir and, once the run succeeded,
+publishes the trained one (a new version) in its place.
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ def run_training_job(
     out: checkpoint folder; ``None`` is ``<data_dir>/checkpoints/personalized-<run id>``.
     cfg: :class:`veil.cloud_service.jobs.personalized.PersonalizedTrainingConfig`.
     """
+    from veil.client_sdk.distributions import Codebook
+    from veil.cloud_service.codebooks import CodebookStore
+    from veil.cloud_service.jobs.codebook import CHECKPOINT_CODEBOOK
     from veil.cloud_service.jobs.personalized import train_personalized
     from veil.cloud_service.store.repository import (
         create_training_run,
@@ -45,7 +50,9 @@ def run_training_job(
         update_training_run(session, run_id, status="running")
     target = Path(out) if out is not None else Path(data_dir) / "checkpoints" / f"personalized-{run_id}"
     progress = RichProgress() if show_progress else NullProgress()
+    codebooks = CodebookStore(data_dir)
     try:
+        codebook = codebooks.current() if getattr(cfg, "codebook", False) else None
         with sessions() as session:
             uploads = list(iter_uploads(session, task=cfg.task))
         with contextlib.ExitStack() as stack:
@@ -56,11 +63,15 @@ def run_training_job(
                     bars.append(stack.enter_context(progress.stage("stage 3: fine-tune on uploads", total)))
                 bars[0].update(step, total)
 
-            report = train_personalized(uploads, base, target, cfg, data_dir=data_dir, progress=on_step)
+            report = train_personalized(
+                uploads, base, target, cfg, data_dir=data_dir, progress=on_step, codebook=codebook
+            )
     except Exception as exc:
         with sessions() as session:
             update_training_run(session, run_id, status="failed", error=str(exc).splitlines()[0][:500])
         raise
+    if report.codebook_version is not None:
+        codebooks.publish(Codebook.load(str(Path(report.checkpoint) / CHECKPOINT_CODEBOOK)))
     with sessions() as session:
         update_training_run(
             session, run_id, status="succeeded", metrics=report.to_json(), checkpoint=str(report.checkpoint)

@@ -37,7 +37,7 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
     beta: BetaConstruction | None = None,
 ) -> Manifest:
-    """Build the sampler, update and policy graphs of ``families`` and write them with a manifest.
+    """Build the sampler, update, policy and choice graphs of ``families`` and write them with a manifest.
 
     Files are named ``<graph name>.onnx`` and written atomically; their bytes depend only on the
     arguments (no timestamps), so two exports with the same arguments have the same sha256. Entries
@@ -49,9 +49,9 @@ def export_onnx(
     out_dir : path
         Folder to write into (created if missing).
     families : iterable of str
-        Any of ``gaussian``, ``beta``, ``basis_mixture`` (default: all).
+        Any of ``gaussian``, ``beta``, ``basis_mixture``, ``prototype`` (default: all).
     shapes : GraphShapes, optional
-        Fixed ``n_tokens``, ``dim``, ``n_basis``; unset sizes stay symbolic.
+        Fixed ``n_tokens``, ``dim``, ``n_basis``, ``n_prototypes``; unset sizes stay symbolic.
     opset : int
         17 (default) or 18.
     beta : BetaConstruction, optional

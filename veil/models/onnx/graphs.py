@@ -5,8 +5,14 @@ mobile packages); 18 is also accepted. The graphs use only default-domain operat
 the same in both (``ReduceSum`` takes its axes as an input since 13; ``ReduceMax`` is used without axes).
 All data tensors are float32; masks are bool, the mixture component and Adam's step count int64.
 
-Dimension names in the manifest: ``batch`` (samples per call, always symbolic), ``n_tokens``, ``dim``
-and ``n_basis`` (fixed ints when :class:`GraphShapes` gives them, otherwise symbolic).
+Dimension names in the manifest: ``batch`` (samples per call, always symbolic), ``examples`` (losses per
+prototype in a choice, always symbolic), ``n_tokens``, ``dim``, ``n_basis`` and ``n_prototypes`` (fixed
+ints when :class:`GraphShapes` gives them, otherwise symbolic).
+
+The ``prototype`` family (a choice from the public codebook) exports a sampler (a gather of the chosen
+prototype plus noise, :func:`~veil.models.onnx.samplers.prototype_sampler`) and the choice itself
+(:mod:`~veil.models.onnx.choice`); it has no update (the choice is discrete) and no policy graph (its
+privacy is the codebook's ``k_min``).
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from typing import Any
 import onnx
 
 from veil.client_sdk.runtime.reference import BetaConstruction, beta_construction_tv_bound
-from veil.models.onnx import policy, samplers, updates
+from veil.models.onnx import choice, policy, samplers, updates
 
 __all__ = [
     "DEFAULT_OPSET",
@@ -35,13 +41,15 @@ FAMILY_GRAPHS: dict[str, tuple[str, ...]] = {
     "gaussian": ("sampler", "update", "policy"),
     "beta": ("sampler", "update"),
     "basis_mixture": ("sampler", "update", "policy"),
+    "prototype": ("sampler", "choice"),
 }
 """Graph kinds exported per family (no Beta policy graph: see :mod:`veil.models.onnx.policy`)."""
-_SUFFIX = {"sampler": "sample", "update": "update", "policy": "policy"}
+_SUFFIX = {"sampler": "sample", "update": "update", "policy": "policy", "choice": "choice"}
 _PARAMS = {
     "gaussian": ["mean", "log_std"],
     "beta": ["logit_mean", "log_concentration"],
     "basis_mixture": ["logits"],
+    "prototype": [],
 }
 _NOISE = {
     "normal": "i.i.d. standard normal draws from the platform's secure random generator",
@@ -59,9 +67,11 @@ class GraphShapes:
     """Embedding width (the LM's hidden size)."""
     n_basis: int | None = None
     """Basis size K of the mixture family."""
+    n_prototypes: int | None = None
+    """Codebook size K of the prototype family."""
 
     def __post_init__(self) -> None:
-        for name in ("n_tokens", "dim", "n_basis"):
+        for name in ("n_tokens", "dim", "n_basis", "n_prototypes"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ValueError(f"{name} must be an int >= 1 or None (symbolic), got {value!r}")
@@ -87,8 +97,15 @@ def _build_one(
 ) -> tuple[onnx.ModelProto, dict[str, Any]]:
     n, d, k = shapes.resolved()
     extra: dict[str, Any] = {"params": _PARAMS[family], "n_tokens": shapes.n_tokens, "dim": shapes.dim}
-    if kind != "policy":
+    if kind in ("sampler", "update"):
         extra["noise"] = _NOISE
+    if family == "prototype":
+        extra["n_prototypes"] = shapes.n_prototypes
+        extra["codebook"] = "the public prototypes (n_prototypes, n_tokens, dim) and mask of GET /v1/codebook"
+        k_protos = shapes.n_prototypes or "n_prototypes"
+        if kind == "sampler":
+            return samplers.prototype_sampler(k_protos, n, d, opset), extra
+        return choice.prototype_choice(k_protos, opset), extra
     if family == "gaussian":
         build = {
             "sampler": samplers.gaussian_sampler,

@@ -14,7 +14,7 @@ import onnx
 from veil.client_sdk.runtime.reference import UNIFORM_HIGH, UNIFORM_LOW, BetaConstruction
 from veil.models.onnx._builder import GraphBuilder, Var, maximum, where
 
-__all__ = ["basis_mixture_sampler", "beta_parts", "beta_sampler", "gaussian_sampler"]
+__all__ = ["basis_mixture_sampler", "beta_parts", "beta_sampler", "gaussian_sampler", "prototype_sampler"]
 
 Dim = int | str
 # Horner coefficients of k(y) / y^4 = sum_{j>=4} (-1)^(j+1) y^(j-4) / j, truncated at j = 17: relative
@@ -144,4 +144,24 @@ def basis_mixture_sampler(n_basis: Dim, n_tokens: Dim, dim: Dim, opset: int) -> 
     std = basis_log_std.take(component, axis=0).exp()
     b.output(mean + std * normal, "sample", ("batch", n_tokens, dim))
     b.output(component, "component", ("batch",), dtype="int64")
+    return b.model(opset)
+
+
+def prototype_sampler(n_prototypes: Dim, n_tokens: Dim, dim: Dim, opset: int) -> onnx.ModelProto:
+    """A gather of the chosen prototype plus Gaussian noise: ``prototypes[index] + noise_std * normal``.
+
+    The public codebook is an input (``prototypes (K, n, d)``, as ``GET /v1/codebook`` serves it) and the
+    private choice another (``index ()`` int64), so the app keeps one graph whatever the codebook; the
+    Gaussian sampler with the prototype as mean would do the same arithmetic, with the row picked by app
+    code instead. Inputs ``noise_std ()`` and ``normal (batch, n, d)``; output ``sample (batch, n, d)``.
+    """
+    b = GraphBuilder(
+        "prototype_sample", "Prototype sampler: sample = prototypes[index] + noise_std * normal."
+    )
+    prototypes = b.input("prototypes", (n_prototypes, n_tokens, dim))
+    index = b.input("index", (), dtype="int64")
+    noise_std = b.input("noise_std", ())
+    normal = b.input("normal", ("batch", n_tokens, dim))
+    chosen = prototypes.take(index, axis=0)  # scalar index: (n, d)
+    b.output(chosen + noise_std * normal, "sample", ("batch", n_tokens, dim))
     return b.model(opset)
