@@ -1,0 +1,186 @@
+"""The reference client with a prototype codebook: private choice by loss requests, uploads of the
+chosen prototype, the version check before every use, and typed family errors on load.
+
+The client runs its real stack (VeilClient -> PhoneAPI -> AsyncOHTTPClient) against an in-process
+relay + gateway whose inner answers play the API (a real gateway key opens every request)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from veil.client_sdk import GaussianDistribution
+from veil.client_sdk.client import (
+    CodebookMismatchError,
+    FamilyMismatchError,
+    RetryPolicy,
+    VeilClient,
+    VeilClientError,
+)
+from veil.client_sdk.codebook_wire import codebook_to_json, float32_codebook
+from veil.client_sdk.distributions import Codebook, PrototypeDistribution
+from veil.client_sdk.ohttp import (
+    KEYS_MEDIA_TYPE,
+    RESPONSE_MEDIA_TYPE,
+    AsyncOHTTPClient,
+    BinaryRequest,
+    BinaryResponse,
+    GatewayKeyPair,
+    decapsulate_request,
+    encode_key_configs,
+)
+from veil.client_sdk.param_store import ClientState, MemoryParamStore, ParamStore
+
+SHAPE = (1, 3)
+MODEL = "tiny-test"
+TARGET = np.array([[1.0, 0.0, -1.0]])
+EXAMPLES = [("next_word", f"example {i}", "word") for i in range(3)]
+
+
+def _book() -> Codebook:
+    """Prototype 1 is the nearest to TARGET but retired; 3 is the nearest usable one."""
+    protos = np.array([[[-2.0, 0, 0]], [[1.0, 0, -1]], [[0, 3.0, 0]], [[0.5, 0.0, -0.5]], [[4.0, 4, 4]]])
+    return float32_codebook(Codebook(protos, [True, False, True, True, True], k_min=2))
+
+
+def _embedding(body: dict) -> np.ndarray:
+    raw = base64.b64decode(body["embedding_b64"])
+    return np.frombuffer(raw, dtype="<f4").astype(np.float64).reshape(SHAPE)
+
+
+class Cloud:
+    """Relay, gateway and API in one httpx handler; ``book`` is the published codebook (or None)."""
+
+    def __init__(self, book: Codebook | None) -> None:
+        self.key = GatewayKeyPair.generate(1)
+        self.book = book
+        self.seen: list[tuple[str, dict]] = []
+
+    def answer(self, req: BinaryRequest) -> tuple[int, Any]:
+        body = json.loads(req.content) if req.content else {}
+        self.seen.append((req.path, body))
+        if req.path == "/v1/codebook":
+            if self.book is None:
+                return 404, {"error": {"type": "not_found_error", "message": "none", "param": None,
+                                       "code": "codebook_not_found"}}  # fmt: skip
+            return 200, {**codebook_to_json(self.book), "model": MODEL}
+        if req.path == "/v1/embedding-gradients":  # L = ||e - TARGET||^2 + a per-text offset
+            e = _embedding(body)
+            offset = float(body["text"].split()[-1])
+            loss = float(np.sum((e - TARGET) ** 2)) + offset
+            return 200, {"object": "embedding_gradient", "model": MODEL, "loss": loss,
+                         "gradient": (2 * (e - TARGET)).tolist()}  # fmt: skip
+        if req.path == "/v1/uploads":
+            return 201, {"id": len(self.seen), "object": "upload", "status": "created"}
+        return 404, {"error": {"type": "not_found_error", "message": "no route", "param": None, "code": None}}
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            body = encode_key_configs([self.key.config])
+            return httpx.Response(200, content=body, headers={"content-type": KEYS_MEDIA_TYPE})
+        plaintext, ctx = decapsulate_request({self.key.key_id: self.key}, request.content)
+        status, body = self.answer(BinaryRequest.decode(plaintext))
+        response = BinaryResponse(status, [("content-type", "application/json")], json.dumps(body).encode())
+        return httpx.Response(
+            200,
+            content=ctx.encapsulate_response(response.encode()),
+            headers={"content-type": RESPONSE_MEDIA_TYPE},
+        )
+
+
+def _client(cloud: Cloud, store: ParamStore, **kwargs: Any) -> VeilClient:
+    transport = AsyncOHTTPClient(
+        "https://relay.invalid/ohttp",
+        key_config_url="https://relay.invalid/.well-known/ohttp-gateway",
+        transport=httpx.MockTransport(cloud),
+        retries=0,
+    )
+    return VeilClient(transport, store, model=MODEL, retry=RetryPolicy(retries=0), **kwargs)
+
+
+def test_the_phone_chooses_the_best_usable_prototype_and_uploads_it(tmp_path: Path) -> None:
+    cloud = Cloud(_book())
+    store = ParamStore(tmp_path / "params.veil")
+    client = _client(cloud, store, family="prototype", rng=lambda: np.random.default_rng(0))
+
+    async def go() -> Any:
+        choice = await client.choose_prototype(EXAMPLES, noise_std=1e-3)
+        await client.upload("next_word", "see you", "soon")
+        return choice
+
+    choice = asyncio.run(go())
+    assert choice.index == 3 and choice.version == cloud.book.version and choice.requests == 4 * 3
+    assert np.isnan(choice.mean_losses[1]) and np.argmin(np.nan_to_num(choice.mean_losses, nan=99)) == 3
+    # the loss requests carry the public prototypes exactly, never the retired one
+    scored = [_embedding(b) for p, b in cloud.seen if p == "/v1/embedding-gradients"]
+    sent = sorted({int(np.argmin(np.abs(cloud.book.prototypes - e).sum(axis=(1, 2)))) for e in scored})
+    assert sent == [0, 2, 3, 4] and all(np.isin(e, cloud.book.prototypes).all() for e in scored)
+    # every use checks the version first; the upload carries the prototype plus tiny noise
+    paths = [p for p, _ in cloud.seen]
+    assert paths[0] == "/v1/codebook" and paths[-2:] == ["/v1/codebook", "/v1/uploads"]
+    upload = _embedding(cloud.seen[-1][1])
+    assert (
+        cloud.book.decode(upload[None])[0] == 3 and 0 < np.abs(upload - cloud.book.prototypes[3]).max() < 0.01
+    )
+    state = ParamStore(tmp_path / "params.veil").load("prototype")  # a restarted app reads the same choice
+    assert isinstance(state.distribution, PrototypeDistribution) and state.distribution.index == 3
+    assert state.distribution.codebook.version == cloud.book.version
+
+
+def test_a_new_codebook_version_stops_every_use_until_the_phone_chooses_again() -> None:
+    cloud = Cloud(_book())
+    client = _client(cloud, MemoryParamStore())
+    asyncio.run(client.choose_prototype(EXAMPLES))
+    old = cloud.book.version
+    cloud.book = cloud.book.with_active([True, False, True, False, True])  # the cloud retired the choice
+    before = len(cloud.seen)
+    for use in (
+        lambda: client.upload("next_word", "x", "y"),
+        lambda: client.chat([{"role": "user", "content": "hi"}]),
+    ):
+        with pytest.raises(CodebookMismatchError) as err:
+            asyncio.run(use())
+        assert old in str(err.value) and cloud.book.version in str(err.value)
+    assert [p for p, _ in cloud.seen[before:]] == ["/v1/codebook"] * 2  # nothing was sent with a sample
+    assert client.state.distribution.index == 3  # nothing re-chosen behind the caller's back
+    again = asyncio.run(client.choose_prototype(EXAMPLES))
+    assert again.index == 0 and again.version == cloud.book.version  # 0 is now the nearest usable one
+    assert asyncio.run(client.upload("next_word", "x", "y"))["status"] == "created"
+
+
+def test_loading_another_family_is_a_typed_error_naming_both(tmp_path: Path) -> None:
+    path = tmp_path / "params.veil"
+    ParamStore(path).save(ClientState(GaussianDistribution(np.zeros(SHAPE), np.ones(SHAPE)), {}, MODEL))
+    client = _client(Cloud(_book()), ParamStore(path), family="prototype")
+    with pytest.raises(FamilyMismatchError, match="'gaussian'.*'prototype'"):
+        _ = client.state
+    with pytest.raises(FamilyMismatchError, match="'gaussian'.*'prototype'"):
+        asyncio.run(client.upload("next_word", "x", "y"))
+    chosen = MemoryParamStore()
+    chosen.save(ClientState(PrototypeDistribution(_book(), 2), {}, MODEL))
+    # a prototype file is not a Gaussian one, although the class derives from it: no reinterpretation
+    with pytest.raises(FamilyMismatchError, match="'prototype'.*'gaussian'"):
+        chosen.load("gaussian")
+    with pytest.raises(FamilyMismatchError, match="'gaussian' family, not 'prototype'"):
+        asyncio.run(_client(Cloud(_book()), MemoryParamStore(), family="gaussian").choose_prototype(EXAMPLES))
+
+
+def test_no_codebook_and_no_gradient_steps() -> None:
+    from veil.client_sdk.api import VeilAPIError
+
+    client = _client(Cloud(None), MemoryParamStore())
+    with pytest.raises(VeilAPIError) as err:
+        asyncio.run(client.choose_prototype(EXAMPLES))
+    assert err.value.status == 404 and err.value.code == "codebook_not_found"
+    assert not client.store.exists()
+    client = _client(Cloud(_book()), MemoryParamStore())
+    asyncio.run(client.choose_prototype(EXAMPLES))
+    with pytest.raises(VeilClientError, match="choose_prototype"):
+        asyncio.run(client.learn("next_word", "x", "y"))
