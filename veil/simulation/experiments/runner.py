@@ -164,8 +164,14 @@ class ExperimentRun:
         mode: str = "local",
         r: int = 0,
         groups: dict[str, list[int]] | None = None,
+        batch_scale: int = 1,
     ) -> dict[str, UserDistribution]:
-        s2 = dataclasses.replace(self.cfg.stage2, mode=mode, trainable=self.trainable(family))
+        s2 = dataclasses.replace(
+            self.cfg.stage2,
+            mode=mode,
+            trainable=self.trainable(family),
+            batch_size=self.cfg.stage2.batch_size * batch_scale,
+        )
         s2 = dataclasses.replace(s2, seed=s2.seed + r)
         with self.progress.stage(f"{tag}: on-device (stage 2)", s2.epochs) as bar:
             return learn_distributions(
@@ -205,7 +211,10 @@ class ExperimentRun:
             groups.setdefault(f"type{t:03d}", []).extend(self.train[u])
         init = self.init_distributions("gaussian", self.cfg.static_std)
         start = {g: init[self.users[0]] for g in groups}
-        learned = self.stage2(label, "gaussian", start, groups=groups)
+        # a type's pooled data is (users per type) phones' worth: take that many phones' rows per step,
+        # so stage 2 costs what it costs for per-user embeddings
+        per_type = max(1, round(len(self.users) / len(groups)))
+        learned = self.stage2(label, "gaussian", start, groups=groups, batch_scale=per_type)
         dists = {u: learned[f"type{t:03d}"] for u, t in zip(self.users, self.types, strict=True)}
         self.stage3(label, dists)
         return dists, self.cold_accuracy()
