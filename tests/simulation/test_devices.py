@@ -230,7 +230,9 @@ def test_splitting_a_lockstep_step_into_passes_changes_nothing(reader, mode: str
     """16 rows per step in passes of 3 rows: the same gradients, so the same learned parameters."""
     model, data, _ = reader
     users = _users(data)
-    whole = learn_distributions(model, data, users, _start(users), _cfg(mode, prior_weight=0.5))
-    split = learn_distributions(model, data, users, _start(users), _cfg(mode, prior_weight=0.5, max_rows=3))
+    whole = learn_distributions(model, data, users, _start(users), _cfg(mode, prior_weight=0.5, epochs=1))
+    split = learn_distributions(
+        model, data, users, _start(users), _cfg(mode, prior_weight=0.5, epochs=1, max_rows=3)
+    )
     for u in users:
         np.testing.assert_allclose(split[u].loc, whole[u].loc, rtol=1e-4, atol=1e-6)
