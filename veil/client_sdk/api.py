@@ -19,8 +19,19 @@ import numpy as np
 
 from veil.client_sdk.codebook_wire import codebook_from_json
 from veil.client_sdk.distributions.prototype import Codebook
+from veil.client_sdk.private_head import HeadAnswers
 
-__all__ = ["AsyncTransport", "PhoneAPI", "VeilAPIError", "embedding_field", "new_idempotency_key"]
+__all__ = [
+    "MAX_TOP_K",
+    "AsyncTransport",
+    "PhoneAPI",
+    "VeilAPIError",
+    "embedding_field",
+    "new_idempotency_key",
+]
+
+MAX_TOP_K = 20
+"""The most candidates per prototype a chat answer carries (OpenAI's ``top_logprobs`` limit)."""
 
 
 class VeilAPIError(Exception):
@@ -180,3 +191,49 @@ class PhoneAPI:
             body.update(embedding_field("user_embedding", embedding, self.embedding_encoding))
         out = _decode(await self.transport.request("POST", "/v1/chat/completions", json=body))
         return str(out["choices"][0]["message"]["content"])
+
+    async def prototype_answers(
+        self, messages: Sequence[dict[str, str]], prototypes: np.ndarray, top_k: int
+    ) -> HeadAnswers:
+        """The cloud half of private mixing: the top ``top_k`` next tokens under each public prototype.
+
+        One chat request per prototype (``max_tokens=1, logprobs=true, top_logprobs=top_k``, the
+        prototype as ``user_embedding``); the ids come from the ``id`` Veil adds to every alternative.
+
+        Parameters
+        ----------
+        messages : the chat so far.
+        prototypes : ``(m, n_tokens, hidden)`` public prototypes of the codebook.
+        top_k : alternatives per prototype, 1..20.
+
+        Returns
+        -------
+        HeadAnswers of shape ``(1, m, top_k)``.
+        """
+        if not 1 <= top_k <= MAX_TOP_K:
+            raise ValueError(f"top_k must be in [1, {MAX_TOP_K}], got {top_k}")
+        protos = np.asarray(prototypes, dtype=np.float64)
+        if protos.ndim != 3 or protos.shape[0] < 1:
+            raise ValueError(f"prototypes must have shape (m, n_tokens, hidden), got {protos.shape}")
+        tokens = np.zeros((1, protos.shape[0], top_k), dtype=np.int64)
+        logprobs = np.zeros((1, protos.shape[0], top_k))
+        for j, proto in enumerate(protos):
+            body: dict[str, Any] = {
+                "model": self.model,
+                "messages": list(messages),
+                "max_tokens": 1,
+                "temperature": 0,
+                "logprobs": True,
+                "top_logprobs": top_k,
+                **embedding_field("user_embedding", proto, self.embedding_encoding),
+            }
+            out = _decode(await self.transport.request("POST", "/v1/chat/completions", json=body))
+            content = (out["choices"][0]["logprobs"] or {}).get("content") or []
+            if not content:  # the model stopped at once: the stop token is the answer, never emitted
+                raise ValueError("the answer carries no logprobs (the model stopped before a first token)")
+            top = content[0]["top_logprobs"]
+            if len(top) != top_k:
+                raise ValueError(f"asked for {top_k} top_logprobs, got {len(top)}")
+            tokens[0, j] = [int(t["id"]) for t in top]
+            logprobs[0, j] = [float(t["logprob"]) for t in top]
+        return HeadAnswers(tokens, logprobs)

@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from veil.client_sdk.api import AsyncTransport, PhoneAPI, VeilAPIError, new_idempotency_key
+from veil.client_sdk.api import MAX_TOP_K, AsyncTransport, PhoneAPI, VeilAPIError, new_idempotency_key
 from veil.client_sdk.distributions.base import UserDistribution
 from veil.client_sdk.distributions.prototype import (
     DEFAULT_NOISE_STD,
@@ -48,6 +48,7 @@ from veil.client_sdk.ohttp.client import AsyncOHTTPClient, RelayError
 from veil.client_sdk.ohttp.errors import DecryptionFailedError, KeyConfigError, MalformedMessageError
 from veil.client_sdk.param_store import ClientState, FamilyMismatchError, ParamStore
 from veil.client_sdk.policy_guard import PolicyCheck, PolicyViolationError
+from veil.client_sdk.private_head import PrivateHead
 from veil.client_sdk.prototype_choice import Example, PrototypeChoice, prototype_losses
 
 __all__ = [
@@ -408,6 +409,49 @@ class VeilClient:
                 return await self.api.chat(messages, embedding, **params)
             except (KeyError, TypeError, IndexError) as exc:
                 raise InvalidResponseError(f"chat answer is malformed: {exc!r}") from exc
+
+        return await self._with_retries(send)
+
+    async def mixed_next_token(
+        self,
+        messages: Sequence[dict[str, str]],
+        head: PrivateHead,
+        *,
+        top_k: int = 20,
+        prototypes: Sequence[int] | None = None,
+    ) -> int:
+        """Private mixing's next token: the cloud's top-k under public prototypes, mixed by ``head``.
+
+        Checks the stored prototype choice against the cloud's codebook first (as :meth:`chat` does),
+        then asks for the answers under the phone's own prototype, or under ``prototypes`` (codebook
+        indices, e.g. its best few by its own losses); nothing private is sent, and ``head`` stays here.
+
+        Parameters
+        ----------
+        messages : the chat so far.
+        head : the phone's private head, with one mixture logit per requested prototype.
+        top_k : candidates per prototype, 1..20.
+        prototypes : codebook indices to ask under (default: the stored choice's own).
+        """
+        distribution = self.state.distribution
+        if not isinstance(distribution, PrototypeDistribution):
+            raise VeilClientError("private mixing needs a prototype choice: call choose_prototype first")
+        if not 1 <= top_k <= MAX_TOP_K:
+            raise ValueError(f"top_k must be in [1, {MAX_TOP_K}], got {top_k}")
+        await self.check_codebook()
+        book = distribution.codebook
+        asked = np.asarray([distribution.index] if prototypes is None else list(prototypes), dtype=np.int64)
+        if asked.size < 1 or np.any((asked < 0) | (asked >= book.size)) or not book.active[asked].all():
+            raise ValueError(f"prototypes must be usable indices of codebook {book.version}, got {asked}")
+        if head.logits.shape != (asked.size,):
+            raise ValueError(f"head mixes {head.logits.size} prototypes, asked for {asked.size}")
+
+        async def send() -> int:
+            try:
+                answers = await self.api.prototype_answers(messages, book.prototypes[asked], top_k)
+            except (KeyError, TypeError, IndexError, ValueError) as exc:
+                raise InvalidResponseError(f"prototype answers are malformed: {exc}") from exc
+            return int(head.predict(answers)[0])
 
         return await self._with_retries(send)
 

@@ -14,12 +14,12 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-from veil.models.generation import SamplingParams, generate_batch
+from veil.models.generation import SamplingParams, TokenLogprobs, generate_batch, token_logprobs
 
 __all__ = ["ChatEvent", "EngineConfig", "GradientResult", "ServingEngine"]
 
@@ -48,11 +48,16 @@ class EngineConfig:
 
 @dataclass
 class ChatEvent:
-    """One streamed piece of a completion: a text ``delta``, or the end (``finish_reason`` set)."""
+    """One streamed piece of a completion: a text ``delta``, or the end (``finish_reason`` set).
+
+    The end carries ``logprobs`` of the ``completion_tokens`` generated tokens when the request asked
+    for them (``SamplingParams.top_logprobs`` set), else ``None``.
+    """
 
     delta: str = ""
     finish_reason: str | None = None
     completion_tokens: int = 0
+    logprobs: list[TokenLogprobs] | None = None
 
 
 @dataclass
@@ -71,6 +76,7 @@ class _ChatJob:
     loop: asyncio.AbstractEventLoop
     cancelled: bool = False
     tokens: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprobs] = field(default_factory=list)
     emitted: int = 0
     text: str = ""
     finished: bool = False
@@ -203,13 +209,7 @@ class ServingEngine:
         """Stream a completion; the last event has ``finish_reason`` set."""
         if self._chat_queue is None:
             raise RuntimeError("engine not started")
-        params = SamplingParams(
-            max_new_tokens=params.max_new_tokens,
-            temperature=params.temperature,
-            top_p=params.top_p,
-            seed=params.seed,
-            stop_token_ids=self.stop_token_ids,
-        )
+        params = replace(params, stop_token_ids=self.stop_token_ids)
         job = _ChatJob(
             list(prompt_ids), embedding, params, tuple(stop), asyncio.Queue(), asyncio.get_running_loop()
         )
@@ -225,6 +225,10 @@ class ServingEngine:
 
     def _run_chat(self, jobs: list[_ChatJob]) -> None:
         counts = [0] * len(jobs)
+        current: list[Any] = [None]  # this step's logits (B, V), kept for the rows that ask for logprobs
+
+        def on_logits(logits: Any) -> None:
+            current[0] = logits
 
         def on_step(step: list[int | None]) -> set[int]:
             stop_rows: set[int] = set()
@@ -236,6 +240,8 @@ class ServingEngine:
                     continue
                 counts[r] += 1
                 job.tokens.append(tok)
+                if job.params.top_logprobs is not None:
+                    job.logprobs.append(token_logprobs(current[0][r], tok, job.params.top_logprobs))
                 if self._advance(job, counts[r]):
                     stop_rows.add(r)
             return stop_rows
@@ -247,15 +253,20 @@ class ServingEngine:
             [j.params for j in jobs],
             self.pad_id,
             on_step,
+            on_logits,
         )
         for job, (_tokens, reason), n in zip(jobs, results, counts, strict=True):
             if job.finished:
                 continue
             self._flush(job, len(job.text))
-            job.finished = True
-            job.loop.call_soon_threadsafe(
-                job.events.put_nowait, ChatEvent(finish_reason=reason, completion_tokens=n)
-            )
+            self._finish(job, reason, n)
+
+    @staticmethod
+    def _finish(job: _ChatJob, reason: str, n_tokens: int) -> None:
+        job.finished = True
+        logprobs = job.logprobs[:n_tokens] if job.params.top_logprobs is not None else None
+        event = ChatEvent(finish_reason=reason, completion_tokens=n_tokens, logprobs=logprobs)
+        job.loop.call_soon_threadsafe(job.events.put_nowait, event)
 
     def _advance(self, job: _ChatJob, n_tokens: int) -> bool:
         """Decode the row so far, emit what is safe, finish the job at a stop string (returns True)."""
@@ -265,10 +276,7 @@ class ServingEngine:
         if hits:
             job.text = text[: min(hits)]
             self._flush(job, len(job.text))
-            job.finished = True
-            job.loop.call_soon_threadsafe(
-                job.events.put_nowait, ChatEvent(finish_reason="stop", completion_tokens=n_tokens)
-            )
+            self._finish(job, "stop", n_tokens)
             return True
         job.text = text
         # hold back what could be the start of a stop string, and an unfinished UTF-8 character

@@ -129,6 +129,10 @@ class ChatCompletionRequest(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: Annotated[int, Field(ge=1, le=1)] = 1
+    logprobs: bool = False
+    """Return each generated token's log-probability (``log_softmax`` of the logits, before temperature)."""
+    top_logprobs: Annotated[int | None, Field(ge=0, le=20)] = None
+    """With ``logprobs``: the most likely alternatives per position, 0..20 (OpenAI's limits)."""
     user_embedding: Embedding | None = None
     """A fresh sample from the caller's distribution, ``(n_tokens, hidden)`` (flat if ``n_tokens == 1``)."""
     user_embedding_b64: EmbeddingB64 | None = None
@@ -136,6 +140,12 @@ class ChatCompletionRequest(BaseModel):
 
     _check_embedding = field_validator("user_embedding")(_finite_embedding)
     _one_embedding = _one_form("user_embedding", "user_embedding_b64")
+
+    @model_validator(mode="after")
+    def _logprobs_requested(self) -> ChatCompletionRequest:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError(f"top_logprobs ({self.top_logprobs}) needs logprobs: true")
+        return self
 
     def stops(self) -> tuple[str, ...]:
         if self.stop is None:

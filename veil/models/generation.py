@@ -23,7 +23,17 @@ from torch import Tensor
 
 from veil.models.personalization import PersonalizedLM
 
-__all__ = ["SamplingParams", "generate_batch", "sample_next"]
+__all__ = [
+    "MAX_TOP_LOGPROBS",
+    "SamplingParams",
+    "TokenLogprobs",
+    "generate_batch",
+    "sample_next",
+    "token_logprobs",
+]
+
+MAX_TOP_LOGPROBS = 20
+"""The most alternatives a row may ask for (OpenAI's limit for ``top_logprobs``)."""
 
 
 @dataclass(frozen=True)
@@ -37,6 +47,8 @@ class SamplingParams:
     top_p: nucleus sampling mass in (0, 1]; 1 keeps the whole distribution.
     seed: seeds this row's own generator; ``None`` draws from the global generator.
     stop_token_ids: token ids that end the row (reason ``"stop"``); the token itself is not emitted.
+    top_logprobs: ``None``: no log-probabilities; ``k`` in ``[0, 20]``: each emitted token's
+        log-probability and the ``k`` most likely alternatives (see :func:`token_logprobs`).
     """
 
     max_new_tokens: int = 256
@@ -44,6 +56,7 @@ class SamplingParams:
     top_p: float = 1.0
     seed: int | None = None
     stop_token_ids: tuple[int, ...] = ()
+    top_logprobs: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -52,6 +65,43 @@ class SamplingParams:
             raise ValueError(f"temperature must be in [0, 2], got {self.temperature}")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_logprobs is not None and not 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS:
+            raise ValueError(f"top_logprobs must be in [0, {MAX_TOP_LOGPROBS}], got {self.top_logprobs}")
+
+
+@dataclass(frozen=True)
+class TokenLogprobs:
+    """One emitted token's log-probability and the most likely alternatives at its position.
+
+    Attributes
+    ----------
+    token: the emitted id.
+    logprob: its log-probability.
+    top_ids: int64 ``(k,)``, the ``k`` most likely ids, most likely first.
+    top_logprobs: float64 ``(k,)``, their log-probabilities (non-increasing).
+    """
+
+    token: int
+    logprob: float
+    top_ids: np.ndarray
+    top_logprobs: np.ndarray
+
+
+def token_logprobs(logits: Tensor, token: int, k: int) -> TokenLogprobs:
+    """Log-probabilities of next-token ``logits`` ``(vocab,)``: of ``token`` and of the top ``k``.
+
+    They are ``log_softmax(logits)``: the model's distribution before the row's temperature and top-p
+    (OpenAI's convention), so they do not depend on how the token was drawn, and equal the cloud half of
+    private mixing (:func:`veil.simulation.mixing.head_answers`) on the same prompt and embedding.
+    """
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    top = logp.topk(min(k, logp.shape[-1]))
+    return TokenLogprobs(
+        int(token),
+        min(float(logp[token]), 0.0),
+        top.indices.numpy().astype(np.int64),
+        np.minimum(top.values.numpy().astype(np.float64), 0.0),
+    )
 
 
 def sample_next(logits: Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
@@ -86,6 +136,7 @@ def generate_batch(
     params: Sequence[SamplingParams],
     pad_id: int,
     on_step: Callable[[list[int | None]], set[int] | None] | None = None,
+    on_logits: Callable[[Tensor], None] | None = None,
 ) -> list[tuple[list[int], str]]:
     """Generate for a batch of prompts; returns ``(token_ids, finish_reason)`` per row.
 
@@ -98,6 +149,8 @@ def generate_batch(
     on_step: called after every step with the new token of each row (``None`` for rows that were
         already finished or just hit a stop token); it may return row indices to stop now (reason
         ``"stop"``), e.g. when the caller found a stop string in the decoded text.
+    on_logits: called before every step's sampling with the next-token logits ``(B, V)`` (float32, CPU),
+        e.g. to report log-probabilities of the tokens ``on_step`` then receives.
     """
     n = len(prompts)
     if not (n == len(embeddings) == len(params)) or n == 0:
@@ -136,6 +189,8 @@ def generate_batch(
     reasons: list[str | None] = [None] * n
     while True:
         logits = out.logits[:, -1, :].float().cpu()  # (B, V)
+        if on_logits is not None:
+            on_logits(logits)
         step: list[int | None] = [None] * n
         for r in range(n):
             if reasons[r] is not None:

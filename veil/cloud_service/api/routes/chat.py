@@ -16,7 +16,7 @@ from veil.cloud_service.api.checks import check_model, served_embedding
 from veil.cloud_service.api.deps import Caller, State
 from veil.cloud_service.errors import APIError
 from veil.cloud_service.schemas import ChatCompletionRequest
-from veil.models.generation import SamplingParams
+from veil.models.generation import SamplingParams, TokenLogprobs
 
 router = APIRouter(tags=["chat"])
 
@@ -26,6 +26,8 @@ def _prepare(
 ) -> tuple[list[int], np.ndarray | None, SamplingParams]:
     engine = state.engine
     check_model(engine, body.model)
+    if body.logprobs and body.stream:
+        raise APIError(400, "logprobs are returned by non-streamed completions only", param="logprobs")
     embedding = served_embedding(engine, body.user_embedding, "user_embedding", body.user_embedding_b64)
     messages = [
         {"role": m.role if m.role != "developer" else "system", "content": m.text()} for m in body.messages
@@ -51,9 +53,28 @@ def _prepare(
         )
     limit = wanted if wanted is not None else min(state.config.default_max_tokens, room)
     params = SamplingParams(
-        max_new_tokens=limit, temperature=body.temperature, top_p=body.top_p, seed=body.seed
+        max_new_tokens=limit,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        seed=body.seed,
+        top_logprobs=(body.top_logprobs or 0) if body.logprobs else None,
     )
     return prompt, embedding, params
+
+
+def _logprobs_content(tokenizer: Any, entries: list[TokenLogprobs]) -> list[dict[str, Any]]:
+    """OpenAI's ``choices[].logprobs.content``; every alternative also carries its token ``id`` (Veil's
+    extension, so a phone can key its private head by id)."""
+
+    def item(token: int, logprob: float) -> dict[str, Any]:
+        text = tokenizer.decode([token])
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8")), "id": token}
+
+    content = []
+    for e in entries:
+        top = [item(int(t), float(lp)) for t, lp in zip(e.top_ids, e.top_logprobs, strict=True)]
+        content.append({**item(e.token, e.logprob), "top_logprobs": top})
+    return content
 
 
 def _chunk(cid: str, created: int, model: str, delta: dict[str, Any], finish: str | None) -> str:
@@ -85,10 +106,13 @@ async def chat_completions(body: ChatCompletionRequest, state: State, _: Caller)
     if not body.stream:
         parts: list[str] = []
         finish, completion = "length", 0
+        logprobs = None
         async for event in events:
             parts.append(event.delta)
             if event.finish_reason is not None:
                 finish, completion = event.finish_reason, event.completion_tokens
+                if event.logprobs is not None:
+                    logprobs = {"content": _logprobs_content(engine.tokenizer, event.logprobs)}
         if finish == "error":
             raise APIError(500, "the model failed on this batch", type="server_error")
         state.metrics.tokens.inc(completion)
@@ -102,7 +126,7 @@ async def chat_completions(body: ChatCompletionRequest, state: State, _: Caller)
                     "index": 0,
                     "message": {"role": "assistant", "content": "".join(parts)},
                     "finish_reason": finish,
-                    "logprobs": None,
+                    "logprobs": logprobs,
                 }
             ],
             "usage": usage(completion),
