@@ -1,6 +1,6 @@
 """Veil: privacy-preserving federated personalisation for LLMs.
 
-Subpackages (see DESIGN.md): ``client_sdk`` (runs on phones; numpy only), ``cloud_service``,
+Subpackages (dependencies point down this list): ``client_sdk`` (runs on phones; numpy only), ``cloud_service``,
 ``models``, ``privacy_analysis``, ``simulation``, ``kernels`` and ``cli``. Nothing is imported
 here, so ``import veil.client_sdk`` never pulls in torch.
 """

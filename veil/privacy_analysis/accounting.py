@@ -2,7 +2,7 @@
 
 A DP-SGD run is the Poisson-subsampled Gaussian mechanism with noise multiplier ``sigma`` (noise std over
 the clipping norm), sampling rate ``q`` and ``steps`` iterations; several runs on the same data compose.
-The accountants are Opacus's (v1.6; IDFREE_PL.md section 6): ``"prv"`` (the default there; numerical
+The accountants are Opacus's (v1.6): ``"prv"`` (the default there; numerical
 composition of privacy-loss random variables, Gopi, Lee & Wutschitz, arXiv:2106.02848, returning the upper
 estimate), ``"rdp"`` (Renyi DP, Mironov 2017, converted with Balle et al. 2020, Thm 21) and ``"gdp"``
 (the CLT approximation of Dong, Roth & Su, arXiv:1905.02383, which can *underestimate*).

@@ -2,7 +2,7 @@
 
 Given K users' distributions P_1..P_K and priors pi, the Bayes attributor assigns an upload e to
 argmax_k pi_k p_k(e); its accuracy is Acc* = sum_k pi_k P_k(argmax_j pi_j p_j = k), i.e.
-(1/K) integral max_k p_k under a uniform prior (IDFREE_PL.md section 3.2, an inferred application of
+(1/K) integral max_k p_k under a uniform prior (IDfree-PL, arXiv:2501.06062, section 3; an application of
 standard Bayes-decision facts to IDfree-PL, arXiv:2501.06062). Here:
 
 * :func:`bayes_attribution`: Monte Carlo through each family's ``log_prob`` (any population);
@@ -225,7 +225,7 @@ def linked_attribution(
 
     The attributor picks ``argmax_k log pi_k + sum_t log p_k(e_t)``; this is the Bayes rule for
     ``P_k^{(x)T}``, so for two equal-covariance Gaussians it equals ``Phi(sqrt(T) Delta / 2)``
-    (IDFREE_PL.md 3.2). ``n_uploads`` linked groups per user (uniform prior) or ``n_uploads * K`` groups
+    (arXiv:2501.06062, section 3). ``n_uploads`` linked groups per user (uniform prior) or ``n_uploads * K`` groups
     with users drawn from ``priors``; Wilson 95% interval over groups.
     """
     users = check_population(distributions)
@@ -237,7 +237,7 @@ def linked_attribution(
 # ---------------------------------------------------------------------------------------- upper bounds
 @dataclass(frozen=True)
 class AttributionBounds:
-    """Upper bounds on Bayes attribution accuracy (IDFREE_PL.md 3.2), each clipped to 1.
+    """Upper bounds on Bayes attribution accuracy (arXiv:2501.06062, section 3), each clipped to 1.
 
     ``tv_to_mean``: ``pi_max + sum_k pi_k TV(P_k, P_bar)`` with the sum estimated by Monte Carlo and
     raised by ``z`` standard errors; ``pairwise``: ``pi_max + min_j sum_{k != j} pi_k TV(P_j, P_k)`` (None
@@ -284,7 +284,7 @@ def attribution_bounds(
     z: float = 3.0,
     chunk: int = 4096,
 ) -> AttributionBounds:
-    """Both closed-form upper bounds of IDFREE_PL.md 3.2 on the Bayes attribution accuracy.
+    """Both closed-form upper bounds (arXiv:2501.06062, section 3) on the Bayes attribution accuracy.
 
     Parameters
     ----------

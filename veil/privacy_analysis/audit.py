@@ -1,6 +1,6 @@
 """The audit behind ``veil audit``: every attribution figure for one population, and the policy verdict.
 
-Given the users' distributions, :func:`run_audit` measures (IDFREE_PL.md section 3):
+Given the users' distributions, :func:`run_audit` measures (IDfree-PL, arXiv:2501.06062, section 3):
 
 - the Bayes-optimal attribution accuracy of one upload (Monte Carlo with a 95% interval; exact numerical
   integration as well when the embedding is one number), next to chance ``1/K`` and the closed-form upper

@@ -1,6 +1,6 @@
 """Closed-form attribution bounds, and the exact Bayes attribution accuracy in one or two dimensions.
 
-The formulas are the standard facts collected in IDFREE_PL.md section 3.2 (an inferred application to
+The formulas are the standard facts behind IDfree-PL's attribution argument (arXiv:2501.06062, section 3; an application to
 IDfree-PL, arXiv:2501.06062; the paper's own theorem statements are not reproduced here):
 
 * Bayes attributor: ``argmax_k pi_k p_k(e)``; ``Acc* = integral max_k pi_k p_k``, ``(1/K) integral max_k p_k``

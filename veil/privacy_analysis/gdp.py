@@ -6,7 +6,7 @@ test's trade-off (type II error against type I error ``alpha``) is exactly
 ``G_mu(alpha) = Phi(Phi^{-1}(1 - alpha) - mu)`` with ``mu = Delta``, the Mahalanobis distance: the pair is
 ``mu``-GDP. Its (epsilon, delta) profile (Dong, Roth & Su, Corollary 2.13) is
 ``delta(eps) = Phi(-eps/mu + mu/2) - e^eps Phi(-eps/mu - mu/2)``, and T linked uploads give ``sqrt(T) mu``
-(the product of T such Gaussians is again one, at distance ``sqrt(T) Delta``). IDFREE_PL.md section 3.2
+(the product of T such Gaussians is again one, at distance ``sqrt(T) Delta``). Dong, Roth & Su, arXiv:1905.02383, section 3
 lists these as inferred applications to IDfree-PL (arXiv:2501.06062).
 
 For pairs outside that case, :func:`privacy_profile_mc` and :func:`empirical_tradeoff` measure the same

@@ -3,7 +3,7 @@
 The cloud sees i.i.d. uploads from ``Q = sum_i pi_i P_i``. Finite mixtures over a family are identifiable
 iff the family is linearly independent (Yakowitz & Spragins, Ann. Math. Stat. 39(1), 1968), and the
 densities ``p_1..p_n`` are linearly dependent iff their Gram matrix ``G_ij = integral p_i p_j`` is singular
-(IDFREE_PL.md section 3.1). Closed forms:
+(Yakowitz & Spragins 1968; IDfree-PL, arXiv:2501.06062, section 3). Closed forms:
 
 * diagonal Gaussians: ``integral N(x; m_i, S_i) N(x; m_j, S_j) dx = N(m_i; m_j, S_i + S_j)``;
 * Beta, per coordinate: ``B(a_i + a_j - 1, b_i + b_j - 1) / (B(a_i, b_i) B(a_j, b_j))`` (finite iff

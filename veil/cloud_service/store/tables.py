@@ -1,6 +1,6 @@
 """The database schema as SQLAlchemy 2 ORM tables.
 
-Privacy rule (DESIGN.md, privacy model): no column may hold anything that identifies a person or a
+Privacy rule (the product's privacy model): no column may hold anything that identifies a person or a
 device (no IP, user, device, session, client or account field), and no column has a time finer than
 a day: every date is a :class:`~sqlalchemy.Date` holding the UTC day. ``tests/cloud_service/store``
 checks this on the migrated database, so a new column that breaks it fails the tests.

@@ -1,7 +1,7 @@
 """Bayes-optimal attribution with known parameters: the ceiling every other attack sits under.
 
 An attacker who knows every user's distribution P_k (and the users' shares of uploads) attributes an
-upload e to ``argmax_k pi_k p_k(e)``; no rule has a higher expected accuracy (IDFREE_PL.md section 3.2).
+upload e to ``argmax_k pi_k p_k(e)``; no rule has a higher expected accuracy (the Bayes decision rule; IDfree-PL, arXiv:2501.06062, section 3).
 Besides the realised accuracy on the given uploads we report the Rao-Blackwellised estimate
 ``mean_i max_k pi(k | e_i)`` of the same expected accuracy (lower variance, unbiased when the owners are
 drawn from the prior) and the degree of anonymity ``mean_i H(pi(. | e_i)) / log K`` (Diaz et al. 2002).

@@ -1,7 +1,7 @@
 """Unsupervised linkage of the pooled upload stream: k-means and a diagonal Gaussian mixture fitted by EM.
 
 The cloud knows no parameters and no owners; it only suspects the stream is a mixture of K users
-(IDFREE_PL.md section 3.1: Q = sum_k pi_k P_k) and tries to recover the components. Both attacks are
+(IDfree-PL, arXiv:2501.06062: Q = sum_k pi_k P_k) and tries to recover the components. Both attacks are
 told the true number of users K (generous to the attacker) and scored against the true owners by
 :func:`veil.privacy_analysis.linkage.name_clusters` (Hungarian-matched accuracy), the adjusted Rand
 index and pairwise linkage precision and recall.

@@ -1,4 +1,4 @@
-"""Loaders for the real data sets of IDfree-PL (arXiv:2501.06062, section 4 of IDFREE_PL.md).
+"""Loaders for the real data sets of IDfree-PL (arXiv:2501.06062, section 4).
 
 Each loader reads the data set's published file layout and returns a :class:`Population` split in time
 as the paper's released preprocessing does. The files themselves are not shipped (they cannot be

@@ -1,7 +1,7 @@
 """Deterministic synthetic populations on real English text, with a known personalisation gap.
 
 Sentences come from the Lee news corpus shipped with gensim (300 Australian news articles, 2001;
-OFFLINE_ASSETS.md 2.6). Users belong to latent types, and what differs between types is the *label
+the gensim test corpus). Users belong to latent types, and what differs between types is the *label
 of the same kind of text*, the situation IDfree-PL (arXiv:2501.06062) targets:
 
 - ``classification``: each sentence has a topic decided by keywords (:func:`topic_of`; sentences with
