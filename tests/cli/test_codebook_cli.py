@@ -47,7 +47,6 @@ def test_init_retire_show(home: Path) -> None:
 @pytest.mark.integration
 def test_codebook_errors_are_one_line(home: Path) -> None:
     assert_one_line_error(veil(home, "codebook", "show"), "no codebook is published")
-    assert_one_line_error(veil(home, "train", "personalized", "--codebook", "--dp"), "--codebook", "DP-SGD")
 
 
 @pytest.mark.slow

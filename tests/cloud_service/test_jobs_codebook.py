@@ -73,9 +73,36 @@ def test_codebook_job_trains_and_publishes_the_prototypes(data_dir, tmp_path) ->
     assert report.heldout_accuracy >= 0.9 and report.heldout_accuracy_population <= 0.8
 
 
-def test_codebook_mode_refuses_dp_and_a_missing_codebook(data_dir, tmp_path) -> None:
-    with pytest.raises(ValueError, match="without DP-SGD"):
-        _cfg(codebook=True, dp=DPConfig(noise_multiplier=1.0))
+def test_codebook_job_under_dp_trains_the_prototypes_and_reports_epsilon(data_dir, tmp_path) -> None:
+    rng = np.random.default_rng(1)
+    book = Codebook(rng.normal(0, 1, (3, 1, HIDDEN)).astype(np.float32), k_min=2)
+    store = CodebookStore(tmp_path)
+    published = store.publish(book)
+    engine = make_engine(None, tmp_path)
+    migrate(engine)
+    sessions = session_factory(engine)
+    with sessions() as s:
+        for i in range(60):
+            proto = i % 2
+            sample = PrototypeDistribution(published, proto, noise_std=1e-3).sample(rng)
+            add_upload(s, _upload(f"note {i}: I drink", ("tea", "coffee")[proto], sample))
+    dp = DPConfig(noise_multiplier=1.0, max_grad_norm=1.0)
+    report = run_training_job(
+        sessions,
+        "tiny-llama",
+        tmp_path / "ckpt",
+        _cfg(codebook=True, dp=dp, epochs=1),
+        tmp_path,
+        show_progress=False,
+    )
+    assert report.epsilon is not None and report.epsilon > 0 and report.delta is not None
+    assert report.codebook_previous_version == published.version != report.codebook_version
+    new = store.current()
+    assert new is not None and new.version == report.codebook_version
+    assert np.abs(new.prototypes[:2] - published.prototypes[:2]).max() > 1e-4  # noised and trained
+
+
+def test_codebook_mode_refuses_a_missing_codebook(data_dir, tmp_path) -> None:
     with pytest.raises(ValueError, match="none is published"):
         train_personalized([], "tiny-llama", tmp_path / "x", _cfg(codebook=True), data_dir)
     wrong = Codebook(np.zeros((2, 1, 8)))

@@ -226,8 +226,6 @@ def train_personalized(
 
     if task not in ("next_word", "classification"):
         raise UserError(f"--task must be next_word or classification, got {task!r}")
-    if codebook and dp:
-        raise UserError("--codebook trains the shared prototypes, which DP-SGD does not cover; drop --dp")
     if dp and noise_multiplier is None and target_epsilon is None:
         noise_multiplier = 1.0
     dp_cfg = (

@@ -32,16 +32,18 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from veil.client_sdk.codebook_wire import float32_codebook
 from veil.client_sdk.distributions import Codebook
 from veil.cloud_service.jobs.codebook import CHECKPOINT_CODEBOOK, fit_codebook
 from veil.models.checkpoint import is_personalized_checkpoint, load_personalized, save_personalized
+from veil.models.dp_codebook import CodebookStage3Config, fit_codebook_stage3
 from veil.models.dp_training import DPConfig, DPTrainResult, fit_private
 from veil.models.loading import load_model
 from veil.models.personalization import PersonalizationConfig, PersonalizedLM
@@ -89,8 +91,9 @@ class PersonalizedTrainingConfig:
     """``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ..."""
     codebook: bool = False
     """Decode every upload to its nearest usable prototype of the published codebook and train the
-    prototype vectors with the model (:mod:`veil.cloud_service.jobs.codebook`). Refuses ``dp``: DP-SGD's
-    per-upload clipping does not cover the prototypes, which every upload of a group shares."""
+    prototype vectors with the model (:mod:`veil.cloud_service.jobs.codebook`); with ``dp`` the model and
+    the prototypes train under DP-SGD (:mod:`veil.models.dp_codebook`: each upload's gradient on its
+    prototype row is clipped with the rest of its gradient, so the accounting covers the prototypes)."""
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -105,10 +108,6 @@ class PersonalizedTrainingConfig:
             self.classes = tuple(self.classes)
             if len(self.classes) < 2 or len(set(self.classes)) != len(self.classes):
                 raise ValueError(f"classes must be >= 2 unique names, got {list(self.classes)}")
-        if self.codebook and self.dp is not None:
-            raise ValueError(
-                "codebook training runs without DP-SGD (the shared prototypes are not clipped per upload)"
-            )
         self.train_config()  # validates epochs, batch_size, lr, cold_start_fraction
 
     def train_config(self) -> TrainConfig:
@@ -361,10 +360,20 @@ def train_personalized(
             progress(step, total, loss)
 
     trained: Codebook | None = None
-    if cfg.codebook and codebook is not None:
+    if cfg.codebook and codebook is not None and cfg.dp is None:
         losses, trained, decoded = fit_codebook(model, data, train, train_cfg, emb, codebook, on_step)
         result = DPTrainResult(losses, None, None, None, len(losses), None)
         emb = trained.prototypes[decoded].astype(np.float32)  # held-out rows use the trained prototypes
+    elif cfg.codebook and codebook is not None:
+        # DP-SGD: each upload's gradient on its prototype row is clipped with the rest of its gradient
+        decoded = codebook.decode(emb)
+        s3 = CodebookStage3Config(
+            **{f.name: getattr(train_cfg, f.name) for f in fields(TrainConfig)}, dp=cfg.dp
+        )
+        run = fit_codebook_stage3(model, data, train, decoded, codebook.prototypes, s3, on_step)
+        result = run.train
+        trained = float32_codebook(codebook.with_prototypes(run.prototypes))
+        emb = trained.prototypes[decoded].astype(np.float32)
     else:
         result = fit_private(model, data, train, train_cfg, cfg.dp, emb, has, on_step)
     last = np.asarray(result.losses[-math.ceil(train.size / cfg.batch_size) :], dtype=float)
