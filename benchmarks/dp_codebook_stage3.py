@@ -94,7 +94,7 @@ PHASES = ("stage1", "codebook", "nonprivate", "dp")
 class PostChoice:
     """The state both stage-3 runs start from: stage-1 model, codebook, decoded uploads."""
 
-    exp: Any  # the experiment harness's _Run: population, tokenised data, model
+    exp: Any  # the experiment harness's ExperimentRun: population, tokenised data, model
     stage1_model: Any
     book: Any  # the final Codebook the phones chose against
     index: Any  # (len(data),) prototype index of every upload (and test request)
@@ -163,7 +163,8 @@ def prepare(args: argparse.Namespace, phases: _Phases) -> PostChoice:
 
     from veil.client_sdk.distributions import Codebook
     from veil.models.training import evaluate
-    from veil.simulation.experiments.personalization import ExperimentConfig, _Run
+    from veil.simulation.experiments.personalization import ExperimentConfig
+    from veil.simulation.experiments.runner import ExperimentRun
     from veil.simulation.progress import NullProgress
 
     preset = ExperimentConfig.quick if args.quick else ExperimentConfig.full
@@ -178,7 +179,7 @@ def prepare(args: argparse.Namespace, phases: _Phases) -> PostChoice:
     cfg = dataclasses.replace(cfg, population=pop, codebook=book_cfg, stage3=s3, device=args.device)
 
     t = time.perf_counter()
-    exp = _Run(cfg, NullProgress())
+    exp = ExperimentRun(cfg, NullProgress())
     _log(
         f"population: {args.users} users, {args.types} types, {exp.train_idx.size} uploads; {exp.model.device}"
     )

@@ -57,8 +57,8 @@ from veil.simulation.experiments.personalization import (
     ExperimentResult,
     MethodResult,
     _jsonable,
-    _Run,
 )
+from veil.simulation.experiments.runner import ExperimentRun
 from veil.simulation.progress import NullProgress, Progress
 
 __all__ = ["ServiceDemoConfig", "ServiceDemoResult", "run_service_demo"]
@@ -144,7 +144,9 @@ class ServiceDemoResult:
 class _Phones:
     """The simulated phones: each holds its examples and its distribution, and talks through OHTTP."""
 
-    def __init__(self, run: _Run, cfg: ServiceDemoConfig, api: Any, rng: np.random.Generator) -> None:
+    def __init__(
+        self, run: ExperimentRun, cfg: ServiceDemoConfig, api: Any, rng: np.random.Generator
+    ) -> None:
         self.run, self.cfg, self.api, self.rng = run, cfg, api, rng
         pop = run.population
         self.examples = pop.train + pop.test
@@ -232,7 +234,7 @@ class _Phones:
 
 
 async def _phone_session(
-    relay_url: str, model: str, run: _Run, cfg: ServiceDemoConfig, progress: Progress
+    relay_url: str, model: str, run: ExperimentRun, cfg: ServiceDemoConfig, progress: Progress
 ) -> tuple[dict[str, UserDistribution], dict[int, str], int]:
     from veil.client_sdk.api import PhoneAPI
     from veil.client_sdk.ohttp import AsyncOHTTPClient
@@ -277,7 +279,7 @@ class _CountingTransport:
 
 async def _codebook_phones(
     relay_url: str,
-    run: _Run,
+    run: ExperimentRun,
     cfg: ServiceDemoConfig,
     stores: dict[str, Any],
     examples: dict[str, list[tuple[str, str, str]]],
@@ -364,7 +366,7 @@ async def _codebook_phones(
 
 
 def _codebook_demo(
-    cfg: ServiceDemoConfig, run: _Run, service_dir: Path, stage1: Path, progress: Progress
+    cfg: ServiceDemoConfig, run: ExperimentRun, service_dir: Path, stage1: Path, progress: Progress
 ) -> tuple[list[MethodResult], dict[str, Any]]:
     """Rounds of choice, upload and stage 3 through the service, then the final choice and the scores."""
     from veil.client_sdk.param_store import MemoryParamStore
@@ -477,7 +479,9 @@ def _codebook_demo(
     return [method], service
 
 
-def _result(cfg: ServiceDemoConfig, run: _Run, methods: list[MethodResult], t0: float) -> ExperimentResult:
+def _result(
+    cfg: ServiceDemoConfig, run: ExperimentRun, methods: list[MethodResult], t0: float
+) -> ExperimentResult:
     return ExperimentResult(
         task=run.population.task,
         model=run.cfg.model,
@@ -510,7 +514,7 @@ def run_service_demo(
     progress = progress or NullProgress()
     t0 = time.perf_counter()
     exp = cfg.experiment
-    run = _Run(exp, progress)
+    run = ExperimentRun(exp, progress)
     work_dir = Path(work_dir)
     service_dir = work_dir / "service"
     shutil.rmtree(service_dir, ignore_errors=True)

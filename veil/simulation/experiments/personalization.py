@@ -63,8 +63,6 @@ PRIVATE_DEFAULT = "codebook-mixing"
 """What Veil ships: the k-anonymous codebook, with private mixing on the phone."""
 _LARGE = 100  # populations above this many users get the scaled presets (fewer epochs, one spread)
 
-_Run = ExperimentRun  # the name benchmarks used before the runner moved to its own module
-
 
 @dataclass
 class ExperimentConfig:
