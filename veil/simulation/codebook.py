@@ -26,12 +26,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import nn
 
 from veil.client_sdk.distributions import Codebook, PrototypeDistribution, enforce_k_min
+from veil.cloud_service.jobs.codebook import fit_codebook
 from veil.models.personalization import PersonalizedLM
 from veil.models.tasks import TokenizedTask, row_losses
-from veil.models.training import TrainConfig, fit
+from veil.models.training import TrainConfig
 
 __all__ = ["CodebookConfig", "CodebookResult", "learn_codebook", "prototype_losses"]
 
@@ -189,17 +189,12 @@ def learn_codebook(
             on_step("choice", r, cfg.rounds)
         if r == cfg.rounds:
             break
-        param = nn.Parameter(torch.tensor(book.prototypes, dtype=torch.float32, device=model.device))
-        frozen = book
-
-        def uploads(idx: np.ndarray, dists=dists, frozen=frozen, param=param) -> torch.Tensor:
-            sent = np.stack([dists[owner[i]].sample(rng) for i in idx])  # what the phones upload
-            return param[torch.as_tensor(frozen.decode(sent), device=param.device)]  # (B, n, d)
-
+        # every example goes up once with its phone's prototype; stage 3 is the service job's own code,
+        # which decodes the stored uploads and trains the model and the prototype vectors together
+        sent = np.stack([dists[owner[i]].sample(rng) for i in range(len(data))])  # (len(data), n, d)
         s3 = dataclasses.replace(stage3, seed=stage3.seed + r)
         tick = None if on_step is None else (lambda _, r=r: on_step("stage3", r, cfg.rounds))
-        fit(model, data, train_idx, s3, uploads, extra_parameters=[param], on_step=tick)
-        book = book.with_prototypes(param.detach().cpu().numpy().astype(np.float64))
+        _, book, _ = fit_codebook(model, data, train_idx, s3, sent, book, tick)
         if cfg.reseed and r < cfg.rounds - 1:
             book = _reseed(book, counts, cfg.reseed_scale, np.random.default_rng(cfg.seed + 100 + r))
     return CodebookResult(book, dists, losses, history)
