@@ -37,6 +37,9 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="tiny-llama instead of SmolLM2")
     parser.add_argument("--out", default="smollm2_results.jsonl")
+    parser.add_argument(
+        "--max-rows", type=int, default=1024, help="rows per forward pass of stage 2 (GPU memory)"
+    )
     parser.add_argument("--state", type=Path, help="keep stage 1 and the codebook here; resume from them")
     args = parser.parse_args()
 
@@ -54,6 +57,7 @@ def main() -> None:
         cfg.population = dataclasses.replace(cfg.population, type_noise=args.type_noise)
     wanted = [m.strip() for m in args.methods.split(",")]
     cfg.methods = tuple(wanted)
+    cfg.stage2 = dataclasses.replace(cfg.stage2, max_rows=args.max_rows)
     cfg.__post_init__()
     population = {"users": args.users, "types": args.types, "type_noise": cfg.population.type_noise}
     done = _finished(Path(args.out), population) if args.state is not None else set()

@@ -169,17 +169,21 @@ def learn_distributions(
                 samples = [twins[u].rsample(c.size) for u, c in chunks.items()]
                 emb = torch.cat(samples, dim=0)  # (rows, n, d), differentiable w.r.t. every device's twin
                 weights = torch.cat([torch.full((c.size,), 1.0 / c.size) for c in chunks.values()])
+                # Each pass back-propagates into a detached copy of the samples and frees its own graph,
+                # so memory is that of one pass of max_rows; the samples' gradient then flows into the
+                # twins once (the same gradient as one pass over all rows).
+                leaf = emb.detach().requires_grad_(True)
                 for start in range(0, idx.size, cfg.max_rows):
                     part = slice(start, start + cfg.max_rows)
-                    batch = data.batch(idx[part], emb[part])
-                    batch.embeddings = emb[part]
+                    batch = data.batch(idx[part], leaf[part])
+                    batch.embeddings = leaf[part]
                     losses = row_losses(model, batch, data.task)
-                    loss = (losses * weights[part].to(losses.device)).sum()
-                    last = start + cfg.max_rows >= idx.size
-                    if cfg.prior_weight and last:
-                        pull = sum(((p - a) ** 2).sum() for p, a in zip(params, anchors, strict=True))
-                        loss = loss + 0.5 * cfg.prior_weight * pull
-                    loss.backward(retain_graph=not last)
+                    (losses * weights[part].to(losses.device)).sum().backward()
+                total = (emb * leaf.grad).sum()
+                if cfg.prior_weight:
+                    pull = sum(((p - a) ** 2).sum() for p, a in zip(params, anchors, strict=True))
+                    total = total + 0.5 * cfg.prior_weight * pull
+                total.backward()
                 optim.step()
             else:
                 samples_np = [learners[u].distribution.sample(rng, size=c.size) for u, c in chunks.items()]
