@@ -98,7 +98,7 @@ def test_onnx_backend_samples_and_chooses_through_the_graphs(folder, rng) -> Non
 
 def test_fixed_codebook_size_is_baked_into_the_manifest(tmp_path) -> None:
     manifest = export_onnx(tmp_path, ["prototype"], GraphShapes(n_tokens=1, dim=4, n_prototypes=8))
-    assert [e.name for e in manifest.entries] == ["prototype_sample", "prototype_choice"]
+    assert [e.name for e in manifest.entries] == ["prototype_sample", "prototype_choice", "prototype_head"]
     assert manifest.entry("prototype_sample").input("prototypes").shape == (8, 1, 4)
     assert manifest.entry("prototype_choice").input("losses").shape == ("examples", 8)
     assert manifest.entry("prototype_choice").kind == "choice"

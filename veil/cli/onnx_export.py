@@ -81,7 +81,7 @@ def export_onnx_command(
     written = [
         e
         for e in manifest.entries
-        if (e.family in chosen and e.kind in ("sampler", "update", "policy", "choice"))
+        if (e.family in chosen and e.kind in ("sampler", "update", "policy", "choice", "head"))
         or (lm and e.kind == "lm")
     ]
     sizes = {e.name: (out / e.file).stat().st_size for e in written}

@@ -35,7 +35,7 @@ from veil.client_sdk.learning import OnDeviceLearner
 from veil.client_sdk.param_store import ClientState
 from veil.client_sdk.policy_guard import PolicyCheck, PolicyGuard
 
-__all__ = ["Draw", "LearningConfig", "MathBackend", "NumpyBackend", "OnnxBackend"]
+__all__ = ["Draw", "LearningConfig", "MathBackend", "NumpyBackend", "OnnxBackend", "OnnxHeadMath"]
 
 _NO_POLICY = PolicyCheck(ok=True, value=0.0, limit=math.inf, measure="none")
 _FLOAT32_MARGIN = 2.0**-18
@@ -221,6 +221,7 @@ class OnnxBackend:
                 )
             graphs = load_graphs(model_dir, ["prototype_sample", "prototype_choice"])
             self._sampler, self._choice = graphs["prototype_sample"], graphs["prototype_choice"]
+            self._model_dir = model_dir
             self.params, self.guard, self._projector = [], None, None
             return
         if guard is not None and guard.prior.family != family:
@@ -344,3 +345,33 @@ class OnnxBackend:
         # unusable columns are never requested (NaN); the graph masks them, and refuses NaN input
         filled = np.where(codebook.active[None, :], arr, 0.0)
         return int(self._choice.run(losses=filled, active=codebook.active)["index"])
+
+    def head_math(self) -> OnnxHeadMath:
+        """The private mixing head's math on the ``prototype_head`` graph (for ``PrivateHead(math=...)``)."""
+        if self.family != "prototype":
+            raise ValueError(f"these graphs are for {self.family!r}; the head needs the prototype graphs")
+        from veil.client_sdk.runtime import load_graphs
+
+        return OnnxHeadMath(load_graphs(self._model_dir, ["prototype_head"])["prototype_head"])
+
+
+class OnnxHeadMath:
+    """:func:`veil.client_sdk.private_head.head_math` on the exported ``prototype_head`` graph.
+
+    The graph works in float32 and marks repeated candidates with a large negative score; both are mapped
+    back to the numpy convention (float64, ``-inf``) so :class:`PrivateHead` cannot tell them apart.
+    """
+
+    def __init__(self, session: Any) -> None:
+        self._session = session
+
+    def __call__(
+        self, logp: np.ndarray, first: np.ndarray, bias: np.ndarray, hit: np.ndarray, logits: np.ndarray
+    ) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
+        out = self._session.run(
+            logp=np.asarray(logp, np.float32), first=np.asarray(first, bool), bias=np.asarray(bias, np.float32),
+            hit=np.asarray(hit, bool), logits=np.asarray(logits, np.float32),
+        )  # fmt: skip
+        score = np.where(first, np.asarray(out["score"], np.float64), -np.inf)
+        g_logits = np.asarray(out["g_logits"], np.float64)
+        return score, float(out["loss"]), g_logits, np.asarray(out["g_score"], np.float64)

@@ -20,13 +20,14 @@ smallest probability ``j`` did return (an upper bound on its true value); the bi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from veil.client_sdk.distributions._special import logsumexp
 
-__all__ = ["HeadAnswers", "PrivateHead", "PrivateHeadConfig"]
+__all__ = ["HeadAnswers", "HeadMath", "PrivateHead", "PrivateHeadConfig", "head_math"]
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,49 @@ class PrivateHeadConfig:
             )
 
 
+HeadMath = Callable[
+    [np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    tuple[np.ndarray, float, np.ndarray, np.ndarray],
+]
+"""``(logp, first, bias, hit, logits) -> (score, loss, d loss / d logits, d loss / d score)``."""
+
+
+def head_math(
+    logp: np.ndarray, first: np.ndarray, bias: np.ndarray, hit: np.ndarray, logits: np.ndarray
+) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
+    """The head's scores, its loss and the exact gradients, on the candidates of N requests.
+
+    Parameters
+    ----------
+    logp : ``(N, C, m)`` ``log p_j(c)`` of every candidate under every prototype (floored).
+    first : ``(N, C)`` bool, the first occurrence of each candidate in its row.
+    bias : ``(N, C)`` the private bias of each candidate.
+    hit : ``(N, C)`` bool, the target's first occurrence (all False at inference).
+    logits : ``(m,)`` mixture logits.
+
+    Returns
+    -------
+    score : ``(N, C)``, ``-inf`` where not ``first``;
+    loss : mean cross-entropy over the rows with a hit (0 with none);
+    g_logits : ``(m,)``; g_score : ``(N, C)``, zero on rows without a hit.
+    """
+    log_w = logits - logsumexp(logits, axis=0)
+    mix = logsumexp(logp + log_w[None, None, :], axis=2)  # (N, C): log sum_j w_j p_j(c)
+    score = np.where(first, mix + bias, -np.inf)
+    rows = hit.any(axis=1)
+    n = max(int(rows.sum()), 1)
+    lse = logsumexp(score, axis=1)  # (N,)
+    picked = np.where(hit, score, 0.0).sum(axis=1)
+    loss = float(np.where(rows, lse - picked, 0.0).sum() / n)
+    prob = np.where(first, np.exp(score - lse[:, None]), 0.0)  # softmax over candidates
+    g_score = np.where(rows[:, None], prob - hit, 0.0) / n
+    # d mix_c / d logits_i = r_ci - w_i, with r_ci = w_i p_i(c) / sum_j w_j p_j(c) (the responsibility)
+    log_r = logp + log_w[None, None, :]
+    r = np.exp(log_r - logsumexp(log_r, axis=2)[:, :, None])  # (N, C, m)
+    g_logits = np.einsum("nc,nci->i", g_score, r - np.exp(log_w)[None, None, :])
+    return score, loss, g_logits, g_score
+
+
 class PrivateHead:
     """Mixture logits over m prototypes and a sparse per-token bias, both private to the phone.
 
@@ -106,15 +150,20 @@ class PrivateHead:
         Prototypes per request.
     logits : array_like, shape ``(m,)``, optional
         Initial mixture logits (default: uniform).
+    math : HeadMath, optional
+        Where the scores and gradients are computed: :func:`head_math` (numpy, default) or the exported
+        ``prototype_head`` ONNX graph (:class:`veil.client_sdk.math_backends.OnnxHeadMath`). Candidate
+        bookkeeping and the bias table stay in numpy either way.
     """
 
-    def __init__(self, m: int, logits: np.ndarray | None = None) -> None:
+    def __init__(self, m: int, logits: np.ndarray | None = None, math: HeadMath | None = None) -> None:
         if m < 1:
             raise ValueError(f"m must be >= 1, got {m}")
         self.logits = np.zeros(m) if logits is None else np.asarray(logits, dtype=np.float64).copy()
         if self.logits.shape != (m,):
             raise ValueError(f"logits must have shape ({m},), got {self.logits.shape}")
         self.bias: dict[int, float] = {}
+        self.math: HeadMath = math or head_math
 
     @property
     def weights(self) -> np.ndarray:
@@ -132,16 +181,10 @@ class PrivateHead:
         pos = np.clip(np.searchsorted(keys, cand), 0, keys.size - 1)
         return np.where(keys[pos] == cand, vals[pos], 0.0)
 
-    def _scores(self, answers: HeadAnswers) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        cand, first, logp = answers.candidates()
-        log_w = np.log(self.weights)
-        mix = logsumexp(logp + log_w[None, None, :], axis=2)  # (N, mk): log sum_j w_j p_j(c)
-        score = np.where(first, mix + self._bias_of(cand), -np.inf)
-        return cand, first, logp, score
-
     def predict(self, answers: HeadAnswers) -> np.ndarray:
         """The highest-scoring candidate of every request, ``(N,)``."""
-        cand, _, _, score = self._scores(answers)
+        cand, first, logp = answers.candidates()
+        score, *_ = self.math(logp, first, self._bias_of(cand), np.zeros(first.shape, bool), self.logits)
         return cand[np.arange(cand.shape[0]), score.argmax(axis=1)]
 
     def loss_and_grads(
@@ -153,33 +196,23 @@ class PrivateHead:
         -------
         loss, d loss / d logits ``(m,)``, d loss / d bias (per token id).
         """
-        cand, first, logp, score = self._scores(answers)
-        hit = (cand == np.asarray(targets)[:, None]) & first  # (N, mk)
-        rows = hit.any(axis=1)
-        w = self.weights
-        if not rows.any():
+        cand, first, logp = answers.candidates()
+        hit = (cand == np.asarray(targets)[:, None]) & first  # (N, C)
+        if not hit.any():
             return 0.0, np.zeros_like(self.logits), {t: bias_l2 * b for t, b in self.bias.items()}
-        cand, first, logp, score, hit = cand[rows], first[rows], logp[rows], score[rows], hit[rows]
-        n = int(rows.sum())
-        lse = logsumexp(score, axis=1)  # (n,)
-        loss = float((lse - np.where(hit, score, 0.0).sum(axis=1)).mean())
-        prob = np.where(first, np.exp(score - lse[:, None]), 0.0)  # softmax over candidates (n, mk)
-        g_score = (prob - hit) / n  # dL/dscore
-        # d mix_c / d logits_i = r_ci - w_i, with r_ci = w_i p_i(c) / sum_j w_j p_j(c) (the responsibility)
-        log_r = logp + np.log(w)[None, None, :]
-        r = np.exp(log_r - logsumexp(log_r, axis=2)[:, :, None])  # (n, mk, m)
-        g_logits = np.einsum("nc,nci->i", g_score, r - w[None, None, :])
+        _, loss, g_logits, g_score = self.math(logp, first, self._bias_of(cand), hit, self.logits)
         g_bias: dict[int, float] = {}
         flat_c, flat_g = cand[first], g_score[first]
         uniq, inv = np.unique(flat_c, return_inverse=True)
         sums = np.zeros(uniq.size)
         np.add.at(sums, inv, flat_g)
         for t, g in zip(uniq.tolist(), sums.tolist(), strict=True):
-            g_bias[t] = g
+            if g != 0.0:  # rows without a hit contribute nothing
+                g_bias[t] = g
         for t, b in self.bias.items():
             g_bias[t] = g_bias.get(t, 0.0) + bias_l2 * b
         loss += 0.5 * bias_l2 * sum(b * b for b in self.bias.values())
-        return loss, g_logits, g_bias
+        return float(loss), np.asarray(g_logits, dtype=np.float64), g_bias
 
     def fit(
         self, answers: HeadAnswers, targets: np.ndarray, cfg: PrivateHeadConfig | None = None

@@ -24,7 +24,7 @@ from typing import Any
 import onnx
 
 from veil.client_sdk.runtime.reference import BetaConstruction, beta_construction_tv_bound
-from veil.models.onnx import choice, policy, samplers, updates
+from veil.models.onnx import choice, head, policy, samplers, updates
 
 __all__ = [
     "DEFAULT_OPSET",
@@ -41,10 +41,10 @@ FAMILY_GRAPHS: dict[str, tuple[str, ...]] = {
     "gaussian": ("sampler", "update", "policy"),
     "beta": ("sampler", "update"),
     "basis_mixture": ("sampler", "update", "policy"),
-    "prototype": ("sampler", "choice"),
+    "prototype": ("sampler", "choice", "head"),
 }
 """Graph kinds exported per family (no Beta policy graph: see :mod:`veil.models.onnx.policy`)."""
-_SUFFIX = {"sampler": "sample", "update": "update", "policy": "policy", "choice": "choice"}
+_SUFFIX = {"sampler": "sample", "update": "update", "policy": "policy", "choice": "choice", "head": "head"}
 _PARAMS = {
     "gaussian": ["mean", "log_std"],
     "beta": ["logit_mean", "log_concentration"],
@@ -105,6 +105,9 @@ def _build_one(
         k_protos = shapes.n_prototypes or "n_prototypes"
         if kind == "sampler":
             return samplers.prototype_sampler(k_protos, n, d, opset), extra
+        if kind == "head":
+            extra["mixing"] = "private mixing head over m requested prototypes (m symbolic)"
+            return head.private_head("m", opset), extra
         return choice.prototype_choice(k_protos, opset), extra
     if family == "gaussian":
         build = {
