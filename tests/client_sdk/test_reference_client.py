@@ -443,7 +443,7 @@ def test_requests_carry_nothing_identifying(tmp_path: Path) -> None:
         assert (req.scheme, req.authority) == ("https", "veil.invalid")
         body = json.loads(req.content) if req.content else {}
         assert set(body) <= {"model", "task", "text", "label", "embedding_b64", "messages", "max_tokens",
-                             "user_embedding_b64"}  # fmt: skip
+                             "user_embedding_b64", "encoding"}  # fmt: skip
     for request in service.outer_requests:
         assert set(request.headers) == {"host", "content-type", "accept", "user-agent", "content-length"}
     embeddings = [json.loads(r.content).get("embedding_b64") for r in service.seen[1:3]]

@@ -262,3 +262,40 @@ def test_compact_base64_embeddings_equal_json_ones(client) -> None:
         assert r.status_code == 400 and fragment in r.json()["error"]["message"], r.text
     chat = client.post("/v1/chat/completions", json=_chat(temperature=0, user_embedding_b64=b64))
     assert chat.status_code == 200
+
+
+def test_upload_embeddings_decode_once_and_bad_ones_name_their_field(client, service) -> None:
+    from veil.client_sdk.wire import decode_f32, encode_f32
+    from veil.cloud_service.store import iter_uploads
+
+    _, _, sessions = service
+    emb = np.random.default_rng(5).normal(size=(1, 64)).astype(np.float32)
+    body = {"task": "next_word", "text": "wire codec check", "label": "word"}
+    b64 = client.post(
+        "/v1/uploads", json={**body, "embedding_b64": encode_f32(emb)}, headers={"Idempotency-Key": "w" * 24}
+    )
+    listed = client.post(
+        "/v1/uploads", json={**body, "embedding": emb.tolist()}, headers={"Idempotency-Key": "v" * 24}
+    )
+    assert b64.status_code == listed.status_code == 201, (b64.text, listed.text)
+    with sessions() as s:
+        stored = {u.id: u.embedding for u in iter_uploads(s) if u.text == "wire codec check"}
+    assert len(stored) == 2
+    for kept in stored.values():  # both forms store the very bytes that travelled
+        assert kept.tobytes() == emb.astype("<f4").tobytes()
+    nan = encode_f32(emb).replace(encode_f32(emb)[:8], "AADAfwAA", 1)  # first value NaN (0x7fc00000)
+    for bad, param in [
+        ({"embedding_b64": nan}, "embedding_b64"),
+        ({"embedding_b64": encode_f32(emb[:, :32])}, "embedding_b64"),
+        ({"embedding": [[0.5] * 63]}, "embedding"),
+        ({"embedding": [[1e39] + [0.0] * 63]}, "embedding"),
+    ]:
+        r = client.post("/v1/uploads", json={**body, **bad}, headers={"Idempotency-Key": "u" * 24})
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+    grad_body = {**body, "embedding_b64": encode_f32(emb)}
+    as_json = client.post("/v1/embedding-gradients", json=grad_body).json()
+    compact = client.post("/v1/embedding-gradients", json={**grad_body, "encoding": "base64"}).json()
+    assert "gradient_b64" not in as_json and "gradient" not in compact
+    np.testing.assert_array_equal(
+        decode_f32(compact["gradient_b64"], (1, 64), "gradient_b64"), np.float32(as_json["gradient"])
+    )

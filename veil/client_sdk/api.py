@@ -9,7 +9,6 @@ upload is stored once. Nothing here identifies the phone: no user id, no device 
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import secrets
 from collections.abc import Sequence
@@ -20,6 +19,7 @@ import numpy as np
 from veil.client_sdk.codebook_wire import codebook_from_json
 from veil.client_sdk.distributions.prototype import Codebook
 from veil.client_sdk.private_head import HeadAnswers
+from veil.client_sdk.wire import WireFormatError, decode_f32, encode_field
 
 __all__ = [
     "MAX_TOP_K",
@@ -107,11 +107,9 @@ async def _retrying(send: Any, retries: int) -> _Response:
 
 def embedding_field(name: str, embedding: np.ndarray, encoding: str = "base64") -> dict[str, Any]:
     """The body field for a sample: ``{name_b64: "..."}`` (base64 of little-endian float32, row-major;
-    about 4x smaller and 20x cheaper to encode) or ``{name: [[...]]}`` (JSON numbers)."""
-    if encoding == "json":
-        return {name: np.asarray(embedding, dtype=np.float64).tolist()}
-    values = np.ascontiguousarray(embedding, dtype="<f4")
-    return {f"{name}_b64": base64.b64encode(values.tobytes()).decode("ascii")}
+    about 4x smaller and 20x cheaper to encode) or ``{name: [[...]]}`` (JSON numbers); see
+    :mod:`veil.client_sdk.wire`."""
+    return encode_field(name, embedding, encoding)
 
 
 class PhoneAPI:
@@ -161,8 +159,16 @@ class PhoneAPI:
             "label": label,
             **embedding_field("embedding", embedding, self.embedding_encoding),
         }
+        if self.embedding_encoding == "base64":
+            body["encoding"] = "base64"  # the gradient comes back compact too (gradient_b64)
         send = lambda: self.transport.request("POST", "/v1/embedding-gradients", json=body)  # noqa: E731
         out = _decode(await _retrying(send, self.retries))
+        if "gradient_b64" in out:
+            try:
+                grad = decode_f32(out["gradient_b64"], np.shape(embedding), "gradient_b64")
+            except WireFormatError as exc:
+                raise VeilAPIError(200, "invalid_response", str(exc), exc.field) from exc
+            return float(out["loss"]), grad.astype(np.float64)
         return float(out["loss"]), np.asarray(out["gradient"], dtype=np.float64)
 
     async def upload(

@@ -12,6 +12,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from veil.client_sdk.wire import MAX_VALUES, b64_length
+
 __all__ = [
     "ChatCompletionRequest",
     "ChatMessage",
@@ -22,56 +24,20 @@ __all__ = [
     "TextPart",
     "UploadRequest",
     "UploadResponse",
-    "decode_embedding_b64",
-    "embedding_array",
 ]
 
 MAX_TEXT_CHARS = 16_384
-MAX_EMBEDDING_VALUES = 65_536
+MAX_EMBEDDING_VALUES = MAX_VALUES
 
 Embedding = list[float] | list[list[float]]
 """A JSON embedding: ``(n_tokens, hidden)`` rows, or one flat row when ``n_tokens == 1``."""
 
 
-def embedding_array(values: Embedding, shape: tuple[int, int]):  # -> np.ndarray
-    """Validate a JSON embedding against the model's ``(n_tokens, hidden)``; ``ValueError`` if it fails.
-
-    A flat list is accepted when ``n_tokens == 1``.
-    """
-    import numpy as np
-
-    arr = np.asarray(values, dtype=np.float64)
-    if arr.ndim == 1 and shape[0] == 1:
-        arr = arr[None, :]
-    if arr.shape != tuple(shape):
-        raise ValueError(f"must have shape {list(shape)}, got {list(arr.shape)}")
-    if not np.isfinite(arr).all():
-        raise ValueError("contains NaN or Inf")
-    if np.abs(arr).max(initial=0.0) > np.finfo(np.float32).max:
-        raise ValueError("has values beyond the float32 range (|x| > 3.4e38)")
-    return arr.astype(np.float32)
-
-
-MAX_EMBEDDING_B64_CHARS = (MAX_EMBEDDING_VALUES * 4 + 2) // 3 * 4
+MAX_EMBEDDING_B64_CHARS = b64_length(MAX_EMBEDDING_VALUES)
 
 EmbeddingB64 = Annotated[str, Field(max_length=MAX_EMBEDDING_B64_CHARS)]
-"""The compact form: standard base64 of little-endian float32 values, row-major ``(n_tokens, hidden)``."""
-
-
-def decode_embedding_b64(text: str):  # -> np.ndarray (flat float64)
-    """Values of a base64 float32 embedding; ``ValueError`` for bad base64 or a length not a multiple of 4."""
-    import base64
-    import binascii
-
-    import numpy as np
-
-    try:
-        raw = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise ValueError("is not valid base64") from exc
-    if not raw or len(raw) % 4:
-        raise ValueError(f"must decode to a whole number of float32 values, got {len(raw)} bytes")
-    return np.frombuffer(raw, dtype="<f4").astype(np.float64)
+"""The compact form: standard base64 of little-endian float32 values, row-major ``(n_tokens, hidden)``.
+Decoded and validated once, by :func:`veil.client_sdk.wire.decode_f32` in the route."""
 
 
 def _one_form(plain: str, b64: str):  # -> model validator
@@ -193,6 +159,9 @@ class GradientRequest(BaseModel):
     embedding: Embedding | None = None
     embedding_b64: EmbeddingB64 | None = None
     model: str | None = None
+    encoding: Literal["json", "base64"] = "json"
+    """How the gradient comes back: ``"json"`` (``gradient``, numbers) or ``"base64"`` (``gradient_b64``,
+    little-endian float32, the form of ``embedding_b64``)."""
 
     _check_embedding = field_validator("embedding")(_finite_embedding)
     _one_embedding = _one_form("embedding", "embedding_b64")
@@ -208,4 +177,7 @@ class GradientResponse(BaseModel):
     object: Literal["embedding_gradient"] = "embedding_gradient"
     model: str
     loss: float
-    gradient: list[list[float]]
+    gradient: list[list[float]] | None = None
+    """dL/de ``(n_tokens, hidden)`` as numbers (request ``encoding: "json"``, the default)."""
+    gradient_b64: str | None = None
+    """dL/de as base64 of little-endian float32 (request ``encoding: "base64"``)."""

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from veil.client_sdk.wire import WireFormatError, decode_f32, f32_from_values
 from veil.cloud_service.engine import ServingEngine
 from veil.cloud_service.errors import APIError
-from veil.cloud_service.schemas import Embedding, decode_embedding_b64, embedding_array
+from veil.cloud_service.schemas import Embedding
 
 __all__ = ["check_model", "served_embedding"]
 
@@ -20,18 +21,14 @@ def check_model(engine: ServingEngine, name: str | None) -> None:
 def served_embedding(
     engine: ServingEngine, values: Embedding | None, param: str, b64: str | None = None
 ) -> np.ndarray | None:
-    """The embedding (JSON list, or ``b64`` in the compact form) as float32 ``(n_tokens, hidden)`` of
-    the served model; ``None`` when neither form was sent; a 400 naming the field otherwise."""
-    if values is None and b64 is None:
-        return None
-    name = param if b64 is None else f"{param}_b64"
+    """The embedding (JSON list ``param``, or ``b64`` in the compact form ``{param}_b64``) as float32
+    ``(n_tokens, hidden)`` of the served model, decoded once; ``None`` when neither form was sent; a
+    400 naming the field otherwise."""
     try:
         if b64 is not None:
-            flat = decode_embedding_b64(b64)
-            n, h = engine.embedding_shape
-            if flat.size != n * h:
-                raise ValueError(f"must hold {n} x {h} = {n * h} float32 values, got {flat.size}")
-            values = flat.reshape(n, h).tolist()
-        return embedding_array(values, engine.embedding_shape)
-    except ValueError as exc:
-        raise APIError(400, f"{name} {exc}", param=name) from exc
+            return decode_f32(b64, engine.embedding_shape, f"{param}_b64")
+        if values is not None:
+            return f32_from_values(values, engine.embedding_shape, param)
+    except WireFormatError as exc:
+        raise APIError(400, str(exc), param=exc.field) from exc
+    return None

@@ -148,15 +148,17 @@ def _check_embedding(value: object) -> np.ndarray:
         raise ValueError(f"embedding must have shape (n_tokens, hidden) with both >= 1, got {value.shape}")
     if not (np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)):
         raise ValueError(f"embedding must be real numbers, got dtype {value.dtype}")
-    # Cast first: a float64 beyond float32's range becomes inf and is refused below.
+    # Cast first: a float64 beyond float32's range becomes inf and is refused below. A float32 array
+    # (what the wire codec decodes) is neither copied nor converted.
     with np.errstate(over="ignore"):
-        as_f32 = value.astype(np.float32)
+        as_f32 = np.ascontiguousarray(value, dtype="<f4")
     if not np.isfinite(as_f32).all():
         raise ValueError("embedding must be finite (no NaN or Inf, and within float32 range)")
     return as_f32
 
 
 def _encode(embedding: np.ndarray) -> bytes:
+    """The stored form: the little-endian float32 bytes that travelled in ``embedding_b64``."""
     return np.ascontiguousarray(embedding, dtype="<f4").tobytes()
 
 

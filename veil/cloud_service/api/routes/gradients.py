@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from veil.client_sdk.wire import encode_f32
 from veil.cloud_service.api.checks import check_model, served_embedding
 from veil.cloud_service.api.deps import Caller, State
 from veil.cloud_service.errors import APIError
@@ -17,7 +18,7 @@ from veil.cloud_service.schemas import GradientRequest, GradientResponse
 router = APIRouter(tags=["personalisation"])
 
 
-@router.post("/v1/embedding-gradients", response_model=GradientResponse)
+@router.post("/v1/embedding-gradients", response_model=GradientResponse, response_model_exclude_none=True)
 async def embedding_gradient(body: GradientRequest, state: State, _: Caller) -> GradientResponse:
     engine = state.engine
     check_model(engine, body.model)
@@ -30,4 +31,6 @@ async def embedding_gradient(body: GradientRequest, state: State, _: Caller) -> 
     elif not body.label.strip() or " " in body.label.strip():
         raise APIError(400, "a next_word label is one word without spaces", param="label")
     result = await engine.gradient(body.task, body.text, body.label.strip(), embedding)
+    if body.encoding == "base64":
+        return GradientResponse(model=engine.name, loss=result.loss, gradient_b64=encode_f32(result.gradient))
     return GradientResponse(model=engine.name, loss=result.loss, gradient=result.gradient.tolist())
