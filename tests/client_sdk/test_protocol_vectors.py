@@ -40,6 +40,7 @@ from veil.client_sdk.ohttp import (
 )
 from veil.client_sdk.ohttp.hpke import DHKEMX25519, KEMS, SenderContext, Suite
 from veil.client_sdk.ohttp.ohttp import REQUEST_LABEL, RESPONSE_LABEL, request_header
+from veil.client_sdk.ohttp.padding import DEFAULT_PADDING_BUCKETS, bucket_size
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors"
 NAMES = ["x25519", "mlkem768_x25519"]
@@ -82,7 +83,8 @@ def _check_exchange(key: GatewayKeyPair, ex: dict[str, Any]) -> None:
     inner = BinaryRequest(
         req["method"], req["scheme"], req["authority"], req["path"], headers, req["content"].encode()
     )
-    _expect(inner.encode().hex(), ex["bhttp_request"], f"{name}: binary request")
+    padded = inner.encode(padding=req["padding"])  # zero padding, RFC 9292 section 3.8
+    _expect(padded.hex(), ex["bhttp_request"], f"{name}: binary request")
     suite = Suite(config.kem_id, *config.symmetric_algorithms[0])
     header = request_header(config.key_id, suite)
     info = REQUEST_LABEL + b"\x00" + header
@@ -90,13 +92,14 @@ def _check_exchange(key: GatewayKeyPair, ex: dict[str, Any]) -> None:
     enc, shared_secret = h(ex["enc"]), h(ex["shared_secret"])
     if "ephemeral_private_key" in ex:  # X25519: the whole encapsulation is fixed by the ephemeral key
         eph = h(ex["ephemeral_private_key"])
-        sealed, client_ctx = encapsulate_request(config, inner.encode(), ephemeral_key=eph)
+        sealed, client_ctx = encapsulate_request(config, padded, ephemeral_key=eph)
         _expect(suite.kem.encap(config.public_key, ephemeral_key=eph), (shared_secret, enc), f"{name}: KEM")
     else:  # ML-KEM: recorded enc and shared secret; everything after the KEM is recomputed
         sender = SenderContext(suite, shared_secret, info)
-        sealed = header + enc + sender.seal(b"", inner.encode())
+        sealed = header + enc + sender.seal(b"", padded)
         client_ctx = ClientResponseContext(suite, enc, SenderContext(suite, shared_secret, info))
     _expect(sealed.hex(), ex["encapsulated_request"], f"{name}: encapsulated request")
+    _expect(len(sealed), bucket_size(len(sealed), DEFAULT_PADDING_BUCKETS), f"{name}: request bucket")
     _expect(suite.kem.decap(enc, key.private_key).hex(), ex["shared_secret"], f"{name}: decapsulated secret")
 
     opened, server_ctx = decapsulate_request({config.key_id: key}, sealed)
@@ -119,9 +122,12 @@ def _check_exchange(key: GatewayKeyPair, ex: dict[str, Any]) -> None:
 
     resp = ex["response"]
     response = BinaryResponse(resp["status"], [tuple(f) for f in resp["headers"]], resp["content"].encode())
-    _expect(response.encode().hex(), ex["bhttp_response"], f"{name}: binary response")
-    sealed_response = server_ctx.encapsulate_response(response.encode(), response_nonce=nonce)
+    padded_response = response.encode(padding=resp["padding"])
+    _expect(padded_response.hex(), ex["bhttp_response"], f"{name}: binary response")
+    sealed_response = server_ctx.encapsulate_response(padded_response, response_nonce=nonce)
     _expect(sealed_response.hex(), ex["encapsulated_response"], f"{name}: encapsulated response")
+    size = len(sealed_response)
+    _expect(size, bucket_size(size, DEFAULT_PADDING_BUCKETS), f"{name}: response bucket")
     opened_response = BinaryResponse.decode(client_ctx.decapsulate_response(h(ex["encapsulated_response"])))
     _expect(opened_response, response, f"{name}: opened response")
 

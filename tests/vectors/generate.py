@@ -47,6 +47,7 @@ from veil.client_sdk.ohttp import (
 )
 from veil.client_sdk.ohttp.hpke import KEMS, Context, SenderContext, Suite
 from veil.client_sdk.ohttp.ohttp import REQUEST_LABEL, RESPONSE_LABEL, request_header
+from veil.client_sdk.ohttp.padding import DEFAULT_PADDING_BUCKETS, pad_to_bucket, response_overhead
 
 HERE = Path(__file__).resolve().parent
 FILES = {"x25519": HERE / "x25519.json", "mlkem768_x25519": HERE / "mlkem768_x25519.json"}
@@ -171,6 +172,7 @@ def exchange_vector(
             "path": parsed.path,
             "headers": [list(f) for f in parsed.headers],
             "content": parsed.content.decode("utf-8"),
+            "padding": len(request) - len(parsed.encode()),
         },
         "bhttp_request": request.hex(),
     }
@@ -191,13 +193,16 @@ def exchange_vector(
     if opened != request:
         raise RuntimeError(f"{name}: the gateway opened something else")
     nonce = label_bytes(f"response-nonce/{config.kem_id:04x}/{name}", 16)
-    response = bhttp_response(status, body).encode()
+    # The gateway pads every inner response so the encapsulated response is a bucket size.
+    unpadded = bhttp_response(status, body).encode()
+    response = pad_to_bucket(unpadded, response_overhead(suite), DEFAULT_PADDING_BUCKETS)
     out.update(
         {
             "response": {
                 "status": status,
                 "headers": [["content-type", "application/json"]],
                 "content": json_body(body).decode("utf-8"),
+                "padding": len(response) - len(unpadded),
             },
             "bhttp_response": response.hex(),
             "response_nonce": nonce.hex(),

@@ -20,11 +20,17 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from veil.client_sdk.ohttp.bhttp import BinaryHTTPError, BinaryRequest, BinaryResponse
 from veil.client_sdk.ohttp.errors import ReplayedRequestError, RequestTooLargeError
 from veil.client_sdk.ohttp.ohttp import decapsulate_request
+from veil.client_sdk.ohttp.padding import (
+    DEFAULT_PADDING_BUCKETS,
+    check_buckets,
+    pad_to_bucket,
+    response_overhead,
+)
 from veil.cloud_service.keyring import (
     KEM_NAMES,
     DirectoryKeyStorage,
@@ -93,6 +99,9 @@ class Gateway:
         Most ``enc`` digests remembered at once.
     clock : callable
         Monotonic seconds (injectable for tests).
+    padding_buckets : sequence of int
+        Sizes (bytes) every encapsulated response is padded to with zero bytes (RFC 9292 section 3.8):
+        the smallest that fits, past the largest a multiple of it; empty turns padding off.
     """
 
     def __init__(
@@ -103,6 +112,7 @@ class Gateway:
         replay_window_s: float = 300.0,
         replay_cache_size: int = 100_000,
         clock: Callable[[], float] = time.monotonic,
+        padding_buckets: Sequence[int] = DEFAULT_PADDING_BUCKETS,
     ) -> None:
         if max_request_bytes <= 0 or replay_window_s < 0 or replay_cache_size <= 0:
             raise ValueError(
@@ -111,6 +121,7 @@ class Gateway:
             )
         self.keyring = keyring
         self.max_request_bytes = max_request_bytes
+        self.padding_buckets = check_buckets(padding_buckets)
         self.replay_window_s = replay_window_s
         self._replays = _ReplayCache(replay_window_s, replay_cache_size, clock)
 
@@ -134,7 +145,8 @@ class Gateway:
             # Checked only after decryption, so garbage cannot fill the cache; no await in between.
             self._replays.check_and_add(context.enc)
         response = await self._serve(plaintext, dispatch)
-        return context.encapsulate_response(response.encode())
+        padded = pad_to_bucket(response.encode(), response_overhead(context.suite), self.padding_buckets)
+        return context.encapsulate_response(padded)
 
     async def _serve(self, plaintext: bytes, dispatch: Dispatch) -> BinaryResponse:
         try:

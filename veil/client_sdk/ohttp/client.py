@@ -6,7 +6,9 @@ context (a new encapsulation on every try, so retries cannot be linked either), 
 ``content-type``, ``accept`` and a fixed generic ``user-agent``: requests are built directly rather than
 through the httpx client's defaults, so no cookies, client auth or per-install headers can leak, and
 response cookies are never sent back. The inner request carries only what the caller passes (plus
-``content-type`` for JSON); ``cookie`` and ``expect`` headers are refused.
+``content-type`` for JSON); ``cookie`` and ``expect`` headers are refused. The inner request is padded
+with zero bytes so the encapsulated request is one of a few bucket sizes (see
+:mod:`~veil.client_sdk.ohttp.padding`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import asyncio
 import json as jsonlib
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +32,12 @@ from veil.client_sdk.ohttp.ohttp import (
     RESPONSE_MEDIA_TYPE,
     ClientResponseContext,
     encapsulate_request,
+)
+from veil.client_sdk.ohttp.padding import (
+    DEFAULT_PADDING_BUCKETS,
+    check_buckets,
+    pad_to_bucket,
+    request_overhead,
 )
 
 __all__ = ["USER_AGENT", "AsyncOHTTPClient", "InnerResponse", "OHTTPClient", "RelayError"]
@@ -119,6 +127,7 @@ class _ClientCore:
         timeout: float,
         retries: int,
         retry_backoff_s: float,
+        padding_buckets: Sequence[int] = DEFAULT_PADDING_BUCKETS,
     ) -> None:
         if (key_config is None) == (key_config_url is None):
             raise ValueError("give exactly one of key_config and key_config_url")
@@ -137,6 +146,7 @@ class _ClientCore:
         self.timeout = timeout
         self.retries = retries
         self.retry_backoff_s = retry_backoff_s
+        self.padding_buckets = check_buckets(padding_buckets)
         self._key_config = key_config
 
     def _inner(
@@ -201,10 +211,12 @@ class _ClientCore:
     def _encapsulator(self, config: KeyConfig, inner: bytes) -> tuple[Callable[[], httpx.Request], list]:
         """A request factory that seals ``inner`` afresh on every call, and the list of its contexts."""
         contexts: list[ClientResponseContext] = []
+        # Zero padding (RFC 9292 section 3.8): the sealed request is exactly one bucket long.
+        padded = pad_to_bucket(inner, request_overhead(config), self.padding_buckets)
 
         def build() -> httpx.Request:
             # A fresh encapsulation per try: a retried request is unlinkable to the first.
-            body, context = encapsulate_request(config, inner)
+            body, context = encapsulate_request(config, padded)
             contexts.append(context)
             return self._outer(body)
 
@@ -237,6 +249,9 @@ class OHTTPClient(_ClientCore):
         Extra tries after connection errors or a 502/503/504 from the relay.
     retry_backoff_s : float
         First pause between tries; doubles each time.
+    padding_buckets : sequence of int
+        Sizes (bytes) an encapsulated request is padded to: the smallest that fits, past the largest a
+        multiple of it (``veil.client_sdk.ohttp.padding``); empty turns padding off.
     """
 
     def __init__(
@@ -252,6 +267,7 @@ class OHTTPClient(_ClientCore):
         timeout: float = 30.0,
         retries: int = 2,
         retry_backoff_s: float = 0.1,
+        padding_buckets: Sequence[int] = DEFAULT_PADDING_BUCKETS,
     ) -> None:
         super().__init__(
             relay_url,
@@ -262,6 +278,7 @@ class OHTTPClient(_ClientCore):
             timeout=timeout,
             retries=retries,
             retry_backoff_s=retry_backoff_s,
+            padding_buckets=padding_buckets,
         )
         self._owns_http = http_client is None
         self._http = http_client or httpx.Client(
@@ -351,6 +368,7 @@ class AsyncOHTTPClient(_ClientCore):
         timeout: float = 30.0,
         retries: int = 2,
         retry_backoff_s: float = 0.1,
+        padding_buckets: Sequence[int] = DEFAULT_PADDING_BUCKETS,
     ) -> None:
         super().__init__(
             relay_url,
@@ -361,6 +379,7 @@ class AsyncOHTTPClient(_ClientCore):
             timeout=timeout,
             retries=retries,
             retry_backoff_s=retry_backoff_s,
+            padding_buckets=padding_buckets,
         )
         self._owns_http = http_client is None
         self._http = http_client or httpx.AsyncClient(
