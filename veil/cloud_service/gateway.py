@@ -80,7 +80,8 @@ class _ReplayCache:
 
 
 def _error_response(status: int, error_type: str, message: str) -> BinaryResponse:
-    body = json.dumps({"error": {"type": error_type, "message": message, "param": None}}).encode()
+    error = {"type": error_type, "message": message, "param": None, "code": None}
+    body = json.dumps({"error": error}).encode()
     return BinaryResponse(status, [("content-type", "application/json")], body)
 
 

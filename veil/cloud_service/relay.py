@@ -69,7 +69,8 @@ class RelayConfig:
 
 
 def _error(status: int, error_type: str, message: str, param: str | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"type": error_type, "message": message, "param": param}}, status)
+    error = {"type": error_type, "message": message, "param": param, "code": None}
+    return JSONResponse({"error": error}, status)
 
 
 class _BodyTooLargeError(Exception):

@@ -187,8 +187,9 @@ def test_errors_carry_status_and_json_body() -> None:
             "type": "unknown_key_id",
             "message": "no key 7",
             "param": None,
+            "code": None,
             "problem_type": OHTTP_KEY_PROBLEM,
         }
     }
-    assert DecryptionFailedError("x").to_dict()["error"].keys() == {"type", "message", "param"}
+    assert DecryptionFailedError("x").to_dict()["error"].keys() == {"type", "message", "param", "code"}
     assert all(issubclass(e, OHTTPError) for e in (MalformedMessageError, UnsupportedSuiteError))

@@ -3,8 +3,9 @@
 All of these are detected before the request could be decrypted (or, for the client, while opening a
 response), so a gateway cannot encapsulate its answer: it sends the status and a JSON error body in the
 clear, which reveals nothing about the request's content. ``to_dict`` gives Veil's error body
-``{"error": {"type", "message", "param"}}``; key-configuration problems also carry the RFC 9458 problem
-type ``https://iana.org/assignments/http-problem-types#ohttp-key`` so a client knows to refresh its keys.
+``{"error": {"type", "message", "param", "code"}}``; key-configuration problems also carry the RFC 9458
+problem type ``https://iana.org/assignments/http-problem-types#ohttp-key`` so a client knows to refresh
+its keys.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ class OHTTPError(Exception):
 
     def to_dict(self) -> dict[str, Any]:
         """Veil's JSON error body for this failure."""
-        error: dict[str, Any] = {"type": self.error_type, "message": str(self), "param": None}
+        error: dict[str, Any] = {"type": self.error_type, "message": str(self), "param": None, "code": None}
         if self.problem_type is not None:
             error["problem_type"] = self.problem_type
         return {"error": error}

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from veil.client_sdk.ohttp.errors import (
     DecryptionFailedError,
+    KeyConfigError,
     MalformedMessageError,
     UnknownKeyIdError,
     UnsupportedSuiteError,
@@ -32,6 +33,7 @@ from veil.client_sdk.ohttp.errors import (
 from veil.client_sdk.ohttp.hpke import (
     Context,
     HPKEError,
+    KEMError,
     Suite,
     UnsupportedAlgorithmError,
     setup_base_r,
@@ -147,6 +149,13 @@ def encapsulate_request(
     -------
     (bytes, ClientResponseContext)
         The Encapsulated Request (``message/ohttp-req``) and the context to open the response with.
+
+    Raises
+    ------
+    UnsupportedSuiteError
+        The configuration offers no (KDF, AEAD) pair this package implements, or not the one asked for.
+    KeyConfigError
+        The public key cannot be encapsulated to.
     """
     supported = config.supported_algorithms()
     if kdf_id is None and aead_id is None:
@@ -161,9 +170,14 @@ def encapsulate_request(
         )
     suite = Suite(config.kem_id, kdf_id, aead_id)
     header = request_header(config.key_id, suite)
-    enc, context = setup_base_s(
-        suite, config.public_key, REQUEST_LABEL + b"\x00" + header, ephemeral_key=ephemeral_key
-    )
+    try:
+        enc, context = setup_base_s(
+            suite, config.public_key, REQUEST_LABEL + b"\x00" + header, ephemeral_key=ephemeral_key
+        )
+    except KEMError as exc:
+        # A well-formed configuration can still carry an unusable key: a low-order X25519 point (RFC 9180
+        # section 7.1.4) or an ML-KEM key that fails its modulus check (FIPS 203 section 7.2).
+        raise KeyConfigError(f"key {config.key_id} has an unusable public key: {exc}") from exc
     ciphertext = context.seal(b"", bytes(request))
     return header + enc + ciphertext, ClientResponseContext(suite, enc, context)
 
