@@ -132,6 +132,7 @@ class ServiceStack:
         self.procs: dict[str, subprocess.Popen] = {}
         self.api_url = self.relay_url = self.api_key = self.model_id = ""
         self.embedding_shape: tuple[int, int] = (1, 1)
+        self.signing_seed = secrets.token_bytes(32)  # the gateway's; phones pin its public half
 
     def __enter__(self) -> ServiceStack:
         from veil.cloud_service.store import create_api_key, make_engine, migrate, session_factory
@@ -146,6 +147,7 @@ class ServiceStack:
             "VEIL_DATA_DIR": str(self.models_dir),
             "VEIL_DATABASE_URL": self.database_url,
             "VEIL_GATEWAY_KEK": base64.b64encode(secrets.token_bytes(32)).decode(),
+            "VEIL_GATEWAY_SIGNING_KEY": base64.b64encode(self.signing_seed).decode(),
             "HF_HUB_OFFLINE": "1",
         }
         if self.torch_threads is not None:
@@ -185,10 +187,14 @@ class ServiceStack:
     def ohttp_client(self) -> Any:
         """A phone's ``AsyncOHTTPClient`` through this stack's relay (keys fetched through the relay too)."""
         from veil.client_sdk.ohttp import AsyncOHTTPClient
+        from veil.client_sdk.ohttp.keysig import public_key_bytes, signing_key_from_seed
 
         relay = self.relay_url
         return AsyncOHTTPClient(
-            relay + "/ohttp", key_config_url=relay + "/.well-known/ohttp-gateway", timeout=120
+            relay + "/ohttp",
+            key_config_url=relay + "/.well-known/ohttp-gateway",
+            timeout=120,
+            gateway_public_key=public_key_bytes(signing_key_from_seed(self.signing_seed)),
         )
 
     def cpu_seconds(self) -> dict[str, float]:

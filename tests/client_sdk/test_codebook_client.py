@@ -27,7 +27,6 @@ from veil.client_sdk.client import (
 from veil.client_sdk.codebook_wire import codebook_to_json, float32_codebook
 from veil.client_sdk.distributions import Codebook, PrototypeDistribution
 from veil.client_sdk.ohttp import (
-    KEYS_MEDIA_TYPE,
     RESPONSE_MEDIA_TYPE,
     AsyncOHTTPClient,
     BinaryRequest,
@@ -36,10 +35,12 @@ from veil.client_sdk.ohttp import (
     decapsulate_request,
     encode_key_configs,
 )
+from veil.client_sdk.ohttp.keysig import sign_key_configs, signing_key_from_seed
 from veil.client_sdk.param_store import ClientState, MemoryParamStore, ParamStore
 
 SHAPE = (1, 3)
 MODEL = "tiny-test"
+SIGNING_KEY = signing_key_from_seed(b"\x05" * 32)  # the cloud's gateway signing key
 TARGET = np.array([[1.0, 0.0, -1.0]])
 EXAMPLES = [("next_word", f"example {i}", "word") for i in range(3)]
 
@@ -84,7 +85,7 @@ class Cloud:
     def __call__(self, request: httpx.Request) -> httpx.Response:
         if request.method == "GET":
             body = encode_key_configs([self.key.config])
-            return httpx.Response(200, content=body, headers={"content-type": KEYS_MEDIA_TYPE})
+            return httpx.Response(200, content=body, headers=sign_key_configs(body, SIGNING_KEY))
         plaintext, ctx = decapsulate_request({self.key.key_id: self.key}, request.content)
         status, body = self.answer(BinaryRequest.decode(plaintext))
         response = BinaryResponse(status, [("content-type", "application/json")], json.dumps(body).encode())

@@ -24,7 +24,6 @@ import pytest
 from veil.client_sdk.api import PhoneAPI
 from veil.client_sdk.ohttp import (
     KEM_X25519_HKDF_SHA256,
-    KEYS_MEDIA_TYPE,
     RESPONSE_MEDIA_TYPE,
     AsyncOHTTPClient,
     BinaryRequest,
@@ -39,6 +38,7 @@ from veil.client_sdk.ohttp import (
     encode_key_configs,
 )
 from veil.client_sdk.ohttp.hpke import DHKEMX25519, KEMS, SenderContext, Suite
+from veil.client_sdk.ohttp.keysig import sign_key_configs, signing_key_from_seed
 from veil.client_sdk.ohttp.ohttp import REQUEST_LABEL, RESPONSE_LABEL, request_header
 from veil.client_sdk.ohttp.padding import DEFAULT_PADDING_BUCKETS, bucket_size
 
@@ -257,7 +257,8 @@ def test_the_client_stack_sends_exactly_the_vector_requests(name: str) -> None:
         def gateway(request: httpx.Request, ex: dict[str, Any] = ex, opened: list = opened) -> httpx.Response:
             if request.method == "GET":
                 body = encode_key_configs([key.config])
-                return httpx.Response(200, content=body, headers={"content-type": KEYS_MEDIA_TYPE})
+                signed = sign_key_configs(body, signing_key_from_seed(b"\x08" * 32))
+                return httpx.Response(200, content=body, headers=signed)
             plaintext, ctx = decapsulate_request({key.key_id: key}, request.content)
             opened.append(plaintext)
             sealed = ctx.encapsulate_response(h(ex["bhttp_response"]))

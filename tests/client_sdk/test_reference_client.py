@@ -36,7 +36,6 @@ from veil.client_sdk.client import (
     secure_rng,
 )
 from veil.client_sdk.ohttp import (
-    KEYS_MEDIA_TYPE,
     RESPONSE_MEDIA_TYPE,
     AsyncOHTTPClient,
     BinaryRequest,
@@ -47,6 +46,7 @@ from veil.client_sdk.ohttp import (
     decapsulate_request,
     encode_key_configs,
 )
+from veil.client_sdk.ohttp.keysig import sign_key_configs, signing_key_from_seed
 from veil.client_sdk.param_store import (
     ClientState,
     CorruptParamFileError,
@@ -63,6 +63,7 @@ FAST = ScryptCost(log2_n=10, r=8, p=1)
 SHAPE = (1, 4)
 TARGET = np.array([[1.0, -1.0, 0.5, 2.0]])
 MODEL = "tiny-test"
+SIGNING_KEY = signing_key_from_seed(b"\x06" * 32)  # the service's gateway signing key
 
 
 def gaussian(mean: float = 0.0, std: float = 0.5) -> GaussianDistribution:
@@ -256,7 +257,7 @@ class Service:
     def __call__(self, request: httpx.Request) -> httpx.Response:
         if request.method == "GET":
             body = encode_key_configs([self.key.config])
-            return httpx.Response(200, content=body, headers={"content-type": KEYS_MEDIA_TYPE})
+            return httpx.Response(200, content=body, headers=sign_key_configs(body, SIGNING_KEY))
         self.outer_requests.append(request)
         if self.outer:
             failure = self.outer.pop(0)

@@ -17,13 +17,18 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from veil.client_sdk.ohttp import (
-    KEYS_MEDIA_TYPE,
     RESPONSE_MEDIA_TYPE,
     BinaryRequest,
     BinaryResponse,
     OHTTPError,
+    sign_key_configs,
 )
+from veil.client_sdk.ohttp.keysig import public_key_bytes, signing_key_from_seed
 from veil.cloud_service.gateway import HOP_BY_HOP, Dispatch, Gateway
+
+TEST_SIGNING_KEY = signing_key_from_seed(bytes(range(32)))
+"""The gateway signing key of the tiny gateway apps (clients in tests pin :data:`TEST_PUBLIC_KEY`)."""
+TEST_PUBLIC_KEY = public_key_bytes(TEST_SIGNING_KEY)
 
 
 @contextlib.contextmanager
@@ -55,9 +60,11 @@ def serve(app: Any, *, timeout_s: float = 10.0) -> Iterator[str]:
 
 
 def make_gateway_app(
-    gateway: Gateway, dispatch: Dispatch, received: list[list[tuple[str, str]]]
+    gateway: Gateway, dispatch: Dispatch, received: list[list[tuple[str, str]]], signing_key: Any = None
 ) -> Starlette:
-    """A minimal gateway server: ``/ohttp`` and the key configuration; records every request's headers."""
+    """A minimal gateway server: ``/ohttp`` and the key configuration (signed with ``signing_key``,
+    default :data:`TEST_SIGNING_KEY`); records every request's headers."""
+    signing_key = signing_key or TEST_SIGNING_KEY
 
     async def ohttp(request: Request) -> Response:
         received.append([(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw])
@@ -69,9 +76,9 @@ def make_gateway_app(
 
     async def keys(request: Request) -> Response:
         received.append([(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw])
-        return Response(
-            gateway.key_config_bytes(), media_type=KEYS_MEDIA_TYPE, headers={"cache-control": "max-age=60"}
-        )
+        body = gateway.key_config_bytes()
+        headers = sign_key_configs(body, signing_key)
+        return Response(body, headers={**headers, "cache-control": "max-age=60"})
 
     return Starlette(
         routes=[Route("/ohttp", ohttp, methods=["POST"]), Route("/.well-known/ohttp-gateway", keys)]

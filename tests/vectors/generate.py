@@ -35,7 +35,6 @@ from veil.client_sdk.api import PhoneAPI
 from veil.client_sdk.ohttp import (
     KEM_MLKEM768_X25519,
     KEM_X25519_HKDF_SHA256,
-    KEYS_MEDIA_TYPE,
     RESPONSE_MEDIA_TYPE,
     AsyncOHTTPClient,
     BinaryRequest,
@@ -46,6 +45,7 @@ from veil.client_sdk.ohttp import (
     encode_key_configs,
 )
 from veil.client_sdk.ohttp.hpke import KEMS, Context, SenderContext, Suite
+from veil.client_sdk.ohttp.keysig import sign_key_configs, signing_key_from_seed
 from veil.client_sdk.ohttp.ohttp import REQUEST_LABEL, RESPONSE_LABEL, request_header
 from veil.client_sdk.ohttp.padding import DEFAULT_PADDING_BUCKETS, pad_to_bucket, response_overhead
 
@@ -114,9 +114,9 @@ def capture_inner_request(key: GatewayKeyPair, name: str) -> bytes:
 
     def handler(request: httpx.Request) -> httpx.Response:
         if request.method == "GET":
-            return httpx.Response(
-                200, content=encode_key_configs([key.config]), headers={"content-type": KEYS_MEDIA_TYPE}
-            )
+            keys = encode_key_configs([key.config])
+            signed = sign_key_configs(keys, signing_key_from_seed(b"\x08" * 32))
+            return httpx.Response(200, content=keys, headers=signed)
         plaintext, context = decapsulate_request({key.key_id: key}, request.content)
         seen.append(plaintext)
         sealed = context.encapsulate_response(bhttp_response(status, body).encode())

@@ -52,6 +52,14 @@ def export_onnx_command(
             show_default=False,
         ),
     ] = None,
+    gateway_public_key: Annotated[
+        str | None,
+        typer.Option(
+            "--gateway-public-key",
+            help="Record the gateway's signing key (base64, `veil gateway public-key`) for apps to pin.",
+            show_default=False,
+        ),
+    ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON object on stdout instead of a table.")
     ] = False,
@@ -65,6 +73,10 @@ def export_onnx_command(
 
     chosen = [f.strip() for f in families.split(",") if f.strip()]
     try:
+        if gateway_public_key is not None:
+            from veil.client_sdk.runtime.manifest import check_gateway_public_key, set_gateway_public_key
+
+            check_gateway_public_key(gateway_public_key)  # refuse a bad key before minutes of export
         shapes = GraphShapes(n_tokens=n_tokens, dim=dim, n_basis=n_basis, n_prototypes=n_prototypes)
         manifest = export_onnx(out, chosen, shapes, opset=opset)
         if lm is not None:
@@ -76,6 +88,8 @@ def export_onnx_command(
             quiet_transformers()
             export_lm(lm, out, get_settings().resolved_data_dir())
             manifest = read_manifest(out)
+        if gateway_public_key is not None:
+            manifest = set_gateway_public_key(out, gateway_public_key)
     except ValueError as exc:
         raise UserError(str(exc)) from exc
     written = [

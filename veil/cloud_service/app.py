@@ -135,9 +135,13 @@ def create_app(config: ServiceConfig, preloaded: LoadedService | None = None) ->
         gateway = build_gateway(config, sessions)
         codebooks = CodebookStore(config.data_dir)
         app.state.veil = ServiceState(config, engine, sessions, gateway, metrics, codebooks)
+        from veil.cloud_service.store.group_commit import UploadBatcher
+
+        app.state.veil.uploads = uploads = UploadBatcher(db)
         try:
             yield
         finally:
+            await uploads.aclose()  # after uvicorn drained the requests: every queued upload is answered
             await engine.stop()
             db.dispose()
 

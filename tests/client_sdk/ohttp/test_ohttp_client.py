@@ -26,11 +26,14 @@ from veil.client_sdk.ohttp import (
     UnsupportedSuiteError,
     decapsulate_request,
     encode_key_configs,
+    sign_key_configs,
 )
-from veil.client_sdk.ohttp.ohttp import KEYS_MEDIA_TYPE, REQUEST_MEDIA_TYPE, RESPONSE_MEDIA_TYPE
+from veil.client_sdk.ohttp.keysig import signing_key_from_seed
+from veil.client_sdk.ohttp.ohttp import REQUEST_MEDIA_TYPE, RESPONSE_MEDIA_TYPE
 
 RELAY = "http://relay.test/ohttp"
 KEYS_URL = "http://relay.test/.well-known/ohttp-gateway"
+SIGNING_KEY = signing_key_from_seed(b"\x07" * 32)  # the gateway's; clients pin it on first use
 
 
 class FakeRelay:
@@ -53,7 +56,7 @@ class FakeRelay:
             raise failure("boom", request=request)
         if request.method == "GET":
             body = encode_key_configs([k.config for k in self.published])
-            return httpx.Response(200, content=body, headers={"content-type": KEYS_MEDIA_TYPE})
+            return httpx.Response(200, content=body, headers=sign_key_configs(body, SIGNING_KEY))
         assert request.headers["content-type"] == REQUEST_MEDIA_TYPE
         try:
             plaintext, ctx = decapsulate_request(self.keys, request.content)

@@ -30,6 +30,7 @@ class ServiceState:
     gateway: Any  # veil.cloud_service.gateway.Gateway
     metrics: Metrics
     codebooks: CodebookStore
+    uploads: Any = None  # veil.cloud_service.store.group_commit.UploadBatcher: one group commit per process
 
 
 def get_state(request: Request) -> ServiceState:

@@ -1,32 +1,50 @@
-"""``/v1/uploads``: anonymous training examples, made safe to retry by a client-generated key."""
+"""``/v1/uploads``: anonymous training examples, made safe to retry by a client-generated key.
+
+Served two ways with one function, :func:`store_upload`: as a FastAPI route (callers with an API key),
+and straight from the OHTTP gateway (:func:`upload_from_gateway`: the phones' path, without a second
+pass through the ASGI app). Either way the embedding is decoded once (:mod:`veil.client_sdk.wire`) and
+the upload joins the process's group commit (:class:`~veil.cloud_service.store.group_commit.UploadBatcher`);
+the answer goes out only after its transaction committed.
+"""
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Sequence
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Response
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 
+from veil.client_sdk.ohttp.bhttp import BinaryResponse
 from veil.cloud_service.api.checks import check_model, served_embedding
-from veil.cloud_service.api.deps import Caller, DbSession, State
-from veil.cloud_service.errors import APIError
+from veil.cloud_service.api.deps import Caller, ServiceState, State
+from veil.cloud_service.errors import APIError, error_body, validation_message
 from veil.cloud_service.schemas import UploadRequest, UploadResponse
+
+__all__ = ["router", "store_upload", "upload_from_gateway"]
 
 router = APIRouter(tags=["uploads"])
 
 _KEY = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
+_JSON = [("content-type", "application/json")]
 
 
-@router.post("/v1/uploads", status_code=201, response_model=UploadResponse)
-def create_upload(
-    body: UploadRequest,
-    state: State,
-    session: DbSession,
-    _: Caller,
-    response: Response,
-    idempotency_key: Annotated[str | None, Header()] = None,
-) -> UploadResponse:
-    from veil.cloud_service.store.repository import IdempotencyConflict, UploadIn, add_upload
+async def store_upload(
+    state: ServiceState, body: UploadRequest, idempotency_key: str | None
+) -> tuple[int, UploadResponse]:
+    """Validate and store one upload; returns (201 created | 200 duplicate, the answer).
+
+    Raises
+    ------
+    APIError
+        400 for a bad key, model, embedding or label; 409 when the key was used for other content;
+        503 when the database failed (a retry with the same key is safe).
+    """
+    from veil.cloud_service.store.errors import IdempotencyConflict, StoreError
+    from veil.cloud_service.store.repository import UploadIn
 
     if idempotency_key is None or not _KEY.match(idempotency_key):
         raise APIError(
@@ -49,13 +67,46 @@ def create_upload(
             embedding=embedding,
             model=engine.name,
         )
-        result = add_upload(session, upload)
+        result = await state.uploads.add(upload)
     except IdempotencyConflict as exc:
-        state.metrics.uploads.labels("conflict").inc()
         raise APIError(409, str(exc), param="Idempotency-Key", code="idempotency_conflict") from exc
+    except StoreError as exc:
+        raise APIError(503, "the upload could not be stored; retry with the same Idempotency-Key") from exc
     except ValueError as exc:
         raise APIError(400, str(exc)) from exc
-    state.metrics.uploads.labels("created" if result.created else "duplicate").inc()
-    if not result.created:
-        response.status_code = 200
-    return UploadResponse(id=result.id, status="created" if result.created else "duplicate")
+    status = "created" if result.created else "duplicate"
+    return (201 if result.created else 200), UploadResponse(id=result.id, status=status)
+
+
+@router.post("/v1/uploads", status_code=201, response_model=UploadResponse)
+async def create_upload(
+    body: UploadRequest,
+    state: State,
+    _: Caller,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header()] = None,
+) -> UploadResponse:
+    response.status_code, answer = await store_upload(state, body, idempotency_key)
+    return answer
+
+
+def _header(headers: Sequence[tuple[str, str]], name: str) -> str | None:
+    return next((v for n, v in headers if n.lower() == name), None)
+
+
+async def upload_from_gateway(
+    state: ServiceState, headers: Sequence[tuple[str, str]], content: bytes
+) -> BinaryResponse:
+    """``POST /v1/uploads`` for a request the gateway decapsulated: same checks, same answers as the
+    route (the JSON error shape included), without running the ASGI app a second time."""
+    try:
+        try:
+            body = UploadRequest.model_validate_json(content)
+        except ValidationError as exc:
+            message, param = validation_message(RequestValidationError(exc.errors(include_url=False)))
+            raise APIError(400, message, param=param) from None
+        status, answer = await store_upload(state, body, _header(headers, "idempotency-key"))
+    except APIError as exc:
+        error = error_body(exc.status, exc.message, exc.type, exc.param, exc.code)
+        return BinaryResponse(exc.status, _JSON, json.dumps(error).encode())
+    return BinaryResponse(status, _JSON, answer.model_dump_json().encode())
