@@ -35,6 +35,13 @@ class Settings(BaseSettings):
     gateway_kek: SecretStr | None = None
     """Base64 of the 32-byte key that encrypts the OHTTP gateway's private keys at rest."""
 
+    gateway_signing_key: SecretStr | None = None
+    """Base64 of the 32-byte Ed25519 seed that signs the gateway's key configurations (RFC 9421)."""
+
+    gateway_public_key: str | None = None
+    """Base64 of the gateway's Ed25519 public key that clients (the demo, scripts) pin; unset: pin on
+    first use."""
+
     def resolved_data_dir(self) -> Path:
         path = self.data_dir.expanduser()
         path.mkdir(parents=True, exist_ok=True)

@@ -164,6 +164,22 @@ def gateway_list(as_json: AsJson = False) -> None:
         typer.echo(f"key_id={c['key_id']}  kem=0x{c['kem_id']:04x}  symmetric={c['symmetric']}")
 
 
+@gateway_app.command("public-key")
+def gateway_public_key(as_json: AsJson = False) -> None:
+    """The gateway's signing public key (base64 of the raw 32-byte Ed25519 key), to ship with apps."""
+    from veil.cloud_service.config import ServiceConfig
+    from veil.cloud_service.gateway_signing import KeyConfigSigner
+
+    try:
+        signer = KeyConfigSigner.from_config(ServiceConfig.from_settings())
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    if as_json:
+        typer.echo(json.dumps({"public_key": signer.public_key_b64, "key_id": signer.key_id}))
+        return
+    typer.echo(signer.public_key_b64)
+
+
 @gateway_app.command("rotate")
 def gateway_rotate() -> None:
     """Make a new current gateway key; older keys keep working until retired."""

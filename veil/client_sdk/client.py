@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import random
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
@@ -46,7 +47,7 @@ from veil.client_sdk.distributions.prototype import (
 from veil.client_sdk.math_backends import Draw, LearningConfig, MathBackend, NumpyBackend, OnnxBackend
 from veil.client_sdk.ohttp.client import AsyncOHTTPClient, RelayError
 from veil.client_sdk.ohttp.errors import DecryptionFailedError, KeyConfigError, MalformedMessageError
-from veil.client_sdk.param_store import ClientState, FamilyMismatchError, ParamStore
+from veil.client_sdk.param_store import ClientState, FamilyMismatchError, MemoryParamStore, ParamStore
 from veil.client_sdk.policy_guard import PolicyCheck, PolicyViolationError
 from veil.client_sdk.private_head import PrivateHead
 from veil.client_sdk.prototype_choice import Example, PrototypeChoice, prototype_losses
@@ -201,16 +202,39 @@ class VeilClient:
         model: str,
         key_config_url: str | None = None,
         timeout_s: float = 30.0,
+        gateway_public_key: bytes | str | None = None,
+        model_dir: str | os.PathLike[str] | None = None,
+        pin_path: str | os.PathLike[str] | None = None,
         **kwargs: Any,
     ) -> VeilClient:
         """A client with its own :class:`AsyncOHTTPClient`; ``key_config_url`` defaults to the relay's
-        ``/.well-known/ohttp-gateway`` when ``relay_url`` ends in ``/ohttp``."""
+        ``/.well-known/ohttp-gateway`` when ``relay_url`` ends in ``/ohttp``.
+
+        Key configurations are used only when signed by the gateway (``PROTOCOL.md``, key configuration
+        authentication): by ``gateway_public_key`` when given, else by the key in ``model_dir``'s ONNX
+        manifest (``veil export-onnx --gateway-public-key``), else by the key pinned on first use, kept
+        in ``pin_path`` (default: beside the parameter file, ``<params>.gateway-key``; in memory for a
+        :class:`~veil.client_sdk.param_store.MemoryParamStore`).
+        """
+        if gateway_public_key is None and model_dir is not None:
+            from veil.client_sdk.runtime.manifest import read_manifest
+
+            gateway_public_key = read_manifest(model_dir).gateway_public_key
+        if gateway_public_key is None and pin_path is None and not isinstance(store, MemoryParamStore):
+            pin_path = store.path.with_name(store.path.name + ".gateway-key")
         if key_config_url is None:
             if not relay_url.rstrip("/").endswith("/ohttp"):
                 raise ValueError(f"give key_config_url: cannot derive it from {relay_url!r}")
             key_config_url = relay_url.rstrip("/")[: -len("/ohttp")] + "/.well-known/ohttp-gateway"
         # The transport makes one attempt per call (connect errors aside); this client retries.
-        transport = AsyncOHTTPClient(relay_url, key_config_url=key_config_url, timeout=timeout_s, retries=0)
+        transport = AsyncOHTTPClient(
+            relay_url,
+            key_config_url=key_config_url,
+            timeout=timeout_s,
+            retries=0,
+            gateway_public_key=gateway_public_key,
+            pin_path=pin_path,
+        )
         client = cls(transport, store, model=model, **kwargs)
         client._owns_transport = True
         return client

@@ -134,7 +134,10 @@ def create_app(config: ServiceConfig, preloaded: LoadedService | None = None) ->
         await engine.start()
         gateway = build_gateway(config, sessions)
         codebooks = CodebookStore(config.data_dir)
-        app.state.veil = ServiceState(config, engine, sessions, gateway, metrics, codebooks)
+        from veil.cloud_service.gateway_signing import KeyConfigSigner
+
+        signer = KeyConfigSigner.from_config(config)
+        app.state.veil = ServiceState(config, engine, sessions, gateway, metrics, codebooks, signer)
         from veil.cloud_service.store.group_commit import UploadBatcher
 
         app.state.veil.uploads = uploads = UploadBatcher(db)

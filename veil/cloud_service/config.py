@@ -25,6 +25,9 @@ class ServiceConfig:
     gateway_kem: KEM of new gateway keys: ``"x25519"`` (default) or ``"mlkem768-x25519"``.
     gateway_kek: 32-byte key-encryption key for gateway keys at rest; ``None`` reads or creates
         ``<data_dir>/gateway.kek`` (mode 0600) in development; production must set it.
+    gateway_signing_key: 32-byte Ed25519 seed that signs ``/.well-known/ohttp-gateway`` (RFC 9421);
+        ``None`` reads or creates ``<data_dir>/gateway-signing.key`` (mode 0600) in development;
+        production must set it.
     environment: ``"development"`` or ``"production"`` (production refuses generated secrets).
     replay_window_s: an encapsulated request seen again within this window is refused.
     """
@@ -37,6 +40,7 @@ class ServiceConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     gateway_kem: str = "x25519"
     gateway_kek: bytes | None = None
+    gateway_signing_key: bytes | None = None
     environment: str = "development"
     replay_window_s: float = 300.0
 
@@ -52,6 +56,13 @@ class ServiceConfig:
             raise ValueError(f"gateway_kek must be 32 bytes, got {len(self.gateway_kek)}")
         if self.environment == "production" and self.gateway_kek is None:
             raise ValueError("production needs VEIL_GATEWAY_KEK (32 bytes, base64); refusing a generated key")
+        if self.gateway_signing_key is not None and len(self.gateway_signing_key) != 32:
+            raise ValueError(f"gateway_signing_key must be 32 bytes, got {len(self.gateway_signing_key)}")
+        if self.environment == "production" and self.gateway_signing_key is None:
+            raise ValueError(
+                "production needs VEIL_GATEWAY_SIGNING_KEY (32-byte Ed25519 seed, base64); "
+                "refusing a generated key"
+            )
 
     @classmethod
     def from_settings(cls) -> ServiceConfig:
@@ -66,10 +77,17 @@ class ServiceConfig:
                 kek = base64.b64decode(s.gateway_kek.get_secret_value(), validate=True)
             except ValueError as exc:
                 raise ValueError("VEIL_GATEWAY_KEK must be base64 of 32 bytes") from exc
+        signing = None
+        if s.gateway_signing_key is not None:
+            try:
+                signing = base64.b64decode(s.gateway_signing_key.get_secret_value(), validate=True)
+            except ValueError as exc:
+                raise ValueError("VEIL_GATEWAY_SIGNING_KEY must be base64 of a 32-byte seed") from exc
         return cls(
             data_dir=s.resolved_data_dir(),
             model=s.model,
             database_url=s.database_url,
             gateway_kek=kek,
+            gateway_signing_key=signing,
             environment=s.environment,
         )

@@ -25,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from veil.client_sdk.ohttp.keysig import SIGNING_KEY_HEADER
 from veil.client_sdk.ohttp.ohttp import KEYS_MEDIA_TYPE, REQUEST_MEDIA_TYPE, RESPONSE_MEDIA_TYPE
 
 __all__ = ["RelayConfig", "create_relay_app", "run_relay"]
@@ -32,6 +33,7 @@ __all__ = ["RelayConfig", "create_relay_app", "run_relay"]
 # Batches are shuffled with the OS's randomness: a seeded PRNG could be predicted by an observer.
 _rng = random.SystemRandom()
 _PASSED_ERROR_TYPES = ("application/json", "application/problem+json")
+_PASSED_KEY_HEADERS = ("cache-control", "content-digest", "signature-input", "signature", SIGNING_KEY_HEADER)
 
 
 @dataclass(frozen=True)
@@ -195,9 +197,13 @@ def create_relay_app(config: RelayConfig, *, transport: httpx.AsyncBaseTransport
             return upstream_response
         if upstream_response.status_code != 200:
             return _error(502, "bad_gateway", f"the gateway answered {upstream_response.status_code}")
-        headers = {}
-        if "cache-control" in upstream_response.headers:
-            headers["cache-control"] = upstream_response.headers["cache-control"]
+        # The gateway's signature (RFC 9421) and digest (RFC 9530) travel unchanged, so phones can
+        # check that the list is the gateway's; nothing else of the gateway's answer is passed on.
+        headers = {
+            name: upstream_response.headers[name]
+            for name in _PASSED_KEY_HEADERS
+            if name in upstream_response.headers
+        }
         return Response(upstream_response.content, 200, headers=headers, media_type=KEYS_MEDIA_TYPE)
 
     async def health(request: Request) -> Response:

@@ -234,14 +234,22 @@ class _Phones:
 
 
 async def _phone_session(
-    relay_url: str, model: str, run: ExperimentRun, cfg: ServiceDemoConfig, progress: Progress
+    relay_url: str,
+    model: str,
+    run: ExperimentRun,
+    cfg: ServiceDemoConfig,
+    progress: Progress,
+    gateway_public_key: bytes,
 ) -> tuple[dict[str, UserDistribution], dict[int, str], int]:
     from veil.client_sdk.api import PhoneAPI
     from veil.client_sdk.ohttp import AsyncOHTTPClient
 
     spread = cfg.spread if cfg.spread is not None else run.cfg.default_spread[cfg.family]
     async with AsyncOHTTPClient(
-        relay_url + "/ohttp", key_config_url=relay_url + "/.well-known/ohttp-gateway", timeout=120
+        relay_url + "/ohttp",
+        key_config_url=relay_url + "/.well-known/ohttp-gateway",
+        timeout=120,
+        gateway_public_key=gateway_public_key,  # shipped with the app: the relay cannot swap keys
     ) as transport:
         phones = _Phones(run, cfg, PhoneAPI(transport, model), np.random.default_rng(run.cfg.seed + 7))
         init = run.init_distributions(cfg.family, spread)
@@ -286,6 +294,7 @@ async def _codebook_phones(
     codebooks: Any,
     upload: bool,
     progress: Progress,
+    gateway_public_key: bytes,
 ) -> dict[str, Any]:
     """Phones choose (again, after each retirement, a new version or a new model), then upload when asked.
 
@@ -303,7 +312,10 @@ async def _codebook_phones(
     seeds = np.random.SeedSequence(run.cfg.seed + 7).spawn(len(users))
     out: dict[str, Any] = {"owners": {}, "mismatches": 0, "model_changes": 0, "published": []}
     async with AsyncOHTTPClient(
-        relay_url + "/ohttp", key_config_url=relay_url + "/.well-known/ohttp-gateway", timeout=120
+        relay_url + "/ohttp",
+        key_config_url=relay_url + "/.well-known/ohttp-gateway",
+        timeout=120,
+        gateway_public_key=gateway_public_key,
     ) as transport:
         counted = _CountingTransport(transport)
         model = (await PhoneAPI(counted, "").models())[0]["id"]  # each round serves a new checkpoint
@@ -375,6 +387,7 @@ def _codebook_demo(
     from veil.cloud_service.codebooks import CodebookStore, init_codebook
     from veil.cloud_service.config import ServiceConfig
     from veil.cloud_service.engine import EngineConfig
+    from veil.cloud_service.gateway_signing import KeyConfigSigner
     from veil.cloud_service.jobs.personalized import PersonalizedTrainingConfig
     from veil.cloud_service.jobs.runner import run_training_job
     from veil.cloud_service.store import count_uploads, make_engine, session_factory
@@ -409,10 +422,13 @@ def _codebook_demo(
         config = ServiceConfig(
             data_dir=round_dir, model=str(base), engine=EngineConfig(cfg.max_batch, batch_window_s=0.01)
         )
+        public_key = KeyConfigSigner.from_config(config).public_key  # what the app would ship
         with BackgroundServer(create_app(config)) as api, RelayProcess(api.url, cfg.hold_window_ms) as relay:
             phones_started = time.perf_counter()
             out = asyncio.run(
-                _codebook_phones(relay.url, run, cfg, stores, examples, codebooks, not final, progress)
+                _codebook_phones(
+                    relay.url, run, cfg, stores, examples, codebooks, not final, progress, public_key
+                )
             )
         phones_s += time.perf_counter() - phones_started
         requests += out["requests"]
@@ -502,6 +518,7 @@ def run_service_demo(
     from veil.cloud_service.background import BackgroundServer, RelayProcess
     from veil.cloud_service.config import ServiceConfig
     from veil.cloud_service.engine import EngineConfig
+    from veil.cloud_service.gateway_signing import KeyConfigSigner
     from veil.cloud_service.jobs.personalized import PersonalizedTrainingConfig
     from veil.cloud_service.jobs.runner import run_training_job
     from veil.cloud_service.store import count_uploads, make_engine, session_factory
@@ -534,8 +551,11 @@ def run_service_demo(
     config = ServiceConfig(
         data_dir=service_dir, model=str(stage1), engine=EngineConfig(cfg.max_batch, batch_window_s=0.01)
     )
+    public_key = KeyConfigSigner.from_config(config).public_key  # what the app would ship
     with BackgroundServer(create_app(config)) as api, RelayProcess(api.url, cfg.hold_window_ms) as relay:
-        dists, owners, requests = asyncio.run(_phone_session(relay.url, "veil-demo", run, cfg, progress))
+        dists, owners, requests = asyncio.run(
+            _phone_session(relay.url, "veil-demo", run, cfg, progress, public_key)
+        )
     phones_s = time.perf_counter() - started
 
     sessions = session_factory(make_engine(None, service_dir))

@@ -2,9 +2,11 @@
 
 Modules: :mod:`~veil.client_sdk.ohttp.bhttp` (binary HTTP messages), :mod:`~veil.client_sdk.ohttp.hpke`
 (HPKE base mode on ``cryptography``), :mod:`~veil.client_sdk.ohttp.keys` (key configurations, gateway key
-pairs), :mod:`~veil.client_sdk.ohttp.ohttp` (request/response encapsulation),
+pairs), :mod:`~veil.client_sdk.ohttp.keysig` (signed key configurations, RFC 9421) and
+:mod:`~veil.client_sdk.ohttp.keypin` (the trusted gateway signing key), :mod:`~veil.client_sdk.ohttp.ohttp` (request/response encapsulation),
 :mod:`~veil.client_sdk.ohttp.errors` and :mod:`~veil.client_sdk.ohttp.client` (sync and async clients).
-Only the standard library, ``cryptography`` and ``httpx`` are imported: this ships to phones.
+Only the standard library, ``cryptography``, ``http-message-signatures`` and ``httpx`` are imported: this
+ships to phones.
 """
 
 from __future__ import annotations
@@ -21,10 +23,13 @@ from veil.client_sdk.ohttp.errors import (
     OHTTP_KEY_PROBLEM,
     DecryptionFailedError,
     KeyConfigError,
+    KeyConfigExpiredError,
+    KeyConfigSignatureError,
     MalformedMessageError,
     OHTTPError,
     ReplayedRequestError,
     RequestTooLargeError,
+    SigningKeyMismatchError,
     UnknownKeyIdError,
     UnsupportedSuiteError,
 )
@@ -37,12 +42,21 @@ from veil.client_sdk.ohttp.hpke import (
     KEM_X25519_HKDF_SHA256,
     Suite,
 )
+from veil.client_sdk.ohttp.keypin import GatewayKeyPin
 from veil.client_sdk.ohttp.keys import (
     DEFAULT_SYMMETRIC_ALGORITHMS,
     GatewayKeyPair,
     KeyConfig,
     decode_key_configs,
     encode_key_configs,
+)
+from veil.client_sdk.ohttp.keysig import (
+    VerifiedKeyConfigs,
+    decode_public_key,
+    encode_public_key,
+    key_fingerprint,
+    sign_key_configs,
+    verify_key_configs,
 )
 from veil.client_sdk.ohttp.ohttp import (
     KEYS_MEDIA_TYPE,
@@ -75,10 +89,13 @@ __all__ = [
     "ClientResponseContext",
     "DecryptionFailedError",
     "GatewayKeyPair",
+    "GatewayKeyPin",
     "InformationalResponse",
     "InnerResponse",
     "KeyConfig",
     "KeyConfigError",
+    "KeyConfigExpiredError",
+    "KeyConfigSignatureError",
     "MalformedMessageError",
     "OHTTPClient",
     "OHTTPError",
@@ -86,13 +103,20 @@ __all__ = [
     "ReplayedRequestError",
     "RequestTooLargeError",
     "ServerResponseContext",
+    "SigningKeyMismatchError",
     "Suite",
     "UnknownKeyIdError",
     "UnsupportedSuiteError",
+    "VerifiedKeyConfigs",
     "decapsulate_request",
     "decapsulate_response",
     "decode_key_configs",
     "decode_message",
+    "decode_public_key",
     "encapsulate_request",
     "encode_key_configs",
+    "encode_public_key",
+    "key_fingerprint",
+    "sign_key_configs",
+    "verify_key_configs",
 ]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json as jsonlib
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -25,7 +26,8 @@ import httpx
 
 from veil.client_sdk.ohttp.bhttp import BinaryHTTPError, BinaryRequest, BinaryResponse
 from veil.client_sdk.ohttp.errors import OHTTP_KEY_PROBLEM, UnsupportedSuiteError
-from veil.client_sdk.ohttp.keys import KeyConfig, decode_key_configs
+from veil.client_sdk.ohttp.keypin import GatewayKeyPin
+from veil.client_sdk.ohttp.keys import KeyConfig
 from veil.client_sdk.ohttp.ohttp import (
     KEYS_MEDIA_TYPE,
     REQUEST_MEDIA_TYPE,
@@ -116,6 +118,8 @@ def _relay_error(response: httpx.Response) -> RelayError:
 class _ClientCore:
     """Configuration, message building and response handling shared by both clients."""
 
+    key_pin: GatewayKeyPin  # the trust anchor for fetched key configurations, set by each client
+
     def __init__(
         self,
         relay_url: str,
@@ -185,7 +189,10 @@ class _ClientCore:
             or _media_type(response.headers.get("content-type")) != KEYS_MEDIA_TYPE
         ):
             raise _relay_error(response)
-        for config in decode_key_configs(response.content):
+        # Refused unless signed by the pinned gateway key (RFC 9458 section 6.1): never sealed to a
+        # key a relay made up.
+        verified = self.key_pin.verify(response.status_code, response.headers.multi_items(), response.content)
+        for config in verified.configs:
             if config.supported_algorithms():
                 self._key_config = config
                 return config
@@ -234,7 +241,15 @@ class OHTTPClient(_ClientCore):
         The gateway's key configuration, if known in advance.
     key_config_url : str, optional
         Where to GET ``application/ohttp-keys`` instead (fetched once, refreshed once when the gateway
-        reports an unknown key); exactly one of ``key_config`` and ``key_config_url``.
+        reports an unknown key); exactly one of ``key_config`` and ``key_config_url``. A fetched list is
+        used only when its signature verifies (:mod:`~veil.client_sdk.ohttp.keysig`): otherwise
+        ``KeyConfigSignatureError`` (or a subclass) is raised and nothing is sent.
+    gateway_public_key : bytes or str, optional
+        The gateway's Ed25519 signing key shipped with the app (raw 32 bytes or base64): fetched lists
+        must be signed by it. ``None``: trust on first use (:class:`~veil.client_sdk.ohttp.keypin.GatewayKeyPin`).
+    pin_path : path-like, optional
+        With no ``gateway_public_key``, the file that keeps the key pinned on first use across runs
+        (default: pinned in memory for this client's lifetime).
     target_authority : str
         The ``:authority`` of the inner requests (the target the gateway serves).
     scheme : str
@@ -263,6 +278,8 @@ class OHTTPClient(_ClientCore):
         target_authority: str = "veil.invalid",
         scheme: str = "https",
         http_client: httpx.Client | None = None,
+        gateway_public_key: bytes | str | None = None,
+        pin_path: str | os.PathLike[str] | None = None,
         transport: httpx.BaseTransport | None = None,
         timeout: float = 30.0,
         retries: int = 2,
@@ -280,6 +297,7 @@ class OHTTPClient(_ClientCore):
             retry_backoff_s=retry_backoff_s,
             padding_buckets=padding_buckets,
         )
+        self.key_pin = GatewayKeyPin(gateway_public_key, path=pin_path)
         self._owns_http = http_client is None
         self._http = http_client or httpx.Client(
             transport=transport, timeout=timeout, trust_env=False, limits=_LIMITS
@@ -364,6 +382,8 @@ class AsyncOHTTPClient(_ClientCore):
         target_authority: str = "veil.invalid",
         scheme: str = "https",
         http_client: httpx.AsyncClient | None = None,
+        gateway_public_key: bytes | str | None = None,
+        pin_path: str | os.PathLike[str] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         timeout: float = 30.0,
         retries: int = 2,
@@ -381,6 +401,7 @@ class AsyncOHTTPClient(_ClientCore):
             retry_backoff_s=retry_backoff_s,
             padding_buckets=padding_buckets,
         )
+        self.key_pin = GatewayKeyPin(gateway_public_key, path=pin_path)
         self._owns_http = http_client is None
         self._http = http_client or httpx.AsyncClient(
             transport=transport, timeout=timeout, trust_env=False, limits=_LIMITS

@@ -16,10 +16,13 @@ __all__ = [
     "OHTTP_KEY_PROBLEM",
     "DecryptionFailedError",
     "KeyConfigError",
+    "KeyConfigExpiredError",
+    "KeyConfigSignatureError",
     "MalformedMessageError",
     "OHTTPError",
     "ReplayedRequestError",
     "RequestTooLargeError",
+    "SigningKeyMismatchError",
     "UnknownKeyIdError",
     "UnsupportedSuiteError",
 ]
@@ -85,3 +88,26 @@ class RequestTooLargeError(OHTTPError):
 
     error_type = "request_too_large"
     status = 413
+
+
+class KeyConfigSignatureError(OHTTPError):
+    """A key configuration list is unsigned, wrongly signed, or its body differs from its digest.
+
+    Raised by the client before any request is sealed (RFC 9458 section 6.1 leaves key authentication to
+    the deployment; Veil signs the list with RFC 9421 over an RFC 9530 digest). Not a transport failure:
+    retrying through the same relay cannot help, so clients do not retry it.
+    """
+
+    error_type = "key_config_signature_invalid"
+
+
+class KeyConfigExpiredError(KeyConfigSignatureError):
+    """The signature's ``expires`` time has passed (or ``created`` lies in the future) beyond the skew."""
+
+    error_type = "key_config_signature_expired"
+
+
+class SigningKeyMismatchError(KeyConfigSignatureError):
+    """The list is signed by another key than the pinned one (shipped with the app or pinned on first use)."""
+
+    error_type = "gateway_signing_key_mismatch"

@@ -11,6 +11,7 @@ Swift code can read it without ONNX tooling::
       "veil_version": "0.1.0",
       "onnx_version": "1.23.2",
       "created_day": "2025-01-31",
+      "gateway_public_key": "<base64 of the gateway's 32-byte Ed25519 signing key>",   (optional)
       "entries": [
         {"name": "gaussian_sample", "file": "gaussian_sample.onnx", "sha256": "<64 hex digits>",
          "opset": 17, "kind": "sampler", "family": "gaussian",
@@ -22,12 +23,16 @@ Swift code can read it without ONNX tooling::
 
 A dimension is an int (fixed) or a string (symbolic: any size, but one size per name within one call).
 ``created_day`` is a date only: nothing finer than a day is recorded. ``opset`` is the file's opset of the
-default ``ai.onnx`` domain. This module needs only the standard library, so the phone-side SDK can read it;
+default ``ai.onnx`` domain. ``gateway_public_key`` (``veil export-onnx --gateway-public-key``) is the key the
+app pins for the gateway's signed key configurations (:mod:`veil.client_sdk.ohttp.keysig`); it ships with
+the graphs so an app verifies both from one file. This module needs only the standard library, so the phone-side SDK can read it;
 the export side (:mod:`veil.models.onnx.manifest`) re-exports it and adds helpers that need ``onnx``.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime
 import hashlib
 import json
@@ -50,7 +55,9 @@ __all__ = [
     "ModelFileError",
     "TensorSpec",
     "add_entries",
+    "check_gateway_public_key",
     "read_manifest",
+    "set_gateway_public_key",
     "sha256_file",
     "write_manifest",
 ]
@@ -67,6 +74,18 @@ _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 class ModelFileError(ValueError):
     """A manifest or model file that is missing, corrupt, or differs from what the manifest promises."""
+
+
+def check_gateway_public_key(value: str) -> str:
+    """``value`` stripped, if it is base64 (RFC 4648 section 4) of 32 bytes; ``ValueError`` otherwise."""
+    text = str(value).strip()
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError(f"gateway_public_key must be base64 of 32 bytes, got {text[:60]!r}") from exc
+    if len(raw) != 32:
+        raise ValueError(f"gateway_public_key must be base64 of 32 bytes (Ed25519), got {len(raw)} bytes")
+    return text
 
 
 @dataclass(frozen=True)
@@ -190,6 +209,8 @@ class Manifest:
     created_day: str
     """``YYYY-MM-DD`` (UTC); deliberately no finer time."""
     format_version: int = MANIFEST_FORMAT_VERSION
+    gateway_public_key: str | None = None
+    """Base64 of the gateway's Ed25519 signing key apps pin (``None``: not shipped here)."""
 
     def __post_init__(self) -> None:
         names = [e.name for e in self.entries]
@@ -197,6 +218,8 @@ class Manifest:
             raise ValueError(f"manifest entry names must be unique, got {names}")
         if not _DAY.match(self.created_day):
             raise ValueError(f"created_day must be YYYY-MM-DD, got {self.created_day!r}")
+        if self.gateway_public_key is not None:
+            object.__setattr__(self, "gateway_public_key", check_gateway_public_key(self.gateway_public_key))
 
     def entry(self, name: str) -> ManifestEntry:
         """The entry called ``name``; ``KeyError`` listing the known names otherwise."""
@@ -206,14 +229,17 @@ class Manifest:
         raise KeyError(f"no graph {name!r} in the manifest; known: {[e.name for e in self.entries]}")
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "format": MANIFEST_FORMAT,
             "format_version": self.format_version,
             "veil_version": self.veil_version,
             "onnx_version": self.onnx_version,
             "created_day": self.created_day,
-            "entries": [e.to_json() for e in self.entries],
         }
+        if self.gateway_public_key is not None:
+            data["gateway_public_key"] = self.gateway_public_key
+        data["entries"] = [e.to_json() for e in self.entries]
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Manifest:
@@ -223,6 +249,7 @@ class Manifest:
             onnx_version=data["onnx_version"],
             created_day=data["created_day"],
             format_version=data["format_version"],
+            gateway_public_key=data.get("gateway_public_key"),
         )
 
 
@@ -248,6 +275,7 @@ def write_manifest(
     *,
     onnx_version: str | None = None,
     day: datetime.date | None = None,
+    gateway_public_key: str | None = None,
 ) -> Manifest:
     """Write ``out_dir/manifest.json`` (atomically) listing exactly ``entries``.
 
@@ -260,6 +288,8 @@ def write_manifest(
         Defaults to the installed ``onnx`` package's version (read from package metadata, no import).
     day : datetime.date, optional
         Defaults to today's UTC date.
+    gateway_public_key : str, optional
+        Base64 of the gateway's Ed25519 signing key, for apps to pin.
 
     Returns
     -------
@@ -274,6 +304,7 @@ def write_manifest(
         veil_version=__version__,
         onnx_version=onnx_version or _package_version("onnx"),
         created_day=when.isoformat(),
+        gateway_public_key=gateway_public_key,
     )
     directory = Path(out_dir)
     directory.mkdir(parents=True, exist_ok=True)
@@ -328,9 +359,20 @@ def add_entries(out_dir: str | os.PathLike[str], entries: Sequence[ManifestEntry
     into a shared folder (distribution graphs, the on-device language model).
     """
     existing: list[ManifestEntry] = []
+    key = None
     if (Path(out_dir) / MANIFEST_FILE).exists():
-        existing = list(read_manifest(out_dir).entries)
+        old = read_manifest(out_dir)
+        existing, key = list(old.entries), old.gateway_public_key
     new = {e.name: e for e in entries}
     merged = [new.pop(e.name, e) for e in existing]
     merged.extend(e for e in entries if e.name in new)
-    return write_manifest(out_dir, merged)
+    return write_manifest(out_dir, merged, gateway_public_key=key)
+
+
+def set_gateway_public_key(out_dir: str | os.PathLike[str], gateway_public_key: str) -> Manifest:
+    """Record the gateway's signing key (base64 of 32 bytes) in the folder's manifest (creating it)."""
+    key = check_gateway_public_key(gateway_public_key)
+    entries: list[ManifestEntry] = []
+    if (Path(out_dir) / MANIFEST_FILE).exists():
+        entries = list(read_manifest(out_dir).entries)
+    return write_manifest(out_dir, entries, gateway_public_key=key)

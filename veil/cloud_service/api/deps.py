@@ -30,6 +30,7 @@ class ServiceState:
     gateway: Any  # veil.cloud_service.gateway.Gateway
     metrics: Metrics
     codebooks: CodebookStore
+    key_signer: Any = None  # veil.cloud_service.gateway_signing.KeyConfigSigner
     uploads: Any = None  # veil.cloud_service.store.group_commit.UploadBatcher: one group commit per process
 
 

@@ -40,13 +40,16 @@ def _fresh_keys(state: State, force: bool = False) -> None:
 
 @router.get("/.well-known/ohttp-gateway")
 def key_configuration(state: State) -> Response:
-    """The gateway's key configurations (``application/ohttp-keys``), newest first."""
+    """The gateway's key configurations (``application/ohttp-keys``), newest first, signed.
+
+    ``Content-Digest`` (RFC 9530) and ``Signature-Input``/``Signature`` (RFC 9421, ed25519, tag
+    ``veil-ohttp-keys``) let phones refuse a list a relay substituted (RFC 9458 section 6.1).
+    """
     _fresh_keys(state)
-    return Response(
-        state.gateway.key_config_bytes(),
-        media_type="application/ohttp-keys",
-        headers={"Cache-Control": "max-age=3600"},
-    )
+    body = state.gateway.key_config_bytes()
+    headers = state.key_signer.headers(body)
+    headers["cache-control"] = "max-age=3600"
+    return Response(body, headers=headers)
 
 
 @router.post("/ohttp")

@@ -1,0 +1,114 @@
+"""Which gateway signing key a phone trusts: one shipped with the app, or the first one it verified.
+
+RFC 9458 section 6.1 asks clients to make sure a key configuration is the gateway's; section 7 asks that
+every client see the same one. :class:`GatewayKeyPin` holds the trust anchor for
+:func:`~veil.client_sdk.ohttp.keysig.verify_key_configs`:
+
+* **pinned**: the raw Ed25519 public key shipped with the app (the ONNX export's manifest, the SDK's
+  settings). Only lists signed by it are used.
+* **trust on first use**: with no shipped key, the first list whose signature verifies under the key it
+  announces (``veil-signing-key``, which must match ``keyid``) pins that key, in memory and, with a
+  ``path``, in a file (mode 0600, first writer wins). A later list signed by any other key is refused
+  with :class:`~veil.client_sdk.ohttp.errors.SigningKeyMismatchError`: the relay that answered the first
+  fetch is trusted once, never again without the user's (or app's) say.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from veil.client_sdk.ohttp.errors import SigningKeyMismatchError
+from veil.client_sdk.ohttp.keysig import (
+    VerifiedKeyConfigs,
+    decode_public_key,
+    encode_public_key,
+    key_fingerprint,
+    verify_key_configs,
+)
+
+__all__ = ["GatewayKeyPin"]
+
+
+class GatewayKeyPin:
+    """The trusted gateway signing key, pinned up front or on first use.
+
+    Parameters
+    ----------
+    public_key : bytes or str, optional
+        The shipped key (raw 32 bytes or base64). ``None``: trust on first use.
+    path : path-like, optional
+        Where a key pinned on first use is kept across runs (ignored when ``public_key`` is given). A
+        file already there is the pin.
+    """
+
+    def __init__(self, public_key: bytes | str | None = None, *, path: str | os.PathLike[str] | None = None):
+        self.shipped = decode_public_key(public_key) if public_key is not None else None
+        self.path = Path(path) if path is not None and self.shipped is None else None
+        self._pinned: bytes | None = self.shipped
+        self._lock = threading.Lock()
+
+    @property
+    def public_key(self) -> bytes | None:
+        """The key lists must be signed by, or ``None`` while nothing is pinned yet."""
+        with self._lock:
+            if self._pinned is None and self.path is not None and self.path.exists():
+                self._pinned = self._read()
+            return self._pinned
+
+    def _read(self) -> bytes:
+        try:
+            return decode_public_key(Path(str(self.path)).read_text(encoding="ascii"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise SigningKeyMismatchError(f"{self.path}: unreadable pinned gateway key ({exc})") from exc
+
+    def _pin(self, public_key: bytes) -> None:
+        with self._lock:
+            if self._pinned is None and self.path is not None:
+                self._write(public_key)
+                self._pinned = self._read()  # a concurrent first writer (another process) may have won
+            elif self._pinned is None:
+                self._pinned = public_key
+            if self._pinned != public_key:
+                raise SigningKeyMismatchError(
+                    f"gateway signing key {key_fingerprint(public_key)} differs from the pinned "
+                    f"{key_fingerprint(self._pinned)}"
+                )
+
+    def _write(self, public_key: bytes) -> None:
+        if self.path is None:
+            raise ValueError("no pin file to write")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}.{threading.get_ident()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as fh:
+            fh.write(encode_public_key(public_key) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, self.path)  # first writer wins
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def verify(
+        self,
+        status: int,
+        headers: Mapping[str, str] | Iterable[tuple[str, str]],
+        body: bytes,
+        *,
+        now: float | None = None,
+    ) -> VerifiedKeyConfigs:
+        """Verify a key configuration response against the pin (pinning its key if none yet).
+
+        Raises the errors of :func:`~veil.client_sdk.ohttp.keysig.verify_key_configs`; a list signed
+        by another key than the pinned one raises ``SigningKeyMismatchError``.
+        """
+        expected = self.public_key
+        verified = verify_key_configs(status, headers, body, public_key=expected, now=now)
+        if expected is None:
+            self._pin(verified.public_key)
+        return verified
