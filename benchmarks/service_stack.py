@@ -147,6 +147,7 @@ class ServiceStack:
             "VEIL_DATA_DIR": str(self.models_dir),
             "VEIL_DATABASE_URL": self.database_url,
             "VEIL_GATEWAY_KEK": base64.b64encode(secrets.token_bytes(32)).decode(),
+            "VEIL_RELAY_SECRET": secrets.token_urlsafe(32),  # the gateway answers only this relay
             "VEIL_GATEWAY_SIGNING_KEY": base64.b64encode(self.signing_seed).decode(),
             "HF_HUB_OFFLINE": "1",
         }
@@ -155,7 +156,9 @@ class ServiceStack:
         cli = [sys.executable, "-m", "veil.cli.main"]
         try:
             self.api_url = self._spawn("api", [*cli, "serve", "--model", self.model], env)
-            self.relay_url = self._spawn("relay", [*cli, "relay", "--gateway", self.api_url], env)
+            # No per-address rate limit: every simulated phone here shares 127.0.0.1.
+            relay_cmd = [*cli, "relay", "--gateway", self.api_url, "--rate-per-s", "0"]
+            self.relay_url = self._spawn("relay", relay_cmd, env)
             card = httpx.get(self.api_url + "/v1/models", headers={"authorization": f"Bearer {self.api_key}"})
             card.raise_for_status()
             self.model_id = card.json()["data"][0]["id"]

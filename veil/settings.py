@@ -35,6 +35,10 @@ class Settings(BaseSettings):
     gateway_kek: SecretStr | None = None
     """Base64 of the 32-byte key that encrypts the OHTTP gateway's private keys at rest."""
 
+    relay_secret: SecretStr | None = None
+    """Secret (at least 32 bytes) the relay and the gateway share: the gateway answers ``POST /ohttp`` only
+    with the relay's HMAC over the body (``veil.cloud_service.relay_auth``). Production requires it."""
+
     gateway_signing_key: SecretStr | None = None
     """Base64 of the 32-byte Ed25519 seed that signs the gateway's key configurations (RFC 9421)."""
 

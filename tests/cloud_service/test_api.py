@@ -144,12 +144,11 @@ def test_concurrent_requests_are_batched(service) -> None:
         return [r.status_code for r in rs]
 
     assert asyncio.run(many()) == [200] * 6
-    metrics = httpx.get(server.url + "/metrics").text
+    metrics = server.server.config.app.state.metrics.render().decode()
     counts = {
-        line.split("{")[0]: float(line.rsplit(" ", 1)[1])
+        line.split(" ")[0]: float(line.rsplit(" ", 1)[1])
         for line in metrics.splitlines()
-        if line.startswith('veil_model_batch_size_sum{kind="chat"}')
-        or line.startswith('veil_model_batch_size_count{kind="chat"}')
+        if line.startswith(("veil_model_batch_size_sum ", "veil_model_batch_size_count "))
     }
     assert counts["veil_model_batch_size_sum"] > counts["veil_model_batch_size_count"]  # some batch had > 1
 
@@ -234,10 +233,14 @@ def test_embedding_gradient_matches_the_model(client, served) -> None:
     assert r.status_code == 400 and r.json()["error"]["param"] == "label"
 
 
-def test_metrics_are_prometheus_text(client, service) -> None:
+def test_metrics_are_prometheus_text_on_the_operator_port_only(client, service) -> None:
+    from veil.cloud_service.metrics import create_metrics_app
+
     server, _, _ = service
     client.get("/v1/models")
-    r = httpx.get(server.url + "/metrics")
+    assert httpx.get(server.url + "/metrics").status_code == 404  # not on the API's port
+    with BackgroundServer(create_metrics_app(server.server.config.app.state.metrics)) as ops:
+        r = httpx.get(ops.url + "/metrics")
     assert r.headers["content-type"].startswith("text/plain")
     assert 'veil_http_requests_total{route="/v1/models",status="200"}' in r.text
     assert json.loads(httpx.get(server.url + "/health").text)["status"] == "ok"

@@ -45,8 +45,12 @@ def serve(
     torch_threads: Annotated[
         int | None, typer.Option(help="CPU threads for the model (default: torch's choice).")
     ] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve /metrics on this operator port (default: no metrics).")
+    ] = None,
+    metrics_host: Annotated[str, typer.Option(help="Interface of the metrics port.")] = "127.0.0.1",
 ) -> None:
-    """Start the API and the OHTTP gateway (data directory from VEIL_DATA_DIR)."""
+    """Start the API and the OHTTP gateway (data directory from VEIL_DATA_DIR; VEIL_RELAY_SECRET)."""
     import dataclasses
 
     import uvicorn
@@ -58,6 +62,8 @@ def serve(
 
     if not 0 < port < 65536:
         raise UserError(f"port must be in 1..65535, got {port}")
+    if metrics_port is not None and (not 0 < metrics_port < 65536 or metrics_port == port):
+        raise UserError(f"--metrics-port must be in 1..65535 and differ from --port, got {metrics_port}")
     if torch_threads is not None:
         if torch_threads < 1:
             raise UserError(f"--torch-threads must be >= 1, got {torch_threads}")
@@ -70,7 +76,44 @@ def serve(
         config, model=model or config.model, engine=EngineConfig(max_batch=max_batch)
     )
     typer.echo(f"veil: serving {config.model} on http://{host}:{port} (data: {config.data_dir})", err=True)
-    uvicorn.run(create_app(config), host=host, port=port, access_log=False, log_level="warning")
+    app = create_app(config)
+    if metrics_port is None:
+        uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning")
+        return
+    typer.echo(f"veil: metrics on http://{metrics_host}:{metrics_port}/metrics", err=True)
+    _serve_with_metrics(app, (host, port), (metrics_host, metrics_port))
+
+
+def _serve_with_metrics(app, api: tuple[str, int], ops: tuple[str, int]) -> None:  # noqa: ANN001
+    """The API and the operator's metrics app, two uvicorn servers in one process and event loop."""
+    import asyncio
+
+    import uvicorn
+
+    from veil.cloud_service.metrics import create_metrics_app
+
+    servers = [
+        uvicorn.Server(uvicorn.Config(app, host=api[0], port=api[1], access_log=False, log_level="warning")),
+        uvicorn.Server(
+            uvicorn.Config(
+                create_metrics_app(app.state.metrics),
+                host=ops[0],
+                port=ops[1],
+                access_log=False,
+                log_level="warning",
+                lifespan="off",
+            )
+        ),
+    ]
+
+    async def main() -> None:
+        tasks = [asyncio.create_task(server.serve()) for server in servers]
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for server in servers:  # one stopped (a signal, a port in use): stop the other too
+            server.should_exit = True
+        await asyncio.gather(*tasks)
+
+    asyncio.run(main())
 
 
 def relay(
@@ -81,19 +124,54 @@ def relay(
         float, typer.Option(help="Hold requests up to this long and forward them shuffled (0: off).")
     ] = 0.0,
     max_body_kb: Annotated[int, typer.Option(help="Largest encapsulated request accepted.")] = 1024,
+    min_batch: Annotated[
+        int, typer.Option(help="With --hold-window-ms: release a batch once it has this many requests.")
+    ] = 1,
+    constant_rate: Annotated[
+        float, typer.Option(help="Send to the gateway at this constant rate per second instead (0: off).")
+    ] = 0.0,
+    rate_per_s: Annotated[
+        float, typer.Option(help="Requests per second per client address, after the burst (0: no limit).")
+    ] = 20.0,
+    rate_burst: Annotated[int, typer.Option(help="Requests a client address may send at once.")] = 100,
+    max_pending: Annotated[int, typer.Option(help="Most requests waiting in the relay (503 beyond).")] = 4096,
+    max_concurrency: Annotated[int, typer.Option(help="Most requests in flight to the gateway.")] = 128,
 ) -> None:
-    """Start an Oblivious HTTP relay: forwards encapsulated bodies only, strips every client header."""
+    """Start an Oblivious HTTP relay: forwards encapsulated bodies only, strips every client header.
+
+    The secret shared with the gateway comes from VEIL_RELAY_SECRET (never from the command line,
+    which other local users can read); production refuses to start without it.
+    """
     from veil.cloud_service.relay import RelayConfig, run_relay
+    from veil.settings import get_settings
 
     if not gateway.startswith(("http://", "https://")):
         raise UserError(f"--gateway must be an http(s) URL, got {gateway!r}")
     if hold_window_ms < 0:
         raise UserError(f"--hold-window-ms must be >= 0, got {hold_window_ms}")
-    config = RelayConfig(
-        gateway_url=gateway.rstrip("/"),
-        hold_window_s=hold_window_ms / 1000.0,
-        max_body_bytes=max_body_kb * 1024,
-    )
+    settings = get_settings()
+    secret = None if settings.relay_secret is None else settings.relay_secret.get_secret_value()
+    if secret is None and settings.environment == "production":
+        raise UserError("production needs VEIL_RELAY_SECRET (>= 32 bytes, the gateway's too)")
+    if secret is None:
+        typer.echo(
+            "veil: VEIL_RELAY_SECRET is unset: a gateway that has one will refuse this relay", err=True
+        )
+    try:
+        config = RelayConfig(
+            gateway_url=gateway.rstrip("/"),
+            hold_window_s=hold_window_ms / 1000.0,
+            max_body_bytes=max_body_kb * 1024,
+            relay_secret=secret,
+            rate_per_s=rate_per_s,
+            rate_burst=rate_burst,
+            max_pending=max_pending,
+            max_concurrency=max_concurrency,
+            min_batch=min_batch,
+            constant_rate_per_s=constant_rate,
+        )
+    except ValueError as exc:
+        raise UserError(f"veil relay: {exc}") from exc
     typer.echo(f"veil: relay on http://{host}:{port} -> {config.gateway_url}", err=True)
     run_relay(config, host, port)
 

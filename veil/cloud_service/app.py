@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from veil.cloud_service.api.deps import ServiceState
+from veil.cloud_service.api.deps import OHTTP_SCOPE_KEY, ServiceState
 from veil.cloud_service.api.routes import chat, codebook, gradients, models, ohttp, ops, uploads
 from veil.cloud_service.codebooks import CodebookStore
 from veil.cloud_service.config import ServiceConfig
@@ -20,6 +21,8 @@ from veil.cloud_service.errors import error_body, install_error_handlers
 from veil.cloud_service.metrics import Metrics
 
 __all__ = ["LoadedService", "create_app", "load_served_model"]
+
+log = logging.getLogger(__name__)
 
 LoadedService = tuple[Any, Any, str, list[str] | None]
 """``(PersonalizedLM, tokenizer, model id, classes)``."""
@@ -43,7 +46,11 @@ def load_served_model(config: ServiceConfig) -> LoadedService:
 
 
 class _LimitsAndMetrics:
-    """ASGI middleware: refuse bodies over the limit (413) and count requests per route template."""
+    """ASGI middleware: refuse bodies over the limit (413) and count outer requests per route template.
+
+    Inner requests (served through the gateway, marked with the ``veil.ohttp`` scope extension) are
+    never counted by route or status: whoever reads the metrics must not learn what one phone did.
+    """
 
     def __init__(self, app: Any, max_body: int) -> None:
         self.app = app
@@ -94,6 +101,8 @@ class _LimitsAndMetrics:
 
     @staticmethod
     def _record(scope: dict[str, Any], status: int, started: float) -> None:
+        if OHTTP_SCOPE_KEY in scope.get("extensions", {}):
+            return
         state = getattr(scope.get("app"), "state", None)
         service = getattr(state, "veil", None) if state is not None else None
         if service is None:
@@ -122,14 +131,18 @@ def create_app(config: ServiceConfig, preloaded: LoadedService | None = None) ->
         migrate(db)
         sessions = session_factory(db)
         model, tokenizer, name, classes = preloaded or load_served_model(config)
-        metrics = Metrics()
+        if config.relay_secret is None:
+            log.warning(
+                "VEIL_RELAY_SECRET is unset: /ohttp accepts encapsulated requests from anyone, not only "
+                "the relay (development only; production refuses to start)"
+            )
         engine = ServingEngine(
             model,
             tokenizer,
             name,
             classes,
             config.engine,
-            on_batch=lambda kind, size: metrics.batch_size.labels(kind).observe(size),
+            on_batch=lambda kind, size: metrics.batch_size.observe(size),  # not by kind: see Metrics
         )
         await engine.start()
         gateway = build_gateway(config, sessions)
@@ -148,6 +161,7 @@ def create_app(config: ServiceConfig, preloaded: LoadedService | None = None) ->
             await engine.stop()
             db.dispose()
 
+    metrics = Metrics()
     app = FastAPI(
         title="Veil API",
         version="0.1.0",
@@ -158,4 +172,5 @@ def create_app(config: ServiceConfig, preloaded: LoadedService | None = None) ->
     for module in (chat, models, uploads, gradients, codebook, ohttp, ops):
         app.include_router(module.router)
     app.add_middleware(_LimitsAndMetrics, max_body=config.max_body_bytes)
+    app.state.metrics = metrics  # served by create_metrics_app on the operator's port
     return app

@@ -62,12 +62,26 @@ class BackgroundServer:
 
 class RelayProcess:
     """``veil relay`` as a separate process on a free loopback port (the relay never shares the API's
-    process: it must not see what the gateway sees). ``with RelayProcess(api.url) as relay: relay.url``."""
+    process: it must not see what the gateway sees). ``with RelayProcess(api.url) as relay: relay.url``.
 
-    def __init__(self, gateway_url: str, hold_window_ms: float = 0.0, timeout_s: float = 60.0) -> None:
+    ``relay_secret`` reaches the process through ``VEIL_RELAY_SECRET`` (not its command line).
+    ``rate_per_s`` defaults to 0 (no per-address limit): every simulated phone here shares 127.0.0.1.
+    """
+
+    def __init__(
+        self,
+        gateway_url: str,
+        hold_window_ms: float = 0.0,
+        timeout_s: float = 60.0,
+        *,
+        relay_secret: str | None = None,
+        rate_per_s: float = 0.0,
+    ) -> None:
         self.gateway_url = gateway_url
         self.hold_window_ms = hold_window_ms
         self.timeout_s = timeout_s
+        self.relay_secret = relay_secret
+        self.rate_per_s = rate_per_s
         self.port = free_port()
         self.proc: Any = None
 
@@ -83,10 +97,16 @@ class RelayProcess:
 
         cmd = [sys.executable, "-m", "veil.cli.main", "relay", "--gateway", self.gateway_url]
         cmd += ["--port", str(self.port), "--hold-window-ms", str(self.hold_window_ms)]
+        cmd += ["--rate-per-s", str(self.rate_per_s)]
+        import os
         import tempfile
 
+        env = dict(os.environ)
+        env.pop("VEIL_RELAY_SECRET", None)
+        if self.relay_secret is not None:
+            env["VEIL_RELAY_SECRET"] = self.relay_secret
         self._log = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self._log)
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self._log, env=env)
         deadline = time.monotonic() + self.timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

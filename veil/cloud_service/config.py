@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from veil.client_sdk.ohttp.padding import DEFAULT_PADDING_BUCKETS, check_buckets
 from veil.cloud_service.engine import EngineConfig
+from veil.cloud_service.relay_auth import relay_secret_bytes
 
 __all__ = ["ServiceConfig"]
 
@@ -29,6 +31,10 @@ class ServiceConfig:
         ``None`` reads or creates ``<data_dir>/gateway-signing.key`` (mode 0600) in development;
         production must set it.
     environment: ``"development"`` or ``"production"`` (production refuses generated secrets).
+    relay_secret: secret shared with the relay (>= 32 bytes): ``POST /ohttp`` is refused (401) without
+        the relay's HMAC (:mod:`veil.cloud_service.relay_auth`). ``None`` accepts anyone, with a
+        warning, in development; production must set it.
+    padding_buckets: sizes (bytes) encapsulated responses are padded to (empty: no padding).
     replay_window_s: an encapsulated request seen again within this window is refused.
     """
 
@@ -43,6 +49,8 @@ class ServiceConfig:
     gateway_signing_key: bytes | None = None
     environment: str = "development"
     replay_window_s: float = 300.0
+    relay_secret: bytes | None = field(default=None, repr=False)
+    padding_buckets: tuple[int, ...] = DEFAULT_PADDING_BUCKETS
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).expanduser()
@@ -56,6 +64,14 @@ class ServiceConfig:
             raise ValueError(f"gateway_kek must be 32 bytes, got {len(self.gateway_kek)}")
         if self.environment == "production" and self.gateway_kek is None:
             raise ValueError("production needs VEIL_GATEWAY_KEK (32 bytes, base64); refusing a generated key")
+        if self.relay_secret is not None:
+            self.relay_secret = relay_secret_bytes(self.relay_secret)
+        elif self.environment == "production":
+            raise ValueError(
+                "production needs VEIL_RELAY_SECRET (>= 32 bytes, shared with the relay); refusing to "
+                "accept encapsulated requests from anyone"
+            )
+        self.padding_buckets = check_buckets(self.padding_buckets)
         if self.gateway_signing_key is not None and len(self.gateway_signing_key) != 32:
             raise ValueError(f"gateway_signing_key must be 32 bytes, got {len(self.gateway_signing_key)}")
         if self.environment == "production" and self.gateway_signing_key is None:
@@ -88,6 +104,7 @@ class ServiceConfig:
             model=s.model,
             database_url=s.database_url,
             gateway_kek=kek,
+            relay_secret=None if s.relay_secret is None else s.relay_secret.get_secret_value().encode(),
             gateway_signing_key=signing,
             environment=s.environment,
         )

@@ -75,4 +75,9 @@ def development_kek(data_dir: Path) -> bytes:
 def build_gateway(config: ServiceConfig, sessions: Any) -> Gateway:
     kek = config.gateway_kek if config.gateway_kek is not None else development_kek(config.data_dir)
     keyring = Keyring(DatabaseKeyStorage(sessions), kek, kem=config.gateway_kem)
-    return Gateway(keyring, max_request_bytes=config.max_body_bytes, replay_window_s=config.replay_window_s)
+    return Gateway(
+        keyring,
+        max_request_bytes=config.max_body_bytes,
+        replay_window_s=config.replay_window_s,
+        padding_buckets=config.padding_buckets,
+    )

@@ -4,18 +4,23 @@ It forwards only the encapsulated body of ``POST /ohttp`` to ``{gateway_url}/oht
 header ``content-type: message/ohttp-req``, and relays the gateway's key configuration from
 ``GET /.well-known/ohttp-gateway``. No client header reaches the gateway (no ``X-Forwarded-For``,
 ``Via``, ``Forwarded``, user agent or cookie), nothing is added, and nothing about clients is logged
-(:func:`run_relay` turns uvicorn's access log off). With ``hold_window_s > 0`` requests are held for a
-random time up to that window and each batch is forwarded in shuffled order, so arrival order and
-timing say less about who sent what.
+(:func:`run_relay` turns uvicorn's access log off).
+
+With a ``relay_secret`` each forwarded request carries the relay's HMAC over the body
+(:mod:`~veil.cloud_service.relay_auth`), so the gateway answers only this relay. Each client address
+gets a token bucket (:mod:`~veil.cloud_service.relay_limits`; 429 with ``Retry-After`` when empty);
+at most ``max_pending`` requests wait in the relay (503 beyond) and at most ``max_concurrency`` are
+in flight to the gateway. Requests are released at once, in shuffled batches (``hold_window_s``,
+``min_batch``) or at a constant rate (``constant_rate_per_s``): :mod:`~veil.cloud_service.relay_mix`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
+import math
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -27,11 +32,12 @@ from starlette.routing import Route
 
 from veil.client_sdk.ohttp.keysig import SIGNING_KEY_HEADER
 from veil.client_sdk.ohttp.ohttp import KEYS_MEDIA_TYPE, REQUEST_MEDIA_TYPE, RESPONSE_MEDIA_TYPE
+from veil.cloud_service.relay_auth import RELAY_AUTH_HEADER, relay_auth_header, relay_secret_bytes
+from veil.cloud_service.relay_limits import RateLimiter
+from veil.cloud_service.relay_mix import ConstantRateMix, Direct, Mixer, ThresholdMix
 
 __all__ = ["RelayConfig", "create_relay_app", "run_relay"]
 
-# Batches are shuffled with the OS's randomness: a seeded PRNG could be predicted by an observer.
-_rng = random.SystemRandom()
 _PASSED_ERROR_TYPES = ("application/json", "application/problem+json")
 _PASSED_KEY_HEADERS = ("cache-control", "content-digest", "signature-input", "signature", SIGNING_KEY_HEADER)
 
@@ -47,16 +53,42 @@ class RelayConfig:
     max_body_bytes : int
         Largest encapsulated request accepted (413 beyond).
     hold_window_s : float
-        0 forwards at once; otherwise requests wait a random time up to this window and each batch is
-        forwarded in shuffled order.
+        0 forwards at once (unless ``constant_rate_per_s``); otherwise requests are held and each batch
+        is forwarded in shuffled order: after a random time up to this window (``min_batch = 1``), or
+        once ``min_batch`` requests are held, at the latest this long after the batch's first.
     timeout_s : float
         Timeout for each exchange with the gateway (504 when exceeded).
+    relay_secret : str or bytes, optional
+        Shared with the gateway (``VEIL_RELAY_SECRET``, >= 32 bytes): each forwarded request carries
+        the relay's HMAC over its body. ``None`` sends none (a gateway with a secret refuses them).
+    rate_per_s, rate_burst : float, int
+        Token bucket per client address: ``rate_burst`` requests at once, ``rate_per_s`` per second
+        after that (429 beyond); ``rate_per_s = 0`` turns the limit off.
+    max_clients : int
+        Most client addresses the rate limit remembers at once (in memory, keyed by a MAC).
+    max_pending : int
+        Most requests held, queued or in flight in the relay at once (503 beyond).
+    max_concurrency : int
+        Most requests in flight to the gateway at once.
+    min_batch : int
+        With ``hold_window_s > 0``: the batch size that releases a batch before the window ends.
+    constant_rate_per_s : float
+        > 0 sends requests at this constant rate on a fixed grid of ticks, chosen at random among those
+        held (instead of batches); excess requests wait, up to ``max_pending``.
     """
 
     gateway_url: str = "http://127.0.0.1:8000"
     max_body_bytes: int = 1 << 20
     hold_window_s: float = 0.0
     timeout_s: float = 30.0
+    relay_secret: str | bytes | None = field(default=None, repr=False)
+    rate_per_s: float = 20.0
+    rate_burst: int = 100
+    max_clients: int = 100_000
+    max_pending: int = 4096
+    max_concurrency: int = 128
+    min_batch: int = 1
+    constant_rate_per_s: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.gateway_url.startswith(("http://", "https://")):
@@ -68,6 +100,27 @@ class RelayConfig:
             raise ValueError(f"hold_window_s must be in [0, 60], got {self.hold_window_s}")
         if self.timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
+        if self.relay_secret is not None:
+            object.__setattr__(self, "relay_secret", relay_secret_bytes(self.relay_secret))
+        if self.rate_per_s < 0 or self.rate_burst < 1 or self.max_clients < 1:
+            raise ValueError(
+                "need rate_per_s >= 0, rate_burst >= 1 and max_clients >= 1, got "
+                f"{self.rate_per_s}, {self.rate_burst}, {self.max_clients}"
+            )
+        if self.max_pending < 1 or self.max_concurrency < 1:
+            raise ValueError(
+                f"need max_pending >= 1 and max_concurrency >= 1, got {self.max_pending}, {self.max_concurrency}"
+            )
+        if not 1 <= self.min_batch <= self.max_pending:
+            raise ValueError(
+                f"min_batch must be in [1, max_pending={self.max_pending}], got {self.min_batch}"
+            )
+        if self.min_batch > 1 and self.hold_window_s == 0:
+            raise ValueError("min_batch > 1 needs hold_window_s > 0 (the longest a batch waits)")
+        if self.constant_rate_per_s < 0:
+            raise ValueError(f"constant_rate_per_s must be >= 0, got {self.constant_rate_per_s}")
+        if self.constant_rate_per_s > 0 and (self.hold_window_s > 0 or self.min_batch > 1):
+            raise ValueError("choose one mix: constant_rate_per_s, or hold_window_s with min_batch")
 
 
 def _error(status: int, error_type: str, message: str, param: str | None = None) -> JSONResponse:
@@ -103,8 +156,9 @@ class _Upstream:
     def client(self) -> httpx.AsyncClient:
         # Made lazily so it belongs to the event loop that serves requests.
         if self._client is None:
+            limits = httpx.Limits(max_connections=self.config.max_concurrency)
             self._client = httpx.AsyncClient(
-                transport=self._transport, timeout=self.config.timeout_s, trust_env=False
+                transport=self._transport, timeout=self.config.timeout_s, trust_env=False, limits=limits
             )
         return self._client
 
@@ -125,7 +179,10 @@ class _Upstream:
             return _error(502, "bad_gateway", "the gateway could not be reached")
 
     async def forward(self, body: bytes) -> Response:
-        upstream = await self.exchange("POST", "/ohttp", {"content-type": REQUEST_MEDIA_TYPE}, body)
+        headers = {"content-type": REQUEST_MEDIA_TYPE}
+        if self.config.relay_secret is not None:
+            headers[RELAY_AUTH_HEADER] = relay_auth_header(self.config.relay_secret, body)
+        upstream = await self.exchange("POST", "/ohttp", headers, body)
         if isinstance(upstream, Response):
             return upstream
         media = upstream.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -137,47 +194,45 @@ class _Upstream:
         return _error(502, "bad_gateway", f"the gateway answered {upstream.status_code}")
 
 
-class _HoldQueue:
-    """Holds requests for a random time up to ``window_s``, then forwards the batch in shuffled order."""
+def _mixer(config: RelayConfig, upstream: _Upstream) -> Mixer:
+    in_flight: asyncio.Semaphore | None = None
 
-    def __init__(self, window_s: float, upstream: _Upstream) -> None:
-        self.window_s = window_s
-        self.upstream = upstream
-        self._pending: list[tuple[bytes, asyncio.Future[Response]]] = []
-        self._flush: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+    async def forward(body: bytes) -> Response:
+        nonlocal in_flight
+        if in_flight is None:  # made here so it belongs to the running loop
+            in_flight = asyncio.Semaphore(config.max_concurrency)
+        async with in_flight:
+            return await upstream.forward(body)
 
-    async def submit(self, body: bytes) -> Response:
-        future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
-        self._pending.append((body, future))
-        if self._flush is None:
-            self._flush = asyncio.create_task(self._flush_after(_rng.uniform(0, self.window_s)))
-        return await future
+    if config.constant_rate_per_s > 0:
+        return ConstantRateMix(forward, rate_per_s=config.constant_rate_per_s)
+    if config.hold_window_s > 0:
+        return ThresholdMix(forward, min_batch=config.min_batch, hold_window_s=config.hold_window_s)
+    return Direct(forward)
 
-    async def _flush_after(self, delay: float) -> None:
-        await asyncio.sleep(delay)
-        batch, self._pending, self._flush = self._pending, [], None
-        _rng.shuffle(batch)
-        for body, future in batch:  # started in shuffled order
-            task = asyncio.create_task(self._deliver(body, future))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
 
-    async def _deliver(self, body: bytes, future: asyncio.Future[Response]) -> None:
-        try:
-            response = await self.upstream.forward(body)
-        except Exception:  # a relay bug must not leave the client hanging
-            response = _error(502, "bad_gateway", "the relay could not forward the request")
-        if not future.done():  # the client may have gone away
-            future.set_result(response)
+def _retry_after(status: int, error_type: str, message: str, seconds: float) -> Response:
+    response = _error(status, error_type, message)
+    response.headers["retry-after"] = str(max(1, math.ceil(seconds)))
+    return response
 
 
 def create_relay_app(config: RelayConfig, *, transport: httpx.AsyncBaseTransport | None = None) -> Starlette:
     """The relay as an ASGI app; ``transport`` (optional) routes the gateway calls, e.g. in tests."""
     upstream = _Upstream(config, transport)
-    queue = _HoldQueue(config.hold_window_s, upstream) if config.hold_window_s > 0 else None
+    mixer = _mixer(config, upstream)
+    limiter = (
+        RateLimiter(config.rate_per_s, config.rate_burst, config.max_clients) if config.rate_per_s else None
+    )
+    pending = 0
 
     async def ohttp(request: Request) -> Response:
+        nonlocal pending
+        if limiter is not None:
+            # The address is only a key into the limiter (a MAC of it); it is never logged or forwarded.
+            wait = limiter.take(request.client.host if request.client else "")
+            if wait > 0:
+                return _retry_after(429, "rate_limit_exceeded", "too many requests from this address", wait)
         media = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if media != REQUEST_MEDIA_TYPE:
             return _error(
@@ -189,7 +244,13 @@ def create_relay_app(config: RelayConfig, *, transport: httpx.AsyncBaseTransport
             return _error(413, "request_too_large", f"body exceeds {config.max_body_bytes} bytes")
         if not body:
             return _error(400, "invalid_request", "empty encapsulated request")
-        return await (queue.submit(body) if queue is not None else upstream.forward(body))
+        if pending >= config.max_pending:
+            return _retry_after(503, "relay_overloaded", "the relay's queue is full; try again shortly", 1)
+        pending += 1
+        try:
+            return await mixer.submit(body)
+        finally:
+            pending -= 1
 
     async def keys(request: Request) -> Response:
         upstream_response = await upstream.exchange("GET", "/.well-known/ohttp-gateway", {}, b"")

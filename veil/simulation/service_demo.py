@@ -42,6 +42,7 @@ import asyncio
 import dataclasses
 import itertools
 import math
+import secrets
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -419,11 +420,18 @@ def _codebook_demo(
         round_dir = service_dir / f"round-{r}"
         codebooks = CodebookStore(round_dir)
         codebooks.publish(book)
+        relay_secret = secrets.token_urlsafe(32)  # the gateway answers only this round's relay
         config = ServiceConfig(
-            data_dir=round_dir, model=str(base), engine=EngineConfig(cfg.max_batch, batch_window_s=0.01)
+            data_dir=round_dir,
+            model=str(base),
+            engine=EngineConfig(cfg.max_batch, batch_window_s=0.01),
+            relay_secret=relay_secret.encode(),
         )
         public_key = KeyConfigSigner.from_config(config).public_key  # what the app would ship
-        with BackgroundServer(create_app(config)) as api, RelayProcess(api.url, cfg.hold_window_ms) as relay:
+        with (
+            BackgroundServer(create_app(config)) as api,
+            RelayProcess(api.url, cfg.hold_window_ms, relay_secret=relay_secret) as relay,
+        ):
             phones_started = time.perf_counter()
             out = asyncio.run(
                 _codebook_phones(
@@ -548,11 +556,18 @@ def run_service_demo(
         return ServiceDemoResult(_result(cfg, run, methods + more, t0), service)
 
     started = time.perf_counter()
+    relay_secret = secrets.token_urlsafe(32)  # the gateway answers only the demo's relay
     config = ServiceConfig(
-        data_dir=service_dir, model=str(stage1), engine=EngineConfig(cfg.max_batch, batch_window_s=0.01)
+        data_dir=service_dir,
+        model=str(stage1),
+        engine=EngineConfig(cfg.max_batch, batch_window_s=0.01),
+        relay_secret=relay_secret.encode(),
     )
     public_key = KeyConfigSigner.from_config(config).public_key  # what the app would ship
-    with BackgroundServer(create_app(config)) as api, RelayProcess(api.url, cfg.hold_window_ms) as relay:
+    with (
+        BackgroundServer(create_app(config)) as api,
+        RelayProcess(api.url, cfg.hold_window_ms, relay_secret=relay_secret) as relay,
+    ):
         dists, owners, requests = asyncio.run(
             _phone_session(relay.url, "veil-demo", run, cfg, progress, public_key)
         )

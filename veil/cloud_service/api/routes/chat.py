@@ -89,7 +89,7 @@ def _chunk(cid: str, created: int, model: str, delta: dict[str, Any], finish: st
 
 
 @router.post("/v1/chat/completions", response_model=None)
-async def chat_completions(body: ChatCompletionRequest, state: State, _: Caller) -> Any:
+async def chat_completions(body: ChatCompletionRequest, state: State, caller: Caller) -> Any:
     prompt, embedding, params = _prepare(body, state)
     engine = state.engine
     cid = "chatcmpl-" + secrets.token_hex(12)
@@ -115,7 +115,8 @@ async def chat_completions(body: ChatCompletionRequest, state: State, _: Caller)
                     logprobs = {"content": _logprobs_content(engine.tokenizer, event.logprobs)}
         if finish == "error":
             raise APIError(500, "the model failed on this batch", type="server_error")
-        state.metrics.tokens.inc(completion)
+        if not caller.via_gateway:  # a phone's answer length stays out of the metrics
+            state.metrics.tokens.inc(completion)
         return {
             "id": cid,
             "object": "chat.completion",
@@ -140,7 +141,8 @@ async def chat_completions(body: ChatCompletionRequest, state: State, _: Caller)
             if event.delta:
                 yield _chunk(cid, created, engine.name, {"content": event.delta}, None)
             if event.finish_reason is not None:
-                state.metrics.tokens.inc(event.completion_tokens)
+                if not caller.via_gateway:
+                    state.metrics.tokens.inc(event.completion_tokens)
                 yield _chunk(cid, created, engine.name, {}, event.finish_reason)
                 if include_usage:
                     final = {

@@ -1,11 +1,15 @@
 """The OHTTP gateway's two routes (RFC 9458): ``/.well-known/ohttp-gateway`` and ``/ohttp``.
 
 Inner requests are served by this same app in process (:func:`veil.cloud_service.inprocess.call_app`),
-marked with the ``veil.ohttp`` scope extension, so phone routes need no API key there.
+marked with the ``veil.ohttp`` scope extension, so phone routes need no API key there. Only the phone
+routes and their few headers pass (:mod:`veil.cloud_service.inner_allowlist`). With a relay secret
+configured, ``/ohttp`` answers only the relay (:mod:`veil.cloud_service.relay_auth`): anything else is
+refused with 401 before anything is decrypted.
 """
 
 from __future__ import annotations
 
+import json
 import time
 
 from fastapi import APIRouter, Request, Response
@@ -15,9 +19,11 @@ from veil.client_sdk.ohttp.bhttp import BinaryRequest, BinaryResponse
 from veil.client_sdk.ohttp.errors import OHTTPError, UnknownKeyIdError
 from veil.cloud_service.api.deps import OHTTP_SCOPE_KEY, State
 from veil.cloud_service.api.routes.uploads import upload_from_gateway
-from veil.cloud_service.errors import APIError
+from veil.cloud_service.errors import APIError, error_body
 from veil.cloud_service.gateway import HOP_BY_HOP
+from veil.cloud_service.inner_allowlist import InnerRequestRefusedError, screen
 from veil.cloud_service.inprocess import call_app
+from veil.cloud_service.relay_auth import RELAY_AUTH_HEADER, RelayAuthError, verify_relay_auth
 
 router = APIRouter(tags=["oblivious http"])
 
@@ -60,10 +66,19 @@ async def gateway(request: Request, state: State) -> Response:
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media != "message/ohttp-req":
         raise APIError(415, f"content-type must be message/ohttp-req, got {media or 'none'!r}")
+    secret = state.config.relay_secret
+    if secret is not None and RELAY_AUTH_HEADER not in request.headers:
+        raise APIError(401, f"missing {RELAY_AUTH_HEADER}: /ohttp answers only its relay", code="relay_auth")
     app = request.app
 
     async def dispatch(inner: BinaryRequest) -> BinaryResponse:
-        headers = [(n, v) for n, v in inner.headers if n.lower() not in HOP_BY_HOP]
+        try:
+            headers = screen(inner.method, inner.path, inner.headers)
+        except InnerRequestRefusedError as exc:
+            body = error_body(exc.status, exc.message, param=exc.param, code=exc.code)
+            return BinaryResponse(
+                exc.status, [("content-type", "application/json")], json.dumps(body).encode()
+            )
         fast = GATEWAY_ROUTES.get((inner.method, inner.path))
         if fast is not None:  # served directly, without a second pass through the ASGI app
             return await fast(state, headers, inner.content)
@@ -72,6 +87,11 @@ async def gateway(request: Request, state: State) -> Response:
         return BinaryResponse(answer.status, kept, answer.content)
 
     body = await request.body()
+    if secret is not None:
+        try:
+            verify_relay_auth(secret, request.headers.get(RELAY_AUTH_HEADER), body)
+        except RelayAuthError as exc:
+            raise APIError(401, str(exc), code="relay_auth") from None
     try:
         try:
             sealed = await state.gateway.handle(body, dispatch)

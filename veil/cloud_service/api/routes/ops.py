@@ -1,13 +1,13 @@
-"""``/health`` and ``/metrics`` (Prometheus text format); neither needs a key, neither names a caller."""
+"""``/health``: needs no key, names no caller. ``/metrics`` is not here: it has its own operator port
+(:func:`veil.cloud_service.metrics.create_metrics_app`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter
 
 from veil.cloud_service.api.deps import State
-from veil.cloud_service.metrics import CONTENT_TYPE
 
 router = APIRouter(tags=["operations"])
 
@@ -19,8 +19,3 @@ def health(state: State) -> dict[str, Any]:
     with state.sessions() as session:
         session.execute(text("SELECT 1"))
     return {"status": "ok", "model": state.engine.name}
-
-
-@router.get("/metrics")
-def metrics(state: State) -> Response:
-    return Response(state.metrics.render(), media_type=CONTENT_TYPE)
