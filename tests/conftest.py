@@ -9,6 +9,9 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
+# The service defaults to production (generated secrets refused); tests, like `veil demo`, run as
+# development, and the servers they start as subprocesses inherit it.
+os.environ["VEIL_ENVIRONMENT"] = "development"
 
 
 @pytest.fixture(scope="session")

@@ -29,11 +29,19 @@ class Settings(BaseSettings):
     database_url: str | None = None
     """SQLAlchemy URL; ``None`` means SQLite in ``data_dir``."""
 
-    environment: Literal["development", "production"] = "development"
-    """``production`` refuses secrets the service would otherwise generate for itself."""
+    environment: Literal["development", "production"] = "production"
+    """``production`` (the default) refuses secrets the service would otherwise generate for itself, so a
+    deployment that forgets a secret fails closed. ``veil demo`` and the test suite run as
+    ``development``; set ``VEIL_ENVIRONMENT=development`` for a local trial of ``veil serve``."""
 
     gateway_kek: SecretStr | None = None
     """Base64 of the 32-byte key that encrypts the OHTTP gateway's private keys at rest."""
+
+    gateway_key_rotation_s: float = 24 * 3600.0
+    """Age (seconds) at which the API makes a new OHTTP gateway key (default daily)."""
+
+    gateway_key_grace_s: float = 24 * 3600.0
+    """How long (seconds) a rotated-out gateway key keeps working before it retires."""
 
     relay_secret: SecretStr | None = None
     """Secret (at least 32 bytes) the relay and the gateway share: the gateway answers ``POST /ohttp`` only

@@ -1,4 +1,4 @@
-"""The OHTTP gateway: key ring rotation and encryption at rest, request handling, replay rejection."""
+"""The OHTTP gateway: key ring rotation and encryption at rest, request handling, replay refusal."""
 
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ from veil.cloud_service.gateway import (
     MemoryKeyStorage,
     WrongKeyEncryptionKeyError,
 )
+from veil.cloud_service.replay import MemoryReplayStore
 
 KEK = bytes(range(32))
 
@@ -139,30 +140,51 @@ def test_gateway_accepts_old_keys_until_retired() -> None:
         _call(gateway, old, BinaryRequest("GET"))
 
 
-def test_replays_are_rejected_within_the_window() -> None:
-    clock = Clock(100.0)
-    keyring = Keyring(MemoryKeyStorage(), KEK)
-    gateway = Gateway(keyring, replay_window_s=300, clock=clock)
+def test_replays_are_refused_for_the_whole_life_of_the_key() -> None:
+    clock = Clock()
+    keyring = Keyring(MemoryKeyStorage(), KEK, grace_period_s=3600, clock=clock)
+    replays = MemoryReplayStore()
+    gateway = Gateway(keyring, replays=replays)
     body, _ = encapsulate_request(keyring.current.config, BinaryRequest("GET").encode())
     asyncio.run(gateway.handle(body, _echo))
     with pytest.raises(ReplayedRequestError) as err:
         asyncio.run(gateway.handle(body, _echo))
     assert err.value.status == 400
-    clock.now += 299
+    clock.now += 30 * 24 * 3600  # a month later, while the key still lives: still refused
     with pytest.raises(ReplayedRequestError):
         asyncio.run(gateway.handle(body, _echo))
-    clock.now += 2  # past the window: the digest is forgotten (bounded memory)
-    asyncio.run(gateway.handle(body, _echo))
-    assert Gateway(keyring, replay_window_s=0).replay_window_s == 0
-
-
-def test_replay_memory_is_bounded() -> None:
-    keyring = Keyring(MemoryKeyStorage(), KEK)
-    gateway = Gateway(keyring, replay_cache_size=3)
-    for _ in range(5):
-        body, _ = encapsulate_request(keyring.current.config, BinaryRequest("GET").encode())
+    # Once the key retires, the request no longer decrypts and its digest is dropped.
+    keyring.rotate()
+    clock.now += 3600
+    assert keyring.retire() and replays.forget(keyring.retired_epochs()) == 1 and len(replays) == 0
+    with pytest.raises(UnknownKeyIdError):
         asyncio.run(gateway.handle(body, _echo))
-    assert len(gateway._replays._seen) == 3
+
+
+def test_concurrent_requests_are_checked_in_one_batch() -> None:
+    class CountingStore(MemoryReplayStore):
+        calls = 0
+
+        def record(self, seen):  # type: ignore[no-untyped-def]
+            self.calls += 1
+            return super().record(seen)
+
+    keyring = Keyring(MemoryKeyStorage(), KEK)
+    store = CountingStore()
+    gateway = Gateway(keyring, replays=store)
+    bodies = [
+        encapsulate_request(keyring.current.config, BinaryRequest("GET").encode())[0] for _ in range(20)
+    ]
+
+    async def burst() -> list[object]:
+        return await asyncio.gather(
+            *[gateway.handle(b, _echo) for b in bodies + bodies[:5]], return_exceptions=True
+        )
+
+    results = asyncio.run(burst())
+    assert sum(isinstance(r, bytes) for r in results) == 20
+    assert sum(isinstance(r, ReplayedRequestError) for r in results) == 5
+    assert len(store) == 20 and store.calls <= 2  # group commit: one store call for the burst
 
 
 def test_errors_before_decryption_are_typed() -> None:

@@ -193,10 +193,15 @@ def demo(
     Writes report.html and summary.json; the in-process comparison of every method is
     'veil experiment personalization --quick'.
     """
+    import os
+
     from veil.simulation.progress import NullProgress, RichProgress
     from veil.simulation.report import write_report
     from veil.simulation.service_demo import ServiceDemoConfig, run_service_demo
 
+    # A demo makes its own throwaway secrets (KEK, relay secret), which production refuses; the relay
+    # process it starts inherits this.
+    os.environ["VEIL_ENVIRONMENT"] = "development"
     _quiet_libraries()
     cfg = ServiceDemoConfig.quick(task, seed, mechanism)
     cfg.dp_noise_multiplier = 1.0 if dp else None

@@ -221,11 +221,15 @@ def keys_revoke(
     typer.echo(f"revoked {prefix}")
 
 
-def _keyring():  # -> Keyring
+def _keyring(sessions=None):  # -> Keyring
     from veil.cloud_service.config import ServiceConfig
-    from veil.cloud_service.gateway_setup import build_gateway
+    from veil.cloud_service.gateway_setup import build_keyring
+    from veil.cloud_service.keyring import KeyringError
 
-    return build_gateway(ServiceConfig.from_settings(), _sessions()).keyring
+    try:
+        return build_keyring(ServiceConfig.from_settings(), sessions or _sessions())
+    except KeyringError as exc:
+        raise UserError(str(exc)) from None
 
 
 @gateway_app.command("list")
@@ -270,10 +274,22 @@ def gateway_retire(
     key_id: Annotated[
         int | None, typer.Option(help="Retire this key now (default: keys past the grace period).")
     ] = None,
+    revived: Annotated[
+        bool, typer.Option("--revived", help="Delete records of retired keys that came back (backups).")
+    ] = False,
 ) -> None:
-    """Remove rotated-out gateway keys."""
-    gone = _keyring().retire(key_id)
-    typer.echo(f"retired key ids: {gone or 'none'}")
+    """Remove rotated-out gateway keys and the replay digests recorded under them."""
+    from veil.cloud_service.gateway_setup import DatabaseKeyStorage, DatabaseReplayStore
+    from veil.cloud_service.keyring import purge_revived
+
+    sessions = _sessions()
+    if revived:
+        purged = purge_revived(DatabaseKeyStorage(sessions))
+        typer.echo(f"deleted revived records (key id, epoch): {purged or 'none'}")
+    keyring = _keyring(sessions)
+    gone = keyring.retire(key_id)
+    forgotten = DatabaseReplayStore(sessions).forget(keyring.retired_epochs())
+    typer.echo(f"retired key ids: {gone or 'none'}; {forgotten} replay digests dropped")
 
 
 @train_app.command("personalized")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -146,17 +147,25 @@ def create_app(config: ServiceConfig, preloaded: LoadedService | None = None) ->
         )
         await engine.start()
         gateway = build_gateway(config, sessions)
+        from veil.cloud_service.key_lifecycle import KeyLifecycle
+
+        # Rotation and retirement on schedule (every worker runs it; the store lets one rotate).
+        lifecycle = KeyLifecycle(gateway.keyring, gateway.replays, config.key_rotation_s)
+        lifecycle_task = asyncio.get_running_loop().create_task(lifecycle.run())
         codebooks = CodebookStore(config.data_dir)
         from veil.cloud_service.gateway_signing import KeyConfigSigner
 
         signer = KeyConfigSigner.from_config(config)
-        app.state.veil = ServiceState(config, engine, sessions, gateway, metrics, codebooks, signer)
+        app.state.veil = ServiceState(
+            config, engine, sessions, gateway, metrics, codebooks, key_signer=signer
+        )
         from veil.cloud_service.store.group_commit import UploadBatcher
 
         app.state.veil.uploads = uploads = UploadBatcher(db)
         try:
             yield
         finally:
+            lifecycle_task.cancel()
             await uploads.aclose()  # after uvicorn drained the requests: every queued upload is answered
             await engine.stop()
             db.dispose()

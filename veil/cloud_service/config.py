@@ -35,7 +35,9 @@ class ServiceConfig:
         the relay's HMAC (:mod:`veil.cloud_service.relay_auth`). ``None`` accepts anyone, with a
         warning, in development; production must set it.
     padding_buckets: sizes (bytes) encapsulated responses are padded to (empty: no padding).
-    replay_window_s: an encapsulated request seen again within this window is refused.
+    key_rotation_s: a new gateway key is made when the current one is this old (default daily); every
+        API process checks once a minute (:mod:`veil.cloud_service.key_lifecycle`).
+    key_grace_s: a rotated-out key keeps working this long, then retires and its replay digests go.
     """
 
     data_dir: Path
@@ -48,7 +50,8 @@ class ServiceConfig:
     gateway_kek: bytes | None = None
     gateway_signing_key: bytes | None = None
     environment: str = "development"
-    replay_window_s: float = 300.0
+    key_rotation_s: float = 24 * 3600.0
+    key_grace_s: float = 24 * 3600.0
     relay_secret: bytes | None = field(default=None, repr=False)
     padding_buckets: tuple[int, ...] = DEFAULT_PADDING_BUCKETS
 
@@ -58,12 +61,19 @@ class ServiceConfig:
             raise ValueError(f"max_body_bytes must be >= 1024, got {self.max_body_bytes}")
         if self.default_max_tokens < 1:
             raise ValueError(f"default_max_tokens must be >= 1, got {self.default_max_tokens}")
+        if not self.key_rotation_s > 0 or not self.key_grace_s >= 0:
+            raise ValueError(
+                f"need key_rotation_s > 0 and key_grace_s >= 0, got {self.key_rotation_s}, {self.key_grace_s}"
+            )
         if self.environment not in ("development", "production"):
             raise ValueError(f"environment must be 'development' or 'production', got {self.environment!r}")
         if self.gateway_kek is not None and len(self.gateway_kek) != 32:
             raise ValueError(f"gateway_kek must be 32 bytes, got {len(self.gateway_kek)}")
         if self.environment == "production" and self.gateway_kek is None:
-            raise ValueError("production needs VEIL_GATEWAY_KEK (32 bytes, base64); refusing a generated key")
+            raise ValueError(
+                "production needs VEIL_GATEWAY_KEK (base64 of 32 random bytes, e.g. from "
+                "'openssl rand -base64 32'); for a local trial set VEIL_ENVIRONMENT=development"
+            )
         if self.relay_secret is not None:
             self.relay_secret = relay_secret_bytes(self.relay_secret)
         elif self.environment == "production":
@@ -107,4 +117,6 @@ class ServiceConfig:
             relay_secret=None if s.relay_secret is None else s.relay_secret.get_secret_value().encode(),
             gateway_signing_key=signing,
             environment=s.environment,
+            key_rotation_s=s.gateway_key_rotation_s,
+            key_grace_s=s.gateway_key_grace_s,
         )

@@ -1,8 +1,9 @@
 """The Oblivious HTTP gateway (RFC 9458): opens requests, dispatches them, seals the answers.
 
 The gateway sees request content but never the sender: requests arrive through a relay that strips
-every client header. It keeps no per-client state; the only memory of past requests is a bounded,
-time-limited set of digests of HPKE ``enc`` values, to reject replays.
+every client header. It keeps no per-client state; the only memory of past requests is the digest of
+each HPKE ``enc`` it accepted, kept until that key retires, to refuse replays
+(:mod:`veil.cloud_service.replay`).
 
 * The keys are a :class:`~veil.cloud_service.keyring.Keyring` (re-exported here).
 * :class:`Gateway` opens an encapsulated request, hands the inner binary HTTP request to ``dispatch``
@@ -15,15 +16,12 @@ time-limited set of digests of HPKE ``enc`` values, to reject replays.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 
 from veil.client_sdk.ohttp.bhttp import BinaryHTTPError, BinaryRequest, BinaryResponse
-from veil.client_sdk.ohttp.errors import ReplayedRequestError, RequestTooLargeError
+from veil.client_sdk.ohttp.errors import ReplayedRequestError, RequestTooLargeError, UnknownKeyIdError
 from veil.client_sdk.ohttp.ohttp import decapsulate_request
 from veil.client_sdk.ohttp.padding import (
     DEFAULT_PADDING_BUCKETS,
@@ -39,6 +37,14 @@ from veil.cloud_service.keyring import (
     KeyStorage,
     MemoryKeyStorage,
     WrongKeyEncryptionKeyError,
+)
+from veil.cloud_service.replay import (
+    GroupCommit,
+    MemoryReplayStore,
+    ReplayStore,
+    ReplayVerdict,
+    SeenRequest,
+    enc_digest,
 )
 
 __all__ = [
@@ -59,26 +65,6 @@ log = logging.getLogger(__name__)
 Dispatch = Callable[[BinaryRequest], Awaitable[BinaryResponse]]
 
 
-class _ReplayCache:
-    """Digests of recently seen ``enc`` values, each kept ``window_s``; at most ``max_entries``."""
-
-    def __init__(self, window_s: float, max_entries: int, clock: Callable[[], float]) -> None:
-        self.window_s, self.max_entries, self._clock = window_s, max_entries, clock
-        self._seen: OrderedDict[bytes, float] = OrderedDict()
-
-    def check_and_add(self, enc: bytes) -> None:
-        now = self._clock()
-        while self._seen and next(iter(self._seen.values())) <= now:
-            self._seen.popitem(last=False)  # insertion order is expiry order
-        digest = hashlib.sha256(enc).digest()[:16]
-        if digest in self._seen:
-            raise ReplayedRequestError("this encapsulated request was already received")
-        self._seen[digest] = now + self.window_s
-        if len(self._seen) > self.max_entries:
-            # Memory stays bounded; under a flood the oldest entries go first.
-            self._seen.popitem(last=False)
-
-
 def _error_response(status: int, error_type: str, message: str) -> BinaryResponse:
     error = {"type": error_type, "message": message, "param": None, "code": None}
     body = json.dumps({"error": error}).encode()
@@ -94,12 +80,9 @@ class Gateway:
         The gateway keys.
     max_request_bytes : int
         Largest encapsulated request accepted (default 1 MiB).
-    replay_window_s : float
-        How long an ``enc`` value is remembered to reject replays; 0 disables the check.
-    replay_cache_size : int
-        Most ``enc`` digests remembered at once.
-    clock : callable
-        Monotonic seconds (injectable for tests).
+    replays : ReplayStore or None
+        Digests of accepted ``enc`` values, kept for each key's whole life (see
+        :mod:`veil.cloud_service.replay`); ``None`` keeps them in this process's memory (tests, demos).
     padding_buckets : sequence of int
         Sizes (bytes) every encapsulated response is padded to with zero bytes (RFC 9292 section 3.8):
         the smallest that fits, past the largest a multiple of it; empty turns padding off.
@@ -110,21 +93,16 @@ class Gateway:
         keyring: Keyring,
         *,
         max_request_bytes: int = 1 << 20,
-        replay_window_s: float = 300.0,
-        replay_cache_size: int = 100_000,
-        clock: Callable[[], float] = time.monotonic,
+        replays: ReplayStore | None = None,
         padding_buckets: Sequence[int] = DEFAULT_PADDING_BUCKETS,
     ) -> None:
-        if max_request_bytes <= 0 or replay_window_s < 0 or replay_cache_size <= 0:
-            raise ValueError(
-                "need max_request_bytes > 0, replay_window_s >= 0, replay_cache_size > 0; got "
-                f"{max_request_bytes}, {replay_window_s}, {replay_cache_size}"
-            )
+        if max_request_bytes <= 0:
+            raise ValueError(f"max_request_bytes must be > 0, got {max_request_bytes}")
         self.keyring = keyring
         self.max_request_bytes = max_request_bytes
         self.padding_buckets = check_buckets(padding_buckets)
-        self.replay_window_s = replay_window_s
-        self._replays = _ReplayCache(replay_window_s, replay_cache_size, clock)
+        self.replays = replays if replays is not None else MemoryReplayStore()
+        self._group_commit = GroupCommit(self.replays)
 
     def key_config_bytes(self) -> bytes:
         """The ``application/ohttp-keys`` body for ``/.well-known/ohttp-gateway``."""
@@ -142,12 +120,22 @@ class Gateway:
         if len(body) > self.max_request_bytes:
             raise RequestTooLargeError(f"encapsulated request exceeds {self.max_request_bytes} bytes")
         plaintext, context = decapsulate_request(self.keyring.private_keys_by_id(), body)
-        if self.replay_window_s > 0:
-            # Checked only after decryption, so garbage cannot fill the cache; no await in between.
-            self._replays.check_and_add(context.enc)
+        await self._check_replay(body[0], context.enc)
         response = await self._serve(plaintext, dispatch)
         padded = pad_to_bucket(response.encode(), response_overhead(context.suite), self.padding_buckets)
         return context.encapsulate_response(padded)
+
+    async def _check_replay(self, key_id: int, enc: bytes) -> None:
+        # Only after decryption, so garbage cannot fill the store; the key id is the request's first
+        # byte (RFC 9458 section 4.3), and decryption just proved it names a live key.
+        epoch = self.keyring.epoch_of(key_id)
+        if epoch is None:  # retired between decryption and now
+            raise UnknownKeyIdError(f"key id {key_id} was retired; fetch the key configuration again")
+        verdict = await self._group_commit.check(SeenRequest(enc_digest(enc), key_id, epoch))
+        if verdict is ReplayVerdict.REPLAY:
+            raise ReplayedRequestError("this encapsulated request was already received")
+        if verdict is ReplayVerdict.KEY_RETIRED:
+            raise UnknownKeyIdError(f"key id {key_id} was retired; fetch the key configuration again")
 
     async def _serve(self, plaintext: bytes, dispatch: Dispatch) -> BinaryResponse:
         try:

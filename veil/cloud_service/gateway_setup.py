@@ -1,51 +1,86 @@
-"""Wire the OHTTP gateway to the service: key-encryption key, key storage in the database.
+"""Wire the OHTTP gateway to the service: key-encryption key, key and replay storage in the database.
 
-The sealed key records live in the ``gateway_keys`` table, so several API workers on one database
-publish and accept the same keys. The key-encryption key comes from ``VEIL_GATEWAY_KEK``; in
-development, when it is unset, one is generated once into ``<data_dir>/gateway.kek`` (mode 0600).
+The sealed key records live in the ``gateway_keys`` table (tombstones of retired keys in
+``gateway_key_tombstones``) and the digests of accepted encapsulations in ``ohttp_replays``, so several
+API workers on one database publish and accept the same keys and refuse each other's replays, across
+restarts. The key-encryption key comes from ``VEIL_GATEWAY_KEK``; in development, when it is unset,
+one is generated once into ``<data_dir>/gateway.kek`` (mode 0600).
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete
-
 from veil.cloud_service.config import ServiceConfig
 from veil.cloud_service.gateway import Gateway, Keyring
+from veil.cloud_service.key_storage import StoredKey, StoredKeys
+from veil.cloud_service.replay import ReplayVerdict, SeenRequest
 
-__all__ = ["DatabaseKeyStorage", "build_gateway", "development_kek"]
+__all__ = [
+    "DatabaseKeyStorage",
+    "DatabaseReplayStore",
+    "build_gateway",
+    "build_keyring",
+    "development_kek",
+]
 
 
 class DatabaseKeyStorage:
-    """:class:`~veil.cloud_service.gateway.KeyStorage` on the ``gateway_keys`` table.
+    """:class:`~veil.cloud_service.key_storage.KeyStorage` on ``gateway_keys`` and its tombstones.
 
-    The records are opaque (sealed); rows are numbered in ring order, so ``key_id`` is the slot here,
-    and the OHTTP key id is inside the sealed record.
+    ``add`` is one conditional INSERT (primary key on the epoch, unique live key id, no tombstone of the
+    epoch), so of several workers rotating at once exactly one succeeds.
     """
 
     def __init__(self, sessions: Any) -> None:
         self.sessions = sessions
 
-    def load(self) -> list[bytes]:
-        from veil.cloud_service.store.repository import load_gateway_keys
+    def load(self) -> StoredKeys:
+        from veil.cloud_service.store.ohttp import load_gateway_keys
 
         with self.sessions() as session:
-            return [row.record for row in load_gateway_keys(session) if not row.retired]
+            live, retired = load_gateway_keys(session)
+        return StoredKeys([StoredKey(*row) for row in live], retired)
 
-    def save(self, records: list[bytes]) -> None:
-        from veil.cloud_service.store.tables import GatewayKey
-        from veil.cloud_service.store.util import utc_day
+    def add(self, key: StoredKey) -> bool:
+        from veil.cloud_service.store.ohttp import add_gateway_key
 
-        if len(records) > 256:
-            raise ValueError(f"at most 256 gateway keys, got {len(records)}")
-        with self.sessions() as session, session.begin():
-            session.execute(delete(GatewayKey))
-            for slot, record in enumerate(records):
-                session.add(GatewayKey(key_id=slot, record=record, created_day=utc_day(), retired=False))
+        with self.sessions() as session:
+            return add_gateway_key(session, key.key_id, key.epoch, key.record)
+
+    def retire(self, epoch: int) -> bool:
+        from veil.cloud_service.store.ohttp import retire_gateway_key
+
+        with self.sessions() as session:
+            return retire_gateway_key(session, epoch)
+
+
+class DatabaseReplayStore:
+    """:class:`~veil.cloud_service.replay.ReplayStore` on the ``ohttp_replays`` table.
+
+    One transaction per :meth:`record` call (a batch, with :class:`~veil.cloud_service.replay.GroupCommit`);
+    the primary key on the digest makes each insert atomic across workers.
+    """
+
+    def __init__(self, sessions: Any) -> None:
+        self.sessions = sessions
+
+    def record(self, seen: Sequence[SeenRequest]) -> list[ReplayVerdict]:
+        from veil.cloud_service.store.ohttp import record_replays
+
+        with self.sessions() as session:
+            verdicts = record_replays(session, [(s.digest, s.key_id, s.epoch) for s in seen])
+        return [ReplayVerdict(v) for v in verdicts]
+
+    def forget(self, epochs: Collection[int]) -> int:
+        from veil.cloud_service.store.ohttp import forget_replays
+
+        with self.sessions() as session:
+            return forget_replays(session, epochs)
 
 
 def development_kek(data_dir: Path) -> bytes:
@@ -72,12 +107,19 @@ def development_kek(data_dir: Path) -> bytes:
     return development_kek(data_dir)
 
 
-def build_gateway(config: ServiceConfig, sessions: Any) -> Gateway:
+def build_keyring(config: ServiceConfig, sessions: Any) -> Keyring:
+    """The service's key ring on the database (raises ``KeyringError`` subclasses; see :class:`Keyring`)."""
     kek = config.gateway_kek if config.gateway_kek is not None else development_kek(config.data_dir)
-    keyring = Keyring(DatabaseKeyStorage(sessions), kek, kem=config.gateway_kem)
+    return Keyring(
+        DatabaseKeyStorage(sessions), kek, kem=config.gateway_kem, grace_period_s=config.key_grace_s
+    )
+
+
+def build_gateway(config: ServiceConfig, sessions: Any) -> Gateway:
+    """The service's gateway: keys and replays in the database behind ``sessions``."""
     return Gateway(
-        keyring,
+        build_keyring(config, sessions),
+        replays=DatabaseReplayStore(sessions),
         max_request_bytes=config.max_body_bytes,
-        replay_window_s=config.replay_window_s,
         padding_buckets=config.padding_buckets,
     )

@@ -1,4 +1,4 @@
-"""API keys (hashed, verified in constant time, revocable) and OHTTP gateway key records."""
+"""API keys: hashed, verified in constant time, revocable (gateway keys: ``test_store_ohttp.py``)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,9 @@ from sqlalchemy.orm import Session
 from veil.cloud_service.store import (
     API_KEY_PREFIX,
     create_api_key,
-    delete_gateway_key,
     hash_api_key,
     list_api_keys,
-    load_gateway_keys,
-    retire_gateway_key,
     revoke_api_key,
-    save_gateway_key,
     utc_day,
     verify_api_key,
 )
@@ -73,31 +69,3 @@ def test_api_key_label_validation(store_session: Session, label: object) -> None
     with pytest.raises(ValueError, match="label"):
         create_api_key(store_session, label)  # type: ignore[arg-type]
     assert list_api_keys(store_session) == []
-
-
-def test_gateway_keys(store_session: Session) -> None:
-    assert load_gateway_keys(store_session) == []
-    record0, record7 = b"\x00encrypted-0\xff" * 10, bytes(range(256))
-    assert save_gateway_key(store_session, 7, record7)
-    assert save_gateway_key(store_session, 0, record0)
-    assert not save_gateway_key(store_session, 7, b"someone else's key")  # insert-only: first one wins
-    assert load_gateway_keys(store_session) == [(0, record0, False), (7, record7, False)]
-    assert retire_gateway_key(store_session, 0)
-    assert not retire_gateway_key(store_session, 1)
-    key_id, record, retired = load_gateway_keys(store_session)[0]
-    assert (key_id, record, retired) == (0, record0, True) and isinstance(record, bytes)
-    assert delete_gateway_key(store_session, 0) and not delete_gateway_key(store_session, 0)
-    assert save_gateway_key(store_session, 0, b"fresh")  # a freed id can be reused
-    assert [(r.key_id, r.record, r.retired) for r in load_gateway_keys(store_session)] == [
-        (0, b"fresh", False),
-        (7, record7, False),
-    ]
-
-
-@pytest.mark.parametrize(
-    ("key_id", "record"), [(-1, b"r"), (256, b"r"), (True, b"r"), ("1", b"r"), (1, b""), (1, "s")]
-)
-def test_gateway_key_validation(store_session: Session, key_id: object, record: object) -> None:
-    with pytest.raises(ValueError):
-        save_gateway_key(store_session, key_id, record)  # type: ignore[arg-type]
-    assert load_gateway_keys(store_session) == []

@@ -1,4 +1,4 @@
-"""Data access for API keys (cloud API consumers) and OHTTP gateway keys.
+"""Data access for API keys (cloud API consumers); OHTTP gateway keys are in :mod:`.ohttp`.
 
 API keys are ``veil_sk_`` followed by 32 random bytes in URL-safe base64 (43 characters). Only the
 SHA-256 of the whole key is stored: a fast hash is right for 256 random bits (no dictionary to
@@ -14,28 +14,22 @@ import hmac
 import re
 import secrets
 from dataclasses import dataclass
-from typing import NamedTuple
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from veil.cloud_service.store.errors import StoreError
-from veil.cloud_service.store.tables import ApiKey, GatewayKey
+from veil.cloud_service.store.tables import ApiKey
 from veil.cloud_service.store.util import db_errors, utc_day
 
 __all__ = [
     "API_KEY_PREFIX",
     "ApiKeyInfo",
-    "GatewayKeyRow",
     "create_api_key",
-    "delete_gateway_key",
     "hash_api_key",
     "list_api_keys",
-    "load_gateway_keys",
-    "retire_gateway_key",
     "revoke_api_key",
-    "save_gateway_key",
     "verify_api_key",
 ]
 
@@ -56,14 +50,6 @@ class ApiKeyInfo:
     label: str
     created_day: dt.date
     revoked: bool
-
-
-class GatewayKeyRow(NamedTuple):
-    """A stored gateway key: ``key_id`` (0-255), the encrypted ``record``, and whether it is retired."""
-
-    key_id: int
-    record: bytes
-    retired: bool
 
 
 def hash_api_key(plaintext: str) -> str:
@@ -141,54 +127,3 @@ def revoke_api_key(session: Session, prefix: str) -> bool:
 def list_api_keys(session: Session) -> list[ApiKeyInfo]:
     """All keys, revoked ones included, oldest first."""
     return [_info(row) for row in session.scalars(select(ApiKey).order_by(ApiKey.id))]
-
-
-@db_errors
-def load_gateway_keys(session: Session) -> list[GatewayKeyRow]:
-    """All stored gateway keys, by key id."""
-    rows = session.execute(
-        select(GatewayKey.key_id, GatewayKey.record, GatewayKey.retired).order_by(GatewayKey.key_id)
-    )
-    return [GatewayKeyRow(key_id, bytes(record), retired) for key_id, record, retired in rows]
-
-
-def _check_key_id(key_id: int) -> None:
-    if isinstance(key_id, bool) or not isinstance(key_id, int) or not 0 <= key_id <= 255:
-        raise ValueError(f"key_id must be an integer in 0..255, got {key_id!r}")
-
-
-@db_errors
-def save_gateway_key(session: Session, key_id: int, record: bytes) -> bool:
-    """Store a new gateway key; False (nothing written) when ``key_id`` is already taken.
-
-    Insert-only on purpose: when several API processes start together and each generates a key, one
-    wins and the others must reload the stored keys instead of overwriting the winner's.
-    """
-    _check_key_id(key_id)
-    if not isinstance(record, bytes | bytearray) or not record:
-        raise ValueError("record must be non-empty bytes")
-    session.add(GatewayKey(key_id=key_id, record=bytes(record), created_day=utc_day(), retired=False))
-    try:
-        session.commit()
-    except IntegrityError:
-        session.rollback()
-        return False
-    return True
-
-
-@db_errors
-def retire_gateway_key(session: Session, key_id: int) -> bool:
-    """Mark a key retired (still decrypts, no longer advertised); False when there is no such key."""
-    _check_key_id(key_id)
-    result = session.execute(update(GatewayKey).where(GatewayKey.key_id == key_id).values(retired=True))
-    session.commit()
-    return bool(result.rowcount)  # type: ignore[attr-defined]
-
-
-@db_errors
-def delete_gateway_key(session: Session, key_id: int) -> bool:
-    """Delete a key (after its retirement period), freeing its id; False when there is no such key."""
-    _check_key_id(key_id)
-    result = session.execute(delete(GatewayKey).where(GatewayKey.key_id == key_id))
-    session.commit()
-    return bool(result.rowcount)  # type: ignore[attr-defined]

@@ -25,14 +25,9 @@ from veil.cloud_service.store.errors import IdempotencyConflict, StoreError
 from veil.cloud_service.store.keys import (
     API_KEY_PREFIX,
     ApiKeyInfo,
-    GatewayKeyRow,
     create_api_key,
-    delete_gateway_key,
     list_api_keys,
-    load_gateway_keys,
-    retire_gateway_key,
     revoke_api_key,
-    save_gateway_key,
     verify_api_key,
 )
 from veil.cloud_service.store.runs import (
@@ -48,7 +43,6 @@ from veil.cloud_service.store.util import check_text, db_errors, utc_day
 __all__ = [
     "API_KEY_PREFIX",
     "ApiKeyInfo",
-    "GatewayKeyRow",
     "IDEMPOTENCY_KEY_PATTERN",
     "MAX_LABEL_CHARS",
     "MAX_TEXT_CHARS",
@@ -60,15 +54,11 @@ __all__ = [
     "count_uploads",
     "create_api_key",
     "create_training_run",
-    "delete_gateway_key",
     "get_training_run",
     "iter_uploads",
     "latest_training_run",
     "list_api_keys",
-    "load_gateway_keys",
-    "retire_gateway_key",
     "revoke_api_key",
-    "save_gateway_key",
     "update_training_run",
     "utc_day",
     "verify_api_key",
@@ -267,11 +257,13 @@ _UPLOAD_COLUMNS = (
 def iter_uploads(
     session: Session, task: str | None = None, model: str | None = None, batch: int = 500
 ) -> Iterator[StoredUpload]:
-    """Stored uploads in id order, read ``batch`` rows at a time (memory stays flat for any count).
+    """Stored uploads in id order (ids are random: no arrival order), ``batch`` rows at a time.
+
+    Memory stays flat for any count.
 
     The session's transaction is committed after each batch, so a slow consumer (a training loop)
     does not hold one read transaction open for hours (on SQLite that would stop WAL checkpoints).
-    Uploads added meanwhile with a higher id are included.
+    Uploads added meanwhile are included when their (random) id is above the last one read.
     """
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")

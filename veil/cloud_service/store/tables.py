@@ -11,6 +11,7 @@ The migration in ``migrations/versions`` creates exactly these tables; a test co
 from __future__ import annotations
 
 import datetime as dt
+import secrets
 
 from sqlalchemy import (
     BigInteger,
@@ -30,11 +31,14 @@ __all__ = [
     "ApiKey",
     "Base",
     "GatewayKey",
+    "GatewayKeyTombstone",
+    "OhttpReplay",
     "NAMING_CONVENTION",
     "RUN_STATUSES",
     "TASKS",
     "TrainingRun",
     "Upload",
+    "new_upload_id",
 ]
 
 TASKS = ("classification", "next_word")
@@ -52,8 +56,18 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-# SQLite only auto-increments a column declared exactly ``INTEGER PRIMARY KEY``.
+# On SQLite a column declared exactly ``INTEGER PRIMARY KEY`` is the rowid (64-bit), so the row's place
+# in the table is its id; any other declaration adds a hidden rowid that counts up in arrival order.
 _BIG_ID = BigInteger().with_variant(Integer, "sqlite")
+
+
+def new_upload_id() -> int:
+    """A random upload id in ``1 .. 2**63 - 1``: ids (and SQLite's row order) keep no arrival order.
+
+    Two ids collide with probability ``2**-63`` per pair; an insert that hits one fails like any store
+    error, and the phone's retry (same idempotency key) draws a new id.
+    """
+    return 1 + secrets.randbelow(2**63 - 1)
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:
@@ -81,7 +95,8 @@ class Upload(Base):
         Index(None, "task", "model"),
     )
 
-    id: Mapped[int] = mapped_column(_BIG_ID, primary_key=True)
+    id: Mapped[int] = mapped_column(_BIG_ID, primary_key=True, autoincrement=False, default=new_upload_id)
+    """Random (:func:`new_upload_id`), never a counter: it is returned to the phone."""
     idempotency_key: Mapped[str] = mapped_column(String(128), unique=True)
     """Client-generated random key (16-128 of ``[A-Za-z0-9_-]``), fresh per upload: makes retries safe."""
     task: Mapped[str] = mapped_column(String(32))
@@ -114,15 +129,45 @@ class ApiKey(Base):
 
 
 class GatewayKey(Base):
-    """An OHTTP gateway key, as a record the gateway has already encrypted."""
+    """A live OHTTP gateway key, as a record the gateway has already sealed (AAD: key id and epoch)."""
 
     __tablename__ = "gateway_keys"
-    __table_args__ = (CheckConstraint("key_id >= 0 AND key_id <= 255", name="key_id_range"),)
+    __table_args__ = (
+        CheckConstraint("key_id >= 0 AND key_id <= 255", name="key_id_range"),
+        CheckConstraint("epoch >= 1", name="epoch_positive"),
+    )
 
-    key_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    epoch: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    """Deployment-wide key number, never reused; a rotation inserts ``max + 1`` and only one wins."""
+    key_id: Mapped[int] = mapped_column(Integer, unique=True)
+    """The one-byte OHTTP key id (unique among live keys, reused after retirement)."""
     record: Mapped[bytes] = mapped_column(LargeBinary)
     created_day: Mapped[dt.date] = mapped_column(Date)
-    retired: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class GatewayKeyTombstone(Base):
+    """A retired gateway key: its record is gone; a record of this epoch that reappears is refused."""
+
+    __tablename__ = "gateway_key_tombstones"
+
+    epoch: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    key_id: Mapped[int] = mapped_column(Integer)
+    retired_day: Mapped[dt.date] = mapped_column(Date)
+
+
+class OhttpReplay(Base):
+    """The digest of an accepted HPKE ``enc`` (first 16 bytes of SHA-256), kept until its key retires.
+
+    No time column: the key's epoch says when the row can go. On SQLite the table has no rowid (the
+    digest's b-tree is the table), so nothing in it records arrival order.
+    """
+
+    __tablename__ = "ohttp_replays"
+    __table_args__ = (Index(None, "key_epoch"), {"sqlite_with_rowid": False})
+
+    enc_digest: Mapped[bytes] = mapped_column(LargeBinary(16), primary_key=True)
+    key_id: Mapped[int] = mapped_column(Integer)
+    key_epoch: Mapped[int] = mapped_column(BigInteger)
 
 
 class TrainingRun(Base):

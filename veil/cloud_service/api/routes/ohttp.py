@@ -10,6 +10,7 @@ refused with 401 before anything is decrypted.
 from __future__ import annotations
 
 import json
+import logging
 import time
 
 from fastapi import APIRouter, Request, Response
@@ -20,12 +21,14 @@ from veil.client_sdk.ohttp.errors import OHTTPError, UnknownKeyIdError
 from veil.cloud_service.api.deps import OHTTP_SCOPE_KEY, State
 from veil.cloud_service.api.routes.uploads import upload_from_gateway
 from veil.cloud_service.errors import APIError, error_body
-from veil.cloud_service.gateway import HOP_BY_HOP
+from veil.cloud_service.gateway import HOP_BY_HOP, KeyringError
 from veil.cloud_service.inner_allowlist import InnerRequestRefusedError, screen
 from veil.cloud_service.inprocess import call_app
 from veil.cloud_service.relay_auth import RELAY_AUTH_HEADER, RelayAuthError, verify_relay_auth
+from veil.cloud_service.store.errors import StoreError
 
 router = APIRouter(tags=["oblivious http"])
+log = logging.getLogger(__name__)
 
 
 # Inner routes the gateway serves itself: the phones' hot path (one upload each), same checks and
@@ -40,8 +43,11 @@ def _fresh_keys(state: State, force: bool = False) -> None:
     keyring = state.gateway.keyring
     now = time.monotonic()
     if force or now - getattr(keyring, "_veil_loaded_at", 0.0) > _RELOAD_EVERY_S:
-        keyring.reload()
         keyring._veil_loaded_at = now  # type: ignore[attr-defined]
+        try:
+            keyring.reload()
+        except KeyringError as exc:  # e.g. a retired record restored: keep serving the keys we trust
+            log.error("gateway keys not reloaded: %s", str(exc).splitlines()[0])
 
 
 @router.get("/.well-known/ohttp-gateway")
@@ -58,7 +64,16 @@ def key_configuration(state: State) -> Response:
     return Response(body, headers=headers)
 
 
-@router.post("/ohttp")
+# The body is read raw, so FastAPI cannot infer it: declared here for the OpenAPI document (and its fuzzers).
+_ENCAPSULATED_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"message/ohttp-req": {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
+
+
+@router.post("/ohttp", openapi_extra=_ENCAPSULATED_BODY)
 async def gateway(request: Request, state: State) -> Response:
     """Decapsulate a ``message/ohttp-req``, serve the inner request, encapsulate the answer."""
     if OHTTP_SCOPE_KEY in request.scope.get("extensions", {}):
@@ -101,5 +116,7 @@ async def gateway(request: Request, state: State) -> Response:
     except OHTTPError as exc:
         state.metrics.ohttp.labels(exc.error_type).inc()
         return JSONResponse(exc.to_dict(), status_code=exc.status)
+    except StoreError:  # the replay store could not say whether this request is new: refuse it
+        raise APIError(503, "the gateway cannot check for replays right now; retry later") from None
     state.metrics.ohttp.labels("ok").inc()
     return Response(sealed, media_type="message/ohttp-res", headers={"Cache-Control": "no-store"})
