@@ -48,13 +48,13 @@ def service(data_dir: str, tmp_path_factory: pytest.TempPathFactory):
 def test_schemathesis_finds_no_server_error_in_any_operation(service) -> None:
     server, key, served = service
     report = fuzz_api(
-        server.url, api_key=key, served_model=served[2], embedding_size=64, examples_per_operation=12, seed=1
+        server.url, api_key=key, served_model=served[2], embedding_size=64, examples_per_operation=15, seed=1
     )
     assert report.findings == [], report.summary()
     assert report.server_errors == 0
     paths = set(httpx.get(server.url + "/openapi.json").json()["paths"])
     assert {label.split(" ", 1)[1] for label in report.by_operation} == paths
-    assert report.requests >= 150
+    assert report.requests >= 120
     # the steered cases get past validation: uploads stored, completions generated
     assert report.statuses[201] > 0 and report.statuses[200] > 0 and report.statuses[401] > 0
 

@@ -7,7 +7,8 @@ behind validation: the served model's id, a well-formed ``Idempotency-Key`` and 
 served shape, so that uploads are stored and completions generated, not only refused. Every request
 carries the API key unless the draw leaves it out (then a 401 is expected).
 
-A finding is a 5xx, a dropped connection or timeout, or a 4xx whose body is not
+``POST /ohttp`` gets random bytes and real encapsulated requests, mutated (a media-type strategy for
+``message/ohttp-req``). A finding is a 5xx, a dropped connection or timeout, or a 4xx whose body is not
 ``{"error": {"type", "message", "param", "code"}}``; each comes with a curl command that replays it.
 """
 
@@ -147,6 +148,7 @@ def fuzz_api(
     import schemathesis
     from schemathesis import GenerationMode
 
+    _register_ohttp_bodies(base_url)
     schema = schemathesis.openapi.from_url(base_url.rstrip("/") + "/openapi.json")
     run = _Run(
         base_url, api_key, served_model, embedding_size, timeout_s, requests.Session(), APIFuzzReport()
@@ -236,6 +238,27 @@ class _Run:
         if problem is not None:
             reproduce = _curl(case, headers, self.base_url)
             report.findings.append(APIFinding(label, response.status_code, problem, reproduce))
+
+
+def _register_ohttp_bodies(base_url: str) -> None:
+    """Bodies for ``message/ohttp-req``: random bytes, or a real encapsulated request, mutated."""
+    import httpx
+    import schemathesis
+    from hypothesis import strategies as st
+
+    from veil.client_sdk.ohttp import decode_key_configs, encapsulate_request
+    from veil.testing.ohttp_fuzz import MUTATIONS, mutate, phone_requests
+
+    keys = httpx.get(base_url.rstrip("/") + "/.well-known/ohttp-gateway", timeout=30)
+    config = decode_key_configs(keys.content)[0]
+    inner = [r.encode() for r in phone_requests()]
+    mutation = st.tuples(st.integers(0, len(MUTATIONS) - 1), st.integers(0, 1 << 16), st.integers(0, 1 << 12))
+    sealed = st.builds(
+        lambda i, ops: mutate(encapsulate_request(config, inner[i])[0], ops),
+        st.integers(0, len(inner) - 1),
+        st.lists(mutation, max_size=3),
+    )
+    schemathesis.openapi.media_type("message/ohttp-req", st.one_of(st.binary(max_size=1024), sealed))
 
 
 def _curl(case: Any, headers: dict[str, str], base_url: str) -> str:

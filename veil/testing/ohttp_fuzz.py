@@ -261,6 +261,7 @@ class EdgeTracer:
 
     def _global(self, frame: FrameType, event: str, arg: Any) -> Any:
         if event == "call" and frame.f_code.co_filename in self.files:
+            self._prev[id(frame)] = -1  # a new frame may reuse a finished one's address
             return self._local
         return None
 
