@@ -99,9 +99,17 @@ def test_train_refuses_bad_input(store_dir: Path) -> None:
     assert_one_line_error(empty, "uploads")
 
 
-def test_serve_and_relay_refuse_bad_options(store_dir: Path) -> None:
+def test_serve_and_relay_refuse_bad_options(store_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert_one_line_error(veil(store_dir, "serve", "--port", "70000"), "port")
+    assert_one_line_error(
+        veil(store_dir, "serve", "--port", "8000", "--metrics-port", "8000"), "--metrics-port"
+    )
     assert_one_line_error(veil(store_dir, "relay", "--gateway", "ftp://x"), "--gateway")
+    batch = veil(store_dir, "relay", "--gateway", "http://127.0.0.1:9", "--min-batch", "4")
+    assert_one_line_error(batch, "min_batch", "hold_window_s")
+    monkeypatch.setenv("VEIL_ENVIRONMENT", "production")
+    monkeypatch.delenv("VEIL_RELAY_SECRET", raising=False)
+    assert_one_line_error(veil(store_dir, "relay", "--gateway", "http://127.0.0.1:9"), "VEIL_RELAY_SECRET")
 
 
 def test_unreachable_database_is_one_line_error(store_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -153,10 +153,6 @@ def relay(
     secret = None if settings.relay_secret is None else settings.relay_secret.get_secret_value()
     if secret is None and settings.environment == "production":
         raise UserError("production needs VEIL_RELAY_SECRET (>= 32 bytes, the gateway's too)")
-    if secret is None:
-        typer.echo(
-            "veil: VEIL_RELAY_SECRET is unset: a gateway that has one will refuse this relay", err=True
-        )
     try:
         config = RelayConfig(
             gateway_url=gateway.rstrip("/"),
@@ -172,6 +168,10 @@ def relay(
         )
     except ValueError as exc:
         raise UserError(f"veil relay: {exc}") from exc
+    if secret is None:
+        typer.echo(
+            "veil: VEIL_RELAY_SECRET is unset: a gateway that has one will refuse this relay", err=True
+        )
     typer.echo(f"veil: relay on http://{host}:{port} -> {config.gateway_url}", err=True)
     run_relay(config, host, port)
 

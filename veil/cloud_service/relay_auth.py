@@ -82,7 +82,7 @@ def _parse(value: str) -> tuple[int, bytes]:
     if set(fields) != {"t", "mac"} or not fields["t"].isdigit() or len(fields["t"]) > 12:
         raise RelayAuthError(f"{RELAY_AUTH_HEADER} must be 't=<unix seconds>, mac=<base64url>'")
     try:
-        mac = base64.urlsafe_b64decode(fields["mac"] + "=" * (-len(fields["mac"]) % 4))
+        mac = base64.b64decode(fields["mac"] + "=" * (-len(fields["mac"]) % 4), altchars=b"-_", validate=True)
     except ValueError as exc:
         raise RelayAuthError(f"{RELAY_AUTH_HEADER} mac is not base64url") from exc
     return int(fields["t"]), mac
