@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         config = ServiceConfig(
             data_dir=Path(root),
             model="tiny-llama",
+            environment="development",
             default_max_tokens=4,
             max_body_bytes=256 * 1024,
             engine=EngineConfig(max_batch=8, batch_window_s=0.002),

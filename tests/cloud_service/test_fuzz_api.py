@@ -33,6 +33,7 @@ def service(data_dir: str, tmp_path_factory: pytest.TempPathFactory):
     config = ServiceConfig(
         data_dir=root,
         model=MODEL,
+        environment="development",
         default_max_tokens=4,
         max_body_bytes=256 * 1024,
         engine=EngineConfig(max_batch=8, batch_window_s=0.002),
