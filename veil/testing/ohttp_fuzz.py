@@ -1,7 +1,8 @@
 """Mutation fuzzing of the channel's decoders: each must return a value or raise its own typed error.
 
 Inputs start from *valid* encodings (real BHTTP requests and responses, real encapsulated requests and
-responses, real key-configuration lists) and are mutated the way AFL's deterministic and havoc stages
+responses, real key-configuration lists, signed key-configuration responses with their RFC 9421
+``Signature-Input``/``Signature`` and RFC 9530 ``Content-Digest`` fields) and are mutated the way AFL's deterministic and havoc stages
 do (Zalewski, "american fuzzy lop" technical details, section 3): bit flips, bytes set to interesting
 values, insertions, deletions, truncation, duplicated chunks, and QUIC varints (RFC 9000 section 16)
 planted with huge or boundary values, so length fields lie about what follows. A mutation is a plain
@@ -27,7 +28,7 @@ from random import Random
 from types import FrameType
 from typing import Any
 
-from veil.client_sdk.ohttp import bhttp, hpke, keys, ohttp
+from veil.client_sdk.ohttp import bhttp, hpke, keys, keysig, ohttp
 from veil.client_sdk.ohttp.bhttp import BinaryHTTPError, BinaryRequest, BinaryResponse, encode_varint
 from veil.client_sdk.ohttp.errors import OHTTPError
 from veil.client_sdk.ohttp.hpke import KEM_MLKEM768_X25519
@@ -52,7 +53,7 @@ _INTERESTING = (0x00, 0x01, 0x3F, 0x40, 0x7F, 0x80, 0xBF, 0xC0, 0xFE, 0xFF)
 _VARINTS = (0, 1, 63, 64, 16383, 16384, 2**30 - 1, 2**30, 2**62 - 1)
 _MAX_INPUT = 1 << 16
 _TIME_LIMIT_S = 1.0
-_DECODER_FILES = frozenset(str(Path(m.__file__).resolve()) for m in (bhttp, hpke, keys, ohttp))
+_DECODER_FILES = frozenset(str(Path(m.__file__).resolve()) for m in (bhttp, hpke, keys, keysig, ohttp))
 
 
 def mutate(data: bytes, mutations: Iterable[Mutation], max_size: int = _MAX_INPUT) -> bytes:
@@ -227,6 +228,7 @@ def decoder_targets(embedding_size: int = 64) -> list[DecoderTarget]:
         ]
 
     typed = (OHTTPError, BinaryHTTPError)
+    signed, check_signed = _signed_key_lists(key_lists)
     return [
         DecoderTarget("BinaryRequest.decode", BinaryRequest.decode, (BinaryHTTPError,), tuple(requests)),
         DecoderTarget("BinaryResponse.decode", BinaryResponse.decode, (BinaryHTTPError,), tuple(responses)),
@@ -241,9 +243,38 @@ def decoder_targets(embedding_size: int = 64) -> list[DecoderTarget]:
             tuple(key_lists),
         ),
         DecoderTarget("encapsulate_request(decoded keys)", client_seal, (OHTTPError,), tuple(key_lists)),
+        DecoderTarget("verify_key_configs(pinned)", lambda d: check_signed(d, True), (OHTTPError,), signed),
+        DecoderTarget(
+            "verify_key_configs(first use)", lambda d: check_signed(d, False), (OHTTPError,), signed
+        ),
         DecoderTarget("decapsulate_request", gateway_open, typed, tuple(sealed)),
         DecoderTarget("decapsulate_response", client_open, typed, tuple(sealed_responses)),
     ]
+
+
+def _signed_key_lists(lists: Sequence[bytes]) -> tuple[tuple[bytes, ...], Callable[[bytes, bool], object]]:
+    """Signed key configuration responses (RFC 9421 over RFC 9530) as one blob each, and their checker.
+
+    A blob is the header lines ``name: value\\n``, an empty line, then the body, so that mutations reach
+    the structured fields (``signature-input``, ``signature``, ``content-digest``) and the body alike.
+    """
+    signing_key = keysig.signing_key_from_seed(bytes(range(32)))
+    public_key, created = keysig.public_key_bytes(signing_key), 1_800_000_000
+    blobs = []
+    for body in lists:
+        headers = keysig.sign_key_configs(body, signing_key, created=created)
+        lines = "".join(f"{n}: {v}\n" for n, v in headers.items()).encode("latin-1")
+        blobs.append(lines + b"\n" + body)
+
+    def check(blob: bytes, pinned: bool) -> object:
+        head, _, body = blob.partition(b"\n\n")
+        fields = [line.partition(": ") for line in head.decode("latin-1").split("\n")]
+        lines = [(n, v) for n, _, v in fields]
+        return keysig.verify_key_configs(
+            200, lines, body, public_key=public_key if pinned else None, now=created + 60
+        )
+
+    return tuple(blobs), check
 
 
 class EdgeTracer:

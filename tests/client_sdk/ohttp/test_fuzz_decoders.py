@@ -31,7 +31,7 @@ from veil.testing.ohttp_fuzz import (
     run_target,
 )
 
-_FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
+_FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
 _mutations = st.lists(
     st.tuples(st.integers(0, len(MUTATIONS) - 1), st.integers(0, 1 << 16), st.integers(0, 1 << 12)),
     min_size=1,
