@@ -50,6 +50,13 @@ class Settings(BaseSettings):
     gateway_signing_key: SecretStr | None = None
     """Base64 of the 32-byte Ed25519 seed that signs the gateway's key configurations (RFC 9421)."""
 
+    group_commit_max_batch: int = 512
+    """Most uploads an API process commits in one transaction (1: one transaction, one fsync, per upload)."""
+
+    group_commit_window_ms: float = 0.0
+    """Extra milliseconds an API process waits to gather uploads into one commit (0: none; under load
+    batches form from what arrives during the previous commit)."""
+
     gateway_public_key: str | None = None
     """Base64 of the gateway's Ed25519 public key that clients (the demo, scripts) pin; unset: pin on
     first use."""

@@ -49,6 +49,9 @@ def serve(
         int | None, typer.Option(help="Serve /metrics on this operator port (default: no metrics).")
     ] = None,
     metrics_host: Annotated[str, typer.Option(help="Interface of the metrics port.")] = "127.0.0.1",
+    workers: Annotated[
+        int, typer.Option(help="API processes sharing the port and the database (dead ones restart).")
+    ] = 1,
 ) -> None:
     """Start the API and the OHTTP gateway (data directory from VEIL_DATA_DIR; VEIL_RELAY_SECRET)."""
     import dataclasses
@@ -64,6 +67,18 @@ def serve(
         raise UserError(f"port must be in 1..65535, got {port}")
     if metrics_port is not None and (not 0 < metrics_port < 65536 or metrics_port == port):
         raise UserError(f"--metrics-port must be in 1..65535 and differ from --port, got {metrics_port}")
+    if workers < 1:
+        raise UserError(f"--workers must be >= 1, got {workers}")
+    if workers > 1:
+        if metrics_port is not None:
+            raise UserError("--metrics-port counts one process: use it with --workers 1")
+        if torch_threads is not None and torch_threads < 1:
+            raise UserError(f"--torch-threads must be >= 1, got {torch_threads}")
+        from veil.cloud_service.workers import serve_workers
+
+        typer.echo(f"veil: {workers} API workers on http://{host}:{port}", err=True)
+        serve_workers(workers, host, port, model=model, max_batch=max_batch, torch_threads=torch_threads)
+        return
     if torch_threads is not None:
         if torch_threads < 1:
             raise UserError(f"--torch-threads must be >= 1, got {torch_threads}")

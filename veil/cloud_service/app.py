@@ -161,7 +161,7 @@ def create_app(config: ServiceConfig, preloaded: LoadedService | None = None) ->
         )
         from veil.cloud_service.store.group_commit import UploadBatcher
 
-        app.state.veil.uploads = uploads = UploadBatcher(db)
+        app.state.veil.uploads = uploads = UploadBatcher(db, config.group_commit)
         try:
             yield
         finally:

@@ -8,6 +8,7 @@ from pathlib import Path
 from veil.client_sdk.ohttp.padding import DEFAULT_PADDING_BUCKETS, check_buckets
 from veil.cloud_service.engine import EngineConfig
 from veil.cloud_service.relay_auth import relay_secret_bytes
+from veil.cloud_service.store.group_commit import GroupCommitConfig
 
 __all__ = ["ServiceConfig"]
 
@@ -38,6 +39,7 @@ class ServiceConfig:
     key_rotation_s: a new gateway key is made when the current one is this old (default daily); every
         API process checks once a minute (:mod:`veil.cloud_service.key_lifecycle`).
     key_grace_s: a rotated-out key keeps working this long, then retires and its replay digests go.
+    group_commit: how uploads are grouped into transactions (:mod:`veil.cloud_service.store.group_commit`).
     """
 
     data_dir: Path
@@ -54,6 +56,7 @@ class ServiceConfig:
     key_grace_s: float = 24 * 3600.0
     relay_secret: bytes | None = field(default=None, repr=False)
     padding_buckets: tuple[int, ...] = DEFAULT_PADDING_BUCKETS
+    group_commit: GroupCommitConfig = field(default_factory=GroupCommitConfig)
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).expanduser()
@@ -119,4 +122,5 @@ class ServiceConfig:
             environment=s.environment,
             key_rotation_s=s.gateway_key_rotation_s,
             key_grace_s=s.gateway_key_grace_s,
+            group_commit=GroupCommitConfig(s.group_commit_max_batch, s.group_commit_window_ms / 1000.0),
         )

@@ -35,6 +35,7 @@ from veil.client_sdk.ohttp.ohttp import KEYS_MEDIA_TYPE, REQUEST_MEDIA_TYPE, RES
 from veil.cloud_service.relay_auth import RELAY_AUTH_HEADER, relay_auth_header, relay_secret_bytes
 from veil.cloud_service.relay_limits import RateLimiter
 from veil.cloud_service.relay_mix import ConstantRateMix, Direct, Mixer, ThresholdMix
+from veil.cloud_service.upstream import UpstreamError, UpstreamPool, UpstreamTimeoutError
 
 __all__ = ["RelayConfig", "create_relay_app", "run_relay"]
 
@@ -152,6 +153,10 @@ class _Upstream:
         self.config = config
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
+        # Keep-alive connections of our own (veil.cloud_service.upstream); httpx only for an injected transport.
+        self._pool = None if transport is not None else UpstreamPool(
+            config.gateway_url, config.max_concurrency, config.timeout_s
+        )
 
     def client(self) -> httpx.AsyncClient:
         # Made lazily so it belongs to the event loop that serves requests.
@@ -163,12 +168,21 @@ class _Upstream:
         return self._client
 
     async def aclose(self) -> None:
+        if self._pool is not None:
+            await self._pool.aclose()
         if self._client is not None:
             await self._client.aclose()
             self._client = None
 
     async def exchange(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Any:
         """Send one request to the gateway; returns its response or a JSON error response."""
+        if self._pool is not None:
+            try:
+                return await self._pool.request(method, path, headers, body)
+            except UpstreamTimeoutError:
+                return _error(504, "gateway_timeout", "the gateway did not answer in time")
+            except UpstreamError:
+                return _error(502, "bad_gateway", "the gateway could not be reached")
         # httpx.Request directly: the client adds no user-agent, accept or accept-encoding defaults.
         request = httpx.Request(method, self.config.gateway_url + path, headers=headers, content=body)
         try:

@@ -26,6 +26,7 @@ KDF HKDF-SHA256 (0x0001); AEADs AES-128-GCM (0x0001), AES-256-GCM (0x0002), ChaC
 from __future__ import annotations
 
 import abc
+import functools
 import hashlib
 import os
 from dataclasses import dataclass
@@ -185,7 +186,10 @@ class Kem(abc.ABC):
             raise KEMError(f"{self.name} {what} must be {size} bytes, got {len(value)}")
 
 
+@functools.lru_cache(maxsize=32)
 def _x25519_private(raw: bytes) -> x25519.X25519PrivateKey:
+    # Cached: loading a key derives its public half (~30 us), and a gateway opens every request with
+    # one of a handful of long-lived keys.
     return x25519.X25519PrivateKey.from_private_bytes(raw)
 
 
