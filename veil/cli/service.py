@@ -264,11 +264,14 @@ def gateway_list(as_json: AsJson = False) -> None:
 @gateway_app.command("public-key")
 def gateway_public_key(as_json: AsJson = False) -> None:
     """The gateway's signing public key (base64 of the raw 32-byte Ed25519 key), to ship with apps."""
-    from veil.cloud_service.config import ServiceConfig
-    from veil.cloud_service.gateway_signing import KeyConfigSigner
+    from veil.cloud_service.gateway_signing import KeyConfigSigner, decode_signing_seed, signing_key_for
+    from veil.settings import get_settings
 
+    settings = get_settings()
     try:
-        signer = KeyConfigSigner.from_config(ServiceConfig.from_settings())
+        secret = settings.gateway_signing_key
+        seed = decode_signing_seed(secret.get_secret_value()) if secret is not None else None
+        signer = KeyConfigSigner(signing_key_for(seed, settings.environment, settings.resolved_data_dir()))
     except ValueError as exc:
         raise UserError(str(exc)) from exc
     if as_json:

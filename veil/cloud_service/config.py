@@ -108,10 +108,9 @@ class ServiceConfig:
                 raise ValueError("VEIL_GATEWAY_KEK must be base64 of 32 bytes") from exc
         signing = None
         if s.gateway_signing_key is not None:
-            try:
-                signing = base64.b64decode(s.gateway_signing_key.get_secret_value(), validate=True)
-            except ValueError as exc:
-                raise ValueError("VEIL_GATEWAY_SIGNING_KEY must be base64 of a 32-byte seed") from exc
+            from veil.cloud_service.gateway_signing import decode_signing_seed
+
+            signing = decode_signing_seed(s.gateway_signing_key.get_secret_value())
         return cls(
             data_dir=s.resolved_data_dir(),
             model=s.model,

@@ -8,11 +8,14 @@ itself is :func:`veil.client_sdk.ohttp.keysig.sign_key_configs`, the code phones
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import secrets
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -24,9 +27,18 @@ from veil.client_sdk.ohttp.keysig import (
     sign_key_configs,
     signing_key_from_seed,
 )
-from veil.cloud_service.config import ServiceConfig
 
-__all__ = ["SIGNING_KEY_FILE", "KeyConfigSigner", "development_signing_seed", "load_signing_key"]
+if TYPE_CHECKING:  # the config pulls in the model engine; `veil gateway public-key` needs none of it
+    from veil.cloud_service.config import ServiceConfig
+
+__all__ = [
+    "SIGNING_KEY_FILE",
+    "KeyConfigSigner",
+    "decode_signing_seed",
+    "development_signing_seed",
+    "load_signing_key",
+    "signing_key_for",
+]
 
 SIGNING_KEY_FILE = "gateway-signing.key"
 
@@ -55,14 +67,32 @@ def development_signing_seed(data_dir: Path) -> bytes:
     return development_signing_seed(data_dir)
 
 
+def decode_signing_seed(text: str) -> bytes:
+    """The seed from ``VEIL_GATEWAY_SIGNING_KEY``'s base64 text; ``ValueError`` naming the variable."""
+    try:
+        seed = base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError("VEIL_GATEWAY_SIGNING_KEY must be base64 of a 32-byte Ed25519 seed") from exc
+    if len(seed) != 32:
+        raise ValueError(f"VEIL_GATEWAY_SIGNING_KEY must be base64 of 32 bytes, got {len(seed)} bytes")
+    return seed
+
+
+def signing_key_for(seed: bytes | None, environment: str, data_dir: Path) -> Ed25519PrivateKey:
+    """The key of ``seed``, or (development only) the one kept in ``data_dir``."""
+    if seed is None:
+        if environment == "production":
+            raise ValueError(
+                "production needs VEIL_GATEWAY_SIGNING_KEY (base64 of a 32-byte Ed25519 seed); "
+                "refusing a generated key"
+            )
+        seed = development_signing_seed(data_dir)
+    return signing_key_from_seed(seed)
+
+
 def load_signing_key(config: ServiceConfig) -> Ed25519PrivateKey:
     """The configured signing key, or (development only) the one kept in the data dir."""
-    seed = config.gateway_signing_key
-    if seed is None:
-        if config.environment == "production":
-            raise ValueError("production needs VEIL_GATEWAY_SIGNING_KEY; refusing a generated key")
-        seed = development_signing_seed(config.data_dir)
-    return signing_key_from_seed(seed)
+    return signing_key_for(config.gateway_signing_key, config.environment, config.data_dir)
 
 
 class KeyConfigSigner:
