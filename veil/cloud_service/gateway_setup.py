@@ -13,12 +13,14 @@ import os
 import secrets
 from collections.abc import Collection, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from veil.cloud_service.config import ServiceConfig
 from veil.cloud_service.gateway import Gateway, Keyring
 from veil.cloud_service.key_storage import StoredKey, StoredKeys
 from veil.cloud_service.replay import ReplayVerdict, SeenRequest
+
+if TYPE_CHECKING:  # the config pulls in the model engine (torch); a bare gateway does not need it
+    from veil.cloud_service.config import ServiceConfig
 
 __all__ = [
     "DatabaseKeyStorage",
