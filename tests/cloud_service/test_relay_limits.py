@@ -149,6 +149,7 @@ def test_relay_answers_429_with_retry_after_per_address() -> None:
             error = limited.json()["error"]
             assert error["type"] == "rate_limit_exceeded" and "198.51" not in limited.text
             assert (await b.post("/ohttp", content=b"x", headers=HEADERS)).status_code == 200
+            assert (await a.get("/.well-known/ohttp-gateway")).status_code == 429  # one bucket for both
 
     asyncio.run(main())
 

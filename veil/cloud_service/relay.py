@@ -240,13 +240,20 @@ def create_relay_app(config: RelayConfig, *, transport: httpx.AsyncBaseTransport
     )
     pending = 0
 
+    def limited(request: Request) -> Response | None:
+        """A 429 when this address has no token left (both routes share one bucket per address)."""
+        if limiter is None:
+            return None
+        # The address is only a key into the limiter (a MAC of it); it is never logged or forwarded.
+        wait = limiter.take(request.client.host if request.client else "")
+        if wait > 0:
+            return _retry_after(429, "rate_limit_exceeded", "too many requests from this address", wait)
+        return None
+
     async def ohttp(request: Request) -> Response:
         nonlocal pending
-        if limiter is not None:
-            # The address is only a key into the limiter (a MAC of it); it is never logged or forwarded.
-            wait = limiter.take(request.client.host if request.client else "")
-            if wait > 0:
-                return _retry_after(429, "rate_limit_exceeded", "too many requests from this address", wait)
+        if (refused := limited(request)) is not None:
+            return refused
         media = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if media != REQUEST_MEDIA_TYPE:
             return _error(
@@ -267,6 +274,8 @@ def create_relay_app(config: RelayConfig, *, transport: httpx.AsyncBaseTransport
             pending -= 1
 
     async def keys(request: Request) -> Response:
+        if (refused := limited(request)) is not None:
+            return refused
         upstream_response = await upstream.exchange("GET", "/.well-known/ohttp-gateway", {}, b"")
         if isinstance(upstream_response, Response):
             return upstream_response
