@@ -108,7 +108,11 @@ def sample_next(logits: Tensor, params: SamplingParams, generator: torch.Generat
     """One token id from next-token ``logits`` ``(vocab,)`` under ``params``."""
     if params.temperature == 0.0:
         return int(torch.argmax(logits))
-    probs = torch.softmax(logits.float() / params.temperature, dim=-1)
+    # Shifted before the division: a tiny temperature (1e-40) overflows raw logits to inf and inf - inf is
+    # nan; shifted logits are <= 0 and only underflow, the top token keeping exp(0) = 1. float64 holds
+    # temperatures and top_p down to 5e-324, which float32 would round to 0.
+    shifted = logits.double() - logits.double().max()
+    probs = torch.softmax(shifted / params.temperature, dim=-1)
     if params.top_p < 1.0:
         sorted_p, order = torch.sort(probs, descending=True)
         # keep the smallest prefix whose mass reaches top_p (always at least the top token)

@@ -154,8 +154,10 @@ def sample_next(logits: np.ndarray, params: SamplingParams, rng: np.random.Gener
     temperature and nucleus (top-p) filtering; ``rng`` supplies the one uniform draw."""
     if params.temperature == 0.0:
         return int(np.argmax(logits))  # first maximum on ties, like torch.argmax
-    z = logits.astype(np.float64) / params.temperature
-    probs = np.exp(z - z.max())
+    # Shifted before the division, as in the torch twin: a tiny temperature must not overflow to inf - inf.
+    z = logits.astype(np.float64)
+    with np.errstate(over="ignore"):  # -x / 1e-320 is -inf, and exp(-inf) the 0 it should be
+        probs = np.exp((z - z.max()) / params.temperature)
     probs /= probs.sum()
     if params.top_p < 1.0:
         order = np.argsort(-probs, kind="stable")
