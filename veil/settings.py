@@ -57,10 +57,6 @@ class Settings(BaseSettings):
     """Extra milliseconds an API process waits to gather uploads into one commit (0: none; under load
     batches form from what arrives during the previous commit)."""
 
-    gateway_public_key: str | None = None
-    """Base64 of the gateway's Ed25519 public key that clients (the demo, scripts) pin; unset: pin on
-    first use."""
-
     def resolved_data_dir(self) -> Path:
         path = self.data_dir.expanduser()
         path.mkdir(parents=True, exist_ok=True)

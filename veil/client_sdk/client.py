@@ -17,6 +17,9 @@ Guarantees
   key *and its body* across retries, so it is stored once.
 * Nothing identifying is sent: no ids, no cookies, no stable keys; every sample and every HPKE
   encapsulation is fresh (a retry re-encapsulates the same inner request).
+* Nothing is sealed to a key the gateway did not sign (``PROTOCOL.md`` 2.4): the key configuration must
+  carry the gateway's signature under the key the app ships, or the one pinned on first use; otherwise
+  :class:`~veil.client_sdk.ohttp.errors.KeyConfigSignatureError` is raised and not retried.
 * With a prototype codebook (``PROTOCOL.md`` 5.5) the choice is made on the phone from loss requests
   (:meth:`VeilClient.choose_prototype`), and every upload or chat first checks the stored choice against
   the cloud's current codebook: another version raises :class:`CodebookMismatchError`, and the caller

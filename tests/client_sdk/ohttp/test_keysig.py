@@ -266,3 +266,12 @@ def test_the_first_pinning_writer_wins(tmp_path: Path) -> None:
         second._pin(public_key_bytes(OTHER))
     assert second.public_key == public_key_bytes(GATEWAY)
     assert decode_public_key(path.read_text()) == public_key_bytes(GATEWAY)
+
+
+def test_the_phone_does_not_retry_a_refused_configuration() -> None:
+    """Retrying through the relay that sent it cannot help: the reference client gives up at once."""
+    from veil.client_sdk.client import _retryable
+
+    for exc in (KeyConfigSignatureError("x"), KeyConfigExpiredError("x"), SigningKeyMismatchError("x")):
+        assert not _retryable(exc)
+    assert _retryable(KeyConfigError("garbled on the way"))
