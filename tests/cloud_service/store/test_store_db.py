@@ -145,7 +145,8 @@ def test_processes_migrating_at_once(store_url: str, tmp_path: Path) -> None:
     try:
         assert current_revision(engine) == head_revision()
         assert sorted(inspect(engine).get_table_names()) == [
-            "alembic_version", "api_keys", "gateway_keys", "training_runs", "uploads",
+            "alembic_version", "api_keys", "gateway_key_tombstones", "gateway_keys", "ohttp_replays",
+            "training_runs", "uploads",
         ]  # fmt: skip
     finally:
         engine.dispose()
