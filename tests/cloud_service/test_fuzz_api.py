@@ -81,3 +81,22 @@ def test_gateway_refusals_have_the_full_error_shape(service) -> None:
         r = httpx.post(server.url + "/ohttp", content=body, headers={"content-type": "message/ohttp-req"})
         assert r.status_code == 400
         assert error_shape_problem(r.status_code, r.headers["content-type"], r.content) is None
+
+
+# Regression: schemathesis' first 5xx. Temperatures and top_p near zero are inside the documented ranges
+# and must sample greedily, not fail the batch with a 500.
+@pytest.mark.parametrize(("temperature", "top_p"), [(1e-40, 1.0), (1.0, 1e-300), (5e-324, 5e-324)])
+def test_chat_with_a_tiny_temperature_or_top_p_answers_200(service, temperature, top_p) -> None:
+    server, key, _ = service
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 2,
+        "temperature": temperature,
+        "top_p": top_p,
+    }
+    r = httpx.post(
+        server.url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=60
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["completion_tokens"] >= 1
