@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -46,3 +47,31 @@ def test_a_malformed_key_is_refused_when_written_and_when_read(tmp_path: Path) -
     (tmp_path / MANIFEST_FILE).write_text(json.dumps(data))
     with pytest.raises(ModelFileError, match="gateway_public_key"):
         read_manifest(tmp_path)
+
+
+def test_a_client_on_the_exported_graphs_pins_the_manifest_key(tmp_path: Path) -> None:
+    """``through_relay`` with an :class:`OnnxBackend` takes the key shipped in that folder's manifest."""
+    pytest.importorskip("onnx")
+    from veil.client_sdk.client import VeilClient
+    from veil.client_sdk.math_backends import OnnxBackend
+    from veil.client_sdk.ohttp.keysig import decode_public_key
+    from veil.client_sdk.param_store import ParamStore
+    from veil.models.onnx.export import export_onnx
+    from veil.models.onnx.graphs import GraphShapes
+
+    graphs = tmp_path / "graphs"
+    export_onnx(graphs, ["gaussian"], GraphShapes(n_tokens=1, dim=3))
+    store = ParamStore(tmp_path / "params.veil")
+    unpinned = VeilClient.through_relay(
+        "http://relay.invalid/ohttp", store, model="m", backend=OnnxBackend(graphs, "gaussian")
+    )
+    assert unpinned.transport.key_pin.shipped is None  # no key in the manifest: pin on first use
+    assert unpinned.transport.key_pin.path == tmp_path / "params.veil.gateway-key"
+    set_gateway_public_key(graphs, KEY)
+    shipped = VeilClient.through_relay(
+        "http://relay.invalid/ohttp", store, model="m", backend=OnnxBackend(graphs, "gaussian")
+    )
+    assert shipped.transport.key_pin.shipped == decode_public_key(KEY)
+    assert shipped.transport.key_pin.path is None  # a shipped key is never replaced by a pin
+    for client in (unpinned, shipped):
+        asyncio.run(client.aclose())

@@ -214,11 +214,14 @@ class VeilClient:
         ``/.well-known/ohttp-gateway`` when ``relay_url`` ends in ``/ohttp``.
 
         Key configurations are used only when signed by the gateway (``PROTOCOL.md``, key configuration
-        authentication): by ``gateway_public_key`` when given, else by the key in ``model_dir``'s ONNX
-        manifest (``veil export-onnx --gateway-public-key``), else by the key pinned on first use, kept
+        authentication): by ``gateway_public_key`` when given, else by the key in the ONNX manifest of
+        ``model_dir`` (default: the folder of an :class:`OnnxBackend` given as ``backend``; written by
+        ``veil export-onnx --gateway-public-key``), else by the key pinned on first use, kept
         in ``pin_path`` (default: beside the parameter file, ``<params>.gateway-key``; in memory for a
         :class:`~veil.client_sdk.param_store.MemoryParamStore`).
         """
+        if model_dir is None:
+            model_dir = getattr(kwargs.get("backend"), "model_dir", None)  # OnnxBackend's graph folder
         if gateway_public_key is None and model_dir is not None:
             from veil.client_sdk.runtime.manifest import read_manifest
 

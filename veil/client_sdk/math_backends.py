@@ -23,6 +23,7 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -213,6 +214,7 @@ class OnnxBackend:
         if family not in ("gaussian", "beta", "basis_mixture", "prototype"):
             raise ValueError(f"family must be gaussian, beta, basis_mixture or prototype, got {family!r}")
         self.family = family
+        self.model_dir = Path(model_dir)  # its manifest may also ship the gateway's signing key
         self.learning = learning or LearningConfig()
         if family == "prototype":
             if guard is not None:
