@@ -163,8 +163,6 @@ class _OneKey(HTTPSignatureKeyResolver):
 class _Verifier(HTTPMessageVerifier):
     """The library's verifier with Veil's clock, skew, and required ``expires``, raising typed errors."""
 
-    max_clock_skew = datetime.timedelta(seconds=MAX_CLOCK_SKEW_S)
-
     def __init__(self, now: float, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.now = now
