@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from typing import NamedTuple
 
-from sqlalchemy import BigInteger, Date, Integer, LargeBinary, delete, exists, insert, literal, select, text
+from sqlalchemy import BigInteger, Date, Integer, LargeBinary, delete, exists, insert, literal, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -103,11 +103,16 @@ def retire_gateway_key(session: Session, epoch: int) -> bool:
     return bool(gone)
 
 
-_RECORD = text(
+_RECORD = (
     "INSERT INTO ohttp_replays (enc_digest, key_id, key_epoch) "
-    "SELECT :digest, :key_id, :epoch WHERE EXISTS (SELECT 1 FROM gateway_keys WHERE epoch = :epoch) "
+    "SELECT {d}, {k}, {e} WHERE EXISTS (SELECT 1 FROM gateway_keys WHERE epoch = {e}) "
     "ON CONFLICT DO NOTHING"
 )
+# Sent to the driver as is (no SQLAlchemy compilation per row: a third of the cost of the check).
+_RECORD_SQL = {
+    "sqlite": _RECORD.format(d=":digest", k=":key_id", e=":epoch"),  # sqlite3 takes named parameters
+    "postgresql": _RECORD.format(d="%(digest)s", k="%(key_id)s", e="%(epoch)s"),
+}
 
 
 @db_errors
@@ -123,9 +128,10 @@ def record_replays(session: Session, seen: Sequence[tuple[bytes, int, int]]) -> 
         _check_ids(key_id, epoch)
         if not isinstance(digest, bytes) or not 8 <= len(digest) <= 32:
             raise ValueError(f"enc_digest must be 8-32 bytes, got {digest!r:.40}")
-    connection = session.connection()  # Core results: rowcount is the rows this statement wrote
+    connection = session.connection()
+    sql = _RECORD_SQL[connection.dialect.name]
     inserted = [
-        connection.execute(_RECORD, {"digest": d, "key_id": k, "epoch": e}).rowcount for d, k, e in seen
+        connection.exec_driver_sql(sql, {"digest": d, "key_id": k, "epoch": e}).rowcount for d, k, e in seen
     ]
     missed = {e for (_, _, e), n in zip(seen, inserted, strict=True) if not n}
     live = set()
