@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from veil.cloud_service.api.deps import OHTTP_SCOPE_KEY, ServiceState
+from veil.cloud_service.api.fast_path import OHTTPFastPath
 from veil.cloud_service.api.routes import chat, codebook, gradients, models, ohttp, ops, uploads
 from veil.cloud_service.codebooks import CodebookStore
 from veil.cloud_service.config import ServiceConfig
@@ -180,6 +181,8 @@ def create_app(config: ServiceConfig, preloaded: LoadedService | None = None) ->
     install_error_handlers(app)
     for module in (chat, models, uploads, gradients, codebook, ohttp, ops):
         app.include_router(module.router)
+    # Added first, so it runs inside the body-size limit: POST /ohttp past the router to its endpoint.
+    app.add_middleware(OHTTPFastPath)
     app.add_middleware(_LimitsAndMetrics, max_body=config.max_body_bytes)
     app.state.metrics = metrics  # served by create_metrics_app on the operator's port
     return app
