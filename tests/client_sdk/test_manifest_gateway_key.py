@@ -65,13 +65,13 @@ def test_a_client_on_the_exported_graphs_pins_the_manifest_key(tmp_path: Path) -
     unpinned = VeilClient.through_relay(
         "http://relay.invalid/ohttp", store, model="m", backend=OnnxBackend(graphs, "gaussian")
     )
-    assert unpinned.transport.key_pin.shipped is None  # no key in the manifest: pin on first use
+    assert unpinned.transport.key_pin.shipped == ()  # no key in the manifest: pin on first use
     assert unpinned.transport.key_pin.path == tmp_path / "params.veil.gateway-key"
     set_gateway_public_key(graphs, KEY)
     shipped = VeilClient.through_relay(
         "http://relay.invalid/ohttp", store, model="m", backend=OnnxBackend(graphs, "gaussian")
     )
-    assert shipped.transport.key_pin.shipped == decode_public_key(KEY)
+    assert shipped.transport.key_pin.shipped == (decode_public_key(KEY),)
     assert shipped.transport.key_pin.path is None  # a shipped key is never replaced by a pin
     for client in (unpinned, shipped):
         asyncio.run(client.aclose())

@@ -205,7 +205,7 @@ class VeilClient:
         model: str,
         key_config_url: str | None = None,
         timeout_s: float = 30.0,
-        gateway_public_key: bytes | str | None = None,
+        gateway_public_key: bytes | str | Sequence[bytes | str] | None = None,
         model_dir: str | os.PathLike[str] | None = None,
         pin_path: str | os.PathLike[str] | None = None,
         **kwargs: Any,

@@ -184,13 +184,13 @@ def test_a_signature_that_does_not_cover_the_body_is_refused() -> None:
 
     from http_message_signatures import HTTPMessageSigner, algorithms
 
-    from veil.client_sdk.ohttp.keysig import _OneKey, _Response
+    from veil.client_sdk.ohttp.keysig import _Keys, _Response
 
     public = public_key_bytes(GATEWAY)
     message = _Response(200, {"content-type": "application/ohttp-keys", "content-digest": "x"})
     message.headers.pop("content-digest")
     HTTPMessageSigner(
-        signature_algorithm=algorithms.ED25519, key_resolver=_OneKey(key_fingerprint(public), None, GATEWAY)
+        signature_algorithm=algorithms.ED25519, key_resolver=_Keys(private={key_fingerprint(public): GATEWAY})
     ).sign(
         message,
         key_id=key_fingerprint(public),
@@ -275,3 +275,16 @@ def test_the_phone_does_not_retry_a_refused_configuration() -> None:
     for exc in (KeyConfigSignatureError("x"), KeyConfigExpiredError("x"), SigningKeyMismatchError("x")):
         assert not _retryable(exc)
     assert _retryable(KeyConfigError("garbled on the way"))
+
+
+def test_an_app_shipping_the_next_key_too_survives_the_gateway_moving_to_it() -> None:
+    """A backup pin: lists signed by either shipped key are used, by any third key refused."""
+    third = signing_key_from_seed(b"\x03" * 32)
+    pin = GatewayKeyPin([public_key_bytes(GATEWAY), base64.b64encode(public_key_bytes(OTHER)).decode()])
+    assert pin.verify(200, _signed(), BODY).public_key == public_key_bytes(GATEWAY)
+    assert pin.verify(200, _signed(key=OTHER), BODY).public_key == public_key_bytes(OTHER)
+    with pytest.raises(SigningKeyMismatchError):
+        pin.verify(200, _signed(key=third), BODY)
+    assert pin.public_key is None and pin.path is None  # shipped keys are never replaced by a pin
+    with pytest.raises(ValueError, match="at least one"):
+        GatewayKeyPin([])

@@ -244,9 +244,9 @@ class OHTTPClient(_ClientCore):
         reports an unknown key); exactly one of ``key_config`` and ``key_config_url``. A fetched list is
         used only when its signature verifies (:mod:`~veil.client_sdk.ohttp.keysig`): otherwise
         ``KeyConfigSignatureError`` (or a subclass) is raised and nothing is sent.
-    gateway_public_key : bytes or str, optional
-        The gateway's Ed25519 signing key shipped with the app (raw 32 bytes or base64): fetched lists
-        must be signed by it. ``None``: trust on first use (:class:`~veil.client_sdk.ohttp.keypin.GatewayKeyPin`).
+    gateway_public_key : bytes, str or a sequence of them, optional
+        The gateway's Ed25519 signing key shipped with the app (raw 32 bytes or base64), or the current
+        and the next key: fetched lists must be signed by one of them. ``None``: trust on first use (:class:`~veil.client_sdk.ohttp.keypin.GatewayKeyPin`).
     pin_path : path-like, optional
         With no ``gateway_public_key``, the file that keeps the key pinned on first use across runs
         (default: pinned in memory for this client's lifetime).
@@ -278,7 +278,7 @@ class OHTTPClient(_ClientCore):
         target_authority: str = "veil.invalid",
         scheme: str = "https",
         http_client: httpx.Client | None = None,
-        gateway_public_key: bytes | str | None = None,
+        gateway_public_key: bytes | str | Sequence[bytes | str] | None = None,
         pin_path: str | os.PathLike[str] | None = None,
         transport: httpx.BaseTransport | None = None,
         timeout: float = 30.0,
@@ -382,7 +382,7 @@ class AsyncOHTTPClient(_ClientCore):
         target_authority: str = "veil.invalid",
         scheme: str = "https",
         http_client: httpx.AsyncClient | None = None,
-        gateway_public_key: bytes | str | None = None,
+        gateway_public_key: bytes | str | Sequence[bytes | str] | None = None,
         pin_path: str | os.PathLike[str] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         timeout: float = 30.0,

@@ -5,7 +5,8 @@ every client see the same one. :class:`GatewayKeyPin` holds the trust anchor for
 :func:`~veil.client_sdk.ohttp.keysig.verify_key_configs`:
 
 * **pinned**: the raw Ed25519 public key shipped with the app (the ONNX export's manifest, the SDK's
-  settings). Only lists signed by it are used.
+  settings), or a few (the current key and the next, like a backup pin). Only lists signed by one of them
+  are used.
 * **trust on first use**: with no shipped key, the first list whose signature verifies under the key it
   announces (``veil-signing-key``, which must match ``keyid``) pins that key, in memory and, with a
   ``path``, in a file (mode 0600, first writer wins). A later list signed by any other key is refused
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from veil.client_sdk.ohttp.errors import SigningKeyMismatchError
@@ -37,26 +38,49 @@ class GatewayKeyPin:
 
     Parameters
     ----------
-    public_key : bytes or str, optional
-        The shipped key (raw 32 bytes or base64). ``None``: trust on first use.
+    public_key : bytes, str or a sequence of them, optional
+        The shipped key (raw 32 bytes or base64), or several: the current key and the next one, so that
+        the gateway can move to the next key without breaking this app (a backup pin). ``None``: trust
+        on first use.
     path : path-like, optional
         Where a key pinned on first use is kept across runs (ignored when ``public_key`` is given). A
         file already there is the pin.
     """
 
-    def __init__(self, public_key: bytes | str | None = None, *, path: str | os.PathLike[str] | None = None):
-        self.shipped = decode_public_key(public_key) if public_key is not None else None
-        self.path = Path(path) if path is not None and self.shipped is None else None
-        self._pinned: bytes | None = self.shipped
+    def __init__(
+        self,
+        public_key: bytes | str | Sequence[bytes | str] | None = None,
+        *,
+        path: str | os.PathLike[str] | None = None,
+    ) -> None:
+        if public_key is None:
+            shipped: tuple[bytes, ...] = ()
+        elif isinstance(public_key, bytes | bytearray | str):
+            shipped = (decode_public_key(public_key),)
+        else:
+            shipped = tuple(decode_public_key(k) for k in public_key)
+            if not shipped:
+                raise ValueError("give at least one shipped public key, or None to pin on first use")
+        self.shipped = shipped
+        self.path = Path(path) if path is not None and not shipped else None
+        self._pinned: bytes | None = None
         self._lock = threading.Lock()
 
     @property
     def public_key(self) -> bytes | None:
-        """The key lists must be signed by, or ``None`` while nothing is pinned yet."""
+        """The key pinned on first use, or ``None`` while none is (and whenever keys were shipped)."""
         with self._lock:
             if self._pinned is None and self.path is not None and self.path.exists():
                 self._pinned = self._read()
             return self._pinned
+
+    @property
+    def trusted_keys(self) -> tuple[bytes, ...]:
+        """The keys a list may be signed by: the shipped ones, else the pinned one; empty before first use."""
+        if self.shipped:
+            return self.shipped
+        pinned = self.public_key
+        return (pinned,) if pinned is not None else ()
 
     def _read(self) -> bytes:
         try:
@@ -107,8 +131,8 @@ class GatewayKeyPin:
         Raises the errors of :func:`~veil.client_sdk.ohttp.keysig.verify_key_configs`; a list signed
         by another key than the pinned one raises ``SigningKeyMismatchError``.
         """
-        expected = self.public_key
-        verified = verify_key_configs(status, headers, body, public_key=expected, now=now)
-        if expected is None:
+        trusted = self.trusted_keys
+        verified = verify_key_configs(status, headers, body, public_key=list(trusted) or None, now=now)
+        if not trusted:
             self._pin(verified.public_key)
         return verified

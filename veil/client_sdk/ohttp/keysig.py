@@ -27,7 +27,7 @@ import binascii
 import datetime
 import hashlib
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -143,21 +143,25 @@ class _Fields:
         return any(n.lower() == str(name).lower() for n, _ in self._lines)
 
 
-class _OneKey(HTTPSignatureKeyResolver):
-    def __init__(self, key_id: str, public: Ed25519PublicKey | None, private: Ed25519PrivateKey | None):
-        self.key_id, self.public, self.private = key_id, public, private
+class _Keys(HTTPSignatureKeyResolver):
+    """Keys by fingerprint: the trusted public keys (verifying) or the one signing key (signing)."""
+
+    def __init__(
+        self,
+        public: Mapping[str, Ed25519PublicKey] | None = None,
+        private: Mapping[str, Ed25519PrivateKey] | None = None,
+    ) -> None:
+        self.public, self.private = dict(public or {}), dict(private or {})
 
     def resolve_public_key(self, key_id: str) -> Ed25519PublicKey | None:
-        if key_id != self.key_id:
+        if key_id not in self.public:
             raise SigningKeyMismatchError(
-                f"the key configuration is signed by key {key_id!r}, not the trusted {self.key_id!r}"
+                f"the key configuration is signed by key {key_id!r}, not a trusted one {sorted(self.public)}"
             )
-        return self.public
+        return self.public[key_id]
 
     def resolve_private_key(self, key_id: str) -> Ed25519PrivateKey:
-        if key_id != self.key_id or self.private is None:
-            raise KeyError(key_id)
-        return self.private
+        return self.private[key_id]
 
 
 class _Verifier(HTTPMessageVerifier):
@@ -217,7 +221,7 @@ def sign_key_configs(
     key_id = key_fingerprint(public)
     headers = {"content-type": KEYS_MEDIA_TYPE, SIGNING_KEY_HEADER: encode_public_key(public)}
     signer = HTTPMessageSigner(
-        signature_algorithm=algorithms.ED25519, key_resolver=_OneKey(key_id, None, signing_key)
+        signature_algorithm=algorithms.ED25519, key_resolver=_Keys(private={key_id: signing_key})
     )
     message = _Response(200, headers)
     utc = datetime.UTC
@@ -267,7 +271,7 @@ def verify_key_configs(
     headers: Mapping[str, str] | Iterable[tuple[str, str]],
     body: bytes,
     *,
-    public_key: bytes | None,
+    public_key: bytes | Sequence[bytes] | None,
     now: float | None = None,
 ) -> VerifiedKeyConfigs:
     """Check a key configuration response's signature and digest; return the decoded list.
@@ -276,9 +280,10 @@ def verify_key_configs(
     ----------
     status, headers, body
         The response as received (``headers`` as a mapping or as field lines, repeated lines kept).
-    public_key : bytes or None
-        The trusted raw 32-byte key. ``None`` (pinning on first use) takes the key from the
-        ``veil-signing-key`` field, checked against ``keyid``; the caller then pins it.
+    public_key : bytes, sequence of bytes, or None
+        The trusted raw 32-byte key, or several (an app may ship the current key and the next one, so that
+        the gateway can move to the next without breaking it). ``None`` (pinning on first use) takes the
+        key from the ``veil-signing-key`` field, checked against ``keyid``; the caller then pins it.
     now : float, optional
         Unix seconds to check ``created``/``expires`` against (default: the system clock).
 
@@ -290,7 +295,7 @@ def verify_key_configs(
     KeyConfigExpiredError
         ``expires`` has passed (or ``created`` is in the future) by more than :data:`MAX_CLOCK_SKEW_S`.
     SigningKeyMismatchError
-        Signed by another key than ``public_key``.
+        Signed by another key than the trusted one(s).
     KeyConfigError
         The signed body is not a valid key configuration list.
     """
@@ -305,14 +310,18 @@ def verify_key_configs(
         if len(announced) != 1:
             raise KeyConfigSignatureError(f"need exactly one {SIGNING_KEY_HEADER} field to pin on first use")
         try:
-            public_key = decode_public_key(announced[0])
+            trusted = [decode_public_key(announced[0])]
         except ValueError as exc:
             raise KeyConfigSignatureError(f"{SIGNING_KEY_HEADER}: {exc}") from exc
-    key_id = key_fingerprint(public_key)
+    else:
+        trusted = [public_key] if isinstance(public_key, bytes | bytearray) else list(public_key)
+        if not trusted:
+            raise ValueError("give at least one trusted public key, or None to pin on first use")
+    by_id = {key_fingerprint(bytes(k)): bytes(k) for k in trusted}
     verifier = _Verifier(
         now,
         signature_algorithm=algorithms.ED25519,
-        key_resolver=_OneKey(key_id, Ed25519PublicKey.from_public_bytes(public_key), None),
+        key_resolver=_Keys(public={i: Ed25519PublicKey.from_public_bytes(k) for i, k in by_id.items()}),
     )
     try:
         results = verifier.verify(
@@ -330,5 +339,6 @@ def verify_key_configs(
         reason = str(exc) or "the Ed25519 signature is wrong"
         raise KeyConfigSignatureError(f"the key configuration signature does not verify: {reason}") from exc
     params = results[0].parameters
+    key_id = str(params["keyid"])
     configs = decode_key_configs(bytes(body))  # KeyConfigError if the signed bytes are no valid list
-    return VerifiedKeyConfigs(configs, public_key, key_id, int(params["created"]), int(params["expires"]))
+    return VerifiedKeyConfigs(configs, by_id[key_id], key_id, int(params["created"]), int(params["expires"]))
