@@ -71,7 +71,7 @@ class GatewayKeyPin:
         """The key pinned on first use, or ``None`` while none is (and whenever keys were shipped)."""
         with self._lock:
             if self._pinned is None and self.path is not None and self.path.exists():
-                self._pinned = self._read()
+                self._pinned = _read(self.path)
             return self._pinned
 
     @property
@@ -82,17 +82,11 @@ class GatewayKeyPin:
         pinned = self.public_key
         return (pinned,) if pinned is not None else ()
 
-    def _read(self) -> bytes:
-        try:
-            return decode_public_key(Path(str(self.path)).read_text(encoding="ascii"))
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
-            raise SigningKeyMismatchError(f"{self.path}: unreadable pinned gateway key ({exc})") from exc
-
     def _pin(self, public_key: bytes) -> None:
         with self._lock:
             if self._pinned is None and self.path is not None:
-                self._write(public_key)
-                self._pinned = self._read()  # a concurrent first writer (another process) may have won
+                _write(self.path, public_key)
+                self._pinned = _read(self.path)  # a concurrent first writer (another process) may have won
             elif self._pinned is None:
                 self._pinned = public_key
             if self._pinned != public_key:
@@ -100,23 +94,6 @@ class GatewayKeyPin:
                     f"gateway signing key {key_fingerprint(public_key)} differs from the pinned "
                     f"{key_fingerprint(self._pinned)}"
                 )
-
-    def _write(self, public_key: bytes) -> None:
-        if self.path is None:
-            raise ValueError("no pin file to write")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}.{threading.get_ident()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w", encoding="ascii") as fh:
-            fh.write(encode_public_key(public_key) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        try:
-            os.link(tmp, self.path)  # first writer wins
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink(missing_ok=True)
 
     def verify(
         self,
@@ -136,3 +113,27 @@ class GatewayKeyPin:
         if not trusted:
             self._pin(verified.public_key)
         return verified
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return decode_public_key(path.read_text(encoding="ascii"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise SigningKeyMismatchError(f"{path}: unreadable pinned gateway key ({exc})") from exc
+
+
+def _write(path: Path, public_key: bytes) -> None:
+    """Create ``path`` (mode 0600) holding the key's base64, unless it exists: the first writer wins."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.{threading.get_ident()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as fh:
+        fh.write(encode_public_key(public_key) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
