@@ -4,9 +4,9 @@ RFC 9458 section 6.1 asks clients to make sure a key configuration is the gatewa
 every client see the same one. :class:`GatewayKeyPin` holds the trust anchor for
 :func:`~veil.client_sdk.ohttp.keysig.verify_key_configs`:
 
-* **pinned**: the raw Ed25519 public key shipped with the app (the ONNX export's manifest, the clients'
-  ``gateway_public_key`` argument), or a few (the current key and the next, like a backup pin). Only lists signed by one of them
-  are used.
+* **pinned**: the raw Ed25519 public key shipped with the app (the ONNX export's manifest, the
+  clients' ``gateway_public_key`` argument), or a few (the current key and the next, like a backup
+  pin). Only lists signed by one of them are used.
 * **trust on first use**: with no shipped key, the first list whose signature verifies under the key it
   announces (``veil-signing-key``, which must match ``keyid``) pins that key, in memory and, with a
   ``path``, in a file (mode 0600, first writer wins). A later list signed by any other key is refused
