@@ -144,8 +144,8 @@ class Keyring:
         self._clock = clock
         self._lock = threading.RLock()
         self._entries: list[_Entry] = []  # by epoch, oldest first; the last is current
-        self._by_id: dict[int, GatewayKeyPair] = {}
-        self._epochs: dict[int, int] = {}
+        # (key pairs by id, epochs by id): one tuple, swapped whole on reload, read without the lock.
+        self._view: tuple[dict[int, GatewayKeyPair], dict[int, int]] = ({}, {})
         self._retired: dict[int, int] = {}
         self._max_epoch = 0
         self._opened: dict[int, tuple[bytes, _Entry]] = {}
@@ -181,8 +181,7 @@ class Keyring:
         entries = sorted((entry for _, entry in cache.values()), key=lambda e: e.epoch)
         self._opened = cache
         self._entries = entries
-        self._by_id = {e.key.key_id: e.key for e in entries}
-        self._epochs = {e.key.key_id: e.epoch for e in entries}
+        self._view = ({e.key.key_id: e.key for e in entries}, {e.key.key_id: e.epoch for e in entries})
         self._retired = dict(stored.retired)
         self._max_epoch = stored.max_epoch
 
@@ -246,7 +245,7 @@ class Keyring:
             return self._entries[-1].key.config if won else None
 
     def _propose(self) -> bool:
-        used = set(self._by_id)
+        used = set(self._view[0])
         start = self._entries[-1].key.key_id if self._entries else 0
         free = [(start + i) % 256 for i in range(1, 257) if (start + i) % 256 not in used]
         if not free:
@@ -301,15 +300,15 @@ class Keyring:
 
     def private_keys_by_id(self) -> dict[int, GatewayKeyPair]:
         """Every usable key pair, by key id (for :func:`decapsulate_request`); do not modify."""
-        return self._by_id  # replaced, never mutated, on reload: safe to read without the lock
+        return self._view[0]  # replaced, never mutated, on reload
 
     def epoch_of(self, key_id: int) -> int | None:
         """The epoch of the usable key with this id (``None`` when there is none)."""
-        return self._epochs.get(key_id)
+        return self._view[1].get(key_id)
 
     def live_epochs(self) -> set[int]:
         """Epochs of the usable keys."""
-        return set(self._epochs.values())
+        return set(self._view[1].values())
 
     def retired_epochs(self) -> set[int]:
         """Epochs with a tombstone (as of the last reload)."""
