@@ -168,6 +168,29 @@ def test_workers_ticking_at_once_rotate_once(tmp_path: Path) -> None:
     engine.dispose()
 
 
+def test_workers_starting_together_on_an_empty_store_make_one_key() -> None:
+    shared = MemoryKeyStorage()
+
+    class Interleaved(MemoryKeyStorage):
+        """Worker B's view of the shared store: worker A commits its first key right after B's first read."""
+
+        reads = 0
+
+        def load(self):  # type: ignore[no-untyped-def]
+            self.reads += 1
+            stored = shared.load()
+            if self.reads == 1:
+                Keyring(shared, KEK)  # worker A
+            return stored
+
+        def add(self, key):  # type: ignore[no-untyped-def]
+            return shared.add(key)
+
+    b = Keyring(Interleaved(), KEK)
+    (stored,) = shared.load().live  # B's proposal lost the compare-and-set instead of adding a second key
+    assert b.current.key_id == stored.key_id and b.live_epochs() == {stored.epoch}
+
+
 def test_replays_are_refused_after_a_long_delay_through_the_database(tmp_path: Path) -> None:
     engine = make_engine(None, tmp_path)
     migrate(engine)

@@ -151,7 +151,11 @@ class Keyring:
         self._opened: dict[int, tuple[bytes, _Entry]] = {}
         self.reload()
         if not self._entries:
-            self.rotate()
+            # Compare-and-set on what reload() just read: of processes starting together on an empty
+            # store, one insert wins and the others adopt its key (rotate() would re-read and add a second).
+            with self._lock:
+                self._propose()
+                self.reload()
 
     # -- storage -------------------------------------------------------------------------------------
 
