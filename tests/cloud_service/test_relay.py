@@ -210,7 +210,7 @@ def test_unreachable_and_slow_gateways() -> None:
         dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
     with serve(create_relay_app(RelayConfig(dead))) as relay_url:
         r = httpx.post(relay_url + "/ohttp", content=b"abc", headers={"content-type": REQUEST_MEDIA_TYPE})
-        assert r.status_code == 502 and set(r.json()["error"]) == {"type", "message", "param"}
+        assert r.status_code == 502 and set(r.json()["error"]) == {"type", "message", "param", "code"}
         assert httpx.get(relay_url + "/.well-known/ohttp-gateway").status_code == 502
 
     async def slow(request) -> Response:
