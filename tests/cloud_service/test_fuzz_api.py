@@ -100,3 +100,17 @@ def test_chat_with_a_tiny_temperature_or_top_p_answers_200(service, temperature,
     )
     assert r.status_code == 200, r.text
     assert r.json()["usage"]["completion_tokens"] >= 1
+
+
+@pytest.mark.parametrize(
+    ("seed", "status"), [(2**63 - 1, 200), (-(2**63), 200), (2**63, 400), (-(10**25), 400)]
+)
+def test_chat_seeds_outside_64_bits_are_a_400(service, seed: int, status: int) -> None:
+    server, key, _ = service
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1, "seed": seed}
+    r = httpx.post(
+        server.url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=60
+    )
+    assert r.status_code == status, r.text
+    if status == 400:
+        assert r.json()["error"]["param"] == "seed"

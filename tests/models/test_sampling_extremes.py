@@ -34,3 +34,17 @@ def test_tiny_top_p_keeps_only_the_top_token_at_ordinary_temperatures() -> None:
     params = SamplingParams(max_new_tokens=1, temperature=1.0, top_p=1e-300)
     draws = {sample_next(logits, params, torch.Generator().manual_seed(s)) for s in range(20)}
     assert draws == {17}
+
+
+# Regression: schemathesis' second 5xx. A seed beyond 64 bits reached torch.Generator.manual_seed,
+# which raised inside the batch.
+@pytest.mark.parametrize("seed", [2**64, -(2**63) - 1, -13032562358911203482271744])
+def test_a_seed_beyond_64_bits_is_refused_when_the_params_are_made(seed: int) -> None:
+    with pytest.raises(ValueError, match="seed must be in"):
+        SamplingParams(max_new_tokens=1, seed=seed)
+
+
+def test_every_64_bit_seed_seeds_a_generator() -> None:
+    for seed in (-(2**63), -1, 0, 2**63 - 1, 2**64 - 1):
+        params = SamplingParams(max_new_tokens=1, seed=seed)
+        torch.Generator().manual_seed(params.seed)
