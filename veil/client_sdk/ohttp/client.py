@@ -50,7 +50,8 @@ USER_AGENT = "ohttp-client"
 # on a connection the server is closing (that race surfaces as a ReadError that cannot be retried
 # blindly, because the relay may already have forwarded the request).
 _LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=2.0)
-_RETRY_STATUSES = frozenset({502, 503, 504})
+_RETRY_STATUSES = frozenset({429, 502, 503, 504})
+_MAX_RETRY_AFTER_S = 30.0  # a relay cannot park a phone for longer than this per try
 _REFUSED_HEADERS = frozenset({"cookie", "expect", "host"})
 _KEY_ERROR_TYPES = frozenset({"unknown_key_id", "unsupported_ohttp_suite"})
 
@@ -212,8 +213,14 @@ class _ClientCore:
             ) from exc
         return InnerResponse(inner.status, tuple(inner.headers), inner.content)
 
-    def _backoff(self, attempt: int) -> float:
-        return self.retry_backoff_s * (2**attempt)
+    def _backoff(self, attempt: int, response: httpx.Response | None = None) -> float:
+        """The pause before try ``attempt + 1``: the backoff, or the relay's ``retry-after`` (RFC 9110
+        section 10.2.3, seconds) when that is longer, at most 30 s."""
+        pause = self.retry_backoff_s * (2**attempt)
+        value = response.headers.get("retry-after", "") if response is not None else ""
+        if value.isdigit():
+            pause = max(pause, min(float(value), _MAX_RETRY_AFTER_S))
+        return pause
 
     def _encapsulator(self, config: KeyConfig, inner: bytes) -> tuple[Callable[[], httpx.Request], list]:
         """A request factory that seals ``inner`` afresh on every call, and the list of its contexts."""
@@ -261,9 +268,9 @@ class OHTTPClient(_ClientCore):
     timeout : float
         Seconds per HTTP exchange.
     retries : int
-        Extra tries after connection errors or a 502/503/504 from the relay.
+        Extra tries after connection errors or a 429/502/503/504 from the relay.
     retry_backoff_s : float
-        First pause between tries; doubles each time.
+        First pause between tries; doubles each time (or the relay's ``retry-after``, up to 30 s).
     padding_buckets : sequence of int
         Sizes (bytes) an encapsulated request is padded to: the smallest that fits, past the largest a
         multiple of it (``veil.client_sdk.ohttp.padding``); empty turns padding off.
@@ -306,7 +313,7 @@ class OHTTPClient(_ClientCore):
 
     def _send(self, build: Callable[[], httpx.Request]) -> httpx.Response:
         for attempt in range(self.retries + 1):
-            request = build()
+            request, response = build(), None
             try:
                 response = self._http.send(request, auth=None, follow_redirects=False)
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
@@ -318,7 +325,7 @@ class OHTTPClient(_ClientCore):
             else:
                 if response.status_code not in _RETRY_STATUSES or attempt == self.retries:
                     return response
-            time.sleep(self._backoff(attempt))
+            time.sleep(self._backoff(attempt, response))
         raise AssertionError("unreachable: the last try returns or raises")
 
     def key_config(self, *, refresh: bool = False) -> KeyConfig:
@@ -410,7 +417,7 @@ class AsyncOHTTPClient(_ClientCore):
 
     async def _send(self, build: Callable[[], httpx.Request]) -> httpx.Response:
         for attempt in range(self.retries + 1):
-            request = build()
+            request, response = build(), None
             try:
                 response = await self._http.send(request, auth=None, follow_redirects=False)
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
@@ -422,7 +429,7 @@ class AsyncOHTTPClient(_ClientCore):
             else:
                 if response.status_code not in _RETRY_STATUSES or attempt == self.retries:
                     return response
-            await asyncio.sleep(self._backoff(attempt))
+            await asyncio.sleep(self._backoff(attempt, response))
         raise AssertionError("unreachable: the last try returns or raises")
 
     async def key_config(self, *, refresh: bool = False) -> KeyConfig:
