@@ -23,6 +23,7 @@ from veil.cloud_service.key_lifecycle import KeyLifecycle
 from veil.cloud_service.key_storage import DirectoryKeyStorage, MemoryKeyStorage, StoredKey
 from veil.cloud_service.keyring import (
     Keyring,
+    KeyringError,
     LegacyKeyRecordError,
     RevivedKeyError,
     WrongKeyEncryptionKeyError,
@@ -66,6 +67,10 @@ def test_a_record_moved_to_another_id_or_epoch_or_altered_does_not_open() -> Non
         Keyring(tampered, KEK)
     with pytest.raises(WrongKeyEncryptionKeyError, match="key-encryption key"):
         Keyring(storage, bytes(32))
+    truncated = MemoryKeyStorage()
+    truncated.add(replace(key, record=key.record[:20]))
+    with pytest.raises(KeyringError, match="truncated"):
+        Keyring(truncated, KEK)
 
 
 def test_a_retired_record_restored_from_a_backup_is_refused_and_not_served() -> None:

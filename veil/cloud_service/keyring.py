@@ -195,6 +195,8 @@ class Keyring:
         return nonce + self._aead.encrypt(nonce, plaintext, record_aad(entry.key.key_id, entry.epoch))
 
     def _open(self, stored: StoredKey) -> _Entry:
+        if len(stored.record) < 12 + 16:  # nonce and tag
+            raise KeyringError(f"gateway key record of key id {stored.key_id} is truncated")
         nonce, sealed = stored.record[:12], stored.record[12:]
         try:
             plaintext = self._aead.decrypt(nonce, sealed, record_aad(stored.key_id, stored.epoch))
