@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -211,3 +212,27 @@ def test_replays_are_refused_after_a_long_delay_through_the_database(tmp_path: P
     with pytest.raises(ReplayedRequestError):
         _send(again, body)
     engine.dispose()
+
+
+def test_the_background_task_rotates_and_survives_a_failing_pass() -> None:
+    class FlakyReplays(MemoryReplayStore):
+        failures = 0
+
+        def forget(self, epochs):  # type: ignore[no-untyped-def]
+            if self.failures == 0:
+                self.failures += 1
+                raise OSError("store briefly unreachable")
+            return super().forget(epochs)
+
+    keyring = Keyring(MemoryKeyStorage(), KEK, grace_period_s=0)
+    replays = FlakyReplays()
+    first = keyring.current.key_id
+    lifecycle = KeyLifecycle(keyring, replays, rotation_s=1.0, check_every_s=0.05)
+
+    async def run_briefly() -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(lifecycle.run(), timeout=2.5)
+
+    asyncio.run(run_briefly())
+    assert replays.failures == 1  # the first pass failed; the schedule went on
+    assert keyring.current.key_id != first and first not in keyring.private_keys_by_id()
