@@ -138,8 +138,8 @@ def test_rotation_and_retirement_follow_the_schedule() -> None:
         KeyLifecycle(keyring, replays, rotation_s=0)
 
 
-def test_workers_ticking_at_once_rotate_once(tmp_path: Path) -> None:
-    engine = make_engine(f"sqlite:///{tmp_path / 'veil.sqlite3'}", tmp_path)
+def test_workers_ticking_at_once_rotate_once(store_url: str, tmp_path: Path) -> None:
+    engine = make_engine(store_url, tmp_path)
     migrate(engine)
     sessions = session_factory(engine)
     clock = Clock()
