@@ -94,3 +94,32 @@ def test_migration_0002_randomises_stored_ids_and_drops_unbound_key_records(
             assert add_upload(s, _upload(0)).id not in range(1, 32)
     finally:
         engine.dispose()
+
+
+def test_migration_0002_downgrades_and_upgrades_again(store_url: str, tmp_path: Path) -> None:
+    from alembic import command
+
+    from veil.cloud_service.store.db import _alembic_config
+
+    engine = make_engine(store_url, tmp_path)
+    try:
+        migrate(engine)
+        with session_factory(engine)() as s:
+            add_upload(s, _upload(1))
+        with engine.begin() as conn:
+            command.downgrade(_alembic_config(conn), "0001")
+        assert current_revision(engine) == "0001"
+        assert "ohttp_replays" not in inspect(engine).get_table_names()
+        with engine.begin() as conn:  # 0001 numbers new rows itself again
+            conn.execute(
+                text(
+                    "INSERT INTO uploads (idempotency_key, task, text, model, day, request_hash) "
+                    "VALUES ('after-downgrade-0001', 'next_word', 't', 'm', '2026-01-01', 'h')"
+                )
+            )
+        migrate(engine)
+        assert current_revision(engine) == "0002"
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM uploads")).scalar() == 2
+    finally:
+        engine.dispose()
