@@ -12,6 +12,7 @@ the app's body-size limit. Every other request, and ``/ohttp`` with another meth
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 from typing import Any
 
 from veil.cloud_service.errors import APIError, error_body
@@ -25,7 +26,7 @@ class OHTTPFastPath:
     def __init__(self, app: Any, path: str = "/ohttp") -> None:
         self.app = app
         self.path = path
-        self._route: Any = None
+        self._route = SimpleNamespace(path=path)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["path"] != self.path or scope["method"] != "POST":
@@ -36,10 +37,8 @@ class OHTTPFastPath:
         from veil.cloud_service.api.routes.ohttp import gateway
 
         service = scope["app"].state.veil
-        if self._route is None:  # the route object, so metrics label the request as the router would
-            self._route = next(
-                (r for r in scope["app"].routes if getattr(r, "path", None) == self.path), None
-            )
+        # Metrics label a request by ``scope["route"].path``, as the router would set it (FastAPI's
+        # included routers do not list their routes on ``app.routes``, so name the template directly).
         scope["route"] = self._route
         try:
             response = await gateway(Request(scope, receive), service)
