@@ -78,7 +78,7 @@ def test_add_and_read_back(store_session: Session) -> None:
 
     stored = list(iter_uploads(store_session))
     assert [u.id for u in stored] == sorted([first.id, second.id])
-    a, b = stored
+    a, b = sorted(stored, key=lambda u: u.id != first.id)  # the first upload, then the second
     expected = np.arange(12, dtype=np.float32).reshape(3, 4) / 7
     assert a.embedding is not None and a.embedding.dtype == np.float32 and a.embedding.flags.writeable
     np.testing.assert_array_equal(a.embedding, expected)  # bit-exact round trip
