@@ -70,7 +70,9 @@ async def _load_and_kill(stack: UploadStack, args: argparse.Namespace) -> dict[s
     load = [asyncio.create_task(phone_loop(p)) for p in phones]
     for _ in range(args.kills):
         await asyncio.sleep(args.interval * rng.uniform(0.5, 1.5))
-        workers = stack.worker_pids()
+        deadline = time.monotonic() + 120  # each kill hits a full set: uvicorn has replaced the last victim
+        while len(workers := stack.worker_pids()) < args.workers and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
         victim = rng.choice(workers)
         os.kill(victim, signal.SIGKILL)
         kills.append({"at_s": round(time.perf_counter() - started, 2), "pid": victim, "acked": len(acked)})

@@ -62,13 +62,14 @@ def _cpu_s(pid: int) -> float:
 
 
 def descendants(pid: int) -> list[int]:
-    """Every live process below ``pid`` (uvicorn's workers and multiprocessing's helpers)."""
+    """Every live process below ``pid`` (uvicorn's workers and multiprocessing's helpers), zombies left out."""
     parents: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             with contextlib.suppress(OSError, IndexError, ValueError):
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                parents.setdefault(ppid, []).append(int(entry.name))
+                state, ppid = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:2]
+                if state != "Z":  # a killed worker stays a zombie until uvicorn reaps it
+                    parents.setdefault(int(ppid), []).append(int(entry.name))
     out, todo = [], [pid]
     while todo:
         for child in parents.get(todo.pop(), []):

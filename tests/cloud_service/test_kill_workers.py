@@ -51,14 +51,18 @@ def _spawn(cmd: list[str], env: dict[str, str], log: Path) -> tuple[subprocess.P
 
 
 def _workers(parent: int) -> list[int]:
-    """uvicorn's worker processes under ``parent`` (not multiprocessing's resource tracker)."""
+    """uvicorn's live workers under ``parent`` (no zombies, not multiprocessing's resource tracker)."""
     out = []
     for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
         with contextlib.suppress(OSError, IndexError, ValueError):
-            ppid = (
-                int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) if entry.name.isdigit() else 0
-            )
-            if ppid == parent and b"resource_tracker" not in (entry / "cmdline").read_bytes():
+            state, ppid = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:2]
+            if (
+                int(ppid) == parent
+                and state != "Z"
+                and b"resource_tracker" not in (entry / "cmdline").read_bytes()
+            ):
                 out.append(int(entry.name))
     return out
 
