@@ -112,6 +112,12 @@ def test_serve_and_relay_refuse_bad_options(store_dir: Path, monkeypatch: pytest
     assert_one_line_error(veil(store_dir, "relay", "--gateway", "http://127.0.0.1:9"), "VEIL_RELAY_SECRET")
 
 
+def test_serve_refuses_bad_worker_counts(store_dir: Path) -> None:
+    assert_one_line_error(veil(store_dir, "serve", "--workers", "0"), "--workers")
+    metrics = veil(store_dir, "serve", "--workers", "2", "--metrics-port", "9100")
+    assert_one_line_error(metrics, "--metrics-port", "--workers 1")
+
+
 def test_unreachable_database_is_one_line_error(store_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VEIL_DATABASE_URL", "postgresql://veil:secret-pw@127.0.0.1:1/veil")
     proc = veil(store_dir, "keys", "list")
