@@ -1,7 +1,8 @@
 """Coverage-guided fuzzing of the OHTTP, BHTTP and key-configuration decoders, then of the real gateway.
 
 Part 1 (in process, ``--messages``, default 100,000): for each public decoder
-(:func:`veil.testing.ohttp_fuzz.decoder_targets`) a corpus starts from valid encodings; each message is
+(:func:`veil.testing.ohttp_fuzz.decoder_targets`, and the gateway's check of the relay's
+``Veil-Relay-Auth`` header) a corpus starts from valid encodings; each message is
 a corpus entry with 1 to 6 AFL-style mutations, decoded under an edge tracer over the decoder modules;
 a message that reaches a new line-to-line edge joins the corpus. Every outcome must be a value or the
 decoder's typed error, within a second.
@@ -39,6 +40,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from service_stack import load_average, machine  # noqa: E402
 
+from veil.testing.gateway_fuzz import relay_auth_target  # noqa: E402
 from veil.testing.ohttp_fuzz import (  # noqa: E402
     EdgeTracer,
     UnexpectedDecoderError,
@@ -54,7 +56,7 @@ _MAX_CORPUS = 2000
 def fuzz_decoders(messages: int, seed: int, minutes: float | None, trace: bool) -> dict:
     """Part 1: coverage-guided mutation over every decoder, round robin; returns counts and findings."""
     rng = Random(seed)
-    targets = decoder_targets()
+    targets = [*decoder_targets(), relay_auth_target()]
     corpora = {t.name: list(t.seeds) for t in targets}
     tracers = {t.name: EdgeTracer() for t in targets}
     outcomes: dict[str, Counter[str]] = {t.name: Counter() for t in targets}

@@ -79,7 +79,9 @@ def _parse(value: str) -> tuple[int, bytes]:
         if not sep or name in fields:
             raise RelayAuthError(f"{RELAY_AUTH_HEADER} must be 't=<unix seconds>, mac=<base64url>'")
         fields[name] = item
-    if set(fields) != {"t", "mac"} or not fields["t"].isdigit() or len(fields["t"]) > 12:
+    # isascii too: str.isdigit() accepts '²' (a latin-1 header byte), which int() refuses
+    t = fields.get("t", "")
+    if set(fields) != {"t", "mac"} or not (t.isascii() and t.isdigit()) or len(t) > 12:
         raise RelayAuthError(f"{RELAY_AUTH_HEADER} must be 't=<unix seconds>, mac=<base64url>'")
     try:
         mac = base64.b64decode(fields["mac"] + "=" * (-len(fields["mac"]) % 4), altchars=b"-_", validate=True)

@@ -31,9 +31,16 @@ from veil.client_sdk.ohttp.errors import OHTTPError
 from veil.client_sdk.ohttp.keys import KeyConfig
 from veil.client_sdk.ohttp.ohttp import REQUEST_MEDIA_TYPE, ClientResponseContext, encapsulate_request
 from veil.testing.api_fuzz import error_shape_problem
-from veil.testing.ohttp_fuzz import mutate, phone_requests, random_mutations
+from veil.testing.ohttp_fuzz import DecoderTarget, mutate, phone_requests, random_mutations
 
-__all__ = ["BODY_KINDS", "GatewayFinding", "GatewayFuzzReport", "fuzz_gateway", "fuzzed_body"]
+__all__ = [
+    "BODY_KINDS",
+    "GatewayFinding",
+    "GatewayFuzzReport",
+    "fuzz_gateway",
+    "fuzzed_body",
+    "relay_auth_target",
+]
 
 BODY_KINDS = ("random", "mutated_outer", "mutated_inner", "mutated_json")
 
@@ -125,6 +132,27 @@ def _structured(rng: Random, content: bytes) -> bytes:
     else:
         body[rng.choice(("encoding", "stream", "n", "extra", "logprobs"))] = rng.choice(_ODD_VALUES)
     return json.dumps(body).encode()
+
+
+def relay_auth_target() -> DecoderTarget:
+    """The gateway's check of the relay's ``Veil-Relay-Auth`` header, as a decoder under fuzz.
+
+    An input is the header value (latin-1, as HTTP carries it), a newline, then the body; seeds are
+    valid headers for real encapsulated requests at a fixed clock, so mutations hit ``t=``, ``mac=``,
+    the separators and the body alike. Only :class:`RelayAuthError` may come out.
+    """
+    from veil.cloud_service.relay_auth import RelayAuthError, relay_auth_header, verify_relay_auth
+
+    secret, now = bytes(range(32)), 1_800_000_000
+    # Short bodies: the header, where the parsing is, takes most of each input.
+    bodies = [b"", b"\x00\x20\x00\x01\x00\x01" + bytes(range(34)), bytes(range(7)) * 20]
+    seeds = tuple(relay_auth_header(secret, b, now).encode("latin-1") + b"\n" + b for b in bodies)
+
+    def check(data: bytes) -> None:
+        header, _, body = data.partition(b"\n")
+        verify_relay_auth(secret, header.decode("latin-1"), body, now=now)
+
+    return DecoderTarget("verify_relay_auth", check, (RelayAuthError,), seeds)
 
 
 def _mutated_json(rng: Random, request: BinaryRequest) -> BinaryRequest:

@@ -49,7 +49,9 @@ __all__ = [
 
 MUTATIONS = ("flip", "set", "insert", "delete", "truncate", "duplicate", "varint")
 Mutation = tuple[int, int, int]
-_INTERESTING = (0x00, 0x01, 0x3F, 0x40, 0x7F, 0x80, 0xBF, 0xC0, 0xFE, 0xFF)
+# Varint and length boundaries, plus the latin-1 superscript digits, which str.isdigit() accepts and
+# int() refuses (a trap for header parsers that check before they convert).
+_INTERESTING = (0x00, 0x01, 0x3F, 0x40, 0x7F, 0x80, 0xBF, 0xC0, 0xFE, 0xFF, 0xB2, 0xB3, 0xB9)
 _VARINTS = (0, 1, 63, 64, 16383, 16384, 2**30 - 1, 2**30, 2**62 - 1)
 _MAX_INPUT = 1 << 16
 _TIME_LIMIT_S = 1.0
