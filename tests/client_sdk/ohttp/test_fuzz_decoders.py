@@ -119,3 +119,23 @@ def test_a_malformed_mlkem_key_is_refused_with_a_key_config_error() -> None:
     key = GatewayKeyPair.generate(2, KEM_MLKEM768_X25519)
     with pytest.raises(KeyConfigError, match="unusable public key"):
         encapsulate_request(KeyConfig(2, key.kem_id, b"\xff" * len(key.public_key)), b"\x00")
+
+
+# Regression, the same trap as the relay-auth timestamp: a relay answering 503 with "retry-after: ²"
+# (byte 0xB2) made the phone's client raise ValueError from float() instead of a RelayError.
+def test_a_superscript_retry_after_from_the_relay_is_ignored() -> None:
+    import httpx
+
+    from veil.client_sdk.ohttp import OHTTPClient, RelayError
+
+    def relay(request: httpx.Request) -> httpx.Response:
+        error = {"error": {"type": "busy", "message": "try later", "param": None, "code": None}}
+        return httpx.Response(503, headers=[(b"retry-after", b"\xb2")], json=error)
+
+    key = GatewayKeyPair.generate(1)
+    transport = httpx.MockTransport(relay)
+    with OHTTPClient(
+        "http://relay.invalid/ohttp", key_config=key.config, transport=transport, retries=1
+    ) as client, pytest.raises(RelayError) as info:
+        client.request("GET", "/v1/models")
+    assert info.value.status_code == 503

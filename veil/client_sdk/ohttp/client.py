@@ -218,7 +218,7 @@ class _ClientCore:
         section 10.2.3, seconds) when that is longer, at most 30 s."""
         pause = self.retry_backoff_s * (2**attempt)
         value = response.headers.get("retry-after", "") if response is not None else ""
-        if value.isdigit():
+        if value.isascii() and value.isdigit():  # not '²': isdigit() takes it, float() does not
             pause = max(pause, min(float(value), _MAX_RETRY_AFTER_S))
         return pause
 
