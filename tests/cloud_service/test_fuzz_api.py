@@ -16,13 +16,15 @@ from veil.cloud_service.app import create_app, load_served_model
 from veil.cloud_service.background import BackgroundServer
 from veil.cloud_service.config import ServiceConfig
 from veil.cloud_service.engine import EngineConfig
+from veil.cloud_service.relay_auth import relay_auth_header
 from veil.cloud_service.store import create_api_key, make_engine, migrate, session_factory
 from veil.testing.api_fuzz import error_shape_problem, fuzz_api
-from veil.testing.gateway_fuzz import BODY_KINDS, fuzz_gateway
+from veil.testing.gateway_fuzz import AUTH_KIND, BODY_KINDS, fuzz_gateway
 
 pytestmark = pytest.mark.integration
 
 MODEL = "tiny-llama"
+RELAY_SECRET = bytes(range(32))
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +36,7 @@ def service(data_dir: str, tmp_path_factory: pytest.TempPathFactory):
         data_dir=root,
         model=MODEL,
         environment="development",
+        relay_secret=RELAY_SECRET,  # as deployed: /ohttp answers only the relay's HMAC
         default_max_tokens=4,
         max_body_bytes=256 * 1024,
         engine=EngineConfig(max_batch=8, batch_window_s=0.002),
@@ -63,11 +66,12 @@ def test_schemathesis_finds_no_server_error_in_any_operation(service) -> None:
 def test_fuzzed_bodies_to_the_gateway_never_get_a_5xx_outside_or_inside(service) -> None:
     server, _, _ = service
     config = decode_key_configs(httpx.get(server.url + "/.well-known/ohttp-gateway").content)[0]
-    report = fuzz_gateway(server.url + "/ohttp", config, 240, seed=3)
+    report = fuzz_gateway(server.url + "/ohttp", config, 250, seed=3, relay_secret=RELAY_SECRET)
     assert report.findings == [], report.summary()
     assert report.server_errors == 0
-    assert set(report.kinds) == set(BODY_KINDS)
-    # every layer was reached: refused before decryption, refused by the inner decoder or a route, served
+    assert set(report.kinds) == {*BODY_KINDS, AUTH_KIND}
+    # every layer was reached: relay auth, refused before decryption, by the inner decoder or a route, served
+    assert report.outer_errors["authentication_error"] > 0
     assert report.outer_errors["ohttp_decryption_failed"] > 0
     assert report.inner_statuses[400] > 0
     assert sum(n for status, n in report.inner_statuses.items() if status < 300) > 0
@@ -78,9 +82,13 @@ def test_fuzzed_bodies_to_the_gateway_never_get_a_5xx_outside_or_inside(service)
 def test_gateway_refusals_have_the_full_error_shape(service) -> None:
     server, _, _ = service
     for body in (b"", b"\x01\x00\x20\x00\x01\x00\x01", b"\xff" * 64):
-        r = httpx.post(server.url + "/ohttp", content=body, headers={"content-type": "message/ohttp-req"})
-        assert r.status_code == 400
-        assert error_shape_problem(r.status_code, r.headers["content-type"], r.content) is None
+        headers = {"content-type": "message/ohttp-req"}
+        unsigned = httpx.post(server.url + "/ohttp", content=body, headers=headers)
+        headers["veil-relay-auth"] = relay_auth_header(RELAY_SECRET, body)
+        signed = httpx.post(server.url + "/ohttp", content=body, headers=headers)
+        assert (unsigned.status_code, signed.status_code) == (401, 400)
+        for r in (unsigned, signed):
+            assert error_shape_problem(r.status_code, r.headers["content-type"], r.content) is None
 
 
 # Regression: schemathesis' first 5xx. Temperatures and top_p near zero are inside the documented ranges

@@ -20,7 +20,7 @@ import json
 import secrets
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from random import Random
 
@@ -34,6 +34,7 @@ from veil.testing.api_fuzz import error_shape_problem
 from veil.testing.ohttp_fuzz import DecoderTarget, mutate, phone_requests, random_mutations
 
 __all__ = [
+    "AUTH_KIND",
     "BODY_KINDS",
     "GatewayFinding",
     "GatewayFuzzReport",
@@ -43,6 +44,7 @@ __all__ = [
 ]
 
 BODY_KINDS = ("random", "mutated_outer", "mutated_inner", "mutated_json")
+AUTH_KIND = "mutated_auth"
 
 
 @dataclass(frozen=True)
@@ -194,31 +196,37 @@ def fuzz_gateway(
     *,
     seed: int = 0,
     embedding_size: int = 64,
-    headers: Mapping[str, str] | None = None,
+    relay_secret: bytes | None = None,
     deadline_s: float | None = None,
     timeout_s: float = 30.0,
     progress: Callable[[GatewayFuzzReport], None] | None = None,
 ) -> GatewayFuzzReport:
     """POST ``count`` fuzzed bodies (kinds in turn) to ``url`` (a gateway's or a relay's ``/ohttp``).
 
-    ``headers`` are added to every POST (a relay's credentials, when the gateway requires them);
-    ``deadline_s`` stops early after that many seconds; a POST unanswered after ``timeout_s`` is a
+    With ``relay_secret`` (the gateway's ``relay_secret``), every POST carries the relay's
+    ``Veil-Relay-Auth`` for its body, as the relay sends it, and a fifth kind, ``mutated_auth``, sends a
+    valid encapsulation under a mutated header, which must be refused (401), never a 5xx. ``deadline_s`` stops early after that many seconds; a POST unanswered after ``timeout_s`` is a
     finding; ``progress`` is called every 1,000 bodies.
     """
     rng = Random(seed)
     report = GatewayFuzzReport()
     started = time.perf_counter()
-    outer_headers = {"content-type": REQUEST_MEDIA_TYPE, **(headers or {})}
+    kinds = BODY_KINDS if relay_secret is None else (*BODY_KINDS, AUTH_KIND)
     with httpx.Client(timeout=timeout_s, trust_env=False) as client:
         for i in range(count):
             if deadline_s is not None and time.perf_counter() - started > deadline_s:
                 break
-            kind = BODY_KINDS[i % len(BODY_KINDS)]
-            body, context = fuzzed_body(rng, kind, config, embedding_size)
+            kind = kinds[i % len(kinds)]
+            body, context = fuzzed_body(
+                rng, "mutated_json" if kind == AUTH_KIND else kind, config, embedding_size
+            )
+            headers = [(b"content-type", REQUEST_MEDIA_TYPE.encode())]
+            if relay_secret is not None:
+                headers.append((b"veil-relay-auth", _relay_auth(rng, relay_secret, body, kind == AUTH_KIND)))
             report.sent += 1
             report.kinds[kind] += 1
             try:
-                response = client.post(url, content=body, headers=outer_headers)
+                response = client.post(url, content=body, headers=headers)
             except httpx.TransportError as exc:  # a hang or a dropped connection is a finding too
                 report.findings.append(GatewayFinding(kind, 0, None, f"no response: {exc!r}", body))
                 continue
@@ -228,6 +236,21 @@ def fuzz_gateway(
                 progress(report)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _relay_auth(rng: Random, secret: bytes, body: bytes, mutated: bool) -> bytes:
+    from veil.cloud_service.relay_auth import relay_auth_header
+
+    value = relay_auth_header(secret, body).encode("latin-1")
+    if not mutated:
+        return value
+    value = mutate(value, random_mutations(rng, 3), max_size=400)
+    # Control bytes are not field-value characters (RFC 9110 section 5.5): the server's HTTP parser
+    # refuses them before the app sees the request, so they would test the parser, not the gateway.
+    return value.translate(_CONTROLS).strip(b" \t") or b"x"
+
+
+_CONTROLS = bytes.maketrans(bytes([*range(0x20), 0x7F]), b"?" * 0x21)
 
 
 def _check(
