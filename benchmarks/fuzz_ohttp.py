@@ -9,8 +9,9 @@ decoder's typed error, within a second.
 
 Part 2 (``--http``, default 10,000): the API with ``tiny-llama`` on a loopback port, and fuzzed bodies
 POSTed to its ``/ohttp`` (:func:`veil.testing.gateway_fuzz.fuzz_gateway`: random bytes, mutated
-encapsulations, correctly encapsulated mutated BHTTP, correctly encapsulated mutated JSON); no outer or
-inner status may be 5xx.
+encapsulations, correctly encapsulated mutated BHTTP, correctly encapsulated mutated JSON, valid
+encapsulations under mutated ``Veil-Relay-Auth`` headers), each signed with the relay secret the gateway
+requires; no outer or inner status may be 5xx.
 
 Prints counts by decoder and outcome (typed error names), corpus sizes and edges, the HTTP status
 histograms, and every finding with its input in hex; exits 1 when there is one.
@@ -51,6 +52,7 @@ from veil.testing.ohttp_fuzz import (  # noqa: E402
 )
 
 _MAX_CORPUS = 2000
+_RELAY_SECRET = bytes(range(32))
 
 
 def fuzz_decoders(messages: int, seed: int, minutes: float | None, trace: bool) -> dict:
@@ -118,6 +120,7 @@ def fuzz_http(bodies: int, seed: int, minutes: float | None) -> dict:
             data_dir=Path(root),
             model="tiny-llama",
             environment="development",
+            relay_secret=_RELAY_SECRET,  # as deployed: only bodies with the relay's HMAC get past auth
             default_max_tokens=4,
             engine=EngineConfig(max_batch=8, batch_window_s=0.002),
         )
@@ -129,6 +132,7 @@ def fuzz_http(bodies: int, seed: int, minutes: float | None) -> dict:
                 bodies,
                 seed=seed,
                 embedding_size=n_tokens * hidden,
+                relay_secret=_RELAY_SECRET,
                 deadline_s=None if minutes is None else 60 * minutes,
                 progress=lambda r: print(f"  http: {r.sent} bodies, {r.sent / r.seconds:.0f}/s", flush=True),
             )
