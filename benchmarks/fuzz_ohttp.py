@@ -41,8 +41,10 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from service_stack import load_average, machine  # noqa: E402
 
+from veil.cloud_service import relay_auth  # noqa: E402
 from veil.testing.gateway_fuzz import relay_auth_target  # noqa: E402
 from veil.testing.ohttp_fuzz import (  # noqa: E402
+    DECODER_FILES,
     EdgeTracer,
     UnexpectedDecoderError,
     decoder_targets,
@@ -60,7 +62,8 @@ def fuzz_decoders(messages: int, seed: int, minutes: float | None, trace: bool) 
     rng = Random(seed)
     targets = [*decoder_targets(), relay_auth_target()]
     corpora = {t.name: list(t.seeds) for t in targets}
-    tracers = {t.name: EdgeTracer() for t in targets}
+    files = DECODER_FILES | {str(Path(relay_auth.__file__).resolve())}
+    tracers = {t.name: EdgeTracer(files) for t in targets}
     outcomes: dict[str, Counter[str]] = {t.name: Counter() for t in targets}
     findings: dict[str, str] = {}
     slowest = 0.0

@@ -36,6 +36,7 @@ from veil.client_sdk.ohttp.keys import GatewayKeyPair, KeyConfig, decode_key_con
 from veil.client_sdk.ohttp.ohttp import decapsulate_request, encapsulate_request
 
 __all__ = [
+    "DECODER_FILES",
     "MUTATIONS",
     "DecoderTarget",
     "EdgeTracer",
@@ -55,7 +56,7 @@ _INTERESTING = (0x00, 0x01, 0x3F, 0x40, 0x7F, 0x80, 0xBF, 0xC0, 0xFE, 0xFF, 0xB2
 _VARINTS = (0, 1, 63, 64, 16383, 16384, 2**30 - 1, 2**30, 2**62 - 1)
 _MAX_INPUT = 1 << 16
 _TIME_LIMIT_S = 1.0
-_DECODER_FILES = frozenset(str(Path(m.__file__).resolve()) for m in (bhttp, hpke, keys, keysig, ohttp))
+DECODER_FILES = frozenset(str(Path(m.__file__).resolve()) for m in (bhttp, hpke, keys, keysig, ohttp))
 
 
 def mutate(data: bytes, mutations: Iterable[Mutation], max_size: int = _MAX_INPUT) -> bytes:
@@ -286,7 +287,7 @@ class EdgeTracer:
     says whether any was never seen before (and remembers them).
     """
 
-    def __init__(self, files: frozenset[str] = _DECODER_FILES) -> None:
+    def __init__(self, files: frozenset[str] = DECODER_FILES) -> None:
         self.files = files
         self.seen: set[tuple[int, int, int]] = set()
         self.last: set[tuple[int, int, int]] = set()
