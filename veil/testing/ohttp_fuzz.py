@@ -219,6 +219,8 @@ def decoder_targets(embedding_size: int = 64) -> list[DecoderTarget]:
         client_context[key.key_id] = client
         sealed_responses += [bytes([key.key_id]) + server.encapsulate_response(r) for r in responses[::3]]
 
+    # An input here is one byte naming the request's key (so its client context: X25519 or the hybrid),
+    # then the encapsulated response; mutations reach both.
     def client_open(data: bytes) -> BinaryResponse:  # what the phone does with the relay's answer
         context = client_context.get(data[0] if data else 1, client_context[1])
         return BinaryResponse.decode(context.decapsulate_response(data[1:]))
