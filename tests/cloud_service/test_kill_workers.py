@@ -138,11 +138,11 @@ def test_acknowledged_uploads_survive_sigkill_of_workers(data_dir: str, tmp_path
             stop = asyncio.Event()
             load = asyncio.create_task(_phones(relay, public_key_bytes(signing_key_from_seed(seed)), 8, stop))
             for _ in range(2):
-                await asyncio.sleep(1.5)
+                await asyncio.sleep(1.0)
                 victim = rng.choice(_workers(serve.pid))
                 os.kill(victim, signal.SIGKILL)
                 kills.append(victim)
-            await asyncio.sleep(1.5)
+            await asyncio.sleep(1.0)
             stop.set()
             return await load
 
