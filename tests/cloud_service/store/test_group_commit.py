@@ -83,3 +83,10 @@ def test_a_conflict_fails_only_its_own_upload(store_engine: Engine) -> None:
 def test_bad_config_is_refused(max_batch: int, window_s: float) -> None:
     with pytest.raises(ValueError):
         GroupCommitConfig(max_batch=max_batch, window_s=window_s)
+
+
+def test_the_batcher_serves_one_event_loop_after_another(store_engine: Engine) -> None:
+    batcher = UploadBatcher(store_engine)
+    first = asyncio.run(batcher.add(_upload(20)))
+    second = asyncio.run(batcher.add(_upload(21)))  # a new loop: the old runner is gone with its loop
+    assert first.created and second.created and _count(store_engine) == 2

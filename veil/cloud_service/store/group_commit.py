@@ -151,6 +151,7 @@ class UploadBatcher:
         self._pending: list[tuple[UploadIn, asyncio.Future[UploadResult]]] = []
         self._wake: asyncio.Event | None = None
         self._runner: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._busy = False
         self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="veil-group-commit")
         self.batches = 0
@@ -166,11 +167,14 @@ class UploadBatcher:
         StoreError
             The database failed (the upload may be retried with the same key).
         """
-        if self._runner is None or self._runner.done():
-            # Made on first use, so the event and the task belong to the loop that serves requests.
+        loop = asyncio.get_running_loop()
+        if self._runner is None or self._runner.done() or self._loop is not loop:
+            # Made on first use, so the event and the task belong to the loop that serves requests
+            # (a new loop, as in tests that run the app under several asyncio.run calls, gets its own).
+            self._loop, self._pending = loop, []
             self._wake = asyncio.Event()
             self._runner = asyncio.create_task(self._run(self._wake))
-        future: asyncio.Future[UploadResult] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[UploadResult] = loop.create_future()
         self._pending.append((upload, future))
         self._wake.set()  # type: ignore[union-attr]
         return await future
