@@ -2,7 +2,8 @@
 
 Inputs start from *valid* encodings (real BHTTP requests and responses, real encapsulated requests and
 responses, real key-configuration lists, signed key-configuration responses with their RFC 9421
-``Signature-Input``/``Signature`` and RFC 9530 ``Content-Digest`` fields) and are mutated the way AFL's deterministic and havoc stages
+``Signature-Input``/``Signature`` and RFC 9530 ``Content-Digest`` fields, the wire codec's base64
+float32 form) and are mutated the way AFL's deterministic and havoc stages
 do (Zalewski, "american fuzzy lop" technical details, section 3): bit flips, bytes set to interesting
 values, insertions, deletions, truncation, duplicated chunks, and QUIC varints (RFC 9000 section 16)
 planted with huge or boundary values, so length fields lie about what follows. A mutation is a plain
@@ -28,6 +29,7 @@ from random import Random
 from types import FrameType
 from typing import Any
 
+from veil.client_sdk import wire
 from veil.client_sdk.ohttp import bhttp, hpke, keys, keysig, ohttp
 from veil.client_sdk.ohttp.bhttp import BinaryHTTPError, BinaryRequest, BinaryResponse, encode_varint
 from veil.client_sdk.ohttp.errors import OHTTPError
@@ -56,7 +58,7 @@ _INTERESTING = (0x00, 0x01, 0x3F, 0x40, 0x7F, 0x80, 0xBF, 0xC0, 0xFE, 0xFF, 0xB2
 _VARINTS = (0, 1, 63, 64, 16383, 16384, 2**30 - 1, 2**30, 2**62 - 1)
 _MAX_INPUT = 1 << 16
 _TIME_LIMIT_S = 1.0
-DECODER_FILES = frozenset(str(Path(m.__file__).resolve()) for m in (bhttp, hpke, keys, keysig, ohttp))
+DECODER_FILES = frozenset(str(Path(m.__file__).resolve()) for m in (bhttp, hpke, keys, keysig, ohttp, wire))
 
 
 def mutate(data: bytes, mutations: Iterable[Mutation], max_size: int = _MAX_INPUT) -> bytes:
@@ -234,6 +236,13 @@ def decoder_targets(embedding_size: int = 64) -> list[DecoderTarget]:
 
     typed = (OHTTPError, BinaryHTTPError)
     signed, check_signed = _signed_key_lists(key_lists)
+    # The wire codec's base64 form (embedding_b64 into the cloud, gradient_b64 back to the phone).
+    f32 = tuple(_embedding_b64(size).encode() for size in (16, embedding_size))
+
+    def wire_decode(data: bytes) -> object:
+        text = data.decode("latin-1")
+        return wire.decode_f32(text, (1, 16) if len(text) < 40 else (1, embedding_size))
+
     return [
         DecoderTarget("BinaryRequest.decode", BinaryRequest.decode, (BinaryHTTPError,), tuple(requests)),
         DecoderTarget("BinaryResponse.decode", BinaryResponse.decode, (BinaryHTTPError,), tuple(responses)),
@@ -252,6 +261,7 @@ def decoder_targets(embedding_size: int = 64) -> list[DecoderTarget]:
         DecoderTarget(
             "verify_key_configs(first use)", lambda d: check_signed(d, False), (OHTTPError,), signed
         ),
+        DecoderTarget("wire.decode_f32", wire_decode, (wire.WireFormatError,), f32),
         DecoderTarget("decapsulate_request", gateway_open, typed, tuple(sealed)),
         DecoderTarget("decapsulate_response", client_open, typed, tuple(sealed_responses)),
     ]
