@@ -33,21 +33,21 @@ pytestmark = pytest.mark.integration
 SHAPE = (1, 64)  # tiny-llama
 
 
-def _spawn(cmd: list[str], env: dict[str, str], log: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
+def _start(cmd: list[str], port: int, env: dict[str, str], log: Path) -> subprocess.Popen:
     with log.open("ab") as out:
-        proc = subprocess.Popen([*cmd, "--port", str(port)], env=env, stdout=out, stderr=out)
-    url = f"http://127.0.0.1:{port}"
+        return subprocess.Popen([*cmd, "--port", str(port)], env=env, stdout=out, stderr=out)
+
+
+def _wait_healthy(proc: subprocess.Popen, url: str, log: Path) -> None:
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{cmd[3]} exited with {proc.returncode}: {log.read_text()[-2000:]}")
+            raise RuntimeError(f"exited with {proc.returncode}: {log.read_text()[-2000:]}")
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return proc, url
+                return
         time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError(f"{cmd[3]} did not become healthy: {log.read_text()[-2000:]}")
+    raise RuntimeError(f"did not become healthy: {log.read_text()[-2000:]}")
 
 
 def _workers(parent: int) -> list[int]:
@@ -122,12 +122,18 @@ def test_acknowledged_uploads_survive_sigkill_of_workers(data_dir: str, tmp_path
         "OMP_NUM_THREADS": "1",
     }
     cli = [sys.executable, "-m", "veil.cli.main"]
-    serve, api = _spawn([*cli, "serve", "--model", "tiny-llama", "--workers", "2"], env, tmp_path / "api.log")
-    relay_proc = None
+    api_port = free_port()
+    relay_port = next(port for port in iter(free_port, None) if port != api_port)
+    api, relay = f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{relay_port}"
+    # Both at once: the relay needs nothing from the gateway until the first phone asks for keys.
+    serve = _start(
+        [*cli, "serve", "--model", "tiny-llama", "--workers", "2"], api_port, env, tmp_path / "api.log"
+    )
+    relay_cmd = [*cli, "relay", "--gateway", api, "--rate-per-s", "0"]
+    relay_proc = _start(relay_cmd, relay_port, env, tmp_path / "relay.log")
     try:
-        relay_proc, relay = _spawn(
-            [*cli, "relay", "--gateway", api, "--rate-per-s", "0"], env, tmp_path / "r.log"
-        )
+        _wait_healthy(relay_proc, relay, tmp_path / "relay.log")
+        _wait_healthy(serve, api, tmp_path / "api.log")
         deadline = time.monotonic() + 120
         while len(_workers(serve.pid)) < 2 and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -163,7 +169,7 @@ def test_acknowledged_uploads_survive_sigkill_of_workers(data_dir: str, tmp_path
         assert len(rows) == len(acked)  # every upload a phone sent was retried until acknowledged
     finally:
         for proc in (relay_proc, serve):
-            if proc is not None and proc.poll() is None:
+            if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
                 try:
                     proc.wait(timeout=30)
