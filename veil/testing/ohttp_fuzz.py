@@ -241,7 +241,7 @@ def decoder_targets(embedding_size: int = 64) -> list[DecoderTarget]:
 
     def wire_decode(data: bytes) -> object:
         text = data.decode("latin-1")
-        return wire.decode_f32(text, (1, 16) if len(text) < 40 else (1, embedding_size))
+        return wire.decode_f32(text, (1, 16) if len(text) <= wire.b64_length(16) else (1, embedding_size))
 
     return [
         DecoderTarget("BinaryRequest.decode", BinaryRequest.decode, (BinaryHTTPError,), tuple(requests)),
