@@ -122,3 +122,12 @@ def test_chat_seeds_outside_64_bits_are_a_400(service, seed: int, status: int) -
     assert r.status_code == status, r.text
     if status == 400:
         assert r.json()["error"]["param"] == "seed"
+
+
+def test_an_unpadded_embedding_b64_of_the_right_length_is_a_400(service) -> None:
+    server, key, _ = service
+    body = {"task": "next_word", "text": "a cup of", "label": "tea", "embedding_b64": "A" * 344}
+    headers = {"Authorization": f"Bearer {key}", "Idempotency-Key": "fuzz-regression-unpadded-b64"}
+    r = httpx.post(server.url + "/v1/uploads", json=body, headers=headers, timeout=60)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == "embedding_b64"

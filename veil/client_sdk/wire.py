@@ -133,10 +133,12 @@ def decode_f32(text: str | bytes, shape: tuple[int, int], field: str = "embeddin
         raw = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise WireFormatError(field, "is not valid base64") from None
+    # Checked on the bytes: the right number of characters without '=' padding decodes to a length
+    # that is no multiple of 4, which np.frombuffer refuses with a plain ValueError.
+    if len(raw) != 4 * n * h:
+        raise WireFormatError(field, f"must hold {n} x {h} = {n * h} float32 values, got {len(raw)} bytes")
     # A writable copy of the decoded bytes (torch.as_tensor warns on read-only arrays); 2 KiB for SmolLM2.
     arr = np.frombuffer(bytearray(raw), dtype=_LE_F32)
-    if arr.size != n * h:
-        raise WireFormatError(field, f"must hold {n} x {h} = {n * h} float32 values, got {len(raw)} bytes")
     if not np.isfinite(arr).all():
         raise WireFormatError(field, "contains NaN or Inf")
     return arr.reshape(n, h)

@@ -134,8 +134,23 @@ def test_a_superscript_retry_after_from_the_relay_is_ignored() -> None:
 
     key = GatewayKeyPair.generate(1)
     transport = httpx.MockTransport(relay)
-    with OHTTPClient(
-        "http://relay.invalid/ohttp", key_config=key.config, transport=transport, retries=1
-    ) as client, pytest.raises(RelayError) as info:
+    with (
+        OHTTPClient(
+            "http://relay.invalid/ohttp", key_config=key.config, transport=transport, retries=1
+        ) as client,
+        pytest.raises(RelayError) as info,
+    ):
         client.request("GET", "/v1/models")
     assert info.value.status_code == 503
+
+
+# Regression: the decoder fuzz's find in the wire codec. The right number of base64 characters without
+# '=' padding decodes to 66 bytes for 16 values; np.frombuffer raised a plain ValueError, which the
+# upload route did not catch (a 500) and the phone did not expect from gradient_b64.
+@pytest.mark.parametrize("text", ["A" * 88, "AAAAAArXIzwK16M8" * 5 + "j8L1PArX"])
+def test_base64_that_decodes_to_a_partial_float_is_a_wire_format_error(text: str) -> None:
+    from veil.client_sdk.wire import WireFormatError, b64_length, decode_f32
+
+    assert len(text) == b64_length(16)
+    with pytest.raises(WireFormatError, match="float32 values"):
+        decode_f32(text, (1, 16))
