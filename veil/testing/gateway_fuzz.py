@@ -127,7 +127,12 @@ def _structured(rng: Random, content: bytes) -> bytes:
     """Replace, drop or add one top-level JSON field (the body stays valid JSON)."""
     body = json.loads(content)
     choice = rng.random()
-    if choice < 0.7:
+    b64 = [k for k, v in body.items() if k.endswith("_b64") and isinstance(v, str)]
+    if b64 and choice < 0.2:
+        # the right length, but characters that decode to another byte count (no '=' padding)
+        key = rng.choice(b64)
+        body[key] = rng.choice("A/+9") * len(body[key])
+    elif choice < 0.7:
         body[rng.choice(sorted(body))] = rng.choice(_ODD_VALUES)
     elif choice < 0.85:
         body.pop(rng.choice(sorted(body)))
