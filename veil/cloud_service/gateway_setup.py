@@ -9,12 +9,11 @@ one is generated once into ``<data_dir>/gateway.kek`` (mode 0600).
 
 from __future__ import annotations
 
-import os
-import secrets
 from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from veil.cloud_service.dev_secrets import development_secret
 from veil.cloud_service.gateway import Gateway, Keyring
 from veil.cloud_service.key_storage import StoredKey, StoredKeys
 from veil.cloud_service.replay import ReplayVerdict, SeenRequest
@@ -87,26 +86,7 @@ class DatabaseReplayStore:
 
 def development_kek(data_dir: Path) -> bytes:
     """Read or create ``<data_dir>/gateway.kek`` (32 random bytes, mode 0600)."""
-    path = Path(data_dir) / "gateway.kek"
-    if path.exists():
-        kek = path.read_bytes()
-        if len(kek) != 32:
-            raise ValueError(f"{path} must hold exactly 32 bytes, found {len(kek)}")
-        return kek
-    kek = secrets.token_bytes(32)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(kek)
-        fh.flush()
-        os.fsync(fh.fileno())
-    try:
-        os.link(tmp, path)  # first writer wins when several workers start at once
-    except FileExistsError:
-        pass
-    finally:
-        tmp.unlink(missing_ok=True)
-    return development_kek(data_dir)
+    return development_secret(Path(data_dir) / "gateway.kek")
 
 
 def build_keyring(config: ServiceConfig, sessions: Any) -> Keyring:

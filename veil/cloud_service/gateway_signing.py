@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import os
-import secrets
 import threading
 import time
 from pathlib import Path
@@ -27,6 +25,7 @@ from veil.client_sdk.ohttp.keysig import (
     sign_key_configs,
     signing_key_from_seed,
 )
+from veil.cloud_service.dev_secrets import development_secret
 
 if TYPE_CHECKING:  # the config pulls in the model engine; `veil gateway public-key` needs none of it
     from veil.cloud_service.config import ServiceConfig
@@ -45,26 +44,7 @@ SIGNING_KEY_FILE = "gateway-signing.key"
 
 def development_signing_seed(data_dir: Path) -> bytes:
     """Read or create ``<data_dir>/gateway-signing.key`` (a 32-byte Ed25519 seed, mode 0600)."""
-    path = Path(data_dir) / SIGNING_KEY_FILE
-    if path.exists():
-        seed = path.read_bytes()
-        if len(seed) != 32:
-            raise ValueError(f"{path} must hold exactly 32 bytes, found {len(seed)}")
-        return seed
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.{threading.get_ident()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(secrets.token_bytes(32))
-        fh.flush()
-        os.fsync(fh.fileno())
-    try:
-        os.link(tmp, path)  # first writer wins when several workers start at once
-    except FileExistsError:
-        pass
-    finally:
-        tmp.unlink(missing_ok=True)
-    return development_signing_seed(data_dir)
+    return development_secret(Path(data_dir) / SIGNING_KEY_FILE)
 
 
 def decode_signing_seed(text: str) -> bytes:
