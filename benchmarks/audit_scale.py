@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from veil.privacy_analysis.audit import AuditConfig, run_audit
-    from veil.privacy_analysis.spec import parse_spec
+    from veil.privacy_analysis.audit.spec import parse_spec
 
     start = time.perf_counter()
     spec = parse_spec(

@@ -214,7 +214,7 @@ def test_several_coordinates_symmetry_and_ranges(m, s) -> None:
 
 # ---------------------------------------------------------------------------------------------- one behaviour
 def _audit_gdp(dists) -> dict:
-    from veil.privacy_analysis.audit_sections import measure_gdp
+    from veil.privacy_analysis.audit.sections import measure_gdp
 
     return measure_gdp(list(dists), linked=(1,), pairwise_users=10, rng=np.random.default_rng(0))
 

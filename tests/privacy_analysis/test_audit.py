@@ -11,10 +11,10 @@ import pytest
 
 from veil.client_sdk.distributions import BetaDistribution, GaussianDistribution
 from veil.privacy_analysis.audit import AuditConfig, run_audit
-from veil.privacy_analysis.audit_report import write_audit_report
-from veil.privacy_analysis.policy import Policy
-from veil.privacy_analysis.spec import UtilityPoint, generate_population, parse_spec
-from veil.privacy_analysis.stream_audit import audit_stream, silhouette, stream_only_summary
+from veil.privacy_analysis.audit.policy import Policy
+from veil.privacy_analysis.audit.report import write_audit_report
+from veil.privacy_analysis.audit.spec import UtilityPoint, generate_population, parse_spec
+from veil.privacy_analysis.audit.stream import audit_stream, silhouette, stream_only_summary
 
 REQUIRED_KEYS = {
     "users",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from veil.privacy_analysis.policy import Policy, PolicyError, evaluate
+from veil.privacy_analysis.audit.policy import Policy, PolicyError, evaluate
 
 ALL_OK = {
     "bayes_attribution": 0.10,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from veil.client_sdk.distributions import BasisMixtureDistribution, BetaDistribution, GaussianDistribution
-from veil.privacy_analysis.spec import SpecError, generate_population, load_spec, parse_spec
+from veil.privacy_analysis.audit.spec import SpecError, generate_population, load_spec, parse_spec
 
 
 def _write(tmp_path: Path, text: str) -> Path:

@@ -2,11 +2,11 @@
 
 Inputs (one of the first two, and/or the third; or the fourth alone):
 
-- ``--population FILE``: a YAML population spec (:mod:`veil.privacy_analysis.spec`);
+- ``--population FILE``: a YAML population spec (:mod:`veil.privacy_analysis.audit.spec`);
 - ``--params PATH``: device parameter files saved by ``UserDistribution.save`` (``.npz``), or folders of
   them; one file per user;
 - ``--db URL``: a live store. Stored uploads carry no owner, so with ``--db`` alone the audit measures
-  only the pooled stream (exact repeats, cluster structure: :mod:`veil.privacy_analysis.stream_audit`)
+  only the pooled stream (exact repeats, cluster structure: :mod:`veil.privacy_analysis.audit.stream`)
   and every per-user policy limit is "not measurable" (a violation). With ``--params`` as well it adds
   the expected Bayes accuracy on exactly the stored uploads.
 - ``--uploads FILE``: uploads exported by the simulator with their ground truth
@@ -121,8 +121,8 @@ def audit(
     Exit code 1 when the policy (spec 'policy:' section and/or the --max-* flags) is violated.
     'veil audit --uploads FILE' instead attacks exported uploads without knowing any parameters.
     """
-    from veil.privacy_analysis.policy import Policy
-    from veil.privacy_analysis.spec import SpecError
+    from veil.privacy_analysis.audit.policy import Policy
+    from veil.privacy_analysis.audit.spec import SpecError
 
     if population is not None and params:
         raise UserError("give either --population or --params, not both")
@@ -156,7 +156,7 @@ def audit(
     stream = _audit_db(db, dists, seed) if db is not None else None
     summary, matrix = _run(dists, prior, spec, policy, stream, n_uploads, ts, seed, attacks, as_json)
     if report is not None:
-        from veil.privacy_analysis.audit_report import write_audit_report
+        from veil.privacy_analysis.audit.report import write_audit_report
 
         html_path, json_path = write_audit_report(summary, report, matrix)
         typer.echo(f"report: {html_path}\nsummary: {json_path}", err=as_json)
@@ -222,14 +222,14 @@ def _linked(text: str) -> tuple[int, ...]:
 
 
 def _load_population(path: Path) -> Any:
-    from veil.privacy_analysis.spec import load_spec
+    from veil.privacy_analysis.audit.spec import load_spec
 
     return load_spec(path)
 
 
 def _load_params(paths: list[Path]) -> tuple[list[Any], Any]:
     from veil.client_sdk.distributions import load_distribution
-    from veil.privacy_analysis.spec import default_prior
+    from veil.privacy_analysis.audit.spec import default_prior
 
     files: list[Path] = []
     for path in paths:
@@ -259,7 +259,7 @@ def _load_params(paths: list[Path]) -> tuple[list[Any], Any]:
 
 def _audit_db(url: str, dists: list[Any] | None, seed: int) -> dict[str, Any]:
     from veil.cloud_service.store import StoreError, iter_uploads, make_engine, session_factory
-    from veil.privacy_analysis.stream_audit import StreamAuditConfig, audit_stream
+    from veil.privacy_analysis.audit.stream import StreamAuditConfig, audit_stream
     from veil.settings import get_settings
 
     try:
@@ -292,7 +292,7 @@ def _run(
     as_json: bool,
 ) -> tuple[dict[str, Any], Any]:
     from veil.privacy_analysis.audit import AuditConfig, run_audit
-    from veil.privacy_analysis.stream_audit import stream_only_summary
+    from veil.privacy_analysis.audit.stream import stream_only_summary
     from veil.simulation.progress import NullProgress, RichProgress
 
     if dists is None:
@@ -311,7 +311,7 @@ def _print(summary: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from veil.privacy_analysis.audit_report import summary_rows
+    from veil.privacy_analysis.audit.report import summary_rows
 
     users = summary.get("users")
     table = Table(title=f"Privacy audit ({summary.get('family') or 'stored stream'}, {users or '?'} users)")

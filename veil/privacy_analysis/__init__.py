@@ -10,7 +10,7 @@ Submodules (import them directly):
 - ``identifiability``: the Gram-matrix test, and the shared-basis family with and without grouping.
 - ``attacks`` and ``linkage``: what a curious cloud can actually run on stored uploads.
 - ``accounting``: Opacus accountants for DP-SGD on uploads, and composition across runs.
-- ``spec``, ``policy``, ``audit``, ``audit_report``: ``veil audit``.
+- ``audit``: ``veil audit`` (the population spec, the policy, the sections, the stream audit, the report).
 """
 
 __all__: list[str] = []

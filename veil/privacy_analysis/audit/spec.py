@@ -11,7 +11,7 @@ Format (all arrays are per coordinate; a flat list is one token, ``[[...], ...]`
     #                       users: [{weights: [...]}, ...]     (a probability vector over the basis)
     # instead of users:     generator: {users: 1000, dim: 64, spread: 0.5, seed: 1}
     prior: {mean: [0.0, 0.0], std: 1.0}   # optional: the population prior (default: see below)
-    policy: {max_bayes_attribution: 0.2}  # optional: see veil.privacy_analysis.policy.Policy
+    policy: {max_bayes_attribution: 0.2}  # optional: see veil.privacy_analysis.audit.policy.Policy
     utility:                              # optional: points of the privacy-utility frontier
       - {label: "spread 0.5", accuracy: 0.61, attribution: 0.12}
 
@@ -80,7 +80,7 @@ class PopulationSpec:
     distributions: list[UserDistribution]
     prior: UserDistribution
     policy: dict[str, Any] = field(default_factory=dict)
-    """The raw ``policy:`` mapping (parsed by :class:`veil.privacy_analysis.policy.Policy`)."""
+    """The raw ``policy:`` mapping (parsed by :class:`veil.privacy_analysis.audit.policy.Policy`)."""
     utility: list[UtilityPoint] = field(default_factory=list)
     source: str = "<spec>"
 

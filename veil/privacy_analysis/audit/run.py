@@ -12,7 +12,7 @@ Given the users' distributions, :func:`run_audit` measures (IDfree-PL, arXiv:250
   its growth ``sqrt(T) mu`` under linking, and epsilon at ``delta = 1e-5``;
 - the Gram-matrix identifiability test of the pooled stream (on at most ``identifiability_users`` users);
 - the practical attacks on a random subset of at most ``attack_users`` users;
-- the policy's violations (:mod:`veil.privacy_analysis.policy`).
+- the policy's violations (:mod:`veil.privacy_analysis.audit.policy`).
 
 Subsets keep a 10,000-user audit within a minute on 2 cores; every figure computed on a subset says so
 (``n_users``/``sampled`` in its section).
@@ -30,9 +30,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from veil.client_sdk.distributions import UserDistribution
-from veil.privacy_analysis import audit_sections as sections
-from veil.privacy_analysis.policy import Policy, Violation, evaluate
-from veil.privacy_analysis.spec import UtilityPoint
+from veil.privacy_analysis.audit import sections
+from veil.privacy_analysis.audit.policy import Policy, Violation, evaluate
+from veil.privacy_analysis.audit.spec import UtilityPoint
 
 __all__ = ["AuditConfig", "AuditResult", "run_audit"]
 

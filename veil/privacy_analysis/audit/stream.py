@@ -148,10 +148,10 @@ def audit_stream(
 def stream_only_summary(stream: dict[str, Any], policy: Any) -> dict[str, Any]:
     """The ``veil audit --json`` object when only the stream is known (the per-user keys are ``None``).
 
-    ``policy`` (a :class:`~veil.privacy_analysis.policy.Policy`) is evaluated on what the stream gives,
+    ``policy`` (a :class:`~veil.privacy_analysis.audit.policy.Policy`) is evaluated on what the stream gives,
     i.e. nothing per user: every configured limit is "not measurable" and so a violation.
     """
-    from veil.privacy_analysis.policy import evaluate
+    from veil.privacy_analysis.audit.policy import evaluate
 
     violations = evaluate(policy, {})
     return {
