@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from veil.cli.errors import UserError
+from veil.client_sdk.constants import TASKS
 
 __all__ = ["register"]
 
@@ -352,7 +353,7 @@ def train_personalized(
     from veil.models.loading import quiet_transformers
     from veil.settings import get_settings
 
-    if task not in ("next_word", "classification"):
+    if task not in TASKS:
         raise UserError(f"--task must be next_word or classification, got {task!r}")
     if dp and noise_multiplier is None and target_epsilon is None:
         noise_multiplier = 1.0

@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from veil.client_sdk.constants import MAX_TEXT_CHARS, Task
 from veil.client_sdk.wire import MAX_VALUES, b64_length
 
 __all__ = [
@@ -26,7 +27,6 @@ __all__ = [
     "UploadResponse",
 ]
 
-MAX_TEXT_CHARS = 16_384
 MAX_EMBEDDING_VALUES = MAX_VALUES
 
 Embedding = list[float] | list[list[float]]
@@ -132,7 +132,7 @@ class UploadRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    task: Literal["classification", "next_word"]
+    task: Task
     text: Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]
     label: Annotated[str | None, Field(max_length=256)] = None
     embedding: Embedding | None = None
@@ -154,7 +154,7 @@ class GradientRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    task: Literal["classification", "next_word"]
+    task: Task
     text: Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]
     label: Annotated[str, Field(min_length=1, max_length=256)]
     embedding: Embedding | None = None

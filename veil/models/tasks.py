@@ -10,18 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from veil.client_sdk.constants import TASKS, Task
 from veil.models.personalization import PersonalizedLM
 
 __all__ = ["Batch", "TokenizedTask", "tokenize_task", "row_losses", "predict"]
-
-Task = Literal["classification", "next_word"]
 
 
 @dataclass
@@ -80,7 +79,7 @@ def tokenize_task(
     max_tokens: int = 48,
 ) -> TokenizedTask:
     """Tokenise texts once; keep the *last* ``max_tokens`` tokens (the next-word cue is at the end)."""
-    if task not in ("classification", "next_word"):
+    if task not in TASKS:
         raise ValueError(f"task must be 'classification' or 'next_word', got {task!r}")
     if len(texts) != len(labels):
         raise ValueError(f"{len(texts)} texts but {len(labels)} labels")

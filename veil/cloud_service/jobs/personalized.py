@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from veil.client_sdk.codebook_wire import float32_codebook
+from veil.client_sdk.constants import TASKS
 from veil.client_sdk.distributions import Codebook
 from veil.cloud_service.jobs.codebook import CHECKPOINT_CODEBOOK, fit_codebook
 from veil.models.checkpoint import is_personalized_checkpoint, load_personalized, save_personalized
@@ -52,7 +53,6 @@ from veil.models.training import LoraSettings, TrainConfig
 
 __all__ = ["PersonalizedTrainingConfig", "PersonalizedTrainingReport", "train_personalized"]
 
-TASKS = ("classification", "next_word")
 ProgressFn = Callable[[int, int, float], None]
 
 

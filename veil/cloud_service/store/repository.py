@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +20,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from veil.client_sdk.constants import IDEMPOTENCY_KEY_PATTERN, MAX_TEXT_CHARS, TASKS
 from veil.cloud_service.store.errors import IdempotencyConflict, StoreError
 from veil.cloud_service.store.keys import (
     API_KEY_PREFIX,
@@ -37,7 +37,7 @@ from veil.cloud_service.store.runs import (
     latest_training_run,
     update_training_run,
 )
-from veil.cloud_service.store.tables import TASKS, Upload
+from veil.cloud_service.store.tables import Upload
 from veil.cloud_service.store.util import check_text, db_errors, utc_day
 
 __all__ = [
@@ -64,9 +64,6 @@ __all__ = [
     "verify_api_key",
 ]
 
-IDEMPOTENCY_KEY_PATTERN = re.compile(r"[A-Za-z0-9_-]{16,128}")
-"""What a client-generated idempotency key must look like (matched in full)."""
-MAX_TEXT_CHARS = 16_384
 MAX_LABEL_CHARS = 256
 MAX_MODEL_CHARS = 256
 

@@ -27,6 +27,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from veil.client_sdk.constants import TASKS  # re-exported: the CHECK constraint below lists them
+
 __all__ = [
     "ApiKey",
     "Base",
@@ -40,9 +42,6 @@ __all__ = [
     "Upload",
     "new_upload_id",
 ]
-
-TASKS = ("classification", "next_word")
-"""The upload tasks the service trains on."""
 
 RUN_STATUSES = ("queued", "running", "succeeded", "failed")
 """The life cycle of a training run."""

@@ -14,11 +14,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from veil.client_sdk.constants import TASKS, Task
+
 __all__ = ["TASKS", "DatasetFormatError", "Example", "Population", "Split", "Task"]
 
-Task = Literal["classification", "next_word"]
 Split = Literal["train", "test"]
-TASKS: tuple[str, ...] = ("classification", "next_word")
 
 
 class DatasetFormatError(ValueError):

@@ -10,7 +10,6 @@ the answer goes out only after its transaction committed.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from typing import Annotated
 
@@ -18,6 +17,7 @@ from fastapi import APIRouter, Header, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
+from veil.client_sdk.constants import IDEMPOTENCY_KEY_PATTERN
 from veil.client_sdk.ohttp.bhttp import BinaryResponse
 from veil.cloud_service.api.checks import check_model, served_embedding
 from veil.cloud_service.api.deps import Caller, ServiceState, State
@@ -28,7 +28,6 @@ __all__ = ["router", "store_upload", "upload_from_gateway"]
 
 router = APIRouter(tags=["uploads"])
 
-_KEY = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
 _JSON = [("content-type", "application/json")]
 
 
@@ -46,7 +45,7 @@ async def store_upload(
     from veil.cloud_service.store.errors import IdempotencyConflict, StoreError
     from veil.cloud_service.store.repository import UploadIn
 
-    if idempotency_key is None or not _KEY.match(idempotency_key):
+    if idempotency_key is None or not IDEMPOTENCY_KEY_PATTERN.fullmatch(idempotency_key):
         raise APIError(
             400,
             "header Idempotency-Key is required: 16-128 characters of [A-Za-z0-9_-], random per upload",
