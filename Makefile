@@ -29,6 +29,7 @@ demo: install
 
 test: install
 	$(VENV)/bin/ruff check veil tests benchmarks
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -m "not slow and not gpu" -q -p no:cacheprovider --timeout=600
 
 test-all: install
@@ -37,6 +38,7 @@ test-all: install
 lint: install
 	$(VENV)/bin/ruff check veil tests benchmarks
 	$(VENV)/bin/ruff format --check veil tests benchmarks
+	$(VENV)/bin/lint-imports
 
 bench: install
 	$(VENV)/bin/veil bench latency --quick

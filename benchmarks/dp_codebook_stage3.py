@@ -163,9 +163,9 @@ def prepare(args: argparse.Namespace, phases: _Phases) -> PostChoice:
 
     from veil.client_sdk.distributions import Codebook
     from veil.models.training import evaluate
+    from veil.progress import NullProgress
     from veil.simulation.experiments.personalization import ExperimentConfig
     from veil.simulation.experiments.runner import ExperimentRun
-    from veil.simulation.progress import NullProgress
 
     preset = ExperimentConfig.quick if args.quick else ExperimentConfig.full
     cfg = preset("next_word", args.seed, users=args.users, types=args.types)

@@ -40,8 +40,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from veil.models.loading import quiet_transformers
+    from veil.progress import NullProgress, RichProgress
     from veil.simulation.experiments.personalization import ExperimentConfig, run_personalization_experiment
-    from veil.simulation.progress import NullProgress, RichProgress
 
     quiet_transformers()
     preset = ExperimentConfig.quick if args.quick else ExperimentConfig.full

@@ -45,9 +45,9 @@ def main() -> None:
 
     from transformers.utils import logging
 
+    from veil.progress import NullProgress
     from veil.simulation.experiments.personalization import ExperimentConfig
     from veil.simulation.experiments.runner import ExperimentRun
-    from veil.simulation.progress import NullProgress
 
     logging.disable_progress_bar()
     logging.set_verbosity_error()

@@ -293,7 +293,7 @@ def _run(
 ) -> tuple[dict[str, Any], Any]:
     from veil.privacy_analysis.audit import AuditConfig, run_audit
     from veil.privacy_analysis.audit.stream import stream_only_summary
-    from veil.simulation.progress import NullProgress, RichProgress
+    from veil.progress import NullProgress, RichProgress
 
     if dists is None:
         return stream_only_summary(stream or {}, policy), None

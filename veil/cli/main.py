@@ -147,8 +147,8 @@ def experiment_personalization(
     report: Annotated[Path | None, typer.Option(help="Write report.html and summary.json here.")] = None,
 ) -> None:
     """Personalisation methods side by side: accuracy, attribution next to its floor, attacks."""
+    from veil.progress import NullProgress, RichProgress
     from veil.simulation.experiments.personalization import run_personalization_experiment
-    from veil.simulation.progress import NullProgress, RichProgress
 
     cfg = _experiment_config(quick, task, seed, users, types, methods, type_noise)
     if export_uploads is not None:
@@ -195,7 +195,7 @@ def demo(
     """
     import os
 
-    from veil.simulation.progress import NullProgress, RichProgress
+    from veil.progress import NullProgress, RichProgress
     from veil.simulation.report import write_report
     from veil.simulation.service_demo import ServiceDemoConfig, run_service_demo
 

@@ -53,6 +53,7 @@ import numpy as np
 
 from veil.client_sdk.distributions import UserDistribution
 from veil.client_sdk.learning import OnDeviceLearner
+from veil.progress import NullProgress, Progress
 from veil.simulation.experiments.personalization import (
     ExperimentConfig,
     ExperimentResult,
@@ -60,7 +61,6 @@ from veil.simulation.experiments.personalization import (
     _jsonable,
 )
 from veil.simulation.experiments.runner import ExperimentRun
-from veil.simulation.progress import NullProgress, Progress
 
 __all__ = ["ServiceDemoConfig", "ServiceDemoResult", "run_service_demo"]
 

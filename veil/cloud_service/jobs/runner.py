@@ -41,7 +41,7 @@ def run_training_job(
         iter_uploads,
         update_training_run,
     )
-    from veil.simulation.progress import NullProgress, RichProgress
+    from veil.progress import NullProgress, RichProgress
 
     config = {k: (asdict(v) if hasattr(v, "__dataclass_fields__") else v) for k, v in vars(cfg).items()}
     config["base"] = str(base)

@@ -28,13 +28,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from veil.models.training import TrainConfig
+from veil.progress import NullProgress, Progress
 from veil.simulation.codebook import CodebookConfig
 from veil.simulation.data import PopulationConfig
 from veil.simulation.devices import DeviceLearningConfig, on_device_finetune
 from veil.simulation.experiments.runner import ExperimentRun
 from veil.simulation.experiments.scoring import ScoringConfig
 from veil.simulation.mixing import MixingConfig
-from veil.simulation.progress import NullProgress, Progress
 
 __all__ = [
     "METHODS",

@@ -28,12 +28,12 @@ from veil.client_sdk.policy_guard import PolicyGuard
 from veil.models.personalization import PersonalizationConfig, PersonalizedLM
 from veil.models.tasks import TokenizedTask, tokenize_task
 from veil.models.training import evaluate, fit
+from veil.progress import Progress
 from veil.simulation.codebook import CodebookResult, learn_codebook
 from veil.simulation.data import Population, make_population
 from veil.simulation.devices import learn_distributions
 from veil.simulation.experiments.scoring import export_uploads, score_privacy
 from veil.simulation.mixing import private_mixing
-from veil.simulation.progress import Progress
 
 if TYPE_CHECKING:
     from veil.simulation.experiments.personalization import ExperimentConfig, MethodResult
