@@ -107,8 +107,8 @@ async def _retrying(send: Any, retries: int) -> _Response:
 
 def embedding_field(name: str, embedding: np.ndarray, encoding: str = "base64") -> dict[str, Any]:
     """The body field for a sample: ``{name_b64: "..."}`` (base64 of little-endian float32, row-major;
-    about 4x smaller and 20x cheaper to encode) or ``{name: [[...]]}`` (JSON numbers); see
-    :mod:`veil.client_sdk.wire`."""
+    smaller and cheaper to encode) or ``{name: [[...]]}`` (JSON numbers); see
+    :func:`veil.client_sdk.wire.encode_field`."""
     return encode_field(name, embedding, encoding)
 
 

