@@ -3,12 +3,13 @@
 :class:`PhoneAPI` builds the JSON bodies of the phone routes and reads the answers; the transport is
 injected (an :class:`~veil.client_sdk.ohttp.client.AsyncOHTTPClient` through a relay in production and
 in the demo). Every upload carries a fresh random ``Idempotency-Key``, reused on retries, so a retried
-upload is stored once. Nothing here identifies the phone: no user id, no device id, no stable key.
+upload is stored once. Each call makes one request and raises on failure: retries belong to one layer
+(:class:`~veil.client_sdk.client.VeilClient`, or the transport's own ``retries`` without it). Nothing
+here identifies the phone: no user id, no device id, no stable key.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import secrets
 from collections.abc import Sequence
@@ -86,25 +87,6 @@ def _decode(resp: _Response) -> dict[str, Any]:
     return body
 
 
-async def _retrying(send: Any, retries: int) -> _Response:
-    """Send until a non-5xx answer; transport failures are retried too. Only for idempotent requests
-    (an upload carries its idempotency key, a gradient request changes nothing)."""
-    from veil.client_sdk.ohttp.client import RelayError
-
-    attempt = 0
-    while True:
-        try:
-            resp = await send()
-        except RelayError:
-            if attempt >= retries:
-                raise
-        else:
-            if resp.status < 500 or attempt >= retries:
-                return resp
-        await asyncio.sleep(0.05 * 2**attempt)
-        attempt += 1
-
-
 def embedding_field(name: str, embedding: np.ndarray, encoding: str = "base64") -> dict[str, Any]:
     """The body field for a sample: ``{name_b64: "..."}`` (base64 of little-endian float32, row-major;
     smaller and cheaper to encode) or ``{name: [[...]]}`` (JSON numbers); see
@@ -120,20 +102,22 @@ class PhoneAPI:
     transport: sends one inner HTTP request (method, path, JSON body, headers) and returns the answer.
     model: the served model id (``/v1/models``).
     embedding_encoding: ``"base64"`` (default: ``embedding_b64``, float32) or ``"json"`` (lists of numbers).
-    retries: extra attempts of an upload, gradient or codebook request after a 5xx answer or a failed exchange
-        (an upload keeps its idempotency key, so it is stored once).
+    retries: must be 0 (kept so existing callers still construct it): this class never retries; wrap it in
+        :class:`~veil.client_sdk.client.VeilClient` (:class:`~veil.client_sdk.retry.RetryPolicy`) or give
+        the transport ``retries``, so that exactly one layer retries.
     """
 
     def __init__(
-        self, transport: AsyncTransport, model: str, retries: int = 2, embedding_encoding: str = "base64"
+        self, transport: AsyncTransport, model: str, retries: int = 0, embedding_encoding: str = "base64"
     ) -> None:
-        if retries < 0:
-            raise ValueError(f"retries must be >= 0, got {retries}")
+        if retries != 0:
+            raise ValueError(
+                f"PhoneAPI never retries (one layer does: VeilClient), so retries must be 0, got {retries}"
+            )
         self.transport = transport
         self.model = model
         if embedding_encoding not in ("base64", "json"):
             raise ValueError(f"embedding_encoding must be 'base64' or 'json', got {embedding_encoding!r}")
-        self.retries = retries
         self.embedding_encoding = embedding_encoding
 
     async def models(self) -> list[dict[str, Any]]:
@@ -145,8 +129,7 @@ class PhoneAPI:
         Raises :class:`VeilAPIError` (404, ``codebook_not_found``) when none is published and
         :class:`~veil.client_sdk.codebook_wire.CodebookFormatError` for a malformed body.
         """
-        send = lambda: self.transport.request("GET", "/v1/codebook")  # noqa: E731
-        return codebook_from_json(_decode(await _retrying(send, self.retries)))
+        return codebook_from_json(_decode(await self.transport.request("GET", "/v1/codebook")))
 
     async def embedding_gradient(
         self, task: str, text: str, label: str, embedding: np.ndarray
@@ -161,8 +144,7 @@ class PhoneAPI:
         }
         if self.embedding_encoding == "base64":
             body["encoding"] = "base64"  # the gradient comes back compact too (gradient_b64)
-        send = lambda: self.transport.request("POST", "/v1/embedding-gradients", json=body)  # noqa: E731
-        out = _decode(await _retrying(send, self.retries))
+        out = _decode(await self.transport.request("POST", "/v1/embedding-gradients", json=body))
         if "gradient_b64" in out:
             try:
                 grad = decode_f32(out["gradient_b64"], np.shape(embedding), "gradient_b64")
@@ -185,8 +167,7 @@ class PhoneAPI:
         if embedding is not None:
             body.update(embedding_field("embedding", embedding, self.embedding_encoding))
         headers = {"idempotency-key": key}
-        send = lambda: self.transport.request("POST", "/v1/uploads", json=body, headers=headers)  # noqa: E731
-        return _decode(await _retrying(send, self.retries))
+        return _decode(await self.transport.request("POST", "/v1/uploads", json=body, headers=headers))
 
     async def chat(
         self, messages: Sequence[dict[str, str]], embedding: np.ndarray | None = None, **params: Any

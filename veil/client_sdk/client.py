@@ -12,9 +12,12 @@ Guarantees
 ----------
 * Parameters change only after a whole step succeeded: gradient received and valid, update computed,
   policy met, file written atomically. Any failure leaves memory and disk as they were.
-* Every request is safe to retry, and is retried (bounded, exponential backoff with jitter) after a
-  transport failure, a 5xx, or a response that did not open or parse: an upload keeps its idempotency
-  key *and its body* across retries, so it is stored once.
+* Every request is safe to retry, and is retried (bounded, exponential backoff with full jitter, the
+  relay's ``retry-after`` honoured: :class:`~veil.client_sdk.retry.RetryPolicy`) after a transport
+  failure, a relay 429, a 5xx, or a response that did not open or parse: an upload keeps its
+  idempotency key *and its body* across retries, so it is stored once. This client is the one layer
+  that retries: :class:`~veil.client_sdk.api.PhoneAPI` never does, and a transport that retries itself
+  is refused, so a failing relay sees exactly ``1 + RetryPolicy.retries`` attempts.
 * Nothing identifying is sent: no ids, no cookies, no stable keys; every sample and every HPKE
   encapsulation is fresh (a retry re-encapsulates the same inner request).
 * Nothing is sealed to a key the gateway did not sign (``PROTOCOL.md`` 2.4): the key configuration must
@@ -31,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import math
 import os
-import random
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -54,6 +56,7 @@ from veil.client_sdk.param_store import ClientState, FamilyMismatchError, Memory
 from veil.client_sdk.policy_guard import PolicyCheck, PolicyViolationError
 from veil.client_sdk.private_head import PrivateHead
 from veil.client_sdk.prototype_choice import Example, PrototypeChoice, prototype_losses
+from veil.client_sdk.retry import RetryPolicy
 
 __all__ = [
     "CodebookMismatchError",
@@ -74,7 +77,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-_jitter = random.SystemRandom()  # retry timing must not be predictable from a seeded generator
 
 
 class VeilClientError(Exception):
@@ -95,32 +97,12 @@ def secure_rng() -> np.random.Generator:
     return np.random.default_rng(secrets.randbits(128))
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Bounded retries with exponential backoff and full jitter.
-
-    Parameters
-    ----------
-    retries : int
-        Extra attempts after the first, >= 0.
-    backoff_s : float
-        Attempt ``k`` (from 0) waits a uniform time in ``[0, backoff_s * 2**k]``, >= 0.
-    """
-
-    retries: int = 3
-    backoff_s: float = 0.2
-
-    def __post_init__(self) -> None:
-        if self.retries < 0 or not (math.isfinite(self.backoff_s) and self.backoff_s >= 0):
-            raise ValueError(f"need retries >= 0 and backoff_s >= 0, got {self.retries}, {self.backoff_s}")
-
-
 def _retryable(exc: Exception) -> bool:
     """Failures after which the same request may succeed (every phone route is safe to resend)."""
     if isinstance(exc, RelayError):
         # Key problems are not here: the transport already refetched the keys once for this request.
         status = exc.status_code
-        return status is None or status >= 500 or exc.error_type == "ohttp_decryption_failed"
+        return status is None or status >= 500 or status == 429 or exc.error_type == "ohttp_decryption_failed"
     if isinstance(exc, VeilAPIError):
         return exc.status >= 500 or exc.type == "invalid_response"
     # The response (or the key list) was altered or garbled on the way.
@@ -182,7 +164,12 @@ class VeilClient:
             raise ValueError("model must be a non-empty model id")
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
-        self.api = PhoneAPI(transport, model, retries=0)  # retries happen here, around whole exchanges
+        if getattr(transport, "retries", 0):
+            raise ValueError(
+                f"the transport retries by itself (retries={transport.retries}): give it retries=0, since "  # type: ignore[attr-defined]
+                "VeilClient is the one layer that retries (RetryPolicy), and attempts would multiply"
+            )
+        self.api = PhoneAPI(transport, model)  # it never retries: that happens here, around whole exchanges
         self.transport = transport
         self.store = store
         self.model = model
@@ -339,14 +326,18 @@ class VeilClient:
 
     # ------------------------------------------------------------------ routes
     async def _with_retries(self, send: Callable[[], Awaitable[T]]) -> T:
-        for attempt in range(self.retry.retries + 1):
+        attempt, waited = 0, 0.0
+        while True:
             try:
                 return await send()
             except Exception as exc:  # noqa: BLE001 - filtered right below
-                if attempt == self.retry.retries or not _retryable(exc):
+                if not _retryable(exc):
                     raise
-            await asyncio.sleep(_jitter.uniform(0.0, self.retry.backoff_s * 2**attempt))
-        raise AssertionError("unreachable: the last attempt returns or raises")
+                pause = self.retry.next_pause(attempt, waited, getattr(exc, "retry_after", None))
+                if pause is None:
+                    raise
+            await asyncio.sleep(pause)
+            attempt, waited = attempt + 1, waited + pause
 
     async def discover(self) -> dict[str, Any]:
         """The model card (``GET /v1/models``); checks that it serves this model with our sample shape."""

@@ -316,6 +316,7 @@ async def _codebook_phones(
         relay_url + "/ohttp",
         key_config_url=relay_url + "/.well-known/ohttp-gateway",
         timeout=120,
+        retries=0,  # the VeilClients below are the one layer that retries
         gateway_public_key=gateway_public_key,
     ) as transport:
         counted = _CountingTransport(transport)

@@ -66,4 +66,5 @@ def test_async_client_honours_retry_after_and_gives_up(monkeypatch: pytest.Monke
         return refused.value.status_code
 
     assert asyncio.run(main()) == 429
-    assert pauses == [3.0, 0.2]  # an unparsable retry-after falls back to the backoff
+    # An unparsable retry-after falls back to the backoff, with full jitter: uniform in [0, 0.1 * 2**1].
+    assert pauses[0] == 3.0 and len(pauses) == 2 and 0.0 <= pauses[1] <= 0.2

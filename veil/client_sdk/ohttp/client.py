@@ -41,6 +41,7 @@ from veil.client_sdk.ohttp.padding import (
     pad_to_bucket,
     request_overhead,
 )
+from veil.client_sdk.retry import RetryPolicy, parse_retry_after
 
 __all__ = ["USER_AGENT", "AsyncOHTTPClient", "InnerResponse", "OHTTPClient", "RelayError"]
 
@@ -51,7 +52,6 @@ USER_AGENT = "ohttp-client"
 # blindly, because the relay may already have forwarded the request).
 _LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=2.0)
 _RETRY_STATUSES = frozenset({429, 502, 503, 504})
-_MAX_RETRY_AFTER_S = 30.0  # a relay cannot park a phone for longer than this per try
 _REFUSED_HEADERS = frozenset({"cookie", "expect", "host"})
 _KEY_ERROR_TYPES = frozenset({"unknown_key_id", "unsupported_ohttp_suite"})
 
@@ -65,12 +65,21 @@ class RelayError(Exception):
         HTTP status from the relay; ``None`` when it could not be reached.
     error_type : str
         The ``error.type`` of a JSON error body, or a generic type.
+    retry_after : float or None
+        The relay's ``retry-after`` in seconds (RFC 9110 section 10.2.3), when it sent one.
     """
 
-    def __init__(self, message: str, status_code: int | None = None, error_type: str = "relay_error") -> None:
+    def __init__(
+        self,
+        message: str,
+        status_code: int | None = None,
+        error_type: str = "relay_error",
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.error_type = error_type
+        self.retry_after = retry_after
 
     @property
     def is_key_problem(self) -> bool:
@@ -113,7 +122,8 @@ def _relay_error(response: httpx.Response) -> RelayError:
             error_type = error_type if error_type in _KEY_ERROR_TYPES else "unknown_key_id"
     except (ValueError, KeyError, TypeError, AttributeError):
         pass
-    return RelayError(message, response.status_code, error_type)
+    retry_after = parse_retry_after(response.headers.get("retry-after"))
+    return RelayError(message, response.status_code, error_type, retry_after)
 
 
 class _ClientCore:
@@ -151,6 +161,7 @@ class _ClientCore:
         self.timeout = timeout
         self.retries = retries
         self.retry_backoff_s = retry_backoff_s
+        self._retry = RetryPolicy(retries, retry_backoff_s)
         self.padding_buckets = check_buckets(padding_buckets)
         self._key_config = key_config
 
@@ -213,14 +224,11 @@ class _ClientCore:
             ) from exc
         return InnerResponse(inner.status, tuple(inner.headers), inner.content)
 
-    def _backoff(self, attempt: int, response: httpx.Response | None = None) -> float:
-        """The pause before try ``attempt + 1``: the backoff, or the relay's ``retry-after`` (RFC 9110
-        section 10.2.3, seconds) when that is longer, at most 30 s."""
-        pause = self.retry_backoff_s * (2**attempt)
-        value = response.headers.get("retry-after", "") if response is not None else ""
-        if value.isascii() and value.isdigit():  # not '²': isdigit() takes it, float() does not
-            pause = max(pause, min(float(value), _MAX_RETRY_AFTER_S))
-        return pause
+    def _pause(self, attempt: int, waited: float, response: httpx.Response | None) -> float | None:
+        """The wait before try ``attempt + 1`` (:class:`~veil.client_sdk.retry.RetryPolicy`: full
+        jitter, or the relay's ``retry-after`` when longer), or ``None`` when no try is left."""
+        retry_after = parse_retry_after(response.headers.get("retry-after")) if response is not None else None
+        return self._retry.next_pause(attempt, waited, retry_after)
 
     def _encapsulator(self, config: KeyConfig, inner: bytes) -> tuple[Callable[[], httpx.Request], list]:
         """A request factory that seals ``inner`` afresh on every call, and the list of its contexts."""
@@ -268,9 +276,13 @@ class OHTTPClient(_ClientCore):
     timeout : float
         Seconds per HTTP exchange.
     retries : int
-        Extra tries after connection errors or a 429/502/503/504 from the relay.
+        Extra tries after connection errors or a 429/502/503/504 from the relay, for callers that use
+        this client on its own (or under :class:`~veil.client_sdk.api.PhoneAPI`, which never retries).
+        Under :class:`~veil.client_sdk.client.VeilClient` it must be 0: that client is the one layer
+        that retries, and refuses a transport that retries too, so attempts never multiply.
     retry_backoff_s : float
-        First pause between tries; doubles each time (or the relay's ``retry-after``, up to 30 s).
+        Try ``k`` (from 0) is followed by a uniform wait in ``[0, retry_backoff_s * 2**k]`` (or the
+        relay's ``retry-after`` when longer, up to 30 s): :class:`~veil.client_sdk.retry.RetryPolicy`.
     padding_buckets : sequence of int
         Sizes (bytes) an encapsulated request is padded to: the smallest that fits, past the largest a
         multiple of it (``veil.client_sdk.ohttp.padding``); empty turns padding off.
@@ -312,21 +324,26 @@ class OHTTPClient(_ClientCore):
         self._key_lock = threading.Lock()
 
     def _send(self, build: Callable[[], httpx.Request]) -> httpx.Response:
-        for attempt in range(self.retries + 1):
+        attempt, waited = 0, 0.0
+        while True:
             request, response = build(), None
             try:
                 response = self._http.send(request, auth=None, follow_redirects=False)
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                if attempt == self.retries:
+                pause = self._pause(attempt, waited, None)
+                if pause is None:
                     raise RelayError(f"cannot reach {request.url}: {exc}", None, "relay_unreachable") from exc
             except httpx.TransportError as exc:
                 # Not retried: the relay may already have forwarded the request.
                 raise RelayError(f"exchange with {request.url} failed: {exc!r}", None, "relay_error") from exc
             else:
-                if response.status_code not in _RETRY_STATUSES or attempt == self.retries:
+                if response.status_code not in _RETRY_STATUSES:
                     return response
-            time.sleep(self._backoff(attempt, response))
-        raise AssertionError("unreachable: the last try returns or raises")
+                pause = self._pause(attempt, waited, response)
+                if pause is None:
+                    return response
+            time.sleep(pause)
+            attempt, waited = attempt + 1, waited + pause
 
     def key_config(self, *, refresh: bool = False) -> KeyConfig:
         """The gateway key configuration in use (fetched from ``key_config_url`` if needed)."""
@@ -416,21 +433,26 @@ class AsyncOHTTPClient(_ClientCore):
         self._key_lock: asyncio.Lock | None = None
 
     async def _send(self, build: Callable[[], httpx.Request]) -> httpx.Response:
-        for attempt in range(self.retries + 1):
+        attempt, waited = 0, 0.0
+        while True:
             request, response = build(), None
             try:
                 response = await self._http.send(request, auth=None, follow_redirects=False)
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                if attempt == self.retries:
+                pause = self._pause(attempt, waited, None)
+                if pause is None:
                     raise RelayError(f"cannot reach {request.url}: {exc}", None, "relay_unreachable") from exc
             except httpx.TransportError as exc:
                 # Not retried: the relay may already have forwarded the request.
                 raise RelayError(f"exchange with {request.url} failed: {exc!r}", None, "relay_error") from exc
             else:
-                if response.status_code not in _RETRY_STATUSES or attempt == self.retries:
+                if response.status_code not in _RETRY_STATUSES:
                     return response
-            await asyncio.sleep(self._backoff(attempt, response))
-        raise AssertionError("unreachable: the last try returns or raises")
+                pause = self._pause(attempt, waited, response)
+                if pause is None:
+                    return response
+            await asyncio.sleep(pause)
+            attempt, waited = attempt + 1, waited + pause
 
     async def key_config(self, *, refresh: bool = False) -> KeyConfig:
         """The gateway key configuration in use (fetched from ``key_config_url`` if needed)."""
