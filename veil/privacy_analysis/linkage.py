@@ -11,7 +11,7 @@ hoping each group is one person. A clustering is scored three ways:
   that truly share a user; of the pairs that truly share a user, the share put in the same cluster.
 
 The full attacks (k-means and a Gaussian mixture fitted by EM, with restarts) live in
-:mod:`veil.privacy_analysis.attacks.linkage`; :func:`linkage_attack` is the one-call version the
+:mod:`veil.privacy_analysis.attacks.clustering`; :func:`linkage_attack` is the one-call version the
 simulator uses.
 """
 

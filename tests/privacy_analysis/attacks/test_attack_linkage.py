@@ -11,7 +11,7 @@ from scipy.stats import norm
 
 from veil.privacy_analysis.attacks import AttackResult
 from veil.privacy_analysis.attacks.base import prepare_features
-from veil.privacy_analysis.attacks.linkage import (
+from veil.privacy_analysis.attacks.clustering import (
     GMMConfig,
     KMeansConfig,
     _log_joint,

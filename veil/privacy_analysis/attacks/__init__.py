@@ -1,17 +1,21 @@
 """Attacks a curious cloud could run on stored uploads, each scored against the Bayes ceiling.
 
-=========================  ==========================================================  ================
+=========================  ==========================================================  ====================
 name                       what the attacker knows                                     module
-=========================  ==========================================================  ================
+=========================  ==========================================================  ====================
 ``bayes_known_parameters`` every user's distribution (the ceiling)                     :mod:`.bayes`
-``linkage_kmeans``         only the pooled stream and the number of users              :mod:`.linkage`
-``linkage_gmm``            same, fitting a diagonal Gaussian mixture by EM             :mod:`.linkage`
+``linkage_kmeans``         only the pooled stream and the number of users              :mod:`.clustering`
+``linkage_gmm``            same, fitting a diagonal Gaussian mixture by EM             :mod:`.clustering`
 ``learned_attributor``     a labelled share of the uploads (``aux_fraction``)          :mod:`.learned`
 ``stylometric``            the same labelled share, plus the text of every upload      :mod:`.stylometric`
-=========================  ==========================================================  ================
+``knn``                    the labelled share (uploads audit only)                     :mod:`.nearest`
+``gaussian_fit``           the labelled share (uploads audit only)                     :mod:`.gaussian_fit`
+=========================  ==========================================================  ====================
 
-:func:`run_attacks` runs them on one set of uploads. Every result's details carry
-``bayes_accuracy_same_uploads``: the ceiling's accuracy on exactly the uploads that attack was
+Every attack takes one :class:`~veil.privacy_analysis.attacks.registry.AttackInput` and registers itself in
+:data:`~veil.privacy_analysis.attacks.registry.ATTACKS` (name -> :class:`Attack`). :func:`run_attacks` runs
+those of :data:`ATTACKS` (the first five, in that order) on one population's uploads. Every result's details
+carry ``bayes_accuracy_same_uploads``: the ceiling's accuracy on exactly the uploads that attack was
 evaluated on, so the two can be compared without sampling noise between them.
 """
 
@@ -23,19 +27,22 @@ from typing import Any
 import numpy as np
 
 from veil.client_sdk.distributions import UserDistribution
+
+# The attack modules register themselves in the registry on import; ``noqa: F401`` keeps the imports.
+from veil.privacy_analysis.attacks import gaussian_fit, nearest  # noqa: F401
 from veil.privacy_analysis.attacks.base import AttackResult, as_features, check_owners, stratified_split
-from veil.privacy_analysis.attacks.bayes import BayesConfig, bayes_attack, bayes_log_posteriors
-from veil.privacy_analysis.attacks.learned import LearnedConfig, learned_attack
-from veil.privacy_analysis.attacks.linkage import (
-    GMMConfig,
-    KMeansConfig,
-    gmm_linkage_attack,
-    kmeans_linkage_attack,
-)
-from veil.privacy_analysis.attacks.stylometric import StylometricConfig, stylometric_attack
+from veil.privacy_analysis.attacks.bayes import BayesConfig, bayes_log_posteriors
+from veil.privacy_analysis.attacks.clustering import GMMConfig, KMeansConfig
+from veil.privacy_analysis.attacks.learned import LearnedConfig
+from veil.privacy_analysis.attacks.registry import ATTACKS as REGISTRY
+from veil.privacy_analysis.attacks.registry import Attack, AttackInput
+from veil.privacy_analysis.attacks.stylometric import StylometricConfig
 
 __all__ = [
     "ATTACKS",
+    "REGISTRY",
+    "Attack",
+    "AttackInput",
     "AttackResult",
     "BayesConfig",
     "GMMConfig",
@@ -45,14 +52,17 @@ __all__ = [
     "run_attacks",
 ]
 
-ATTACKS: dict[str, type] = {
-    "bayes_known_parameters": BayesConfig,
-    "linkage_kmeans": KMeansConfig,
-    "linkage_gmm": GMMConfig,
-    "learned_attributor": LearnedConfig,
-    "stylometric": StylometricConfig,
+ATTACKS: dict[str, Attack] = {
+    name: REGISTRY[name]
+    for name in (
+        "bayes_known_parameters",
+        "linkage_kmeans",
+        "linkage_gmm",
+        "learned_attributor",
+        "stylometric",
+    )
 }
-"""Attack name -> its config class, in the order :func:`run_attacks` runs them."""
+"""The attacks :func:`run_attacks` runs on a population, in its order (name -> registered :class:`Attack`)."""
 
 
 def run_attacks(
@@ -124,10 +134,11 @@ def run_attacks(
         wanted = [a for a in ATTACKS if a in set(attacks)]
         if "stylometric" in wanted and texts is None:
             raise ValueError("the stylometric attack needs texts, got texts=None")
-    cfgs = {name: ATTACKS[name]() for name in wanted}
+    cfgs = {name: ATTACKS[name].config_type() for name in wanted}
     for name, cfg in (configs or {}).items():
-        if name not in ATTACKS or not isinstance(cfg, ATTACKS[name]):
-            raise ValueError(f"config for {name!r} must be a {getattr(ATTACKS.get(name), '__name__', '?')}")
+        if name not in ATTACKS or not isinstance(cfg, ATTACKS[name].config_type):
+            wanted_type = ATTACKS[name].config_type.__name__ if name in ATTACKS else "?"
+            raise ValueError(f"config for {name!r} must be a {wanted_type}")
         cfgs[name] = cfg
 
     bayes_cfg = cfgs.get("bayes_known_parameters", BayesConfig())
@@ -142,18 +153,10 @@ def run_attacks(
         else None
     )
 
+    inp = AttackInput(uploads, o, k, rng, aux=aux, texts=texts, dists=dists)
     results = []
     for name in wanted:
-        if name == "bayes_known_parameters":
-            res = bayes_attack(dists, uploads, o, cfgs[name])
-        elif name == "linkage_kmeans":
-            res = kmeans_linkage_attack(uploads, o, k, rng, cfgs[name])
-        elif name == "linkage_gmm":
-            res = gmm_linkage_attack(uploads, o, k, rng, cfgs[name])
-        elif name == "learned_attributor":
-            res = learned_attack(uploads, o, k, aux, cfgs[name])
-        else:
-            res = stylometric_attack(texts, uploads, o, k, aux, rng, cfgs[name])  # type: ignore[arg-type]
+        res = ATTACKS[name].run(inp, cfgs[name])
         evaluated = res.predictions >= 0 if res.predictions is not None else np.ones(n, dtype=bool)
         res.details["bayes_accuracy_same_uploads"] = float(bayes_right[evaluated].mean())
         results.append(res)

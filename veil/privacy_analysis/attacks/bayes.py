@@ -17,6 +17,7 @@ from scipy.special import logsumexp
 
 from veil.client_sdk.distributions import UserDistribution
 from veil.privacy_analysis.attacks.base import AttackResult, check_owners, make_result
+from veil.privacy_analysis.attacks.registry import Attack, AttackInput, register
 from veil.privacy_analysis.attribution import log_likelihood_matrix
 
 __all__ = ["BayesConfig", "bayes_attack", "bayes_log_posteriors", "reshape_for"]
@@ -114,3 +115,11 @@ def bayes_attack(
         "anonymity_degree": float(entropy.mean() / np.log(k)),
     }
     return make_result("bayes_known_parameters", o, log_post.argmax(axis=1), k, details)
+
+
+def _run(inp: AttackInput, config: BayesConfig) -> AttackResult:
+    inp.require("bayes_known_parameters", "dists")
+    return bayes_attack(inp.dists, inp.uploads, inp.owners, config)  # type: ignore[arg-type]
+
+
+register(Attack("bayes_known_parameters", BayesConfig, _run))

@@ -27,6 +27,7 @@ from veil.privacy_analysis.attacks.base import (
     matmul,
     prepare_features,
 )
+from veil.privacy_analysis.attacks.registry import Attack, AttackInput, register
 from veil.privacy_analysis.linkage import (
     adjusted_rand_index,
     kmeans,
@@ -259,3 +260,15 @@ def gmm_linkage_attack(
         em_iterations=len(fit.history),
         converged=fit.converged,
     )
+
+
+def _run_kmeans(inp: AttackInput, config: KMeansConfig) -> AttackResult:
+    return kmeans_linkage_attack(inp.uploads, inp.owners, inp.k, inp.rng, config)
+
+
+def _run_gmm(inp: AttackInput, config: GMMConfig) -> AttackResult:
+    return gmm_linkage_attack(inp.uploads, inp.owners, inp.k, inp.rng, config)
+
+
+register(Attack("linkage_kmeans", KMeansConfig, _run_kmeans))
+register(Attack("linkage_gmm", GMMConfig, _run_gmm))

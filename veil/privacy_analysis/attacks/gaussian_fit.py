@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from veil.privacy_analysis.attacks.base import AttackResult, as_features, check_aux, check_owners, make_result
+from veil.privacy_analysis.attacks.registry import Attack, AttackInput, register
 from veil.privacy_analysis.attacks.selection import argmax_random_ties, row_blocks, unique_rows
 
 __all__ = ["GaussianFit", "GaussianFitConfig", "fit_user_gaussians", "gaussian_fit_attack"]
@@ -29,7 +30,7 @@ class GaussianFitConfig:
     ----------
     var_floor : float
         Lower bound on every fitted variance, relative to the pooled variance of that coordinate over the
-        labelled uploads (default 1e-6, as :class:`~veil.privacy_analysis.attacks.linkage.GMMConfig`).
+        labelled uploads (default 1e-6, as :class:`~veil.privacy_analysis.attacks.clustering.GMMConfig`).
     block_elements : int
         Most entries of one block of the ``(uploads, users)`` likelihood matrix (default 2**22, 32 MiB of
         float64); bounds the memory, not the result.
@@ -142,3 +143,11 @@ def gaussian_fit_attack(
         predictions[evaluated[rows]] = argmax_random_ties(fit.log_likelihoods(x[evaluated[rows]]), rng)
     details = {"n_aux": int(aux.sum()), "floored_variance_share": fit.floored, "var_floor": cfg.var_floor}
     return make_result("gaussian_fit", o, predictions, k, details)
+
+
+def _run(inp: AttackInput, config: GaussianFitConfig) -> AttackResult:
+    inp.require("gaussian_fit", "aux")
+    return gaussian_fit_attack(inp.uploads, inp.owners, inp.k, inp.aux, inp.rng, config)  # type: ignore[arg-type]
+
+
+register(Attack("gaussian_fit", GaussianFitConfig, _run))

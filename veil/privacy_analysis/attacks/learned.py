@@ -27,6 +27,8 @@ from veil.privacy_analysis.attacks.base import (
     make_result,
     matmul,
 )
+from veil.privacy_analysis.attacks.registry import Attack, AttackInput, register
+from veil.privacy_analysis.attacks.selection import argmax_random_ties
 
 __all__ = [
     "LearnedConfig",
@@ -260,3 +262,24 @@ def learned_attack(
         "eval_log_loss": float(-np.mean(log_post[np.arange(truth.size), truth])),
     }
     return make_result("learned_attributor", o, predictions, k, details)
+
+
+def _learned_random_ties(inp: AttackInput, config: LearnedConfig) -> AttackResult:
+    """The attributor's model with ties broken at random from ``inp.rng`` (details ``n_aux``, ``eval_log_loss``)."""
+    o, aux = inp.owners, np.asarray(inp.aux)
+    log_post, _ = learned_log_posteriors(inp.uploads, o, inp.k, aux, config)
+    predictions = np.full(o.size, -1, dtype=np.int64)
+    predictions[~aux] = argmax_random_ties(log_post, inp.rng)
+    loss = float(-np.mean(log_post[np.arange(log_post.shape[0]), o[~aux]]))
+    details = {"n_aux": int(aux.sum()), "eval_log_loss": loss}
+    return make_result("learned_attributor", o, predictions, inp.k, details)
+
+
+def _run(inp: AttackInput, config: LearnedConfig) -> AttackResult:
+    inp.require("learned_attributor", "aux")
+    if inp.tie_break == "random":
+        return _learned_random_ties(inp, config)
+    return learned_attack(inp.uploads, inp.owners, inp.k, inp.aux, config)  # type: ignore[arg-type]
+
+
+register(Attack("learned_attributor", LearnedConfig, _run))

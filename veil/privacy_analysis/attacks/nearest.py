@@ -10,11 +10,12 @@ within-group chance and not whichever user has the lowest index.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from veil.privacy_analysis.attacks.base import AttackResult, as_features, check_aux, check_owners, make_result
+from veil.privacy_analysis.attacks.registry import Attack, AttackInput, register
 from veil.privacy_analysis.attacks.selection import (
     argmax_random_ties,
     row_blocks,
@@ -122,3 +123,13 @@ def knn_attack(
         "distinct_aux_vectors": int(unique_rows(x[aux])[0].shape[0]),
     }
     return make_result("knn", o, predictions, k, details)
+
+
+def _run(inp: AttackInput, config: KNNConfig) -> AttackResult:
+    inp.require("knn", "aux")
+    # a tiny file may hold fewer labelled uploads than voters; details say how many voted
+    cfg = replace(config, neighbors=min(config.neighbors, int(inp.aux.sum())))  # type: ignore[union-attr]
+    return knn_attack(inp.uploads, inp.owners, inp.k, inp.aux, inp.rng, cfg)  # type: ignore[arg-type]
+
+
+register(Attack("knn", KNNConfig, _run))

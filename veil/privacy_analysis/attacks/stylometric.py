@@ -29,6 +29,7 @@ from scipy.special import logsumexp
 
 from veil.privacy_analysis.attacks.base import AttackResult, as_features, check_aux, check_owners, make_result
 from veil.privacy_analysis.attacks.learned import LearnedConfig, embedding_features, fit_softmax
+from veil.privacy_analysis.attacks.registry import Attack, AttackInput, register
 
 __all__ = ["StylometricConfig", "char_ngram_tfidf", "stylometric_attack"]
 
@@ -240,3 +241,11 @@ def stylometric_attack(
         "embedding_weight": b,
     }
     return make_result("stylometric", o, predictions, k, details)
+
+
+def _run(inp: AttackInput, config: StylometricConfig) -> AttackResult:
+    inp.require("stylometric", "texts", "aux")
+    return stylometric_attack(inp.texts, inp.uploads, inp.owners, inp.k, inp.aux, inp.rng, config)  # type: ignore[arg-type]
+
+
+register(Attack("stylometric", StylometricConfig, _run))

@@ -28,18 +28,13 @@ from typing import Any
 
 import numpy as np
 
-from veil.privacy_analysis.attacks.base import AttackResult, make_result, stratified_split
-from veil.privacy_analysis.attacks.gaussian_fit import GaussianFitConfig, gaussian_fit_attack
-from veil.privacy_analysis.attacks.learned import LearnedConfig, learned_log_posteriors
-from veil.privacy_analysis.attacks.linkage import (
-    GMMConfig,
-    KMeansConfig,
-    gmm_linkage_attack,
-    kmeans_linkage_attack,
-)
-from veil.privacy_analysis.attacks.nearest import KNNConfig, knn_attack
-from veil.privacy_analysis.attacks.selection import argmax_random_ties
-from veil.privacy_analysis.attacks.stylometric import StylometricConfig, stylometric_attack
+from veil.privacy_analysis.attacks.base import AttackResult, stratified_split
+from veil.privacy_analysis.attacks.clustering import GMMConfig, KMeansConfig
+from veil.privacy_analysis.attacks.gaussian_fit import GaussianFitConfig
+from veil.privacy_analysis.attacks.learned import LearnedConfig
+from veil.privacy_analysis.attacks.nearest import KNNConfig
+from veil.privacy_analysis.attacks.registry import ATTACKS, AttackInput
+from veil.privacy_analysis.attacks.stylometric import StylometricConfig
 
 __all__ = [
     "SAMPLED_ATTACKS",
@@ -57,6 +52,16 @@ __all__ = [
 UPLOAD_ATTACKS = ("knn", "gaussian_fit", "learned_attributor", "linkage_kmeans", "linkage_gmm", "stylometric")
 """The attacks :func:`run_upload_attacks` can run, in the order it runs them."""
 SAMPLED_ATTACKS = frozenset({"learned_attributor", "linkage_kmeans", "linkage_gmm", "stylometric"})
+"""The attacks that cost ``O(K^2)`` or more in the number of users K, run on ``max_users`` users."""
+_CONFIG_FIELD = {
+    "knn": "knn",
+    "gaussian_fit": "gaussian",
+    "learned_attributor": "learned",
+    "linkage_kmeans": "kmeans",
+    "linkage_gmm": "gmm",
+    "stylometric": "stylometric",
+}
+"""Attack name -> the :class:`UploadAttackConfig` field holding its settings."""
 """Attacks that run on at most ``max_users`` users."""
 REQUIRED_ARRAYS = ("embedding", "user", "type")
 OPTIONAL_ARRAYS = ("text",)
@@ -312,7 +317,9 @@ def run_upload_attacks(
         users = subset if name in SAMPLED_ATTACKS else np.arange(k)
         keep = np.isin(data.user, users)  # (N,)
         owners = np.searchsorted(users, data.user[keep])  # renumbered 0..len(users)-1
-        res = _attack(name, x[keep], owners, len(users), aux[keep], data, keep, rng, cfg)
+        texts = data.text[keep].tolist() if name == "stylometric" else None  # type: ignore[index]
+        inp = AttackInput(x[keep], owners, len(users), rng, aux=aux[keep], texts=texts, tie_break="random")
+        res = ATTACKS[name].run(inp, getattr(cfg, _CONFIG_FIELD[name]))
         evaluated = res.predictions >= 0
         extra = {"group_floor": group_floor(owners, types[users], evaluated), "users": len(users)}
         results.append(replace(res, details={**res.details, **extra, "sampled": len(users) < k}))
@@ -320,35 +327,3 @@ def run_upload_attacks(
     floor = group_floor(data.user, types, everyone)
     n_types = int(np.unique(types).size)
     return UploadAudit(k, data.user.size, n_types, cfg.train_fraction, 1.0 / k, floor, results, skipped)
-
-
-def _attack(
-    name: str,
-    x: np.ndarray,
-    owners: np.ndarray,
-    k: int,
-    aux: np.ndarray,
-    data: UploadSet,
-    keep: np.ndarray,
-    rng: np.random.Generator,
-    cfg: UploadAttackConfig,
-) -> AttackResult:
-    if name == "knn":  # a tiny file may hold fewer labelled uploads than voters; details say how many voted
-        return knn_attack(
-            x, owners, k, aux, rng, replace(cfg.knn, neighbors=min(cfg.knn.neighbors, int(aux.sum())))
-        )
-    if name == "gaussian_fit":
-        return gaussian_fit_attack(x, owners, k, aux, rng, cfg.gaussian)
-    if name == "learned_attributor":
-        # the existing attributor's model, with this module's tie-breaking instead of argmax
-        log_post, _ = learned_log_posteriors(x, owners, k, aux, cfg.learned)
-        predictions = np.full(owners.size, -1, dtype=np.int64)
-        predictions[~aux] = argmax_random_ties(log_post, rng)
-        loss = float(-np.mean(log_post[np.arange(log_post.shape[0]), owners[~aux]]))
-        return make_result(name, owners, predictions, k, {"n_aux": int(aux.sum()), "eval_log_loss": loss})
-    if name == "linkage_kmeans":
-        return kmeans_linkage_attack(x, owners, k, rng, cfg.kmeans)
-    if name == "linkage_gmm":
-        return gmm_linkage_attack(x, owners, k, rng, cfg.gmm)
-    texts = data.text[keep].tolist()  # type: ignore[index]
-    return stylometric_attack(texts, x, owners, k, aux, rng, cfg.stylometric)
