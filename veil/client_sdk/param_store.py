@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from veil.client_sdk.atomic_files import atomic_write_bytes
 from veil.client_sdk.distributions.base import UserDistribution
 
 __all__ = [
@@ -328,25 +329,10 @@ class ParamStore:
     def _write(self, blob: bytes) -> None:
         directory = self.path.parent
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = directory / f".{self.path.name}.{secrets.token_hex(6)}.tmp"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(blob)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp, 0o600)  # O_CREAT's mode is masked by the umask; be explicit
-            os.replace(tmp, self.path)
-        except BaseException as exc:
-            tmp.unlink(missing_ok=True)
-            if isinstance(exc, OSError):
-                raise ParamStoreError(f"{self.path}: cannot write: {exc}") from exc
-            raise
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # the rename itself must survive a crash
-        finally:
-            os.close(dir_fd)
+            atomic_write_bytes(self.path, blob, mode=0o600)
+        except OSError as exc:
+            raise ParamStoreError(f"{self.path}: cannot write: {exc}") from exc
 
 
 class MemoryParamStore(ParamStore):

@@ -11,12 +11,12 @@ choices only (how that count is gathered, e.g. by secure aggregation, is outside
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from veil.client_sdk.atomic_files import atomic_write
 from veil.client_sdk.codebook_wire import float32_codebook
 from veil.client_sdk.distributions import Codebook
 
@@ -113,15 +113,5 @@ class CodebookStore:
         """Replace the published codebook atomically; returns it as published (prototypes in float32)."""
         book = float32_codebook(book)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".codebook-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, **book.arrays())
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp, 0o644)  # public by design
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(self.path, lambda fh: np.savez(fh, **book.arrays()), mode=0o644)  # public by design
         return book

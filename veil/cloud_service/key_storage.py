@@ -16,11 +16,12 @@ The database implementation is :class:`veil.cloud_service.gateway_setup.Database
 from __future__ import annotations
 
 import os
-import secrets
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
+
+from veil.client_sdk.atomic_files import atomic_write_bytes
 
 __all__ = ["DirectoryKeyStorage", "KeyStorage", "MemoryKeyStorage", "StoredKey", "StoredKeys"]
 
@@ -174,19 +175,4 @@ class DirectoryKeyStorage(MemoryKeyStorage):
             for key_id, epoch, record in sorted(entries, key=lambda e: e[1])
         )
         self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = self.path / f".{self.filename}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(payload)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.file)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        dir_fd = os.open(self.path, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # make the rename itself durable
-        finally:
-            os.close(dir_fd)
+        atomic_write_bytes(self.file, payload, mode=0o600)

@@ -9,12 +9,13 @@ attribute ``family``, which is also the name written into saved files.
 from __future__ import annotations
 
 import os
-import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import Any, ClassVar, Self
 
 import numpy as np
+
+from veil.client_sdk.atomic_files import atomic_write
 
 __all__ = ["FAMILIES", "UserDistribution", "as_param", "check_sample_shape"]
 
@@ -146,20 +147,9 @@ class UserDistribution(ABC):
         The file is written to a temporary file (mode 0600) in the same directory and moved into place
         with :func:`os.replace`, so a crash never leaves a half-written parameter file.
         """
-        target = os.fspath(path)
-        directory = os.path.dirname(os.path.abspath(target))
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".veil-dist-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, family=np.array(self.family), **self._arrays())
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, target)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write(
+            path, lambda fh: np.savez(fh, family=np.array(self.family), **self._arrays()), mode=0o600
+        )
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> UserDistribution:

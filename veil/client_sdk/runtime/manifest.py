@@ -38,12 +38,13 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from veil.client_sdk.atomic_files import atomic_write_text
 
 __all__ = [
     "DTYPES",
@@ -309,18 +310,7 @@ def write_manifest(
     directory = Path(out_dir)
     directory.mkdir(parents=True, exist_ok=True)
     text = json.dumps(manifest.to_json(), indent=2, sort_keys=False) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".manifest-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, directory / MANIFEST_FILE)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(directory / MANIFEST_FILE, text, mode=0o644)
     return manifest
 
 

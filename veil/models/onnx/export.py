@@ -3,30 +3,15 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from veil.client_sdk.atomic_files import atomic_write_bytes
 from veil.client_sdk.runtime.reference import BetaConstruction
 from veil.models.onnx.graphs import DEFAULT_OPSET, FAMILY_GRAPHS, GraphShapes, build_graphs
 from veil.models.onnx.manifest import Manifest, add_entries, describe_model
 
 __all__ = ["export_onnx"]
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def export_onnx(
@@ -69,7 +54,7 @@ def export_onnx(
     entries = []
     for graph in build_graphs(families, shapes, opset=opset, beta=beta):
         path = directory / f"{graph.name}.onnx"
-        _write_atomic(path, graph.model.SerializeToString())
+        atomic_write_bytes(path, graph.model.SerializeToString(), mode=0o644)
         entries.append(
             describe_model(path, name=graph.name, kind=graph.kind, family=graph.family, extra=graph.extra)
         )

@@ -16,8 +16,6 @@ send them and measures
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from veil.client_sdk.atomic_files import atomic_write
 from veil.client_sdk.distributions import UserDistribution
 from veil.privacy_analysis.attacks import run_attacks
 from veil.privacy_analysis.attribution import bayes_attribution_fast, linked_attribution
@@ -147,18 +146,10 @@ def export_uploads(
     """Write ``<method>.npz``: ``embedding`` float32 ``(uploads, n, d)``, ``user`` and ``type`` int64,
     ``text`` str, ``per_user`` uploads per user; atomically (a temporary file, then a rename)."""
     emb, owners, sent = draw_uploads(dists, texts, per_user, rng)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(
-                fh,
-                embedding=emb.astype(np.float32),
-                user=owners.astype(np.int64),
-                type=np.asarray(types, dtype=np.int64)[owners],
-                text=np.array(sent, dtype=str),
-            )
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    arrays = {
+        "embedding": emb.astype(np.float32),
+        "user": owners.astype(np.int64),
+        "type": np.asarray(types, dtype=np.int64)[owners],
+        "text": np.array(sent, dtype=str),
+    }
+    atomic_write(path, lambda fh: np.savez(fh, **arrays))
