@@ -8,8 +8,9 @@ Subpackages, from the top layer down (a layer may import the ones below it, neve
 - ``cloud_service``: the API process, the OHTTP gateway and relay, storage, training jobs;
 - ``models``: model loading, the personalised LM, training;
 - ``privacy_analysis`` (bounds, attacks, accounting, audit) and ``kernels`` (GPU kernels);
+- ``reporting``: helpers of the HTML reports;
 - ``client_sdk``: what runs on phones (numpy, cryptography, httpx, onnxruntime; never torch);
-- ``settings``, ``reporting`` and ``progress``: small helpers that import nothing from Veil.
+- ``settings`` and ``progress``: small helpers that import nothing from Veil.
 
 Nothing is imported here, so ``import veil.client_sdk`` never pulls in torch.
 """

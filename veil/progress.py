@@ -55,6 +55,7 @@ class RichProgress:
     """One rich progress bar per stage, on stderr."""
 
     def __init__(self) -> None:
+        # lazy: rich loads only when a bar is shown (not under --json or in tests)
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 

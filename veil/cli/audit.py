@@ -17,6 +17,8 @@ Inputs (one of the first two, and/or the third; or the fourth alone):
 
 Exit codes: 0 when the policy holds (always, for ``--uploads FILE``), 1 when it is violated, 2 for bad
 input (one line on stderr).
+
+The command imports the analysis inside its functions (lazy: start-up time, see :mod:`veil.cli.main`).
 """
 
 from __future__ import annotations

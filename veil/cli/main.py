@@ -2,6 +2,10 @@
 
 User errors (bad arguments, unknown models, malformed files) print one line on stderr and exit 2.
 Long commands show progress bars on stderr; ``--json`` prints one JSON object on stdout.
+
+Every command imports what it uses inside its function: ``veil --help`` and each command load only
+their own dependencies (torch alone costs about 1.3 s at import, transformers 0.7 s). The other command
+modules follow the same rule.
 """
 
 from __future__ import annotations

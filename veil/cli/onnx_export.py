@@ -1,5 +1,8 @@
 """``veil export-onnx``: write the phone's ONNX graphs (samplers, updates, policy checks, the prototype
-choice) and manifest."""
+choice) and manifest.
+
+The command imports torch and the graph builders inside its function (lazy: start-up time, see
+:mod:`veil.cli.main`)."""
 
 from __future__ import annotations
 

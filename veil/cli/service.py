@@ -1,5 +1,8 @@
 """Service commands: ``veil serve``, ``veil relay``, ``veil keys ...``, ``veil gateway ...``,
-``veil codebook ...``, ``veil train personalized``."""
+``veil codebook ...``, ``veil train personalized``.
+
+Each command imports the service, the store and the models inside its function (lazy: start-up time,
+see :mod:`veil.cli.main`)."""
 
 from __future__ import annotations
 

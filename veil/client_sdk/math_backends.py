@@ -35,6 +35,7 @@ from veil.client_sdk.distributions.prototype import Codebook, PrototypeDistribut
 from veil.client_sdk.learning import OnDeviceLearner
 from veil.client_sdk.param_store import ClientState
 from veil.client_sdk.policy_guard import PolicyCheck, PolicyGuard
+from veil.client_sdk.runtime import BetaConstruction, load_graphs
 
 __all__ = ["Draw", "LearningConfig", "MathBackend", "NumpyBackend", "OnnxBackend", "OnnxHeadMath"]
 
@@ -209,8 +210,6 @@ class OnnxBackend:
         learning: LearningConfig | None = None,
         guard: PolicyGuard | None = None,
     ) -> None:
-        from veil.client_sdk.runtime import BetaConstruction, load_graphs
-
         if family not in ("gaussian", "beta", "basis_mixture", "prototype"):
             raise ValueError(f"family must be gaussian, beta, basis_mixture or prototype, got {family!r}")
         self.family = family
@@ -352,7 +351,6 @@ class OnnxBackend:
         """The private mixing head's math on the ``prototype_head`` graph (for ``PrivateHead(math=...)``)."""
         if self.family != "prototype":
             raise ValueError(f"these graphs are for {self.family!r}; the head needs the prototype graphs")
-        from veil.client_sdk.runtime import load_graphs
 
         return OnnxHeadMath(load_graphs(self._model_dir, ["prototype_head"])["prototype_head"])
 

@@ -41,6 +41,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from veil.client_sdk.atomic_files import atomic_write_bytes
 from veil.client_sdk.distributions.base import UserDistribution
@@ -194,8 +197,6 @@ def _decode_payload(payload: bytes, source: str) -> ClientState:
 
 
 def _derive(passphrase: bytes, salt: bytes, cost: ScryptCost) -> tuple[bytes, bytes]:
-    from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
-
     out = Scrypt(salt=salt, length=48, n=2**cost.log2_n, r=cost.r, p=cost.p).derive(passphrase)
     return out[:32], out[32:48]
 
@@ -280,9 +281,6 @@ class ParamStore:
         return _decode_payload(payload, source)
 
     def _decrypt(self, data: bytes, source: str) -> bytes:
-        from cryptography.exceptions import InvalidTag
-        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
         if self._passphrase is None:
             raise PassphraseRequiredError(f"{source}: the file is encrypted; a passphrase is needed")
         start = len(MAGIC) + 1
@@ -308,8 +306,6 @@ class ParamStore:
         payload = _encode_payload(state)
         if self._passphrase is None:
             return MAGIC + bytes([_PLAIN]) + hashlib.sha256(payload).digest() + payload
-        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
         salt, nonce = secrets.token_bytes(_SALT), secrets.token_bytes(_NONCE)
         key, check = _derive(self._passphrase, salt, self.cost)
         header = (

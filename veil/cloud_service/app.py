@@ -20,7 +20,15 @@ from veil.cloud_service.codebooks import CodebookStore
 from veil.cloud_service.config import ServiceConfig
 from veil.cloud_service.engine import ServingEngine
 from veil.cloud_service.errors import error_body, install_error_handlers
+from veil.cloud_service.gateway_setup import build_gateway
+from veil.cloud_service.gateway_signing import KeyConfigSigner
+from veil.cloud_service.key_lifecycle import KeyLifecycle
 from veil.cloud_service.metrics import Metrics
+from veil.cloud_service.store.db import make_engine, migrate, session_factory
+from veil.cloud_service.store.group_commit import UploadBatcher
+from veil.models.checkpoint import is_personalized_checkpoint, load_personalized
+from veil.models.loading import load_model
+from veil.models.personalization import PersonalizationConfig, PersonalizedLM
 
 __all__ = ["LoadedService", "create_app", "load_served_model"]
 
@@ -32,16 +40,10 @@ LoadedService = tuple[Any, Any, str, list[str] | None]
 
 def load_served_model(config: ServiceConfig) -> LoadedService:
     """Load ``config.model``: a personalised checkpoint, or a plain model wrapped for one soft token."""
-    from veil.models.loading import load_model
-    from veil.models.personalization import PersonalizationConfig, PersonalizedLM
-
     path = Path(config.model).expanduser()
-    if path.is_dir():
-        from veil.models.checkpoint import is_personalized_checkpoint, load_personalized
-
-        if is_personalized_checkpoint(path):
-            model, tokenizer, meta = load_personalized(path)
-            return model, tokenizer, str(meta.get("name") or path.name), meta.get("classes")
+    if path.is_dir() and is_personalized_checkpoint(path):
+        model, tokenizer, meta = load_personalized(path)
+        return model, tokenizer, str(meta.get("name") or path.name), meta.get("classes")
     loaded = load_model(config.model, config.data_dir)
     model = PersonalizedLM(loaded.model, PersonalizationConfig(n_tokens=1, placement="prefix"))
     return model.eval(), loaded.tokenizer, loaded.name, None
@@ -126,9 +128,6 @@ def create_app(config: ServiceConfig, preloaded: LoadedService | None = None) ->
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        from veil.cloud_service.gateway_setup import build_gateway
-        from veil.cloud_service.store.db import make_engine, migrate, session_factory
-
         db = make_engine(config.database_url, config.data_dir)
         migrate(db)
         sessions = session_factory(db)
@@ -148,19 +147,16 @@ def create_app(config: ServiceConfig, preloaded: LoadedService | None = None) ->
         )
         await engine.start()
         gateway = build_gateway(config, sessions)
-        from veil.cloud_service.key_lifecycle import KeyLifecycle
 
         # Rotation and retirement on schedule (every worker runs it; the store lets one rotate).
         lifecycle = KeyLifecycle(gateway.keyring, gateway.replays, config.key_rotation_s)
         lifecycle_task = asyncio.get_running_loop().create_task(lifecycle.run())
         codebooks = CodebookStore(config.data_dir)
-        from veil.cloud_service.gateway_signing import KeyConfigSigner
 
         signer = KeyConfigSigner.from_config(config)
         app.state.veil = ServiceState(
             config, engine, sessions, gateway, metrics, codebooks, key_signer=signer
         )
-        from veil.cloud_service.store.group_commit import UploadBatcher
 
         app.state.veil.uploads = uploads = UploadBatcher(db, config.group_commit)
         try:

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from types import TracebackType
 from typing import Any
+
+import httpx
+import uvicorn
 
 __all__ = ["BackgroundServer", "RelayProcess", "free_port"]
 
@@ -26,8 +33,6 @@ class BackgroundServer:
     """
 
     def __init__(self, app: Any, host: str = "127.0.0.1", port: int | None = None, timeout_s: float = 120.0):
-        import uvicorn
-
         self.host = host
         self.port = port or free_port(host)
         self.timeout_s = timeout_s
@@ -90,16 +95,9 @@ class RelayProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def __enter__(self) -> RelayProcess:
-        import subprocess
-        import sys
-
-        import httpx
-
         cmd = [sys.executable, "-m", "veil.cli.main", "relay", "--gateway", self.gateway_url]
         cmd += ["--port", str(self.port), "--hold-window-ms", str(self.hold_window_ms)]
         cmd += ["--rate-per-s", str(self.rate_per_s)]
-        import os
-        import tempfile
 
         env = dict(os.environ)
         env.pop("VEIL_RELAY_SECRET", None)
@@ -123,8 +121,6 @@ class RelayProcess:
         raise RuntimeError(f"relay did not start within {self.timeout_s} s")
 
     def __exit__(self, *exc: object) -> None:
-        import subprocess
-
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:

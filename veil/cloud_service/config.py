@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from veil.client_sdk.ohttp.padding import DEFAULT_PADDING_BUCKETS, check_buckets
 from veil.cloud_service.engine import EngineConfig
+from veil.cloud_service.gateway_signing import decode_signing_seed
 from veil.cloud_service.relay_auth import relay_secret_bytes
 from veil.cloud_service.store.group_commit import GroupCommitConfig
+from veil.settings import get_settings
 
 __all__ = ["ServiceConfig"]
 
@@ -95,10 +98,6 @@ class ServiceConfig:
 
     @classmethod
     def from_settings(cls) -> ServiceConfig:
-        import base64
-
-        from veil.settings import get_settings
-
         s = get_settings()
         kek = None
         if s.gateway_kek is not None:
@@ -108,8 +107,6 @@ class ServiceConfig:
                 raise ValueError("VEIL_GATEWAY_KEK must be base64 of 32 bytes") from exc
         signing = None
         if s.gateway_signing_key is not None:
-            from veil.cloud_service.gateway_signing import decode_signing_seed
-
             signing = decode_signing_seed(s.gateway_signing_key.get_secret_value())
         return cls(
             data_dir=s.resolved_data_dir(),

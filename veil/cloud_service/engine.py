@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 
 from veil.models.generation import SamplingParams, TokenLogprobs, generate_batch, token_logprobs
+from veil.models.tasks import tokenize_task
+from veil.models.training import embedding_gradients
 
 __all__ = ["ChatEvent", "EngineConfig", "GradientResult", "ServingEngine"]
 
@@ -302,9 +304,6 @@ class ServingEngine:
         return await future
 
     def _run_grads(self, jobs: list[_GradJob]) -> None:
-        from veil.models.tasks import tokenize_task
-        from veil.models.training import embedding_gradients
-
         for task in sorted({j.task for j in jobs}):
             group = [j for j in jobs if j.task == task]
             data = tokenize_task(

@@ -17,6 +17,13 @@ from veil.cloud_service.dev_secrets import development_secret
 from veil.cloud_service.gateway import Gateway, Keyring
 from veil.cloud_service.key_storage import StoredKey, StoredKeys
 from veil.cloud_service.replay import ReplayVerdict, SeenRequest
+from veil.cloud_service.store.ohttp import (
+    add_gateway_key,
+    forget_replays,
+    load_gateway_keys,
+    record_replays,
+    retire_gateway_key,
+)
 
 if TYPE_CHECKING:  # the config pulls in the model engine (torch); a bare gateway does not need it
     from veil.cloud_service.config import ServiceConfig
@@ -41,21 +48,15 @@ class DatabaseKeyStorage:
         self.sessions = sessions
 
     def load(self) -> StoredKeys:
-        from veil.cloud_service.store.ohttp import load_gateway_keys
-
         with self.sessions() as session:
             live, retired = load_gateway_keys(session)
         return StoredKeys([StoredKey(*row) for row in live], retired)
 
     def add(self, key: StoredKey) -> bool:
-        from veil.cloud_service.store.ohttp import add_gateway_key
-
         with self.sessions() as session:
             return add_gateway_key(session, key.key_id, key.epoch, key.record)
 
     def retire(self, epoch: int) -> bool:
-        from veil.cloud_service.store.ohttp import retire_gateway_key
-
         with self.sessions() as session:
             return retire_gateway_key(session, epoch)
 
@@ -71,15 +72,11 @@ class DatabaseReplayStore:
         self.sessions = sessions
 
     def record(self, seen: Sequence[SeenRequest]) -> list[ReplayVerdict]:
-        from veil.cloud_service.store.ohttp import record_replays
-
         with self.sessions() as session:
             verdicts = record_replays(session, [(s.digest, s.key_id, s.epoch) for s in seen])
         return [ReplayVerdict(v) for v in verdicts]
 
     def forget(self, epochs: Collection[int]) -> int:
-        from veil.cloud_service.store.ohttp import forget_replays
-
         with self.sessions() as session:
             return forget_replays(session, epochs)
 

@@ -125,6 +125,7 @@ class DirectoryKeyStorage(MemoryKeyStorage):
         return self.path / self.filename
 
     def load(self) -> StoredKeys:
+        # lazy: keyring imports this module (an import cycle at module level)
         from veil.cloud_service.keyring import KeyringError, LegacyKeyRecordError
 
         self.live, self.retired = {}, {}

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -154,8 +155,10 @@ class _Upstream:
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
         # Keep-alive connections of our own (veil.cloud_service.upstream); httpx only for an injected transport.
-        self._pool = None if transport is not None else UpstreamPool(
-            config.gateway_url, config.max_concurrency, config.timeout_s
+        self._pool = (
+            None
+            if transport is not None
+            else UpstreamPool(config.gateway_url, config.max_concurrency, config.timeout_s)
         )
 
     def client(self) -> httpx.AsyncClient:
@@ -318,8 +321,6 @@ def run_relay(
     config: RelayConfig, host: str = "127.0.0.1", port: int = 8080, *, log_level: str = "warning"
 ) -> None:
     """Serve the relay with uvicorn: no access log, no ``server`` header, forwarded headers ignored."""
-    import uvicorn
-
     uvicorn.run(
         create_relay_app(config),
         host=host,

@@ -13,9 +13,12 @@ environment variable, :data:`OPTIONS_ENV`, next to the ``VEIL_*`` settings.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any
+
+import uvicorn
 
 __all__ = ["OPTIONS_ENV", "create_worker_app", "serve_workers"]
 
@@ -25,7 +28,8 @@ OPTIONS_ENV = "VEIL_SERVE_WORKER_OPTIONS"
 
 def create_worker_app() -> Any:
     """The app of one worker (uvicorn's factory): settings from ``VEIL_*``, options from :data:`OPTIONS_ENV`."""
-    import dataclasses
+    # lazy: uvicorn's supervisor process imports this module too, and never needs the app or torch
+    import torch
 
     from veil.cloud_service.app import create_app
     from veil.cloud_service.config import ServiceConfig
@@ -34,8 +38,6 @@ def create_worker_app() -> Any:
 
     options = json.loads(os.environ.get(OPTIONS_ENV) or "{}")
     if options.get("torch_threads"):
-        import torch
-
         torch.set_num_threads(int(options["torch_threads"]))
     quiet_transformers()
     config = ServiceConfig.from_settings()
@@ -57,8 +59,6 @@ def serve_workers(
     torch_threads: int | None = None,
 ) -> None:
     """Run ``workers`` API processes on ``host:port`` until SIGINT/SIGTERM (dead ones are restarted)."""
-    import uvicorn
-
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     options = {"model": model, "max_batch": max_batch, "torch_threads": torch_threads}

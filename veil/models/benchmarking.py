@@ -9,7 +9,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from veil.models.loading import load_model
 from veil.models.personalization import PersonalizationConfig, PersonalizedLM
+from veil.settings import get_settings
 
 __all__ = ["interleaved_latency", "personalization_latency", "time_calls"]
 
@@ -70,9 +72,6 @@ def interleaved_latency(
 
 def personalization_latency(model_name: str | None, batch: int, tokens: int, repeats: int) -> dict[str, Any]:
     """Next-token forward pass with and without a user embedding, same model, same batch."""
-    from veil.models.loading import load_model
-    from veil.settings import get_settings
-
     loaded = load_model(model_name or get_settings().model)
     result = interleaved_latency(loaded.model, batch, tokens, repeats)
     return {

@@ -62,6 +62,7 @@ def merged_state_dict(base: torch.nn.Module) -> dict[str, Tensor]:
     """
     deltas: dict[str, Tensor] = {}
     try:
+        # lazy: peft and safetensors load only to save or load a checkpoint
         from peft.tuners.tuners_utils import BaseTunerLayer
     except ImportError:  # without peft there can be no injected adapters
         BaseTunerLayer = ()  # type: ignore[assignment,misc]  # noqa: N806
@@ -137,6 +138,7 @@ def save_personalized(
     ValueError
         On classes that do not match the head, or metadata that JSON cannot encode.
     """
+    # lazy: peft and safetensors load only to save or load a checkpoint
     from safetensors.torch import save_file
 
     target = Path(out_dir).expanduser()
@@ -235,6 +237,7 @@ def load_personalized(
         For a missing or incomplete directory, an unknown format version, or missing/corrupt weights,
         head or manifest; the message is one line.
     """
+    # lazy: peft and safetensors load only to save or load a checkpoint
     from safetensors.torch import load_file
 
     root = Path(path).expanduser()

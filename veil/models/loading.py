@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from veil.settings import get_settings
+
 __all__ = [
     "MODEL_REGISTRY",
     "quiet_transformers",
@@ -61,6 +63,7 @@ def quiet_transformers() -> None:
     """Offline hub, no transformers progress bars or warnings: for CLI and benchmark output."""
     _offline()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # lazy: transformers costs ~0.7 s at import (torch ~1.3 s); this module is imported on CLI and API start
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -96,6 +99,7 @@ def _atomic_build(target: Path, build: Callable[[Path], None]) -> Path:
 
 
 def _convert_smollm2(out: Path) -> None:
+    # lazy: transformers costs ~0.7 s at import (torch ~1.3 s); this module is imported on CLI and API start
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     src = _smollm2_package_dir()
@@ -112,6 +116,7 @@ def _convert_smollm2(out: Path) -> None:
 
 def tiny_llama_config(vocab_size: int = 49152, **overrides: Any) -> Any:
     """A 2-layer GQA Llama config (hidden 64) for tests and quick runs."""
+    # lazy: transformers costs ~0.7 s at import (torch ~1.3 s); this module is imported on CLI and API start
     from transformers import LlamaConfig
 
     fields: dict[str, Any] = {
@@ -133,6 +138,7 @@ def tiny_llama_config(vocab_size: int = 49152, **overrides: Any) -> Any:
 
 
 def _build_tiny_llama(out: Path, seed: int = 0) -> None:
+    # lazy: transformers costs ~0.7 s at import (torch ~1.3 s); this module is imported on CLI and API start
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -144,6 +150,7 @@ def _build_tiny_llama(out: Path, seed: int = 0) -> None:
 
 
 def _build_smollm2_tokenizer(out: Path) -> None:
+    # lazy: transformers costs ~0.7 s at import (torch ~1.3 s); this module is imported on CLI and API start
     from transformers import AutoTokenizer
 
     AutoTokenizer.from_pretrained(_smollm2_package_dir(), gguf_file=SMOLLM2_GGUF).save_pretrained(out)
@@ -158,7 +165,6 @@ MODEL_REGISTRY: dict[str, Callable[[Path], None]] = {
 def _data_dir(data_dir: Path | str | None) -> Path:
     if data_dir is not None:
         return Path(data_dir).expanduser()
-    from veil.settings import get_settings
 
     return get_settings().resolved_data_dir()
 
@@ -187,6 +193,7 @@ def resolve_model_dir(name_or_path: str | Path, data_dir: Path | str | None = No
 
 def load_tokenizer(name_or_path: str | Path, data_dir: Path | str | None = None) -> Any:
     """The tokenizer of a registered model or a model directory (pad token set, left padding)."""
+    # lazy: transformers costs ~0.7 s at import (torch ~1.3 s); this module is imported on CLI and API start
     from transformers import AutoTokenizer
 
     key = str(name_or_path)
@@ -206,6 +213,7 @@ def load_model(
     name_or_path: str | Path, data_dir: Path | str | None = None, dtype: Any = None
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer from local disk (see the module docstring)."""
+    # lazy: transformers costs ~0.7 s at import (torch ~1.3 s); this module is imported on CLI and API start
     import torch
     from transformers import AutoModelForCausalLM
 

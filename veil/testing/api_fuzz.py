@@ -88,6 +88,7 @@ def error_shape_problem(status: int, content_type: str, content: bytes) -> str |
 
 def _steer(case: Any, draw: Callable[[Any], Any], served_model: str, embedding_size: int) -> None:
     """Move a case past validation: the served model, a valid idempotency key, an embedding that fits."""
+    # lazy: schemathesis and hypothesis are dev dependencies, needed only to fuzz
     from hypothesis import strategies as st
 
     body = case.body if isinstance(case.body, dict) else None
@@ -144,6 +145,7 @@ def fuzz_api(
     log : callable, optional
         Receives a progress line after each operation.
     """
+    # lazy: schemathesis and hypothesis are dev dependencies, needed only to fuzz
     import requests
     import schemathesis
     from schemathesis import GenerationMode
@@ -187,6 +189,7 @@ class _Run:
 
     def operation(self, label: str, strategy: Any, examples: int, seed: int) -> None:
         """Draw ``examples`` cases from ``strategy`` (seeded) and send each one."""
+        # lazy: schemathesis and hypothesis are dev dependencies, needed only to fuzz
         from hypothesis import HealthCheck, Phase, Verbosity, given, settings
         from hypothesis import seed as hypothesis_seed
         from hypothesis import strategies as st
@@ -214,6 +217,7 @@ class _Run:
             self.report.nothing_to_negate.append(label)  # no parameter or body to break
 
     def send(self, label: str, case: Any, headers: dict[str, str]) -> None:
+        # lazy: schemathesis and hypothesis are dev dependencies, needed only to fuzz
         import requests
 
         report = self.report
@@ -242,6 +246,7 @@ class _Run:
 
 def _register_ohttp_bodies(base_url: str) -> None:
     """Bodies for ``message/ohttp-req``: random bytes, or a real encapsulated request, mutated."""
+    # lazy: schemathesis and hypothesis are dev dependencies, needed only to fuzz
     import httpx
     import schemathesis
     from hypothesis import strategies as st

@@ -30,6 +30,7 @@ from veil.client_sdk.ohttp.bhttp import BinaryHTTPError, BinaryRequest, BinaryRe
 from veil.client_sdk.ohttp.errors import OHTTPError
 from veil.client_sdk.ohttp.keys import KeyConfig
 from veil.client_sdk.ohttp.ohttp import REQUEST_MEDIA_TYPE, ClientResponseContext, encapsulate_request
+from veil.cloud_service.relay_auth import RelayAuthError, relay_auth_header, verify_relay_auth
 from veil.testing.api_fuzz import error_shape_problem
 from veil.testing.ohttp_fuzz import DecoderTarget, mutate, phone_requests, random_mutations
 
@@ -148,8 +149,6 @@ def relay_auth_target() -> DecoderTarget:
     valid headers for real encapsulated requests at a fixed clock, so mutations hit ``t=``, ``mac=``,
     the separators and the body alike. Only :class:`RelayAuthError` may come out.
     """
-    from veil.cloud_service.relay_auth import RelayAuthError, relay_auth_header, verify_relay_auth
-
     secret, now = bytes(range(32)), 1_800_000_000
     # Short bodies: the header, where the parsing is, takes most of each input.
     bodies = [b"", b"\x00\x20\x00\x01\x00\x01" + bytes(range(34)), bytes(range(7)) * 20]
@@ -244,8 +243,6 @@ def fuzz_gateway(
 
 
 def _relay_auth(rng: Random, secret: bytes, body: bytes, mutated: bool) -> bytes:
-    from veil.cloud_service.relay_auth import relay_auth_header
-
     value = relay_auth_header(secret, body).encode("latin-1")
     if not mutated:
         return value

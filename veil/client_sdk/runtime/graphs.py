@@ -160,6 +160,7 @@ class GraphSession:
     """
 
     def __init__(self, model_dir: str | os.PathLike[str], entry: ManifestEntry) -> None:
+        # lazy: onnxruntime costs ~0.2 s at import; only running a graph needs it
         import onnxruntime as ort
 
         self.entry = entry

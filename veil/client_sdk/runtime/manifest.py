@@ -44,6 +44,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from veil import __version__
 from veil.client_sdk.atomic_files import atomic_write_text
 
 __all__ = [
@@ -297,8 +298,6 @@ def write_manifest(
     Manifest
         What was written.
     """
-    from veil import __version__
-
     when = day or datetime.datetime.now(datetime.UTC).date()
     manifest = Manifest(
         entries=tuple(entries),

@@ -13,6 +13,7 @@ from veil.cloud_service.config import ServiceConfig
 from veil.cloud_service.engine import ServingEngine
 from veil.cloud_service.errors import APIError
 from veil.cloud_service.metrics import Metrics
+from veil.cloud_service.store.repository import verify_api_key
 
 __all__ = ["OHTTP_SCOPE_KEY", "Caller", "Codebooks", "DbSession", "ServiceState", "State", "get_state"]
 
@@ -63,7 +64,6 @@ def _caller(request: Request, state: Annotated[ServiceState, Depends(get_state)]
             "or reach this route through the OHTTP gateway",
             code="missing_api_key",
         )
-    from veil.cloud_service.store.repository import verify_api_key
 
     with state.sessions() as session:
         info = verify_api_key(session, token.strip())

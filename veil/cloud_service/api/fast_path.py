@@ -15,6 +15,9 @@ import json
 from types import SimpleNamespace
 from typing import Any
 
+from starlette.requests import Request
+
+from veil.cloud_service.api.routes.ohttp import gateway
 from veil.cloud_service.errors import APIError, error_body
 
 __all__ = ["OHTTPFastPath"]
@@ -32,9 +35,6 @@ class OHTTPFastPath:
         if scope["type"] != "http" or scope["path"] != self.path or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        from starlette.requests import Request
-
-        from veil.cloud_service.api.routes.ohttp import gateway
 
         service = scope["app"].state.veil
         # Metrics label a request by ``scope["route"].path``, as the router would set it (FastAPI's

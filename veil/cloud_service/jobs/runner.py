@@ -12,6 +12,17 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from veil.client_sdk.distributions import Codebook
+from veil.cloud_service.codebooks import CodebookStore
+from veil.cloud_service.jobs.codebook import CHECKPOINT_CODEBOOK
+from veil.cloud_service.jobs.personalized import train_personalized
+from veil.cloud_service.store.repository import (
+    create_training_run,
+    iter_uploads,
+    update_training_run,
+)
+from veil.progress import NullProgress, RichProgress
+
 __all__ = ["run_training_job"]
 
 
@@ -32,17 +43,6 @@ def run_training_job(
     out: checkpoint folder; ``None`` is ``<data_dir>/checkpoints/personalized-<run id>``.
     cfg: :class:`veil.cloud_service.jobs.personalized.PersonalizedTrainingConfig`.
     """
-    from veil.client_sdk.distributions import Codebook
-    from veil.cloud_service.codebooks import CodebookStore
-    from veil.cloud_service.jobs.codebook import CHECKPOINT_CODEBOOK
-    from veil.cloud_service.jobs.personalized import train_personalized
-    from veil.cloud_service.store.repository import (
-        create_training_run,
-        iter_uploads,
-        update_training_run,
-    )
-    from veil.progress import NullProgress, RichProgress
-
     config = {k: (asdict(v) if hasattr(v, "__dataclass_fields__") else v) for k, v in vars(cfg).items()}
     config["base"] = str(base)
     with sessions() as session:

@@ -184,6 +184,7 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
 
 
 def _alembic_config(connection: Connection | None = None) -> Any:
+    # lazy: alembic costs ~0.3 s at import; only migrations and revision checks need it
     from alembic.config import Config
 
     config = Config()
@@ -196,6 +197,7 @@ def _alembic_config(connection: Connection | None = None) -> Any:
 
 def head_revision() -> str:
     """The newest migration shipped with this code."""
+    # lazy: alembic costs ~0.3 s at import; only migrations and revision checks need it
     from alembic.script import ScriptDirectory
 
     head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
@@ -206,6 +208,7 @@ def head_revision() -> str:
 
 def current_revision(engine: Engine) -> str | None:
     """The migration the database is at (``None`` before the first :func:`migrate`)."""
+    # lazy: alembic costs ~0.3 s at import; only migrations and revision checks need it
     from alembic.runtime.migration import MigrationContext
 
     with engine.connect() as connection:
@@ -224,6 +227,7 @@ def migrate(engine: Engine, revision: str = "head") -> None:
     StoreError
         The upgrade failed (it was rolled back as a whole).
     """
+    # lazy: alembic costs ~0.3 s at import; only migrations and revision checks need it
     from alembic import command
 
     url = engine.url

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Engine, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
 from veil.cloud_service.store.errors import IdempotencyConflict, StoreError
@@ -65,10 +66,7 @@ class GroupCommitConfig:
 
 
 def _insert(engine: Engine) -> Any:
-    if engine.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
+    insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
     # Conflict on the idempotency key only: the row is skipped and looked up below.
     return insert(Upload).on_conflict_do_nothing(index_elements=[Upload.idempotency_key])
 

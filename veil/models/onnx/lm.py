@@ -50,6 +50,7 @@ import torch
 from torch import Tensor, nn
 
 from veil.client_sdk.runtime.graphs import MAX_OPSET, MIN_OPSET
+from veil.models.loading import load_model
 from veil.models.onnx.manifest import ManifestEntry, add_entries, describe_model, sha256_file
 
 __all__ = [
@@ -103,6 +104,7 @@ class _CachedLM(nn.Module):
         position_ids: Tensor,
         past: list[Tensor],
     ) -> tuple[Tensor, ...]:
+        # lazy: transformers, onnx and onnxruntime load only when exporting
         from transformers import DynamicCache
 
         text = self.lm.get_input_embeddings()(input_ids)  # (B, T, H)
@@ -136,6 +138,7 @@ def _sizes(lm: nn.Module) -> dict[str, int]:
 
 
 def _check_exportable(lm: nn.Module) -> None:
+    # lazy: transformers, onnx and onnxruntime load only when exporting
     from transformers import DynamicCache
     from transformers.cache_utils import DynamicLayer
 
@@ -189,6 +192,7 @@ def _axis_names(n_layers: int) -> tuple[list[list[str | None]], list[list[str | 
 
 def _finish_graph(path: Path, sizes: dict[str, int], opset: int, source: str) -> None:
     """Name the dynamic axes readably and stamp the sizes into the model's metadata."""
+    # lazy: transformers, onnx and onnxruntime load only when exporting
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
@@ -213,6 +217,7 @@ def _verify(lm: nn.Module, path: Path, sizes: dict[str, int]) -> float:
     token embeddings), then a decoding step on the cache the graph itself returned. Random caches
     are off-distribution and inflate float noise through deep models (1.7e-4 on SmolLM2's 30 layers).
     """
+    # lazy: transformers, onnx and onnxruntime load only when exporting
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -246,6 +251,7 @@ def _verify(lm: nn.Module, path: Path, sizes: dict[str, int]) -> float:
 
 
 def _export_graph(lm: nn.Module, path: Path, sizes: dict[str, int], opset: int) -> None:
+    # lazy: transformers, onnx and onnxruntime load only when exporting
     from torch.export import Dim
 
     in_names, out_names = _io_names(sizes["n_layers"])
@@ -377,7 +383,5 @@ def export_lm(
 ) -> list[ManifestEntry]:
     """Load a registered model (``tiny-llama``, ``smollm2-135m-instruct``) or a model directory and
     export it with its tokenizer; see :func:`export_causal_lm`."""
-    from veil.models.loading import load_model
-
     loaded = load_model(model_name_or_path, data_dir)
     return export_causal_lm(loaded.model, out_dir, loaded.tokenizer, opset=opset, source=loaded.name)

@@ -44,6 +44,7 @@ __all__ = [
 
 
 def _specs(values: Any, skip: set[str]) -> tuple[TensorSpec, ...]:
+    # lazy: onnx loads only when describing an exported graph
     from onnx import helper
 
     specs = []
@@ -84,6 +85,7 @@ def describe_model(
     ModelFileError
         The file is not a loadable ONNX model or has no default-domain opset.
     """
+    # lazy: onnx loads only when describing an exported graph
     import onnx
 
     target = Path(path)

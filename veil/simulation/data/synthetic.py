@@ -144,6 +144,7 @@ def lee_sentences(min_words: int = 6, max_words: int = 30) -> tuple[str, ...]:
         If gensim, which ships the corpus, is not installed.
     """
     try:
+        # lazy: optional dependency (gensim ships the Lee corpus)
         from gensim.test.utils import datapath
     except ImportError as err:
         raise ImportError(

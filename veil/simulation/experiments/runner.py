@@ -25,6 +25,7 @@ from veil.client_sdk.distributions import (
     UserDistribution,
 )
 from veil.client_sdk.policy_guard import PolicyGuard
+from veil.models.loading import load_model
 from veil.models.personalization import PersonalizationConfig, PersonalizedLM
 from veil.models.tasks import TokenizedTask, tokenize_task
 from veil.models.training import evaluate, fit
@@ -45,8 +46,6 @@ class ExperimentRun:
     """State shared by the methods of one experiment run."""
 
     def __init__(self, cfg: ExperimentConfig, progress: Progress) -> None:
-        from veil.models.loading import load_model
-
         self.cfg = cfg
         self.progress = progress
         self.rng = np.random.default_rng(cfg.seed)
@@ -275,6 +274,7 @@ class ExperimentRun:
     ) -> MethodResult:
         """Accuracy (from ``correct`` when given, else the model with fresh samples of ``dists``) and
         the privacy of ``dists``' uploads; exported when the config asks for it."""
+        # lazy: personalization imports this module (an import cycle at module level)
         from veil.simulation.experiments.personalization import MethodResult
 
         chance = 1.0 / len(self.users)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
+from sqlalchemy import text
 
 from veil.cloud_service.api.deps import State
 
@@ -14,8 +15,6 @@ router = APIRouter(tags=["operations"])
 
 @router.get("/health")
 def health(state: State) -> dict[str, Any]:
-    from sqlalchemy import text
-
     with state.sessions() as session:
         session.execute(text("SELECT 1"))
     return {"status": "ok", "model": state.engine.name}

@@ -23,6 +23,8 @@ from veil.cloud_service.api.checks import check_model, served_embedding
 from veil.cloud_service.api.deps import Caller, ServiceState, State
 from veil.cloud_service.errors import APIError, error_body, validation_message
 from veil.cloud_service.schemas import UploadRequest, UploadResponse
+from veil.cloud_service.store.errors import IdempotencyConflict, StoreError
+from veil.cloud_service.store.repository import UploadIn
 
 __all__ = ["router", "store_upload", "upload_from_gateway"]
 
@@ -42,9 +44,6 @@ async def store_upload(
         400 for a bad key, model, embedding or label; 409 when the key was used for other content;
         503 when the database failed (a retry with the same key is safe).
     """
-    from veil.cloud_service.store.errors import IdempotencyConflict, StoreError
-    from veil.cloud_service.store.repository import UploadIn
-
     if idempotency_key is None or not IDEMPOTENCY_KEY_PATTERN.fullmatch(idempotency_key):
         raise APIError(
             400,
