@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from veil.client_sdk.sampling import DecodingParams
 from veil.models.personalization import PersonalizedLM
 
 __all__ = [
@@ -37,34 +38,23 @@ MAX_TOP_LOGPROBS = 20
 
 
 @dataclass(frozen=True)
-class SamplingParams:
-    """How one row is decoded.
+class SamplingParams(DecodingParams):
+    """How one row is decoded on the server: the shared fields and limits of
+    :class:`~veil.client_sdk.sampling.DecodingParams` (``seed`` seeds this row's torch generator;
+    ``None`` draws from the global generator, and the seed must be in torch's range), and
 
     Attributes
     ----------
-    max_new_tokens: upper bound on generated tokens (the row finishes with reason ``"length"``).
-    temperature: 0 means greedy; otherwise logits are divided by it before sampling.
-    top_p: nucleus sampling mass in (0, 1]; 1 keeps the whole distribution.
-    seed: seeds this row's own generator; ``None`` draws from the global generator.
     stop_token_ids: token ids that end the row (reason ``"stop"``); the token itself is not emitted.
     top_logprobs: ``None``: no log-probabilities; ``k`` in ``[0, 20]``: each emitted token's
         log-probability and the ``k`` most likely alternatives (see :func:`token_logprobs`).
     """
 
-    max_new_tokens: int = 256
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int | None = None
     stop_token_ids: tuple[int, ...] = ()
     top_logprobs: int | None = None
 
     def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if not 0.0 <= self.temperature <= 2.0:
-            raise ValueError(f"temperature must be in [0, 2], got {self.temperature}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        super().__post_init__()
         if self.top_logprobs is not None and not 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS:
             raise ValueError(f"top_logprobs must be in [0, {MAX_TOP_LOGPROBS}], got {self.top_logprobs}")
         if self.seed is not None and not -(2**63) <= self.seed < 2**64:  # torch.Generator.manual_seed's range

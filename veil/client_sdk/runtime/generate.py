@@ -34,6 +34,7 @@ from veil.client_sdk.runtime.manifest import (
     read_manifest,
     sha256_file,
 )
+from veil.client_sdk.sampling import DecodingParams
 
 __all__ = [
     "LM_ENTRY",
@@ -122,31 +123,17 @@ class LMSpec:
 
 
 @dataclass(frozen=True)
-class SamplingParams:
-    """How one row is decoded (the same fields and rules as ``veil.models.generation.SamplingParams``).
+class SamplingParams(DecodingParams):
+    """How one row is decoded on the phone: the shared fields and limits of
+    :class:`~veil.client_sdk.sampling.DecodingParams` (``seed`` seeds a numpy generator; ``None`` draws
+    fresh OS entropy), and
 
     Attributes
     ----------
-    max_new_tokens: upper bound on generated tokens (the row finishes with reason ``"length"``).
-    temperature: 0 means greedy; otherwise logits are divided by it before sampling.
-    top_p: nucleus sampling mass in (0, 1]; 1 keeps the whole distribution.
-    seed: seeds this row's own numpy generator; ``None`` draws fresh OS entropy.
     stop_token_ids: ids that end the row (reason ``"stop"``), not emitted; ``None`` = the model's EOS.
     """
 
-    max_new_tokens: int = 256
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int | None = None
     stop_token_ids: tuple[int, ...] | None = None
-
-    def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if not 0.0 <= self.temperature <= 2.0:
-            raise ValueError(f"temperature must be in [0, 2], got {self.temperature}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
 
 
 def sample_next(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> int:
@@ -225,7 +212,6 @@ class OnnxLM:
     def __init__(
         self, directory: str | Path, threads: int | None = None, verify: bool = True, name: str = LM_ENTRY
     ) -> None:
-        # lazy: onnxruntime costs ~0.2 s at import; only running a graph needs it
         import onnxruntime as ort
 
         if threads is not None and threads < 1:
@@ -280,7 +266,7 @@ class OnnxLM:
         if self._tokenizer is None:
             if self.spec.tokenizer is None:
                 raise ModelFileError(f"{str(self.directory)!r} was exported without a tokenizer")
-            try:  # lazy: optional dependency (not in the phone's base set)
+            try:
                 from tokenizers import Tokenizer
             except ImportError as exc:
                 raise ImportError(
