@@ -10,8 +10,10 @@ Under DP-SGD (Abadi et al., arXiv:1607.00133; Opacus) the prototypes are the row
 touches one prototype row, and Opacus' embedding sampler gives it as a per-sample gradient like any
 other, so the one L2 clip of ``DPConfig.max_grad_norm`` bounds an example's whole contribution (adapters,
 head and prototype row together), and the Gaussian noise covers every coordinate of every row, including
-rows no example of the batch used. Sampling, accountant and noise search are those of
-:mod:`veil.models.dp_training` (Poisson sampling; sigma found by the accountant for a target epsilon).
+rows no example of the batch used. Training is :func:`veil.models.training.fit` with the table as its
+``extra`` module; sampling, accountant and noise search are those of its DP-SGD update
+(:class:`veil.models.dp_training.DPSGD`: Poisson sampling; sigma found by the accountant for a target
+epsilon).
 
 Unit of privacy: one upload (add-or-remove-one-record). The cloud cannot sample by person, since uploads
 are unlinkable; a person with ``m`` uploads is covered at the user level by :func:`user_level_epsilon`
@@ -33,10 +35,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from veil.models.dp_training import DPConfig, DPTrainResult, train_rows
+from veil.models.dp_training import DPSGD, DPConfig, DPTrainResult
 from veil.models.personalization import PersonalizedLM
 from veil.models.tasks import TokenizedTask
-from veil.models.training import TrainConfig
+from veil.models.training import TrainConfig, Update, fit
 
 __all__ = [
     "CodebookStage3Config",
@@ -239,6 +241,12 @@ def fit_codebook_stage3(
         return table(index_t[torch.as_tensor(rows, dtype=torch.long, device=model.device)])  # (B, n, d)
 
     extra = table if cfg.train_prototypes else None
-    run = train_rows(model, data, indices, cfg, cfg.dp, source, None, on_step, extra=extra)
-    clip = None if cfg.dp is None else cfg.dp.max_grad_norm
-    return CodebookStage3Result(table.numpy(), run, clip)
+    if cfg.dp is None:
+        # The batch order has a generator of its own, apart from the cold-start masks (as it always had,
+        # so a seed reproduces the same run).
+        plain = Update(np.random.default_rng(cfg.seed))
+        losses = fit(model, data, indices, cfg, source, on_step, extra=extra, update=plain)
+        return CodebookStage3Result(table.numpy(), DPTrainResult.without_dp(losses))
+    private = DPSGD(cfg.dp)
+    losses = fit(model, data, indices, cfg, source, on_step, extra=extra, update=private)
+    return CodebookStage3Result(table.numpy(), private.result(losses), cfg.dp.max_grad_norm)

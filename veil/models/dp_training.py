@@ -1,8 +1,12 @@
-"""IDfree-PL stage 3 on stored uploads, optionally with DP-SGD (Abadi et al., arXiv:1607.00133) via Opacus.
+"""DP-SGD (Abadi et al., arXiv:1607.00133) via Opacus as an option of the one training loop; stage 3 on uploads.
+
+:class:`DPSGD` is the DP-SGD ``update`` of :func:`veil.models.training.fit`: like Opacus'
+``PrivacyEngine`` it attaches per-sample gradients, a ``DPOptimizer`` and an accountant, draws Poisson
+batches, and reports epsilon after the run. :func:`fit_private` trains on stored uploads with it.
 
 Each training example is one anonymous upload: (text, label, the one embedding sampled on the phone).
-Unlike :func:`veil.models.training.fit`, whose source draws a fresh sample per step, the cloud holds a
-single sample per upload, so the embedding of an example is fixed.
+Unlike the simulator's sources, which draw a fresh sample per step, the cloud holds a single sample per
+upload, so the embedding of an example is fixed.
 
 DP-SGD, as wired here:
 
@@ -26,7 +30,7 @@ DP-SGD, as wired here:
 - **Accounting**: add-or-remove-one-*upload* neighbouring relation, i.e. the unit of privacy is one
   upload, not one person: a person with k uploads gets the group-privacy guarantee for k records.
   Rows held out for evaluation are not covered.
-- **Trainable embeddings**: :func:`train_rows` takes an ``extra`` module that the embedding source
+- **Trainable embeddings**: :func:`~veil.models.training.fit` takes an ``extra`` module that the embedding source
   reads (the codebook's prototype table, :mod:`veil.models.dp_codebook`); Opacus hooks it beside the
   model, so its per-sample gradients are clipped together with the model's and noised like them.
 
@@ -39,7 +43,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,18 +52,12 @@ import torch
 from torch import Tensor, nn
 
 from veil.models.personalization import PersonalizedLM
-from veil.models.tasks import TokenizedTask, row_losses
-from veil.models.training import (
-    EmbeddingSource,
-    TrainConfig,
-    _schedule,
-    apply_lora,
-    fit,
-    freeze_token_embeddings,
-)
+from veil.models.tasks import TokenizedTask
+from veil.models.training import TrainConfig, Update, fit, trainable_parameters
 
 __all__ = [
     "ACCOUNTANTS",
+    "DPSGD",
     "DPConfig",
     "DPTrainResult",
     "PrivacyPlan",
@@ -68,7 +66,6 @@ __all__ = [
     "default_delta",
     "fit_private",
     "plan_privacy",
-    "train_rows",
     "trainable_parameters",
 ]
 
@@ -150,6 +147,11 @@ class DPTrainResult:
     steps: int
     sample_rate: float | None
     accountant: str | None = None
+
+    @classmethod
+    def without_dp(cls, losses: list[float]) -> DPTrainResult:
+        """The outcome of a run without DP: its losses and number of steps."""
+        return cls(losses, None, None, None, len(losses), None)
 
 
 def compute_epsilon(
@@ -247,30 +249,6 @@ def attach_private(
     return hooks, dp_optim
 
 
-def trainable_parameters(model: PersonalizedLM, cfg: TrainConfig, task: str) -> list[nn.Parameter]:
-    """Set ``requires_grad`` for training ``task`` (LoRA adapters + head, or every used weight) and
-    return the trainable parameters."""
-    if cfg.lora is not None:
-        apply_lora(model, cfg.lora)
-    else:
-        for p in model.base.parameters():
-            p.requires_grad_(True)
-        if cfg.freeze_embeddings:
-            freeze_token_embeddings(model)
-    # Opacus needs a per-sample gradient for every trainable parameter, so freeze what the task's
-    # forward never touches: the LM head for classification (unless tied to the input embeddings),
-    # the classification head for next-word prediction.
-    if task == "classification":
-        out = model.base.get_output_embeddings()
-        if out is not None and out.weight is not model.base.get_input_embeddings().weight:
-            out.requires_grad_(False)
-        if model.head is not None:
-            model.head.requires_grad_(True)
-    elif model.head is not None:
-        model.head.requires_grad_(False)
-    return [p for p in model.parameters() if p.requires_grad]
-
-
 def _tidy(model: nn.Module, hooks: Any) -> None:
     hooks.cleanup()  # removes the hooks and Opacus' per-parameter attributes
     for p in model.parameters():
@@ -281,6 +259,90 @@ def _tidy(model: nn.Module, hooks: Any) -> None:
         for attr in ("activations", "max_batch_len"):
             if hasattr(m, attr):
                 delattr(m, attr)
+
+
+class DPSGD(Update):
+    """DP-SGD as the update of :func:`veil.models.training.fit`: Poisson batches, per-example clipping, noise.
+
+    A stateful component in the manner of Opacus' ``PrivacyEngine``: :meth:`attach` resolves sigma
+    (:func:`plan_privacy`), hooks per-sample gradients onto the trained module, wraps the optimiser in a
+    ``DPOptimizer`` and starts an accountant that sees every step; :meth:`result` reads epsilon after the
+    run. Batch selection and noise draw fresh OS entropy, never ``TrainConfig.seed``.
+
+    >>> update = DPSGD(DPConfig(noise_multiplier=1.0))  # then fit(..., update=update); update.result(losses)
+    """
+
+    def __init__(self, config: DPConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.plan: PrivacyPlan | None = None
+        self._hooks: Any = None
+        self._accountant: Any = None
+
+    def attach(self, module: nn.Module, optimizer: Any, n_examples: int, cfg: TrainConfig) -> Any:
+        """Per-sample gradient hooks on ``module``; returns the ``DPOptimizer`` around ``optimizer``."""
+        from opacus.accountants import create_accountant
+
+        plan = plan_privacy(self.config, n_examples, cfg)
+        self._hooks, optimizer = attach_private(
+            module,
+            optimizer,
+            noise_multiplier=plan.noise_multiplier,
+            max_grad_norm=self.config.max_grad_norm,
+            expected_batch_size=plan.expected_batch_size,
+            generator=_secret_generator(next(module.parameters()).device),
+        )
+        accountant = create_accountant(mechanism=self.config.accountant)
+        sigma, rate = plan.noise_multiplier, plan.sample_rate
+        optimizer.attach_step_hook(lambda _: accountant.step(noise_multiplier=sigma, sample_rate=rate))
+        self.plan, self._accountant = plan, accountant
+        # Batch membership must stay secret for amplification by subsampling: OS entropy, not the seed.
+        self.rng = np.random.default_rng()
+        return optimizer
+
+    def batches(
+        self, indices: np.ndarray, cfg: TrainConfig, rng: np.random.Generator
+    ) -> Iterator[np.ndarray]:
+        """Poisson sampling: each example joins each of the epoch's steps with probability ``q``."""
+        if self.plan is None or not self.config.poisson_sampling:
+            yield from super().batches(indices, cfg, rng)
+            return
+        for _ in range(self.plan.steps_per_epoch):
+            yield indices[self.rng.random(indices.size) < self.plan.sample_rate]  # type: ignore[union-attr]
+
+    def step(self, optimizer: Any, params: list[nn.Parameter], rows: Tensor | None, cfg: TrainConfig) -> None:
+        """Backpropagate the *sum* of row losses; ``DPOptimizer`` clips per row, adds noise, averages."""
+        if rows is None:
+            # An empty Poisson batch still releases noise: skipping it would reveal that the batch was empty.
+            for p in params:
+                p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)  # type: ignore[attr-defined]
+        else:
+            rows.sum().backward()  # per-row gradients; DPOptimizer averages over the expected batch size
+        optimizer.step()
+
+    def detach(self, module: nn.Module) -> None:
+        """Remove the hooks and Opacus' attributes, so the module trains and infers as a plain one again."""
+        if self._hooks is not None:
+            _tidy(module, self._hooks)
+            self._hooks = None
+
+    def result(self, losses: list[float]) -> DPTrainResult:
+        """The run's losses with its (epsilon, delta), sigma, sampling rate and accountant."""
+        if self.plan is None or self._accountant is None:
+            raise ValueError("DPSGD.result needs a finished run: pass this DPSGD to fit(update=...) first")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # PRV at q = 1 takes log(0) on a masked branch
+            epsilon = float(self._accountant.get_epsilon(delta=self.plan.delta))
+        plan = self.plan
+        return DPTrainResult(
+            losses,
+            epsilon,
+            plan.delta,
+            plan.noise_multiplier,
+            len(losses),
+            plan.sample_rate,
+            self.config.accountant,
+        )
 
 
 def fit_private(
@@ -306,8 +368,8 @@ def fit_private(
     on_step:
         Called with each step's mean loss.
 
-    With ``dp=None`` and every example carrying an embedding this is :func:`veil.models.training.fit`
-    with a source returning the stored embeddings.
+    This is :func:`veil.models.training.fit` with a source returning the stored embeddings and, with
+    ``dp``, the :class:`DPSGD` update.
     """
     indices = np.asarray(indices, dtype=np.int64)
     if indices.size == 0:
@@ -323,129 +385,11 @@ def fit_private(
             raise ValueError(f"has must have shape ({len(data)},), got {has.shape}")
     stored = embeddings
     source = None if stored is None else (lambda idx: stored[idx])
-    if dp is None and (embeddings is None or has is None or has[indices].all()):
-        losses = fit(model, data, indices, cfg, source, on_step)
-        return DPTrainResult(losses, None, None, None, len(losses), None)
-    return train_rows(model, data, indices, cfg, dp, source, has, on_step)
-
-
-def train_rows(
-    model: PersonalizedLM,
-    data: TokenizedTask,
-    indices: np.ndarray,
-    cfg: TrainConfig,
-    dp: DPConfig | None,
-    source: EmbeddingSource | None,
-    has: np.ndarray | None = None,
-    on_step: Callable[[float], None] | None = None,
-    extra: nn.Module | None = None,
-) -> DPTrainResult:
-    """The training loop behind :func:`fit_private`, with DP-SGD unless ``dp`` is None.
-
-    Parameters
-    ----------
-    source:
-        Embeddings ``(B, n_tokens, hidden)`` of example indices ``(B,)``; the same for an example at
-        every step (one upload, one embedding). A tensor that requires grad keeps its graph.
-    extra:
-        A module whose trainable parameters ``source`` uses (e.g. a table of prototype embeddings): it
-        trains with the model, and under DP Opacus computes, clips and noises its per-sample gradients
-        with the model's, so each example's clipped gradient covers both.
-    """
-    indices = np.asarray(indices, dtype=np.int64)
-    n = indices.size
-    per_epoch = math.ceil(n / cfg.batch_size)
-    total = per_epoch * cfg.epochs
-    params = trainable_parameters(model, cfg, data.task)
-    if extra is not None:
-        params += [p for p in extra.parameters() if p.requires_grad]
-    # What Opacus hooks: the model, and the extra module beside it (a container has no forward).
-    hooked: nn.Module = model if extra is None else nn.ModuleList([model, extra])
-    optim: Any = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    warmup = int(cfg.warmup_ratio * total)
-    sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: _schedule(s, total, warmup))
-    mask_rng = np.random.default_rng(cfg.seed)  # cold-start masks: data-independent, may be public
-    # Batch membership must stay secret for amplification by subsampling: OS entropy, not the seed.
-    batch_rng = np.random.default_rng() if dp is not None else np.random.default_rng(cfg.seed)
-    plan = hooks = accountant = None
     if dp is not None:
-        from opacus.accountants import create_accountant
-
-        plan = plan_privacy(dp, n, cfg)
-        hooks, optim = attach_private(
-            hooked,
-            optim,
-            noise_multiplier=plan.noise_multiplier,
-            max_grad_norm=dp.max_grad_norm,
-            expected_batch_size=plan.expected_batch_size,
-            generator=_secret_generator(model.device),
-        )
-        accountant = create_accountant(mechanism=dp.accountant)
-        sigma, rate = plan.noise_multiplier, plan.sample_rate
-        optim.attach_step_hook(lambda _: accountant.step(noise_multiplier=sigma, sample_rate=rate))
-    losses: list[float] = []
-    hooked.train()
-    try:
-        with warnings.catch_warnings():
-            # Input ids need no gradient, so torch notes that the embedding's backward hook sees outputs only.
-            warnings.filterwarnings("ignore", message="Full backward hook is firing")
-            for _ in range(cfg.epochs):
-                order = batch_rng.permutation(indices)
-                for step in range(per_epoch):
-                    if plan is not None and dp is not None and dp.poisson_sampling:
-                        idx = indices[batch_rng.random(n) < plan.sample_rate]
-                    else:
-                        idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-                    losses.append(_step(model, data, idx, cfg, source, has, mask_rng, optim, params, dp))
-                    sched.step()
-                    if on_step is not None:
-                        on_step(losses[-1])
-    finally:
-        hooked.eval()
-        if hooks is not None:
-            _tidy(hooked, hooks)
-    if dp is None or plan is None or accountant is None:
-        return DPTrainResult(losses, None, None, None, len(losses), None)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # PRV at q = 1 takes log(0) on a masked branch
-        epsilon = float(accountant.get_epsilon(delta=plan.delta))
-    return DPTrainResult(
-        losses, epsilon, plan.delta, plan.noise_multiplier, len(losses), plan.sample_rate, dp.accountant
-    )
-
-
-def _step(
-    model: PersonalizedLM,
-    data: TokenizedTask,
-    idx: np.ndarray,
-    cfg: TrainConfig,
-    source: EmbeddingSource | None,
-    has: np.ndarray | None,
-    mask_rng: np.random.Generator,
-    optim: Any,
-    params: list[nn.Parameter],
-    dp: DPConfig | None,
-) -> float:
-    """One optimiser step on rows ``idx``; returns their mean loss (NaN for an empty batch)."""
-    optim.zero_grad(set_to_none=True)
-    if idx.size == 0:
-        # An empty Poisson batch still releases noise: skipping it would reveal that the batch was empty.
-        for p in params:
-            p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)  # type: ignore[attr-defined]
-        optim.step()
-        return math.nan
-    keep = None
-    if source is not None:
-        keep = mask_rng.random(idx.size) >= cfg.cold_start_fraction
-        if has is not None:
-            keep &= has[idx]
-    batch = data.batch(idx, None if source is None else source(idx), keep)
-    rows: Tensor = row_losses(model, batch, data.task)
-    if dp is None:
-        rows.mean().backward()
-        if cfg.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-    else:
-        rows.sum().backward()  # per-row gradients; DPOptimizer averages over the expected batch size
-    optim.step()
-    return float(rows.detach().mean())
+        private = DPSGD(dp)
+        return private.result(fit(model, data, indices, cfg, source, on_step, has=has, update=private))
+    # Runs with uploads lacking an embedding draw their batch order from a generator of their own (as
+    # they always have, so a seed reproduces the same run); the others share fit's.
+    mixed = source is not None and has is not None and not has[indices].all()
+    update = Update(np.random.default_rng(cfg.seed)) if mixed else Update()
+    return DPTrainResult.without_dp(fit(model, data, indices, cfg, source, on_step, has=has, update=update))

@@ -8,6 +8,12 @@
   sample), so the trainer never sees a distribution or an identity. A share of rows
   (``cold_start_fraction``) is trained with the population embedding so cold-start users are served.
 
+:func:`fit` is the one training loop. Its ``update`` says how a step's rows are picked and turned into
+an update: plain mini-batch steps (:class:`Update`, the default), or DP-SGD (Abadi et al.,
+arXiv:1607.00133) through Opacus (:class:`veil.models.dp_training.DPSGD`: Poisson sampling, per-example
+clipping, Gaussian noise and the accountant). Configs pair with it as in TRL: :class:`TrainConfig` holds
+the shared optimisation fields, and job configs inherit them.
+
 :func:`embedding_gradients` is the cloud half of *gradient-return* on-device learning: dL/de for
 anonymous examples against the frozen model.
 
@@ -18,12 +24,14 @@ stage 3, linear warm-up then linear decay, gradient clipping at 1.0.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from veil.models.personalization import PersonalizedLM
 from veil.models.tasks import TokenizedTask, predict, row_losses
@@ -32,16 +40,18 @@ __all__ = [
     "EmbeddingSource",
     "LoraSettings",
     "TrainConfig",
+    "Update",
     "apply_lora",
     "embedding_gradients",
     "evaluate",
     "fit",
     "freeze_token_embeddings",
+    "trainable_parameters",
 ]
 
 EmbeddingSource = Callable[[np.ndarray], "np.ndarray | torch.Tensor"]
 """Maps example indices ``(B,)`` to fresh user embeddings ``(B, n_tokens, hidden)``. A float32 tensor
-that requires grad keeps its graph, so the embeddings themselves can be trained (``extra_parameters``)."""
+that requires grad keeps its graph, so the embeddings themselves can be trained (``fit``'s ``extra``)."""
 
 
 @dataclass
@@ -120,13 +130,27 @@ def apply_lora(model: PersonalizedLM, settings: LoraSettings) -> list[nn.Paramet
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def _trainable(model: PersonalizedLM, cfg: TrainConfig) -> list[nn.Parameter]:
+def trainable_parameters(model: PersonalizedLM, cfg: TrainConfig, task: str) -> list[nn.Parameter]:
+    """Set ``requires_grad`` for training ``task`` (LoRA adapters + head, or every used weight) and
+    return the trainable parameters."""
     if cfg.lora is not None:
-        return apply_lora(model, cfg.lora)
-    for p in model.parameters():
-        p.requires_grad_(True)
-    if cfg.freeze_embeddings:
-        freeze_token_embeddings(model)
+        apply_lora(model, cfg.lora)
+    else:
+        for p in model.base.parameters():
+            p.requires_grad_(True)
+        if cfg.freeze_embeddings:
+            freeze_token_embeddings(model)
+    # Freeze what the task's forward never touches: the LM head for classification (unless tied to the
+    # input embeddings), the classification head for next-word prediction. Without DP these weights
+    # would get no gradient anyway; DP-SGD (Opacus) needs a per-sample gradient for every trainable one.
+    if task == "classification":
+        out = model.base.get_output_embeddings()
+        if out is not None and out.weight is not model.base.get_input_embeddings().weight:
+            out.requires_grad_(False)
+        if model.head is not None:
+            model.head.requires_grad_(True)
+    elif model.head is not None:
+        model.head.requires_grad_(False)
     return [p for p in model.parameters() if p.requires_grad]
 
 
@@ -145,6 +169,48 @@ def _schedule(step: int, total: int, warmup: int) -> float:
     return max(0.0, (total - step) / max(total - warmup, 1))
 
 
+class Update:
+    """How :func:`fit` picks each step's rows and turns their losses into a step: plain mini-batch SGD.
+
+    Shuffled fixed-size batches drawn from the run's seeded generator, the mean loss backpropagated and
+    the batch gradient clipped to ``TrainConfig.max_grad_norm``. DP-SGD is the other update
+    (:class:`veil.models.dp_training.DPSGD`); the loop around both is the same.
+
+    Parameters
+    ----------
+    rng:
+        Draws the batch order; ``None`` (the default) shares the run's generator, seeded by
+        ``TrainConfig.seed``, with the cold-start masks.
+    """
+
+    def __init__(self, rng: np.random.Generator | None = None) -> None:
+        self.rng = rng
+
+    def attach(self, module: nn.Module, optimizer: Any, n_examples: int, cfg: TrainConfig) -> Any:
+        """Called once before training; returns the optimiser to step (here ``optimizer`` itself)."""
+        return optimizer
+
+    def batches(
+        self, indices: np.ndarray, cfg: TrainConfig, rng: np.random.Generator
+    ) -> Iterator[np.ndarray]:
+        """One epoch's batches of example indices: a permutation of ``indices`` in ``batch_size`` slices."""
+        order = (self.rng or rng).permutation(indices)
+        for start in range(0, order.size, cfg.batch_size):
+            yield order[start : start + cfg.batch_size]
+
+    def step(self, optimizer: Any, params: list[nn.Parameter], rows: Tensor | None, cfg: TrainConfig) -> None:
+        """Backpropagate the row losses ``(B,)`` of one batch and step (``None``: an empty batch)."""
+        if rows is None:
+            raise ValueError("plain mini-batch training never draws an empty batch")
+        rows.mean().backward()
+        if cfg.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        optimizer.step()
+
+    def detach(self, module: nn.Module) -> None:
+        """Called once after training, also when it failed."""
+
+
 def fit(
     model: PersonalizedLM,
     data: TokenizedTask,
@@ -152,48 +218,85 @@ def fit(
     cfg: TrainConfig,
     embeddings: EmbeddingSource | None = None,
     on_step: Callable[[float], None] | None = None,
-    extra_parameters: Sequence[nn.Parameter] = (),
+    *,
+    has: np.ndarray | None = None,
+    extra: nn.Module | None = None,
+    update: Update | None = None,
 ) -> list[float]:
-    """Train ``model`` on ``data[indices]``; returns the mean loss of every step.
+    """Train ``model`` on ``data[indices]``; returns the mean loss of every step (NaN for an empty batch).
 
-    With ``embeddings=None`` this is stage 1 (population embedding everywhere); otherwise stage 3.
-    ``extra_parameters`` are trained with the model by the same optimiser (e.g. the public prototype
-    embeddings of a codebook, which ``embeddings`` then returns as a differentiable tensor).
+    Parameters
+    ----------
+    embeddings:
+        ``None`` for stage 1 (population embedding everywhere); otherwise stage 3, with the soft tokens
+        of each batch's rows. A tensor that requires grad keeps its graph.
+    has:
+        ``(len(data),)`` bool: False for examples without an embedding (trained as cold-start rows);
+        default all True. A further ``cfg.cold_start_fraction`` of rows drops its embedding.
+    extra:
+        A module whose trainable parameters ``embeddings`` uses (e.g. a table of prototype embeddings):
+        it trains with the model by the same optimiser (and under DP-SGD, its per-sample gradients are
+        clipped together with the model's).
+    update:
+        The update rule: :class:`Update` (plain mini-batch steps) by default, or
+        :class:`veil.models.dp_training.DPSGD`.
+
+    Without DP one generator seeded by ``cfg.seed`` draws the batch order and the cold-start masks.
     """
     indices = np.asarray(indices, dtype=np.int64)
     if indices.size == 0:
         raise ValueError("no training examples")
-    rng = np.random.default_rng(cfg.seed)
-    params = _trainable(model, cfg) + list(extra_parameters)
+    update = update or Update()
+    params = trainable_parameters(model, cfg, data.task)
+    if extra is not None:
+        params += [p for p in extra.parameters() if p.requires_grad]
+    # What trains (and what DP-SGD hooks): the model, and the extra module beside it.
+    module: nn.Module = model if extra is None else nn.ModuleList([model, extra])
+    total = math.ceil(indices.size / cfg.batch_size) * cfg.epochs
     optim = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(indices.size / cfg.batch_size)
-    total = steps_per_epoch * cfg.epochs
     sched = torch.optim.lr_scheduler.LambdaLR(
         optim, lambda s: _schedule(s, total, int(cfg.warmup_ratio * total))
     )
-    model.train()
+    rng = np.random.default_rng(cfg.seed)
+    optim = update.attach(module, optim, indices.size, cfg)
     losses: list[float] = []
-    for _ in range(cfg.epochs):
-        order = rng.permutation(indices)
-        for start in range(0, order.size, cfg.batch_size):
-            idx = order[start : start + cfg.batch_size]
-            if embeddings is None:
-                batch = data.batch(idx)
-            else:
-                has = rng.random(idx.size) >= cfg.cold_start_fraction
-                batch = data.batch(idx, embeddings(idx), has)
-            loss = row_losses(model, batch, data.task).mean()
-            optim.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            optim.step()
-            sched.step()
-            losses.append(float(loss.detach()))
-            if on_step is not None:
-                on_step(losses[-1])
-    model.eval()
+    module.train()
+    try:
+        with warnings.catch_warnings():
+            # Input ids need no gradient, so torch notes that an embedding's backward hook (DP-SGD's
+            # per-sample gradients) sees outputs only.
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            for _ in range(cfg.epochs):
+                for idx in update.batches(indices, cfg, rng):
+                    optim.zero_grad(set_to_none=True)
+                    rows = None if idx.size == 0 else _row_losses(model, data, idx, cfg, embeddings, has, rng)
+                    update.step(optim, params, rows, cfg)
+                    sched.step()
+                    losses.append(math.nan if rows is None else float(rows.detach().mean()))
+                    if on_step is not None:
+                        on_step(losses[-1])
+    finally:
+        module.eval()
+        update.detach(module)
     return losses
+
+
+def _row_losses(
+    model: PersonalizedLM,
+    data: TokenizedTask,
+    idx: np.ndarray,
+    cfg: TrainConfig,
+    embeddings: EmbeddingSource | None,
+    has: np.ndarray | None,
+    rng: np.random.Generator,
+) -> Tensor:
+    """Per-row losses ``(B,)`` of rows ``idx``, a ``cfg.cold_start_fraction`` of them without embedding."""
+    if embeddings is None:
+        return row_losses(model, data.batch(idx), data.task)
+    keep = rng.random(idx.size) >= cfg.cold_start_fraction
+    if has is not None:
+        keep &= has[idx]
+    return row_losses(model, data.batch(idx, embeddings(idx), keep), data.task)
 
 
 @torch.no_grad()

@@ -3,9 +3,9 @@
 Every stored upload carries the public prototype its phone chose, plus a little noise. The cloud maps
 each one back to its prototype (:meth:`~veil.client_sdk.distributions.Codebook.decode`, the nearest
 usable one) and trains the model and the K prototype vectors by the same optimiser: each row's soft
-tokens are the *trainable* prototype row it decoded to (:func:`veil.models.training.fit` with
-``extra_parameters``), as :mod:`veil.simulation.codebook` does in the simulator (IFCA, arXiv:2006.04088,
-on IDfree-PL's soft tokens, arXiv:2501.06062). Retired prototypes receive no gradient and keep their
+tokens are the *trainable* prototype row it decoded to (:func:`veil.models.training.fit` with the
+prototypes as its ``extra`` module), as :mod:`veil.simulation.codebook` does in the simulator (IFCA,
+arXiv:2006.04088, on IDfree-PL's soft tokens, arXiv:2501.06062). Retired prototypes receive no gradient and keep their
 values. The trained codebook is a new version: phones must choose again against it.
 """
 
@@ -63,6 +63,6 @@ def fit_codebook(
     def source(idx: np.ndarray) -> torch.Tensor:
         return param[rows[torch.as_tensor(idx, device=param.device)]]  # (B, n_tokens, dim), differentiable
 
-    losses = fit(model, data, indices, cfg, source, on_step, extra_parameters=[param])
+    losses = fit(model, data, indices, cfg, source, on_step, extra=nn.ParameterList([param]))
     trained = book.with_prototypes(param.detach().cpu().numpy().astype(np.float64))
     return losses, float32_codebook(trained), decoded
