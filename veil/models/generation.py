@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from veil.client_sdk.batching import left_pad
 from veil.client_sdk.sampling import DecodingParams
 from veil.models.personalization import PersonalizedLM
 
@@ -152,14 +153,10 @@ def generate_batch(
     if not (n == len(embeddings) == len(params)) or n == 0:
         raise ValueError(f"need equal, non-zero numbers of prompts/embeddings/params, got {n}")
     dev = model.device
-    width = max(len(p) for p in prompts)
-    ids = torch.full((n, width), pad_id, dtype=torch.long)
-    mask = torch.zeros((n, width), dtype=torch.long)
     for r, toks in enumerate(prompts):
         if not toks:
             raise ValueError(f"prompt {r} is empty")
-        ids[r, width - len(toks) :] = torch.tensor(list(toks), dtype=torch.long)
-        mask[r, width - len(toks) :] = 1
+    ids, mask = (torch.from_numpy(a) for a in left_pad([list(p) for p in prompts], pad_id))  # (B, W)
     has = torch.tensor([e is not None for e in embeddings])
     emb = None
     if bool(has.any()):

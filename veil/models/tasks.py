@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from veil.client_sdk.batching import left_pad
 from veil.client_sdk.constants import TASKS, Task
 from veil.models.personalization import PersonalizedLM
 
@@ -46,12 +47,7 @@ class TokenizedTask:
     ) -> Batch:
         """Left-padded batch of the given examples, with optional user embeddings ``(B, n, d)``."""
         rows = [self.token_ids[int(i)] for i in indices]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for r, toks in enumerate(rows):
-            ids[r, width - len(toks) :] = torch.tensor(toks, dtype=torch.long)
-            mask[r, width - len(toks) :] = 1
+        ids, mask = (torch.from_numpy(a) for a in left_pad(rows, self.pad_id))  # (B, W)
         targets = torch.as_tensor(self.targets[np.asarray(indices, dtype=np.int64)], dtype=torch.long)
         emb = None if embeddings is None else torch.as_tensor(embeddings, dtype=torch.float32)
         has = None if has_embedding is None else torch.as_tensor(has_embedding, dtype=torch.bool)

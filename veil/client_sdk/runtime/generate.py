@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from veil.client_sdk.batching import left_pad
 from veil.client_sdk.runtime.graphs import MAX_OPSET, MIN_OPSET, read_opsets
 from veil.client_sdk.runtime.manifest import (
     ManifestEntry,
@@ -364,12 +365,8 @@ class OnnxLM:
             raise ValueError(f"need equal, non-zero numbers of prompts/prefixes/params, got {n}")
         if any(len(p) == 0 for p in prompts):
             raise ValueError("every prompt needs at least one token")
-        pad, width = self.spec.pad_token_id, max(len(p) for p in prompts)
-        ids = np.full((n, width), pad, dtype=np.int64)
-        text_mask = np.zeros((n, width), dtype=np.int64)
-        for r, toks in enumerate(prompts):
-            ids[r, width - len(toks) :] = toks  # left padding, as generate_batch
-            text_mask[r, width - len(toks) :] = 1
+        pad = self.spec.pad_token_id
+        ids, text_mask = left_pad(prompts, pad)  # (B, W), as generate_batch
         soft, soft_mask = self._stack_prefixes(soft_rows)
         mask = np.concatenate([soft_mask, text_mask], axis=1)  # (B, S + W)
         pos = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)  # positions count attended tokens only
