@@ -35,10 +35,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from veil.models.dp_training import DPSGD, DPConfig, DPTrainResult
+from veil.models.dp_training import DPSGD, DPTrainConfig, DPTrainResult
 from veil.models.personalization import PersonalizedLM
 from veil.models.tasks import TokenizedTask
-from veil.models.training import TrainConfig, Update, fit
+from veil.models.training import Update, fit
+from veil.privacy_analysis.accounting import dp_sgd_epsilon
 
 __all__ = [
     "CodebookStage3Config",
@@ -84,18 +85,18 @@ class PrototypeTable(nn.Module):
 
 
 @dataclass
-class CodebookStage3Config(TrainConfig):
-    """Stage 3 on codebook uploads: :class:`TrainConfig`'s optimisation settings, plus these.
+class CodebookStage3Config(DPTrainConfig):
+    """Stage 3 on codebook uploads: :class:`DPTrainConfig`'s settings, plus these.
+
+    With ``dp=None`` it trains without privacy (the same loop, shuffled fixed-size batches and
+    ``max_grad_norm`` clipping of the batch gradient instead).
 
     Attributes
     ----------
-    dp: DP-SGD settings; ``None`` trains without privacy (the same loop, shuffled fixed-size batches and
-        ``max_grad_norm`` clipping of the batch gradient instead).
     train_prototypes: train the prototype vectors with the model (the codebook's stage 3); ``False``
         keeps them as they are, so only the model learns what each group wants.
     """
 
-    dp: DPConfig | None = None
     train_prototypes: bool = True
 
 
@@ -180,8 +181,6 @@ def user_level_epsilon(
     ``steps``, is accounted by ``accountant`` (RDP by default: Mironov et al., arXiv:1908.10530, cover
     both neighbouring directions). ``m = 1`` is the record-level figure.
     """
-    from veil.privacy_analysis.accounting import dp_sgd_epsilon
-
     m = uploads_per_user
     if isinstance(m, bool) or int(m) != m or m < 1:
         raise ValueError(f"uploads_per_user must be an integer >= 1, got {m!r}")

@@ -59,6 +59,7 @@ __all__ = [
     "ACCOUNTANTS",
     "DPSGD",
     "DPConfig",
+    "DPTrainConfig",
     "DPTrainResult",
     "PrivacyPlan",
     "attach_private",
@@ -122,6 +123,18 @@ class DPConfig:
 
 
 @dataclass
+class DPTrainConfig(TrainConfig):
+    """:class:`~veil.models.training.TrainConfig`'s optimisation settings, plus optional DP-SGD.
+
+    Under DP, ``max_grad_norm`` (clipping of the batch gradient) is not used: per-example clipping to
+    ``dp.max_grad_norm`` replaces it.
+    """
+
+    dp: DPConfig | None = None
+    """DP-SGD settings; ``None`` trains without differential privacy."""
+
+
+@dataclass
 class PrivacyPlan:
     """What a DP run will do: sigma, delta, sampling rate and number of steps."""
 
@@ -158,6 +171,7 @@ def compute_epsilon(
     noise_multiplier: float, sample_rate: float, steps: int, delta: float, accountant: str
 ) -> float:
     """Epsilon of ``steps`` Poisson-subsampled Gaussian steps, by Opacus' accountant."""
+    # lazy: Opacus loads only for DP-SGD runs and accounting (start-up time)
     from opacus.accountants import create_accountant
 
     acc = create_accountant(mechanism=accountant)
@@ -175,6 +189,7 @@ def plan_privacy(dp: DPConfig, n_examples: int, cfg: TrainConfig) -> PrivacyPlan
     ValueError
         If no sigma below Opacus' limit reaches ``target_epsilon``.
     """
+    # lazy: Opacus loads only for DP-SGD runs and accounting (start-up time)
     from opacus.accountants.utils import get_noise_multiplier
 
     per_epoch = math.ceil(n_examples / cfg.batch_size)
@@ -228,6 +243,7 @@ def attach_private(
     ValueError
         If Opacus cannot compute per-sample gradients of a trainable layer (use LoRA then).
     """
+    # lazy: Opacus loads only for DP-SGD runs and accounting (start-up time)
     from opacus.grad_sample import GradSampleHooks
     from opacus.optimizers import DPOptimizer
 
@@ -281,6 +297,7 @@ class DPSGD(Update):
 
     def attach(self, module: nn.Module, optimizer: Any, n_examples: int, cfg: TrainConfig) -> Any:
         """Per-sample gradient hooks on ``module``; returns the ``DPOptimizer`` around ``optimizer``."""
+        # lazy: Opacus loads only for DP-SGD runs and accounting (start-up time)
         from opacus.accountants import create_accountant
 
         plan = plan_privacy(self.config, n_examples, cfg)

@@ -115,6 +115,7 @@ def apply_lora(model: PersonalizedLM, settings: LoraSettings) -> list[nn.Paramet
 
     Returns the trainable parameters (adapters and head).
     """
+    # lazy: peft loads only for LoRA runs (start-up time)
     from peft import LoraConfig, inject_adapter_in_model
 
     config = LoraConfig(

@@ -45,11 +45,11 @@ from veil.client_sdk.distributions import Codebook
 from veil.cloud_service.jobs.codebook import CHECKPOINT_CODEBOOK, fit_codebook
 from veil.models.checkpoint import is_personalized_checkpoint, load_personalized, save_personalized
 from veil.models.dp_codebook import CodebookStage3Config, fit_codebook_stage3
-from veil.models.dp_training import DPConfig, DPTrainResult, fit_private
+from veil.models.dp_training import DPTrainConfig, DPTrainResult, fit_private
 from veil.models.loading import load_model
 from veil.models.personalization import PersonalizationConfig, PersonalizedLM
 from veil.models.tasks import TokenizedTask, predict, tokenize_task
-from veil.models.training import LoraSettings, TrainConfig
+from veil.models.training import LoraSettings
 
 __all__ = ["PersonalizedTrainingConfig", "PersonalizedTrainingReport", "train_personalized"]
 
@@ -57,29 +57,19 @@ ProgressFn = Callable[[int, int, float], None]
 
 
 @dataclass
-class PersonalizedTrainingConfig:
-    """Settings of one stage-3 job."""
+class PersonalizedTrainingConfig(DPTrainConfig):
+    """Settings of one stage-3 job: :class:`~veil.models.dp_training.DPTrainConfig`'s optimisation and
+    DP-SGD fields (``epochs`` passes over the training uploads, ``batch_size`` rows per step, the
+    expected batch size under Poisson sampling; ``seed`` also draws the held-out split), plus these."""
 
-    task: str = "classification"
-    """``"classification"`` or ``"next_word"``; uploads of the other task are skipped."""
-    epochs: int = 3
-    """Passes over the training uploads (paper: 10)."""
-    batch_size: int = 32
-    """Rows per step (the expected batch size under Poisson sampling)."""
     lr: float = 1e-3
-    """AdamW learning rate (warm-up then linear decay)."""
+    """AdamW learning rate (warm-up then linear decay); LoRA and DP-SGD want more than the paper's 5e-5."""
     lora: LoraSettings | None = field(default_factory=LoraSettings)
     """LoRA adapters (merged into the weights when saving); ``None`` fine-tunes every weight."""
-    cold_start_fraction: float = 0.1
-    """Share of training rows whose embedding is dropped, so cold-start users are served."""
-    freeze_embeddings: bool = False
-    """Full fine-tuning without the token embedding matrix (much faster under DP-SGD)."""
+    task: str = "classification"
+    """``"classification"`` or ``"next_word"``; uploads of the other task are skipped."""
     max_tokens: int = 48
     """Tokens kept per text (the last ones)."""
-    dp: DPConfig | None = None
-    """DP-SGD settings; ``None`` trains without differential privacy."""
-    seed: int = 0
-    """Held-out split, cold-start masks and (without DP) batch order."""
     eval_fraction: float = 0.1
     """Share of usable uploads held out for evaluation (0 disables evaluation)."""
     n_tokens: int | None = None
@@ -108,19 +98,7 @@ class PersonalizedTrainingConfig:
             self.classes = tuple(self.classes)
             if len(self.classes) < 2 or len(set(self.classes)) != len(self.classes):
                 raise ValueError(f"classes must be >= 2 unique names, got {list(self.classes)}")
-        self.train_config()  # validates epochs, batch_size, lr, cold_start_fraction
-
-    def train_config(self) -> TrainConfig:
-        """The optimiser settings as :class:`~veil.models.training.TrainConfig`."""
-        return TrainConfig(
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            lr=self.lr,
-            cold_start_fraction=self.cold_start_fraction,
-            seed=self.seed,
-            lora=self.lora,
-            freeze_embeddings=self.freeze_embeddings,
-        )
+        super().__post_init__()  # epochs, batch_size, lr, cold_start_fraction, warmup_ratio
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-serialisable copy (tuples become lists)."""
@@ -349,7 +327,6 @@ def train_personalized(
     order = np.random.default_rng(cfg.seed).permutation(n)
     n_eval = min(int(cfg.eval_fraction * n), n - 1)
     heldout, train = np.sort(order[:n_eval]), np.sort(order[n_eval:])
-    train_cfg = cfg.train_config()
     total = math.ceil(train.size / cfg.batch_size) * cfg.epochs
     step = 0
 
@@ -361,21 +338,19 @@ def train_personalized(
 
     trained: Codebook | None = None
     if cfg.codebook and codebook is not None and cfg.dp is None:
-        losses, trained, decoded = fit_codebook(model, data, train, train_cfg, emb, codebook, on_step)
-        result = DPTrainResult(losses, None, None, None, len(losses), None)
+        losses, trained, decoded = fit_codebook(model, data, train, cfg, emb, codebook, on_step)
+        result = DPTrainResult.without_dp(losses)
         emb = trained.prototypes[decoded].astype(np.float32)  # held-out rows use the trained prototypes
     elif cfg.codebook and codebook is not None:
         # DP-SGD: each upload's gradient on its prototype row is clipped with the rest of its gradient
         decoded = codebook.decode(emb)
-        s3 = CodebookStage3Config(
-            **{f.name: getattr(train_cfg, f.name) for f in fields(TrainConfig)}, dp=cfg.dp
-        )
+        s3 = CodebookStage3Config(**{f.name: getattr(cfg, f.name) for f in fields(DPTrainConfig)})
         run = fit_codebook_stage3(model, data, train, decoded, codebook.prototypes, s3, on_step)
         result = run.train
         trained = float32_codebook(codebook.with_prototypes(run.prototypes))
         emb = trained.prototypes[decoded].astype(np.float32)
     else:
-        result = fit_private(model, data, train, train_cfg, cfg.dp, emb, has, on_step)
+        result = fit_private(model, data, train, cfg, cfg.dp, emb, has, on_step)
     last = np.asarray(result.losses[-math.ceil(train.size / cfg.batch_size) :], dtype=float)
     final_loss = float(np.nanmean(last)) if np.isfinite(last).any() else math.nan
     acc = _accuracy(model, data, heldout, emb, has)
