@@ -57,6 +57,8 @@ from veil.client_sdk.policy_guard import PolicyCheck, PolicyViolationError
 from veil.client_sdk.private_head import PrivateHead
 from veil.client_sdk.prototype_choice import Example, PrototypeChoice, prototype_losses
 from veil.client_sdk.retry import RetryPolicy
+from veil.client_sdk.runtime.generate import SamplingParams
+from veil.client_sdk.runtime.manifest import read_manifest
 
 __all__ = [
     "CodebookMismatchError",
@@ -210,8 +212,6 @@ class VeilClient:
         if model_dir is None:
             model_dir = getattr(kwargs.get("backend"), "model_dir", None)  # OnnxBackend's graph folder
         if gateway_public_key is None and model_dir is not None:
-            from veil.client_sdk.runtime.manifest import read_manifest
-
             gateway_public_key = read_manifest(model_dir).gateway_public_key
         if gateway_public_key is None and pin_path is None and not isinstance(store, MemoryParamStore):
             pin_path = store.path.with_name(store.path.name + ".gateway-key")
@@ -309,8 +309,6 @@ class VeilClient:
         Nothing leaves the device. Raises :class:`VeilClientError` without a ``local_lm`` or when its
         width differs from the distribution's.
         """
-        from veil.client_sdk.runtime.generate import SamplingParams
-
         if self.local_lm is None:
             raise VeilClientError("no local model: pass local_lm=OnnxLM(<export-onnx folder>)")
         prefix = self.sample() if personalised else None

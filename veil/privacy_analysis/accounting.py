@@ -107,6 +107,7 @@ def rdp_to_epsilon(orders: np.ndarray, rdp: np.ndarray, delta: float) -> tuple[f
 
 
 def _gdp_epsilon(runs: list[TrainingRun], delta: float) -> float:
+    # lazy: opacus imports torch (~1.3 s); only DP-SGD accounting needs it
     from opacus.accountants.analysis import gdp as gdp_analysis
 
     # mu-GDP composes as sqrt(sum mu_i^2) (Dong, Roth & Su, Cor. 3.3); per run Opacus's Poisson CLT mu.
@@ -128,6 +129,7 @@ def _epsilon(runs: list[TrainingRun], delta: float, accountant: str, **kw: Any) 
     if name == "gdp":
         return _gdp_epsilon(active, d)
     try:
+        # lazy: opacus imports torch (~1.3 s); only DP-SGD accounting needs it
         from opacus.accountants import PRVAccountant, RDPAccountant
     except ImportError as exc:  # pragma: no cover - opacus is in the `cloud` extra
         raise ImportError("DP accounting needs opacus: pip install 'veil[cloud]'") from exc

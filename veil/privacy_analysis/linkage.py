@@ -143,6 +143,7 @@ def name_clusters(truth: np.ndarray, pred: np.ndarray, unnamed: int = -1) -> np.
     >>> name_clusters(np.array([0, 0, 1, 1, 1]), np.array([2, 2, 0, 0, 2]))
     array([0, 0, 1, 1, 0])
     """
+    # lazy: scipy.optimize loads only to match clusters to users
     from scipy.optimize import linear_sum_assignment
 
     table = _contingency(truth, pred)
@@ -162,6 +163,7 @@ def matched_accuracy(truth: np.ndarray, pred: np.ndarray) -> float:
     >>> matched_accuracy(np.array([0, 0, 1, 1, 1]), np.array([2, 2, 0, 0, 2]))
     0.8
     """
+    # lazy: scipy.optimize loads only to match clusters to users
     from scipy.optimize import linear_sum_assignment
 
     table = _contingency(truth, pred)

@@ -51,8 +51,28 @@ from typing import Any
 
 import numpy as np
 
+from veil.client_sdk.api import PhoneAPI
+from veil.client_sdk.client import CodebookMismatchError, ModelMismatchError, RetryPolicy, VeilClient
 from veil.client_sdk.distributions import UserDistribution
 from veil.client_sdk.learning import OnDeviceLearner
+from veil.client_sdk.ohttp import AsyncOHTTPClient
+from veil.client_sdk.param_store import MemoryParamStore
+from veil.client_sdk.policy_guard import PolicyGuard
+from veil.cloud_service.app import create_app
+from veil.cloud_service.background import BackgroundServer, RelayProcess
+from veil.cloud_service.codebooks import CodebookStore, init_codebook, retire_by_counts
+from veil.cloud_service.config import ServiceConfig
+from veil.cloud_service.engine import EngineConfig
+from veil.cloud_service.gateway_signing import KeyConfigSigner
+from veil.cloud_service.jobs.personalized import PersonalizedTrainingConfig
+from veil.cloud_service.jobs.runner import run_training_job
+from veil.cloud_service.store import count_uploads, iter_uploads, make_engine, session_factory
+from veil.models.checkpoint import load_personalized, save_personalized
+from veil.models.dp_training import DPConfig
+from veil.models.loading import load_tokenizer
+from veil.models.training import evaluate
+from veil.privacy_analysis.attribution import bayes_attribution
+from veil.privacy_analysis.linkage import linkage_attack
 from veil.progress import NullProgress, Progress
 from veil.simulation.experiments.personalization import (
     ExperimentConfig,
@@ -184,8 +204,6 @@ class _Phones:
     async def learn(
         self, init: dict[str, UserDistribution], trainable: tuple[str, ...], progress: Progress
     ) -> dict[str, UserDistribution]:
-        from veil.client_sdk.policy_guard import PolicyGuard
-
         s2 = self.run.cfg.stage2
         mu = self.cfg.max_gdp_mu
         learners = {
@@ -242,9 +260,6 @@ async def _phone_session(
     progress: Progress,
     gateway_public_key: bytes,
 ) -> tuple[dict[str, UserDistribution], dict[int, str], int]:
-    from veil.client_sdk.api import PhoneAPI
-    from veil.client_sdk.ohttp import AsyncOHTTPClient
-
     spread = cfg.spread if cfg.spread is not None else run.cfg.default_spread[cfg.family]
     async with AsyncOHTTPClient(
         relay_url + "/ohttp",
@@ -263,9 +278,6 @@ def _stored_linkage(
     sessions: Any, owners: dict[int, str], users: list[str], rng: np.random.Generator
 ) -> float:
     """The clustering attack on the embeddings the cloud actually stored."""
-    from veil.cloud_service.store import iter_uploads
-    from veil.privacy_analysis.linkage import linkage_attack
-
     index = {u: k for k, u in enumerate(users)}
     with sessions() as s:
         rows = [(u.id, u.embedding) for u in iter_uploads(s) if u.embedding is not None]
@@ -303,11 +315,6 @@ async def _codebook_phones(
     phones' checks caught, the phones whose choice was for another model, and the versions published
     by retirements.
     """
-    from veil.client_sdk.api import PhoneAPI
-    from veil.client_sdk.client import CodebookMismatchError, ModelMismatchError, RetryPolicy, VeilClient
-    from veil.client_sdk.ohttp import AsyncOHTTPClient
-    from veil.cloud_service.codebooks import retire_by_counts
-
     users = run.users
     noise_std = run.cfg.codebook.noise_std
     seeds = np.random.SeedSequence(run.cfg.seed + 7).spawn(len(users))
@@ -383,20 +390,6 @@ def _codebook_demo(
     cfg: ServiceDemoConfig, run: ExperimentRun, service_dir: Path, stage1: Path, progress: Progress
 ) -> tuple[list[MethodResult], dict[str, Any]]:
     """Rounds of choice, upload and stage 3 through the service, then the final choice and the scores."""
-    from veil.client_sdk.param_store import MemoryParamStore
-    from veil.cloud_service.app import create_app
-    from veil.cloud_service.background import BackgroundServer, RelayProcess
-    from veil.cloud_service.codebooks import CodebookStore, init_codebook
-    from veil.cloud_service.config import ServiceConfig
-    from veil.cloud_service.engine import EngineConfig
-    from veil.cloud_service.gateway_signing import KeyConfigSigner
-    from veil.cloud_service.jobs.personalized import PersonalizedTrainingConfig
-    from veil.cloud_service.jobs.runner import run_training_job
-    from veil.cloud_service.store import count_uploads, make_engine, session_factory
-    from veil.models.checkpoint import load_personalized
-    from veil.models.training import evaluate
-    from veil.privacy_analysis.attribution import bayes_attribution
-
     exp, book_cfg = run.cfg, run.cfg.codebook
     users, types = run.users, len(np.unique(run.types))
     k_min = book_cfg.resolved_k_min(len(users), types)
@@ -523,20 +516,6 @@ def run_service_demo(
     cfg: ServiceDemoConfig, work_dir: Path, progress: Progress | None = None
 ) -> ServiceDemoResult:
     """Run the demo in ``work_dir`` (its ``service/`` folder is recreated); see the module docstring."""
-    from veil.cloud_service.app import create_app
-    from veil.cloud_service.background import BackgroundServer, RelayProcess
-    from veil.cloud_service.config import ServiceConfig
-    from veil.cloud_service.engine import EngineConfig
-    from veil.cloud_service.gateway_signing import KeyConfigSigner
-    from veil.cloud_service.jobs.personalized import PersonalizedTrainingConfig
-    from veil.cloud_service.jobs.runner import run_training_job
-    from veil.cloud_service.store import count_uploads, make_engine, session_factory
-    from veil.models.checkpoint import load_personalized, save_personalized
-    from veil.models.dp_training import DPConfig
-    from veil.models.loading import load_tokenizer
-    from veil.models.training import evaluate
-    from veil.privacy_analysis.attribution import bayes_attribution
-
     progress = progress or NullProgress()
     t0 = time.perf_counter()
     exp = cfg.experiment

@@ -100,6 +100,7 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def _plots(summary: dict[str, Any], matrix: np.ndarray | None) -> list[tuple[str, str]]:
+    # lazy: matplotlib costs ~0.5 s at import; only the HTML report draws
     import matplotlib
 
     matplotlib.use("Agg")

@@ -7,6 +7,7 @@ heavy math lives in the sibling modules (``attribution``, ``bounds``, ``distance
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -14,6 +15,11 @@ from typing import Any
 import numpy as np
 
 from veil.client_sdk.distributions import GaussianDistribution, UserDistribution
+from veil.client_sdk.distributions.divergences import stds_equal, tv_bound
+from veil.privacy_analysis import gdp
+from veil.privacy_analysis.attacks import run_attacks
+from veil.privacy_analysis.distances import pairwise
+from veil.privacy_analysis.identifiability import identifiability_test
 
 __all__ = [
     "GDP_DELTA",
@@ -32,8 +38,6 @@ GDP_DELTA = 1e-5
 
 def lookup(*names: str) -> Any:
     """The first of ``names`` found in the attribution or bounds modules (imported on first use)."""
-    import importlib
-
     for name in names:
         for module in ("veil.privacy_analysis.attribution", "veil.privacy_analysis.bounds"):
             fn = getattr(importlib.import_module(module), name, None)
@@ -71,8 +75,6 @@ def measure_pairwise_tv(
     dists: list[UserDistribution], m: int, rng: np.random.Generator
 ) -> tuple[dict[str, Any], np.ndarray | None]:
     """Pairwise TV summary over at most ``m`` users, and the full matrix when nobody was left out."""
-    from veil.privacy_analysis.distances import pairwise
-
     idx = _subset(len(dists), m, rng)
     matrix = np.asarray(pairwise([dists[i] for i in idx], measure="tv"), dtype=np.float64)
     off = _off_diagonal(matrix)
@@ -89,8 +91,6 @@ def measure_pairwise_tv(
 
 def measure_tv_to_prior(dists: list[UserDistribution], prior: UserDistribution) -> dict[str, Any]:
     """Each user's TV bound to the prior, exactly as the device guard computes it (closed forms)."""
-    from veil.client_sdk.distributions.divergences import tv_bound
-
     values = np.array([tv_bound(d, prior) for d in dists])
     return {"max": float(values.max()), "mean": float(values.mean()), "measure": "closed-form upper bound"}
 
@@ -109,8 +109,6 @@ def measure_gdp(
     """
     if not all(isinstance(d, GaussianDistribution) for d in dists):
         return None
-    from veil.client_sdk.distributions.divergences import stds_equal
-    from veil.privacy_analysis import gdp
 
     stds = np.stack([d.std for d in dists])  # type: ignore[attr-defined]  # (K, n_tokens, dim)
     std = stds[0]
@@ -163,8 +161,6 @@ def measure_identifiability(
     dists: list[UserDistribution], m: int, rng: np.random.Generator
 ) -> dict[str, Any] | None:
     """Gram-matrix identifiability test of the pooled stream on at most ``m`` users."""
-    from veil.privacy_analysis.identifiability import identifiability_test
-
     idx = _subset(len(dists), m, rng)
     res = identifiability_test([dists[i] for i in idx])
     return {
@@ -191,8 +187,6 @@ def measure_attacks(
     The Bayes ceiling (``bayes_known_parameters``) runs on the same uploads, so each attack can be read
     against it without sampling noise between them.
     """
-    from veil.privacy_analysis.attacks import run_attacks
-
     if uploads is not None and owners is not None:
         results = run_attacks(dists, np.asarray(uploads), np.asarray(owners), rng, texts=texts)
         context = {"users": len(dists), "uploads": int(len(owners)), "source": "given uploads"}

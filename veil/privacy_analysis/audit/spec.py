@@ -94,6 +94,7 @@ def load_spec(path: str | os.PathLike[str]) -> PopulationSpec:
     SpecError
         Unreadable file, invalid YAML, or an invalid spec.
     """
+    # lazy: pyyaml comes with the cloud extra; only YAML specs need it
     import yaml
 
     source = os.fspath(path)

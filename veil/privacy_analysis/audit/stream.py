@@ -27,6 +27,10 @@ from typing import Any
 import numpy as np
 
 from veil.client_sdk.distributions import UserDistribution
+from veil.privacy_analysis.attacks.base import prepare_features
+from veil.privacy_analysis.attacks.bayes import bayes_log_posteriors
+from veil.privacy_analysis.audit.policy import evaluate
+from veil.privacy_analysis.linkage import kmeans
 
 __all__ = ["StreamAuditConfig", "audit_stream", "silhouette", "stream_only_summary"]
 
@@ -100,9 +104,6 @@ def audit_stream(
     ``nn_ratio`` and, with ``dists``, ``expected_bayes_accuracy``; ``findings`` lists plain-language
     observations.
     """
-    from veil.privacy_analysis.attacks.base import prepare_features
-    from veil.privacy_analysis.linkage import kmeans
-
     cfg = cfg or StreamAuditConfig()
     out: dict[str, Any] = {"n_uploads": len(embeddings), "tasks": dict(Counter(tasks)), "findings": []}
     if len(embeddings) < 2:
@@ -136,8 +137,6 @@ def audit_stream(
         best = max(clusters, key=lambda k: (round(clusters[k], 6), -int(k)))
         out["clusters"].update(best_k=int(best), best_silhouette=clusters[best])
     if dists is not None:
-        from veil.privacy_analysis.attacks.bayes import bayes_log_posteriors
-
         post = bayes_log_posteriors(list(dists), x)  # (N, K)
         out["expected_bayes_accuracy"] = float(np.exp(post.max(axis=1)).mean())
         out["users"] = len(dists)
@@ -151,8 +150,6 @@ def stream_only_summary(stream: dict[str, Any], policy: Any) -> dict[str, Any]:
     ``policy`` (a :class:`~veil.privacy_analysis.audit.policy.Policy`) is evaluated on what the stream gives,
     i.e. nothing per user: every configured limit is "not measurable" and so a violation.
     """
-    from veil.privacy_analysis.audit.policy import evaluate
-
     violations = evaluate(policy, {})
     return {
         "users": None,
