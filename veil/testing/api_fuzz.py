@@ -21,6 +21,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
+
+from veil.client_sdk.ohttp import decode_key_configs, encapsulate_request
+from veil.testing.ohttp_fuzz import MUTATIONS, mutate, phone_requests
+
 __all__ = ["APIFinding", "APIFuzzReport", "error_shape_problem", "fuzz_api"]
 
 _ERROR_KEYS = frozenset({"type", "message", "param", "code"})
@@ -247,12 +252,8 @@ class _Run:
 def _register_ohttp_bodies(base_url: str) -> None:
     """Bodies for ``message/ohttp-req``: random bytes, or a real encapsulated request, mutated."""
     # lazy: schemathesis and hypothesis are dev dependencies, needed only to fuzz
-    import httpx
     import schemathesis
     from hypothesis import strategies as st
-
-    from veil.client_sdk.ohttp import decode_key_configs, encapsulate_request
-    from veil.testing.ohttp_fuzz import MUTATIONS, mutate, phone_requests
 
     keys = httpx.get(base_url.rstrip("/") + "/.well-known/ohttp-gateway", timeout=30)
     config = decode_key_configs(keys.content)[0]
