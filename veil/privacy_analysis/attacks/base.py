@@ -68,8 +68,9 @@ def matmul(a: Any, b: np.ndarray) -> np.ndarray:
     """``a @ b`` for a dense or scipy-sparse ``a`` ``(N, F)`` and a dense ``b`` ``(F, K)``.
 
     Dense products go through ``einsum`` rather than BLAS: the attacks multiply many small matrices, and
-    multi-threaded BLAS on small operands is up to ten times slower than a plain loop when the machine's
-    few cores are busy (measured on the 2-core CI machine); sparse ones use scipy's own kernels.
+    multi-threaded BLAS on small operands can be much slower than a plain loop when the machine's few
+    cores are busy (figures in ``benchmarks/README.md``, "Attack costs"); sparse ones use scipy's own
+    kernels.
     """
     if issparse(a):
         return np.asarray(a @ b)

@@ -11,8 +11,8 @@ stratified share of the uploads (``train_fraction`` of every user's) and attribu
   :mod:`~veil.privacy_analysis.attacks`,
 
 or, without labels, links the pooled stream of those users (``linkage_kmeans``, ``linkage_gmm``).
-The last four cost ``O(K^2)`` or more in the number of users K (about 15 s for the learned attributor
-alone at K = 1000, 64 dims, on two cores), so they run on a random subset of ``max_users`` users drawn as
+The last four cost ``O(K^2)`` or more in the number of users K (timings in ``benchmarks/README.md``,
+"Attack costs"), so they run on a random subset of ``max_users`` users drawn as
 whole preference types; their results say so (``users``, ``sampled``) and carry that subset's chance.
 
 Every result reports, besides ``chance = 1/K``, the ``group_floor`` of the uploads it was scored on: the
@@ -218,8 +218,8 @@ class UploadAttackConfig:
     train_fraction : float
         Share of every user's uploads the attacker gets with owners (default 0.5); the others are scored.
     max_users : int
-        Most users the attacks of :data:`SAMPLED_ATTACKS` run on (default 100: about 10 s for all four at
-        576 dims on two cores).
+        Most users the attacks of :data:`SAMPLED_ATTACKS` run on (default 100; timings in
+        ``benchmarks/README.md``, "Attack costs").
     attacks : tuple of str
         Names from :data:`UPLOAD_ATTACKS` (default all; ``stylometric`` is skipped for files without text).
     knn, gaussian, learned, kmeans, gmm, stylometric
