@@ -98,7 +98,8 @@ class PassphraseRequiredError(ParamStoreError):
 
 @dataclass(frozen=True)
 class ScryptCost:
-    """scrypt cost parameters (RFC 7914); the defaults take about 0.1 s and 32 MiB on a phone.
+    """scrypt cost parameters (RFC 7914); the defaults need ``128 r N`` bytes = 32 MiB (RFC 7914 section
+    2), and their time is in ``benchmarks/README.md``, "Parameter-file encryption".
 
     Parameters
     ----------
