@@ -54,6 +54,7 @@ from torch import Tensor, nn
 from veil.models.personalization import PersonalizedLM
 from veil.models.tasks import TokenizedTask
 from veil.models.training import TrainConfig, Update, fit, trainable_parameters
+from veil.privacy_analysis.accounting import dp_sgd_epsilon
 
 __all__ = [
     "ACCOUNTANTS",
@@ -170,15 +171,11 @@ class DPTrainResult:
 def compute_epsilon(
     noise_multiplier: float, sample_rate: float, steps: int, delta: float, accountant: str
 ) -> float:
-    """Epsilon of ``steps`` Poisson-subsampled Gaussian steps, by Opacus' accountant."""
-    # lazy: Opacus loads only for DP-SGD runs and accounting (start-up time)
-    from opacus.accountants import create_accountant
-
-    acc = create_accountant(mechanism=accountant)
-    acc.history = [(noise_multiplier, sample_rate, steps)]
+    """Epsilon of ``steps`` Poisson-subsampled Gaussian steps, by Opacus' accountant
+    (:func:`veil.privacy_analysis.accounting.dp_sgd_epsilon`)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # PRV at q = 1 takes log(0) on a masked branch
-        return float(acc.get_epsilon(delta=delta))
+        return dp_sgd_epsilon(noise_multiplier, sample_rate, steps, delta, accountant)
 
 
 def plan_privacy(dp: DPConfig, n_examples: int, cfg: TrainConfig) -> PrivacyPlan:
