@@ -213,6 +213,7 @@ class OnnxLM:
     def __init__(
         self, directory: str | Path, threads: int | None = None, verify: bool = True, name: str = LM_ENTRY
     ) -> None:
+        # lazy: onnxruntime costs ~0.2 s at import; only running a graph needs it
         import onnxruntime as ort
 
         if threads is not None and threads < 1:
@@ -267,7 +268,7 @@ class OnnxLM:
         if self._tokenizer is None:
             if self.spec.tokenizer is None:
                 raise ModelFileError(f"{str(self.directory)!r} was exported without a tokenizer")
-            try:
+            try:  # lazy: optional dependency (not in the phone's base set)
                 from tokenizers import Tokenizer
             except ImportError as exc:
                 raise ImportError(
