@@ -132,3 +132,5 @@ def test_no_usable_uploads_is_a_clear_error(data_dir, tmp_path) -> None:
         PersonalizedTrainingConfig(eval_fraction=1.0)
     with pytest.raises(ValueError, match="task"):
         PersonalizedTrainingConfig(task="translation")
+    with pytest.raises(ValueError, match="lr"):  # a TrainConfig field, inherited with its validation
+        PersonalizedTrainingConfig(lr=0)

@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from veil.models.dp_training import (
+    DPSGD,
     DPConfig,
+    DPTrainConfig,
     attach_private,
     compute_epsilon,
     default_delta,
@@ -185,3 +187,44 @@ def test_validation() -> None:
     with pytest.raises(ValueError, match="no training examples"):
         fit_private(None, _task(4), [], TrainConfig(), None)  # type: ignore[arg-type]
     assert default_delta(1000) < 1 / 1000
+
+
+def test_dp_sgd_is_an_update_of_the_one_training_loop(tiny_base) -> None:
+    data = _task(32)
+    emb = _embeddings(data)
+    cfg = TrainConfig(epochs=2, batch_size=8, lr=1e-3, lora=LoraSettings(r=2))
+    update = DPSGD(DPConfig(noise_multiplier=1.0, accountant="rdp"))
+    with pytest.raises(ValueError, match="finished run"):
+        update.result([])
+    model = _model(tiny_base)
+    losses = fit(model, data, np.arange(32), cfg, lambda idx: emb[idx], update=update)
+    r = update.result(losses)
+    assert r.steps == len(losses) == 8 and r.sample_rate == 0.25
+    assert r.epsilon == pytest.approx(compute_epsilon(1.0, 0.25, 8, r.delta, "rdp"))  # type: ignore[arg-type]
+    assert not any(hasattr(p, "grad_sample") for p in model.parameters())  # detached after the run
+
+
+def test_without_dp_a_seed_reproduces_the_run_with_cold_start_uploads(tiny_base) -> None:
+    data = _task(32)
+    emb = _embeddings(data)
+    has = np.arange(32) % 3 != 0
+    cfg = TrainConfig(epochs=2, batch_size=8, lr=3e-3)
+    start = _model(tiny_base).state_dict()
+    runs = []
+    for _ in range(2):
+        model = _model(type(tiny_base)(tiny_base.config))
+        model.load_state_dict(start)
+        runs.append(fit_private(model, data, np.arange(32), cfg, None, emb, has).losses)
+    assert runs[0] == runs[1]
+
+
+def test_job_configs_inherit_the_shared_training_fields() -> None:
+    from dataclasses import fields
+
+    from veil.models.dp_codebook import CodebookStage3Config
+
+    shared = {f.name for f in fields(DPTrainConfig)}
+    assert {f.name for f in fields(TrainConfig)} < shared
+    assert shared < {f.name for f in fields(CodebookStage3Config)}
+    with pytest.raises(ValueError, match="lr"):
+        CodebookStage3Config(lr=0)
