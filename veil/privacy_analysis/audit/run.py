@@ -22,10 +22,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -33,6 +32,7 @@ from veil.client_sdk.distributions import UserDistribution
 from veil.privacy_analysis.audit import sections
 from veil.privacy_analysis.audit.policy import Policy, Violation, evaluate
 from veil.privacy_analysis.audit.spec import UtilityPoint
+from veil.progress import NullProgress, Progress
 
 __all__ = ["AuditConfig", "AuditResult", "run_audit"]
 
@@ -44,21 +44,6 @@ _COUNTS = (
     "pairwise_users",
     "identifiability_users",
 )
-
-
-class ProgressLike(Protocol):
-    """Anything with ``stage(description, total)`` returning a context manager (e.g. ``RichProgress``)."""
-
-    def stage(self, description: str, total: int | None) -> Any: ...
-
-
-class _NoProgress:
-    @contextmanager
-    def stage(self, description: str, total: int | None) -> Iterator[Any]:
-        yield self
-
-    def advance(self, n: int = 1) -> None:
-        return None
 
 
 @dataclass
@@ -172,7 +157,7 @@ def run_audit(
     owners: np.ndarray | None = None,
     utility: Sequence[UtilityPoint] | None = None,
     prior: UserDistribution | None = None,
-    progress: ProgressLike | None = None,
+    progress: Progress | None = None,
 ) -> AuditResult:
     """Audit a population of user distributions.
 
@@ -198,7 +183,7 @@ def run_audit(
         raise ValueError("give uploads and owners together (owners index the distributions)")
     if texts is not None and uploads is None:
         raise ValueError("texts need the uploads they belong to")
-    progress = progress or _NoProgress()
+    progress = progress or NullProgress()
     rng = np.random.default_rng(cfg.seed)
     k, seconds = len(dists), {}
     clock = time.perf_counter()
