@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text"]
+__all__ = ["create_once", "atomic_write", "atomic_write_bytes", "atomic_write_text"]
 
 
 def atomic_write(
@@ -63,3 +64,25 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, mode: int =
 def atomic_write_text(path: str | os.PathLike[str], text: str, *, mode: int = 0o600) -> None:
     """Replace ``path`` with ``text`` encoded as UTF-8 (see :func:`atomic_write`)."""
     atomic_write_bytes(path, text.encode("utf-8"), mode=mode)
+
+
+def create_once(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o600) -> None:
+    """Create ``path`` holding ``data`` unless it already exists: the first writer wins.
+
+    Each writer fills and fsyncs a private temporary file and hard-links it into place, so readers see
+    either no file or a complete one, and concurrent creators (workers starting at once) agree on one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.{threading.get_ident()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass  # another writer created it first; theirs stands
+    finally:
+        tmp.unlink(missing_ok=True)

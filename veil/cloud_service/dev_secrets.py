@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import secrets
-import threading
 from pathlib import Path
+
+from veil.client_sdk.atomic_files import create_once
 
 __all__ = ["development_secret"]
 
@@ -22,17 +22,5 @@ def development_secret(path: Path, size: int = 32) -> bytes:
         if len(data) != size:
             raise ValueError(f"{path} must hold exactly {size} bytes, found {len(data)}")
         return data
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.{threading.get_ident()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(secrets.token_bytes(size))
-        fh.flush()
-        os.fsync(fh.fileno())
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        pass
-    finally:
-        tmp.unlink(missing_ok=True)
+    create_once(path, secrets.token_bytes(size))
     return development_secret(path, size)

@@ -21,6 +21,7 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+from veil.client_sdk.atomic_files import create_once
 from veil.client_sdk.ohttp.errors import SigningKeyMismatchError
 from veil.client_sdk.ohttp.keysig import (
     VerifiedKeyConfigs,
@@ -124,16 +125,4 @@ def _read(path: Path) -> bytes:
 
 def _write(path: Path, public_key: bytes) -> None:
     """Create ``path`` (mode 0600) holding the key's base64, unless it exists: the first writer wins."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.{threading.get_ident()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="ascii") as fh:
-        fh.write(encode_public_key(public_key) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        pass
-    finally:
-        tmp.unlink(missing_ok=True)
+    create_once(path, (encode_public_key(public_key) + "\n").encode("ascii"))
