@@ -169,23 +169,8 @@ class ServiceStack:
         return self
 
     def _spawn(self, name: str, cmd: list[str], env: dict[str, str], timeout_s: float = 300.0) -> str:
-        port = _free_port()
-        log = self.workdir / f"{name}.log"
-        with log.open("ab") as out:
-            proc = subprocess.Popen(
-                [*cmd, "--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT
-            )
-        self.procs[name] = proc
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with {proc.returncode}: {log.read_text()[-1500:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    return url
-            time.sleep(0.2)
-        raise RuntimeError(f"{name} did not answer /health within {timeout_s:.0f} s")
+        self.procs[name], url = spawn_healthy(name, cmd, env, self.workdir, timeout_s)
+        return url
 
     def ohttp_client(self) -> Any:
         """A phone's ``AsyncOHTTPClient`` through this stack's relay (keys fetched through the relay too)."""
@@ -307,3 +292,23 @@ def postgres_database(server_url: str | None) -> Iterator[str]:
         finally:
             with psycopg.connect(**admin, dbname=url.database or "postgres", autocommit=True) as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def spawn_healthy(
+    name: str, cmd: list[str], env: dict[str, str], workdir: Path, timeout_s: float = 300.0
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start ``cmd --port P`` (output to ``workdir/<name>.log``) and wait for its ``/health``."""
+    port = _free_port()
+    log = workdir / f"{name}.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen([*cmd, "--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode}: {log.read_text()[-1500:]}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return proc, url
+        time.sleep(0.2)
+    raise RuntimeError(f"{name} did not answer /health within {timeout_s:.0f} s")

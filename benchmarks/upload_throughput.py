@@ -39,17 +39,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from service_stack import load_average, machine, postgres_database, summarise
+from service_stack import load_average, machine, postgres_database, spawn_healthy, summarise
 
 __all__ = ["LeanPhone", "UploadStack", "main", "run_load"]
 
 UPLOAD_TEXT = "the quick brown fox jumps over the lazy dog while the phone learns which word comes next"
-
-
-def _free_port() -> int:
-    from veil.cloud_service.background import free_port
-
-    return free_port()
 
 
 def _cpu_s(pid: int) -> float:
@@ -125,23 +119,8 @@ class UploadStack:
         return self
 
     def spawn(self, name: str, cmd: list[str], timeout_s: float = 300.0) -> str:
-        import httpx
-
-        port = _free_port()
-        log = self.workdir / f"{name}.log"
-        with log.open("ab") as out:
-            proc = subprocess.Popen([*cmd, "--port", str(port)], env=self.env, stdout=out, stderr=out)
-        self.procs[name] = proc
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with {proc.returncode}: {log.read_text()[-1500:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    return url
-            time.sleep(0.2)
-        raise RuntimeError(f"{name} did not answer /health within {timeout_s:.0f} s")
+        self.procs[name], url = spawn_healthy(name, cmd, self.env, self.workdir, timeout_s)
+        return url
 
     def worker_pids(self) -> list[int]:
         """The API worker processes (uvicorn's children running the app)."""
