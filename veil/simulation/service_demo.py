@@ -39,12 +39,14 @@ The simulator alone knows which phone sent which upload (to score the attacks); 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import itertools
 import math
 import secrets
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -386,6 +388,25 @@ async def _codebook_phones(
     return out
 
 
+@contextlib.contextmanager
+def _service(cfg: ServiceDemoConfig, data_dir: Path, model: Path) -> Iterator[tuple[Any, bytes]]:
+    """The API with its gateway on loopback behind a ``veil relay`` process; yields the relay and the
+    gateway's public signing key (what the app would ship). The gateway answers only this relay."""
+    relay_secret = secrets.token_urlsafe(32)
+    config = ServiceConfig(
+        data_dir=data_dir,
+        model=str(model),
+        engine=EngineConfig(cfg.max_batch, batch_window_s=0.01),
+        relay_secret=relay_secret.encode(),
+    )
+    public_key = KeyConfigSigner.from_config(config).public_key
+    with (
+        BackgroundServer(create_app(config)) as api,
+        RelayProcess(api.url, cfg.hold_window_ms, relay_secret=relay_secret) as relay,
+    ):
+        yield relay, public_key
+
+
 def _codebook_demo(
     cfg: ServiceDemoConfig, run: ExperimentRun, service_dir: Path, stage1: Path, progress: Progress
 ) -> tuple[list[MethodResult], dict[str, Any]]:
@@ -414,18 +435,7 @@ def _codebook_demo(
         round_dir = service_dir / f"round-{r}"
         codebooks = CodebookStore(round_dir)
         codebooks.publish(book)
-        relay_secret = secrets.token_urlsafe(32)  # the gateway answers only this round's relay
-        config = ServiceConfig(
-            data_dir=round_dir,
-            model=str(base),
-            engine=EngineConfig(cfg.max_batch, batch_window_s=0.01),
-            relay_secret=relay_secret.encode(),
-        )
-        public_key = KeyConfigSigner.from_config(config).public_key  # what the app would ship
-        with (
-            BackgroundServer(create_app(config)) as api,
-            RelayProcess(api.url, cfg.hold_window_ms, relay_secret=relay_secret) as relay,
-        ):
+        with _service(cfg, round_dir, base) as (relay, public_key):
             phones_started = time.perf_counter()
             out = asyncio.run(
                 _codebook_phones(
@@ -536,18 +546,7 @@ def run_service_demo(
         return ServiceDemoResult(_result(cfg, run, methods + more, t0), service)
 
     started = time.perf_counter()
-    relay_secret = secrets.token_urlsafe(32)  # the gateway answers only the demo's relay
-    config = ServiceConfig(
-        data_dir=service_dir,
-        model=str(stage1),
-        engine=EngineConfig(cfg.max_batch, batch_window_s=0.01),
-        relay_secret=relay_secret.encode(),
-    )
-    public_key = KeyConfigSigner.from_config(config).public_key  # what the app would ship
-    with (
-        BackgroundServer(create_app(config)) as api,
-        RelayProcess(api.url, cfg.hold_window_ms, relay_secret=relay_secret) as relay,
-    ):
+    with _service(cfg, service_dir, stage1) as (relay, public_key):
         dists, owners, requests = asyncio.run(
             _phone_session(relay.url, "veil-demo", run, cfg, progress, public_key)
         )
