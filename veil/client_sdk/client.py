@@ -37,7 +37,7 @@ import os
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import numpy as np
 
@@ -365,8 +365,10 @@ class VeilClient:
         """One gradient-return step: sample, ask for dL/de, update, check, save (all or nothing)."""
         async with self._lock:  # one step at a time: each update starts from the last saved state
             state = self.state
-            if isinstance(state.distribution, PrototypeDistribution):
-                raise VeilClientError("a prototype choice has no gradient steps: use choose_prototype")
+            if "learn" not in state.distribution.capabilities:
+                raise VeilClientError(
+                    f"a {state.distribution.family} choice has no gradient steps: use choose_prototype"
+                )
             draw = self.draw()
             x = draw.value
 
@@ -452,8 +454,8 @@ class VeilClient:
         top_k : candidates per prototype, 1..20.
         prototypes : codebook indices to ask under (default: the stored choice's own).
         """
-        distribution = self.state.distribution
-        if not isinstance(distribution, PrototypeDistribution):
+        distribution = cast(PrototypeDistribution, self.state.distribution)
+        if "choose" not in distribution.capabilities:
             raise VeilClientError("private mixing needs a prototype choice: call choose_prototype first")
         if not 1 <= top_k <= MAX_TOP_K:
             raise ValueError(f"top_k must be in [1, {MAX_TOP_K}], got {top_k}")
@@ -497,8 +499,8 @@ class VeilClient:
         :meth:`generate_locally`, which send nothing, do not (they need no network).
         """
         distribution = self.state.distribution
-        if isinstance(distribution, PrototypeDistribution):
-            distribution.check_codebook(await self.codebook())
+        if "choose" in distribution.capabilities:
+            cast(PrototypeDistribution, distribution).check_codebook(await self.codebook())
 
     async def choose_prototype(
         self, examples: Sequence[Example], *, noise_std: float = DEFAULT_NOISE_STD

@@ -163,7 +163,9 @@ class OnDeviceLearner:
         """The current distribution."""
         return self._distribution
 
-    def step(self, x: np.ndarray, grad_x: np.ndarray) -> UserDistribution:
+    def step(
+        self, x: np.ndarray, grad_x: np.ndarray, noise: Mapping[str, np.ndarray] | None = None
+    ) -> UserDistribution:
         """Apply one Adam step from a sample and the returned gradient.
 
         Parameters
@@ -172,13 +174,18 @@ class OnDeviceLearner:
             Sample(s) the current distribution produced and the device uploaded.
         grad_x : ndarray, same shape as ``x``
             ``dL/dx`` returned by the cloud.
+        noise : mapping, optional
+            The noise that made ``x`` (:meth:`UserDistribution.draw_noise`), for families that
+            differentiate through it (:meth:`UserDistribution.sample_vjp`).
 
         Returns
         -------
         UserDistribution
             The updated distribution (also stored in :attr:`distribution`).
         """
-        grads = {k: v for k, v in self._distribution.sample_vjp(x, grad_x).items() if k in self.trainable}
+        grads = {
+            k: v for k, v in self._distribution.sample_vjp(x, grad_x, noise).items() if k in self.trainable
+        }
         if self.max_grad_norm is not None:
             norm = float(np.sqrt(sum(float(np.sum(g * g)) for g in grads.values())))
             if norm > self.max_grad_norm:

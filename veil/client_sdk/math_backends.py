@@ -28,10 +28,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from veil.client_sdk.distributions.base import UserDistribution
-from veil.client_sdk.distributions.basis_mixture import BasisMixtureDistribution
-from veil.client_sdk.distributions.gaussian import GaussianDistribution
-from veil.client_sdk.distributions.prototype import Codebook, PrototypeDistribution, choose_prototype
+from veil.client_sdk.distributions import FAMILIES, UserDistribution
+from veil.client_sdk.distributions.prototype import Codebook, choose_prototype
 from veil.client_sdk.learning import OnDeviceLearner
 from veil.client_sdk.param_store import ClientState
 from veil.client_sdk.policy_guard import PolicyCheck, PolicyGuard
@@ -124,7 +122,8 @@ class NumpyBackend:
         self.guard = guard
 
     def sample(self, distribution: UserDistribution, rng: np.random.Generator) -> Draw:
-        return Draw(np.asarray(distribution.sample(rng), dtype=np.float64))
+        noise = distribution.draw_noise(rng, 1)
+        return Draw(np.asarray(distribution.sample_from_noise(noise)[0], dtype=np.float64), noise)
 
     def update(self, state: ClientState, draw: Draw, grad: np.ndarray) -> ClientState:
         cfg = self.learning
@@ -138,7 +137,7 @@ class NumpyBackend:
         if state.optimizer:
             learner.optimizer.load_state_dict(state.optimizer)
             learner.optimizer.lr = cfg.lr
-        updated = learner.step(draw.value, grad)
+        updated = learner.step(draw.value[None], np.asarray(grad, np.float64)[None], draw.noise or None)
         return ClientState(updated, learner.optimizer.state_dict(), state.model)
 
     def check(self, distribution: UserDistribution) -> PolicyCheck:
@@ -156,25 +155,13 @@ class _GraphGuard(PolicyGuard):
         self.session = session
 
     def check(self, dist: UserDistribution) -> PolicyCheck:
-        max_tv = math.inf if self.max_tv is None else self.max_tv
-        if isinstance(dist, GaussianDistribution):
-            max_mu = math.inf if self.max_gdp_mu is None else self.max_gdp_mu
-            prior = self.prior.unconstrained()
-            p = dist.unconstrained()
-            out = self.session.run(
-                mean=p["mean"], log_std=p["log_std"], prior_mean=prior["mean"], prior_log_std=prior["log_std"],
-                max_tv=max_tv, max_gdp_mu=max_mu,
-            )  # fmt: skip
-            measures = [
-                ("tv_to_prior", float(out["tv"]), max_tv),
-                ("gdp_mu_to_prior", float(out["gdp_mu"]), max_mu),
-            ]
-        elif isinstance(dist, BasisMixtureDistribution):
-            logits = dist.unconstrained()["logits"]
-            out = self.session.run(logits=logits, prior_weights=self.prior.weights, max_tv=max_tv)  # type: ignore[attr-defined]
-            measures = [("tv_to_prior", float(out["tv"]), max_tv)]
-        else:
-            raise ValueError(f"no policy graph for the {dist.family!r} family")
+        limits = {"max_tv": math.inf if self.max_tv is None else self.max_tv}
+        if "gdp" in dist.capabilities:
+            limits["max_gdp_mu"] = math.inf if self.max_gdp_mu is None else self.max_gdp_mu
+        out = self.session.run(**dist.onnx_policy_feeds(self.prior), **limits)
+        measures = [("tv_to_prior", float(out["tv"]), limits["max_tv"])]
+        if "max_gdp_mu" in limits:
+            measures.append(("gdp_mu_to_prior", float(out["gdp_mu"]), limits["max_gdp_mu"]))
         name, value, limit = max((m for m in measures if math.isfinite(m[2])), key=lambda m: m[1] / m[2])
         return PolicyCheck(ok=bool(out["ok"]), value=value, limit=limit, measure=name)
 
@@ -210,25 +197,28 @@ class OnnxBackend:
         learning: LearningConfig | None = None,
         guard: PolicyGuard | None = None,
     ) -> None:
-        if family not in ("gaussian", "beta", "basis_mixture", "prototype"):
-            raise ValueError(f"family must be gaussian, beta, basis_mixture or prototype, got {family!r}")
+        if family not in FAMILIES:
+            raise ValueError(f"family must be one of {sorted(FAMILIES)}, got {family!r}")
+        caps = FAMILIES[family].capabilities
         self.family = family
         self.model_dir = Path(model_dir)  # its manifest may also ship the gateway's signing key
         self.learning = learning or LearningConfig()
-        if family == "prototype":
+        self._noise_options: dict[str, Any] = {}
+        if "choose" in caps:
             if guard is not None:
                 raise ValueError(
-                    "a prototype choice has no policy graph: its privacy is the codebook's k_min"
+                    f"a {family} choice has no policy graph: its privacy is the codebook's k_min"
                 )
-            graphs = load_graphs(model_dir, ["prototype_sample", "prototype_choice"])
-            self._sampler, self._choice = graphs["prototype_sample"], graphs["prototype_choice"]
+            graphs = load_graphs(model_dir, [f"{family}_sample", f"{family}_choice"])
+            self._sampler, self._choice = graphs[f"{family}_sample"], graphs[f"{family}_choice"]
             self._model_dir = model_dir
             self.params, self.guard, self._projector = [], None, None
             return
         if guard is not None and guard.prior.family != family:
             raise ValueError(f"the policy's prior is {guard.prior.family!r}, the graphs are {family!r}")
+        policy_graph = guard is not None and "policy_graph" in caps
         names = [f"{family}_sample", f"{family}_update"]
-        if guard is not None and family != "beta":
+        if policy_graph:
             names.append(f"{family}_policy")
         graphs = load_graphs(model_dir, names)
         self._sampler, self._update = graphs[names[0]], graphs[names[1]]
@@ -237,13 +227,13 @@ class OnnxBackend:
         if not chosen or not chosen <= set(self.params):
             raise ValueError(f"trainable must be a non-empty subset of {self.params}, got {sorted(chosen)}")
         self._trainable = np.array([p in chosen for p in self.params])
-        construction = self._sampler.entry.extra.get("construction") or {}
-        self._beta = BetaConstruction(
-            **{k: construction[k] for k in ("rounds", "boost") if k in construction}
-        )
+        construction = self._sampler.entry.extra.get("construction")
+        if construction:  # the sampler graph's construction constants decide the noise it takes
+            rounds_boost = {k: construction[k] for k in ("rounds", "boost") if k in construction}
+            self._noise_options["construction"] = BetaConstruction(**rounds_boost)
         self.guard: PolicyGuard | None = guard
         self._projector: PolicyGuard | None = guard
-        if guard is not None and family != "beta":
+        if policy_graph and guard is not None:
             session = graphs[names[2]]
             self.guard = _GraphGuard(guard, session)
             shrink = 1.0 - _FLOAT32_MARGIN
@@ -260,56 +250,24 @@ class OnnxBackend:
                 f"these graphs are for {self.family!r}, got a {distribution.family!r} distribution"
             )
 
-    @staticmethod
-    def _gaussian_basis(dist: BasisMixtureDistribution) -> tuple[np.ndarray, np.ndarray]:
-        if not all(isinstance(c, GaussianDistribution) for c in dist.basis):
-            raise ValueError("the basis-mixture sampler graph needs a Gaussian basis")
-        return np.stack([c.loc for c in dist.basis]), np.log(np.stack([c.std for c in dist.basis]))  # type: ignore[attr-defined]
-
     def sample(self, distribution: UserDistribution, rng: np.random.Generator) -> Draw:
         self._check_family(distribution)
-        n, d = distribution.shape
-        feeds: dict[str, Any] = dict(distribution.unconstrained())
-        if isinstance(distribution, PrototypeDistribution):
-            feeds = {
-                "prototypes": distribution.codebook.prototypes,
-                "index": np.int64(distribution.index),
-                "noise_std": distribution.noise_std,
-            }
-            noise = {"normal": rng.standard_normal((1, n, d))}
-        elif self.family == "gaussian":
-            noise = {"normal": rng.standard_normal((1, n, d))}
-        elif self.family == "beta":
-            noise = {
-                "normal": rng.standard_normal(self._beta.normal_shape(1, n, d)),
-                "uniform": rng.random(self._beta.uniform_shape(1, n, d)),
-            }
-        else:
-            feeds["basis_mean"], feeds["basis_log_std"] = self._gaussian_basis(distribution)  # type: ignore[arg-type]
-            noise = {
-                "uniform": rng.random((1, len(distribution.basis))),
-                "normal": rng.standard_normal((1, n, d)),
-            }  # type: ignore[attr-defined]
-        out = self._sampler.run(feeds, **noise)["sample"]
+        noise = distribution.draw_noise(rng, 1, **self._noise_options)
+        out = self._sampler.run(distribution.onnx_sample_feeds(noise))["sample"]
         return Draw(np.asarray(out[0], dtype=np.float64), noise)
 
     def update(self, state: ClientState, draw: Draw, grad: np.ndarray) -> ClientState:
         dist, cfg = state.distribution, self.learning
         self._check_family(dist)
-        if self.family == "prototype":
-            raise ValueError("a prototype choice has no gradient update: choose the prototype again")
+        if "learn" not in dist.capabilities:
+            raise ValueError(f"a {self.family} choice has no gradient update: choose the prototype again")
         params = dist.unconstrained()
         opt = dict(state.optimizer) if state.optimizer else {}
         betas = tuple(opt.get("betas", _ADAM_DEFAULTS["betas"]))
         eps = float(opt.get("eps", _ADAM_DEFAULTS["eps"]))
         feeds: dict[str, Any] = dict(params)
         feeds["grad"] = np.asarray(grad, dtype=np.float64)[None]
-        if self.family == "gaussian":
-            feeds["sample"] = draw.value[None]
-        elif self.family == "beta":
-            feeds.update(draw.noise)
-        else:
-            feeds["basis_mean"] = np.stack([c.mean() for c in dist.basis])  # type: ignore[attr-defined]
+        feeds.update(dist.onnx_update_feeds(draw.value, draw.noise))
         for p in self.params:
             feeds[f"anchor_{p}"] = params[p]  # prior_weight 0: the anchor is not used
             feeds[f"adam_m_{p}"] = opt.get("m", {}).get(p, np.zeros_like(params[p]))
@@ -336,7 +294,7 @@ class OnnxBackend:
         return _NO_POLICY if self.guard is None else self.guard.check(distribution)
 
     def choose(self, losses: np.ndarray, codebook: Codebook) -> int:
-        if self.family != "prototype":
+        if "choose" not in FAMILIES[self.family].capabilities:
             raise ValueError(f"these graphs are for {self.family!r}; choosing needs the prototype graphs")
         arr = np.asarray(losses, dtype=np.float64)
         if arr.ndim != 2 or arr.shape[1] != codebook.size:
@@ -349,7 +307,7 @@ class OnnxBackend:
 
     def head_math(self) -> OnnxHeadMath:
         """The private mixing head's math on the ``prototype_head`` graph (for ``PrivateHead(math=...)``)."""
-        if self.family != "prototype":
+        if "choose" not in FAMILIES[self.family].capabilities:
             raise ValueError(f"these graphs are for {self.family!r}; the head needs the prototype graphs")
 
         return OnnxHeadMath(load_graphs(self._model_dir, ["prototype_head"])["prototype_head"])

@@ -32,7 +32,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from veil.client_sdk.distributions.base import UserDistribution
-from veil.client_sdk.distributions.basis_mixture import BasisMixtureDistribution
 from veil.client_sdk.distributions.divergences import (
     UnequalCovarianceError,
     gaussian_mu,
@@ -101,7 +100,7 @@ class PolicyGuard:
         if max_gdp_mu is not None:
             if not (math.isfinite(max_gdp_mu) and max_gdp_mu > 0.0):
                 raise ValueError(f"max_gdp_mu must be a finite number > 0, got {max_gdp_mu}")
-            if not isinstance(prior, GaussianDistribution):
+            if "gdp" not in prior.capabilities:
                 raise ValueError(
                     f"max_gdp_mu applies to the Gaussian family only, the prior is {prior.family!r}"
                 )
@@ -155,9 +154,4 @@ class PolicyGuard:
             return math.inf  # no finite mu exists, so every finite limit is broken
 
     def _line(self, dist: UserDistribution) -> Callable[[float], UserDistribution]:
-        prior = self.prior
-        if isinstance(dist, BasisMixtureDistribution):
-            w0, w1 = prior.weights, dist.weights  # type: ignore[attr-defined]
-            return lambda t: BasisMixtureDistribution(dist.basis, (1.0 - t) * w0 + t * w1)
-        start, end = prior.unconstrained(), dist.unconstrained()
-        return lambda t: dist.with_unconstrained({k: start[k] + t * (end[k] - start[k]) for k in end})
+        return lambda t: self.prior.toward(dist, t)

@@ -10,12 +10,15 @@ code is the reference; tests pin these log densities and gradients to it. Freeze
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from veil.client_sdk.distributions import (
+    FAMILIES,
     BasisMixtureDistribution,
     BetaDistribution,
     GaussianDistribution,
@@ -120,6 +123,11 @@ class TorchGaussian(nn.Module):
         return cls(_as_tensor(params["mean"], dtype), _as_tensor(params["log_std"], dtype))
 
 
+_BASIS_PARAMS = {"beta": {"alpha": "alpha", "beta": "beta"}, "gaussian": {"mean": "loc", "std": "std"}}
+"""A basis component's buffers by family (``basis{k}_<buffer>``), each with the attribute of the numpy
+family it holds; in the order of the family's constructor arguments."""
+
+
 class TorchBasisMixture(nn.Module):
     """Mixture over a public basis: trainable ``logits`` ``(K,)``; the basis is stored in buffers.
 
@@ -135,24 +143,19 @@ class TorchBasisMixture(nn.Module):
             raise ValueError(f"logits must have shape ({len(basis)},), got {tuple(logits.shape)}")
         self.families: list[str] = []
         for k, comp in enumerate(basis):
-            if isinstance(comp, BetaDistribution):
-                self.register_buffer(f"basis{k}_alpha", _as_tensor(comp.alpha, dtype))
-                self.register_buffer(f"basis{k}_beta", _as_tensor(comp.beta, dtype))
-            elif isinstance(comp, GaussianDistribution):
-                self.register_buffer(f"basis{k}_mean", _as_tensor(comp.loc, dtype))
-                self.register_buffer(f"basis{k}_std", _as_tensor(comp.std, dtype))
-            else:
+            if comp.family not in _BASIS_PARAMS:
                 raise ValueError(
                     f"basis[{k}] must be a Beta or Gaussian distribution, got {type(comp).__name__}"
                 )
+            for buffer, attribute in _BASIS_PARAMS[comp.family].items():
+                self.register_buffer(f"basis{k}_{buffer}", _as_tensor(getattr(comp, attribute), dtype))
             self.families.append(comp.family)
         self.register_buffer("basis_means", _as_tensor(np.stack([c.mean() for c in basis]), dtype))
         self.logits = nn.Parameter(logits.to(dtype).clone())
 
     def _component(self, k: int) -> tuple[Tensor, Tensor]:
-        if self.families[k] == "beta":
-            return getattr(self, f"basis{k}_alpha"), getattr(self, f"basis{k}_beta")
-        return getattr(self, f"basis{k}_mean"), getattr(self, f"basis{k}_std")
+        first, second = _BASIS_PARAMS[self.families[k]]
+        return getattr(self, f"basis{k}_{first}"), getattr(self, f"basis{k}_{second}")
 
     def _component_sample(self, k: int, n: int) -> Tensor:
         p, q = self._component(k)
@@ -194,7 +197,7 @@ class TorchBasisMixture(nn.Module):
         out: list[UserDistribution] = []
         for k, family in enumerate(self.families):
             p, q = (t.double().cpu().numpy() for t in self._component(k))
-            out.append(BetaDistribution(p, q) if family == "beta" else GaussianDistribution(p, q))
+            out.append(FAMILIES[family](p, q))  # type: ignore[call-arg]
         return out
 
     def to_numpy(self) -> BasisMixtureDistribution:
@@ -209,12 +212,17 @@ class TorchBasisMixture(nn.Module):
         return cls(list(dist.basis), _as_tensor(dist.unconstrained()["logits"], dtype), dtype=dtype)
 
 
+TORCH_TWINS: dict[str, Callable[[Any, torch.dtype], nn.Module]] = {
+    "beta": TorchBeta.from_numpy,
+    "gaussian": TorchGaussian.from_numpy,
+    "basis_mixture": TorchBasisMixture.from_numpy,
+}
+"""``family name -> from_numpy`` of its torch twin: the one place a family joins this layer."""
+
+
 def torch_twin(dist: UserDistribution, dtype: torch.dtype = torch.float64) -> nn.Module:
     """The torch twin of a numpy distribution (``TorchBeta``, ``TorchGaussian`` or ``TorchBasisMixture``)."""
-    if isinstance(dist, BetaDistribution):
-        return TorchBeta.from_numpy(dist, dtype)
-    if isinstance(dist, GaussianDistribution):
-        return TorchGaussian.from_numpy(dist, dtype)
-    if isinstance(dist, BasisMixtureDistribution):
-        return TorchBasisMixture.from_numpy(dist, dtype)
-    raise ValueError(f"no torch twin for {type(dist).__name__}; known: beta, gaussian, basis_mixture")
+    make = TORCH_TWINS.get(getattr(dist, "family", ""))
+    if make is None:
+        raise ValueError(f"no torch twin for {type(dist).__name__}; known: {', '.join(TORCH_TWINS)}")
+    return make(dist, dtype)

@@ -77,6 +77,11 @@ class UserDistribution(ABC):
     """
 
     family: ClassVar[str]
+    capabilities: ClassVar[frozenset[str]] = frozenset()
+    """What the family supports beyond sampling, by name: ``learn`` (gradient updates on the phone),
+    ``policy`` (the numpy policy guard), ``policy_graph`` (an ONNX policy graph), ``gdp`` (a Gaussian-DP
+    ``mu`` to the prior), ``torch`` (a torch twin for training), ``choose`` (a codebook choice instead of
+    learning). Backends, the client and the parity tests read these instead of testing classes."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -89,9 +94,39 @@ class UserDistribution(ABC):
     def shape(self) -> tuple[int, int]:
         """Event shape ``(n_tokens, dim)``."""
 
-    @abstractmethod
     def sample(self, rng: np.random.Generator, size: int | None = None) -> np.ndarray:
-        """Draw fresh samples: float64 of shape ``(n_tokens, dim)``, or ``(size, n_tokens, dim)``."""
+        """Draw fresh samples: float64 of shape ``(n_tokens, dim)``, or ``(size, n_tokens, dim)``.
+
+        Draws the noise (:meth:`draw_noise`) and transforms it (:meth:`sample_from_noise`), the same
+        function of the same noise as the family's ONNX sampler graph.
+        """
+        x = self.sample_from_noise(self.draw_noise(rng, 1 if size is None else int(size)))
+        return x[0] if size is None else x
+
+    @abstractmethod
+    def noise_shapes(self, size: int, **options: Any) -> dict[str, tuple[int, ...]]:
+        """The noise tensors ``size`` samples need: ``name -> shape``.
+
+        A name ending in ``normal`` is filled with i.i.d. standard normal draws, one ending in ``uniform``
+        with i.i.d. uniform draws on ``(0, 1)``. ``options`` are construction settings a family may read
+        (the Beta family's ``construction``); others ignore them.
+        """
+
+    def draw_noise(self, rng: np.random.Generator, size: int = 1, **options: Any) -> dict[str, np.ndarray]:
+        """Fresh noise for ``size`` samples from ``rng``, named and shaped as :meth:`noise_shapes` says."""
+        out = {}
+        for name, shape in self.noise_shapes(size, **options).items():
+            if name.endswith("normal"):
+                out[name] = rng.standard_normal(shape)
+            elif name.endswith("uniform"):
+                out[name] = rng.random(shape)
+            else:  # a family declaring another kind of noise is a programming error
+                raise TypeError(f"noise {name!r} must end in 'normal' or 'uniform'")
+        return out
+
+    @abstractmethod
+    def sample_from_noise(self, noise: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Samples ``(B, n_tokens, dim)`` from noise shaped as :meth:`noise_shapes` ``(B)`` says."""
 
     @abstractmethod
     def log_prob(self, x: np.ndarray) -> np.ndarray:
@@ -115,7 +150,9 @@ class UserDistribution(ABC):
         """A new distribution with some unconstrained parameters replaced; missing keys keep their values."""
 
     @abstractmethod
-    def sample_vjp(self, x: np.ndarray, grad_x: np.ndarray) -> dict[str, np.ndarray]:
+    def sample_vjp(
+        self, x: np.ndarray, grad_x: np.ndarray, noise: Mapping[str, np.ndarray] | None = None
+    ) -> dict[str, np.ndarray]:
         """Pull ``dL/dx`` for a sample ``x`` of this distribution back to the unconstrained parameters.
 
         Parameters
@@ -124,12 +161,35 @@ class UserDistribution(ABC):
             Samples this distribution produced.
         grad_x : ndarray, same shape as ``x``
             ``dL/dx``.
+        noise : mapping, optional
+            The noise that made ``x`` (:meth:`draw_noise`). A family whose sample is not a function of
+            ``x`` alone (Beta's rejection construction) differentiates through it, as its update graph
+            does; the others ignore it.
 
         Returns
         -------
         dict
             ``dL/d(param)`` for every key of :meth:`unconstrained`, summed over the batch.
         """
+
+    def toward(self, other: UserDistribution, t: float) -> Self:
+        """The point a fraction ``t`` of the way from this distribution to ``other`` (same family and
+        shape) on the family's line: linear in the unconstrained parameters by default."""
+        start, end = self.unconstrained(), other.unconstrained()
+        return self.with_unconstrained({k: start[k] + t * (end[k] - start[k]) for k in start})
+
+    # ------------------------------------------------------------------ inputs of the ONNX graphs
+    def onnx_sample_feeds(self, noise: Mapping[str, np.ndarray]) -> dict[str, Any]:
+        """Inputs of the family's ``<family>_sample`` graph: parameters and the noise of :meth:`draw_noise`."""
+        raise ValueError(f"the {self.family!r} family has no sampler graph")
+
+    def onnx_update_feeds(self, x: np.ndarray, noise: Mapping[str, np.ndarray]) -> dict[str, Any]:
+        """Inputs of the ``<family>_update`` graph besides the parameters, gradient and optimiser state."""
+        raise ValueError(f"the {self.family!r} family has no update graph")
+
+    def onnx_policy_feeds(self, prior: UserDistribution) -> dict[str, Any]:
+        """Inputs of the ``<family>_policy`` graph besides the limits: these parameters and the prior's."""
+        raise ValueError(f"no policy graph for the {self.family!r} family")
 
     # ------------------------------------------------------------------ persistence
     @abstractmethod

@@ -15,6 +15,7 @@ import numpy as np
 
 from veil.client_sdk.distributions._special import logsumexp, softmax
 from veil.client_sdk.distributions.base import FAMILIES, UserDistribution, as_param, check_sample_shape
+from veil.client_sdk.distributions.noise import categorical_from_noise
 
 __all__ = ["BasisMixtureDistribution"]
 
@@ -39,13 +40,14 @@ class BasisMixtureDistribution(UserDistribution):
     """
 
     family: ClassVar[str] = "basis_mixture"
+    capabilities: ClassVar[frozenset[str]] = frozenset({"learn", "policy", "policy_graph", "torch"})
 
     def __init__(self, basis: Sequence[UserDistribution], weights: Any) -> None:
         components = tuple(basis)
         if not components:
             raise ValueError("basis must hold at least one component, got an empty sequence")
         for k, comp in enumerate(components):
-            if not isinstance(comp, UserDistribution) or isinstance(comp, BasisMixtureDistribution):
+            if not isinstance(comp, UserDistribution) or comp.family == self.family:
                 raise ValueError(
                     f"basis[{k}] must be a non-mixture UserDistribution, got {type(comp).__name__}"
                 )
@@ -95,20 +97,54 @@ class BasisMixtureDistribution(UserDistribution):
         mu = self.mean()
         return np.maximum(second - mu * mu, 0.0)
 
-    def sample(self, rng: np.random.Generator, size: int | None = None) -> np.ndarray:
-        """Exact mixture samples: ``k ~ Cat(weights)`` then ``x ~ basis[k]``, one ``k`` per sample.
+    def noise_shapes(self, size: int, **options: Any) -> dict[str, tuple[int, ...]]:
+        """``choice_uniform`` ``(size, K)`` for the component, then each basis family's noise under
+        ``<family>_<name>`` (one tensor per family, shared by its components: row ``i`` feeds whichever
+        component sample ``i`` drew)."""
+        shapes: dict[str, tuple[int, ...]] = {"choice_uniform": (int(size), len(self._basis))}
+        for comp in self._basis:
+            for name, shape in comp.noise_shapes(size, **options).items():
+                key = f"{comp.family}_{name}"
+                if shapes.setdefault(key, shape) != shape:
+                    raise ValueError(f"basis components need noise {key} of shapes {shapes[key]} and {shape}")
+        return shapes
 
-        Returns
-        -------
-        ndarray, shape ``(n_tokens, dim)`` or ``(size, n_tokens, dim)``.
-        """
-        n = 1 if size is None else int(size)
-        choice = rng.choice(len(self._basis), size=n, p=self._weights)
-        out = np.empty((n, *self.shape))
+    def sample_from_noise(self, noise: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Exact mixture samples: ``k`` by Gumbel-max on ``choice_uniform``, then ``x`` from ``basis[k]``
+        with that row of its family's noise (the ``basis_mixture_sample`` graph's function for a Gaussian
+        basis)."""
+        choice = categorical_from_noise(self.unconstrained()["logits"], noise["choice_uniform"])
+        out = np.empty((choice.size, *self.shape))
         for k in np.unique(choice):
-            idx = np.flatnonzero(choice == k)
-            out[idx] = self._basis[k].sample(rng, size=idx.size)
-        return out[0] if size is None else out
+            comp, rows = self._basis[k], np.flatnonzero(choice == k)
+            prefix = f"{comp.family}_"
+            part = {name[len(prefix) :]: arr[rows] for name, arr in noise.items() if name.startswith(prefix)}
+            out[rows] = comp.sample_from_noise(part)
+        return out
+
+    def toward(self, other: UserDistribution, t: float) -> Self:
+        """Linear in the weights (the simplex is convex), over this distribution's basis."""
+        w = other.weights  # type: ignore[attr-defined]
+        return type(self)(self._basis, (1.0 - t) * self._weights + t * w)
+
+    def _gaussian_basis(self) -> tuple[np.ndarray, np.ndarray]:
+        if any(comp.family != "gaussian" for comp in self._basis):
+            raise ValueError("the basis-mixture graphs need a Gaussian basis")
+        params = [comp.unconstrained() for comp in self._basis]
+        return np.stack([p["mean"] for p in params]), np.stack([p["log_std"] for p in params])
+
+    def onnx_sample_feeds(self, noise: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        mean, log_std = self._gaussian_basis()
+        return {
+            **self.unconstrained(), "basis_mean": mean, "basis_log_std": log_std,
+            "uniform": noise["choice_uniform"], "normal": noise["gaussian_normal"],
+        }  # fmt: skip
+
+    def onnx_update_feeds(self, x: np.ndarray, noise: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {"basis_mean": self._basis_means}
+
+    def onnx_policy_feeds(self, prior: UserDistribution) -> dict[str, np.ndarray]:
+        return {"logits": self.unconstrained()["logits"], "prior_weights": prior.weights}  # type: ignore[attr-defined]
 
     def log_prob(self, x: np.ndarray) -> np.ndarray:
         """``logsumexp_k(log w_k + log p_k(x))``, shape ``x.shape[:-2]``."""
@@ -135,7 +171,9 @@ class BasisMixtureDistribution(UserDistribution):
         logits = as_param("logits", params["logits"], shape=(len(self._basis),))
         return type(self)(self._basis, softmax(logits))
 
-    def sample_vjp(self, x: np.ndarray, grad_x: np.ndarray) -> dict[str, np.ndarray]:
+    def sample_vjp(
+        self, x: np.ndarray, grad_x: np.ndarray, noise: Mapping[str, np.ndarray] | None = None
+    ) -> dict[str, np.ndarray]:
         """Straight-through-mean gradient for the mixture weights (a biased linearisation).
 
         The component index ``k`` is discrete, so a mixture sample has no exact reparameterisation: the

@@ -1,9 +1,12 @@
 """Independent Beta distributions per coordinate: the family of IDfree-PL's released code.
 
 IDfree-PL (arXiv:2501.06062, section 2.2) gives every user ``alpha, beta`` of shape ``(n_tokens, d_model)``
-and samples ``Beta(alpha, beta).rsample()``. Gradients of a sample with respect to the parameters use
-implicit reparameterisation (Figurnov, Mohamed & Mnih 2018, arXiv:1805.08498). The optimiser works on
-``logit(mean)`` and ``log(concentration)``, which keep ``alpha, beta > 0`` without clipping.
+and samples ``Beta(alpha, beta).rsample()``. The phone samples by the noise-driven construction its ONNX
+graph also runs (:mod:`veil.client_sdk.distributions.noise`: Gamma variates by boosted Marsaglia-Tsang
+rejection with a fixed number of rounds) and differentiates through the accepted proposal; a sample whose
+noise is unknown gets the implicit-reparameterisation gradient (Figurnov, Mohamed & Mnih 2018,
+arXiv:1805.08498). The optimiser works on ``logit(mean)`` and ``log(concentration)``, which keep
+``alpha, beta > 0`` without clipping.
 """
 
 from __future__ import annotations
@@ -15,11 +18,15 @@ import numpy as np
 
 from veil.client_sdk.distributions._special import beta_implicit_grad, log_beta, sigmoid
 from veil.client_sdk.distributions.base import UserDistribution, as_param, check_sample_shape
+from veil.client_sdk.distributions.noise import BetaConstruction, beta_sample_from_noise, beta_vjp_from_noise
 
 __all__ = ["BetaDistribution"]
 
-_TINY = np.finfo(np.float64).tiny
-_ONE_MINUS = 1.0 - np.finfo(np.float64).epsneg
+
+def _construction_of(normal: np.ndarray, uniform: np.ndarray) -> BetaConstruction:
+    """The construction constants noise of these shapes was drawn for (rounds and boost)."""
+    rounds = int(np.shape(normal)[2])
+    return BetaConstruction(rounds=rounds, boost=int(np.shape(uniform)[2]) - rounds)
 
 
 class BetaDistribution(UserDistribution):
@@ -37,6 +44,7 @@ class BetaDistribution(UserDistribution):
     """
 
     family: ClassVar[str] = "beta"
+    capabilities: ClassVar[frozenset[str]] = frozenset({"learn", "policy", "torch"})
 
     def __init__(self, alpha: Any, beta: Any) -> None:
         self._alpha = as_param("alpha", alpha)
@@ -83,15 +91,31 @@ class BetaDistribution(UserDistribution):
         return self._alpha * self._beta / (total * total * (total + 1.0))
 
     # ------------------------------------------------------------------ sampling and density
-    def sample(self, rng: np.random.Generator, size: int | None = None) -> np.ndarray:
-        """Fresh samples, shape ``(n_tokens, dim)`` or ``(size, n_tokens, dim)``.
+    def noise_shapes(
+        self, size: int, construction: BetaConstruction | None = None, **options: Any
+    ) -> dict[str, tuple[int, ...]]:
+        """Normal and uniform noise of the rejection construction (``construction``, default
+        :class:`~veil.client_sdk.distributions.noise.BetaConstruction`)."""
+        cfg = construction or BetaConstruction()
+        n, d = self.shape
+        return {"normal": cfg.normal_shape(int(size), n, d), "uniform": cfg.uniform_shape(int(size), n, d)}
 
-        numpy's sampler can round to exactly 0 or 1 for small ``alpha`` or ``beta``; such values are moved
-        to the nearest float inside ``(0, 1)`` so densities and gradients stay finite.
+    def sample_from_noise(self, noise: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Beta samples by the boosted Marsaglia-Tsang construction of
+        :mod:`~veil.client_sdk.distributions.noise` (within ``3e-8`` TV of an exact draw with the default
+        constants; values in ``[2**-126, 1 - 2**-24]``). Its rounds and boost are read off the noise shapes.
         """
-        out_shape = self.shape if size is None else (int(size), *self.shape)
-        x = rng.beta(self._alpha, self._beta, size=out_shape)
-        return np.clip(x, _TINY, _ONE_MINUS)
+        p = self.unconstrained()
+        normal, uniform = noise["normal"], noise["uniform"]
+        return beta_sample_from_noise(
+            p["logit_mean"], p["log_concentration"], normal, uniform, _construction_of(normal, uniform)
+        )
+
+    def onnx_sample_feeds(self, noise: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {**self.unconstrained(), "normal": noise["normal"], "uniform": noise["uniform"]}
+
+    def onnx_update_feeds(self, x: np.ndarray, noise: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {"normal": noise["normal"], "uniform": noise["uniform"]}
 
     def log_prob(self, x: np.ndarray) -> np.ndarray:
         """Total log density, shape ``x.shape[:-2]``; ``-inf`` outside ``[0, 1]``."""
@@ -137,10 +161,15 @@ class BetaDistribution(UserDistribution):
         k = np.exp(log_k)
         return type(self)(k * sigmoid(logit), k * sigmoid(-logit))
 
-    def sample_vjp(self, x: np.ndarray, grad_x: np.ndarray) -> dict[str, np.ndarray]:
-        """Implicit-reparameterisation gradient for Beta samples.
+    def sample_vjp(
+        self, x: np.ndarray, grad_x: np.ndarray, noise: Mapping[str, np.ndarray] | None = None
+    ) -> dict[str, np.ndarray]:
+        """The gradient of a Beta sample with respect to the unconstrained parameters.
 
-        ``dx/dalpha = -(dF/dalpha)(x) / p(x)`` (and likewise for ``beta``), with the CDF derivatives computed
+        With ``noise`` (what made ``x``): the construction's own derivative, through the accepted proposal
+        (:func:`~veil.client_sdk.distributions.noise.beta_vjp_from_noise`), which is what the phone's
+        update graph computes. Without it (a sample whose noise is not known): implicit
+        reparameterisation, ``dx/dalpha = -(dF/dalpha)(x) / p(x)`` (and likewise for ``beta``), with the CDF derivatives computed
         by quadrature in :func:`~veil.client_sdk.distributions._special.beta_implicit_grad`; then the chain
         rule through ``alpha = k m``, ``beta = k (1 - m)``, ``m = sigmoid(logit_mean)``,
         ``k = exp(log_concentration)``.
@@ -160,6 +189,16 @@ class BetaDistribution(UserDistribution):
             raise ValueError(f"grad_x must have the shape of x {x.shape}, got {g.shape}")
         if np.any(~np.isfinite(x)) or np.any((x < 0.0) | (x > 1.0)):
             raise ValueError("x must be a Beta sample with values in [0, 1]; got values outside or NaN/Inf")
+        if noise is not None:
+            p = self.unconstrained()
+            normal, uniform = noise["normal"], noise["uniform"]
+            batch = g.reshape(-1, *self.shape)
+            if normal.shape[0] != batch.shape[0]:
+                raise ValueError(f"noise is for {normal.shape[0]} samples, the gradient for {batch.shape[0]}")
+            return beta_vjp_from_noise(
+                p["logit_mean"], p["log_concentration"], normal, uniform, batch,
+                _construction_of(normal, uniform),
+            )  # fmt: skip
         dx_da, dx_db = beta_implicit_grad(x, self._alpha, self._beta)
         lead = tuple(range(x.ndim - 2))
         grad_a = np.sum(g * dx_da, axis=lead)

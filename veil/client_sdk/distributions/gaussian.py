@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Self
 import numpy as np
 
 from veil.client_sdk.distributions.base import UserDistribution, as_param, check_sample_shape
+from veil.client_sdk.distributions.noise import gaussian_sample_from_noise
 
 __all__ = ["GaussianDistribution"]
 
@@ -37,6 +38,7 @@ class GaussianDistribution(UserDistribution):
     """
 
     family: ClassVar[str] = "gaussian"
+    capabilities: ClassVar[frozenset[str]] = frozenset({"learn", "policy", "policy_graph", "gdp", "torch"})
 
     def __init__(self, mean: Any, std: Any) -> None:
         self._loc = as_param("mean", mean)
@@ -66,10 +68,27 @@ class GaussianDistribution(UserDistribution):
     def variance(self) -> np.ndarray:
         return self._std * self._std
 
-    def sample(self, rng: np.random.Generator, size: int | None = None) -> np.ndarray:
-        """Fresh samples, shape ``(n_tokens, dim)`` or ``(size, n_tokens, dim)``."""
-        out_shape = self.shape if size is None else (int(size), *self.shape)
-        return self._loc + self._std * rng.standard_normal(out_shape)
+    def noise_shapes(self, size: int, **options: Any) -> dict[str, tuple[int, ...]]:
+        return {"normal": (int(size), *self.shape)}
+
+    def sample_from_noise(self, noise: Mapping[str, np.ndarray]) -> np.ndarray:
+        """``mean + std * normal`` (:func:`~veil.client_sdk.distributions.noise.gaussian_sample_from_noise`)."""
+        return gaussian_sample_from_noise(self._loc, self._log_std, noise["normal"])
+
+    def onnx_sample_feeds(self, noise: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {**self.unconstrained(), "normal": noise["normal"]}
+
+    def onnx_update_feeds(self, x: np.ndarray, noise: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {"sample": np.asarray(x, np.float64)[None]}
+
+    def onnx_policy_feeds(self, prior: UserDistribution) -> dict[str, np.ndarray]:
+        p, q = self.unconstrained(), prior.unconstrained()
+        return {
+            "mean": p["mean"],
+            "log_std": p["log_std"],
+            "prior_mean": q["mean"],
+            "prior_log_std": q["log_std"],
+        }
 
     def log_prob(self, x: np.ndarray) -> np.ndarray:
         """Total log density, shape ``x.shape[:-2]``."""
@@ -88,8 +107,10 @@ class GaussianDistribution(UserDistribution):
         log_std = as_param("log_std", params.get("log_std", self._log_std), shape=self.shape)
         return type(self)(loc, np.exp(log_std))
 
-    def sample_vjp(self, x: np.ndarray, grad_x: np.ndarray) -> dict[str, np.ndarray]:
-        """Exact reparameterisation gradient.
+    def sample_vjp(
+        self, x: np.ndarray, grad_x: np.ndarray, noise: Mapping[str, np.ndarray] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Exact reparameterisation gradient (``noise`` is not needed: it is ``(x - mean) / std``).
 
         With ``x = mean + std * eps`` and ``eps = (x - mean) / std`` recovered from the sample:
         ``dL/dmean = sum_batch g`` and ``dL/dlog_std = sum_batch g * std * eps = sum_batch g * (x - mean)``.

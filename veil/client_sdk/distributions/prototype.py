@@ -25,8 +25,9 @@ from typing import Any, ClassVar, Self
 
 import numpy as np
 
-from veil.client_sdk.distributions.base import as_param
+from veil.client_sdk.distributions.base import UserDistribution, as_param
 from veil.client_sdk.distributions.gaussian import GaussianDistribution
+from veil.client_sdk.distributions.noise import prototype_sample_from_noise
 
 __all__ = [
     "Codebook",
@@ -233,6 +234,7 @@ class PrototypeDistribution(GaussianDistribution):
     """
 
     family: ClassVar[str] = "prototype"
+    capabilities: ClassVar[frozenset[str]] = frozenset({"choose"})
 
     def __init__(self, codebook: Codebook, index: int, noise_std: float = DEFAULT_NOISE_STD) -> None:
         if not isinstance(codebook, Codebook):
@@ -256,8 +258,28 @@ class PrototypeDistribution(GaussianDistribution):
             raise ValueError(f"a prototype choice has no continuous parameters, got {sorted(params)}")
         return self
 
-    def sample_vjp(self, x: np.ndarray, grad_x: np.ndarray) -> dict[str, np.ndarray]:
+    def sample_vjp(
+        self, x: np.ndarray, grad_x: np.ndarray, noise: Mapping[str, np.ndarray] | None = None
+    ) -> dict[str, np.ndarray]:
         return {}
+
+    def sample_from_noise(self, noise: Mapping[str, np.ndarray]) -> np.ndarray:
+        """``prototypes[index] + noise_std * normal`` (the ``prototype_sample`` graph's function)."""
+        return prototype_sample_from_noise(
+            self.codebook.prototypes, self.index, self.noise_std, noise["normal"]
+        )
+
+    # no update and no policy graph (nothing is learnt, the privacy is the codebook's k_min)
+    onnx_update_feeds = UserDistribution.onnx_update_feeds
+    onnx_policy_feeds = UserDistribution.onnx_policy_feeds
+
+    def onnx_sample_feeds(self, noise: Mapping[str, np.ndarray]) -> dict[str, Any]:
+        return {
+            "prototypes": self.codebook.prototypes,
+            "index": np.int64(self.index),
+            "noise_std": self.noise_std,
+            "normal": noise["normal"],
+        }
 
     def check_codebook(self, codebook: Codebook) -> None:
         """Raise :class:`CodebookMismatchError` unless this choice was made against ``codebook``."""
