@@ -9,9 +9,10 @@ torch generator (whose seed range it checks).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
-__all__ = ["DecodingParams"]
+__all__ = ["DecodingParams", "decode_step"]
 
 
 @dataclass(frozen=True)
@@ -38,3 +39,44 @@ class DecodingParams:
             raise ValueError(f"temperature must be in [0, 2], got {self.temperature}")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+def decode_step(
+    draw: Callable[[int], int],
+    stops: Sequence[Collection[int]],
+    limits: Sequence[int],
+    tokens: list[list[int]],
+    reasons: list[str | None],
+    on_step: Callable[[list[int | None]], set[int] | None] | None = None,
+) -> list[int | None] | None:
+    """One decoding step's bookkeeping for a batch, the same on the phone and on the server.
+
+    For every unfinished row ``r``: ``draw(r)`` samples its next token; a stop token finishes the row
+    (reason ``"stop"``, the token is not kept), otherwise the token is appended to ``tokens[r]`` and the row
+    finishes with ``"length"`` once it holds ``limits[r]`` tokens. ``on_step`` (the caller's, e.g. stop
+    strings) sees the step's new tokens and may name rows to stop. ``tokens`` and ``reasons`` are updated
+    in place.
+
+    Returns
+    -------
+    list or None
+        The step's new token per row (``None`` for finished rows), to feed to the model; ``None`` once
+        every row has finished.
+    """
+    step: list[int | None] = [None] * len(reasons)
+    for r, reason in enumerate(reasons):
+        if reason is not None:
+            continue
+        tok = draw(r)
+        if tok in stops[r]:
+            reasons[r] = "stop"
+            continue
+        tokens[r].append(tok)
+        step[r] = tok
+        if len(tokens[r]) >= limits[r]:
+            reasons[r] = "length"
+    if on_step is not None:
+        for r in on_step(step) or ():
+            if reasons[r] is None or reasons[r] == "length":
+                reasons[r] = "stop"
+    return None if all(reason is not None for reason in reasons) else step

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from veil.client_sdk.batching import left_pad
-from veil.client_sdk.sampling import DecodingParams
+from veil.client_sdk.sampling import DecodingParams, decode_step
 from veil.models.personalization import PersonalizedLM
 
 __all__ = [
@@ -169,9 +169,7 @@ def generate_batch(
     packed = model.pack(ids.to(dev), mask.to(dev), emb, has.to(dev) if emb is not None else None)
     gens = [None if p.seed is None else torch.Generator().manual_seed(p.seed) for p in params]
     out = model.base(
-        inputs_embeds=packed.inputs_embeds,
-        attention_mask=packed.attention_mask,
-        position_ids=packed.position_ids,
+        **packed.as_kwargs(),
         use_cache=True,
         logits_to_keep=1,
     )
@@ -184,23 +182,11 @@ def generate_batch(
         logits = out.logits[:, -1, :].float().cpu()  # (B, V)
         if on_logits is not None:
             on_logits(logits)
-        step: list[int | None] = [None] * n
-        for r in range(n):
-            if reasons[r] is not None:
-                continue
-            tok = sample_next(logits[r], params[r], gens[r])
-            if tok in params[r].stop_token_ids:
-                reasons[r] = "stop"
-                continue
-            tokens[r].append(tok)
-            step[r] = tok
-            if len(tokens[r]) >= params[r].max_new_tokens:
-                reasons[r] = "length"
-        if on_step is not None:
-            for r in on_step(step) or ():
-                if reasons[r] is None or reasons[r] == "length":
-                    reasons[r] = "stop"
-        if all(reason is not None for reason in reasons):
+        step = decode_step(
+            lambda r, lg=logits: sample_next(lg[r], params[r], gens[r]),
+            [p.stop_token_ids for p in params], [p.max_new_tokens for p in params], tokens, reasons, on_step,
+        )  # fmt: skip
+        if step is None:
             break
         feed = torch.tensor([[t if t is not None else pad_id] for t in step], dtype=torch.long)
         attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)  # (B, L + 1)

@@ -66,6 +66,14 @@ class PackedInputs:
     attention_mask: Tensor
     position_ids: Tensor
 
+    def as_kwargs(self) -> dict[str, Tensor]:
+        """The three as keyword arguments of a transformers model call."""
+        return {
+            "inputs_embeds": self.inputs_embeds,
+            "attention_mask": self.attention_mask,
+            "position_ids": self.position_ids,
+        }
+
 
 class PersonalizedLM(nn.Module):
     """Wrap a Hugging Face causal LM so that each row can carry a user embedding.
@@ -156,11 +164,7 @@ class PersonalizedLM(nn.Module):
 
     def last_hidden(self, packed: PackedInputs) -> Tensor:
         """Final hidden state at the last position, ``(B, hidden)``."""
-        out = self.base.base_model(
-            inputs_embeds=packed.inputs_embeds,
-            attention_mask=packed.attention_mask,
-            position_ids=packed.position_ids,
-        )
+        out = self.base.base_model(**packed.as_kwargs())
         return out.last_hidden_state[:, -1, :]
 
     def classify(
@@ -185,12 +189,7 @@ class PersonalizedLM(nn.Module):
     ) -> Tensor:
         """Vocabulary logits for the next token, ``(B, vocab)``."""
         packed = self.pack(input_ids, attention_mask, user_embedding, has_embedding)
-        out = self.base(
-            inputs_embeds=packed.inputs_embeds,
-            attention_mask=packed.attention_mask,
-            position_ids=packed.position_ids,
-            logits_to_keep=1,
-        )
+        out = self.base(**packed.as_kwargs(), logits_to_keep=1)
         return out.logits[:, -1, :]
 
     def forward(
@@ -202,11 +201,7 @@ class PersonalizedLM(nn.Module):
     ) -> Tensor:
         """Language-model logits ``(B, L, vocab)`` over the packed (left-padded) sequence."""
         packed = self.pack(input_ids, attention_mask, user_embedding, has_embedding)
-        return self.base(
-            inputs_embeds=packed.inputs_embeds,
-            attention_mask=packed.attention_mask,
-            position_ids=packed.position_ids,
-        ).logits
+        return self.base(**packed.as_kwargs()).logits
 
     @torch.no_grad()
     def generate(

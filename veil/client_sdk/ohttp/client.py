@@ -129,7 +129,7 @@ def _relay_error(response: httpx.Response) -> RelayError:
 class _ClientCore:
     """Configuration, message building and response handling shared by both clients."""
 
-    key_pin: GatewayKeyPin  # the trust anchor for fetched key configurations, set by each client
+    key_pin: GatewayKeyPin  # the trust anchor for fetched key configurations
 
     def __init__(
         self,
@@ -143,6 +143,9 @@ class _ClientCore:
         retries: int,
         retry_backoff_s: float,
         padding_buckets: Sequence[int] = DEFAULT_PADDING_BUCKETS,
+        gateway_public_key: bytes | str | Sequence[bytes | str] | None = None,
+        pin_path: str | os.PathLike[str] | None = None,
+        owns_http: bool = True,
     ) -> None:
         if (key_config is None) == (key_config_url is None):
             raise ValueError("give exactly one of key_config and key_config_url")
@@ -164,6 +167,33 @@ class _ClientCore:
         self._retry = RetryPolicy(retries, retry_backoff_s)
         self.padding_buckets = check_buckets(padding_buckets)
         self._key_config = key_config
+        self.key_pin = GatewayKeyPin(gateway_public_key, path=pin_path)
+        self._owns_http = owns_http
+
+    def _after(
+        self,
+        request: httpx.Request,
+        outcome: httpx.Response | httpx.TransportError,
+        attempt: int,
+        waited: float,
+    ) -> float | None:
+        """What to do after one exchange: ``None`` to return ``outcome`` (a response), else the seconds to
+        wait before the next attempt. Raises :class:`RelayError` for a transport failure not retried."""
+        if isinstance(outcome, httpx.ConnectError | httpx.ConnectTimeout):
+            pause = self._pause(attempt, waited, None)
+            if pause is None:
+                raise RelayError(
+                    f"cannot reach {request.url}: {outcome}", None, "relay_unreachable"
+                ) from outcome
+            return pause
+        if isinstance(outcome, httpx.TransportError):
+            # Not retried: the relay may already have forwarded the request.
+            raise RelayError(
+                f"exchange with {request.url} failed: {outcome!r}", None, "relay_error"
+            ) from outcome
+        if outcome.status_code not in _RETRY_STATUSES:
+            return None
+        return self._pause(attempt, waited, outcome)
 
     def _inner(
         self, method: str, path: str, json: Any, content: bytes | None, headers: Mapping[str, str] | None
@@ -315,9 +345,10 @@ class OHTTPClient(_ClientCore):
             retries=retries,
             retry_backoff_s=retry_backoff_s,
             padding_buckets=padding_buckets,
+            gateway_public_key=gateway_public_key,
+            pin_path=pin_path,
+            owns_http=http_client is None,
         )
-        self.key_pin = GatewayKeyPin(gateway_public_key, path=pin_path)
-        self._owns_http = http_client is None
         self._http = http_client or httpx.Client(
             transport=transport, timeout=timeout, trust_env=False, limits=_LIMITS
         )
@@ -326,22 +357,15 @@ class OHTTPClient(_ClientCore):
     def _send(self, build: Callable[[], httpx.Request]) -> httpx.Response:
         attempt, waited = 0, 0.0
         while True:
-            request, response = build(), None
+            request = build()
+            outcome: httpx.Response | httpx.TransportError
             try:
-                response = self._http.send(request, auth=None, follow_redirects=False)
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                pause = self._pause(attempt, waited, None)
-                if pause is None:
-                    raise RelayError(f"cannot reach {request.url}: {exc}", None, "relay_unreachable") from exc
+                outcome = self._http.send(request, auth=None, follow_redirects=False)
             except httpx.TransportError as exc:
-                # Not retried: the relay may already have forwarded the request.
-                raise RelayError(f"exchange with {request.url} failed: {exc!r}", None, "relay_error") from exc
-            else:
-                if response.status_code not in _RETRY_STATUSES:
-                    return response
-                pause = self._pause(attempt, waited, response)
-                if pause is None:
-                    return response
+                outcome = exc
+            pause = self._after(request, outcome, attempt, waited)
+            if pause is None:
+                return outcome  # type: ignore[return-value]  # _after returns None only for a response
             time.sleep(pause)
             attempt, waited = attempt + 1, waited + pause
 
@@ -424,9 +448,10 @@ class AsyncOHTTPClient(_ClientCore):
             retries=retries,
             retry_backoff_s=retry_backoff_s,
             padding_buckets=padding_buckets,
+            gateway_public_key=gateway_public_key,
+            pin_path=pin_path,
+            owns_http=http_client is None,
         )
-        self.key_pin = GatewayKeyPin(gateway_public_key, path=pin_path)
-        self._owns_http = http_client is None
         self._http = http_client or httpx.AsyncClient(
             transport=transport, timeout=timeout, trust_env=False, limits=_LIMITS
         )
@@ -435,22 +460,15 @@ class AsyncOHTTPClient(_ClientCore):
     async def _send(self, build: Callable[[], httpx.Request]) -> httpx.Response:
         attempt, waited = 0, 0.0
         while True:
-            request, response = build(), None
+            request = build()
+            outcome: httpx.Response | httpx.TransportError
             try:
-                response = await self._http.send(request, auth=None, follow_redirects=False)
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                pause = self._pause(attempt, waited, None)
-                if pause is None:
-                    raise RelayError(f"cannot reach {request.url}: {exc}", None, "relay_unreachable") from exc
+                outcome = await self._http.send(request, auth=None, follow_redirects=False)
             except httpx.TransportError as exc:
-                # Not retried: the relay may already have forwarded the request.
-                raise RelayError(f"exchange with {request.url} failed: {exc!r}", None, "relay_error") from exc
-            else:
-                if response.status_code not in _RETRY_STATUSES:
-                    return response
-                pause = self._pause(attempt, waited, response)
-                if pause is None:
-                    return response
+                outcome = exc
+            pause = self._after(request, outcome, attempt, waited)
+            if pause is None:
+                return outcome  # type: ignore[return-value]  # _after returns None only for a response
             await asyncio.sleep(pause)
             attempt, waited = attempt + 1, waited + pause
 

@@ -35,7 +35,7 @@ from veil.client_sdk.runtime.manifest import (
     read_manifest,
     sha256_file,
 )
-from veil.client_sdk.sampling import DecodingParams
+from veil.client_sdk.sampling import DecodingParams, decode_step
 
 __all__ = [
     "LM_ENTRY",
@@ -378,23 +378,11 @@ class OnnxLM:
         tokens: list[list[int]] = [[] for _ in range(n)]
         reasons: list[str | None] = [None] * n
         while True:
-            step: list[int | None] = [None] * n
-            for r in range(n):
-                if reasons[r] is not None:
-                    continue
-                tok = sample_next(logits[r], rows[r], rngs[r])
-                if tok in stops[r]:
-                    reasons[r] = "stop"
-                    continue
-                tokens[r].append(tok)
-                step[r] = tok
-                if len(tokens[r]) >= rows[r].max_new_tokens:
-                    reasons[r] = "length"
-            if on_step is not None:
-                for r in on_step(step) or ():
-                    if reasons[r] is None or reasons[r] == "length":
-                        reasons[r] = "stop"
-            if all(reason is not None for reason in reasons):
+            step = decode_step(
+                lambda r, lg=logits: sample_next(lg[r], rows[r], rngs[r]),
+                stops, [p.max_new_tokens for p in rows], tokens, reasons, on_step,
+            )  # fmt: skip
+            if step is None:
                 break
             feed = np.array([[t if t is not None else pad] for t in step], dtype=np.int64)  # (B, 1)
             mask = np.concatenate([mask, np.ones((n, 1), np.int64)], axis=1)
