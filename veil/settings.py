@@ -50,6 +50,14 @@ class Settings(BaseSettings):
     gateway_signing_key: SecretStr | None = None
     """Base64 of the 32-byte Ed25519 seed that signs the gateway's key configurations (RFC 9421)."""
 
+    tls_certfile: Path | None = None
+    """PEM certificate (chain) that ``veil serve`` and ``veil relay`` present: they serve HTTPS when it and
+    ``tls_keyfile`` are set, plain HTTP when neither is. The relay verifies an ``https://`` gateway against
+    the system's trust store, or against the file named by OpenSSL's ``SSL_CERT_FILE`` (a private CA)."""
+
+    tls_keyfile: Path | None = None
+    """PEM private key of ``tls_certfile``."""
+
     group_commit_max_batch: int = 512
     """Most uploads an API process commits in one transaction (1: one transaction, one fsync, per upload)."""
 

@@ -27,6 +27,10 @@ codebook_app = typer.Typer(
 
 Host = Annotated[str, typer.Option(help="Interface to listen on.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of tables.")]
+TlsCert = Annotated[
+    Path | None, typer.Option(help="PEM certificate: serve HTTPS (default VEIL_TLS_CERTFILE; unset: HTTP).")
+]
+TlsKey = Annotated[Path | None, typer.Option(help="PEM key of --tls-certfile (default VEIL_TLS_KEYFILE).")]
 
 
 def _sessions():  # -> sessionmaker
@@ -37,6 +41,27 @@ def _sessions():  # -> sessionmaker
     engine = make_engine(settings.database_url, settings.resolved_data_dir())
     migrate(engine)
     return session_factory(engine)
+
+
+def _tls(certfile: Path | None, keyfile: Path | None) -> dict[str, str]:
+    """uvicorn's TLS options from the flags, else ``VEIL_TLS_CERTFILE``/``VEIL_TLS_KEYFILE``: both or neither."""
+    import ssl
+
+    from veil.settings import get_settings
+
+    settings = get_settings()
+    cert, key = certfile or settings.tls_certfile, keyfile or settings.tls_keyfile
+    if cert is None and key is None:
+        return {}
+    if cert is None or key is None:
+        raise UserError(
+            "TLS needs a certificate and its key: --tls-certfile and --tls-keyfile (or VEIL_TLS_*)"
+        )
+    try:  # a one-line error here rather than uvicorn's traceback after start-up
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise UserError(f"TLS certificate {cert} with key {key}: {exc}") from exc
+    return {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
 
 
 def serve(
@@ -56,6 +81,8 @@ def serve(
     workers: Annotated[
         int, typer.Option(help="API processes sharing the port and the database (dead ones restart).")
     ] = 1,
+    tls_certfile: TlsCert = None,
+    tls_keyfile: TlsKey = None,
 ) -> None:
     """Start the API and the OHTTP gateway (data directory from VEIL_DATA_DIR; VEIL_RELAY_SECRET)."""
     import dataclasses
@@ -73,7 +100,11 @@ def serve(
         raise UserError(f"--metrics-port must be in 1..65535 and differ from --port, got {metrics_port}")
     if workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
+    tls = _tls(tls_certfile, tls_keyfile)
+    scheme = "https" if tls else "http"
     if workers > 1:
+        if tls:
+            raise UserError("TLS serves one process: use it with --workers 1 (or terminate TLS in front)")
         if metrics_port is not None:
             raise UserError("--metrics-port counts one process: use it with --workers 1")
         if torch_threads is not None and torch_threads < 1:
@@ -94,17 +125,20 @@ def serve(
     config = dataclasses.replace(
         config, model=model or config.model, engine=EngineConfig(max_batch=max_batch)
     )
-    typer.echo(f"veil: serving {config.model} on http://{host}:{port} (data: {config.data_dir})", err=True)
+    typer.echo(
+        f"veil: serving {config.model} on {scheme}://{host}:{port} (data: {config.data_dir})", err=True
+    )
     app = create_app(config)
     if metrics_port is None:
-        uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning")
+        uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning", **tls)
         return
     typer.echo(f"veil: metrics on http://{metrics_host}:{metrics_port}/metrics", err=True)
-    _serve_with_metrics(app, (host, port), (metrics_host, metrics_port))
+    _serve_with_metrics(app, (host, port), (metrics_host, metrics_port), tls)
 
 
-def _serve_with_metrics(app, api: tuple[str, int], ops: tuple[str, int]) -> None:  # noqa: ANN001
-    """The API and the operator's metrics app, two uvicorn servers in one process and event loop."""
+def _serve_with_metrics(app, api: tuple[str, int], ops: tuple[str, int], tls: dict[str, str]) -> None:  # noqa: ANN001
+    """The API (HTTPS with ``tls``) and the operator's metrics app (HTTP), two uvicorn servers in one
+    process and event loop."""
     import asyncio
 
     import uvicorn
@@ -112,7 +146,9 @@ def _serve_with_metrics(app, api: tuple[str, int], ops: tuple[str, int]) -> None
     from veil.cloud_service.metrics import create_metrics_app
 
     servers = [
-        uvicorn.Server(uvicorn.Config(app, host=api[0], port=api[1], access_log=False, log_level="warning")),
+        uvicorn.Server(
+            uvicorn.Config(app, host=api[0], port=api[1], access_log=False, log_level="warning", **tls)
+        ),
         uvicorn.Server(
             uvicorn.Config(
                 create_metrics_app(app.state.metrics),
@@ -155,11 +191,14 @@ def relay(
     rate_burst: Annotated[int, typer.Option(help="Requests a client address may send at once.")] = 100,
     max_pending: Annotated[int, typer.Option(help="Most requests waiting in the relay (503 beyond).")] = 4096,
     max_concurrency: Annotated[int, typer.Option(help="Most requests in flight to the gateway.")] = 128,
+    tls_certfile: TlsCert = None,
+    tls_keyfile: TlsKey = None,
 ) -> None:
     """Start an Oblivious HTTP relay: forwards encapsulated bodies only, strips every client header.
 
     The secret shared with the gateway comes from VEIL_RELAY_SECRET (never from the command line,
-    which other local users can read); production refuses to start without it.
+    which other local users can read); production refuses to start without it. An https:// gateway
+    is verified against the system's CAs, or those in the file SSL_CERT_FILE names (OpenSSL's variable).
     """
     from veil.cloud_service.relay import RelayConfig, run_relay
     from veil.settings import get_settings
@@ -168,6 +207,7 @@ def relay(
         raise UserError(f"--gateway must be an http(s) URL, got {gateway!r}")
     if hold_window_ms < 0:
         raise UserError(f"--hold-window-ms must be >= 0, got {hold_window_ms}")
+    tls = _tls(tls_certfile, tls_keyfile)
     settings = get_settings()
     secret = None if settings.relay_secret is None else settings.relay_secret.get_secret_value()
     if secret is None and settings.environment == "production":
@@ -191,8 +231,9 @@ def relay(
         typer.echo(
             "veil: VEIL_RELAY_SECRET is unset: a gateway that has one will refuse this relay", err=True
         )
-    typer.echo(f"veil: relay on http://{host}:{port} -> {config.gateway_url}", err=True)
-    run_relay(config, host, port)
+    scheme = "https" if tls else "http"
+    typer.echo(f"veil: relay on {scheme}://{host}:{port} -> {config.gateway_url}", err=True)
+    run_relay(config, host, port, **tls)
 
 
 @keys_app.command("create")

@@ -318,9 +318,16 @@ def create_relay_app(config: RelayConfig, *, transport: httpx.AsyncBaseTransport
 
 
 def run_relay(
-    config: RelayConfig, host: str = "127.0.0.1", port: int = 8080, *, log_level: str = "warning"
+    config: RelayConfig,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    *,
+    log_level: str = "warning",
+    ssl_certfile: str | None = None,
+    ssl_keyfile: str | None = None,
 ) -> None:
-    """Serve the relay with uvicorn: no access log, no ``server`` header, forwarded headers ignored."""
+    """Serve the relay with uvicorn: no access log, no ``server`` header, forwarded headers ignored;
+    HTTPS with ``ssl_certfile`` and ``ssl_keyfile`` (PEM)."""
     uvicorn.run(
         create_relay_app(config),
         host=host,
@@ -329,4 +336,6 @@ def run_relay(
         server_header=False,
         proxy_headers=False,
         log_level=log_level,
+        ssl_certfile=ssl_certfile,
+        ssl_keyfile=ssl_keyfile,
     )
