@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from veil.models.dp_training import DPSGD, DPTrainConfig, DPTrainResult
 from veil.models.personalization import PersonalizedLM
 from veil.models.tasks import TokenizedTask
-from veil.models.training import Update, fit
+from veil.models.training import fit
 from veil.privacy_analysis.accounting import dp_sgd_epsilon
 
 __all__ = [
@@ -240,11 +240,8 @@ def fit_codebook_stage3(
         return table(index_t[torch.as_tensor(rows, dtype=torch.long, device=model.device)])  # (B, n, d)
 
     extra = table if cfg.train_prototypes else None
-    if cfg.dp is None:
-        # The batch order has a generator of its own, apart from the cold-start masks (as it always had,
-        # so a seed reproduces the same run).
-        plain = Update(np.random.default_rng(cfg.seed))
-        losses = fit(model, data, indices, cfg, source, on_step, extra=extra, update=plain)
+    if cfg.dp is None:  # fit's plain update, as every stage 3 without DP
+        losses = fit(model, data, indices, cfg, source, on_step, extra=extra)
         return CodebookStage3Result(table.numpy(), DPTrainResult.without_dp(losses))
     private = DPSGD(cfg.dp)
     losses = fit(model, data, indices, cfg, source, on_step, extra=extra, update=private)

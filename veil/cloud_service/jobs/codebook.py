@@ -4,7 +4,8 @@ Every stored upload carries the public prototype its phone chose, plus a little 
 each one back to its prototype (:meth:`~veil.client_sdk.distributions.Codebook.decode`, the nearest
 usable one) and trains the model and the K prototype vectors by the same optimiser: each row's soft
 tokens are the *trainable* prototype row it decoded to (:func:`veil.models.training.fit` with the
-prototypes as its ``extra`` module), as :mod:`veil.simulation.codebook` does in the simulator (IFCA,
+prototypes as its ``extra`` module: :func:`veil.models.dp_codebook.fit_codebook_stage3`, with DP-SGD or
+without), as :mod:`veil.simulation.codebook` does in the simulator (IFCA,
 arXiv:2006.04088, on IDfree-PL's soft tokens, arXiv:2501.06062). Retired prototypes receive no gradient and keep their
 values. The trained codebook is a new version: phones must choose again against it.
 """
@@ -12,16 +13,16 @@ values. The trained codebook is a new version: phones must choose again against 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import fields
 
 import numpy as np
-import torch
-from torch import nn
 
 from veil.client_sdk.codebook_wire import float32_codebook
 from veil.client_sdk.distributions import Codebook
+from veil.models.dp_codebook import CodebookStage3Config, fit_codebook_stage3
 from veil.models.personalization import PersonalizedLM
 from veil.models.tasks import TokenizedTask
-from veil.models.training import TrainConfig, fit
+from veil.models.training import TrainConfig
 
 __all__ = ["CHECKPOINT_CODEBOOK", "fit_codebook"]
 
@@ -57,12 +58,6 @@ def fit_codebook(
     if uploads.shape != (len(data), *book.shape):
         raise ValueError(f"uploads must have shape {(len(data), *book.shape)}, got {uploads.shape}")
     decoded = book.decode(uploads)  # (N,)
-    param = nn.Parameter(torch.tensor(book.prototypes, dtype=torch.float32, device=model.device))
-    rows = torch.as_tensor(decoded, device=param.device)
-
-    def source(idx: np.ndarray) -> torch.Tensor:
-        return param[rows[torch.as_tensor(idx, device=param.device)]]  # (B, n_tokens, dim), differentiable
-
-    losses = fit(model, data, indices, cfg, source, on_step, extra=nn.ParameterList([param]))
-    trained = book.with_prototypes(param.detach().cpu().numpy().astype(np.float64))
-    return losses, float32_codebook(trained), decoded
+    s3 = CodebookStage3Config(**{f.name: getattr(cfg, f.name) for f in fields(TrainConfig)})
+    run = fit_codebook_stage3(model, data, indices, decoded, book.prototypes, s3, on_step)
+    return run.train.losses, float32_codebook(book.with_prototypes(run.prototypes)), decoded

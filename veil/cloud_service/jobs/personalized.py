@@ -42,10 +42,10 @@ import torch
 from veil.client_sdk.codebook_wire import float32_codebook
 from veil.client_sdk.constants import TASKS
 from veil.client_sdk.distributions import Codebook
-from veil.cloud_service.jobs.codebook import CHECKPOINT_CODEBOOK, fit_codebook
+from veil.cloud_service.jobs.codebook import CHECKPOINT_CODEBOOK
 from veil.models.checkpoint import is_personalized_checkpoint, load_personalized, save_personalized
 from veil.models.dp_codebook import CodebookStage3Config, fit_codebook_stage3
-from veil.models.dp_training import DPTrainConfig, DPTrainResult, fit_private
+from veil.models.dp_training import DPTrainConfig, fit_private
 from veil.models.loading import load_model
 from veil.models.personalization import PersonalizationConfig, PersonalizedLM
 from veil.models.tasks import TokenizedTask, predict, tokenize_task
@@ -337,12 +337,8 @@ def train_personalized(
             progress(step, total, loss)
 
     trained: Codebook | None = None
-    if cfg.codebook and codebook is not None and cfg.dp is None:
-        losses, trained, decoded = fit_codebook(model, data, train, cfg, emb, codebook, on_step)
-        result = DPTrainResult.without_dp(losses)
-        emb = trained.prototypes[decoded].astype(np.float32)  # held-out rows use the trained prototypes
-    elif cfg.codebook and codebook is not None:
-        # DP-SGD: each upload's gradient on its prototype row is clipped with the rest of its gradient
+    if cfg.codebook and codebook is not None:
+        # under DP-SGD each upload's gradient on its prototype row is clipped with the rest of its gradient
         decoded = codebook.decode(emb)
         s3 = CodebookStage3Config(**{f.name: getattr(cfg, f.name) for f in fields(DPTrainConfig)})
         run = fit_codebook_stage3(model, data, train, decoded, codebook.prototypes, s3, on_step)
