@@ -225,10 +225,11 @@ def bootstrap(out: Path, *, namespace: str = NAMESPACE, sans: dict[str, list[str
         (flwr + f"root-certificates = {json.dumps(str(ca_path))}\n").encode(),
         0o644,
     )
-    docs = k8s_secrets(values, certs, ca_pem, namespace)
-    _write(
-        out / "k8s-secrets.yaml", "---\n".join(json.dumps(d, indent=2) + "\n" for d in docs).encode(), 0o600
-    )
+    # JSON documents are YAML, so no YAML library is needed. The comment comes first because kubectl
+    # reads a stream that starts with "{" as JSON, which knows no "---" separators.
+    docs = "---\n".join(json.dumps(d, indent=2) + "\n" for d in k8s_secrets(values, certs, ca_pem, namespace))
+    header = "# Made by deploy/bootstrap.py; apply with kubectl apply -f, keep out of git.\n"
+    _write(out / "k8s-secrets.yaml", (header + docs).encode(), 0o600)
 
 
 def _parse_sans(items: list[str]) -> dict[str, list[str]]:

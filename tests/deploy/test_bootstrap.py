@@ -49,7 +49,9 @@ def test_secrets_are_private_and_fresh(local: Path, tmp_path: Path, bootstrap_mo
         "VEIL_DATABASE_URL",
     }
     assert all(mine[k] != theirs[k] for k in mine)
-    secrets = {d["metadata"]["name"]: d for d in yaml.safe_load_all((local / "k8s-secrets.yaml").read_text())}
+    text = (local / "k8s-secrets.yaml").read_text()
+    assert not text.lstrip().startswith("{")  # kubectl would read the stream as JSON, without "---"
+    secrets = {d["metadata"]["name"]: d for d in yaml.safe_load_all(text)}
     assert secrets["veil-relay"]["stringData"] == read_env_file(local / "relay.env")
     assert secrets["veil-api"]["stringData"] == mine
 
