@@ -11,6 +11,8 @@ Submodules (import them directly):
 - ``attacks`` and ``linkage``: what a curious cloud can actually run on stored uploads.
 - ``accounting``: Opacus accountants for DP-SGD on uploads, and composition across runs.
 - ``audit``: ``veil audit`` (the population spec, the policy, the sections, the stream audit, the report).
+- ``families``: what the maths above needs from each distribution family, one module per family, looked up
+  by family name in one registry (``PRIVACY_FAMILIES``).
 """
 
 __all__: list[str] = []

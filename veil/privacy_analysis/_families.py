@@ -1,9 +1,10 @@
-"""Shared plumbing for the privacy math: population checks, family parameters, per-coordinate CDFs.
+"""Shared plumbing for the privacy math: population checks, and the family-dependent pieces by dispatch.
 
-The densities, samplers and parameters live once, in :mod:`veil.client_sdk.distributions`; this module
-only reads their parameters (flattened to ``(D,)`` with ``D = n_tokens * dim``) and adds what the client
-side does not need: per-coordinate CDFs and interval masses (via :mod:`scipy.special`), which the exact
-low-dimensional integrals in :mod:`veil.privacy_analysis.bounds` are built from.
+The densities, samplers and parameters live once, in :mod:`veil.client_sdk.distributions`; what the
+privacy analysis adds per family (flat parameters ``(D,)`` with ``D = n_tokens * dim``, per-coordinate
+quantiles and interval masses via :mod:`scipy.special`, stacked populations) lives in that family's module
+under :mod:`veil.privacy_analysis.families`. The functions here look the family up by name and ask it; the
+exact low-dimensional integrals in :mod:`veil.privacy_analysis.bounds` are built from them.
 """
 
 from __future__ import annotations
@@ -11,14 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from scipy import special
 
-from veil.client_sdk.distributions import (
-    BasisMixtureDistribution,
-    BetaDistribution,
-    GaussianDistribution,
-    UserDistribution,
-)
+from veil.client_sdk.distributions import UserDistribution
+from veil.privacy_analysis._stacked import StackedPopulation
+from veil.privacy_analysis.families import family_of, population_family, same_params
 
 __all__ = [
     "atom_interval_mass",
@@ -32,6 +29,7 @@ __all__ = [
     "quantile_grid",
     "same_params",
     "shared_basis",
+    "stack_population",
 ]
 
 
@@ -70,43 +68,22 @@ def check_priors(priors: Sequence[float] | np.ndarray | None, k: int) -> np.ndar
 
 
 def flat_params(d: UserDistribution) -> tuple[np.ndarray, np.ndarray]:
-    """``(loc, std)`` for a Gaussian or ``(alpha, beta)`` for a Beta, each flattened to ``(D,)``."""
-    if isinstance(d, GaussianDistribution):
-        return d.loc.ravel(), d.std.ravel()
-    if isinstance(d, BetaDistribution):
-        return d.alpha.ravel(), d.beta.ravel()
-    raise ValueError(f"expected a Gaussian or Beta distribution, got {type(d).__name__}")
-
-
-def same_params(p: UserDistribution, q: UserDistribution) -> bool:
-    """Whether ``p`` and ``q`` are the same law with the same parameters (exact comparison)."""
-    if type(p) is not type(q) or p.shape != q.shape:
-        return False
-    if isinstance(p, BasisMixtureDistribution) and isinstance(q, BasisMixtureDistribution):
-        if len(p.basis) != len(q.basis):
-            return False
-        return bool(np.array_equal(p.weights, q.weights)) and all(
-            same_params(a, b) for a, b in zip(p.basis, q.basis, strict=True)
-        )
-    a1, b1 = flat_params(p)
-    a2, b2 = flat_params(q)
-    return bool(np.array_equal(a1, a2) and np.array_equal(b1, b2))
+    """The two parameter arrays of a product law, each flattened to ``(D,)``: ``(loc, std)`` for a Gaussian,
+    ``(alpha, beta)`` for a Beta."""
+    return family_of(d).flat_params(d)
 
 
 def shared_basis(dists: Sequence[UserDistribution]) -> tuple[UserDistribution, ...] | None:
     """The common basis when every entry is a basis mixture over the same components, else ``None``."""
-    if not dists or not all(isinstance(d, BasisMixtureDistribution) for d in dists):
-        return None
-    first = dists[0].basis  # type: ignore[attr-defined]
-    for d in dists[1:]:
-        basis = d.basis  # type: ignore[attr-defined]
-        if basis is first:
-            continue
-        if len(basis) != len(first) or not all(
-            a is b or same_params(a, b) for a, b in zip(basis, first, strict=True)
-        ):
-            return None
-    return first
+    family = population_family(dists)
+    return None if family is None else family.shared_basis(dists)
+
+
+def stack_population(dists: Sequence[UserDistribution]) -> StackedPopulation | None:
+    """``dists`` stacked for vectorised sampling and log-likelihoods (see :mod:`veil.privacy_analysis._stacked`);
+    ``None`` when they mix families, are mixtures over different bases, or their family has no stack."""
+    family = population_family(dists)
+    return None if family is None else family.stack(dists)
 
 
 def log_prob_flat(d: UserDistribution, x: np.ndarray) -> np.ndarray:
@@ -120,39 +97,17 @@ def atoms(d: UserDistribution) -> list[tuple[float, UserDistribution]]:
     Every family here is a mixture of product laws (independent coordinates), which is what makes
     rectangle masses computable exactly: ``P(box) = sum_b w_b prod_d P_b,d(interval_d)``.
     """
-    if isinstance(d, BasisMixtureDistribution):
-        return [(float(w), c) for w, c in zip(d.weights, d.basis, strict=True) if w > 0]
-    if isinstance(d, GaussianDistribution | BetaDistribution):
-        return [(1.0, d)]
-    raise ValueError(f"unsupported distribution family {type(d).__name__}")
+    return family_of(d).atoms(d)
 
 
 def coordinate_quantiles(d: UserDistribution, levels: np.ndarray) -> np.ndarray:
-    """Marginal quantiles of a Gaussian or Beta at probabilities ``levels`` ``(L,)``: ``(D, L)``."""
-    a, b = flat_params(d)
-    if isinstance(d, GaussianDistribution):
-        return a[:, None] + b[:, None] * special.ndtri(levels)[None, :]
-    return special.betaincinv(a[:, None], b[:, None], levels[None, :])
+    """Marginal quantiles of a product law at probabilities ``levels`` ``(L,)``: ``(D, L)``."""
+    return family_of(d).coordinate_quantiles(d, levels)
 
 
 def atom_interval_mass(d: UserDistribution, axis: int, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """Marginal probability of ``[lo, hi]`` along flattened coordinate ``axis`` of a Gaussian or Beta."""
-    a, b = flat_params(d)
-    a, b = a[axis], b[axis]
-    if isinstance(d, GaussianDistribution):
-        zl, zh = (lo - a) / b, (hi - a) / b
-        # Upper-tail intervals through the survival function, so far tails keep their relative precision.
-        upper = zl > 0
-        out = np.where(upper, special.ndtr(-zl) - special.ndtr(-zh), special.ndtr(zh) - special.ndtr(zl))
-        return np.maximum(out, 0.0)
-    lo_c, hi_c = np.clip(lo, 0.0, 1.0), np.clip(hi, 0.0, 1.0)
-    upper = lo_c > a / (a + b)
-    out = np.where(
-        upper,
-        special.betaincc(a, b, lo_c) - special.betaincc(a, b, hi_c),
-        special.betainc(a, b, hi_c) - special.betainc(a, b, lo_c),
-    )
-    return np.maximum(out, 0.0)
+    """Marginal probability of ``[lo, hi]`` along flattened coordinate ``axis`` of a product law."""
+    return family_of(d).interval_mass(d, axis, lo, hi)
 
 
 def interval_mass(d: UserDistribution, axis: int, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:

@@ -26,8 +26,7 @@ from typing import Any
 import numpy as np
 
 from veil.client_sdk.distributions import UserDistribution
-from veil.privacy_analysis._families import check_population, check_priors
-from veil.privacy_analysis._stacked import StackedPopulation
+from veil.privacy_analysis._families import check_population, check_priors, stack_population
 from veil.privacy_analysis.bounds import (
     bound_from_pairwise_tv,
     exact_bayes_attribution,
@@ -35,6 +34,7 @@ from veil.privacy_analysis.bounds import (
     tv_to_mean_terms,
 )
 from veil.privacy_analysis.distances import pairwise, total_variation_estimate
+from veil.privacy_analysis.families import population_family
 
 __all__ = [
     "AttributionBounds",
@@ -122,7 +122,7 @@ def log_likelihood_matrix_fast(
     :mod:`veil.privacy_analysis._stacked`); others fall back to :func:`log_likelihood_matrix`.
     """
     users = check_population(distributions)
-    stack = StackedPopulation.build(users)
+    stack = stack_population(users)
     if stack is None:
         return log_likelihood_matrix(users, uploads)
     x = np.asarray(uploads, dtype=np.float64)
@@ -141,7 +141,7 @@ def _score_chunks(
     Scores are ``log p_k(x)`` up to a per-row constant. Chunks are multiples of ``block`` rows so linked
     groups are never split.
     """
-    stack = StackedPopulation.build(users)
+    stack = stack_population(users)
     step = max(block, (chunk // block) * block)
     dtype: type[np.floating] | None = None
     for start in range(0, rows.size, step):
@@ -177,7 +177,7 @@ def _mc_attribution(
     with np.errstate(divide="ignore"):
         log_pi = None if priors is None else np.maximum(np.log(pi), -1e30)
     hits = 0
-    stack = StackedPopulation.build(users)
+    stack = stack_population(users)
     rows = np.repeat(groups, t)
     if stack is not None:
         step = max(1, chunk // t)
@@ -257,12 +257,12 @@ class AttributionBounds:
 def _pairwise_tv_upper(
     users: tuple[UserDistribution, ...], rng: np.random.Generator, z: float, n: int
 ) -> tuple[np.ndarray | None, str]:
-    stack = StackedPopulation.build(users)
-    if stack is not None and stack.kind == "gaussian" and stack.equal_std:
+    family = population_family(users)
+    if family is not None and family.shift_distances(users) is not None:
         return pairwise(users, "tv"), "exact (equal-std Gaussians)"
     if int(np.prod(users[0].shape)) == 1 and len(users) <= 50:
         return pairwise(users, "tv"), "exact 1-D integration"
-    if stack is not None and stack.kind in ("gaussian", "beta"):
+    if family is not None and family.log_bc_matrix(users) is not None:
         return tv_sandwich(pairwise(users, "bc"))[1], "sqrt(1 - BC^2) from closed-form BC"
     if len(users) > 20:
         return None, "skipped (no closed form and K > 20)"

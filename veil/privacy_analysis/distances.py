@@ -23,40 +23,29 @@ shared-basis mixtures        the MC estimate is clipped by TV <= 0.5 * |w_i - w_
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from functools import partial
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from scipy import special
 
-from veil.client_sdk.distributions import (
-    BasisMixtureDistribution,
-    BetaDistribution,
-    GaussianDistribution,
-    UserDistribution,
-)
+from veil.client_sdk.distributions import UserDistribution
 from veil.client_sdk.distributions.divergences import (
     LOG_BC,
-    gaussian_mu,
     gaussian_shift_bc,
     gaussian_shift_tv,
     hellinger_from_bc,
     log_bc,
-    log_bc_beta,
-    log_bc_gaussian,
     mixture_tv_bound,
     pair_family,
-    same_basis,
 )
 from veil.privacy_analysis._families import (
     check_population,
-    flat_params,
     log_prob_flat,
     quantile_grid,
     same_params,
 )
 from veil.privacy_analysis.bounds import exact_bayes_attribution
+from veil.privacy_analysis.families import population_family
 
 __all__ = [
     "bhattacharyya",
@@ -70,13 +59,6 @@ __all__ = [
 ]
 
 _MEASURES = ("tv", "hellinger", "bhattacharyya", "bc")
-_BLOCK = 4_000_000  # floats per broadcast block in the vectorised pairwise paths
-
-_BATCHED_LOG_BC: dict[str, Callable[..., np.ndarray]] = {
-    "gaussian": log_bc_gaussian,
-    "beta": partial(log_bc_beta, betaln=special.betaln),  # scipy: faster than math.lgamma on large batches
-}
-"""The divergences' array formulas over ``(K, 1, D)`` x ``(1, K, D)`` parameter stacks, by family."""
 
 
 def _pair(p: UserDistribution, q: UserDistribution) -> None:
@@ -174,11 +156,6 @@ def total_variation_mc(
     return _stratified(np.abs(np.tanh(0.5 * lp)), np.abs(np.tanh(0.5 * lq)))
 
 
-def _one_coordinate(d: UserDistribution, j: int) -> UserDistribution:
-    a, b = flat_params(d)
-    return type(d)(a[j : j + 1].reshape(1, 1), b[j : j + 1].reshape(1, 1))
-
-
 def total_variation_estimate(
     p: UserDistribution,
     q: UserDistribution,
@@ -193,23 +170,21 @@ def total_variation_estimate(
     _pair(p, q)
     if same_params(p, q):
         return 0.0, 0.0, "closed form"
-    if type(p) is type(q) and isinstance(p, GaussianDistribution | BetaDistribution):
-        (a1, b1), (a2, b2) = flat_params(p), flat_params(q)
-        if isinstance(p, GaussianDistribution) and np.array_equal(b1, b2):
-            return float(gaussian_shift_tv(gaussian_mu(p, q))), 0.0, "closed form"
-        differ = np.flatnonzero((a1 != a2) | (b1 != b2))
-        if differ.size == 1:  # TV of products with identical other factors is the TV of that factor
-            j = int(differ[0])
-            return _tv_1d(_one_coordinate(p, j), _one_coordinate(q, j)), 0.0, "exact 1-D"
+    family = population_family([p, q])
+    # Closed forms and the one-coordinate reduction pair the parameters of two laws of one class.
+    if family is not None and type(p) is type(q):
+        tv = family.closed_form_tv(p, q)
+        if tv is not None:
+            return tv, 0.0, "closed form"
+        marginals = family.differing_coordinate(p, q)
+        if marginals is not None:  # TV of products with identical other factors is the TV of that factor
+            return _tv_1d(*marginals), 0.0, "exact 1-D"
     if int(np.prod(p.shape)) == 1:
         return _tv_1d(p, q), 0.0, "exact 1-D"
     est, se = total_variation_mc(p, q, rng or np.random.default_rng(0), n_samples)
-    if (
-        isinstance(p, BasisMixtureDistribution)
-        and isinstance(q, BasisMixtureDistribution)
-        and same_basis(p, q)
-    ):
-        est = min(est, mixture_tv_bound(p, q))
+    bound = None if family is None else family.tv_upper_bound(p, q)
+    if bound is not None:
+        est = min(est, bound)
     return float(np.clip(est, 0.0, 1.0)), se, "Monte Carlo"
 
 
@@ -237,35 +212,6 @@ def _tv_1d(p: UserDistribution, q: UserDistribution) -> float:
 
 
 # ---------------------------------------------------------------------------------------- all pairs
-def _row_blocks(k: int, d: int) -> list[slice]:
-    rows = max(1, _BLOCK // max(1, k * d))
-    return [slice(i, min(k, i + rows)) for i in range(0, k, rows)]
-
-
-def _vectorised_log_bc(users: Sequence[UserDistribution]) -> np.ndarray | None:
-    """``(K, K)`` matrix of :func:`log_bc` over all pairs, or ``None`` when the family has no closed form."""
-    families = {pair_family(_BATCHED_LOG_BC, users[0], d) for d in users}
-    if None in families:
-        return None
-    fn = _BATCHED_LOG_BC[families.pop()]
-    a, b = (np.stack(x) for x in zip(*(flat_params(d) for d in users), strict=True))  # (K, D) each
-    out = np.empty((len(users), len(users)))
-    for blk in _row_blocks(*a.shape):
-        out[blk] = fn(a[blk, None, :], b[blk, None, :], a[None], b[None])
-    return np.minimum(out, 0.0)
-
-
-def _equal_std_delta(users: Sequence[UserDistribution]) -> np.ndarray | None:
-    if not all(isinstance(d, GaussianDistribution) for d in users):
-        return None
-    std = users[0].std.ravel()  # type: ignore[attr-defined]
-    if not all(np.array_equal(d.std.ravel(), std) for d in users):  # type: ignore[attr-defined]
-        return None
-    z = np.stack([d.loc.ravel() for d in users]) / std  # type: ignore[attr-defined]
-    sq = np.sum(z * z, axis=1)
-    return np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2.0 * z @ z.T, 0.0))
-
-
 def pairwise(dists: Sequence[UserDistribution], measure: str = "tv", **kw: Any) -> np.ndarray:
     """Symmetric ``(K, K)`` matrix of ``measure`` over all pairs of users.
 
@@ -289,11 +235,12 @@ def pairwise(dists: Sequence[UserDistribution], measure: str = "tv", **kw: Any) 
     k = len(users)
     if "rng" not in kw or kw["rng"] is None:
         kw["rng"] = np.random.default_rng(0)
-    delta = _equal_std_delta(users)
+    family = population_family(users)
+    delta = None if family is None else family.shift_distances(users)
     if delta is not None:
         out = gaussian_shift_tv(delta) if measure == "tv" else gaussian_shift_bc(delta)
-    elif measure != "tv" and (log_coeff := _vectorised_log_bc(users)) is not None:
-        out = np.exp(log_coeff)
+    elif measure != "tv" and family is not None and (log_coeff := family.log_bc_matrix(users)) is not None:
+        out = np.exp(np.minimum(log_coeff, 0.0))
     else:
         fn = total_variation if measure == "tv" else bhattacharyya
         out = np.eye(k) if measure != "tv" else np.zeros((k, k))

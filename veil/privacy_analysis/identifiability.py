@@ -3,7 +3,8 @@
 The cloud sees i.i.d. uploads from ``Q = sum_i pi_i P_i``. Finite mixtures over a family are identifiable
 iff the family is linearly independent (Yakowitz & Spragins, Ann. Math. Stat. 39(1), 1968), and the
 densities ``p_1..p_n`` are linearly dependent iff their Gram matrix ``G_ij = integral p_i p_j`` is singular
-(Yakowitz & Spragins 1968; IDfree-PL, arXiv:2501.06062, section 3). Closed forms:
+(Yakowitz & Spragins 1968; IDfree-PL, arXiv:2501.06062, section 3). Closed forms (each in its family's
+module under :mod:`veil.privacy_analysis.families`):
 
 * diagonal Gaussians: ``integral N(x; m_i, S_i) N(x; m_j, S_j) dx = N(m_i; m_j, S_i + S_j)``;
 * Beta, per coordinate: ``B(a_i + a_j - 1, b_i + b_j - 1) / (B(a_i, b_i) B(a_j, b_j))`` (finite iff
@@ -30,14 +31,10 @@ import numpy as np
 from scipy import special
 from scipy.optimize import linear_sum_assignment
 
-from veil.client_sdk.distributions import (
-    BasisMixtureDistribution,
-    BetaDistribution,
-    GaussianDistribution,
-    UserDistribution,
-)
-from veil.privacy_analysis._families import check_population, flat_params, shared_basis
+from veil.client_sdk.distributions import BasisMixtureDistribution, GaussianDistribution, UserDistribution
+from veil.privacy_analysis._families import check_population, shared_basis
 from veil.privacy_analysis.attribution import log_likelihood_matrix_fast
+from veil.privacy_analysis.families import population_family
 
 __all__ = [
     "IdentifiabilityResult",
@@ -46,8 +43,6 @@ __all__ = [
     "identifiability_test",
     "log_gram_matrix",
 ]
-
-_BLOCK = 4_000_000
 
 
 @dataclass(frozen=True)
@@ -82,61 +77,14 @@ class IdentifiabilityResult:
         return asdict(self)
 
 
-def _blocks(k: int, d: int) -> list[slice]:
-    rows = max(1, _BLOCK // max(1, k * d))
-    return [slice(i, min(k, i + rows)) for i in range(0, k, rows)]
-
-
-def _log_gram_gaussian(loc: np.ndarray, std: np.ndarray) -> np.ndarray:
-    out = np.empty((loc.shape[0], loc.shape[0]))
-    var = std * std
-    for blk in _blocks(*loc.shape):
-        v = var[blk, None, :] + var[None]
-        diff = loc[blk, None, :] - loc[None]
-        out[blk] = np.sum(-0.5 * np.log(2.0 * np.pi * v) - diff * diff / (2.0 * v), axis=-1)
-    return out
-
-
-def _log_gram_beta(a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
-    out = np.empty((a.shape[0], a.shape[0]))
-    norm = special.betaln(a, b)
-    for blk in _blocks(*a.shape):
-        sa, sb = a[blk, None, :] + a[None] - 1.0, b[blk, None, :] + b[None] - 1.0
-        if np.any(sa <= 0) or np.any(sb <= 0):
-            return None  # some p_i p_j is not integrable: no L2 Gram matrix
-        out[blk] = np.sum(special.betaln(sa, sb) - norm[blk, None, :] - norm[None], axis=-1)
-    return out
-
-
-def _log_gram_products(users: Sequence[UserDistribution]) -> np.ndarray | None:
-    if all(isinstance(d, GaussianDistribution) for d in users):
-        loc, std = (np.stack(x) for x in zip(*(flat_params(d) for d in users), strict=True))
-        return _log_gram_gaussian(loc, std)
-    if all(isinstance(d, BetaDistribution) for d in users):
-        a, b = (np.stack(x) for x in zip(*(flat_params(d) for d in users), strict=True))
-        return _log_gram_beta(a, b)
-    return None
-
-
 def log_gram_matrix(dists: Sequence[UserDistribution]) -> tuple[np.ndarray, str] | None:
     """``(log G, method)`` in closed form, or None when no closed form applies.
 
     Log space because in dimension 64 the entries easily leave the float64 range.
     """
     users = check_population(dists)
-    log_g = _log_gram_products(users)
-    if log_g is not None:
-        return log_g, "L2 Gram matrix, closed form"
-    basis = shared_basis(users)
-    if basis is not None:
-        log_gb = _log_gram_products(basis)
-        if log_gb is not None:
-            w = np.stack([d.weights for d in users])  # type: ignore[attr-defined]  # (n, K)
-            top = float(log_gb.max())
-            with np.errstate(divide="ignore"):
-                log_g = np.log(np.maximum(w @ np.exp(log_gb - top) @ w.T, 0.0)) + top
-            return log_g, "L2 Gram matrix W G_B W^T, closed form"
-    return None
+    family = population_family(users)
+    return None if family is None else family.log_gram(users)
 
 
 def gram_matrix(dists: Sequence[UserDistribution]) -> np.ndarray:

@@ -14,11 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from veil.client_sdk.distributions import GaussianDistribution, UserDistribution
+from veil.client_sdk.distributions import UserDistribution
 from veil.client_sdk.distributions.divergences import stds_equal, tv_bound
 from veil.privacy_analysis import gdp
 from veil.privacy_analysis.attacks import run_attacks
 from veil.privacy_analysis.distances import pairwise
+from veil.privacy_analysis.families import population_family
 from veil.privacy_analysis.identifiability import identifiability_test
 
 __all__ = [
@@ -107,7 +108,8 @@ def measure_gdp(
     ``UnequalCovarianceError``): ``mu_max`` is ``None`` (``inf`` for the policy) and ``mu_pooled_max``
     summarises the mean separation only.
     """
-    if not all(isinstance(d, GaussianDistribution) for d in dists):
+    family = population_family(dists)
+    if family is None or family.name != "gaussian":  # Gaussian DP is about Gaussians (prototypes included)
         return None
 
     stds = np.stack([d.std for d in dists])  # type: ignore[attr-defined]  # (K, n_tokens, dim)

@@ -2,7 +2,7 @@
 
 Format (all arrays are per coordinate; a flat list is one token, ``[[...], ...]`` is ``(n_tokens, dim)``)::
 
-    family: gaussian                      # gaussian | beta | basis_mixture
+    family: gaussian                      # gaussian | beta | basis_mixture (any registered family)
     users:
       - {mean: [0.0, 0.0], std: [1.0, 1.0]}   # std may also be one number for every coordinate
       - {mean: [1.0, 0.0], std: 1.0}
@@ -18,7 +18,12 @@ Format (all arrays are per coordinate; a flat list is one token, ``[[...], ...]`
 The generator draws users around the prior with a given ``spread`` (see :func:`generate_population`).
 Without ``prior:`` the prior is the generator's centre, or, for listed users, the family member with the
 users' average parameters (Gaussian: mean of the means, root-mean-square std; Beta: mean of the means
-and of the concentrations; basis mixture: the average weights, which is exactly the pooled law).
+and of the concentrations; basis mixture: the average weights, which is exactly the pooled law). A basis
+entry without ``family:`` is a Gaussian unless it names another family's first parameter (``alpha``).
+
+Each family reads, generates and averages its own members
+(:class:`~veil.privacy_analysis.families.base.PrivacyFamily`); this module looks the family up by name in
+:data:`~veil.privacy_analysis.families.PRIVACY_FAMILIES` and checks everything that is not per family.
 
 Every problem raises :class:`SpecError` with one line naming the place, e.g. ``users[2].std: ...``.
 """
@@ -32,15 +37,11 @@ from typing import Any
 
 import numpy as np
 
-from veil.client_sdk.distributions import (
-    BasisMixtureDistribution,
-    BetaDistribution,
-    GaussianDistribution,
-    UserDistribution,
-)
+from veil.client_sdk.distributions import UserDistribution
+from veil.privacy_analysis.families import PRIVACY_FAMILIES, GeneratorSettings, PrivacyFamily, find_family
+from veil.privacy_analysis.families.spec_fields import SpecError, kind_of, only_keys
 
 __all__ = [
-    "FAMILY_NAMES",
     "PopulationSpec",
     "SpecError",
     "UtilityPoint",
@@ -50,14 +51,8 @@ __all__ = [
     "parse_spec",
 ]
 
-FAMILY_NAMES = ("gaussian", "beta", "basis_mixture")
-_SIMPLEX_TOL = 1e-6
 _TOP_KEYS = {"family", "users", "generator", "basis", "prior", "policy", "utility"}
 _GENERATOR_KEYS = {"users", "dim", "spread", "seed", "n_tokens", "std", "concentration", "basis_size"}
-
-
-class SpecError(ValueError):
-    """A population spec that cannot be used; the message is one line naming the offending field."""
 
 
 @dataclass(frozen=True)
@@ -118,39 +113,44 @@ def load_spec(path: str | os.PathLike[str]) -> PopulationSpec:
 def parse_spec(data: Any, source: str = "<spec>") -> PopulationSpec:
     """Build a :class:`PopulationSpec` from an already-parsed mapping (the YAML document)."""
     if not isinstance(data, Mapping):
-        raise SpecError(f"{source}: the spec must be a mapping with 'family' and 'users', got {_kind(data)}")
+        raise SpecError(
+            f"{source}: the spec must be a mapping with 'family' and 'users', got {kind_of(data)}"
+        )
     unknown = set(data) - _TOP_KEYS
     if unknown:
         raise SpecError(
             f"{source}: unknown top-level keys {sorted(map(str, unknown))}; known: {sorted(_TOP_KEYS)}"
         )
     family = data.get("family")
-    if family not in FAMILY_NAMES:
-        raise SpecError(f"{source}: family must be one of {list(FAMILY_NAMES)}, got {family!r}")
+    if family not in list(PRIVACY_FAMILIES):  # a list: the value may be unhashable
+        raise SpecError(f"{source}: family must be one of {list(PRIVACY_FAMILIES)}, got {family!r}")
+    fam = PRIVACY_FAMILIES[family]
     has_users, has_gen = data.get("users") is not None, data.get("generator") is not None
     if has_users == has_gen:
         raise SpecError(f"{source}: give exactly one of 'users' (a list) or 'generator', got {_which(data)}")
     try:
-        basis = _basis(data.get("basis"), family)
+        basis = _basis(data.get("basis"), fam)
         if has_gen:
             dists, centre = _generated(data["generator"], family, basis)
         else:
-            dists = _listed(data["users"], family, basis)
+            dists = _listed(data["users"], fam, basis)
             centre = None
-        prior = _prior(data.get("prior"), family, basis, dists, centre)
+        prior = _prior(data.get("prior"), fam, basis, dists, centre)
         utility = _utility(data.get("utility"))
         policy = data.get("policy") or {}
         if not isinstance(policy, Mapping):
-            raise SpecError(f"policy: must be a mapping of limits, got {_kind(policy)}")
+            raise SpecError(f"policy: must be a mapping of limits, got {kind_of(policy)}")
     except SpecError as exc:
         raise SpecError(f"{source}: {exc}") from None
     return PopulationSpec(family, dists, prior, dict(policy), utility, source)
 
 
 # ---------------------------------------------------------------------------------------------- users
-def _listed(users: Any, family: str, basis: list[UserDistribution] | None) -> list[UserDistribution]:
+def _listed(
+    users: Any, family: PrivacyFamily, basis: list[UserDistribution] | None
+) -> list[UserDistribution]:
     if not isinstance(users, list):
-        raise SpecError(f"users: must be a list of user entries, got {_kind(users)}")
+        raise SpecError(f"users: must be a list of user entries, got {kind_of(users)}")
     if not users:
         raise SpecError("users: the population is empty; list at least 2 users")
     if len(users) < 2:
@@ -165,61 +165,39 @@ def _listed(users: Any, family: str, basis: list[UserDistribution] | None) -> li
     return dists
 
 
-def _member(entry: Any, family: str, basis: list[UserDistribution] | None, where: str) -> UserDistribution:
+def _member(
+    entry: Any, family: PrivacyFamily, basis: list[UserDistribution] | None, where: str
+) -> UserDistribution:
     """One user (or prior) entry of the given family."""
     if not isinstance(entry, Mapping):
-        raise SpecError(f"{where}: must be a mapping of parameters, got {_kind(entry)}")
-    if family == "basis_mixture":
-        _only(entry, {"weights"}, where)
-        if basis is None:
-            raise SpecError("basis: the basis_mixture family needs a top-level 'basis' list of components")
-        weights = _vector(entry, "weights", where)
-        if weights.size != len(basis):
-            raise SpecError(
-                f"{where}.weights: needs {len(basis)} entries (one per basis element), got {weights.size}"
-            )
-        if np.any(weights < 0):
-            raise SpecError(
-                f"{where}.weights: must be >= 0 (a probability vector), got min {weights.min():g}"
-            )
-        if abs(float(weights.sum()) - 1.0) > _SIMPLEX_TOL:
-            raise SpecError(
-                f"{where}.weights: must sum to 1 (a probability vector), got sum {weights.sum():g}"
-            )
-        return BasisMixtureDistribution(basis, weights)
-    return _component(entry, family, where)
+        raise SpecError(f"{where}: must be a mapping of parameters, got {kind_of(entry)}")
+    return family.read_member(entry, where, basis)
 
 
-def _component(entry: Mapping[str, Any], family: str, where: str) -> UserDistribution:
-    first, second = ("mean", "std") if family == "gaussian" else ("alpha", "beta")
-    _only(entry, {first, second}, where)
-    a = _array(entry, first, where)
-    b = _array(entry, second, where, like=a)
-    positive = (second,) if family == "gaussian" else (first, second)
-    for name, arr in zip((first, second), (a, b), strict=True):
-        if name in positive and np.any(arr <= 0):
-            raise SpecError(f"{where}.{name}: must be > 0 everywhere, got {arr.min():g}")
-    return GaussianDistribution(a, b) if family == "gaussian" else BetaDistribution(a, b)
-
-
-def _basis(raw: Any, family: str) -> list[UserDistribution] | None:
-    if family != "basis_mixture":
+def _basis(raw: Any, family: PrivacyFamily) -> list[UserDistribution] | None:
+    if not family.takes_basis:
         if raw is not None:
-            raise SpecError(f"basis: only the basis_mixture family takes a basis, family is {family!r}")
+            takers = " or ".join(f.name for f in PRIVACY_FAMILIES.values() if f.takes_basis)
+            raise SpecError(f"basis: only the {takers} family takes a basis, family is {family.name!r}")
         return None
     if raw is None:
         return None  # a generator builds its own basis
+    components = [f for f in PRIVACY_FAMILIES.values() if not f.takes_basis]
+    names = " or ".join(f.name for f in components)
     if not isinstance(raw, list) or not raw:
-        raise SpecError(f"basis: must be a non-empty list of gaussian or beta components, got {_kind(raw)}")
+        raise SpecError(f"basis: must be a non-empty list of {names} components, got {kind_of(raw)}")
     out = []
     for k, entry in enumerate(raw):
         where = f"basis[{k}]"
         if not isinstance(entry, Mapping):
-            raise SpecError(f"{where}: must be a mapping of parameters, got {_kind(entry)}")
-        comp_family = entry.get("family") or ("beta" if "alpha" in entry else "gaussian")
-        if comp_family not in ("gaussian", "beta"):
-            raise SpecError(f"{where}.family: must be gaussian or beta, got {comp_family!r}")
-        out.append(_component({k2: v for k2, v in entry.items() if k2 != "family"}, comp_family, where))
+            raise SpecError(f"{where}: must be a mapping of parameters, got {kind_of(entry)}")
+        # Untagged: the first component family, unless the entry names another one's first parameter.
+        named = [f for f in components[1:] if f.spec_params and f.spec_params[0] in entry]
+        comp_family = entry.get("family") or (named or components)[0].name
+        comp = next((f for f in components if f.name == comp_family), None)
+        if comp is None:
+            raise SpecError(f"{where}.family: must be {names}, got {comp_family!r}")
+        out.append(comp.read_member({k2: v for k2, v in entry.items() if k2 != "family"}, where, None))
         if out[-1].shape != out[0].shape:
             raise SpecError(f"{where}: shape {out[-1].shape} differs from basis[0]'s {out[0].shape}")
     return out
@@ -247,8 +225,8 @@ def generate_population(
       weights ``softmax(spread * z_i)`` with ``z_i ~ N(0, I_K)``; prior: uniform weights.
       ``spread = 0`` gives identical users.
     """
-    if family not in FAMILY_NAMES:
-        raise SpecError(f"generator: family must be one of {list(FAMILY_NAMES)}, got {family!r}")
+    if family not in list(PRIVACY_FAMILIES):
+        raise SpecError(f"generator: family must be one of {list(PRIVACY_FAMILIES)}, got {family!r}")
     for name, value, low in (
         ("users", users, 2),
         ("dim", dim, 1),
@@ -272,32 +250,15 @@ def generate_population(
             raise SpecError(
                 f"generator.{name}: must be a finite number {'> 0' if strict else '>= 0'}, got {value!r}"
             )
-    rng = np.random.default_rng(seed)
-    shape = (n_tokens, dim)
-    if family == "gaussian":
-        means = spread * rng.standard_normal((users, *shape))
-        std_arr = np.full(shape, float(std))
-        return [GaussianDistribution(m, std_arr) for m in means], GaussianDistribution(
-            np.zeros(shape), std_arr
-        )
-    if family == "beta":
-        logits = spread * rng.standard_normal((users, *shape))
-        means = 1.0 / (1.0 + np.exp(-logits))
-        dists = [BetaDistribution.from_mean_concentration(m, concentration) for m in means]
-        return dists, BetaDistribution.from_mean_concentration(np.full(shape, 0.5), concentration)
-    basis = [GaussianDistribution(rng.standard_normal(shape), np.ones(shape)) for _ in range(basis_size)]
-    z = spread * rng.standard_normal((users, basis_size))
-    weights = np.exp(z - z.max(axis=1, keepdims=True))
-    weights /= weights.sum(axis=1, keepdims=True)
-    dists = [BasisMixtureDistribution(basis, w) for w in weights]
-    return dists, BasisMixtureDistribution(basis, np.full(basis_size, 1.0 / basis_size))
+    settings = GeneratorSettings(users, (n_tokens, dim), spread, std, concentration, basis_size)
+    return PRIVACY_FAMILIES[family].generate(np.random.default_rng(seed), settings)
 
 
 def _generated(
     raw: Any, family: str, basis: list[UserDistribution] | None
 ) -> tuple[list[UserDistribution], UserDistribution]:
     if not isinstance(raw, Mapping):
-        raise SpecError(f"generator: must be a mapping {{users, dim, spread, seed}}, got {_kind(raw)}")
+        raise SpecError(f"generator: must be a mapping {{users, dim, spread, seed}}, got {kind_of(raw)}")
     unknown = set(raw) - _GENERATOR_KEYS
     if unknown:
         raise SpecError(
@@ -319,31 +280,24 @@ def _generated(
 # ---------------------------------------------------------------------------------------------- prior
 def default_prior(dists: Sequence[UserDistribution]) -> UserDistribution:
     """The family member with the users' average parameters (see the module docstring)."""
-    first = dists[0]
-    if isinstance(first, GaussianDistribution):
-        loc = np.mean([d.loc for d in dists], axis=0)
-        std = np.sqrt(np.mean([d.std**2 for d in dists], axis=0))
-        return GaussianDistribution(loc, std)
-    if isinstance(first, BetaDistribution):
-        mean = np.mean([d.mean() for d in dists], axis=0)
-        conc = np.mean([d.alpha + d.beta for d in dists], axis=0)
-        return BetaDistribution.from_mean_concentration(mean, conc)
-    if isinstance(first, BasisMixtureDistribution):
-        return BasisMixtureDistribution(first.basis, np.mean([d.weights for d in dists], axis=0))
-    raise SpecError(f"no default prior for {type(first).__name__}")
+    family = find_family(dists[0])
+    if family is None:
+        raise SpecError(f"no default prior for {type(dists[0]).__name__}")
+    return family.average(dists)
 
 
 def _prior(
     raw: Any,
-    family: str,
+    family: PrivacyFamily,
     basis: list[UserDistribution] | None,
     dists: list[UserDistribution],
     centre: UserDistribution | None,
 ) -> UserDistribution:
     if raw is None:
         return centre if centre is not None else default_prior(dists)
-    if family == "basis_mixture" and basis is None:
-        basis = list(dists[0].basis)  # type: ignore[attr-defined]
+    if family.takes_basis and basis is None:  # generated users: the prior weighs their basis
+        shared = family.shared_basis(dists)
+        basis = None if shared is None else list(shared)
     prior = _member(raw, family, basis, "prior")
     if prior.shape != dists[0].shape:
         raise SpecError(f"prior: shape {prior.shape} differs from the users' {dists[0].shape}")
@@ -355,15 +309,15 @@ def _utility(raw: Any) -> list[UtilityPoint]:
     if raw is None:
         return []
     if not isinstance(raw, list):
-        raise SpecError(f"utility: must be a list of {{label, accuracy, attribution}}, got {_kind(raw)}")
+        raise SpecError(f"utility: must be a list of {{label, accuracy, attribution}}, got {kind_of(raw)}")
     out = []
     for i, entry in enumerate(raw):
         where = f"utility[{i}]"
         if not isinstance(entry, Mapping):
             raise SpecError(
-                f"{where}: must be a mapping {{label, accuracy, attribution}}, got {_kind(entry)}"
+                f"{where}: must be a mapping {{label, accuracy, attribution}}, got {kind_of(entry)}"
             )
-        _only(entry, {"label", "spread", "accuracy", "attribution"}, where)
+        only_keys(entry, {"label", "spread", "accuracy", "attribution"}, where)
         values = {}
         for key in ("accuracy", "attribution"):
             value = entry.get(key)
@@ -376,58 +330,6 @@ def _utility(raw: Any) -> list[UtilityPoint]:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def _array(entry: Mapping[str, Any], name: str, where: str, like: np.ndarray | None = None) -> np.ndarray:
-    """A parameter as ``(n_tokens, dim)``: a flat list is one token; a number broadcasts to ``like``."""
-    if name not in entry:
-        raise SpecError(f"{where}.{name}: missing")
-    raw = entry[name]
-    try:
-        arr = np.array(raw, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise SpecError(
-            f"{where}.{name}: must be a number or a (nested) list of numbers, got {_kind(raw)}"
-        ) from None
-    if arr.ndim == 0 and like is not None:
-        arr = np.full(like.shape, float(arr))
-    elif arr.ndim == 1:
-        arr = arr[None, :]
-    if arr.ndim != 2 or arr.size == 0:
-        raise SpecError(
-            f"{where}.{name}: must be a non-empty list per coordinate (or [[...]] per token), "
-            f"got shape {arr.shape}"
-        )
-    if not np.all(np.isfinite(arr)):
-        raise SpecError(f"{where}.{name}: must be finite (no NaN/Inf)")
-    if like is not None and arr.shape != like.shape:
-        raise SpecError(
-            f"{where}.{name}: mismatched dimensions: shape {arr.shape} (n_tokens, dim), but the other "
-            f"parameter has shape {like.shape}"
-        )
-    return arr
-
-
-def _vector(entry: Mapping[str, Any], name: str, where: str) -> np.ndarray:
-    if name not in entry:
-        raise SpecError(f"{where}.{name}: missing")
-    try:
-        arr = np.array(entry[name], dtype=np.float64)
-    except (TypeError, ValueError):
-        raise SpecError(f"{where}.{name}: must be a list of numbers, got {_kind(entry[name])}") from None
-    if arr.ndim != 1 or not np.all(np.isfinite(arr)):
-        raise SpecError(f"{where}.{name}: must be a flat list of finite numbers, got shape {arr.shape}")
-    return arr
-
-
-def _only(entry: Mapping[str, Any], allowed: set[str], where: str) -> None:
-    unknown = set(entry) - allowed
-    if unknown:
-        raise SpecError(f"{where}: unknown keys {sorted(map(str, unknown))}; expected {sorted(allowed)}")
-
-
-def _kind(value: Any) -> str:
-    return "nothing" if value is None else type(value).__name__
-
-
 def _which(data: Mapping[str, Any]) -> str:
     present = [k for k in ("users", "generator") if data.get(k) is not None]
     return " and ".join(present) if present else "neither"
