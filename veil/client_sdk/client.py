@@ -390,6 +390,35 @@ class VeilClient:
             self._state = new
             return LearnResult(loss, new.steps, check)
 
+    async def predict(self, task: str, text: str, labels: Sequence[str]) -> str:
+        """The label the personalised model finds likeliest for ``text``, asked from the phone.
+
+        One fresh sample of the current parameters is drawn (checked against the policy, and for a
+        prototype choice against the cloud's codebook), and each candidate label's loss under it is a
+        loss request (``/v1/embedding-gradients``); the lowest loss wins (ties: the first label). This is
+        how a phone measures personalised accuracy on its own held-out examples without a local model.
+        """
+        if not labels:
+            raise ValueError("labels must name at least one candidate")
+        await self.check_codebook()
+        x = self.sample()
+        losses = await asyncio.gather(*[self._loss(task, text, label, x) for label in labels])
+        return labels[int(np.argmin(losses))]
+
+    async def _loss(self, task: str, text: str, label: str, e: np.ndarray) -> float:
+        """The cloud's loss of ``(text, label)`` under embedding ``e``: one loss request, retried."""
+
+        async def exchange() -> float:
+            try:
+                value, _ = await self.api.embedding_gradient(task, text, label, e)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise InvalidResponseError(f"gradient response is malformed: {exc!r}") from exc
+            if not math.isfinite(value):
+                raise InvalidResponseError(f"loss must be finite, got {value}")
+            return value
+
+        return await self._with_retries(exchange)
+
     async def upload(
         self, task: str, text: str, label: str | None = None, *, with_embedding: bool = True
     ) -> dict[str, Any]:
@@ -522,20 +551,7 @@ class VeilClient:
         self._check_family(PrototypeDistribution.family)
         async with self._lock:
             book = await self.codebook()
-
-            async def loss(task: str, text: str, label: str, e: np.ndarray) -> float:
-                async def exchange() -> float:
-                    try:
-                        value, _ = await self.api.embedding_gradient(task, text, label, e)
-                    except (KeyError, TypeError, ValueError) as exc:
-                        raise InvalidResponseError(f"gradient response is malformed: {exc!r}") from exc
-                    if not math.isfinite(value):
-                        raise InvalidResponseError(f"loss must be finite, got {value}")
-                    return value
-
-                return await self._with_retries(exchange)
-
-            losses = await prototype_losses(loss, book, examples, self.max_in_flight)
+            losses = await prototype_losses(self._loss, book, examples, self.max_in_flight)
             index = self.backend.choose(losses, book)
             state = ClientState(PrototypeDistribution(book, index, noise_std), {}, self.model)
             self._enforce(state.distribution)

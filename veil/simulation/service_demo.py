@@ -389,22 +389,28 @@ async def _codebook_phones(
 
 
 @contextlib.contextmanager
-def _service(cfg: ServiceDemoConfig, data_dir: Path, model: Path) -> Iterator[tuple[Any, bytes]]:
+def service_stack(
+    data_dir: Path, model: Path, max_batch: int = 64, hold_window_ms: float = 0.0
+) -> Iterator[tuple[Any, bytes]]:
     """The API with its gateway on loopback behind a ``veil relay`` process; yields the relay and the
     gateway's public signing key (what the app would ship). The gateway answers only this relay."""
     relay_secret = secrets.token_urlsafe(32)
     config = ServiceConfig(
         data_dir=data_dir,
         model=str(model),
-        engine=EngineConfig(cfg.max_batch, batch_window_s=0.01),
+        engine=EngineConfig(max_batch, batch_window_s=0.01),
         relay_secret=relay_secret.encode(),
     )
     public_key = KeyConfigSigner.from_config(config).public_key
     with (
         BackgroundServer(create_app(config)) as api,
-        RelayProcess(api.url, cfg.hold_window_ms, relay_secret=relay_secret) as relay,
+        RelayProcess(api.url, hold_window_ms, relay_secret=relay_secret) as relay,
     ):
         yield relay, public_key
+
+
+def _service(cfg: ServiceDemoConfig, data_dir: Path, model: Path) -> contextlib.AbstractContextManager[Any]:
+    return service_stack(data_dir, model, cfg.max_batch, cfg.hold_window_ms)
 
 
 def _codebook_demo(
