@@ -221,8 +221,22 @@ def pod_templates(docs: list[tuple[str, dict]]) -> list[dict]:
     return [doc for _, doc in docs if doc["kind"] in WORKLOADS]
 
 
-def k8s_parts(workload: dict) -> list[Part]:
-    """The containers of a workload, env from ``env`` (values; Secret references as ``<secret:...>``)."""
+def generated_secrets(local: Path) -> dict[str, dict[str, str]]:
+    """bootstrap's Kubernetes Secrets: name -> key -> value (``data`` decoded)."""
+    import base64
+
+    secrets = {}
+    for doc in yaml.safe_load_all((local / "k8s-secrets.yaml").read_text()):
+        values = dict(doc.get("stringData", {}))
+        values.update({k: base64.b64decode(v).decode() for k, v in doc.get("data", {}).items()})
+        secrets[doc["metadata"]["name"]] = values
+    return secrets
+
+
+def k8s_parts(workload: dict, secrets: dict[str, dict[str, str]] | None = None) -> list[Part]:
+    """The containers of a workload; variables from ``secrets`` (bootstrap's) where they come from a
+    Secret, else as ``<secret:NAME/KEY>``."""
+    secrets = secrets or {}
     spec = workload["spec"]["template"]["spec"]
     sources = {}
     for volume in spec.get("volumes", []):
@@ -235,9 +249,16 @@ def k8s_parts(workload: dict) -> list[Part]:
     parts = []
     for container in spec["containers"]:
         env = {}
+        for source in container.get("envFrom", []):
+            env.update(secrets.get(source["secretRef"]["name"], {}))
         for item in container.get("env", []):
             ref = item.get("valueFrom", {}).get("secretKeyRef")
-            env[item["name"]] = f"<secret:{ref['name']}/{ref['key']}>" if ref else str(item.get("value", ""))
+            if ref:
+                env[item["name"]] = secrets.get(ref["name"], {}).get(
+                    ref["key"], f"<secret:{ref['name']}/{ref['key']}>"
+                )
+            else:
+                env[item["name"]] = str(item.get("value", ""))
         certs = [
             secret
             for mount in container.get("volumeMounts", [])

@@ -23,6 +23,7 @@ from deploy_files import (
     dockerfile_args,
     dockerfile_env,
     endpoint,
+    generated_secrets,
     k8s_parts,
     labels_match,
     listening_port,
@@ -40,7 +41,9 @@ def unknown_env(part: Part, settings: set[str]) -> list[str]:
 
 
 def all_parts(compose_doc: dict, k8s_docs: list, local: Path) -> list[Part]:
-    return compose_parts(compose_doc, local) + [p for w in pod_templates(k8s_docs) for p in k8s_parts(w)]
+    secrets = generated_secrets(local)
+    k8s = [p for w in pod_templates(k8s_docs) for p in k8s_parts(w, secrets)]
+    return compose_parts(compose_doc, local) + k8s
 
 
 def test_every_variable_is_one_its_program_reads(compose_doc: dict, k8s_docs: list, local: Path) -> None:
@@ -176,8 +179,9 @@ def test_compose_tls_links_verify_against_the_ca(compose_doc: dict, local: Path)
         for link in part.endpoints():
             if not link.tls:
                 continue
-            assert part.ca is not None or "VEIL_DATABASE_URL" in link.source, f"{part.name} mounts no CA"
-            ca = local_path(parts["api"].ca if part.ca is None else part.ca, local).read_bytes()
+            # /certs/ca.crt: what SSL_CERT_FILE, --root-certificates and sslrootcert name
+            assert part.ca is not None, f"{part.name} opens TLS to {link.host} but mounts no CA"
+            ca = local_path(part.ca, local).read_bytes()
             target = parts[link.host]
             assert target.tls_cert is not None, f"{link.host} presents no certificate to {part.name}"
             _verify(local_path(target.tls_cert, local).read_bytes(), ca, link.host)
@@ -255,7 +259,8 @@ def _selected(service: dict, workloads: list[dict]) -> list[dict]:
     return [w for w in workloads if labels_match(selector, w["spec"]["template"]["metadata"]["labels"])]
 
 
-def test_kubernetes_services_probes_and_links_agree(k8s_docs: list) -> None:
+def test_kubernetes_services_probes_and_links_agree(k8s_docs: list, local: Path) -> None:
+    secrets = generated_secrets(local)
     workloads = pod_templates(k8s_docs)
     services = _k8s_services(k8s_docs)
     for workload in workloads:  # a workload's selector picks its own pods
@@ -272,7 +277,7 @@ def test_kubernetes_services_probes_and_links_agree(k8s_docs: list) -> None:
             routes[(name, port["port"])] = target
     for workload in workloads:
         for part, container in zip(
-            k8s_parts(workload), workload["spec"]["template"]["spec"]["containers"], strict=True
+            k8s_parts(workload, secrets), workload["spec"]["template"]["spec"]["containers"], strict=True
         ):
             own = listening_port(part.argv)
             for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
@@ -288,7 +293,7 @@ def test_kubernetes_services_probes_and_links_agree(k8s_docs: list) -> None:
             for link in part.endpoints():
                 assert (link.host, link.port) in routes, link
             assert container.get("readinessProbe") and container.get("livenessProbe"), part.name
-    assert ("api", 8443) in routes and ("relay", 443) in routes
+    assert {("api", 8443), ("relay", 443), ("postgres", 5432), ("superlink", 9093)} <= set(routes)
 
 
 def test_kubernetes_references_only_generated_secrets(k8s_docs: list, local: Path) -> None:
@@ -325,27 +330,25 @@ def test_kubernetes_references_only_generated_secrets(k8s_docs: list, local: Pat
 
 
 def test_kubernetes_tls_secrets_verify_for_the_names_clients_use(k8s_docs: list, local: Path) -> None:
-    import base64
-
-    generated = {
-        d["metadata"]["name"]: d for d in yaml.safe_load_all((local / "k8s-secrets.yaml").read_text())
-    }
-    ca = generated["veil-ca"]["stringData"]["ca.crt"].encode()
-    presenter = {}
+    secrets = generated_secrets(local)
+    presenter = {}  # Service name -> the TLS Secret its pods present
     for workload in pod_templates(k8s_docs):
-        for part in k8s_parts(workload):
+        for part in k8s_parts(workload, secrets):
             for service in _selected_services(k8s_docs, workload):
                 presenter[service] = part.tls_cert
-    checked = 0
+    links = []
     for workload in pod_templates(k8s_docs):
-        for part in k8s_parts(workload):
+        for part in k8s_parts(workload, secrets):
             for link in part.endpoints():
-                if link.tls and not link.source.endswith("VEIL_DATABASE_URL"):
-                    assert part.ca == "veil-ca", part.name
-                secret = presenter[link.host]
-                _verify(base64.b64decode(generated[secret]["data"]["tls.crt"]), ca, link.host)
-                checked += 1
-    assert checked >= 3
+                assert link.tls, link
+                assert part.ca == "veil-ca", f"{part.name} opens TLS to {link.host} but mounts no CA"
+                assert presenter[link.host] is not None, f"{link.host} presents no certificate"
+                cert = secrets[presenter[link.host]]["tls.crt"].encode()
+                _verify(cert, secrets["veil-ca"]["ca.crt"].encode(), link.host)
+                links.append((workload["metadata"]["name"], link.host))
+    assert {("relay", "api"), ("api", "postgres"), ("supernode", "superlink"), ("supernode", "relay")} <= set(
+        links
+    )
 
 
 def _selected_services(k8s_docs: list, workload: dict) -> list[str]:
