@@ -100,13 +100,14 @@ def test_relay_reaches_the_gateway_over_verified_tls(certs: Path, data_dir: str,
     env = {**os.environ, "VEIL_DATA_DIR": str(tmp_path), "VEIL_RELAY_SECRET": secrets.token_urlsafe(32)}
     env.pop("SSL_CERT_FILE", None)
     api_env = {**env, "VEIL_TLS_CERTFILE": str(certs / "api.crt"), "VEIL_TLS_KEYFILE": str(certs / "api.key")}
-    api_port, relay_port, untrusting_port = free_port(), free_port(), free_port()
+    api_port, relay_port, untrusting_port, ops_port = free_port(), free_port(), free_port(), free_port()
     api = f"https://localhost:{api_port}"
     relay_tls = ["--tls-certfile", str(certs / "relay.crt"), "--tls-keyfile", str(certs / "relay.key")]
-    serve = ["serve", "--model", "tiny-llama", "--port", str(api_port)]
+    serve = ["serve", "--model", "tiny-llama", "--port", str(api_port), "--metrics-port", str(ops_port)]
     with _started(serve, api_env, api, ca):
         with pytest.raises(httpx.TransportError):
             httpx.get(f"http://localhost:{api_port}/health", timeout=5)  # no plain HTTP on a TLS port
+        assert httpx.get(f"http://127.0.0.1:{ops_port}/metrics").status_code == 200  # operator port: HTTP
         relay = ["relay", "--gateway", api, "--port", str(relay_port), *relay_tls]
         with _started(relay, {**env, "SSL_CERT_FILE": str(ca)}, f"https://localhost:{relay_port}", ca):
             keys = httpx.get(
