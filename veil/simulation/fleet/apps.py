@@ -1,0 +1,70 @@
+"""The Flower apps (Message API): ``flwr run .`` and ``veil simulate`` run these two.
+
+``client_app``: one phone per SuperNode (its ``partition-id`` names its folder). ``query`` messages make
+it choose its prototype (:func:`~veil.simulation.fleet.phone.choose`), ``train`` messages make it take
+part (:func:`~veil.simulation.fleet.phone.take_part`); it answers with counts only.
+
+``server_app``: sets up the cloud and runs the rounds (:func:`~veil.simulation.fleet.server.run_fleet`);
+its settings are the run config (``[tool.flwr.app.config]``), overridden by :func:`make_server_app`'s
+argument when ``veil simulate`` builds it.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+
+from veil.simulation.fleet.config import FleetConfig
+from veil.simulation.fleet.phone import choose, take_part
+from veil.simulation.fleet.server import FleetReport, RoundReport, run_fleet
+
+__all__ = ["client_app", "make_server_app", "server_app"]
+
+client_app = ClientApp()
+
+
+def _reply(msg: Message, context: Context, step: Callable[..., dict[str, Any]]) -> Message:
+    order = dict(msg.content["order"])
+    work_dir = Path(str(order.pop("work_dir")))
+    pid = int(context.node_config["partition-id"])
+    return Message(RecordDict({"metrics": MetricRecord(step(work_dir, pid, order))}), reply_to=msg)
+
+
+@client_app.query()
+def _choose(msg: Message, context: Context) -> Message:
+    return _reply(msg, context, choose)
+
+
+@client_app.train()
+def _take_part(msg: Message, context: Context) -> Message:
+    return _reply(msg, context, take_part)
+
+
+def make_server_app(
+    overrides: Mapping[str, Any] | None = None,
+    on_round: Callable[[RoundReport], None] | None = None,
+    result: list[FleetReport] | None = None,
+) -> ServerApp:
+    """A ServerApp running :func:`run_fleet` with the run config plus ``overrides``; the report is
+    appended to ``result`` when given (``veil simulate`` reads it there)."""
+    app = ServerApp()
+
+    @app.main()
+    def _main(grid: Grid, context: Context) -> None:
+        values = {**dict(context.run_config), **dict(overrides or {})}
+        if not values.get("work_dir"):
+            values["work_dir"] = tempfile.mkdtemp(prefix="veil-fleet-")
+        report = run_fleet(grid, FleetConfig.from_mapping(values), on_round)
+        if result is not None:
+            result.append(report)
+
+    return app
+
+
+server_app = make_server_app()

@@ -1,0 +1,142 @@
+"""Settings of a simulated fleet: how many phones, how many rounds, and how realistic the population is.
+
+Every field is a flat value, so the whole config travels as Flower's run config (``[tool.flwr.app.config]``
+in ``pyproject.toml``, ``flwr run . --run-config "phones=100 rounds=2"``) and as ``veil simulate`` flags.
+What the papers leave open and we chose: the private default (a k-anonymous codebook, issue 9's mechanism)
+is what phones run; a phone that joins late sits out the rounds before it joins; a dropout happens after
+the phone's choice and uploads, before its evaluation (the worst place for the server: the work is stored
+but the phone never reports).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from veil.client_sdk.constants import TASKS
+
+__all__ = ["FleetConfig", "FleetConfigError"]
+
+MAX_PHONES = 20_000
+"""The most phones one machine's simulation takes (each needs its files and a Flower node)."""
+
+
+class FleetConfigError(ValueError):
+    """A fleet setting is out of range; the message names the setting and the value."""
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    """One simulated fleet.
+
+    Attributes
+    ----------
+    phones: SuperNodes, one phone each.
+    rounds: Flower rounds; between rounds the cloud runs stage 3 on what it received and publishes the
+        trained codebook (phones choose again against it).
+    task: ``classification`` (the phone evaluates by the cloud's loss of each label) or ``next_word``.
+    types: preference types of the synthetic population.
+    train_per_phone, test_per_phone: examples each phone holds (train: uploaded; test: evaluated).
+    choice_examples: of its training examples, how many a phone scores the prototypes on.
+    codebook_size: public prototypes K.
+    k_min: smallest usable group (``0``: the experiment's default for this fleet).
+    cohort: users of the public population stage 1 trains on (the cloud's own data).
+    dropout: probability that a phone drops out mid-round (after uploading, before reporting).
+    late_join: share of phones that join one round late (they sit out round 1).
+    skew: sigma of a log-normal factor on each phone's amount of training data (``0``: equal).
+    latency_ms: simulated one-way latency of each request on the relay path.
+    stage3_epochs: cloud passes over the stored uploads between rounds.
+    concurrency: phones simulated at once (Flower's simulation workers).
+    timeout_s: the longest a round may take before the missing phones are reported.
+    seed: every random choice of the simulation.
+    work_dir: where phones keep their files and the cloud its data ("" = a temporary folder).
+    """
+
+    phones: int = 100
+    rounds: int = 1
+    task: str = "classification"
+    types: int = 10
+    train_per_phone: int = 4
+    test_per_phone: int = 4
+    choice_examples: int = 2
+    codebook_size: int = 16
+    k_min: int = 0
+    cohort: int = 200
+    dropout: float = 0.0
+    late_join: float = 0.0
+    skew: float = 0.0
+    latency_ms: float = 0.0
+    stage3_epochs: int = 2
+    concurrency: int = 4
+    timeout_s: float = 600.0
+    seed: int = 0
+    work_dir: str = ""
+
+    def __post_init__(self) -> None:
+        ints = {
+            "phones": (2, MAX_PHONES),
+            "rounds": (1, 1000),
+            "types": (1, 16),
+            "train_per_phone": (1, 10_000),
+            "test_per_phone": (1, 10_000),
+            "choice_examples": (1, 10_000),
+            "codebook_size": (1, 4096),
+            "k_min": (0, MAX_PHONES),
+            "cohort": (2, 100_000),
+            "stage3_epochs": (1, 1000),
+            "concurrency": (1, 256),
+            "seed": (0, 2**31 - 1),
+        }
+        for name, (low, high) in ints.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise FleetConfigError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+        if self.task not in TASKS:
+            raise FleetConfigError(f"task must be one of {list(TASKS)}, got {self.task!r}")
+        if self.types > self.phones:
+            raise FleetConfigError(f"types ({self.types}) cannot exceed phones ({self.phones})")
+        for name in ("dropout", "late_join"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and 0.0 <= value < 1.0):
+                raise FleetConfigError(f"{name} must be a probability in [0, 1), got {value!r}")
+        for name, high in (("skew", 3.0), ("latency_ms", 10_000.0), ("timeout_s", 86_400.0)):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and 0.0 <= value <= high):
+                raise FleetConfigError(f"{name} must be a number in [0, {high}], got {value!r}")
+        if self.timeout_s <= 0:
+            raise FleetConfigError(f"timeout_s must be > 0, got {self.timeout_s!r}")
+        if self.late_join and self.rounds < 2:
+            raise FleetConfigError("late_join needs rounds >= 2 (late phones sit out round 1)")
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> FleetConfig:
+        """Build from a run config (Flower's, or flags): unknown keys are an error, values are coerced."""
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise FleetConfigError(f"unknown fleet settings {unknown}; known: {sorted(known)}")
+        out: dict[str, Any] = {}
+        for key, value in values.items():
+            kind = type(known[key].default)
+            try:
+                if kind is int and not isinstance(value, bool) and float(value).is_integer():
+                    value = int(float(value))
+                elif kind is not int:
+                    value = kind(value)
+            except (TypeError, ValueError) as exc:
+                raise FleetConfigError(f"{key} must be a {kind.__name__}, got {value!r}") from exc
+            out[key] = value
+        return cls(**out)
+
+    def to_mapping(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def path(self) -> Path:
+        if not self.work_dir:
+            raise FleetConfigError("work_dir is not set")
+        return Path(self.work_dir)

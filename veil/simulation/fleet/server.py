@@ -1,0 +1,284 @@
+"""The fleet's server side: the cloud (model, codebook, API, relay, stage 3) and Flower's round loop.
+
+Each round has two kinds of Flower message, both sent to every registered phone:
+
+1. ``query`` (choice): every phone that joined checks its stored choice against the published codebook
+   version and chooses again if it went stale (loss requests through the relay); it replies with a one-hot
+   of its choice, which the server only ever sums. The cloud retires prototypes chosen by fewer than
+   ``k_min`` phones (:func:`~veil.cloud_service.codebooks.retire_by_counts`) and publishes the new version;
+   this repeats until nothing is retired, so no upload carries a prototype below ``k_min``.
+2. ``train`` (take part): every phone uploads its examples anonymously and evaluates the personalised
+   model on its held-out examples; it replies with counts (examples, correct, uploads).
+
+Between rounds the cloud runs stage 3 on what the store received (the service's codebook training job)
+and serves the new model and codebook. Flower carries only aggregated quantities; the one-hot of a
+choice reaches the server unmasked (SecAgg+ exists in flwr 1.42 only on the legacy ``LegacyContext``
+workflow, not on the Message API this fleet uses), which reveals a phone's group, the k-anonymous set its
+uploads already name, but never links the phone to an upload.
+
+The simulator's own audit (ground truth the cloud never has) reads each phone's folder after a round:
+single-upload Bayes attribution is exact for a codebook, since a group's phones share one law and groups
+do not overlap: ``sum_g max_{i in g} n_i / sum_i n_i`` with ``n_i`` the uploads of phone ``i``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from veil.client_sdk.distributions import Codebook
+from veil.client_sdk.param_store import ParamStore
+from veil.simulation.fleet.config import FleetConfig
+from veil.simulation.fleet.phone import phone_dir, write_phone
+
+__all__ = ["FleetError", "FleetReport", "RoundReport", "attribution_of_groups", "run_fleet"]
+
+
+class FleetError(RuntimeError):
+    """The fleet cannot run as asked (for example, fewer phones registered than asked for)."""
+
+
+@dataclass
+class RoundReport:
+    round: int
+    phones_asked: int
+    phones: int
+    """Phones that took part (joined, uploaded and reported)."""
+    dropped: int
+    """Phones whose ClientApp raised mid-round (their uploads are stored; they never reported)."""
+    not_joined: int
+    missing: int
+    """Phones that did not answer before the round's timeout."""
+    accuracy: float
+    attribution: float
+    attribution_floor: float
+    uploads: int
+    choice_passes: int
+    usable_prototypes: int
+    smallest_group: int
+    codebook_version: str
+    seconds: float
+    seconds_choice: float
+    seconds_uploads: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
+
+
+@dataclass
+class FleetReport:
+    config: dict[str, Any]
+    rounds: list[RoundReport] = field(default_factory=list)
+    setup_seconds: float = 0.0
+    stage3_seconds: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        phones = self.config["phones"]
+        round_s = sum(r.seconds for r in self.rounds)
+        return {
+            "config": self.config,
+            "rounds": [r.to_json() for r in self.rounds],
+            "setup_seconds": round(self.setup_seconds, 1),
+            "stage3_seconds": [round(s, 1) for s in self.stage3_seconds],
+            "seconds": round(self.seconds, 1),
+            "phones_per_minute": round(60.0 * phones * len(self.rounds) / round_s, 1) if round_s else None,
+        }
+
+
+def attribution_of_groups(groups: np.ndarray, uploads: np.ndarray) -> float:
+    """Exact single-upload Bayes attribution when each group's phones share one law and groups are
+    disjoint: the attributor names the group's phone with the most uploads."""
+    total = int(uploads.sum())
+    if total == 0:
+        return math.nan
+    best = {}
+    for g, n in zip(groups.tolist(), uploads.tolist(), strict=True):
+        best[g] = max(best.get(g, 0), n)
+    return float(sum(best.values()) / total)
+
+
+def _prepare_phones(cfg: FleetConfig, labels_out: list[str]) -> None:
+    from veil.simulation.data.synthetic import PopulationConfig, make_population
+
+    rng = np.random.default_rng(cfg.seed + 11)
+    factor = np.exp(rng.normal(0.0, cfg.skew, cfg.phones)) if cfg.skew else np.ones(cfg.phones)
+    amounts = np.clip(np.round(cfg.train_per_phone * factor), 1, 4 * cfg.train_per_phone).astype(int)
+    pop = make_population(
+        PopulationConfig(
+            task=cfg.task,  # type: ignore[arg-type]
+            n_users=cfg.phones,
+            train_per_user=int(amounts.max()),
+            test_per_user=cfg.test_per_phone,
+            n_types=cfg.types,
+            seed=cfg.seed,
+        )
+    )
+    labels_out.extend(pop.labels)
+    train: dict[str, list[tuple[str, str]]] = {u: [] for u in pop.users}
+    test: dict[str, list[tuple[str, str]]] = {u: [] for u in pop.users}
+    for ex in pop.train:
+        train[ex.user].append((ex.text, ex.label))
+    for ex in pop.test:
+        test[ex.user].append((ex.text, ex.label))
+    late = rng.random(cfg.phones) < cfg.late_join
+    for pid, user in enumerate(pop.users):
+        write_phone(cfg.path, pid, train[user][: amounts[pid]], test[user], 2 if late[pid] else 1)
+
+
+def _stage1(cfg: FleetConfig, out: Path) -> tuple[Path, tuple[int, int], Any]:
+    from veil.models.checkpoint import save_personalized
+    from veil.models.loading import load_tokenizer
+    from veil.progress import NullProgress
+    from veil.simulation.experiments.personalization import ExperimentConfig
+    from veil.simulation.experiments.runner import ExperimentRun
+
+    exp = ExperimentConfig.quick(cfg.task, cfg.seed, cfg.cohort, cfg.types)
+    run = ExperimentRun(exp, NullProgress())
+    run.stage1()
+    classes = run.population.labels if cfg.task == "classification" else None
+    path = save_personalized(
+        run.model, load_tokenizer(exp.model), out, {"name": "veil-fleet"}, classes=classes, overwrite=True
+    )
+    return Path(path), run.shape, exp
+
+
+def _nodes(grid: Any, wanted: int, timeout_s: float) -> list[int]:
+    """Every registered node, once ``wanted`` have registered (else :class:`FleetError`)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        ids = sorted(grid.get_node_ids())
+        if len(ids) >= wanted or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    if len(ids) != wanted:
+        raise FleetError(f"{len(ids)} phones registered within {timeout_s:.0f} s, {wanted} asked for")
+    return ids
+
+
+def _send(
+    grid: Any, ids: list[int], kind: str, order: dict[str, Any], timeout_s: float
+) -> tuple[list, int, int]:
+    """Send one message per phone; returns (metric records of the replies with content, errors, missing)."""
+    from flwr.app import ConfigRecord, RecordDict
+
+    messages = [
+        grid.create_message(RecordDict({"order": ConfigRecord(order)}), kind, node, str(order["round"]))
+        for node in ids
+    ]
+    replies = list(grid.send_and_receive(messages, timeout=timeout_s))
+    good = [r.content["metrics"] for r in replies if r.has_content()]
+    errors = sum(1 for r in replies if r.has_error())
+    return good, errors, len(ids) - len(replies)
+
+
+def run_fleet(
+    grid: Any, cfg: FleetConfig, on_round: Callable[[RoundReport], None] | None = None
+) -> FleetReport:
+    """Set up the cloud and the phones' data, then run ``cfg.rounds`` rounds on ``grid``."""
+    from veil.cloud_service.codebooks import CodebookStore, init_codebook, retire_by_counts
+    from veil.cloud_service.jobs.personalized import PersonalizedTrainingConfig
+    from veil.cloud_service.jobs.runner import run_training_job
+    from veil.cloud_service.store import make_engine, session_factory
+    from veil.simulation.service_demo import service_stack
+
+    started = time.perf_counter()
+    report = FleetReport(cfg.to_mapping())
+    work = cfg.path
+    shutil.rmtree(work / "phones", ignore_errors=True)
+    shutil.rmtree(work / "cloud", ignore_errors=True)
+    labels: list[str] = []
+    _prepare_phones(cfg, labels)
+    base, shape, exp = _stage1(cfg, work / "cloud" / "stage1")
+    k_min = cfg.k_min or exp.codebook.resolved_k_min(cfg.phones, cfg.types)
+    book = init_codebook(cfg.codebook_size, k_min, shape, cfg.seed, exp.codebook.init_scale)
+    model_id = "veil-fleet"  # stage 1's name; each stage 3 serves under its checkpoint folder's name
+    ids = _nodes(grid, cfg.phones, min(cfg.timeout_s, 120.0))
+    report.setup_seconds = time.perf_counter() - started
+    for r in range(1, cfg.rounds + 1):
+        round_dir = work / "cloud" / f"round-{r}"
+        store = CodebookStore(round_dir)
+        book = store.publish(book)
+        t0 = time.perf_counter()
+        with service_stack(round_dir, base) as (relay, public_key):
+            order: dict[str, Any] = {
+                "round": r, "seed": cfg.seed, "work_dir": str(work), "task": cfg.task, "labels": labels,
+                "relay_url": relay.url + "/ohttp", "key_config_url": relay.url + "/.well-known/ohttp-gateway",
+                "gateway_key": public_key.hex(), "model": model_id,
+                "codebook_size": book.size, "choice_examples": cfg.choice_examples,
+                "noise_std": exp.codebook.noise_std, "latency_ms": cfg.latency_ms, "dropout": cfg.dropout,
+            }  # fmt: skip
+            passes = 0
+            while True:
+                passes += 1
+                order["codebook_version"] = book.version
+                replies, errors, missing = _send(grid, ids, "query", order, cfg.timeout_s)
+                if errors or missing:
+                    raise FleetError(
+                        f"round {r}: {errors} phones failed and {missing} did not answer the choice"
+                    )
+                counts = np.sum([np.asarray(m["choice"], dtype=np.int64) for m in replies], axis=0)
+                new = retire_by_counts(book, counts)
+                if new.version == book.version:
+                    break
+                book = store.publish(new)
+            t_choice = time.perf_counter() - t0
+            replies, dropped, missing = _send(grid, ids, "train", order, cfg.timeout_s)
+        joined = [m for m in replies if int(m["joined"])]
+        n_eval = sum(int(m["num-examples"]) for m in joined)
+        groups, uploads = _ground_truth(cfg, book, r)
+        chosen = counts[counts > 0]
+        rr = RoundReport(
+            round=r, phones_asked=len(ids), phones=len(joined), dropped=dropped,
+            not_joined=len(replies) - len(joined), missing=missing,
+            accuracy=sum(int(m["correct"]) for m in joined) / n_eval if n_eval else math.nan,
+            attribution=attribution_of_groups(groups, uploads), attribution_floor=cfg.types / cfg.phones,
+            uploads=sum(int(m["uploads"]) for m in joined), choice_passes=passes,
+            usable_prototypes=int(book.active.sum()), smallest_group=int(chosen.min()) if chosen.size else 0,
+            codebook_version=book.version, seconds=time.perf_counter() - t0, seconds_choice=t_choice,
+            seconds_uploads=time.perf_counter() - t0 - t_choice,
+        )  # fmt: skip
+        report.rounds.append(rr)
+        if on_round is not None:
+            on_round(rr)
+        if r < cfg.rounds:  # stage 3 on what the store received; the next round serves its result
+            t3 = time.perf_counter()
+            job = PersonalizedTrainingConfig(
+                task=cfg.task, epochs=cfg.stage3_epochs, batch_size=exp.stage3.batch_size, lr=exp.stage3.lr,
+                lora=None, cold_start_fraction=exp.stage3.cold_start_fraction, max_tokens=exp.max_tokens,
+                seed=cfg.seed + r, eval_fraction=0.0, codebook=True,
+            )  # fmt: skip
+            sessions = session_factory(make_engine(None, round_dir))
+            target = work / "cloud" / f"round-{r + 1}-model"
+            trained = run_training_job(sessions, str(base), target, job, round_dir, show_progress=False)
+            base, model_id = trained.checkpoint, target.name
+            book = store.current() or book
+            report.stage3_seconds.append(time.perf_counter() - t3)
+    report.seconds = time.perf_counter() - started
+    (work / "report.json").write_text(json.dumps(report.to_json(), indent=2))
+    return report
+
+
+def _ground_truth(cfg: FleetConfig, book: Codebook, r: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each phone's group and its uploads this round, from the phones' folders (simulator only)."""
+    groups, uploads = [], []
+    for pid in range(cfg.phones):
+        folder = phone_dir(cfg.path, pid)
+        store = ParamStore(folder / "params.npz")
+        log = folder / "uploads.txt"
+        n = 0
+        if log.exists():
+            n = sum(1 for line in log.read_text().splitlines() if line.split()[0] == str(r))
+        if not store.exists() or n == 0:
+            continue
+        groups.append(store.load("prototype").distribution.index)  # type: ignore[attr-defined]
+        uploads.append(n)
+    return np.asarray(groups, dtype=np.int64), np.asarray(uploads, dtype=np.int64)
