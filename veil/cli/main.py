@@ -273,8 +273,9 @@ def bench_latency(
 
 def _register_commands() -> None:
     from veil.cli import audit as audit_cli
-    from veil.cli import onnx_export, service
+    from veil.cli import fleet, onnx_export, service
 
+    fleet.register(app)
     service.register(app)
     audit_cli.register(app)
     onnx_export.register(app)

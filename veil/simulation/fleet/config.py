@@ -115,6 +115,7 @@ class FleetConfig:
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> FleetConfig:
         """Build from a run config (Flower's, or flags): unknown keys are an error, values are coerced."""
+        values = {str(k).replace("-", "_"): v for k, v in values.items()}  # Flower's keys use hyphens
         known = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - set(known))
         if unknown:
@@ -128,7 +129,8 @@ class FleetConfig:
                 elif kind is not int:
                     value = kind(value)
             except (TypeError, ValueError) as exc:
-                raise FleetConfigError(f"{key} must be a {kind.__name__}, got {value!r}") from exc
+                noun = {int: "an integer", float: "a number"}.get(kind, "a string")
+                raise FleetConfigError(f"{key} must be {noun}, got {value!r}") from exc
             out[key] = value
         return cls(**out)
 

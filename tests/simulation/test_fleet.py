@@ -1,0 +1,104 @@
+"""The fleet on Flower: settings, the exact group attribution, and real runs on the simulation engine.
+
+The runs start Ray, the API with its gateway, a ``veil relay`` process and one SuperNode per phone, and
+every phone is the SDK's ``VeilClient`` talking through the relay.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from veil.client_sdk.distributions import Codebook, PrototypeDistribution
+from veil.privacy_analysis.attribution import bayes_attribution
+from veil.simulation.fleet import FleetConfig, FleetConfigError
+from veil.simulation.fleet.server import attribution_of_groups
+
+
+@pytest.mark.parametrize(
+    ("values", "match"),
+    [
+        ({"phones": 1}, "phones must be an integer in"),
+        ({"phones": 30_000}, "phones must be an integer in"),
+        ({"rounds": 0}, "rounds must be an integer in"),
+        ({"phones": 4, "types": 5}, "cannot exceed phones"),
+        ({"dropout": 1.0}, "dropout must be a probability"),
+        ({"task": "poetry"}, "task must be one of"),
+        ({"late_join": 0.2}, "late_join needs rounds >= 2"),
+        ({"latency_ms": -1.0}, "latency_ms must be a number"),
+    ],
+)
+def test_bad_settings_are_refused_with_the_setting_named(values: dict, match: str) -> None:
+    with pytest.raises(FleetConfigError, match=match):
+        FleetConfig(**values)
+
+
+def test_run_config_keys_are_flowers_hyphenated_ones_and_unknown_keys_are_refused() -> None:
+    cfg = FleetConfig.from_mapping(
+        {"phones": "12", "train-per-phone": 3, "dropout": "0.1", "task": "next_word"}
+    )
+    assert (cfg.phones, cfg.train_per_phone, cfg.dropout, cfg.task) == (12, 3, 0.1, "next_word")
+    with pytest.raises(FleetConfigError, match="unknown fleet settings"):
+        FleetConfig.from_mapping({"phone": 12})
+    with pytest.raises(FleetConfigError, match="phones must be an integer"):
+        FleetConfig.from_mapping({"phones": "many"})
+
+
+def test_the_pyproject_run_config_is_a_valid_fleet() -> None:
+    import tomllib
+
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    cfg = FleetConfig.from_mapping(pyproject["tool"]["flwr"]["app"]["config"])
+    assert cfg.phones >= 2
+
+
+def test_group_attribution_is_the_bayes_attribution_of_a_codebook() -> None:
+    rng = np.random.default_rng(3)
+    book = Codebook(rng.normal(size=(4, 1, 2)) * 5.0)
+    groups = np.array([0, 0, 0, 1, 1, 3])
+    exact = attribution_of_groups(groups, np.full(groups.size, 10))
+    assert exact == pytest.approx(3 / 6)  # one phone named per group, equal uploads
+    dists = [PrototypeDistribution(book, int(g), noise_std=1e-3) for g in groups]
+    mc = bayes_attribution(dists, 400, rng)
+    assert mc.ci_low - 0.02 <= exact <= mc.ci_high + 0.02
+    # with skewed amounts the attributor names each group's busiest phone
+    assert attribution_of_groups(groups, np.array([1, 5, 2, 3, 3, 4])) == pytest.approx((5 + 3 + 4) / 18)
+
+
+def _simulate(tmp_path: Path, *args: str) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-m", "veil.cli.main", "simulate", "--json", "--out", str(tmp_path), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**__import__("os").environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_two_rounds_every_phone_takes_part_and_stage_3_personalises(tmp_path: Path) -> None:
+    report = _simulate(tmp_path, "--phones", "16", "--rounds", "2", "--types", "4", "--concurrency", "4")
+    first, second = report["rounds"]
+    for r in (first, second):
+        assert r["phones_asked"] == r["phones"] == 16 and r["dropped"] == r["missing"] == 0
+        assert r["uploads"] == 16 * 4
+        assert r["attribution_floor"] <= r["attribution"] <= 1.0 / min(2, r["smallest_group"]) + 1e-9
+    assert second["accuracy"] > first["accuracy"]  # random prototypes, then trained ones
+    stored = sum(1 for _ in (tmp_path / "phones").iterdir())
+    assert stored == 16
+
+
+@pytest.mark.integration
+def test_dropouts_are_reported_and_the_round_completes(tmp_path: Path) -> None:
+    report = _simulate(tmp_path, "--phones", "12", "--types", "3", "--dropout", "0.4", "--concurrency", "4")
+    (r,) = report["rounds"]
+    assert r["dropped"] > 0 and r["phones"] + r["dropped"] == r["phones_asked"] == 12
+    assert r["missing"] == 0 and r["uploads"] == 4 * r["phones"]
