@@ -30,6 +30,9 @@ def simulate(
     skew: Annotated[float, typer.Option(help="Log-normal sigma of each phone's amount of data.")] = 0.0,
     latency_ms: Annotated[float, typer.Option(help="Simulated latency of each request's link.")] = 0.0,
     concurrency: Annotated[int, typer.Option(help="Phones simulated at once.")] = 4,
+    audit_phones: Annotated[
+        int, typer.Option(help="Phones whose parameters veil audit samples after each round (0: no audit).")
+    ] = 200,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     out: Annotated[Path | None, typer.Option(help="Work folder (phones' files, the cloud's data).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
@@ -47,7 +50,7 @@ def simulate(
     cfg = FleetConfig(
         phones=phones, rounds=rounds, task=task, types=types, train_per_phone=train_per_phone,
         test_per_phone=test_per_phone, dropout=dropout, late_join=late_join, skew=skew,
-        latency_ms=latency_ms, concurrency=concurrency, seed=seed, work_dir=str(work),
+        latency_ms=latency_ms, concurrency=concurrency, audit_phones=audit_phones, seed=seed, work_dir=str(work),
     )  # fmt: skip
     quiet_transformers()
 

@@ -363,16 +363,25 @@ class VeilClient:
 
     async def learn(self, task: str, text: str, label: str) -> LearnResult:
         """One gradient-return step: sample, ask for dL/de, update, check, save (all or nothing)."""
+        return await self.learn_batch([(task, text, label)])
+
+    async def learn_batch(self, examples: Sequence[Example]) -> LearnResult:
+        """One gradient-return step on a batch (all or nothing): a fresh sample per example, their dL/de
+        asked concurrently (at most ``max_in_flight`` at once), one update with the mean gradient; the
+        result's ``loss`` is the batch's mean."""
+        if not examples:
+            raise ValueError("learn_batch needs at least one example")
         async with self._lock:  # one step at a time: each update starts from the last saved state
             state = self.state
             if "learn" not in state.distribution.capabilities:
                 raise VeilClientError(
                     f"a {state.distribution.family} choice has no gradient steps: use choose_prototype"
                 )
-            draw = self.draw()
-            x = draw.value
+            draws = [self.draw() for _ in examples]
+            slots = asyncio.Semaphore(self.max_in_flight)
 
-            async def exchange() -> tuple[float, np.ndarray]:
+            async def exchange(example: Example, x: np.ndarray) -> tuple[float, np.ndarray]:
+                task, text, label = example
                 try:
                     loss, grad = await self.api.embedding_gradient(task, text, label, x)
                 except (KeyError, TypeError, ValueError) as exc:
@@ -383,12 +392,17 @@ class VeilClient:
                     )
                 return loss, grad
 
-            loss, grad = await self._with_retries(exchange)
-            new = self.backend.update(state, draw, grad)
+            async def one(example: Example, x: np.ndarray) -> tuple[float, np.ndarray]:
+                async with slots:
+                    return await self._with_retries(lambda: exchange(example, x))
+
+            answers = await asyncio.gather(*[one(e, d.value) for e, d in zip(examples, draws, strict=True)])
+            grad = np.stack([g for _, g in answers]) / len(examples)
+            new = self.backend.update(state, Draw.stack(draws), grad)
             check = self._enforce(new.distribution)
             self.store.save(new)  # raises before anything changes in memory
             self._state = new
-            return LearnResult(loss, new.steps, check)
+            return LearnResult(float(np.mean([v for v, _ in answers])), new.steps, check)
 
     async def predict(self, task: str, text: str, labels: Sequence[str]) -> str:
         """The label the personalised model finds likeliest for ``text``, asked from the phone.
@@ -404,6 +418,20 @@ class VeilClient:
         x = self.sample()
         losses = await asyncio.gather(*[self._loss(task, text, label, x) for label in labels])
         return labels[int(np.argmin(losses))]
+
+    async def mean_loss(self, examples: Sequence[Example]) -> float:
+        """The cloud's mean loss over ``examples``, each under a fresh sample of the current parameters
+        (a phone's validation loss; loss requests only, nothing changes)."""
+        if not examples:
+            raise ValueError("mean_loss needs at least one example")
+        await self.check_codebook()
+        slots = asyncio.Semaphore(self.max_in_flight)
+
+        async def one(task: str, text: str, label: str) -> float:
+            async with slots:
+                return await self._loss(task, text, label, self.sample())
+
+        return float(np.mean(await asyncio.gather(*[one(*e) for e in examples])))
 
     async def _loss(self, task: str, text: str, label: str, e: np.ndarray) -> float:
         """The cloud's loss of ``(text, label)`` under embedding ``e``: one loss request, retried."""

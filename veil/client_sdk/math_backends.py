@@ -79,9 +79,21 @@ class Draw:
     value: np.ndarray
     noise: Mapping[str, np.ndarray] = field(default_factory=dict)
 
+    @classmethod
+    def stack(cls, draws: list[Draw]) -> Draw:
+        """One batch ``(B, n_tokens, dim)`` of draws, their noise joined along the batch axis."""
+        if not draws:
+            raise ValueError("stack needs at least one draw")
+        noise = {k: np.concatenate([d.noise[k] for d in draws]) for k in draws[0].noise}
+        return cls(np.stack([d.value for d in draws]), noise)
+
 
 class MathBackend(Protocol):
-    """Every computation the phone performs on its parameters."""
+    """Every computation the phone performs on its parameters.
+
+    ``update`` takes one draw ``(n_tokens, dim)`` or a batch (:meth:`Draw.stack`, ``(B, n_tokens,
+    dim)``) with a gradient of the same shape; a batch's gradients are summed.
+    """
 
     name: str
 
@@ -100,6 +112,14 @@ class MathBackend(Protocol):
     def choose(self, losses: np.ndarray, codebook: Codebook) -> int:
         """The usable prototype with the lowest mean loss; ``losses`` ``(examples, K)``, NaN where unusable."""
         ...
+
+
+def _batched(value: np.ndarray, grad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A draw's value and its gradient as batches ``(B, n_tokens, dim)`` of one shape."""
+    v, g = np.asarray(value, np.float64), np.asarray(grad, np.float64)
+    if v.shape != g.shape:
+        raise ValueError(f"grad must have the draw's shape {v.shape}, got {g.shape}")
+    return (v[None], g[None]) if v.ndim == 2 else (v, g)
 
 
 class NumpyBackend:
@@ -137,7 +157,8 @@ class NumpyBackend:
         if state.optimizer:
             learner.optimizer.load_state_dict(state.optimizer)
             learner.optimizer.lr = cfg.lr
-        updated = learner.step(draw.value[None], np.asarray(grad, np.float64)[None], draw.noise or None)
+        value, g = _batched(draw.value, grad)
+        updated = learner.step(value, g, draw.noise or None)
         return ClientState(updated, learner.optimizer.state_dict(), state.model)
 
     def check(self, distribution: UserDistribution) -> PolicyCheck:
@@ -266,8 +287,8 @@ class OnnxBackend:
         betas = tuple(opt.get("betas", _ADAM_DEFAULTS["betas"]))
         eps = float(opt.get("eps", _ADAM_DEFAULTS["eps"]))
         feeds: dict[str, Any] = dict(params)
-        feeds["grad"] = np.asarray(grad, dtype=np.float64)[None]
-        feeds.update(dist.onnx_update_feeds(draw.value, draw.noise))
+        value, feeds["grad"] = _batched(draw.value, grad)
+        feeds.update(dist.onnx_update_feeds(value, draw.noise))
         for p in self.params:
             feeds[f"anchor_{p}"] = params[p]  # prior_weight 0: the anchor is not used
             feeds[f"adam_m_{p}"] = opt.get("m", {}).get(p, np.zeros_like(params[p]))

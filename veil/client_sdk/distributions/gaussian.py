@@ -79,7 +79,7 @@ class GaussianDistribution(UserDistribution):
         return {**self.unconstrained(), "normal": noise["normal"]}
 
     def onnx_update_feeds(self, x: np.ndarray, noise: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {"sample": np.asarray(x, np.float64)[None]}
+        return {"sample": np.asarray(x, np.float64).reshape(-1, *self.shape)}
 
     def onnx_policy_feeds(self, prior: UserDistribution) -> dict[str, np.ndarray]:
         p, q = self.unconstrained(), prior.unconstrained()

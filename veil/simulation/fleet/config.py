@@ -51,6 +51,8 @@ class FleetConfig:
     latency_ms: simulated one-way latency of each request on the relay path.
     stage3_epochs: cloud passes over the stored uploads between rounds.
     concurrency: phones simulated at once (Flower's simulation workers).
+    audit_phones: after each round, ``veil audit`` runs on this many phones' parameter files (a random
+        sample) and on the store (``0``: no audit).
     timeout_s: the longest a round may take before the missing phones are reported.
     seed: every random choice of the simulation.
     work_dir: where phones keep their files and the cloud its data ("" = a temporary folder).
@@ -72,6 +74,7 @@ class FleetConfig:
     latency_ms: float = 0.0
     stage3_epochs: int = 2
     concurrency: int = 4
+    audit_phones: int = 200
     timeout_s: float = 600.0
     seed: int = 0
     work_dir: str = ""
@@ -89,6 +92,7 @@ class FleetConfig:
             "cohort": (2, 100_000),
             "stage3_epochs": (1, 1000),
             "concurrency": (1, 256),
+            "audit_phones": (0, MAX_PHONES),
             "seed": (0, 2**31 - 1),
         }
         for name, (low, high) in ints.items():

@@ -68,6 +68,9 @@ class RoundReport:
     seconds: float
     seconds_choice: float
     seconds_uploads: float
+    audit: dict[str, Any] = field(default_factory=dict)
+    """``veil audit`` on the phones' parameters (``params``) and on the store (``store``); empty when
+    the fleet's ``audit_phones`` is 0."""
 
     def to_json(self) -> dict[str, Any]:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
@@ -246,6 +249,8 @@ def run_fleet(
             codebook_version=book.version, seconds=time.perf_counter() - t0, seconds_choice=t_choice,
             seconds_uploads=time.perf_counter() - t0 - t_choice,
         )  # fmt: skip
+        if cfg.audit_phones:
+            rr.audit = _audit(cfg, round_dir, r)
         report.rounds.append(rr)
         if on_round is not None:
             on_round(rr)
@@ -265,6 +270,41 @@ def run_fleet(
     report.seconds = time.perf_counter() - started
     (work / "report.json").write_text(json.dumps(report.to_json(), indent=2))
     return report
+
+
+def _audit(cfg: FleetConfig, round_dir: Path, r: int) -> dict[str, Any]:
+    """``veil audit`` after round ``r``: on a sample of the phones' parameter files (``--params``), and
+    on the store's upload stream (``--db``) with those phones' laws for the expected Bayes accuracy."""
+    from veil.cloud_service.store import iter_uploads, make_engine, session_factory
+    from veil.privacy_analysis.audit import AuditConfig, run_audit
+    from veil.privacy_analysis.audit.stream import StreamAuditConfig, audit_stream
+
+    rng = np.random.default_rng(cfg.seed + 1000 + r)
+    files = [phone_dir(cfg.path, p) / "params.npz" for p in range(cfg.phones)]
+    files = [f for f in files if f.exists()]
+    chosen = rng.choice(len(files), size=min(len(files), cfg.audit_phones), replace=False)
+    dists = [ParamStore(files[i]).load("prototype").distribution for i in sorted(chosen)]
+    out: dict[str, Any] = {"phones_audited": len(dists)}
+    if len(dists) >= 2:
+        audit_cfg = AuditConfig(uploads_per_user=20, linked=(1, 4), attacks=False, seed=cfg.seed + r)
+        result = run_audit(dists, audit_cfg).to_json()
+        out["params"] = {
+            "bayes_attribution": result["bayes"], "upper_bound": result["upper_bound"],
+            "linked": result["linked"], "chance": result["chance"],
+        }  # fmt: skip
+    engine = make_engine(None, round_dir)
+    try:
+        with session_factory(engine)() as session:
+            stored = [(u.embedding, u.task) for u in iter_uploads(session) if u.embedding is not None]
+    finally:
+        engine.dispose()
+    stream = audit_stream(
+        [e for e, _ in stored], [t for _, t in stored], None, StreamAuditConfig(seed=cfg.seed)
+    )
+    out["store"] = {
+        k: stream[k] for k in ("n_uploads", "distinct_embeddings", "clusters", "findings") if k in stream
+    }
+    return out
 
 
 def _ground_truth(cfg: FleetConfig, book: Codebook, r: int) -> tuple[np.ndarray, np.ndarray]:
