@@ -1,4 +1,4 @@
-"""The reference client with a prototype codebook: private choice by loss requests, uploads of the
+"""The reference client with a prototype codebook: private choice by codebook-loss requests, uploads of the
 chosen prototype, the version check before every use, and typed family errors on load.
 
 The client runs its real stack (VeilClient -> PhoneAPI -> AsyncOHTTPClient) against an in-process
@@ -78,6 +78,15 @@ class Cloud:
             loss = float(np.sum((e - TARGET) ** 2)) + offset
             return 200, {"object": "embedding_gradient", "model": MODEL, "loss": loss,
                          "gradient": (2 * (e - TARGET)).tolist()}  # fmt: skip
+        if req.path == "/v1/codebook/losses":  # the same loss, under every usable prototype at once
+            if body["version"] != self.book.version:
+                return 409, {"error": {"type": "conflict_error", "message": "stale", "param": "version",
+                                       "code": "codebook_version_mismatch"}}  # fmt: skip
+            offset = float(body["text"].split()[-1])
+            losses = [float(np.sum((p - TARGET) ** 2)) + offset if a else None
+                      for p, a in zip(self.book.prototypes, self.book.active, strict=True)]  # fmt: skip
+            return 200, {"object": "codebook_losses", "model": MODEL, "version": self.book.version,
+                         "losses": losses}  # fmt: skip
         if req.path == "/v1/uploads":
             return 201, {"id": len(self.seen), "object": "upload", "status": "created"}
         return 404, {"error": {"type": "not_found_error", "message": "no route", "param": None, "code": None}}
@@ -117,12 +126,12 @@ def test_the_phone_chooses_the_best_usable_prototype_and_uploads_it(tmp_path: Pa
         return choice
 
     choice = asyncio.run(go())
-    assert choice.index == 3 and choice.version == cloud.book.version and choice.requests == 4 * 3
+    assert choice.index == 3 and choice.version == cloud.book.version and choice.requests == 3
     assert np.isnan(choice.mean_losses[1]) and np.argmin(np.nan_to_num(choice.mean_losses, nan=99)) == 3
-    # the loss requests carry the public prototypes exactly, never the retired one
-    scored = [_embedding(b) for p, b in cloud.seen if p == "/v1/embedding-gradients"]
-    sent = sorted({int(np.argmin(np.abs(cloud.book.prototypes - e).sum(axis=(1, 2)))) for e in scored})
-    assert sent == [0, 2, 3, 4] and all(np.isin(e, cloud.book.prototypes).all() for e in scored)
+    # one loss request per example, naming the codebook version and carrying no embedding at all
+    scored = [b for p, b in cloud.seen if p == "/v1/codebook/losses"]
+    assert len(scored) == 3 and {b["version"] for b in scored} == {cloud.book.version}
+    assert all(set(b) == {"model", "task", "text", "label", "version"} for b in scored)
     # every use checks the version first; the upload carries the prototype plus tiny noise
     paths = [p for p, _ in cloud.seen]
     assert paths[0] == "/v1/codebook" and paths[-2:] == ["/v1/codebook", "/v1/uploads"]
@@ -185,3 +194,19 @@ def test_no_codebook_and_no_gradient_steps() -> None:
     asyncio.run(client.choose_prototype(EXAMPLES))
     with pytest.raises(VeilClientError, match="choose_prototype"):
         asyncio.run(client.learn("next_word", "x", "y"))
+
+
+def test_a_codebook_published_between_fetch_and_losses_is_a_mismatch() -> None:
+    cloud = Cloud(_book())
+    client = _client(cloud, MemoryParamStore())
+    answer = cloud.answer
+
+    def moving(req: BinaryRequest) -> tuple[int, Any]:  # the cloud publishes anew after the fetch
+        if req.path == "/v1/codebook/losses":
+            cloud.book = cloud.book.with_active([True, False, True, False, True])
+        return answer(req)
+
+    cloud.answer = moving  # type: ignore[method-assign]
+    with pytest.raises(CodebookMismatchError, match="stale"):
+        asyncio.run(client.choose_prototype(EXAMPLES))
+    assert not client.store.exists()  # nothing chosen against a codebook that is gone

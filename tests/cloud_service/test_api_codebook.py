@@ -80,3 +80,49 @@ def test_a_codebook_for_another_shape_is_not_served(stack) -> None:
     store.publish(init_codebook(3, 1, (2, 64)))
     r = _direct(api, key)
     assert r.status_code == 404 and "[2, 64]" in r.json()["error"]["message"]
+
+
+def _post(api, key: str, path: str, body: dict) -> httpx.Response:
+    return httpx.post(api.url + path, json=body, headers={"Authorization": f"Bearer {key}"}, timeout=60)
+
+
+def test_codebook_losses_are_the_per_prototype_losses_in_one_request(stack) -> None:
+    api, relay, key, store = stack
+    book = store.publish(retire_by_counts(init_codebook(5, 1, (1, 64), seed=4), [3, 0, 2, 1, 1]))
+    example = {"task": "next_word", "text": "the cat sat on the", "label": "mat"}
+    r = _post(api, key, "/v1/codebook/losses", {**example, "version": book.version})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["object"] == "codebook_losses" and body["version"] == book.version
+    assert [v is None for v in body["losses"]] == [not a for a in book.active]
+    for k in np.flatnonzero(book.active):  # each equals the loss request with the prototype itself
+        one = _post(
+            api, key, "/v1/embedding-gradients", {**example, "embedding": book.prototypes[k].tolist()}
+        )
+        assert body["losses"][k] == pytest.approx(one.json()["loss"], rel=1e-5)
+    with OHTTPClient(relay.url + "/ohttp", key_config_url=relay.url + "/.well-known/ohttp-gateway") as c:
+        inner = c.request("POST", "/v1/codebook/losses", json={**example, "version": book.version})
+    through = inner.json()["losses"]
+    assert inner.status == 200 and [v is None for v in through] == [v is None for v in body["losses"]]
+    assert [v for v in through if v is not None] == pytest.approx(
+        [v for v in body["losses"] if v is not None]
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "status", "where"),
+    [
+        ({"version": "0" * 16}, 409, "version"),
+        ({"version": "not-hex"}, 400, "version"),
+        ({"label": "two words"}, 400, "label"),
+        ({"task": "classification", "label": "like"}, 400, "task"),  # tiny-llama has no classes
+        ({"embedding": [[0.0] * 64]}, 400, "embedding"),  # unknown field: nothing is sent but the example
+    ],
+)
+def test_codebook_losses_refuse_bad_requests(stack, change: dict, status: int, where: str) -> None:
+    api, _, key, store = stack
+    book = store.publish(init_codebook(3, 1, (1, 64), seed=5))
+    body = {"task": "next_word", "text": "a b c", "label": "d", "version": book.version, **change}
+    r = _post(api, key, "/v1/codebook/losses", body)
+    assert r.status_code == status, r.text
+    assert where in r.text

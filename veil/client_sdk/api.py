@@ -131,6 +131,23 @@ class PhoneAPI:
         """
         return codebook_from_json(_decode(await self.transport.request("GET", "/v1/codebook")))
 
+    async def codebook_losses(self, task: str, text: str, label: str, book: Codebook) -> np.ndarray:
+        """The example's loss under every usable prototype of ``book`` in one request
+        (``POST /v1/codebook/losses``): ``(K,)``, NaN for unusable prototypes.
+
+        Raises :class:`VeilAPIError` (409, ``codebook_version_mismatch``) when the cloud publishes
+        another version, and ``invalid_response`` for an answer that does not fit ``book``.
+        """
+        body = {"model": self.model, "task": task, "text": text, "label": label, "version": book.version}
+        out = _decode(await self.transport.request("POST", "/v1/codebook/losses", json=body))
+        raw = out.get("losses")
+        if out.get("version") != book.version or not isinstance(raw, list) or len(raw) != book.size:
+            raise VeilAPIError(200, "invalid_response", f"codebook losses do not fit codebook {book.version}")
+        losses = np.array([np.nan if v is None else v for v in raw], dtype=np.float64)
+        if not np.isfinite(losses[book.active]).all() or not np.isnan(losses[~book.active]).all():
+            raise VeilAPIError(200, "invalid_response", "codebook losses must be finite exactly where usable")
+        return losses
+
     async def embedding_gradient(
         self, task: str, text: str, label: str, embedding: np.ndarray
     ) -> tuple[float, np.ndarray]:

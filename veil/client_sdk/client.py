@@ -579,11 +579,24 @@ class VeilClient:
         self._check_family(PrototypeDistribution.family)
         async with self._lock:
             book = await self.codebook()
-            losses = await prototype_losses(self._loss, book, examples, self.max_in_flight)
+
+            async def ask(task: str, text: str, label: str, book: Codebook) -> np.ndarray:
+                async def exchange() -> np.ndarray:
+                    try:
+                        return await self.api.codebook_losses(task, text, label, book)
+                    except VeilAPIError as exc:
+                        if exc.code == "codebook_version_mismatch":  # published anew meanwhile
+                            raise CodebookMismatchError(exc.message) from exc
+                        raise
+                    except (KeyError, TypeError, ValueError) as exc:
+                        raise InvalidResponseError(f"codebook losses are malformed: {exc!r}") from exc
+
+                return await self._with_retries(exchange)
+
+            losses = await prototype_losses(ask, book, examples, self.max_in_flight)
             index = self.backend.choose(losses, book)
             state = ClientState(PrototypeDistribution(book, index, noise_std), {}, self.model)
             self._enforce(state.distribution)
             self.store.save(state)  # raises before anything changes in memory
             self._state = state
-            usable = int(book.active.sum())
-            return PrototypeChoice(index, book.version, losses.mean(axis=0), usable * len(examples))
+            return PrototypeChoice(index, book.version, losses.mean(axis=0), len(examples))

@@ -1,12 +1,11 @@
 """The phone's side of the prototype codebook: score every usable prototype by loss requests.
 
-A phone chooses its prototype privately (``PROTOCOL.md`` 5.5): for each of its own examples and each
-usable prototype of the public codebook it sends one ``POST /v1/embedding-gradients`` whose embedding is
-the prototype itself, keeps the returned losses, and takes the prototype with the lowest mean loss
-(:func:`~veil.client_sdk.distributions.choose_prototype`). Every phone sends the same set of prototypes,
-so the requests say nothing about which one it picks; the texts are what any upload would carry anyway.
-The prototype is sent without noise: it is public, and the loss of the exact prototype is what the choice
-compares.
+A phone chooses its prototype privately (``PROTOCOL.md`` 5.5): for each of its own examples it sends one
+``POST /v1/codebook/losses`` naming the codebook version, gets the example's loss under every usable
+prototype (the cloud holds the public prototypes, so nothing else is sent), and takes the prototype with
+the lowest mean loss (:func:`~veil.client_sdk.distributions.choose_prototype`). Every phone asks for every
+usable prototype, so the requests say nothing about which one it picks; the texts are what any upload
+would carry anyway.
 """
 
 from __future__ import annotations
@@ -24,8 +23,8 @@ __all__ = ["Example", "PrototypeChoice", "prototype_losses"]
 Example = tuple[str, str, str]
 """One of the phone's own examples: ``(task, text, label)``."""
 
-LossFn = Callable[[str, str, str, np.ndarray], Awaitable[float]]
-"""``loss(task, text, label, embedding)``: one loss request."""
+AskFn = Callable[[str, str, str, Codebook], Awaitable[np.ndarray]]
+"""``ask(task, text, label, codebook)``: one example's losses under every usable prototype ``(K,)``."""
 
 
 @dataclass(frozen=True)
@@ -39,28 +38,24 @@ class PrototypeChoice:
     mean_losses: np.ndarray
     """``(K,)`` mean loss under each prototype (NaN for unusable ones, which are not requested)."""
     requests: int
-    """Loss requests sent."""
+    """Loss requests sent (one per example)."""
 
 
 async def prototype_losses(
-    loss: LossFn, book: Codebook, examples: Sequence[Example], max_in_flight: int = 8
+    ask: AskFn, book: Codebook, examples: Sequence[Example], max_in_flight: int = 8
 ) -> np.ndarray:
     """Losses of every example under every usable prototype: ``(examples, K)``, NaN where unusable.
 
-    At most ``max_in_flight`` requests are outstanding at once.
+    One request per example (``ask``: ``POST /v1/codebook/losses``), at most ``max_in_flight`` at once.
     """
     if not examples:
         raise ValueError("choosing a prototype needs at least one example")
     if max_in_flight < 1:
         raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
-    usable = np.flatnonzero(book.active)
-    out = np.full((len(examples), book.size), np.nan)
     slots = asyncio.Semaphore(max_in_flight)
 
-    async def one(i: int, k: int) -> None:
-        task, text, label = examples[i]
+    async def one(task: str, text: str, label: str) -> np.ndarray:
         async with slots:
-            out[i, k] = await loss(task, text, label, book.prototypes[k])
+            return await ask(task, text, label, book)
 
-    await asyncio.gather(*[one(i, int(k)) for i in range(len(examples)) for k in usable])
-    return out
+    return np.stack(await asyncio.gather(*[one(*e) for e in examples]))

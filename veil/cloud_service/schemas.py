@@ -174,6 +174,27 @@ class GradientRequest(BaseModel):
         return self
 
 
+class CodebookLossRequest(BaseModel):
+    """One anonymous example; the answer is its loss under every usable prototype of the codebook."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: Task
+    text: Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]
+    label: Annotated[str, Field(min_length=1, max_length=256)]
+    version: Annotated[str, Field(pattern=r"^[0-9a-f]{16}$")]
+    """The codebook version the phone scores against (``409`` when the published one differs)."""
+    model: str | None = None
+
+
+class CodebookLossResponse(BaseModel):
+    object: Literal["codebook_losses"] = "codebook_losses"
+    model: str
+    version: str
+    losses: list[float | None]
+    """Loss under each prototype ``k`` in index order; ``null`` for unusable prototypes."""
+
+
 class GradientResponse(BaseModel):
     object: Literal["embedding_gradient"] = "embedding_gradient"
     model: str

@@ -9,7 +9,7 @@ from veil.cloud_service.engine import ServingEngine
 from veil.cloud_service.errors import APIError
 from veil.cloud_service.schemas import Embedding
 
-__all__ = ["check_model", "served_embedding"]
+__all__ = ["check_label", "check_model", "served_embedding"]
 
 
 def check_model(engine: ServingEngine, name: str | None) -> None:
@@ -32,3 +32,16 @@ def served_embedding(
     except WireFormatError as exc:
         raise APIError(400, str(exc), param=exc.field) from exc
     return None
+
+
+def check_label(engine: ServingEngine, task: str, label: str) -> str:
+    """The label of a loss request, checked against the task (``400`` naming ``task`` or ``label``)."""
+    if task == "classification":
+        if not engine.classes:
+            raise APIError(400, f"model {engine.name!r} has no classification head", param="task")
+        if label not in engine.classes:
+            raise APIError(400, f"label {label!r} is not one of {engine.classes}", param="label")
+        return label
+    if not label.strip() or " " in label.strip():
+        raise APIError(400, "a next_word label is one word without spaces", param="label")
+    return label.strip()

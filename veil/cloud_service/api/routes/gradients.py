@@ -10,9 +10,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from veil.client_sdk.wire import encode_f32
-from veil.cloud_service.api.checks import check_model, served_embedding
+from veil.cloud_service.api.checks import check_label, check_model, served_embedding
 from veil.cloud_service.api.deps import Caller, State
-from veil.cloud_service.errors import APIError
 from veil.cloud_service.schemas import GradientRequest, GradientResponse
 
 router = APIRouter(tags=["personalisation"])
@@ -23,14 +22,8 @@ async def embedding_gradient(body: GradientRequest, state: State, _: Caller) -> 
     engine = state.engine
     check_model(engine, body.model)
     embedding = served_embedding(engine, body.embedding, "embedding", body.embedding_b64)
-    if body.task == "classification":
-        if not engine.classes:
-            raise APIError(400, f"model {engine.name!r} has no classification head", param="task")
-        if body.label not in engine.classes:
-            raise APIError(400, f"label {body.label!r} is not one of {engine.classes}", param="label")
-    elif not body.label.strip() or " " in body.label.strip():
-        raise APIError(400, "a next_word label is one word without spaces", param="label")
-    result = await engine.gradient(body.task, body.text, body.label.strip(), embedding)
+    label = check_label(engine, body.task, body.label)
+    result = await engine.gradient(body.task, body.text, label, embedding)
     if body.encoding == "base64":
         return GradientResponse(model=engine.name, loss=result.loss, gradient_b64=encode_f32(result.gradient))
     return GradientResponse(model=engine.name, loss=result.loss, gradient=result.gradient.tolist())
