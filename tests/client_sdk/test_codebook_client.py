@@ -210,3 +210,21 @@ def test_a_codebook_published_between_fetch_and_losses_is_a_mismatch() -> None:
     with pytest.raises(CodebookMismatchError, match="stale"):
         asyncio.run(client.choose_prototype(EXAMPLES))
     assert not client.store.exists()  # nothing chosen against a codebook that is gone
+
+
+def test_a_retirement_that_spares_the_choice_keeps_it_without_a_request() -> None:
+    cloud = Cloud(_book())
+    client = _client(cloud, MemoryParamStore())
+    first = asyncio.run(client.choose_prototype(EXAMPLES))
+    assert first.index == 3 and first.requests == 3
+    cloud.book = cloud.book.with_active([True, False, False, True, True])  # prototype 2 retired
+    before = len(cloud.seen)
+    kept = asyncio.run(client.choose_prototype(EXAMPLES))
+    assert kept.index == 3 and kept.requests == 0 and kept.version == cloud.book.version
+    assert [p for p, _ in cloud.seen[before:]] == ["/v1/codebook"]  # no loss request at all
+    assert asyncio.run(client.upload("next_word", "x", "y"))["status"] == "created"  # the new version
+    # retiring the choice itself, or new prototype values, makes the phone score again
+    cloud.book = cloud.book.with_active([True, False, False, False, True])
+    assert asyncio.run(client.choose_prototype(EXAMPLES)).requests == 3
+    cloud.book = float32_codebook(cloud.book.with_prototypes(cloud.book.prototypes + 0.5))
+    assert asyncio.run(client.choose_prototype(EXAMPLES)).requests == 3

@@ -52,7 +52,13 @@ from veil.client_sdk.distributions.prototype import (
 from veil.client_sdk.math_backends import Draw, LearningConfig, MathBackend, NumpyBackend, OnnxBackend
 from veil.client_sdk.ohttp.client import AsyncOHTTPClient, RelayError
 from veil.client_sdk.ohttp.errors import DecryptionFailedError, KeyConfigError, MalformedMessageError
-from veil.client_sdk.param_store import ClientState, FamilyMismatchError, MemoryParamStore, ParamStore
+from veil.client_sdk.param_store import (
+    ClientState,
+    FamilyMismatchError,
+    MemoryParamStore,
+    ParamStore,
+    ParamStoreError,
+)
 from veil.client_sdk.policy_guard import PolicyCheck, PolicyViolationError
 from veil.client_sdk.private_head import PrivateHead
 from veil.client_sdk.prototype_choice import Example, PrototypeChoice, prototype_losses
@@ -564,8 +570,10 @@ class VeilClient:
     ) -> PrototypeChoice:
         """Choose a prototype of the cloud's codebook privately and store it as the parameters.
 
-        Every usable prototype is scored on every example by a loss request (``/v1/embedding-gradients``
-        with the prototype as the embedding); the lowest mean loss wins (ties: lowest index). The new
+        Every usable prototype is scored on every example (one ``POST /v1/codebook/losses`` per
+        example); the lowest mean loss wins (ties: lowest index). When the stored choice was made against
+        the same prototypes and only retirements that spared it happened since, the choice is the same
+        and is kept without a request (``requests == 0`` and NaN losses in the result). The new
         :class:`PrototypeDistribution` replaces the stored parameters (policy checked, file written
         atomically); from then on uploads and chats carry samples of it.
 
@@ -593,10 +601,40 @@ class VeilClient:
 
                 return await self._with_retries(exchange)
 
-            losses = await prototype_losses(ask, book, examples, self.max_in_flight)
-            index = self.backend.choose(losses, book)
+            kept = self._still_best(book)
+            if kept is not None:  # only usable flags changed and the choice is still usable: no request
+                index, mean_losses, requests = kept, np.full(book.size, np.nan), 0
+            else:
+                losses = await prototype_losses(ask, book, examples, self.max_in_flight)
+                index, mean_losses, requests = (
+                    self.backend.choose(losses, book),
+                    losses.mean(axis=0),
+                    len(examples),
+                )
             state = ClientState(PrototypeDistribution(book, index, noise_std), {}, self.model)
             self._enforce(state.distribution)
             self.store.save(state)  # raises before anything changes in memory
             self._state = state
-            return PrototypeChoice(index, book.version, losses.mean(axis=0), len(examples))
+            return PrototypeChoice(index, book.version, mean_losses, requests)
+
+    def _still_best(self, book: Codebook) -> int | None:
+        """The stored choice's index when ``book`` differs from the codebook it was made against only by
+        retirements that spared it: the argmin over a subset that still holds the old minimum is that
+        minimum (ties still go to it, the lowest index among the minima), so choosing again would give
+        the same index. ``None`` when the phone must score the prototypes."""
+        if not self.store.exists():
+            return None
+        try:
+            state = self.state
+        except (ParamStoreError, ModelMismatchError, PolicyViolationError):
+            return None
+        old = state.distribution
+        if "choose" not in old.capabilities:
+            return None
+        chosen = cast(PrototypeDistribution, old)
+        same = chosen.codebook.shape == book.shape and chosen.codebook.size == book.size
+        if not same or not np.array_equal(chosen.codebook.prototypes, book.prototypes):
+            return None
+        if not book.active[chosen.index] or np.any(book.active & ~chosen.codebook.active):
+            return None  # retired, or a prototype came back: score again
+        return chosen.index

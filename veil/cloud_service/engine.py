@@ -21,7 +21,7 @@ import numpy as np
 
 from veil.models.generation import SamplingParams, TokenLogprobs, generate_batch, token_logprobs
 from veil.models.tasks import tokenize_task
-from veil.models.training import embedding_gradients
+from veil.models.training import embedding_gradients, embedding_losses
 
 __all__ = ["ChatEvent", "EngineConfig", "GradientResult", "ServingEngine"]
 
@@ -91,6 +91,8 @@ class _GradJob:
     label: str
     embedding: np.ndarray
     future: asyncio.Future[GradientResult]
+    grad: bool = True
+    """False: the loss alone (one forward, no backward); the result's gradient is empty."""
 
 
 class ServingEngine:
@@ -303,9 +305,17 @@ class ServingEngine:
         await self._grad_queue.put(_GradJob(task, text, label, embedding, future))
         return await future
 
+    async def loss(self, task: str, text: str, label: str, embedding: np.ndarray) -> float:
+        """The loss alone for one anonymous example (batched with concurrent loss and gradient requests)."""
+        if self._grad_queue is None:
+            raise RuntimeError("engine not started")
+        future: asyncio.Future[GradientResult] = asyncio.get_running_loop().create_future()
+        await self._grad_queue.put(_GradJob(task, text, label, embedding, future, grad=False))
+        return (await future).loss
+
     def _run_grads(self, jobs: list[_GradJob]) -> None:
-        for task in sorted({j.task for j in jobs}):
-            group = [j for j in jobs if j.task == task]
+        for task, grad in sorted({(j.task, j.grad) for j in jobs}):
+            group = [j for j in jobs if j.task == task and j.grad == grad]
             data = tokenize_task(
                 self.tokenizer,
                 task,  # type: ignore[arg-type]
@@ -314,9 +324,13 @@ class ServingEngine:
                 self.classes or [],
             )
             emb = np.stack([j.embedding for j in group]).astype(np.float32)
-            losses, grads = embedding_gradients(self.model, data, np.arange(len(group)), emb)
-            for j, loss, grad in zip(group, losses, grads, strict=True):
-                result = GradientResult(float(loss), grad)
+            rows = np.arange(len(group))
+            if grad:
+                losses, grads = embedding_gradients(self.model, data, rows, emb)
+            else:
+                losses, grads = embedding_losses(self.model, data, rows, emb), [np.empty(0)] * len(group)
+            for j, loss, g in zip(group, losses, grads, strict=True):
+                result = GradientResult(float(loss), g)
                 j.future.get_loop().call_soon_threadsafe(_resolve, j.future, result)
 
 

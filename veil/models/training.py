@@ -43,6 +43,7 @@ __all__ = [
     "Update",
     "apply_lora",
     "embedding_gradients",
+    "embedding_losses",
     "evaluate",
     "fit",
     "freeze_token_embeddings",
@@ -86,6 +87,8 @@ class TrainConfig:
     freeze_embeddings: full fine-tuning without the token embedding matrix (and the LM head tied to it).
         Under DP-SGD that matrix dominates the per-example gradients (3.1M of tiny-llama's 3.3M
         weights), so freezing it makes private training several times faster.
+    freeze_model: no model weight trains, only ``fit``'s ``extra`` module (the codebook's prototypes
+        alone, for instance).
     """
 
     epochs: int = 3
@@ -98,8 +101,11 @@ class TrainConfig:
     seed: int = 0
     lora: LoraSettings | None = field(default=None)
     freeze_embeddings: bool = False
+    freeze_model: bool = False
 
     def __post_init__(self) -> None:
+        if self.freeze_model and self.lora is not None:
+            raise ValueError("freeze_model trains no model weight, so it takes no LoRA adapters")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
         if not self.lr > 0:
@@ -134,6 +140,9 @@ def apply_lora(model: PersonalizedLM, settings: LoraSettings) -> list[nn.Paramet
 def trainable_parameters(model: PersonalizedLM, cfg: TrainConfig, task: str) -> list[nn.Parameter]:
     """Set ``requires_grad`` for training ``task`` (LoRA adapters + head, or every used weight) and
     return the trainable parameters."""
+    if cfg.freeze_model:
+        model.requires_grad_(False)
+        return []
     if cfg.lora is not None:
         apply_lora(model, cfg.lora)
     else:
@@ -317,6 +326,17 @@ def evaluate(
         batch = data.batch(idx, None if embeddings is None else embeddings(idx))
         correct[start : start + idx.size] = (predict(model, batch, data.task) == batch.targets).numpy()
     return correct
+
+
+@torch.no_grad()
+def embedding_losses(
+    model: PersonalizedLM, data: TokenizedTask, indices: Sequence[int] | np.ndarray, embeddings: np.ndarray
+) -> np.ndarray:
+    """Loss per row ``(B,)`` for anonymous examples under given embeddings (no gradient: one forward)."""
+    e = torch.as_tensor(np.asarray(embeddings), dtype=torch.float32)
+    batch = data.batch(np.asarray(indices, dtype=np.int64), e)
+    model.eval()
+    return row_losses(model, batch, data.task).cpu().numpy()
 
 
 def embedding_gradients(

@@ -49,7 +49,7 @@ async def codebook_losses(
     """The example's loss under every usable prototype, in one request (``PROTOCOL.md`` 5.5, choosing).
 
     Every phone asks for all usable prototypes, so a request says nothing about its choice; the rows
-    go through the engine's batching like loss requests. The cloud keeps nothing.
+    go through the engine's batching as forward passes alone (no gradient). The cloud keeps nothing.
     """
     engine = state.engine
     check_model(engine, body.model)
@@ -64,9 +64,9 @@ async def codebook_losses(
     label = check_label(engine, body.task, body.label)
     usable = [int(k) for k in book.active.nonzero()[0]]
     results = await asyncio.gather(
-        *[engine.gradient(body.task, body.text, label, book.prototypes[k].astype("float32")) for k in usable]
+        *[engine.loss(body.task, body.text, label, book.prototypes[k].astype("float32")) for k in usable]
     )
     losses: list[float | None] = [None] * book.size
-    for k, result in zip(usable, results, strict=True):
-        losses[k] = result.loss
+    for k, loss in zip(usable, results, strict=True):
+        losses[k] = loss
     return CodebookLossResponse(model=engine.name, version=book.version, losses=losses)
