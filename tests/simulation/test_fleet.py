@@ -109,3 +109,20 @@ def test_dropouts_are_reported_and_the_round_completes(tmp_path: Path) -> None:
     (r,) = report["rounds"]
     assert r["dropped"] > 0 and r["phones"] + r["dropped"] == r["phones_asked"] == 12
     assert r["missing"] == 0 and r["uploads"] == 4 * r["phones"]
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_federated_prototypes_under_dp_train_every_phone_and_report_the_privacy_spent(tmp_path: Path) -> None:
+    report = _simulate(
+        tmp_path, "--phones", "12", "--types", "3", "--rounds", "2", "--shared-training", "federated",
+        "--fed-rounds", "2", "--fed-noise", "1.0", "--fed-clip", "5.0", "--audit-phones", "0",
+    )  # fmt: skip
+    first, second = report["rounds"]
+    fed = first["federated"]
+    assert fed["phones_per_round"] == [12, 12]  # FedAvg trained every phone in both of its rounds
+    privacy = fed["privacy"]
+    assert privacy["accountant"] == "rdp" and privacy["releases"] == 2 and 0 < privacy["epsilon"] < 100
+    assert privacy["delta"] == pytest.approx(1 / 13)
+    # the trained prototypes are a new codebook version: every phone chose again and took part
+    assert second["codebook_version"] != first["codebook_version"] and second["phones"] == 12

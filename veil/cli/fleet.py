@@ -29,6 +29,18 @@ def simulate(
     late_join: Annotated[float, typer.Option(help="Share of phones that join one round late.")] = 0.0,
     skew: Annotated[float, typer.Option(help="Log-normal sigma of each phone's amount of data.")] = 0.0,
     latency_ms: Annotated[float, typer.Option(help="Simulated latency of each request's link.")] = 0.0,
+    shared_training: Annotated[
+        str,
+        typer.Option(
+            help="Between rounds: central (stage 3) | prototypes (central, model frozen) | federated."
+        ),
+    ] = "central",
+    fed_rounds: Annotated[int, typer.Option(help="FedAvg rounds per fleet round (federated).")] = 3,
+    fed_lr: Annotated[float, typer.Option(help="Phones' step on their prototype row (federated).")] = 0.5,
+    fed_noise: Annotated[
+        float, typer.Option(help="Central DP noise multiplier on the FedAvg updates (0: none).")
+    ] = 0.0,
+    fed_clip: Annotated[float, typer.Option(help="Clipping norm of each phone's update under DP.")] = 1.0,
     concurrency: Annotated[int, typer.Option(help="Phones simulated at once.")] = 4,
     audit_phones: Annotated[
         int, typer.Option(help="Phones whose parameters veil audit samples after each round (0: no audit).")
@@ -50,7 +62,9 @@ def simulate(
     cfg = FleetConfig(
         phones=phones, rounds=rounds, task=task, types=types, train_per_phone=train_per_phone,
         test_per_phone=test_per_phone, dropout=dropout, late_join=late_join, skew=skew,
-        latency_ms=latency_ms, concurrency=concurrency, audit_phones=audit_phones, seed=seed, work_dir=str(work),
+        latency_ms=latency_ms, concurrency=concurrency, audit_phones=audit_phones, seed=seed,
+        shared_training=shared_training, fed_rounds=fed_rounds, fed_lr=fed_lr, fed_noise=fed_noise,
+        fed_clip=fed_clip, work_dir=str(work),
     )  # fmt: skip
     quiet_transformers()
 

@@ -1,8 +1,10 @@
 """The Flower apps (Message API): ``flwr run .`` and ``veil simulate`` run these two.
 
-``client_app``: one phone per SuperNode (its ``partition-id`` names its folder). ``query`` messages make
-it choose its prototype (:func:`~veil.simulation.fleet.phone.choose`), ``train`` messages make it take
-part (:func:`~veil.simulation.fleet.phone.take_part`); it answers with counts only.
+``client_app``: one phone per SuperNode (its ``partition-id`` names its folder). ``query.choose`` makes
+it choose its prototype (:func:`~veil.simulation.fleet.phone.choose`), ``query.take_part`` makes it
+upload and evaluate (:func:`~veil.simulation.fleet.phone.take_part`), both answered with counts only;
+``train`` (FedAvg's) makes it take one local step on its prototype row
+(:func:`~veil.simulation.fleet.phone.train_prototypes`).
 
 ``server_app``: sets up the cloud and runs the rounds (:func:`~veil.simulation.fleet.server.run_fleet`);
 its settings are the run config (``[tool.flwr.app.config]``), overridden by :func:`make_server_app`'s
@@ -16,12 +18,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from veil.simulation.fleet.config import FleetConfig
-from veil.simulation.fleet.phone import choose, take_part
+from veil.simulation.fleet.phone import choose, take_part, train_prototypes
 from veil.simulation.fleet.server import FleetReport, RoundReport, run_fleet
 
 __all__ = ["client_app", "make_server_app", "server_app"]
@@ -36,14 +38,28 @@ def _reply(msg: Message, context: Context, step: Callable[..., dict[str, Any]]) 
     return Message(RecordDict({"metrics": MetricRecord(step(work_dir, pid, order))}), reply_to=msg)
 
 
-@client_app.query()
+@client_app.query("choose")
 def _choose(msg: Message, context: Context) -> Message:
     return _reply(msg, context, choose)
 
 
-@client_app.train()
+@client_app.query("take_part")
 def _take_part(msg: Message, context: Context) -> Message:
     return _reply(msg, context, take_part)
+
+
+@client_app.train()
+def _train(msg: Message, context: Context) -> Message:
+    """Federated training of the public prototypes (FedAvg's ``train`` messages)."""
+    order = dict(msg.content["config"])
+    work_dir = Path(str(order.pop("work_dir")))
+    pid = int(context.node_config["partition-id"])
+    table = msg.content["arrays"]["prototypes"].numpy()
+    new, metrics = train_prototypes(work_dir, pid, order, table)
+    content = RecordDict(
+        {"arrays": ArrayRecord({"prototypes": Array(new)}), "metrics": MetricRecord(metrics)}
+    )
+    return Message(content, reply_to=msg)
 
 
 def make_server_app(

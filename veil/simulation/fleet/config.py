@@ -50,6 +50,15 @@ class FleetConfig:
     skew: sigma of a log-normal factor on each phone's amount of training data (``0``: equal).
     latency_ms: simulated one-way latency of each request on the relay path.
     stage3_epochs: cloud passes over the stored uploads between rounds.
+    shared_training: how the shared parts train between rounds: ``central`` (stage 3 on the stored
+        uploads, model and prototypes), ``prototypes`` (the same, prototypes only, model frozen) or
+        ``federated`` (the prototypes by FedAvg over Flower: each phone one local step on its own row,
+        from loss requests through the relay; the model stays as it is).
+    fed_rounds, fed_lr, fed_examples: FedAvg rounds per fleet round, the phones' step size and the
+        examples each uses per step.
+    fed_noise, fed_clip: central DP on the FedAvg updates (Flower's server-side fixed clipping: each
+        phone's update clipped to ``fed_clip``, Gaussian noise ``fed_noise * fed_clip / phones`` on the
+        average; ``0``: no DP); the privacy spent is reported by Flower's RDP accountant.
     concurrency: phones simulated at once (Flower's simulation workers).
     audit_phones: after each round, ``veil audit`` runs on this many phones' parameter files (a random
         sample) and on the store (``0``: no audit).
@@ -73,6 +82,12 @@ class FleetConfig:
     skew: float = 0.0
     latency_ms: float = 0.0
     stage3_epochs: int = 2
+    shared_training: str = "central"
+    fed_rounds: int = 3
+    fed_lr: float = 0.5
+    fed_examples: int = 4
+    fed_noise: float = 0.0
+    fed_clip: float = 1.0
     concurrency: int = 4
     audit_phones: int = 200
     timeout_s: float = 600.0
@@ -91,6 +106,8 @@ class FleetConfig:
             "k_min": (0, MAX_PHONES),
             "cohort": (2, 100_000),
             "stage3_epochs": (1, 1000),
+            "fed_rounds": (1, 1000),
+            "fed_examples": (1, 10_000),
             "concurrency": (1, 256),
             "audit_phones": (0, MAX_PHONES),
             "seed": (0, 2**31 - 1),
@@ -113,6 +130,16 @@ class FleetConfig:
                 raise FleetConfigError(f"{name} must be a number in [0, {high}], got {value!r}")
         if self.timeout_s <= 0:
             raise FleetConfigError(f"timeout_s must be > 0, got {self.timeout_s!r}")
+        if self.shared_training not in ("central", "prototypes", "federated"):
+            raise FleetConfigError(
+                f"shared_training must be central, prototypes or federated, got {self.shared_training!r}"
+            )
+        for name in ("fed_lr", "fed_clip"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise FleetConfigError(f"{name} must be a number > 0, got {value!r}")
+        if not (isinstance(self.fed_noise, int | float) and 0.0 <= self.fed_noise <= 100.0):
+            raise FleetConfigError(f"fed_noise must be a number in [0, 100], got {self.fed_noise!r}")
         if self.late_join and self.rounds < 2:
             raise FleetConfigError("late_join needs rounds >= 2 (late phones sit out round 1)")
 

@@ -20,7 +20,7 @@ from veil.client_sdk.client import CodebookMismatchError, ModelMismatchError, Re
 from veil.client_sdk.ohttp import AsyncOHTTPClient
 from veil.client_sdk.param_store import ParamStore
 
-__all__ = ["PhoneDropoutError", "choose", "phone_dir", "take_part", "write_phone"]
+__all__ = ["PhoneDropoutError", "choose", "phone_dir", "take_part", "train_prototypes", "write_phone"]
 
 
 class PhoneDropoutError(RuntimeError):
@@ -143,6 +143,36 @@ async def _take_part(work_dir: Path, pid: int, order: Mapping[str, Any]) -> dict
         "correct": correct,
         "uploads": len(uploaded),
     }
+
+
+async def _train_prototypes(
+    work_dir: Path, pid: int, order: Mapping[str, Any], prototypes: np.ndarray
+) -> tuple[np.ndarray, dict[str, Any]]:
+    phone = _Phone(work_dir, pid, order)
+    if int(order["round"]) < int(phone.data["join_round"]) or not phone.store.exists():
+        return prototypes, {"num-examples": 0, "joined": 0}
+    index = phone.store.load("prototype").distribution.index  # type: ignore[attr-defined]
+    task = str(order["task"])
+    row = prototypes[index].astype(np.float64)
+    examples = phone.data["train"][: int(order["fed_examples"])]
+    async with phone.transport() as transport:
+        client = phone.client(transport)
+        grads = [(await client.api.embedding_gradient(task, text, label, row))[1] for text, label in examples]
+    step = float(order["fed_lr"]) * float(order["fed_delta_scale"]) * np.mean(grads, axis=0)
+    out = prototypes.copy()
+    out[index] = (row - step).astype(prototypes.dtype)
+    return out, {"num-examples": len(examples), "joined": 1}
+
+
+def train_prototypes(
+    work_dir: Path, pid: int, order: Mapping[str, Any], prototypes: np.ndarray
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """One local step on the phone's own prototype row (the global prototypes in, the table with that
+    row moved out): the gradient of its examples' loss at the row, from loss requests through the relay
+    (``/v1/embedding-gradients`` with the public row as the embedding). The step is scaled by
+    ``fed_delta_scale`` because FedAvg averages whole tables, so each row's update is diluted by the
+    share of phones in its group."""
+    return asyncio.run(_train_prototypes(work_dir, pid, order, prototypes))
 
 
 def choose(work_dir: Path, pid: int, order: Mapping[str, Any]) -> dict[str, Any]:

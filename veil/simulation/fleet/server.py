@@ -69,6 +69,9 @@ class RoundReport:
     seconds_choice: float
     seconds_uploads: float
     audit: dict[str, Any] = field(default_factory=dict)
+    federated: dict[str, Any] = field(default_factory=dict)
+    """With ``shared_training=federated``: FedAvg's rounds, the phones that took part in each, and the
+    privacy spent (epsilon, delta, accountant) under DP."""
     """``veil audit`` on the phones' parameters (``params``) and on the store (``store``); empty when
     the fleet's ``audit_phones`` is 0."""
 
@@ -223,7 +226,7 @@ def run_fleet(
             while True:
                 passes += 1
                 order["codebook_version"] = book.version
-                replies, errors, missing = _send(grid, ids, "query", order, cfg.timeout_s)
+                replies, errors, missing = _send(grid, ids, "query.choose", order, cfg.timeout_s)
                 if errors or missing:
                     raise FleetError(
                         f"round {r}: {errors} phones failed and {missing} did not answer the choice"
@@ -234,7 +237,7 @@ def run_fleet(
                     break
                 book = store.publish(new)
             t_choice = time.perf_counter() - t0
-            replies, dropped, missing = _send(grid, ids, "train", order, cfg.timeout_s)
+            replies, dropped, missing = _send(grid, ids, "query.take_part", order, cfg.timeout_s)
         joined = [m for m in replies if int(m["joined"])]
         n_eval = sum(int(m["num-examples"]) for m in joined)
         groups, uploads = _ground_truth(cfg, book, r)
@@ -254,12 +257,20 @@ def run_fleet(
         report.rounds.append(rr)
         if on_round is not None:
             on_round(rr)
-        if r < cfg.rounds:  # stage 3 on what the store received; the next round serves its result
+        if r < cfg.rounds and cfg.shared_training == "federated":  # FedAvg on the prototypes, over Flower
+            t3 = time.perf_counter()
+            with service_stack(round_dir, base) as (relay, public_key):
+                order.update(relay_url=relay.url + "/ohttp", key_config_url=relay.url + "/.well-known/ohttp-gateway",
+                             gateway_key=public_key.hex())  # fmt: skip
+                book, rr.federated = _federated(grid, ids, book, cfg, order)
+            report.stage3_seconds.append(time.perf_counter() - t3)
+        elif r < cfg.rounds:  # stage 3 on what the store received; the next round serves its result
             t3 = time.perf_counter()
             job = PersonalizedTrainingConfig(
                 task=cfg.task, epochs=cfg.stage3_epochs, batch_size=exp.stage3.batch_size, lr=exp.stage3.lr,
                 lora=None, cold_start_fraction=exp.stage3.cold_start_fraction, max_tokens=exp.max_tokens,
                 seed=cfg.seed + r, eval_fraction=0.0, codebook=True,
+                freeze_model=cfg.shared_training == "prototypes",
             )  # fmt: skip
             sessions = session_factory(make_engine(None, round_dir))
             target = work / "cloud" / f"round-{r + 1}-model"
@@ -270,6 +281,78 @@ def run_fleet(
     report.seconds = time.perf_counter() - started
     (work / "report.json").write_text(json.dumps(report.to_json(), indent=2))
     return report
+
+
+class _CountingGrid:
+    """The grid, counting the replies with content of every exchange (FedAvg samples from the nodes
+    registered when a round starts: a fleet that silently trains fewer phones must not pass)."""
+
+    def __init__(self, grid: Any) -> None:
+        self._grid, self.replies = grid, []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
+
+    def send_and_receive(self, messages: Any, *, timeout: float | None = None) -> list[Any]:
+        messages = list(messages)
+        out = list(self._grid.send_and_receive(messages, timeout=timeout))
+        if messages:  # the strategy's evaluation stage sends none (fraction_evaluate=0)
+            self.replies.append(sum(1 for m in out if m.has_content()))
+        return out
+
+
+def _federated(
+    grid: Any, ids: list[int], book: Codebook, cfg: FleetConfig, order: dict[str, Any]
+) -> tuple[Codebook, dict[str, Any]]:
+    """``cfg.fed_rounds`` FedAvg rounds on the prototype table, under Flower's server-side DP when
+    ``cfg.fed_noise`` is set; returns the new codebook (same usable set) and what happened."""
+    from flwr.app import Array, ArrayRecord, ConfigRecord
+    from flwr.serverapp import NeighboringRelation, PrivacyConfig, RdpAccountant, SamplingMethod
+    from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, FedAvg
+
+    n = len(ids)
+    strategy: Any = FedAvg(
+        fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=n, min_available_nodes=n,
+        min_evaluate_nodes=0,
+    )  # fmt: skip
+    accountant, delta = None, 1.0 / (n + 1)
+    if cfg.fed_noise > 0:
+        accountant = RdpAccountant(
+            PrivacyConfig(
+                target_delta=delta,
+                population_size=n,
+                neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
+                sampling_method=SamplingMethod.NO_AMPLIFICATION,
+            )  # fmt: skip
+        )
+        strategy = DifferentialPrivacyServerSideFixedClipping(
+            strategy, cfg.fed_noise, cfg.fed_clip, n, accountant=accountant
+        )
+    train_config = {
+        **order, "fed_lr": cfg.fed_lr, "fed_examples": cfg.fed_examples,
+        "fed_delta_scale": float(book.active.sum()),
+    }  # fmt: skip
+    counting = _CountingGrid(grid)
+    result = strategy.start(
+        counting,
+        ArrayRecord({"prototypes": Array(book.prototypes.astype(np.float32))}),
+        num_rounds=cfg.fed_rounds,
+        timeout=cfg.timeout_s,
+        train_config=ConfigRecord(train_config),
+    )
+    if counting.replies != [n] * cfg.fed_rounds:
+        raise FleetError(f"FedAvg rounds trained {counting.replies} phones, {n} asked for each")
+    trained = result.arrays["prototypes"].numpy().astype(np.float64)
+    protos = np.where(book.active[:, None, None], trained, book.prototypes)  # retired rows stay
+    info: dict[str, Any] = {"rounds": cfg.fed_rounds, "phones_per_round": counting.replies}
+    if accountant is not None:
+        spent = accountant.get_privacy_spent(delta)
+        info["privacy"] = {
+            "epsilon": spent.epsilon, "delta": spent.delta, "accountant": spent.accounting_method,
+            "noise_multiplier": cfg.fed_noise, "clipping_norm": cfg.fed_clip, "releases": spent.num_releases,
+            "unit_of_privacy": "one phone (all its examples), add or remove one",
+        }  # fmt: skip
+    return book.with_prototypes(protos), info
 
 
 def _audit(cfg: FleetConfig, round_dir: Path, r: int) -> dict[str, Any]:
