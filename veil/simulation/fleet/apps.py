@@ -73,7 +73,7 @@ def make_server_app(
 
     @app.main()
     def _main(grid: Grid, context: Context) -> None:
-        values = {**dict(context.run_config), **dict(overrides or {})}
+        values = {str(k).replace("-", "_"): v for k, v in {**context.run_config, **(overrides or {})}.items()}
         if not values.get("work_dir"):
             values["work_dir"] = tempfile.mkdtemp(prefix="veil-fleet-")
         report = run_fleet(grid, FleetConfig.from_mapping(values), on_round)

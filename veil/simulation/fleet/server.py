@@ -174,10 +174,10 @@ def _send(
     grid: Any, ids: list[int], kind: str, order: dict[str, Any], timeout_s: float
 ) -> tuple[list, int, int]:
     """Send one message per phone; returns (metric records of the replies with content, errors, missing)."""
-    from flwr.app import ConfigRecord, RecordDict
+    from flwr.app import ConfigRecord, Message, RecordDict
 
     messages = [
-        grid.create_message(RecordDict({"order": ConfigRecord(order)}), kind, node, str(order["round"]))
+        Message(RecordDict({"order": ConfigRecord(order)}), dst_node_id=node, message_type=kind)
         for node in ids
     ]
     replies = list(grid.send_and_receive(messages, timeout=timeout_s))
