@@ -17,6 +17,7 @@ import numpy as np
 
 from veil.client_sdk.distributions import BasisMixtureDistribution, GaussianDistribution, UserDistribution
 from veil.client_sdk.distributions.divergences import mixture_tv_bound, same_basis
+from veil.client_sdk.distributions.noise import categorical_from_noise
 from veil.privacy_analysis._stacked import NEVER, StackedPopulation
 from veil.privacy_analysis.families.base import GeneratorSettings, PrivacyFamily
 from veil.privacy_analysis.families.registry import population_family, same_params
@@ -70,8 +71,8 @@ class MixtureStack(StackedPopulation):
         return self.scores(x, dtype)
 
     def sample(self, labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        cum = np.cumsum(self.weights, axis=1)[labels]  # (N, n_basis)
-        comp = np.minimum((rng.random(labels.size)[:, None] >= cum).sum(axis=1), cum.shape[1] - 1)
+        logits = np.log(np.maximum(self.weights[labels], np.finfo(np.float64).tiny))  # (N, n_basis)
+        comp = categorical_from_noise(logits, rng.random(logits.shape))  # the phone's Gumbel-max choice
         return self.basis.sample(comp, rng)
 
 

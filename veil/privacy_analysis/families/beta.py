@@ -21,13 +21,12 @@ from scipy import special
 
 from veil.client_sdk.distributions import BetaDistribution, UserDistribution
 from veil.client_sdk.distributions.divergences import log_bc_beta
+from veil.client_sdk.distributions.noise import BetaConstruction, beta_sample_from_noise
 from veil.privacy_analysis._stacked import LinearStack
 from veil.privacy_analysis.families.base import GeneratorSettings, ProductFamily, row_blocks
 
 __all__ = ["BetaFamily", "BetaStack"]
 
-_TINY = np.finfo(np.float64).tiny
-_ONE_MINUS = 1.0 - np.finfo(np.float64).epsneg
 # scipy's betaln: faster than math.lgamma on large batches
 _LOG_BC = partial(log_bc_beta, betaln=special.betaln)
 
@@ -51,8 +50,13 @@ class BetaStack(LinearStack):
             return np.concatenate([np.log(x), np.log1p(-x)], axis=1)
 
     def sample(self, labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        x = rng.beta(self.alpha[labels], self.beta[labels])
-        return np.clip(x, _TINY, _ONE_MINUS)  # as BetaDistribution.sample: keep densities finite
+        """The phone's construction (:func:`beta_sample_from_noise`), every coordinate of every row
+        independent, so the ``(N, D)`` rows are drawn as one ``(n_tokens, dim)`` event."""
+        a, b = self.alpha[labels], self.beta[labels]
+        cfg = BetaConstruction()
+        normal = rng.standard_normal(cfg.normal_shape(1, *a.shape))
+        uniform = rng.random(cfg.uniform_shape(1, *a.shape))
+        return beta_sample_from_noise(np.log(a) - np.log(b), np.log(a + b), normal, uniform, cfg)[0]
 
 
 class BetaFamily(ProductFamily):

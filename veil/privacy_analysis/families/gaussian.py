@@ -23,6 +23,7 @@ from scipy import special
 
 from veil.client_sdk.distributions import GaussianDistribution, UserDistribution
 from veil.client_sdk.distributions.divergences import gaussian_mu, gaussian_shift_tv, log_bc_gaussian
+from veil.client_sdk.distributions.noise import gaussian_sample_from_noise
 from veil.privacy_analysis._stacked import LinearStack
 from veil.privacy_analysis.families.base import GeneratorSettings, ProductFamily, row_blocks
 
@@ -62,7 +63,9 @@ class GaussianStack(LinearStack):
         return np.zeros(x.shape[0])
 
     def sample(self, labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        return self.loc[labels] + self.std[labels] * rng.standard_normal((labels.size, self.loc.shape[1]))
+        """The phone's sampler (:func:`gaussian_sample_from_noise`), one row per label."""
+        normal = rng.standard_normal((labels.size, self.loc.shape[1]))
+        return gaussian_sample_from_noise(self.loc[labels], np.log(self.std[labels]), normal)
 
 
 class GaussianFamily(ProductFamily):
