@@ -56,7 +56,7 @@ import numpy as np
 from veil.client_sdk.api import PhoneAPI
 from veil.client_sdk.client import CodebookMismatchError, ModelMismatchError, RetryPolicy, VeilClient
 from veil.client_sdk.distributions import UserDistribution
-from veil.client_sdk.learning import OnDeviceLearner
+from veil.client_sdk.math_backends import LearningConfig, NumpyBackend
 from veil.client_sdk.ohttp import AsyncOHTTPClient
 from veil.client_sdk.param_store import MemoryParamStore
 from veil.client_sdk.policy_guard import PolicyGuard
@@ -164,96 +164,6 @@ class ServiceDemoResult:
         return {**self.result.to_json(), "service": self.service}
 
 
-class _Phones:
-    """The simulated phones: each holds its examples and its distribution, and talks through OHTTP."""
-
-    def __init__(
-        self, run: ExperimentRun, cfg: ServiceDemoConfig, api: Any, rng: np.random.Generator
-    ) -> None:
-        self.run, self.cfg, self.api, self.rng = run, cfg, api, rng
-        pop = run.population
-        self.examples = pop.train + pop.test
-        self.task = pop.task
-        self.requests = 0
-        self._slots = asyncio.Semaphore(cfg.max_in_flight)
-
-    async def _gradient(self, i: int, e: np.ndarray) -> tuple[float, np.ndarray]:
-        ex = self.examples[int(i)]
-        async with self._slots:
-            self.requests += 1
-            return await self.api.embedding_gradient(self.task, ex.text, ex.label, e)
-
-    async def _learn_one(
-        self, learner: OnDeviceLearner, train: np.ndarray, val: np.ndarray, batch: int, best: list[Any]
-    ) -> None:
-        order = self.rng.permutation(train)
-        for start in range(0, order.size, batch):
-            chunk = order[start : start + batch]
-            samples = learner.distribution.sample(self.rng, size=chunk.size)
-            answers = await asyncio.gather(
-                *[self._gradient(i, e) for i, e in zip(chunk, samples, strict=True)]
-            )
-            learner.step(samples, np.stack([g for _, g in answers]) / chunk.size)
-        if val.size == 0:
-            best[1] = learner.distribution
-            return
-        samples = learner.distribution.sample(self.rng, size=val.size)
-        losses = await asyncio.gather(*[self._gradient(i, e) for i, e in zip(val, samples, strict=True)])
-        loss = float(np.mean([v for v, _ in losses]))
-        if loss < best[0]:
-            best[0], best[1] = loss, learner.distribution
-
-    async def learn(
-        self, init: dict[str, UserDistribution], trainable: tuple[str, ...], progress: Progress
-    ) -> dict[str, UserDistribution]:
-        s2 = self.run.cfg.stage2
-        mu = self.cfg.max_gdp_mu
-        learners = {
-            u: OnDeviceLearner(
-                init[u],
-                lr=s2.lr,
-                trainable=trainable,
-                guard=None if mu is None else PolicyGuard(init[u], max_gdp_mu=mu),
-            )
-            for u in self.run.users
-        }
-        splits = {}
-        for u in self.run.users:
-            idx = self.rng.permutation(np.asarray(self.run.train[u], dtype=np.int64))
-            n_val = int(round(s2.val_fraction * idx.size)) if idx.size > 1 else 0
-            splits[u] = (idx[n_val:], idx[:n_val])
-        best = {u: [np.inf, init[u]] for u in self.run.users}
-        with progress.stage("phones learn through OHTTP (stage 2)", self.cfg.stage2_epochs) as bar:
-            for _ in range(self.cfg.stage2_epochs):
-                await asyncio.gather(
-                    *[
-                        self._learn_one(learners[u], *splits[u], s2.batch_size, best[u])
-                        for u in self.run.users
-                    ]
-                )
-                bar.advance()
-        return {u: best[u][1] for u in self.run.users}
-
-    async def upload(self, dists: dict[str, UserDistribution], progress: Progress) -> dict[int, str]:
-        """Every training example, ``uploads_per_example`` times; returns upload id -> phone (simulator only)."""
-        owners: dict[int, str] = {}
-
-        async def one(u: str, i: int) -> None:
-            ex = self.examples[int(i)]
-            e = dists[u].sample(self.rng)
-            async with self._slots:
-                self.requests += 1
-                answer = await self.api.upload(self.task, ex.text, ex.label, e)
-            owners[int(answer["id"])] = u
-
-        with progress.stage("phones upload through OHTTP", len(self.run.users)) as bar:
-            for u in self.run.users:
-                jobs = [one(u, i) for i in self.run.train[u] for _ in range(self.cfg.uploads_per_example)]
-                await asyncio.gather(*jobs)
-                bar.advance()
-        return owners
-
-
 async def _phone_session(
     relay_url: str,
     model: str,
@@ -262,18 +172,72 @@ async def _phone_session(
     progress: Progress,
     gateway_public_key: bytes,
 ) -> tuple[dict[str, UserDistribution], dict[int, str], int]:
+    """Each phone is a :class:`VeilClient` (in-memory parameters) that learns its distribution in
+    gradient-return mode, keeps the parameters with the lowest validation loss (stage 2's rule), and
+    uploads its examples with fresh samples of them."""
     spread = cfg.spread if cfg.spread is not None else run.cfg.default_spread[cfg.family]
+    s2, users, task = run.cfg.stage2, run.users, run.population.task
+    pool = run.population.train + run.population.test
+    init = run.init_distributions(cfg.family, spread)
+    learning = LearningConfig(lr=s2.lr, trainable=run.trainable(cfg.family))
+    seeds = np.random.SeedSequence(run.cfg.seed + 7).spawn(len(users))
+    split_rng = np.random.default_rng(run.cfg.seed + 8)
+    splits = {}
+    for u in users:
+        idx = split_rng.permutation(np.asarray(run.train[u], dtype=np.int64))
+        n_val = int(round(s2.val_fraction * idx.size)) if idx.size > 1 else 0
+        splits[u] = ([(task, pool[i].text, pool[i].label) for i in idx[n_val:]],
+                     [(task, pool[i].text, pool[i].label) for i in idx[:n_val]])  # fmt: skip
     async with AsyncOHTTPClient(
         relay_url + "/ohttp",
         key_config_url=relay_url + "/.well-known/ohttp-gateway",
         timeout=120,
+        retries=0,  # the VeilClients below are the one layer that retries
         gateway_public_key=gateway_public_key,  # shipped with the app: the relay cannot swap keys
     ) as transport:
-        phones = _Phones(run, cfg, PhoneAPI(transport, model), np.random.default_rng(run.cfg.seed + 7))
-        init = run.init_distributions(cfg.family, spread)
-        dists = await phones.learn(init, run.trainable(cfg.family), progress)
-        owners = await phones.upload(dists, progress)
-    return dists, owners, phones.requests
+        counted = _CountingTransport(transport)
+        per_phone = max(1, cfg.max_in_flight // len(users))
+        clients, gens = {}, {u: np.random.default_rng(sq) for u, sq in zip(users, seeds, strict=True)}
+        for u in users:
+            guard = None if cfg.max_gdp_mu is None else PolicyGuard(init[u], max_gdp_mu=cfg.max_gdp_mu)
+            clients[u] = VeilClient(
+                counted, MemoryParamStore(u), model=model, backend=NumpyBackend(learning, guard),
+                family=cfg.family, rng=itertools.repeat(gens[u]).__next__,
+                retry=RetryPolicy(retries=3, backoff_s=0.05), max_in_flight=per_phone,
+            )  # fmt: skip
+            clients[u].initialise(init[u])
+        best: dict[str, tuple[float, UserDistribution]] = {u: (math.inf, init[u]) for u in users}
+
+        async def epoch(u: str) -> None:
+            client, (train, val) = clients[u], splits[u]
+            order = [train[i] for i in gens[u].permutation(len(train))]
+            for start in range(0, len(order), s2.batch_size):
+                await client.learn_batch(order[start : start + s2.batch_size])
+            loss = await client.mean_loss(val) if val else -math.inf
+            if loss < best[u][0] or not val:
+                best[u] = (loss, client.state.distribution)
+
+        with progress.stage("phones learn through OHTTP (stage 2)", cfg.stage2_epochs) as bar:
+            for _ in range(cfg.stage2_epochs):
+                await asyncio.gather(*map(epoch, users))
+                bar.advance()
+        dists = {u: best[u][1] for u in users}
+        owners: dict[int, str] = {}
+        slots = asyncio.Semaphore(cfg.max_in_flight)
+
+        async def one(u: str, i: int) -> None:
+            async with slots:
+                answer = await clients[u].upload(task, pool[int(i)].text, pool[int(i)].label)
+            owners[int(answer["id"])] = u
+
+        with progress.stage("phones upload through OHTTP", len(users)) as bar:
+            for u in users:
+                clients[u].initialise(dists[u], overwrite=True)  # upload with the kept parameters
+                await asyncio.gather(
+                    *[one(u, i) for i in run.train[u] for _ in range(cfg.uploads_per_example)]
+                )
+                bar.advance()
+    return dists, owners, counted.requests
 
 
 def _stored_linkage(
