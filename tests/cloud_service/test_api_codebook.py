@@ -126,3 +126,14 @@ def test_codebook_losses_refuse_bad_requests(stack, change: dict, status: int, w
     r = _post(api, key, "/v1/codebook/losses", body)
     assert r.status_code == status, r.text
     assert where in r.text
+
+
+def test_a_loss_request_without_a_gradient_answers_the_same_loss(stack) -> None:
+    api, _, key, _ = stack
+    body = {"task": "next_word", "text": "the cat sat on the", "label": "mat", "embedding": [[0.1] * 64]}
+    full = _post(api, key, "/v1/embedding-gradients", body).json()
+    alone = _post(api, key, "/v1/embedding-gradients", {**body, "encoding": "none"})
+    assert alone.status_code == 200
+    assert set(alone.json()) == {"object", "model", "loss"}  # no gradient computed or sent
+    assert alone.json()["loss"] == pytest.approx(full["loss"], rel=1e-5)
+    assert _post(api, key, "/v1/embedding-gradients", {**body, "encoding": "hex"}).status_code == 400

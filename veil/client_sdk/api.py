@@ -148,6 +148,17 @@ class PhoneAPI:
             raise VeilAPIError(200, "invalid_response", "codebook losses must be finite exactly where usable")
         return losses
 
+    async def loss(self, task: str, text: str, label: str, embedding: np.ndarray) -> float:
+        """The loss alone for one example and one sample (``/v1/embedding-gradients`` with
+        ``encoding: "none"``: a forward pass on the cloud, no gradient in the answer)."""
+        body = {
+            "model": self.model, "task": task, "text": text, "label": label, "encoding": "none",
+            **embedding_field("embedding", embedding, self.embedding_encoding),
+        }  # fmt: skip
+        return float(
+            _decode(await self.transport.request("POST", "/v1/embedding-gradients", json=body))["loss"]
+        )
+
     async def embedding_gradient(
         self, task: str, text: str, label: str, embedding: np.ndarray
     ) -> tuple[float, np.ndarray]:

@@ -444,9 +444,9 @@ class VeilClient:
 
         async def exchange() -> float:
             try:
-                value, _ = await self.api.embedding_gradient(task, text, label, e)
+                value = await self.api.loss(task, text, label, e)
             except (KeyError, TypeError, ValueError) as exc:
-                raise InvalidResponseError(f"gradient response is malformed: {exc!r}") from exc
+                raise InvalidResponseError(f"loss response is malformed: {exc!r}") from exc
             if not math.isfinite(value):
                 raise InvalidResponseError(f"loss must be finite, got {value}")
             return value

@@ -160,9 +160,10 @@ class GradientRequest(BaseModel):
     embedding: Embedding | None = None
     embedding_b64: EmbeddingB64 | None = None
     model: str | None = None
-    encoding: Literal["json", "base64"] = "json"
-    """How the gradient comes back: ``"json"`` (``gradient``, numbers) or ``"base64"`` (``gradient_b64``,
-    little-endian float32, the form of ``embedding_b64``)."""
+    encoding: Literal["json", "base64", "none"] = "json"
+    """How the gradient comes back: ``"json"`` (``gradient``, numbers), ``"base64"`` (``gradient_b64``,
+    little-endian float32, the form of ``embedding_b64``) or ``"none"`` (the loss alone: one forward
+    pass, no backward; for a phone's validation or prediction)."""
 
     _check_embedding = field_validator("embedding")(_finite_embedding)
     _one_embedding = _one_form("embedding", "embedding_b64")

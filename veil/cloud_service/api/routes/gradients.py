@@ -23,6 +23,10 @@ async def embedding_gradient(body: GradientRequest, state: State, _: Caller) -> 
     check_model(engine, body.model)
     embedding = served_embedding(engine, body.embedding, "embedding", body.embedding_b64)
     label = check_label(engine, body.task, body.label)
+    if body.encoding == "none":
+        return GradientResponse(
+            model=engine.name, loss=await engine.loss(body.task, body.text, label, embedding)
+        )
     result = await engine.gradient(body.task, body.text, label, embedding)
     if body.encoding == "base64":
         return GradientResponse(model=engine.name, loss=result.loss, gradient_b64=encode_f32(result.gradient))
