@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
-import tempfile
+
+from fleet_runs import simulate_two_rounds
 
 CONDITIONS = {
     "baseline": [],
@@ -25,16 +24,6 @@ CONDITIONS = {
 }
 
 
-def run(phones: int, extra: list[str]) -> dict:
-    work = tempfile.mkdtemp(prefix="veil-fleet-pop-")
-    cmd = [sys.executable, "-m", "veil.cli.main", "simulate", "--json", "--phones", str(phones)]
-    cmd += ["--rounds", "2", "--audit-phones", "0", "--out", work, *extra]
-    out = subprocess.run(cmd, capture_output=True, text=True)
-    if out.returncode != 0:
-        raise SystemExit(f"{extra} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--phones", type=int, default=100)
@@ -42,7 +31,7 @@ def main() -> None:
     args = parser.parse_args()
     base: dict | None = None
     for name, extra in CONDITIONS.items():
-        report = run(args.phones, extra)
+        report = simulate_two_rounds(args.phones, extra)
         rows = [
             {
                 k: r[k]

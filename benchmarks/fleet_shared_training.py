@@ -14,28 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
-import tempfile
 
-
-def run(phones: int, extra: list[str]) -> dict:
-    work = tempfile.mkdtemp(prefix="veil-fleet-shared-")
-    cmd = [
-        sys.executable,
-        "-m",
-        "veil.cli.main",
-        "simulate",
-        "--json",
-        "--phones",
-        str(phones),
-        "--rounds",
-        "2",
-    ]
-    out = subprocess.run([*cmd, "--out", work, "--audit-phones", "0", *extra], capture_output=True, text=True)
-    if out.returncode != 0:
-        raise SystemExit(f"{extra} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+from fleet_runs import simulate_two_rounds
 
 
 def main() -> None:
@@ -60,7 +40,7 @@ def main() -> None:
     }
     rows = {}
     for name, extra in modes.items():
-        report = run(args.phones, extra)
+        report = simulate_two_rounds(args.phones, extra)
         first, second = report["rounds"]
         rows[name] = {
             "round1_accuracy": first["accuracy"],

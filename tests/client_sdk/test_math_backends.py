@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 
 from veil.client_sdk import BasisMixtureDistribution, BetaDistribution, GaussianDistribution
+from veil.client_sdk.distributions.noise import beta_sample_from_noise, beta_vjp_from_noise
 from veil.client_sdk.math_backends import Draw, LearningConfig, NumpyBackend, OnnxBackend
 from veil.client_sdk.param_store import ClientState
 from veil.client_sdk.policy_guard import PolicyGuard
 from veil.client_sdk.runtime import ModelFileError
-from veil.client_sdk.runtime.reference import beta_sample_from_noise, beta_vjp_from_noise, learner_update
+from veil.client_sdk.runtime.reference import learner_update
 
 SHAPE = (2, 3)
 RTOL, ATOL = 1e-5, 1e-6  # float32 graphs against float64 references

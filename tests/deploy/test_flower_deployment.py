@@ -79,7 +79,9 @@ def test_one_round_through_superlink_and_two_supernodes(tmp_path: Path) -> None:
                 "--node-config", f"partition-id={pid}", "--port", str(_free_port()),
             )  # fmt: skip
         work = tmp_path / "fleet"
-        run_config = f"phones=2 types=2 cohort=8 train-per-phone=2 test-per-phone=2 audit-phones=0 work-dir='{work}'"
+        run_config = (
+            f"phones=2 types=2 cohort=8 train-per-phone=2 test-per-phone=2 audit-phones=0 work-dir='{work}'"
+        )
         submitted = subprocess.run(
             [str(BIN / "flwr"), "run", ".", "local", "--run-config", run_config],
             env=env, cwd=ROOT, capture_output=True, text=True, timeout=300,

@@ -16,18 +16,18 @@ from scipy import stats
 from typer.testing import CliRunner
 
 from veil.client_sdk import Adam, BasisMixtureDistribution, GaussianDistribution, OnDeviceLearner
-from veil.client_sdk.policy_guard import PolicyGuard, tv_bound
-from veil.client_sdk.runtime import load_graphs
-from veil.client_sdk.runtime.reference import (
+from veil.client_sdk.distributions.noise import (
     BetaConstruction,
     beta_construction_tv_bound,
     beta_sample_from_noise,
     beta_vjp_from_noise,
     gaussian_sample_from_noise,
-    learner_update,
     marsaglia_tsang_rejection,
     mixture_sample_from_noise,
 )
+from veil.client_sdk.policy_guard import PolicyGuard, tv_bound
+from veil.client_sdk.runtime import load_graphs
+from veil.client_sdk.runtime.reference import learner_update
 from veil.models.onnx.export import export_onnx
 from veil.models.onnx.graphs import GraphShapes, build_graphs
 

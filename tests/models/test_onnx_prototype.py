@@ -10,9 +10,9 @@ import pytest
 
 from veil.client_sdk.client import OnnxBackend
 from veil.client_sdk.distributions import Codebook, PrototypeDistribution, choose_prototype
+from veil.client_sdk.distributions.noise import prototype_sample_from_noise
 from veil.client_sdk.param_store import ClientState
 from veil.client_sdk.runtime import load_graphs
-from veil.client_sdk.runtime.reference import prototype_sample_from_noise
 from veil.models.onnx.export import export_onnx
 from veil.models.onnx.graphs import GraphShapes
 

@@ -299,19 +299,20 @@ class ServingEngine:
     # ------------------------------------------------------------------ embedding gradients
     async def gradient(self, task: str, text: str, label: str, embedding: np.ndarray) -> GradientResult:
         """Loss and dL/de for one anonymous example (batched with concurrent requests)."""
-        if self._grad_queue is None:
-            raise RuntimeError("engine not started")
-        future: asyncio.Future[GradientResult] = asyncio.get_running_loop().create_future()
-        await self._grad_queue.put(_GradJob(task, text, label, embedding, future))
-        return await future
+        return await self._queue_grad(task, text, label, embedding, grad=True)
 
     async def loss(self, task: str, text: str, label: str, embedding: np.ndarray) -> float:
         """The loss alone for one anonymous example (batched with concurrent loss and gradient requests)."""
+        return (await self._queue_grad(task, text, label, embedding, grad=False)).loss
+
+    async def _queue_grad(
+        self, task: str, text: str, label: str, embedding: np.ndarray, *, grad: bool
+    ) -> GradientResult:
         if self._grad_queue is None:
             raise RuntimeError("engine not started")
         future: asyncio.Future[GradientResult] = asyncio.get_running_loop().create_future()
-        await self._grad_queue.put(_GradJob(task, text, label, embedding, future, grad=False))
-        return (await future).loss
+        await self._grad_queue.put(_GradJob(task, text, label, embedding, future, grad=grad))
+        return await future
 
     def _run_grads(self, jobs: list[_GradJob]) -> None:
         for task, grad in sorted({(j.task, j.grad) for j in jobs}):

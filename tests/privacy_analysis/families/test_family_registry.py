@@ -175,7 +175,7 @@ class LaplaceDistribution(UserDistribution):
         return type(self)(params.get("loc", self.loc), np.exp(params.get("log_scale", np.log(self.scale))))
 
     def sample_vjp(self, x: np.ndarray, grad_x: np.ndarray, noise: Any = None) -> dict[str, np.ndarray]:
-        raise NotImplementedError
+        raise ValueError('the test family does not learn (no "learn" capability)')
 
     def _arrays(self) -> dict[str, np.ndarray]:
         return {"loc": self.loc, "scale": self.scale}

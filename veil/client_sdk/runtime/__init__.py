@@ -6,6 +6,7 @@ Importing this package imports numpy only; onnxruntime is imported when a graph 
 
 from __future__ import annotations
 
+from veil.client_sdk.distributions.noise import BetaConstruction
 from veil.client_sdk.runtime.graphs import (
     MAX_OPSET,
     MIN_OPSET,
@@ -25,7 +26,6 @@ from veil.client_sdk.runtime.manifest import (
     read_manifest,
     write_manifest,
 )
-from veil.client_sdk.runtime.reference import BetaConstruction
 
 __all__ = [
     "MANIFEST_FILE",

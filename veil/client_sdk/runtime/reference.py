@@ -1,10 +1,10 @@
 """Numpy references of the math inside the exported ONNX graphs, noise given explicitly.
 
 Every graph that ``veil export-onnx`` writes takes its randomness as input tensors, so each has a
-deterministic reference that the parity tests pin it to. The samplers are the families' own
-(:mod:`veil.client_sdk.distributions.noise`, re-exported here, including the Beta construction and its
-error bound); this module adds :func:`learner_update`, one :meth:`OnDeviceLearner.step` with the Adam
-state passed in and out as the update graphs do.
+deterministic reference that the parity tests pin it to. The samplers' references are the families' own
+functions (:mod:`veil.client_sdk.distributions.noise`, with the Beta construction and its error bound);
+this module holds :func:`learner_update`, one :meth:`OnDeviceLearner.step` with the Adam state passed
+in and out as the update graphs do.
 """
 
 from __future__ import annotations
@@ -13,37 +13,9 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-from veil.client_sdk.distributions.noise import (
-    UNIFORM_HIGH,
-    UNIFORM_LOW,
-    BetaConstruction,
-    beta_construction_tv_bound,
-    beta_sample_from_noise,
-    beta_vjp_from_noise,
-    categorical_from_noise,
-    clamp_uniform,
-    gaussian_sample_from_noise,
-    marsaglia_tsang_rejection,
-    mixture_sample_from_noise,
-    prototype_sample_from_noise,
-)
 from veil.client_sdk.learning import Adam
 
-__all__ = [
-    "UNIFORM_HIGH",
-    "UNIFORM_LOW",
-    "BetaConstruction",
-    "beta_construction_tv_bound",
-    "beta_sample_from_noise",
-    "beta_vjp_from_noise",
-    "categorical_from_noise",
-    "clamp_uniform",
-    "gaussian_sample_from_noise",
-    "learner_update",
-    "marsaglia_tsang_rejection",
-    "mixture_sample_from_noise",
-    "prototype_sample_from_noise",
-]
+__all__ = ["learner_update"]
 
 
 def learner_update(

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from veil.client_sdk.atomic_files import atomic_write_bytes
-from veil.client_sdk.runtime.reference import BetaConstruction
+from veil.client_sdk.distributions.noise import BetaConstruction
 from veil.models.onnx.graphs import DEFAULT_OPSET, FAMILY_GRAPHS, GraphShapes, build_graphs
 from veil.models.onnx.manifest import Manifest, add_entries, describe_model
 

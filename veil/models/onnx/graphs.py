@@ -23,7 +23,7 @@ from typing import Any
 
 import onnx
 
-from veil.client_sdk.runtime.reference import BetaConstruction, beta_construction_tv_bound
+from veil.client_sdk.distributions.noise import BetaConstruction, beta_construction_tv_bound
 from veil.models.onnx import choice, head, policy, samplers, updates
 
 __all__ = [
@@ -118,7 +118,7 @@ def _build_one(
         return build[kind](n, d, opset), extra
     if family == "beta":
         extra["construction"] = {
-            "name": "boosted Marsaglia-Tsang, fixed rounds (veil.client_sdk.runtime.reference)",
+            "name": "boosted Marsaglia-Tsang, fixed rounds (veil.client_sdk.distributions.noise)",
             "rounds": beta.rounds,
             "boost": beta.boost,
             "tv_bound_at_alpha_beta_2_5": beta_construction_tv_bound(2.0, 5.0, beta),

@@ -1,7 +1,8 @@
 """Sampler graphs, one per distribution family, randomness passed in as input tensors.
 
-Each graph is the ONNX form of a numpy reference in :mod:`veil.client_sdk.runtime.reference` (noise
-conventions and the Beta construction are documented there). Every sampler takes the family's
+Each graph is the ONNX form of the family's own numpy sampler in
+:mod:`veil.client_sdk.distributions.noise` (noise conventions and the Beta construction are documented
+there). Every sampler takes the family's
 *unconstrained* parameters (:meth:`UserDistribution.unconstrained`), the same tensors the update graph
 returns, and a leading symbolic ``batch`` dimension on the noise: one call draws ``batch`` independent
 samples.
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import onnx
 
-from veil.client_sdk.runtime.reference import UNIFORM_HIGH, UNIFORM_LOW, BetaConstruction
+from veil.client_sdk.distributions.noise import UNIFORM_HIGH, UNIFORM_LOW, BetaConstruction
 from veil.models.onnx._builder import GraphBuilder, Var, maximum, where
 
 __all__ = ["basis_mixture_sampler", "beta_parts", "beta_sampler", "gaussian_sampler", "prototype_sampler"]

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import onnx
 
-from veil.client_sdk.runtime.reference import BetaConstruction
+from veil.client_sdk.distributions.noise import BetaConstruction
 from veil.models.onnx._builder import GraphBuilder, Var, where
 from veil.models.onnx.samplers import beta_parts
 

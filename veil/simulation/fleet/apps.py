@@ -31,11 +31,14 @@ __all__ = ["client_app", "make_server_app", "server_app"]
 client_app = ClientApp()
 
 
+def _phone(msg: Message, context: Context, record: str) -> tuple[Path, int, dict[str, Any]]:
+    """The simulation folder, this SuperNode's phone and the server's order (the ``record`` config)."""
+    order = dict(msg.content[record])
+    return Path(str(order.pop("work_dir"))), int(context.node_config["partition-id"]), order
+
+
 def _reply(msg: Message, context: Context, step: Callable[..., dict[str, Any]]) -> Message:
-    order = dict(msg.content["order"])
-    work_dir = Path(str(order.pop("work_dir")))
-    pid = int(context.node_config["partition-id"])
-    return Message(RecordDict({"metrics": MetricRecord(step(work_dir, pid, order))}), reply_to=msg)
+    return Message(RecordDict({"metrics": MetricRecord(step(*_phone(msg, context, "order")))}), reply_to=msg)
 
 
 @client_app.query("choose")
@@ -51,11 +54,8 @@ def _take_part(msg: Message, context: Context) -> Message:
 @client_app.train()
 def _train(msg: Message, context: Context) -> Message:
     """Federated training of the public prototypes (FedAvg's ``train`` messages)."""
-    order = dict(msg.content["config"])
-    work_dir = Path(str(order.pop("work_dir")))
-    pid = int(context.node_config["partition-id"])
     table = msg.content["arrays"]["prototypes"].numpy()
-    new, metrics = train_prototypes(work_dir, pid, order, table)
+    new, metrics = train_prototypes(*_phone(msg, context, "config"), table)
     content = RecordDict(
         {"arrays": ArrayRecord({"prototypes": Array(new)}), "metrics": MetricRecord(metrics)}
     )

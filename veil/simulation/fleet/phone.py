@@ -12,13 +12,14 @@ import asyncio
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
-from veil.client_sdk.client import CodebookMismatchError, ModelMismatchError, RetryPolicy, VeilClient
+from veil.client_sdk.client import CodebookMismatchError, RetryPolicy, VeilClient
+from veil.client_sdk.distributions import PrototypeDistribution
 from veil.client_sdk.ohttp import AsyncOHTTPClient
-from veil.client_sdk.param_store import ParamStore
+from veil.client_sdk.param_store import ParamStore, ParamStoreError
 
 __all__ = ["PhoneDropoutError", "choose", "phone_dir", "take_part", "train_prototypes", "write_phone"]
 
@@ -83,17 +84,19 @@ class _Phone:
             gateway_public_key=bytes.fromhex(str(self.order["gateway_key"])),
         )
 
-    def stale(self) -> bool:
-        """Whether the stored choice is missing or for another codebook or model (no request needed)."""
+    def current_choice(self) -> int | None:
+        """The stored prototype index when it is for this round's model and codebook version, else
+        ``None`` (missing, corrupt or stale: choose again). One file read, no request."""
         if not self.store.exists():
-            return True
+            return None
         try:
             state = self.store.load("prototype")
-        except Exception:  # a corrupt or foreign file: choose again, as the SDK would after its error
-            return True
-        return state.model != self.order["model"] or state.distribution.codebook.version != str(  # type: ignore[attr-defined]
-            self.order["codebook_version"]
-        )
+        except ParamStoreError:  # a corrupt or foreign file: choose again, as the SDK would after its error
+            return None
+        dist = cast(PrototypeDistribution, state.distribution)
+        if state.model != self.order["model"] or dist.codebook.version != str(self.order["codebook_version"]):
+            return None
+        return dist.index
 
 
 async def _choose(work_dir: Path, pid: int, order: Mapping[str, Any]) -> dict[str, Any]:
@@ -101,8 +104,9 @@ async def _choose(work_dir: Path, pid: int, order: Mapping[str, Any]) -> dict[st
     k = int(order["codebook_size"])
     if int(order["round"]) < int(phone.data["join_round"]):
         return {"joined": 0, "chose": 0, "choice": [0] * k}
-    chose = phone.stale()
-    if chose:
+    index = phone.current_choice()
+    chose = index is None
+    if index is None:
         task = str(order["task"])
         examples = [
             (task, text, label) for text, label in phone.data["train"][: int(order["choice_examples"])]
@@ -110,10 +114,10 @@ async def _choose(work_dir: Path, pid: int, order: Mapping[str, Any]) -> dict[st
         async with phone.transport() as transport:
             client = phone.client(transport)
             try:
-                await client.choose_prototype(examples, noise_std=float(order["noise_std"]))
-            except (CodebookMismatchError, ModelMismatchError):  # the codebook moved meanwhile
-                await client.choose_prototype(examples, noise_std=float(order["noise_std"]))
-    index = phone.store.load("prototype").distribution.index  # type: ignore[attr-defined]
+                choice = await client.choose_prototype(examples, noise_std=float(order["noise_std"]))
+            except CodebookMismatchError:  # the codebook moved between its fetch and the losses
+                choice = await client.choose_prototype(examples, noise_std=float(order["noise_std"]))
+        index = choice.index
     one_hot = [0] * k
     one_hot[index] = 1
     return {"joined": 1, "chose": int(chose), "choice": one_hot}

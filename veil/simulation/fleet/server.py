@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from veil.client_sdk.distributions import Codebook
+from veil.client_sdk.distributions import Codebook, UserDistribution
 from veil.client_sdk.param_store import ParamStore
 from veil.simulation.fleet.config import FleetConfig
 from veil.simulation.fleet.phone import phone_dir, write_phone
@@ -240,7 +240,8 @@ def run_fleet(
             replies, dropped, missing = _send(grid, ids, "query.take_part", order, cfg.timeout_s)
         joined = [m for m in replies if int(m["joined"])]
         n_eval = sum(int(m["num-examples"]) for m in joined)
-        groups, uploads = _ground_truth(cfg, book, r)
+        laws = _phone_laws(cfg)  # read once; the ground truth and the audit both use them
+        groups, uploads = _ground_truth(cfg, laws, r)
         chosen = counts[counts > 0]
         rr = RoundReport(
             round=r, phones_asked=len(ids), phones=len(joined), dropped=dropped,
@@ -253,7 +254,7 @@ def run_fleet(
             seconds_uploads=time.perf_counter() - t0 - t_choice,
         )  # fmt: skip
         if cfg.audit_phones:
-            rr.audit = _audit(cfg, round_dir, r)
+            rr.audit = _audit(cfg, laws, round_dir, r)
         report.rounds.append(rr)
         if on_round is not None:
             on_round(rr)
@@ -355,7 +356,7 @@ def _federated(
     return book.with_prototypes(protos), info
 
 
-def _audit(cfg: FleetConfig, round_dir: Path, r: int) -> dict[str, Any]:
+def _audit(cfg: FleetConfig, laws: dict[int, UserDistribution], round_dir: Path, r: int) -> dict[str, Any]:
     """``veil audit`` after round ``r``: on a sample of the phones' parameter files (``--params``), and
     on the store's upload stream (``--db``) with those phones' laws for the expected Bayes accuracy."""
     from veil.cloud_service.store import iter_uploads, make_engine, session_factory
@@ -363,10 +364,9 @@ def _audit(cfg: FleetConfig, round_dir: Path, r: int) -> dict[str, Any]:
     from veil.privacy_analysis.audit.stream import StreamAuditConfig, audit_stream
 
     rng = np.random.default_rng(cfg.seed + 1000 + r)
-    files = [phone_dir(cfg.path, p) / "params.npz" for p in range(cfg.phones)]
-    files = [f for f in files if f.exists()]
-    chosen = rng.choice(len(files), size=min(len(files), cfg.audit_phones), replace=False)
-    dists = [ParamStore(files[i]).load("prototype").distribution for i in sorted(chosen)]
+    pids = sorted(laws)
+    chosen = rng.choice(len(pids), size=min(len(pids), cfg.audit_phones), replace=False)
+    dists = [laws[pids[i]] for i in sorted(chosen)]
     out: dict[str, Any] = {"phones_audited": len(dists)}
     if len(dists) >= 2:
         audit_cfg = AuditConfig(uploads_per_user=20, linked=(1, 4), attacks=False, seed=cfg.seed + r)
@@ -390,18 +390,25 @@ def _audit(cfg: FleetConfig, round_dir: Path, r: int) -> dict[str, Any]:
     return out
 
 
-def _ground_truth(cfg: FleetConfig, book: Codebook, r: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each phone's group and its uploads this round, from the phones' folders (simulator only)."""
+def _phone_laws(cfg: FleetConfig) -> dict[int, UserDistribution]:
+    """Every phone's stored law, by phone, from the phones' folders (simulator only)."""
+    stores = {pid: ParamStore(phone_dir(cfg.path, pid) / "params.npz") for pid in range(cfg.phones)}
+    return {pid: store.load("prototype").distribution for pid, store in stores.items() if store.exists()}
+
+
+def _ground_truth(
+    cfg: FleetConfig, laws: dict[int, UserDistribution], r: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each phone's group and its uploads this round (phones that uploaded), from its folder."""
     groups, uploads = [], []
-    for pid in range(cfg.phones):
-        folder = phone_dir(cfg.path, pid)
-        store = ParamStore(folder / "params.npz")
-        log = folder / "uploads.txt"
-        n = 0
-        if log.exists():
-            n = sum(1 for line in log.read_text().splitlines() if line.split()[0] == str(r))
-        if not store.exists() or n == 0:
-            continue
-        groups.append(store.load("prototype").distribution.index)  # type: ignore[attr-defined]
-        uploads.append(n)
+    for pid, law in laws.items():
+        log = phone_dir(cfg.path, pid) / "uploads.txt"
+        n = (
+            sum(1 for line in log.read_text().splitlines() if line.split()[0] == str(r))
+            if log.exists()
+            else 0
+        )
+        if n:
+            groups.append(law.index)  # type: ignore[attr-defined]
+            uploads.append(n)
     return np.asarray(groups, dtype=np.int64), np.asarray(uploads, dtype=np.int64)
