@@ -242,6 +242,10 @@ class Service:
             e = _sample(body, "embedding")
             return 200, {"object": "embedding_gradient", "model": MODEL, "loss": float(np.sum((e - TARGET) ** 2)),
                          "gradient": (2 * (e - TARGET)).tolist()}  # fmt: skip
+        if req.path == "/v1/label-losses":  # L = ||e - TARGET||^2 + the label's length
+            loss = float(np.sum((_sample(body, "embedding") - TARGET) ** 2))
+            return 200, {"object": "label_losses", "model": MODEL,
+                         "losses": [loss + len(label) for label in body["labels"]]}  # fmt: skip
         if req.path == "/v1/uploads":
             key = req.header("idempotency-key")
             if key in self.uploads:
@@ -436,6 +440,7 @@ def test_requests_carry_nothing_identifying(tmp_path: Path) -> None:
         await client.upload("next_word", "a", "b")
         await client.upload("next_word", "a", None, with_embedding=False)
         await client.chat([{"role": "user", "content": "hi"}], max_tokens=4)
+        await client.predict("next_word", "a", ["b", "c"])
 
     run(go)
     allowed = {"content-type", "idempotency-key"}
@@ -444,7 +449,7 @@ def test_requests_carry_nothing_identifying(tmp_path: Path) -> None:
         assert (req.scheme, req.authority) == ("https", "veil.invalid")
         body = json.loads(req.content) if req.content else {}
         assert set(body) <= {"model", "task", "text", "label", "embedding_b64", "messages", "max_tokens",
-                             "user_embedding_b64", "encoding"}  # fmt: skip
+                             "user_embedding_b64", "encoding", "labels"}  # fmt: skip
     for request in service.outer_requests:
         assert set(request.headers) == {"host", "content-type", "accept", "user-agent", "content-length"}
     embeddings = [json.loads(r.content).get("embedding_b64") for r in service.seen[1:3]]
@@ -464,6 +469,61 @@ def test_chat_is_personalised_with_a_fresh_sample(tmp_path: Path) -> None:
     service.inner.extend([(200, {"choices": []})] * 4)  # retried: a garbled answer may be transient
     with pytest.raises(InvalidResponseError):
         run(lambda: client.chat(msgs))
+
+
+def test_a_prediction_is_one_request_for_every_label(tmp_path: Path) -> None:
+    service = Service()
+    client = make_client(service, ParamStore(tmp_path / "params.veil"))
+    client.initialise(gaussian())
+    assert (
+        run(lambda: client.predict("next_word", "a cup of", ["ccc", "bb", "dd", "eee"])) == "bb"
+    )  # ties: first
+    assert [r.path for r in service.seen] == ["/v1/label-losses"]
+    body = json.loads(service.seen[0].content)
+    assert body["labels"] == ["ccc", "bb", "dd", "eee"] and "codebook_version" not in body  # not a prototype
+    assert _sample(body, "embedding").shape == SHAPE
+    # an answer that is not one finite loss per label is refused, and retried as a garbled answer is
+    service.inner.extend([(200, {"losses": [1.0]}), (200, {"losses": [1.0, float("nan")]})])
+    assert run(lambda: client.predict("next_word", "a", ["x", "yy"])) == "x"
+    assert len(service.seen) == 4 and service.seen[1].content == service.seen[3].content  # the same sample
+
+
+@pytest.mark.parametrize(
+    "losses",
+    [
+        None,
+        "1.0",
+        [1.0],
+        [1.0, 2.0, 3.0],
+        [1.0, None],
+        [1.0, "2"],
+        [True, 1.0],
+        [1.0, float("inf")],
+        [1, 10**400],
+    ],
+)
+def test_label_losses_refuses_an_answer_that_is_not_one_finite_loss_per_label(losses: Any) -> None:
+    from veil.client_sdk.api import PhoneAPI
+
+    service = Service()
+    service.inner.append((200, json.dumps({"object": "label_losses", "losses": losses}).encode()))
+    transport = AsyncOHTTPClient(
+        "https://relay.invalid/ohttp",
+        key_config_url="https://relay.invalid/.well-known/ohttp-gateway",
+        transport=httpx.MockTransport(service),
+        retries=0,
+    )
+    api = PhoneAPI(transport, MODEL)
+    with pytest.raises(VeilAPIError) as err:
+        run(
+            lambda: api.label_losses("next_word", "a", ["b", "c"], np.zeros(SHAPE), codebook_version="0" * 16)
+        )
+    assert (err.value.status, err.value.type) == (200, "invalid_response")
+    assert json.loads(service.seen[0].content)["codebook_version"] == "0" * 16
+    service.inner.append((200, {"object": "label_losses", "losses": [0.5, 2]}))
+    out = run(lambda: api.label_losses("next_word", "a", ["b", "c"], np.zeros(SHAPE)))
+    assert out.dtype == np.float64 and out.tolist() == [0.5, 2.0]
+    assert "codebook_version" not in json.loads(service.seen[1].content)
 
 
 def test_model_checks(tmp_path: Path) -> None:

@@ -1,23 +1,28 @@
 """``GET /v1/codebook`` on a real server: 404 until published, the published codebook byte for byte
 (directly with an API key and through a real relay and the OHTTP gateway), and new versions without a
-restart."""
+restart; ``codebook_version`` on the phone routes, refused with a 409 when stale, and a phone that
+learns of a new codebook from that refusal alone."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
+from veil.client_sdk.api import new_idempotency_key
+from veil.client_sdk.client import CodebookMismatchError, VeilClient
 from veil.client_sdk.codebook_wire import codebook_from_json
-from veil.client_sdk.ohttp import OHTTPClient
+from veil.client_sdk.ohttp import AsyncOHTTPClient, OHTTPClient
+from veil.client_sdk.param_store import MemoryParamStore
 from veil.cloud_service.app import create_app, load_served_model
 from veil.cloud_service.background import BackgroundServer
 from veil.cloud_service.codebooks import CodebookStore, init_codebook, retire_by_counts
 from veil.cloud_service.config import ServiceConfig
 from veil.cloud_service.relay import RelayConfig, create_relay_app
-from veil.cloud_service.store import create_api_key, make_engine, migrate, session_factory
+from veil.cloud_service.store import count_uploads, create_api_key, make_engine, migrate, session_factory
 
 pytestmark = pytest.mark.integration
 
@@ -137,3 +142,133 @@ def test_a_loss_request_without_a_gradient_answers_the_same_loss(stack) -> None:
     assert set(alone.json()) == {"object", "model", "loss"}  # no gradient computed or sent
     assert alone.json()["loss"] == pytest.approx(full["loss"], rel=1e-5)
     assert _post(api, key, "/v1/embedding-gradients", {**body, "encoding": "hex"}).status_code == 400
+
+
+# ------------------------------------------------------------------ codebook_version on the phone routes
+STALE = "0123456789abcdef"
+EXAMPLE = {"task": "next_word", "text": "the cat sat on the"}
+EMBEDDING = [[0.1] * 64]
+VERSIONED = {  # every route whose body may name the codebook of the phone's choice, with a valid body
+    "/v1/uploads": {**EXAMPLE, "label": "mat", "embedding": EMBEDDING},
+    "/v1/embedding-gradients": {**EXAMPLE, "label": "mat", "embedding": EMBEDDING, "encoding": "none"},
+    "/v1/label-losses": {**EXAMPLE, "labels": ["mat", "hat"], "embedding": EMBEDDING},
+    "/v1/chat/completions": {
+        "model": "tiny-llama",
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 1,
+        "user_embedding": EMBEDDING,
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def sessions(stack):
+    return session_factory(make_engine(None, stack[3].path.parent))
+
+
+def _stored(sessions) -> int:
+    with sessions() as s:
+        return count_uploads(s)
+
+
+def _send(api, key: str, path: str, version: str, **change) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {key}", "Idempotency-Key": new_idempotency_key()}
+    body = {**VERSIONED[path], "codebook_version": version, **change}
+    return httpx.post(api.url + path, json=body, headers=headers, timeout=60)
+
+
+def _refused(r: httpx.Response, sent: str, published: str) -> None:
+    assert r.status_code == 409, r.text
+    err = r.json()["error"]
+    assert (err["type"], err["code"], err["param"]) == (
+        "conflict_error", "codebook_version_mismatch", "codebook_version",
+    )  # fmt: skip
+    assert sent in err["message"] and published in err["message"]
+
+
+@pytest.mark.parametrize("path", list(VERSIONED))
+def test_a_stale_codebook_version_is_refused_before_anything_runs(stack, sessions, path: str) -> None:
+    api, _, key, store = stack
+    book = store.publish(init_codebook(4, 1, (1, 64), seed=6))
+    before = _stored(sessions)
+    _refused(_send(api, key, path, STALE), STALE, book.version)
+    # checked first: a body that would fail every later check is still answered 409
+    _refused(_send(api, key, path, STALE, model="another-model"), STALE, book.version)
+    store.path.unlink()
+    _refused(_send(api, key, path, book.version), book.version, "none is published")
+    store.publish(init_codebook(3, 1, (2, 64)))  # one the served model cannot use: as good as none
+    _refused(_send(api, key, path, book.version), book.version, "none is published")
+    assert _stored(sessions) == before  # nothing stored
+    store.publish(book)
+    accepted = _send(api, key, path, book.version)
+    assert accepted.status_code == (201 if path == "/v1/uploads" else 200), accepted.text
+    assert _stored(sessions) == before + (path == "/v1/uploads")
+    assert _send(api, key, path, "0123456789ABCDEF").status_code == 400  # 16 lower-case hex digits
+
+
+def test_a_stale_upload_through_the_gateway_is_refused_and_not_stored(stack, sessions) -> None:
+    """The gateway serves inner uploads itself (its fast path): the same check, the same answer."""
+    _, relay, _, store = stack
+    book = store.publish(init_codebook(4, 1, (1, 64), seed=7))
+    before = _stored(sessions)
+    body = {**VERSIONED["/v1/uploads"], "codebook_version": STALE}
+    with OHTTPClient(relay.url + "/ohttp", key_config_url=relay.url + "/.well-known/ohttp-gateway") as c:
+        stale = c.request(
+            "POST", "/v1/uploads", json=body, headers={"idempotency-key": new_idempotency_key()}
+        )
+        body["codebook_version"] = book.version
+        fresh = c.request(
+            "POST", "/v1/uploads", json=body, headers={"idempotency-key": new_idempotency_key()}
+        )
+    assert stale.status == 409 and stale.json()["error"]["code"] == "codebook_version_mismatch"
+    assert STALE in stale.json()["error"]["message"] and book.version in stale.json()["error"]["message"]
+    assert fresh.status == 201
+    assert _stored(sessions) == before + 1
+
+
+class _Counting:
+    """A transport that records every inner request a phone makes, then sends it."""
+
+    def __init__(self, transport: AsyncOHTTPClient) -> None:
+        self.transport = transport
+        self.sent: list[str] = []
+
+    async def request(self, method: str, path: str, **kwargs):  # -> the inner response
+        self.sent.append(f"{method} {path}")
+        return await self.transport.request(method, path, **kwargs)
+
+
+def test_a_phone_learns_of_a_new_codebook_from_the_refusal_itself(stack, sessions) -> None:
+    _, relay, _, store = stack
+    store.publish(init_codebook(4, 1, (1, 64), seed=8))
+    examples = [("next_word", "the cat sat on the", "mat"), ("next_word", "a cup of", "tea")]
+    uses = {
+        "POST /v1/uploads": lambda phone: phone.upload("next_word", "a cup of", "tea"),
+        "POST /v1/label-losses": lambda phone: phone.predict("next_word", "a cup of", ["tea", "milk", "dog"]),
+        "POST /v1/chat/completions": lambda phone: phone.chat(
+            [{"role": "user", "content": "hi"}], max_tokens=1
+        ),
+    }
+
+    async def go() -> tuple[list[str], list[str], str, str]:
+        url = relay.url
+        async with AsyncOHTTPClient(url + "/ohttp", key_config_url=url + "/.well-known/ohttp-gateway") as t:
+            counting = _Counting(t)
+            phone = VeilClient(counting, MemoryParamStore(), model="tiny-llama", family="prototype")
+            old = (await phone.choose_prototype(examples)).version
+            counting.sent.clear()
+            for use in uses.values():  # one request each: no GET /v1/codebook before it
+                await use(phone)
+            served = list(counting.sent)
+            new = store.publish(retire_by_counts(store.current(), [1, 1, 1, 0])).version
+            counting.sent.clear()
+            for use in uses.values():
+                with pytest.raises(CodebookMismatchError) as err:
+                    await use(phone)
+                assert old in str(err.value) and new in str(err.value)
+            return served, list(counting.sent), old, new
+
+    before = _stored(sessions)
+    served, refused, old, new = asyncio.run(go())
+    assert served == refused == list(uses)  # the refusal costs no extra round trip, and is not retried
+    assert old != new and _stored(sessions) == before + 1  # the stale upload stored nothing

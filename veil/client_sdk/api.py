@@ -87,11 +87,32 @@ def _decode(resp: _Response) -> dict[str, Any]:
     return body
 
 
+def _finite_numbers(raw: Any, n: int) -> np.ndarray | None:
+    """``raw`` as ``(n,)`` float64 when it is a JSON list of ``n`` finite numbers; ``None`` otherwise.
+
+    >>> _finite_numbers([1, 2.5], 2), _finite_numbers([1, True], 2), _finite_numbers([1e400], 1)
+    (array([1. , 2.5]), None, None)
+    """
+    if not isinstance(raw, list) or len(raw) != n or not all(type(v) in (int, float) for v in raw):
+        return None  # bool is an int to Python, not a number to JSON
+    try:
+        values = np.array([float(v) for v in raw], dtype=np.float64)
+    except OverflowError:  # an integer beyond float64
+        return None
+    return values if np.isfinite(values).all() else None
+
+
 def embedding_field(name: str, embedding: np.ndarray, encoding: str = "base64") -> dict[str, Any]:
     """The body field for a sample: ``{name_b64: "..."}`` (base64 of little-endian float32, row-major;
     smaller and cheaper to encode) or ``{name: [[...]]}`` (JSON numbers); see
     :func:`veil.client_sdk.wire.encode_field`."""
     return encode_field(name, embedding, encoding)
+
+
+def _versioned(codebook_version: str | None) -> dict[str, str]:
+    """The ``codebook_version`` field when there is one: the cloud then refuses the request (``409
+    codebook_version_mismatch``) unless that codebook is the published one (``PROTOCOL.md`` 5.5)."""
+    return {} if codebook_version is None else {"codebook_version": codebook_version}
 
 
 class PhoneAPI:
@@ -148,19 +169,51 @@ class PhoneAPI:
             raise VeilAPIError(200, "invalid_response", "codebook losses must be finite exactly where usable")
         return losses
 
-    async def loss(self, task: str, text: str, label: str, embedding: np.ndarray) -> float:
+    async def loss(
+        self, task: str, text: str, label: str, embedding: np.ndarray, *, codebook_version: str | None = None
+    ) -> float:
         """The loss alone for one example and one sample (``/v1/embedding-gradients`` with
         ``encoding: "none"``: a forward pass on the cloud, no gradient in the answer)."""
         body = {
             "model": self.model, "task": task, "text": text, "label": label, "encoding": "none",
             **embedding_field("embedding", embedding, self.embedding_encoding),
+            **_versioned(codebook_version),
         }  # fmt: skip
         return float(
             _decode(await self.transport.request("POST", "/v1/embedding-gradients", json=body))["loss"]
         )
 
+    async def label_losses(
+        self,
+        task: str,
+        text: str,
+        labels: Sequence[str],
+        embedding: np.ndarray,
+        *,
+        codebook_version: str | None = None,
+    ) -> np.ndarray:
+        """The loss of each candidate label under one sample, in one request (``POST /v1/label-losses``:
+        forward passes on the cloud, no gradient): ``(len(labels),)`` in the order of ``labels``.
+
+        Raises :class:`VeilAPIError` (``invalid_response``) for an answer that is not one finite loss
+        per label.
+        """
+        body = {
+            "model": self.model, "task": task, "text": text, "labels": list(labels),
+            **embedding_field("embedding", embedding, self.embedding_encoding),
+            **_versioned(codebook_version),
+        }  # fmt: skip
+        raw = _decode(await self.transport.request("POST", "/v1/label-losses", json=body)).get("losses")
+        losses = _finite_numbers(raw, len(labels))
+        if losses is None:
+            got = repr(raw)[:200]
+            raise VeilAPIError(
+                200, "invalid_response", f"label losses must be {len(labels)} finite numbers, got {got}"
+            )
+        return losses
+
     async def embedding_gradient(
-        self, task: str, text: str, label: str, embedding: np.ndarray
+        self, task: str, text: str, label: str, embedding: np.ndarray, *, codebook_version: str | None = None
     ) -> tuple[float, np.ndarray]:
         """Loss and dL/de ``(n_tokens, hidden)`` for one example and one fresh sample."""
         body = {
@@ -169,6 +222,7 @@ class PhoneAPI:
             "text": text,
             "label": label,
             **embedding_field("embedding", embedding, self.embedding_encoding),
+            **_versioned(codebook_version),
         }
         if self.embedding_encoding == "base64":
             body["encoding"] = "base64"  # the gradient comes back compact too (gradient_b64)
@@ -188,27 +242,41 @@ class PhoneAPI:
         label: str | None,
         embedding: np.ndarray | None,
         idempotency_key: str | None = None,
+        *,
+        codebook_version: str | None = None,
     ) -> dict[str, Any]:
         """Store one anonymous example; returns ``{"id", "status"}`` (``duplicate`` on a replayed key)."""
         key = idempotency_key or new_idempotency_key()
         body: dict[str, Any] = {"model": self.model, "task": task, "text": text, "label": label}
         if embedding is not None:
             body.update(embedding_field("embedding", embedding, self.embedding_encoding))
+        body.update(_versioned(codebook_version))
         headers = {"idempotency-key": key}
         return _decode(await self.transport.request("POST", "/v1/uploads", json=body, headers=headers))
 
     async def chat(
-        self, messages: Sequence[dict[str, str]], embedding: np.ndarray | None = None, **params: Any
+        self,
+        messages: Sequence[dict[str, str]],
+        embedding: np.ndarray | None = None,
+        *,
+        codebook_version: str | None = None,
+        **params: Any,
     ) -> str:
         """A non-streamed completion (``max_tokens``, ``temperature``, ``seed``, ``stop`` pass through)."""
         body: dict[str, Any] = {"model": self.model, "messages": list(messages), **params}
         if embedding is not None:
             body.update(embedding_field("user_embedding", embedding, self.embedding_encoding))
+        body.update(_versioned(codebook_version))
         out = _decode(await self.transport.request("POST", "/v1/chat/completions", json=body))
         return str(out["choices"][0]["message"]["content"])
 
     async def prototype_answers(
-        self, messages: Sequence[dict[str, str]], prototypes: np.ndarray, top_k: int
+        self,
+        messages: Sequence[dict[str, str]],
+        prototypes: np.ndarray,
+        top_k: int,
+        *,
+        codebook_version: str | None = None,
     ) -> HeadAnswers:
         """The cloud half of private mixing: the top ``top_k`` next tokens under each public prototype.
 
@@ -220,6 +288,8 @@ class PhoneAPI:
         messages : the chat so far.
         prototypes : ``(m, n_tokens, hidden)`` public prototypes of the codebook.
         top_k : alternatives per prototype, 1..20.
+        codebook_version : the version of the codebook the prototypes come from; when given, the cloud
+            refuses each request (``409``) unless it is the published one.
 
         Returns
         -------
@@ -241,6 +311,7 @@ class PhoneAPI:
                 "logprobs": True,
                 "top_logprobs": top_k,
                 **embedding_field("user_embedding", proto, self.embedding_encoding),
+                **_versioned(codebook_version),
             }
             out = _decode(await self.transport.request("POST", "/v1/chat/completions", json=body))
             content = (out["choices"][0]["logprobs"] or {}).get("content") or []

@@ -24,9 +24,10 @@ Guarantees
   carry the gateway's signature under the key the app ships, or the one pinned on first use; otherwise
   :class:`~veil.client_sdk.ohttp.errors.KeyConfigSignatureError` is raised and not retried.
 * With a prototype codebook (``PROTOCOL.md`` 5.5) the choice is made on the phone from loss requests
-  (:meth:`VeilClient.choose_prototype`), and every upload or chat first checks the stored choice against
-  the cloud's current codebook: another version raises :class:`CodebookMismatchError`, and the caller
-  chooses again explicitly. Nothing is re-chosen or resampled behind its back.
+  (:meth:`VeilClient.choose_prototype`), and every request that carries a sample of it names the stored
+  choice's codebook version: the cloud refuses another version than the published one (409) before it
+  stores or computes anything, and the client raises :class:`CodebookMismatchError`; the caller chooses
+  again explicitly. Nothing is re-chosen, resampled or resent behind its back.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from typing import Any, TypeVar, cast
 import numpy as np
 
 from veil.client_sdk.api import MAX_TOP_K, AsyncTransport, PhoneAPI, VeilAPIError, new_idempotency_key
+from veil.client_sdk.constants import MAX_LABELS
 from veil.client_sdk.distributions.base import UserDistribution
 from veil.client_sdk.distributions.prototype import (
     DEFAULT_NOISE_STD,
@@ -343,6 +345,27 @@ class VeilClient:
             await asyncio.sleep(pause)
             attempt, waited = attempt + 1, waited + pause
 
+    def _choice_version(self) -> str | None:
+        """The codebook version of a stored prototype choice, which every request carrying a sample of it
+        names; ``None`` for other families (their requests name none)."""
+        distribution = self.state.distribution
+        if "choose" not in distribution.capabilities:
+            return None
+        return cast(PrototypeDistribution, distribution).codebook.version
+
+    async def _send(self, send: Callable[[], Awaitable[T]], version: str | None) -> T:
+        """``send`` with retries; the cloud's refusal of ``version`` (``409 codebook_version_mismatch``)
+        becomes :class:`CodebookMismatchError` naming both versions (the published one is in its
+        message). It is not retried: the stored choice is stale until the caller chooses again."""
+        try:
+            return await self._with_retries(send)
+        except VeilAPIError as exc:
+            if version is None or exc.code != "codebook_version_mismatch":
+                raise
+            raise CodebookMismatchError(
+                f"parameters were chosen against codebook {version}, which the cloud refused: {exc.message}"
+            ) from exc
+
     async def discover(self) -> dict[str, Any]:
         """The model card (``GET /v1/models``); checks that it serves this model with our sample shape."""
 
@@ -413,66 +436,80 @@ class VeilClient:
     async def predict(self, task: str, text: str, labels: Sequence[str]) -> str:
         """The label the personalised model finds likeliest for ``text``, asked from the phone.
 
-        One fresh sample of the current parameters is drawn (checked against the policy, and for a
-        prototype choice against the cloud's codebook), and each candidate label's loss under it is a
-        loss request (``/v1/embedding-gradients``); the lowest loss wins (ties: the first label). This is
-        how a phone measures personalised accuracy on its own held-out examples without a local model.
+        One fresh sample of the current parameters is drawn (checked against the policy) and one request
+        (``/v1/label-losses``) asks for every candidate label's loss under it; the lowest loss wins (ties:
+        the first label). This is how a phone measures personalised accuracy on its own held-out
+        examples without a local model. A stale prototype choice raises :class:`CodebookMismatchError`.
+
+        Parameters
+        ----------
+        labels : 1 to 32 distinct candidates.
         """
-        if not labels:
-            raise ValueError("labels must name at least one candidate")
-        await self.check_codebook()
-        x = self.sample()
-        losses = await asyncio.gather(*[self._loss(task, text, label, x) for label in labels])
+        if not 1 <= len(labels) <= MAX_LABELS or len(set(labels)) != len(labels):
+            raise ValueError(
+                f"labels must be 1 to {MAX_LABELS} distinct candidates, got {list(labels)!r:.200}"
+            )
+        x, version = self.sample(), self._choice_version()
+
+        async def exchange() -> np.ndarray:
+            try:
+                return await self.api.label_losses(task, text, labels, x, codebook_version=version)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise InvalidResponseError(f"label losses are malformed: {exc!r}") from exc
+
+        losses = await self._send(exchange, version)
         return labels[int(np.argmin(losses))]
 
     async def mean_loss(self, examples: Sequence[Example]) -> float:
         """The cloud's mean loss over ``examples``, each under a fresh sample of the current parameters
-        (a phone's validation loss; loss requests only, nothing changes)."""
+        (a phone's validation loss; loss requests only, nothing changes). A stale prototype choice
+        raises :class:`CodebookMismatchError`."""
         if not examples:
             raise ValueError("mean_loss needs at least one example")
-        await self.check_codebook()
+        version = self._choice_version()
         slots = asyncio.Semaphore(self.max_in_flight)
 
         async def one(task: str, text: str, label: str) -> float:
             async with slots:
-                return await self._loss(task, text, label, self.sample())
+                return await self._loss(task, text, label, self.sample(), version)
 
         return float(np.mean(await asyncio.gather(*[one(*e) for e in examples])))
 
-    async def _loss(self, task: str, text: str, label: str, e: np.ndarray) -> float:
+    async def _loss(self, task: str, text: str, label: str, e: np.ndarray, version: str | None) -> float:
         """The cloud's loss of ``(text, label)`` under embedding ``e``: one loss request, retried."""
 
         async def exchange() -> float:
             try:
-                value = await self.api.loss(task, text, label, e)
+                value = await self.api.loss(task, text, label, e, codebook_version=version)
             except (KeyError, TypeError, ValueError) as exc:
                 raise InvalidResponseError(f"loss response is malformed: {exc!r}") from exc
             if not math.isfinite(value):
                 raise InvalidResponseError(f"loss must be finite, got {value}")
             return value
 
-        return await self._with_retries(exchange)
+        return await self._send(exchange, version)
 
     async def upload(
         self, task: str, text: str, label: str | None = None, *, with_embedding: bool = True
     ) -> dict[str, Any]:
         """Store one anonymous example (``{"id", "object", "status"}``); retried with the same key and body.
 
-        Raises :class:`CodebookMismatchError` when the stored prototype choice is not for the cloud's
-        current codebook (choose again with :meth:`choose_prototype`).
+        Raises :class:`CodebookMismatchError` when the cloud refused the stored prototype choice's
+        codebook version (nothing was stored; choose again with :meth:`choose_prototype`).
         """
-        if with_embedding:
-            await self.check_codebook()
         embedding = self.sample() if with_embedding else None
+        version = self._choice_version() if with_embedding else None
         key = new_idempotency_key()
 
         async def send() -> dict[str, Any]:
-            out = await self.api.upload(task, text, label, embedding, idempotency_key=key)
+            out = await self.api.upload(
+                task, text, label, embedding, idempotency_key=key, codebook_version=version
+            )
             if not isinstance(out, dict) or out.get("status") not in ("created", "duplicate"):
                 raise InvalidResponseError(f"upload answer is malformed: {out!r}")
             return out
 
-        return await self._with_retries(send)
+        return await self._send(send, version)
 
     async def chat(
         self, messages: Sequence[dict[str, str]], *, personalised: bool = True, **params: Any
@@ -480,21 +517,24 @@ class VeilClient:
         """A completion, personalised with a fresh sample unless ``personalised=False``.
 
         ``params`` pass through (``max_tokens``, ``temperature``, ``top_p``, ``seed``, ``stop``); OpenAI's
-        ``user`` is refused, since it exists to identify people.
+        ``user`` is refused, since it exists to identify people. A personalised chat with a stale
+        prototype choice raises :class:`CodebookMismatchError`.
         """
-        if "user" in params or "user_embedding" in params:
-            raise ValueError("pass no 'user' or 'user_embedding': the client sends a fresh sample itself")
-        if personalised:
-            await self.check_codebook()
+        if params.keys() & {"user", "user_embedding", "user_embedding_b64", "codebook_version"}:
+            raise ValueError(
+                "pass no 'user', 'user_embedding' or 'codebook_version': the client sends a fresh sample, "
+                "and its codebook version, itself"
+            )
         embedding = self.sample() if personalised else None
+        version = self._choice_version() if personalised else None
 
         async def send() -> str:
             try:
-                return await self.api.chat(messages, embedding, **params)
+                return await self.api.chat(messages, embedding, codebook_version=version, **params)
             except (KeyError, TypeError, IndexError) as exc:
                 raise InvalidResponseError(f"chat answer is malformed: {exc!r}") from exc
 
-        return await self._with_retries(send)
+        return await self._send(send, version)
 
     async def mixed_next_token(
         self,
@@ -506,9 +546,10 @@ class VeilClient:
     ) -> int:
         """Private mixing's next token: the cloud's top-k under public prototypes, mixed by ``head``.
 
-        Checks the stored prototype choice against the cloud's codebook first (as :meth:`chat` does),
-        then asks for the answers under the phone's own prototype, or under ``prototypes`` (codebook
-        indices, e.g. its best few by its own losses); nothing private is sent, and ``head`` stays here.
+        Asks for the answers under the phone's own prototype, or under ``prototypes`` (codebook indices,
+        e.g. its best few by its own losses), naming the stored choice's codebook version (as
+        :meth:`chat` does: a stale one raises :class:`CodebookMismatchError`); nothing private is sent,
+        and ``head`` stays here.
 
         Parameters
         ----------
@@ -522,7 +563,6 @@ class VeilClient:
             raise VeilClientError("private mixing needs a prototype choice: call choose_prototype first")
         if not 1 <= top_k <= MAX_TOP_K:
             raise ValueError(f"top_k must be in [1, {MAX_TOP_K}], got {top_k}")
-        await self.check_codebook()
         book = distribution.codebook
         asked = np.asarray([distribution.index] if prototypes is None else list(prototypes), dtype=np.int64)
         if asked.size < 1 or np.any((asked < 0) | (asked >= book.size)) or not book.active[asked].all():
@@ -532,12 +572,14 @@ class VeilClient:
 
         async def send() -> int:
             try:
-                answers = await self.api.prototype_answers(messages, book.prototypes[asked], top_k)
+                answers = await self.api.prototype_answers(
+                    messages, book.prototypes[asked], top_k, codebook_version=book.version
+                )
             except (KeyError, TypeError, IndexError, ValueError) as exc:
                 raise InvalidResponseError(f"prototype answers are malformed: {exc}") from exc
             return int(head.predict(answers)[0])
 
-        return await self._with_retries(send)
+        return await self._send(send, book.version)
 
     # ------------------------------------------------------------------ prototype codebook
     async def codebook(self) -> Codebook:
@@ -558,8 +600,9 @@ class VeilClient:
         """For a stored prototype choice: raise :class:`CodebookMismatchError` (naming both versions)
         unless the cloud's current codebook is the one it was made against. No-op for other families.
 
-        :meth:`upload` and :meth:`chat` call it before they sample; :meth:`sample` and
-        :meth:`generate_locally`, which send nothing, do not (they need no network).
+        One ``GET /v1/codebook``, for an app that wants to know before it sends anything (say, to choose
+        again ahead of time). The routes need no such round trip: each request names the choice's
+        version, and the cloud refuses a stale one atomically.
         """
         distribution = self.state.distribution
         if "choose" in distribution.capabilities:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Literal, get_args
 
-__all__ = ["IDEMPOTENCY_KEY_PATTERN", "MAX_TEXT_CHARS", "TASKS", "Task"]
+__all__ = ["IDEMPOTENCY_KEY_PATTERN", "MAX_LABELS", "MAX_TEXT_CHARS", "TASKS", "Task"]
 
 Task = Literal["classification", "next_word"]
 """What an upload (or a training run) learns: a class label, or the word that follows the text."""
@@ -22,3 +22,6 @@ IDEMPOTENCY_KEY_PATTERN = re.compile(r"[A-Za-z0-9_-]{16,128}")
 
 MAX_TEXT_CHARS = 16_384
 """The longest upload or gradient-request text, in characters."""
+
+MAX_LABELS = 32
+"""The most candidate labels one ``/v1/label-losses`` request scores (one prediction)."""

@@ -15,7 +15,16 @@ from fastapi import FastAPI
 
 from veil.cloud_service.api.deps import OHTTP_SCOPE_KEY, ServiceState
 from veil.cloud_service.api.fast_path import OHTTPFastPath
-from veil.cloud_service.api.routes import chat, codebook, gradients, models, ohttp, ops, uploads
+from veil.cloud_service.api.routes import (
+    chat,
+    codebook,
+    gradients,
+    label_losses,
+    models,
+    ohttp,
+    ops,
+    uploads,
+)
 from veil.cloud_service.codebooks import CodebookStore
 from veil.cloud_service.config import ServiceConfig
 from veil.cloud_service.engine import ServingEngine
@@ -175,7 +184,7 @@ def create_app(config: ServiceConfig, preloaded: LoadedService | None = None) ->
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    for module in (chat, models, uploads, gradients, codebook, ohttp, ops):
+    for module in (chat, models, uploads, gradients, label_losses, codebook, ohttp, ops):
         app.include_router(module.router)
     # Added first, so it runs inside the body-size limit: POST /ohttp past the router to its endpoint.
     app.add_middleware(OHTTPFastPath)

@@ -25,6 +25,7 @@ PHONE_ROUTES: frozenset[tuple[str, str]] = frozenset(
         ("GET", "/v1/codebook"),
         ("POST", "/v1/codebook/losses"),
         ("POST", "/v1/embedding-gradients"),
+        ("POST", "/v1/label-losses"),
         ("POST", "/v1/uploads"),
         ("POST", "/v1/chat/completions"),
     }

@@ -12,15 +12,20 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from veil.client_sdk.constants import MAX_TEXT_CHARS, Task
+from veil.client_sdk.constants import MAX_LABELS, MAX_TEXT_CHARS, Task
 from veil.client_sdk.wire import MAX_VALUES, b64_length
 
 __all__ = [
     "ChatCompletionRequest",
     "ChatMessage",
+    "CodebookLossRequest",
+    "CodebookLossResponse",
+    "CodebookVersion",
     "Embedding",
     "GradientRequest",
     "GradientResponse",
+    "LabelLossRequest",
+    "LabelLossResponse",
     "StreamOptions",
     "TextPart",
     "UploadRequest",
@@ -40,10 +45,23 @@ EmbeddingB64 = Annotated[str, Field(max_length=MAX_EMBEDDING_B64_CHARS)]
 Decoded and validated once, by :func:`veil.client_sdk.wire.decode_f32` in the route."""
 
 
+CodebookVersion = Annotated[str, Field(pattern=r"^[0-9a-f]{16}$")]
+"""A codebook version: 16 lower-case hex digits (``PROTOCOL.md`` 5.5)."""
+
+
 def _one_form(plain: str, b64: str):  # -> model validator
     def check(self):  # type: ignore[no-untyped-def]
         if getattr(self, plain) is not None and getattr(self, b64) is not None:
             raise ValueError(f"send either {plain} or {b64}, not both")
+        return self
+
+    return model_validator(mode="after")(check)
+
+
+def _required_form(plain: str, b64: str):  # -> model validator
+    def check(self):  # type: ignore[no-untyped-def]
+        if getattr(self, plain) is None and getattr(self, b64) is None:
+            raise ValueError(f"{plain} (or {b64}) is required")
         return self
 
     return model_validator(mode="after")(check)
@@ -104,6 +122,8 @@ class ChatCompletionRequest(BaseModel):
     """A fresh sample from the caller's distribution, ``(n_tokens, hidden)`` (flat if ``n_tokens == 1``)."""
     user_embedding_b64: EmbeddingB64 | None = None
     """The same sample in the compact form (base64 of little-endian float32)."""
+    codebook_version: CodebookVersion | None = None
+    """The codebook the sample's prototype belongs to (``409`` unless it is the published one)."""
 
     _check_embedding = field_validator("user_embedding")(_finite_embedding)
     _one_embedding = _one_form("user_embedding", "user_embedding_b64")
@@ -124,23 +144,32 @@ class ChatCompletionRequest(BaseModel):
         return self.max_completion_tokens or self.max_tokens or default
 
 
-class UploadRequest(BaseModel):
-    """One anonymous training example: the text, a fresh embedding sample, the task, an optional label.
-
-    The idempotency key travels in the ``Idempotency-Key`` header.
-    """
+class _Example(BaseModel):
+    """What every phone request about one anonymous example carries: the task, the text, a fresh sample
+    (in one form or the other) and the codebook that sample's prototype belongs to."""
 
     model_config = ConfigDict(extra="forbid")
 
     task: Task
     text: Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]
-    label: Annotated[str | None, Field(max_length=256)] = None
     embedding: Embedding | None = None
     embedding_b64: EmbeddingB64 | None = None
     model: str | None = None
+    codebook_version: CodebookVersion | None = None
+    """The codebook version of the phone's prototype choice: ``409`` unless it is the published one, and
+    then nothing is stored or computed (``PROTOCOL.md`` 5.5, using)."""
 
     _check_embedding = field_validator("embedding")(_finite_embedding)
     _one_embedding = _one_form("embedding", "embedding_b64")
+
+
+class UploadRequest(_Example):
+    """One anonymous training example: the text, a fresh embedding sample, the task, an optional label.
+
+    The idempotency key travels in the ``Idempotency-Key`` header.
+    """
+
+    label: Annotated[str | None, Field(max_length=256)] = None
 
 
 class UploadResponse(BaseModel):
@@ -149,30 +178,43 @@ class UploadResponse(BaseModel):
     status: Literal["created", "duplicate"]
 
 
-class GradientRequest(BaseModel):
+class GradientRequest(_Example):
     """One anonymous example and an embedding sample; the answer is dL/de for it."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    task: Task
-    text: Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]
     label: Annotated[str, Field(min_length=1, max_length=256)]
-    embedding: Embedding | None = None
-    embedding_b64: EmbeddingB64 | None = None
-    model: str | None = None
     encoding: Literal["json", "base64", "none"] = "json"
     """How the gradient comes back: ``"json"`` (``gradient``, numbers), ``"base64"`` (``gradient_b64``,
     little-endian float32, the form of ``embedding_b64``) or ``"none"`` (the loss alone: one forward
-    pass, no backward; for a phone's validation or prediction)."""
+    pass, no backward; for a phone's validation loss)."""
 
-    _check_embedding = field_validator("embedding")(_finite_embedding)
-    _one_embedding = _one_form("embedding", "embedding_b64")
+    _needs_embedding = _required_form("embedding", "embedding_b64")
 
-    @model_validator(mode="after")
-    def _needs_embedding(self) -> GradientRequest:
-        if self.embedding is None and self.embedding_b64 is None:
-            raise ValueError("embedding (or embedding_b64) is required")
-        return self
+
+class LabelLossRequest(_Example):
+    """One anonymous example, one embedding sample and candidate labels; the answer is each label's loss
+    under that sample (a phone's prediction in one request)."""
+
+    labels: Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=256)]], Field(min_length=1, max_length=MAX_LABELS)
+    ]
+    """1 to 32 distinct candidates, each a ``label`` as ``/v1/embedding-gradients`` takes it."""
+
+    _needs_embedding = _required_form("embedding", "embedding_b64")
+
+    @field_validator("labels")
+    @classmethod
+    def _distinct(cls, labels: list[str]) -> list[str]:
+        repeated = sorted({label for label in labels if labels.count(label) > 1})
+        if repeated:
+            raise ValueError(f"labels must be distinct; {repeated} appear more than once")
+        return labels
+
+
+class LabelLossResponse(BaseModel):
+    object: Literal["label_losses"] = "label_losses"
+    model: str
+    losses: list[float]
+    """The loss of each requested label, in the order of the request."""
 
 
 class CodebookLossRequest(BaseModel):
@@ -183,7 +225,7 @@ class CodebookLossRequest(BaseModel):
     task: Task
     text: Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]
     label: Annotated[str, Field(min_length=1, max_length=256)]
-    version: Annotated[str, Field(pattern=r"^[0-9a-f]{16}$")]
+    version: CodebookVersion
     """The codebook version the phone scores against (``409`` when the published one differs)."""
     model: str | None = None
 

@@ -92,7 +92,8 @@ def error_shape_problem(status: int, content_type: str, content: bytes) -> str |
 
 
 def _steer(case: Any, draw: Callable[[Any], Any], served_model: str, embedding_size: int) -> None:
-    """Move a case past validation: the served model, a valid idempotency key, an embedding that fits."""
+    """Move a case past validation: the served model, a valid idempotency key, an embedding that fits,
+    candidate labels the tiny model knows, and (half the time) no codebook version."""
     # lazy: schemathesis and hypothesis are dev dependencies, needed only to fuzz
     from hypothesis import strategies as st
 
@@ -107,6 +108,11 @@ def _steer(case: Any, draw: Callable[[Any], Any], served_model: str, embedding_s
     if body is not None and "max_tokens" in body:
         body["max_tokens"] = draw(st.integers(1, 4))  # keep generation on the tiny model short
         body.pop("max_completion_tokens", None)
+    if body is not None and "codebook_version" in body and draw(st.booleans()):
+        del body["codebook_version"]  # none is published: a version stops the request at its first check
+    if body is not None and case.operation.path == "/v1/label-losses":
+        words = st.sampled_from(["tea", "mat", "dog", "moon", "the"])
+        body["labels"] = draw(st.lists(words, min_size=1, max_size=5, unique=True))
     if case.operation.path == "/v1/uploads":
         key = draw(st.text(_KEY_ALPHABET, min_size=16, max_size=32))
         case.headers = {**(case.headers or {}), "idempotency-key": key}

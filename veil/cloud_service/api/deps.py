@@ -15,7 +15,7 @@ from veil.cloud_service.errors import APIError
 from veil.cloud_service.metrics import Metrics
 from veil.cloud_service.store.repository import verify_api_key
 
-__all__ = ["OHTTP_SCOPE_KEY", "Caller", "Codebooks", "DbSession", "ServiceState", "State", "get_state"]
+__all__ = ["OHTTP_SCOPE_KEY", "Caller", "DbSession", "ServiceState", "State", "get_state"]
 
 OHTTP_SCOPE_KEY = "veil.ohttp"
 """ASGI scope extension set by the gateway on requests it decapsulated (unforgeable from outside)."""
@@ -72,11 +72,6 @@ def _caller(request: Request, state: Annotated[ServiceState, Depends(get_state)]
     return CallerInfo(via_gateway=False, api_key_prefix=info.prefix)
 
 
-def _codebooks(state: Annotated[ServiceState, Depends(get_state)]) -> CodebookStore:
-    return state.codebooks
-
-
 State = Annotated[ServiceState, Depends(get_state)]
 DbSession = Annotated[Any, Depends(_session)]
 Caller = Annotated[CallerInfo, Depends(_caller)]
-Codebooks = Annotated[CodebookStore, Depends(_codebooks)]

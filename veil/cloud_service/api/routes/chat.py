@@ -12,7 +12,7 @@ import numpy as np
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
-from veil.cloud_service.api.checks import check_model, served_embedding
+from veil.cloud_service.api.checks import check_codebook_version, check_model, served_embedding
 from veil.cloud_service.api.deps import Caller, State
 from veil.cloud_service.errors import APIError
 from veil.cloud_service.schemas import ChatCompletionRequest
@@ -24,6 +24,7 @@ router = APIRouter(tags=["chat"])
 def _prepare(
     body: ChatCompletionRequest, state: State
 ) -> tuple[list[int], np.ndarray | None, SamplingParams]:
+    check_codebook_version(state, body.codebook_version)
     engine = state.engine
     check_model(engine, body.model)
     if body.logprobs and body.stream:

@@ -13,39 +13,25 @@ from typing import Any
 from fastapi import APIRouter
 
 from veil.client_sdk.codebook_wire import codebook_to_json
-from veil.client_sdk.distributions import Codebook
-from veil.cloud_service.api.checks import check_label, check_model
-from veil.cloud_service.api.deps import Caller, Codebooks, State
-from veil.cloud_service.errors import APIError
+from veil.cloud_service.api.checks import (
+    check_label,
+    check_model,
+    published_codebook,
+    refuse_stale_version,
+)
+from veil.cloud_service.api.deps import Caller, State
 from veil.cloud_service.schemas import CodebookLossRequest, CodebookLossResponse
 
 router = APIRouter(tags=["personalisation"])
 
 
-def _published(codebooks: Any, state: Any) -> Codebook:
-    book = codebooks.current()
-    if book is None:
-        raise APIError(404, "no codebook is published (veil codebook init)", code="codebook_not_found")
-    shape = tuple(state.engine.embedding_shape)
-    if book.shape != shape:
-        # A codebook for another model is of no use to a phone; say so rather than serve it.
-        raise APIError(
-            404,
-            f"the published codebook has shape {list(book.shape)}, the served model takes {list(shape)}",
-            code="codebook_not_found",
-        )
-    return book
-
-
 @router.get("/v1/codebook")
-def get_codebook(codebooks: Codebooks, state: State, _: Caller) -> dict[str, Any]:
-    return {**codebook_to_json(_published(codebooks, state)), "model": state.engine.name}
+def get_codebook(state: State, _: Caller) -> dict[str, Any]:
+    return {**codebook_to_json(published_codebook(state)), "model": state.engine.name}
 
 
 @router.post("/v1/codebook/losses", response_model=CodebookLossResponse)
-async def codebook_losses(
-    body: CodebookLossRequest, codebooks: Codebooks, state: State, _: Caller
-) -> CodebookLossResponse:
+async def codebook_losses(body: CodebookLossRequest, state: State, _: Caller) -> CodebookLossResponse:
     """The example's loss under every usable prototype, in one request (``PROTOCOL.md`` 5.5, choosing).
 
     Every phone asks for all usable prototypes, so a request says nothing about its choice; the rows
@@ -53,14 +39,8 @@ async def codebook_losses(
     """
     engine = state.engine
     check_model(engine, body.model)
-    book = _published(codebooks, state)
-    if body.version != book.version:
-        raise APIError(
-            409,
-            f"codebook {body.version} is not the published one ({book.version}): fetch it and choose again",
-            param="version",
-            code="codebook_version_mismatch",
-        )
+    book = published_codebook(state)
+    refuse_stale_version(book, body.version, param="version")
     label = check_label(engine, body.task, body.label)
     usable = [int(k) for k in book.active.nonzero()[0]]
     results = await asyncio.gather(

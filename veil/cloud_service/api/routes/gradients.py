@@ -10,7 +10,12 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from veil.client_sdk.wire import encode_f32
-from veil.cloud_service.api.checks import check_label, check_model, served_embedding
+from veil.cloud_service.api.checks import (
+    check_codebook_version,
+    check_label,
+    check_model,
+    served_embedding,
+)
 from veil.cloud_service.api.deps import Caller, State
 from veil.cloud_service.schemas import GradientRequest, GradientResponse
 
@@ -19,6 +24,7 @@ router = APIRouter(tags=["personalisation"])
 
 @router.post("/v1/embedding-gradients", response_model=GradientResponse, response_model_exclude_none=True)
 async def embedding_gradient(body: GradientRequest, state: State, _: Caller) -> GradientResponse:
+    check_codebook_version(state, body.codebook_version)
     engine = state.engine
     check_model(engine, body.model)
     embedding = served_embedding(engine, body.embedding, "embedding", body.embedding_b64)

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from veil.client_sdk.constants import IDEMPOTENCY_KEY_PATTERN
 from veil.client_sdk.ohttp.bhttp import BinaryResponse
-from veil.cloud_service.api.checks import check_model, served_embedding
+from veil.cloud_service.api.checks import check_codebook_version, check_model, served_embedding
 from veil.cloud_service.api.deps import Caller, ServiceState, State
 from veil.cloud_service.errors import APIError, error_body, validation_message
 from veil.cloud_service.schemas import UploadRequest, UploadResponse
@@ -41,9 +41,11 @@ async def store_upload(
     Raises
     ------
     APIError
+        409 for a codebook version that is not the published one (checked first: nothing is stored);
         400 for a bad key, model, embedding or label; 409 when the key was used for other content;
         503 when the database failed (a retry with the same key is safe).
     """
+    check_codebook_version(state, body.codebook_version)
     if idempotency_key is None or not IDEMPOTENCY_KEY_PATTERN.fullmatch(idempotency_key):
         raise APIError(
             400,
