@@ -17,7 +17,9 @@ import pytest
 from veil.client_sdk.distributions import Codebook, PrototypeDistribution
 from veil.privacy_analysis.attribution import bayes_attribution
 from veil.simulation.fleet import FleetConfig, FleetConfigError
-from veil.simulation.fleet.server import attribution_of_groups
+from veil.simulation.fleet.config import AUTO_NODES
+from veil.simulation.fleet.phone import _Phone, cell, cell_average, write_phone
+from veil.simulation.fleet.server import _lost, attribution_of_groups
 
 
 @pytest.mark.parametrize(
@@ -31,6 +33,8 @@ from veil.simulation.fleet.server import attribution_of_groups
         ({"task": "poetry"}, "task must be one of"),
         ({"late_join": 0.2}, "late_join needs rounds >= 2"),
         ({"latency_ms": -1.0}, "latency_ms must be a number"),
+        ({"phones": 4, "types": 2, "nodes": 5}, "nodes .5. cannot exceed phones"),
+        ({"phone_concurrency": 0}, "phone_concurrency must be an integer in"),
     ],
 )
 def test_bad_settings_are_refused_with_the_setting_named(values: dict, match: str) -> None:
@@ -68,6 +72,68 @@ def test_group_attribution_is_the_bayes_attribution_of_a_codebook() -> None:
     assert mc.ci_low - 0.02 <= exact <= mc.ci_high + 0.02
     # with skewed amounts the attributor names each group's busiest phone
     assert attribution_of_groups(groups, np.array([1, 5, 2, 3, 3, 4])) == pytest.approx((5 + 3 + 4) / 18)
+
+
+def test_cells_partition_the_phones_and_nodes_default_to_one_per_phone_up_to_the_cap() -> None:
+    cells = [list(cell(p, 7, 100)) for p in range(7)]
+    assert sorted(sum(cells, [])) == list(range(100))  # every phone in exactly one cell
+    assert max(map(len, cells)) - min(map(len, cells)) <= 1
+    with pytest.raises(ValueError, match="partition-id 7 is outside"):
+        cell(7, 7, 100)
+    assert FleetConfig(phones=12, types=3).resolved_nodes == 12
+    assert FleetConfig(phones=10_000).resolved_nodes == AUTO_NODES
+    assert FleetConfig(phones=10_000, nodes=500).resolved_nodes == 500
+
+
+def test_a_cells_table_is_the_weighted_mean_of_its_phones_tables() -> None:
+    rng = np.random.default_rng(0)
+    protos = rng.normal(size=(4, 1, 3)).astype(np.float32)
+    moves = [
+        (1, rng.normal(size=(1, 3)), 2),
+        (1, rng.normal(size=(1, 3)), 1),
+        (3, rng.normal(size=(1, 3)), 3),
+    ]
+    tables = []
+    for index, row, _ in moves:
+        t = protos.astype(np.float64)
+        t[index] = row
+        tables.append(t)
+    expected = np.average(np.stack(tables), axis=0, weights=[n for *_, n in moves])
+    np.testing.assert_allclose(cell_average(protos, moves), expected, rtol=1e-6)
+    assert cell_average(protos, []) is protos
+
+
+def test_lost_phones_are_split_between_failed_and_missing_cells() -> None:
+    assert _lost(100, 100, 0, 0) == (0, 0)
+    assert _lost(100, 90, 1, 0) == (10, 0)
+    assert _lost(100, 80, 1, 1) == (10, 10)
+
+
+def test_an_announced_retirement_keeps_a_choice_only_when_the_flags_hash_to_the_version(
+    tmp_path: Path,
+) -> None:
+    from veil.client_sdk.param_store import ClientState, ParamStore
+
+    book = Codebook(np.random.default_rng(1).normal(size=(4, 1, 3)), k_min=2)
+    write_phone(tmp_path, 0, [("a b", "like")], [("c d", "like")], 1)
+    order = {"seed": 0, "round": 1, "model": "m", "relay_url": "", "task": "classification"}
+    ParamStore(tmp_path / "phones" / "000000" / "params.npz").save(
+        ClientState(PrototypeDistribution(book, 2, 1e-4), {}, "m")
+    )
+
+    def kept(active: list[bool], version: str | None = None) -> int | None:
+        retired = book.with_active(active)
+        announced = {
+            "codebook_version": version or retired.version,
+            "codebook_active": active,
+            "codebook_k_min": 2,
+        }
+        return _Phone(tmp_path, 0, {**order, **announced}, transport=None).kept_choice()
+
+    assert kept([True] * 4, book.version) == 2  # the stored version itself
+    assert kept([True, False, True, True]) == 2  # another prototype retired: same choice, no request
+    assert kept([True, True, False, True]) is None  # its own retired: choose again through the relay
+    assert kept([True, False, True, True], "0123456789abcdef") is None  # flags that do not hash to it
 
 
 def _simulate(tmp_path: Path, *args: str) -> dict:
@@ -109,6 +175,18 @@ def test_dropouts_are_reported_and_the_round_completes(tmp_path: Path) -> None:
     (r,) = report["rounds"]
     assert r["dropped"] > 0 and r["phones"] + r["dropped"] == r["phones_asked"] == 12
     assert r["missing"] == 0 and r["uploads"] == 4 * r["phones"]
+
+
+@pytest.mark.integration
+def test_cells_of_phones_on_fewer_nodes_all_take_part_and_report_summed_counts(tmp_path: Path) -> None:
+    report = _simulate(
+        tmp_path, "--phones", "12", "--nodes", "3", "--types", "3", "--phone-concurrency", "4",
+        "--dropout", "0.3", "--audit-phones", "0",
+    )  # fmt: skip
+    (r,) = report["rounds"]
+    assert r["dropped"] > 0 and r["phones"] + r["dropped"] == r["phones_asked"] == 12
+    assert r["failed"] == r["missing"] == 0 and r["uploads"] == 4 * r["phones"]
+    assert sum(1 for _ in (tmp_path / "phones").iterdir()) == 12
 
 
 @pytest.mark.integration

@@ -19,7 +19,12 @@ def register(app: typer.Typer) -> None:
 
 
 def simulate(
-    phones: Annotated[int, typer.Option(help="Phones (one Flower SuperNode each).")] = 100,
+    phones: Annotated[int, typer.Option(help="Phones, each with its own folder and VeilClient.")] = 100,
+    nodes: Annotated[
+        int,
+        typer.Option(help="Flower SuperNodes, each hosting a cell of phones (0: one per phone up to 100)."),
+    ] = 0,
+    phone_concurrency: Annotated[int, typer.Option(help="Phones of one node running at once.")] = 8,
     rounds: Annotated[int, typer.Option(help="Rounds; the cloud runs stage 3 between rounds.")] = 1,
     task: Annotated[str, typer.Option(help="classification | next_word")] = "classification",
     types: Annotated[int, typer.Option(help="Preference types of the synthetic population.")] = 10,
@@ -41,7 +46,7 @@ def simulate(
         float, typer.Option(help="Central DP noise multiplier on the FedAvg updates (0: none).")
     ] = 0.0,
     fed_clip: Annotated[float, typer.Option(help="Clipping norm of each phone's update under DP.")] = 1.0,
-    concurrency: Annotated[int, typer.Option(help="Phones simulated at once.")] = 4,
+    concurrency: Annotated[int, typer.Option(help="Nodes simulated at once (Flower's workers).")] = 4,
     audit_phones: Annotated[
         int, typer.Option(help="Phones whose parameters veil audit samples after each round (0: no audit).")
     ] = 200,
@@ -60,8 +65,8 @@ def simulate(
     os.environ["VEIL_ENVIRONMENT"] = "development"  # the simulated cloud makes throwaway secrets
     work = out or Path(__import__("tempfile").mkdtemp(prefix="veil-fleet-"))
     cfg = FleetConfig(
-        phones=phones, rounds=rounds, task=task, types=types, train_per_phone=train_per_phone,
-        test_per_phone=test_per_phone, dropout=dropout, late_join=late_join, skew=skew,
+        phones=phones, nodes=nodes, phone_concurrency=phone_concurrency, rounds=rounds, task=task,
+        types=types, train_per_phone=train_per_phone, test_per_phone=test_per_phone, dropout=dropout, late_join=late_join, skew=skew,
         latency_ms=latency_ms, concurrency=concurrency, audit_phones=audit_phones, seed=seed,
         shared_training=shared_training, fed_rounds=fed_rounds, fed_lr=fed_lr, fed_noise=fed_noise,
         fed_clip=fed_clip, work_dir=str(work),
@@ -70,7 +75,8 @@ def simulate(
 
     def progress(r: object) -> None:
         print(
-            f"round {r.round}: {r.phones}/{r.phones_asked} phones, {r.dropped} dropped, accuracy "  # type: ignore[attr-defined]
+            f"round {r.round}: {r.phones}/{r.phones_asked} phones, {r.dropped} dropped, {r.failed} failed, "  # type: ignore[attr-defined]
+            f"{r.missing} missing, accuracy "  # type: ignore[attr-defined]
             f"{r.accuracy:.3f}, attribution {r.attribution:.3f} (floor {r.attribution_floor:.3f}), "  # type: ignore[attr-defined]
             f"{r.seconds:.1f} s",  # type: ignore[attr-defined]
             file=sys.stderr,

@@ -1,9 +1,10 @@
 """The Flower apps (Message API): ``flwr run .`` and ``veil simulate`` run these two.
 
-``client_app``: one phone per SuperNode (its ``partition-id`` names its folder). ``query.choose`` makes
-it choose its prototype (:func:`~veil.simulation.fleet.phone.choose`), ``query.take_part`` makes it
-upload and evaluate (:func:`~veil.simulation.fleet.phone.take_part`), both answered with counts only;
-``train`` (FedAvg's) makes it take one local step on its prototype row
+``client_app``: a cell of phones per SuperNode (its ``partition-id`` names the cell,
+:func:`~veil.simulation.fleet.phone.cell`). ``query.choose`` makes them choose their prototypes
+(:func:`~veil.simulation.fleet.phone.choose`), ``query.take_part`` makes them upload and evaluate
+(:func:`~veil.simulation.fleet.phone.take_part`), both answered with the cell's counts only; ``train``
+(FedAvg's) makes each take one local step on its prototype row
 (:func:`~veil.simulation.fleet.phone.train_prototypes`).
 
 ``server_app``: sets up the cloud and runs the rounds (:func:`~veil.simulation.fleet.server.run_fleet`);
@@ -23,7 +24,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from veil.simulation.fleet.config import FleetConfig
-from veil.simulation.fleet.phone import choose, take_part, train_prototypes
+from veil.simulation.fleet.phone import cell, choose, take_part, train_prototypes
 from veil.simulation.fleet.server import FleetReport, RoundReport, run_fleet
 
 __all__ = ["client_app", "make_server_app", "server_app"]
@@ -31,10 +32,11 @@ __all__ = ["client_app", "make_server_app", "server_app"]
 client_app = ClientApp()
 
 
-def _phone(msg: Message, context: Context, record: str) -> tuple[Path, int, dict[str, Any]]:
-    """The simulation folder, this SuperNode's phone and the server's order (the ``record`` config)."""
+def _phone(msg: Message, context: Context, record: str) -> tuple[Path, range, dict[str, Any]]:
+    """The simulation folder, this SuperNode's phones and the server's order (the ``record`` config)."""
     order = dict(msg.content[record])
-    return Path(str(order.pop("work_dir"))), int(context.node_config["partition-id"]), order
+    pids = cell(int(context.node_config["partition-id"]), int(order["nodes"]), int(order["phones"]))
+    return Path(str(order.pop("work_dir"))), pids, order
 
 
 def _reply(msg: Message, context: Context, step: Callable[..., dict[str, Any]]) -> Message:

@@ -22,7 +22,13 @@ from veil.client_sdk.constants import TASKS
 __all__ = ["FleetConfig", "FleetConfigError"]
 
 MAX_PHONES = 20_000
-"""The most phones one machine's simulation takes (each needs its files and a Flower node)."""
+"""The most phones one machine's simulation takes (each needs its folder of files)."""
+
+AUTO_NODES = 32
+"""SuperNodes a fleet gets when ``nodes`` is 0: one per phone up to this many, then cells of phones.
+Flower 1.42's simulation engine polls its message store once per node for every delivery (its
+``add_messages_to_queue``), so one more node costs every message a little: a no-op message took 4.2 ms
+at 1,000 nodes and 14.4 ms at 10,000 on the 2-core VM (``benchmarks/flower_overhead.py``)."""
 
 
 class FleetConfigError(ValueError):
@@ -35,7 +41,11 @@ class FleetConfig:
 
     Attributes
     ----------
-    phones: SuperNodes, one phone each.
+    phones: simulated phones, each with its own folder and ``VeilClient``.
+    nodes: Flower SuperNodes; node ``p`` hosts the cell of phones ``p, p + nodes, ...``
+        (``0``: one node per phone up to ``AUTO_NODES``, then ``AUTO_NODES`` cells). What a node returns
+        is summed over its cell.
+    phone_concurrency: phones of one cell running at once (they share the node's connection pool).
     rounds: Flower rounds; between rounds the cloud runs stage 3 on what it received and publishes the
         trained codebook (phones choose again against it).
     task: ``classification`` (the phone evaluates by the cloud's loss of each label) or ``next_word``.
@@ -59,7 +69,7 @@ class FleetConfig:
     fed_noise, fed_clip: central DP on the FedAvg updates (Flower's server-side fixed clipping: each
         phone's update clipped to ``fed_clip``, Gaussian noise ``fed_noise * fed_clip / phones`` on the
         average; ``0``: no DP); the privacy spent is reported by Flower's RDP accountant.
-    concurrency: phones simulated at once (Flower's simulation workers).
+    concurrency: SuperNodes simulated at once (Flower's simulation workers).
     audit_phones: after each round, ``veil audit`` runs on this many phones' parameter files (a random
         sample) and on the store (``0``: no audit).
     timeout_s: the longest a round may take before the missing phones are reported.
@@ -68,6 +78,8 @@ class FleetConfig:
     """
 
     phones: int = 100
+    nodes: int = 0
+    phone_concurrency: int = 8
     rounds: int = 1
     task: str = "classification"
     types: int = 10
@@ -97,6 +109,8 @@ class FleetConfig:
     def __post_init__(self) -> None:
         ints = {
             "phones": (2, MAX_PHONES),
+            "nodes": (0, MAX_PHONES),
+            "phone_concurrency": (1, 1024),
             "rounds": (1, 1000),
             "types": (1, 16),
             "train_per_phone": (1, 10_000),
@@ -118,6 +132,8 @@ class FleetConfig:
                 raise FleetConfigError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
         if self.task not in TASKS:
             raise FleetConfigError(f"task must be one of {list(TASKS)}, got {self.task!r}")
+        if self.nodes > self.phones:
+            raise FleetConfigError(f"nodes ({self.nodes}) cannot exceed phones ({self.phones})")
         if self.types > self.phones:
             raise FleetConfigError(f"types ({self.types}) cannot exceed phones ({self.phones})")
         for name in ("dropout", "late_join"):
@@ -164,6 +180,11 @@ class FleetConfig:
                 raise FleetConfigError(f"{key} must be {noun}, got {value!r}") from exc
             out[key] = value
         return cls(**out)
+
+    @property
+    def resolved_nodes(self) -> int:
+        """SuperNodes the fleet runs on (``nodes``, or the automatic choice when it is 0)."""
+        return self.nodes or min(self.phones, AUTO_NODES)
 
     def to_mapping(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

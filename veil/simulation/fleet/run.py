@@ -13,9 +13,10 @@ __all__ = ["simulate"]
 
 
 def simulate(cfg: FleetConfig, on_round: Callable[[RoundReport], None] | None = None) -> FleetReport:
-    """Run ``cfg`` with one simulated SuperNode per phone; raises :class:`FleetError` when it cannot.
+    """Run ``cfg`` on ``cfg.resolved_nodes`` simulated SuperNodes; raises :class:`FleetError` when it
+    cannot.
 
-    ``cfg.concurrency`` phones run at once: each simulation worker is given ``cpus / concurrency`` of
+    ``cfg.concurrency`` nodes run at once: each simulation worker is given ``cpus / concurrency`` of
     the machine's CPUs (Flower's ``client_resources``; phones mostly wait on the relay, so several share
     a core).
     """
@@ -33,7 +34,7 @@ def simulate(cfg: FleetConfig, on_round: Callable[[RoundReport], None] | None = 
     run_simulation(
         make_server_app(values, on_round, result),
         client_app,
-        num_supernodes=cfg.phones,
+        num_supernodes=cfg.resolved_nodes,
         backend_config={"client_resources": {"num_cpus": cpus / cfg.concurrency, "num_gpus": 0.0}},
     )
     if not result:

@@ -1,20 +1,23 @@
 """The fleet's server side: the cloud (model, codebook, API, relay, stage 3) and Flower's round loop.
 
-Each round has two kinds of Flower message, both sent to every registered phone:
+Each SuperNode hosts a cell of phones (:func:`~veil.simulation.fleet.phone.cell`). Each round has two
+kinds of Flower message, both sent to every registered node:
 
 1. ``query`` (choice): every phone that joined checks its stored choice against the published codebook
-   version and chooses again if it went stale (loss requests through the relay); it replies with a one-hot
-   of its choice, which the server only ever sums. The cloud retires prototypes chosen by fewer than
-   ``k_min`` phones (:func:`~veil.cloud_service.codebooks.retire_by_counts`) and publishes the new version;
-   this repeats until nothing is retired, so no upload carries a prototype below ``k_min``.
+   version and chooses again if it went stale (loss requests through the relay); the node replies with
+   its cell's count of phones per prototype, which the server only ever sums. The cloud retires
+   prototypes chosen by fewer than ``k_min`` phones
+   (:func:`~veil.cloud_service.codebooks.retire_by_counts`) and publishes the new version; this repeats
+   until nothing is retired, so no upload carries a prototype below ``k_min``.
 2. ``train`` (take part): every phone uploads its examples anonymously and evaluates the personalised
-   model on its held-out examples; it replies with counts (examples, correct, uploads).
+   model on its held-out examples; the node replies with its cell's counts (phones that took part,
+   dropped out or failed, examples, correct, uploads).
 
 Between rounds the cloud runs stage 3 on what the store received (the service's codebook training job)
 and serves the new model and codebook. Flower carries only aggregated quantities; the one-hot of a
-choice reaches the server unmasked (SecAgg+ exists in flwr 1.42 only on the legacy ``LegacyContext``
-workflow, not on the Message API this fleet uses), which reveals a phone's group, the k-anonymous set its
-uploads already name, but never links the phone to an upload.
+choice reaches the server unmasked when a cell holds one phone (SecAgg+ exists in flwr 1.42 only on the
+legacy ``LegacyContext`` workflow, not on the Message API this fleet uses), which reveals a phone's group,
+the k-anonymous set its uploads already name, but never links the phone to an upload.
 
 The simulator's own audit (ground truth the cloud never has) reads each phone's folder after a round:
 single-upload Bayes attribution is exact for a codebook, since a group's phones share one law and groups
@@ -53,10 +56,12 @@ class RoundReport:
     phones: int
     """Phones that took part (joined, uploaded and reported)."""
     dropped: int
-    """Phones whose ClientApp raised mid-round (their uploads are stored; they never reported)."""
+    """Phones that left mid-round (their uploads are stored; they never reported)."""
+    failed: int
+    """Phones that raised mid-round, and the phones of cells whose ClientApp raised."""
     not_joined: int
     missing: int
-    """Phones that did not answer before the round's timeout."""
+    """Phones of cells that did not answer before the round's timeout."""
     accuracy: float
     attribution: float
     attribution_floor: float
@@ -68,6 +73,8 @@ class RoundReport:
     seconds: float
     seconds_choice: float
     seconds_uploads: float
+    seconds_passes: list[float] = field(default_factory=list)
+    """Each choice pass (the first scores the prototypes; later ones follow retirements)."""
     audit: dict[str, Any] = field(default_factory=dict)
     federated: dict[str, Any] = field(default_factory=dict)
     """With ``shared_training=federated``: FedAvg's rounds, the phones that took part in each, and the
@@ -76,7 +83,10 @@ class RoundReport:
     the fleet's ``audit_phones`` is 0."""
 
     def to_json(self) -> dict[str, Any]:
-        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
+        def tidy(v: Any) -> Any:
+            return round(v, 4) if isinstance(v, float) else [tidy(x) for x in v] if isinstance(v, list) else v
+
+        return {k: tidy(v) for k, v in self.__dict__.items()}
 
 
 @dataclass
@@ -186,6 +196,16 @@ def _send(
     return good, errors, len(ids) - len(replies)
 
 
+def _lost(asked: int, accounted: int, errors: int, missing: int) -> tuple[int, int]:
+    """Phones of cells that raised and of cells that never answered, ``(failed, missing)``: the phones
+    no reply accounts for, split by cell count (cells differ in size by one phone at most)."""
+    lost = asked - accounted
+    if not lost:
+        return 0, 0
+    gone = round(lost * missing / (errors + missing)) if errors + missing else lost
+    return lost - gone, gone
+
+
 def run_fleet(
     grid: Any, cfg: FleetConfig, on_round: Callable[[RoundReport], None] | None = None
 ) -> FleetReport:
@@ -207,29 +227,36 @@ def run_fleet(
     k_min = cfg.k_min or exp.codebook.resolved_k_min(cfg.phones, cfg.types)
     book = init_codebook(cfg.codebook_size, k_min, shape, cfg.seed, exp.codebook.init_scale)
     model_id = "veil-fleet"  # stage 1's name; each stage 3 serves under its checkpoint folder's name
-    ids = _nodes(grid, cfg.phones, min(cfg.timeout_s, 120.0))
+    ids = _nodes(grid, cfg.resolved_nodes, min(cfg.timeout_s, 120.0))
     report.setup_seconds = time.perf_counter() - started
     for r in range(1, cfg.rounds + 1):
         round_dir = work / "cloud" / f"round-{r}"
         store = CodebookStore(round_dir)
         book = store.publish(book)
         t0 = time.perf_counter()
-        with service_stack(round_dir, base) as (relay, public_key):
+        with service_stack(round_dir, base, max_batch=256) as (relay, public_key):
             order: dict[str, Any] = {
                 "round": r, "seed": cfg.seed, "work_dir": str(work), "task": cfg.task, "labels": labels,
                 "relay_url": relay.url + "/ohttp", "key_config_url": relay.url + "/.well-known/ohttp-gateway",
                 "gateway_key": public_key.hex(), "model": model_id,
-                "codebook_size": book.size, "choice_examples": cfg.choice_examples,
+                "codebook_size": book.size, "choice_examples": cfg.choice_examples, "phones": cfg.phones,
+                "nodes": len(ids), "phone_concurrency": cfg.phone_concurrency,
                 "noise_std": exp.codebook.noise_std, "latency_ms": cfg.latency_ms, "dropout": cfg.dropout,
             }  # fmt: skip
-            passes = 0
+            passes: list[float] = []
             while True:
-                passes += 1
-                order["codebook_version"] = book.version
+                order.update(
+                    codebook_version=book.version,
+                    codebook_active=book.active.tolist(),
+                    codebook_k_min=book.k_min,
+                )  # public: the same announcement to every node
+                t_pass = time.perf_counter()
                 replies, errors, missing = _send(grid, ids, "query.choose", order, cfg.timeout_s)
+                passes.append(time.perf_counter() - t_pass)
                 if errors or missing:
                     raise FleetError(
-                        f"round {r}: {errors} phones failed and {missing} did not answer the choice"
+                        f"round {r}: {errors} nodes failed and {missing} did not answer the choice "
+                        "(see Flower's log for the phone that raised)"
                     )
                 counts = np.sum([np.asarray(m["choice"], dtype=np.int64) for m in replies], axis=0)
                 new = retire_by_counts(book, counts)
@@ -237,18 +264,19 @@ def run_fleet(
                     break
                 book = store.publish(new)
             t_choice = time.perf_counter() - t0
-            replies, dropped, missing = _send(grid, ids, "query.take_part", order, cfg.timeout_s)
-        joined = [m for m in replies if int(m["joined"])]
-        n_eval = sum(int(m["num-examples"]) for m in joined)
+            replies, errors, missing = _send(grid, ids, "query.take_part", order, cfg.timeout_s)
+        sums = {k: sum(int(m[k]) for m in replies) for k in _CELL_COUNTS}
+        failed, lost = _lost(cfg.phones, sum(sums[k] for k in _CELL_PHONES), errors, missing)
+        n_eval = sums["num-examples"]
         laws = _phone_laws(cfg)  # read once; the ground truth and the audit both use them
         groups, uploads = _ground_truth(cfg, laws, r)
         chosen = counts[counts > 0]
         rr = RoundReport(
-            round=r, phones_asked=len(ids), phones=len(joined), dropped=dropped,
-            not_joined=len(replies) - len(joined), missing=missing,
-            accuracy=sum(int(m["correct"]) for m in joined) / n_eval if n_eval else math.nan,
+            round=r, phones_asked=cfg.phones, phones=sums["took-part"], dropped=sums["dropped"],
+            failed=sums["failed"] + failed, not_joined=sums["not-joined"], missing=lost,
+            accuracy=sums["correct"] / n_eval if n_eval else math.nan,
             attribution=attribution_of_groups(groups, uploads), attribution_floor=cfg.types / cfg.phones,
-            uploads=sum(int(m["uploads"]) for m in joined), choice_passes=passes,
+            uploads=sums["uploads"], choice_passes=len(passes), seconds_passes=passes,
             usable_prototypes=int(book.active.sum()), smallest_group=int(chosen.min()) if chosen.size else 0,
             codebook_version=book.version, seconds=time.perf_counter() - t0, seconds_choice=t_choice,
             seconds_uploads=time.perf_counter() - t0 - t_choice,
@@ -260,10 +288,10 @@ def run_fleet(
             on_round(rr)
         if r < cfg.rounds and cfg.shared_training == "federated":  # FedAvg on the prototypes, over Flower
             t3 = time.perf_counter()
-            with service_stack(round_dir, base) as (relay, public_key):
+            with service_stack(round_dir, base, max_batch=256) as (relay, public_key):
                 order.update(relay_url=relay.url + "/ohttp", key_config_url=relay.url + "/.well-known/ohttp-gateway",
                              gateway_key=public_key.hex())  # fmt: skip
-                book, rr.federated = _federated(grid, ids, book, cfg, order)
+                book, rr.federated = _federated(grid, ids, book, cfg, order, len(_phone_laws(cfg)))
             report.stage3_seconds.append(time.perf_counter() - t3)
         elif r < cfg.rounds:  # stage 3 on what the store received; the next round serves its result
             t3 = time.perf_counter()
@@ -284,12 +312,17 @@ def run_fleet(
     return report
 
 
+_CELL_PHONES = ("took-part", "not-joined", "dropped", "failed")
+_CELL_COUNTS = (*_CELL_PHONES, "num-examples", "correct", "uploads")
+
+
 class _CountingGrid:
-    """The grid, counting the replies with content of every exchange (FedAvg samples from the nodes
-    registered when a round starts: a fleet that silently trains fewer phones must not pass)."""
+    """The grid, counting the replies with content of every exchange and the phones they trained
+    (FedAvg samples from the nodes registered when a round starts: a fleet that silently trains fewer
+    phones must not pass)."""
 
     def __init__(self, grid: Any) -> None:
-        self._grid, self.replies = grid, []
+        self._grid, self.replies, self.phones = grid, [], []
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._grid, name)
@@ -298,15 +331,20 @@ class _CountingGrid:
         messages = list(messages)
         out = list(self._grid.send_and_receive(messages, timeout=timeout))
         if messages:  # the strategy's evaluation stage sends none (fraction_evaluate=0)
-            self.replies.append(sum(1 for m in out if m.has_content()))
+            good = [m for m in out if m.has_content()]
+            self.replies.append(len(good))
+            self.phones.append(sum(int(m.content["metrics"]["joined"]) for m in good))
         return out
 
 
 def _federated(
-    grid: Any, ids: list[int], book: Codebook, cfg: FleetConfig, order: dict[str, Any]
+    grid: Any, ids: list[int], book: Codebook, cfg: FleetConfig, order: dict[str, Any], phones: int
 ) -> tuple[Codebook, dict[str, Any]]:
     """``cfg.fed_rounds`` FedAvg rounds on the prototype table, under Flower's server-side DP when
-    ``cfg.fed_noise`` is set; returns the new codebook (same usable set) and what happened."""
+    ``cfg.fed_noise`` is set; returns the new codebook (same usable set) and what happened.
+
+    FedAvg's unit is a node, so under DP each cell's update is clipped and the privacy unit is one node
+    with all its phones (one phone when cells hold one phone); ``phones`` phones must train each round."""
     from flwr.app import Array, ArrayRecord, ConfigRecord
     from flwr.serverapp import NeighboringRelation, PrivacyConfig, RdpAccountant, SamplingMethod
     from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, FedAvg
@@ -341,17 +379,25 @@ def _federated(
         timeout=cfg.timeout_s,
         train_config=ConfigRecord(train_config),
     )
-    if counting.replies != [n] * cfg.fed_rounds:
-        raise FleetError(f"FedAvg rounds trained {counting.replies} phones, {n} asked for each")
+    if counting.replies != [n] * cfg.fed_rounds or counting.phones != [phones] * cfg.fed_rounds:
+        raise FleetError(
+            f"FedAvg rounds trained {counting.phones} phones on {counting.replies} nodes, "
+            f"{phones} phones on {n} nodes asked for each"
+        )
     trained = result.arrays["prototypes"].numpy().astype(np.float64)
     protos = np.where(book.active[:, None, None], trained, book.prototypes)  # retired rows stay
-    info: dict[str, Any] = {"rounds": cfg.fed_rounds, "phones_per_round": counting.replies}
+    info: dict[str, Any] = {
+        "rounds": cfg.fed_rounds, "phones_per_round": counting.phones, "nodes_per_round": counting.replies,
+    }  # fmt: skip
     if accountant is not None:
         spent = accountant.get_privacy_spent(delta)
         info["privacy"] = {
             "epsilon": spent.epsilon, "delta": spent.delta, "accountant": spent.accounting_method,
             "noise_multiplier": cfg.fed_noise, "clipping_norm": cfg.fed_clip, "releases": spent.num_releases,
-            "unit_of_privacy": "one phone (all its examples), add or remove one",
+            "unit_of_privacy": (
+                "one phone (all its examples), add or remove one" if n == cfg.phones
+                else f"one node (its cell of up to {math.ceil(cfg.phones / n)} phones), add or remove one"
+            ),
         }  # fmt: skip
     return book.with_prototypes(protos), info
 
