@@ -13,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-__all__ = ["APIError", "error_body", "install_error_handlers", "validation_message"]
+__all__ = ["APIError", "error_body", "install_error_handlers", "internal_error", "validation_message"]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,11 @@ def error_body(
     return {"error": {"type": err.type, "message": err.message, "param": err.param, "code": err.code}}
 
 
+def internal_error() -> APIError:
+    """The answer to an unexpected exception: a 500 that says nothing of what failed."""
+    return APIError(500, "internal error", type="server_error")
+
+
 def _json(err: APIError) -> JSONResponse:
     body = {"error": {"type": err.type, "message": err.message, "param": err.param, "code": err.code}}
     return JSONResponse(body, status_code=err.status)
@@ -100,4 +105,4 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error")
-        return _json(APIError(500, "internal error", type="server_error"))
+        return _json(internal_error())

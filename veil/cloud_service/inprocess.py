@@ -1,8 +1,9 @@
 """Serve a decapsulated inner request with the same ASGI app, in process, without a socket.
 
-The gateway hands every inner request to the app through this call. The scope carries the
-``veil.ohttp`` extension, which no outer HTTP request can set, so routes know the request came
-through the gateway; the client address in the scope is ``None`` (the gateway never knows it).
+The gateway hands an inner request it does not serve itself (chat) to the app through this call. The
+scope carries the ``veil.ohttp`` extension, which no outer HTTP request can set, so routes know the
+request came through the gateway; the client address in the scope is ``None`` (the gateway never knows
+it). An unhandled exception gets the answer the app gives over HTTP, its JSON 500.
 """
 
 from __future__ import annotations
@@ -62,17 +63,25 @@ async def call_app(
     status = 500
     out_headers: list[tuple[str, str]] = []
     chunks: list[bytes] = []
+    complete = False
 
     async def send(message: dict[str, Any]) -> None:
-        nonlocal status, out_headers
+        nonlocal status, out_headers, complete
         if message["type"] == "http.response.start":
             status = int(message["status"])
             out_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in message.get("headers", [])]
         elif message["type"] == "http.response.body":
             chunks.append(message.get("body", b""))
+            complete = not message.get("more_body", False)
 
     try:
         await app(scope, receive, send)
+    except Exception:
+        # Starlette's outermost middleware answers an unhandled exception with the app's JSON 500,
+        # then re-raises it for a server to log (the app's handler logged it already): that answer is
+        # the response. An exception before the response was complete is the caller's to handle.
+        if not complete:
+            raise
     finally:
         finished.set()
     return InnerResponse(status, out_headers, b"".join(chunks))

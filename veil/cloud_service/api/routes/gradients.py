@@ -16,14 +16,17 @@ from veil.cloud_service.api.checks import (
     check_model,
     served_embedding,
 )
-from veil.cloud_service.api.deps import Caller, State
+from veil.cloud_service.api.deps import Caller, ServiceState, State
 from veil.cloud_service.schemas import GradientRequest, GradientResponse
+
+__all__ = ["compute_embedding_gradient", "router"]
 
 router = APIRouter(tags=["personalisation"])
 
 
-@router.post("/v1/embedding-gradients", response_model=GradientResponse, response_model_exclude_none=True)
-async def embedding_gradient(body: GradientRequest, state: State, _: Caller) -> GradientResponse:
+async def compute_embedding_gradient(state: ServiceState, body: GradientRequest) -> GradientResponse:
+    """The answer of ``POST /v1/embedding-gradients``, to the route and to the gateway alike (sent
+    without its ``None`` fields)."""
     check_codebook_version(state, body.codebook_version)
     engine = state.engine
     check_model(engine, body.model)
@@ -37,3 +40,8 @@ async def embedding_gradient(body: GradientRequest, state: State, _: Caller) -> 
     if body.encoding == "base64":
         return GradientResponse(model=engine.name, loss=result.loss, gradient_b64=encode_f32(result.gradient))
     return GradientResponse(model=engine.name, loss=result.loss, gradient=result.gradient.tolist())
+
+
+@router.post("/v1/embedding-gradients", response_model=GradientResponse, response_model_exclude_none=True)
+async def embedding_gradient(body: GradientRequest, state: State, _: Caller) -> GradientResponse:
+    return await compute_embedding_gradient(state, body)

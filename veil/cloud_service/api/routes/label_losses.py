@@ -18,16 +18,16 @@ from veil.cloud_service.api.checks import (
     check_model,
     served_embedding,
 )
-from veil.cloud_service.api.deps import Caller, State
+from veil.cloud_service.api.deps import Caller, ServiceState, State
 from veil.cloud_service.schemas import LabelLossRequest, LabelLossResponse
+
+__all__ = ["compute_label_losses", "router"]
 
 router = APIRouter(tags=["personalisation"])
 
 
-@router.post("/v1/label-losses", response_model=LabelLossResponse)
-async def label_losses(body: LabelLossRequest, state: State, _: Caller) -> LabelLossResponse:
-    """Every label is checked before any forward pass runs; the passes are gathered, so the engine
-    batches them with each other and with concurrent requests."""
+async def compute_label_losses(state: ServiceState, body: LabelLossRequest) -> LabelLossResponse:
+    """The answer of ``POST /v1/label-losses``, to the route and to the gateway alike."""
     check_codebook_version(state, body.codebook_version)
     engine = state.engine
     check_model(engine, body.model)
@@ -35,3 +35,10 @@ async def label_losses(body: LabelLossRequest, state: State, _: Caller) -> Label
     labels = [check_label(engine, body.task, label, f"labels.{i}") for i, label in enumerate(body.labels)]
     losses = await asyncio.gather(*[engine.loss(body.task, body.text, label, embedding) for label in labels])
     return LabelLossResponse(model=engine.name, losses=list(losses))
+
+
+@router.post("/v1/label-losses", response_model=LabelLossResponse)
+async def label_losses(body: LabelLossRequest, state: State, _: Caller) -> LabelLossResponse:
+    """Every label is checked before any forward pass runs; the passes are gathered, so the engine
+    batches them with each other and with concurrent requests."""
+    return await compute_label_losses(state, body)

@@ -7,12 +7,14 @@ from typing import Any
 from fastapi import APIRouter
 
 from veil.cloud_service.api.checks import check_model
-from veil.cloud_service.api.deps import Caller, State
+from veil.cloud_service.api.deps import Caller, ServiceState, State
+
+__all__ = ["model_card", "model_list", "router"]
 
 router = APIRouter(tags=["models"])
 
 
-def model_card(state: State) -> dict[str, Any]:
+def model_card(state: ServiceState) -> dict[str, Any]:
     engine = state.engine
     return {
         "id": engine.name,
@@ -26,9 +28,14 @@ def model_card(state: State) -> dict[str, Any]:
     }
 
 
-@router.get("/v1/models")
-def list_models(state: State, _: Caller) -> dict[str, Any]:
+async def model_list(state: ServiceState, body: None = None) -> dict[str, Any]:
+    """The answer of ``GET /v1/models``, to the route and to the gateway alike."""
     return {"object": "list", "data": [model_card(state)]}
+
+
+@router.get("/v1/models")
+async def list_models(state: State, _: Caller) -> dict[str, Any]:
+    return await model_list(state)
 
 
 @router.get("/v1/models/{model_id}")

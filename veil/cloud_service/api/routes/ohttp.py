@@ -1,10 +1,11 @@
 """The OHTTP gateway's two routes (RFC 9458): ``/.well-known/ohttp-gateway`` and ``/ohttp``.
 
-Inner requests are served by this same app in process (:func:`veil.cloud_service.inprocess.call_app`),
-marked with the ``veil.ohttp`` scope extension, so phone routes need no API key there. Only the phone
-routes and their few headers pass (:mod:`veil.cloud_service.inner_allowlist`). With a relay secret
-configured, ``/ohttp`` answers only the relay (:mod:`veil.cloud_service.relay_auth`): anything else is
-refused with 401 before anything is decrypted.
+Only the phone routes and their few headers pass (:mod:`veil.cloud_service.inner_allowlist`). The gateway
+serves those of :data:`GATEWAY_ROUTES` itself, with the routes' own functions
+(:mod:`veil.cloud_service.api.direct`); chat, with its streaming, goes through this same app in process
+(:func:`veil.cloud_service.inprocess.call_app`), marked with the ``veil.ohttp`` scope extension, so it
+needs no API key there. With a relay secret configured, ``/ohttp`` answers only the relay
+(:mod:`veil.cloud_service.relay_auth`): anything else is refused with 401 before anything is decrypted.
 """
 
 from __future__ import annotations
@@ -19,21 +20,38 @@ from fastapi.responses import JSONResponse
 from veil.client_sdk.ohttp.bhttp import BinaryRequest, BinaryResponse
 from veil.client_sdk.ohttp.errors import OHTTPError, UnknownKeyIdError
 from veil.cloud_service.api.deps import OHTTP_SCOPE_KEY, State
-from veil.cloud_service.api.routes.uploads import upload_from_gateway
+from veil.cloud_service.api.direct import GatewayRoute, direct_route, ok
+from veil.cloud_service.api.routes.codebook import compute_codebook_losses, published_codebook_body
+from veil.cloud_service.api.routes.gradients import compute_embedding_gradient
+from veil.cloud_service.api.routes.label_losses import compute_label_losses
+from veil.cloud_service.api.routes.models import model_list
+from veil.cloud_service.api.routes.uploads import upload_with_headers
 from veil.cloud_service.errors import APIError, error_body
 from veil.cloud_service.gateway import HOP_BY_HOP, KeyringError
 from veil.cloud_service.inner_allowlist import InnerRequestRefusedError, screen
 from veil.cloud_service.inprocess import call_app
 from veil.cloud_service.relay_auth import RELAY_AUTH_HEADER, RelayAuthError, verify_relay_auth
+from veil.cloud_service.schemas import CodebookLossRequest, GradientRequest, LabelLossRequest, UploadRequest
 from veil.cloud_service.store.errors import StoreError
 
 router = APIRouter(tags=["oblivious http"])
 log = logging.getLogger(__name__)
 
 
-# Inner routes the gateway serves itself: the phones' hot path (one upload each), same checks and
-# answers as the route, without the in-process ASGI call. Every other inner request goes through the app.
-GATEWAY_ROUTES = {("POST", "/v1/uploads"): upload_from_gateway}
+GATEWAY_ROUTES: dict[tuple[str, str], GatewayRoute] = {
+    ("GET", "/v1/models"): direct_route(None, ok(model_list)),
+    ("GET", "/v1/codebook"): direct_route(None, ok(published_codebook_body)),
+    ("POST", "/v1/codebook/losses"): direct_route(CodebookLossRequest, ok(compute_codebook_losses)),
+    # exclude_none: the route's response_model_exclude_none (one gradient form, no null for the other)
+    ("POST", "/v1/embedding-gradients"): direct_route(
+        GradientRequest, ok(compute_embedding_gradient), exclude_none=True
+    ),
+    ("POST", "/v1/label-losses"): direct_route(LabelLossRequest, ok(compute_label_losses)),
+    ("POST", "/v1/uploads"): direct_route(UploadRequest, upload_with_headers),
+}
+"""Inner routes the gateway serves itself: same status and JSON as the route, without a second pass
+through the ASGI app (middleware, dependencies, routing: much of a phone request's CPU). Every other
+inner request goes through the app."""
 
 _RELOAD_EVERY_S = 30.0
 

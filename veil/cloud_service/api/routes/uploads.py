@@ -1,36 +1,31 @@
 """``/v1/uploads``: anonymous training examples, made safe to retry by a client-generated key.
 
 Served two ways with one function, :func:`store_upload`: as a FastAPI route (callers with an API key),
-and straight from the OHTTP gateway (:func:`upload_from_gateway`: the phones' path, without a second
-pass through the ASGI app). Either way the embedding is decoded once (:mod:`veil.client_sdk.wire`) and
-the upload joins the process's group commit (:class:`~veil.cloud_service.store.group_commit.UploadBatcher`);
-the answer goes out only after its transaction committed.
+and straight from the OHTTP gateway (:func:`upload_with_headers`: the phones' path, without a second
+pass through the ASGI app, :mod:`veil.cloud_service.api.direct`). Either way the embedding is decoded
+once (:mod:`veil.client_sdk.wire`) and the upload joins the process's group commit
+(:class:`~veil.cloud_service.store.group_commit.UploadBatcher`); the answer goes out only after its
+transaction committed.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Response
-from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
 
 from veil.client_sdk.constants import IDEMPOTENCY_KEY_PATTERN
-from veil.client_sdk.ohttp.bhttp import BinaryResponse
 from veil.cloud_service.api.checks import check_codebook_version, check_model, served_embedding
 from veil.cloud_service.api.deps import Caller, ServiceState, State
-from veil.cloud_service.errors import APIError, error_body, validation_message
+from veil.cloud_service.api.direct import Headers, header
+from veil.cloud_service.errors import APIError
 from veil.cloud_service.schemas import UploadRequest, UploadResponse
 from veil.cloud_service.store.errors import IdempotencyConflict, StoreError
 from veil.cloud_service.store.repository import UploadIn
 
-__all__ = ["router", "store_upload", "upload_from_gateway"]
+__all__ = ["router", "store_upload", "upload_with_headers"]
 
 router = APIRouter(tags=["uploads"])
-
-_JSON = [("content-type", "application/json")]
 
 
 async def store_upload(
@@ -90,23 +85,8 @@ async def create_upload(
     return answer
 
 
-def _header(headers: Sequence[tuple[str, str]], name: str) -> str | None:
-    return next((v for n, v in headers if n.lower() == name), None)
-
-
-async def upload_from_gateway(
-    state: ServiceState, headers: Sequence[tuple[str, str]], content: bytes
-) -> BinaryResponse:
-    """``POST /v1/uploads`` for a request the gateway decapsulated: same checks, same answers as the
-    route (the JSON error shape included), without running the ASGI app a second time."""
-    try:
-        try:
-            body = UploadRequest.model_validate_json(content)
-        except ValidationError as exc:
-            message, param = validation_message(RequestValidationError(exc.errors(include_url=False)))
-            raise APIError(400, message, param=param) from None
-        status, answer = await store_upload(state, body, _header(headers, "idempotency-key"))
-    except APIError as exc:
-        error = error_body(exc.status, exc.message, exc.type, exc.param, exc.code)
-        return BinaryResponse(exc.status, _JSON, json.dumps(error).encode())
-    return BinaryResponse(status, _JSON, answer.model_dump_json().encode())
+async def upload_with_headers(
+    state: ServiceState, body: UploadRequest, headers: Headers
+) -> tuple[int, UploadResponse]:
+    """:func:`store_upload` for a request the gateway decapsulated (its ``Idempotency-Key`` header)."""
+    return await store_upload(state, body, header(headers, "idempotency-key"))
