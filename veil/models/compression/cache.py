@@ -1,0 +1,100 @@
+"""Pruning a transformers 5 ``DynamicCache`` to per-layer, per-row kept sets, and attending to them.
+
+**Layout.** Layer ``l`` keeps, per row, its own kept prompt positions, copied in order into a new
+``(B, H_kv, P_l, d)`` tensor (one ``gather``, so the old storage is freed), left-padded to the row that
+keeps most (``P_l``); a key mask ``(B, P_l)`` marks the real slots. Keys are stored after RoPE, so they
+keep their original positions, and new tokens take positions ``n + t`` from the caller's ``position_ids``.
+
+**Attention.** transformers builds one attention mask per forward, sized by one layer's cache, so it
+cannot describe layers of different lengths. The model's attention is therefore dispatched through a
+function registered with transformers' ``AttentionInterface`` (``veil_kv_sdpa``, with SDPA's mask
+builder registered under the same name): without a ``veil_kv_masks`` keyword it *is* SDPA; with one,
+it builds layer ``l``'s mask from ``veil_kv_masks[l]`` (the prompt part) plus the causal tail of the
+tokens appended since, and calls SDPA with it. The keyword travels from the model's ``forward`` through
+every decoder layer to the attention function, so each call carries its own masks and nothing global
+changes per request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["KV_MASKS_KWARG", "MASKED_ATTENTION", "compact", "enable_masked_attention"]
+
+KV_MASKS_KWARG = "veil_kv_masks"
+"""Keyword of the model's forward that carries the per-layer prompt key masks."""
+MASKED_ATTENTION = "veil_kv_sdpa"
+"""The attention implementation name under which the masked SDPA is registered."""
+
+
+def _masked_sdpa(
+    module: Any, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None, **kwargs: Any
+):
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    masks = kwargs.pop(KV_MASKS_KWARG, None)
+    if masks is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    prefix = masks[module.layer_idx]  # (B, P)
+    b, q_len, kv_len = query.shape[0], query.shape[2], key.shape[2]
+    new = kv_len - prefix.shape[1]
+    # query i (of q_len, the last ones) sees appended token t (of new) iff t <= new - q_len + i
+    tail = torch.ones(q_len, new, dtype=torch.bool, device=key.device).tril(new - q_len)  # (q, new)
+    mask = torch.cat(
+        [prefix[:, None, None, :].expand(b, 1, q_len, -1), tail[None, None].expand(b, 1, -1, -1)], dim=-1
+    )  # (B, 1, q, kv)
+    return sdpa_attention_forward(module, query, key, value, mask, **kwargs)
+
+
+def enable_masked_attention(model: Any) -> None:
+    """Route ``model``'s attention through the masked SDPA (idempotent; identical without masks).
+
+    Raises ``ValueError`` for models not on SDPA (eager and flash attention are not supported).
+    """
+    impl = model.config._attn_implementation
+    if impl == MASKED_ATTENTION:
+        return
+    if impl != "sdpa":
+        raise ValueError(f"KV compression needs attn_implementation='sdpa', got {impl!r}")
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+
+    if MASKED_ATTENTION not in AttentionInterface._global_mapping:
+        AttentionInterface.register(MASKED_ATTENTION, _masked_sdpa)
+        AttentionMaskInterface.register(MASKED_ATTENTION, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
+    model.set_attn_implementation(MASKED_ATTENTION)
+
+
+def compact(cache: Any, keep: Sequence[Tensor]) -> list[Tensor]:
+    """Keep only ``keep[l]`` ``(B, n)`` in layer ``l`` of ``cache``; returns the key masks ``(B, P_l)``.
+
+    Rows ``[pad t1 t2 t3]`` keeping ``t1 t3`` and ``[s1 s2 s3 s4]`` keeping ``s2``: ``P = 2``, slots
+    ``[t1 t3]`` with mask ``[T T]`` and ``[s1 s2]`` with mask ``[F T]`` (the masked slot is a dropped key).
+    Layers that keep everything are left untouched.
+    """
+    layers = getattr(cache, "layers", None)
+    if layers is None or len(layers) != len(keep):
+        raise ValueError(
+            f"expected a transformers 5 cache with {len(keep)} layers, got {type(cache).__name__}"
+        )
+    masks = []
+    for layer, kept in zip(layers, keep, strict=True):
+        if getattr(layer, "is_sliding", False):
+            raise ValueError("KV compression does not support sliding-window cache layers")
+        b, h_kv, n, d = layer.keys.shape
+        if bool(kept.all()):
+            masks.append(kept)
+            continue
+        width = int(kept.sum(dim=1).max())
+        pos = torch.arange(n, device=kept.device)
+        # dropped positions sort first, kept ones last in their order: the last `width` are the slots
+        slots = torch.argsort(torch.where(kept, pos + n, pos), dim=1)[:, n - width :]  # (B, P)
+        index = slots[:, None, :, None].expand(b, h_kv, width, d)
+        layer.keys = layer.keys.gather(2, index)  # (B, H_kv, P, d), a new tensor
+        layer.values = layer.values.gather(2, index)
+        masks.append(kept.gather(1, slots))
+    return masks

@@ -1,0 +1,175 @@
+"""DBudgetKV / ReFreeKV: prune the KV cache as far as a norm criterion allows (arXiv:2502.16886).
+
+Once after prefill, for every layer outside ``skip_layers`` (0 and 1: pruning them breaks the model,
+App. B), with ``a[h, :]`` the attention row of the last prompt token's query (post-RoPE, fp32, computed
+against the un-repeated keys; never an ``n x n`` matrix):
+
+1. rank the prompt: ``n_sink`` = 4 sink tokens first (always kept), then the others most recent first
+   (``ranking="position"``, the paper's), or by an attention score (the released code's options);
+2. keep the shortest ranked prefix whose relative norm loss ``1 - ||a_kept|| / ||a||`` is ``<= T``
+   (Eq. 1; ``T = 0.01``). All cuts are scored at once from a cumulative sum of ``a**2`` in rank order.
+
+With position ranking every head keeps the same set, sinks plus the last ``L*`` tokens, so the cache is
+sliced to ``(B, H_kv, 4 + L*, d)``. For the score rankings (``"snapkv"``, ``"h2o"``) the paper's code
+ranks each head separately; here one ranking from the head-summed scores is shared by all heads, so the
+cache still shrinks by slicing (per-head sets would need padding the cache back to the largest head's
+set, saving nothing until a variable-length kernel exists); the norm criterion itself stays per head.
+
+The norm loss is computed from the *dropped* squared mass ``D`` as ``D / (sqrt(F) + sqrt(F - D))``
+(``F`` the full squared mass), which equals ``sqrt(F) - sqrt(F - D)`` but is exactly 0 only when nothing
+with non-zero attention is dropped: ``T = 0`` therefore keeps the full cache (a check value).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from veil.models.compression.base import KVCompressor, Prefill
+from veil.models.compression.scoring import (
+    accumulated_attention,
+    first_valid,
+    pool_scores,
+    query_attention,
+    ranking,
+)
+
+__all__ = ["DBudgetKV", "DBudgetKVConfig", "norm_loss_curve"]
+
+NormScope = Literal["full_row", "non_sink"]
+HeadAgg = Literal["joint_frobenius", "mean_of_head_norms"]
+Ranking = Literal["position", "snapkv", "h2o"]
+
+
+@dataclass(frozen=True)
+class DBudgetKVConfig:
+    """DBudgetKV's settings; the defaults are the paper's (arXiv:2502.16886 v3, Sec. 2).
+
+    Attributes
+    ----------
+    threshold: T, the largest relative norm loss allowed, in ``[0, 1)``; 0 keeps everything.
+    n_sink: sink tokens ranked first and always kept (the paper's m = 4).
+    k_rows: last prompt queries whose attention rows are averaged (the paper's k = 1).
+    skip_layers: layers never pruned (the paper freezes 0 and 1; the released code's default is none).
+    norm_scope: ``"full_row"`` (Alg. 1: the norm of the whole row) or ``"non_sink"`` (the released
+        code: sinks excluded from the norm, a much stricter rule since sinks carry most of the mass).
+    head_agg: ``"joint_frobenius"`` (Eq. 1: one Frobenius norm over all heads) or
+        ``"mean_of_head_norms"`` (the released code: the mean of per-head L2 norms).
+    ranking: ``"position"`` (the paper), ``"snapkv"`` (votes of the last ``score_window``
+        queries, average-pooled over 5 positions) or ``"h2o"`` (their summed attention), ranked over heads jointly (see the module doc).
+    score_window: queries voting in the score rankings (the released code's 8; unused for position).
+    min_recent: most recent tokens always kept besides the sinks (not in the paper, which may keep
+        sinks alone; 1 keeps the last prompt token, which the next query attends to).
+    """
+
+    threshold: float = 0.01
+    n_sink: int = 4
+    k_rows: int = 1
+    skip_layers: tuple[int, ...] = (0, 1)
+    norm_scope: NormScope = "full_row"
+    head_agg: HeadAgg = "joint_frobenius"
+    ranking: Ranking = "position"
+    score_window: int = 8
+    min_recent: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.threshold < 1.0:
+            raise ValueError(f"threshold must be in [0, 1), got {self.threshold}")
+        for name in ("n_sink", "min_recent"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("k_rows", "score_window"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.norm_scope not in ("full_row", "non_sink"):
+            raise ValueError(f"norm_scope must be 'full_row' or 'non_sink', got {self.norm_scope!r}")
+        if self.head_agg not in ("joint_frobenius", "mean_of_head_norms"):
+            raise ValueError(
+                f"head_agg must be 'joint_frobenius' or 'mean_of_head_norms', got {self.head_agg!r}"
+            )
+        if self.ranking not in ("position", "snapkv", "h2o"):
+            raise ValueError(f"ranking must be 'position', 'snapkv' or 'h2o', got {self.ranking!r}")
+
+
+def norm_loss_curve(ranked_sq: Tensor, full_sq: Tensor, head_agg: HeadAgg) -> Tensor:
+    """Relative norm loss of every cut: entry ``k`` keeps the first ``k`` ranked candidates.
+
+    Parameters
+    ----------
+    ranked_sq: ``(B, H, n)`` squared attention of the candidates in rank order (0 for non-candidates).
+    full_sq: ``(B, H)`` squared norm the loss is relative to.
+
+    Returns
+    -------
+    ``(B, n + 1)``, non-increasing in ``k``, 0 once every candidate with attention is kept.
+
+    >>> a2 = torch.tensor([[[0.25, 0.0, 0.01]]])  # one head, three candidates
+    >>> norm_loss_curve(a2, torch.tensor([[1.0]]), "joint_frobenius")  # 1 - sqrt(1 - D)
+    tensor([[0.1398, 0.0050, 0.0050, 0.0000]])
+    """
+    dropped = ranked_sq.flip(-1).cumsum(-1).flip(-1)  # (B, H, n): mass from rank k on
+    dropped = torch.cat([dropped, dropped.new_zeros(*dropped.shape[:-1], 1)], dim=-1)  # (B, H, n + 1)
+    full = full_sq.unsqueeze(-1)  # (B, H, 1)
+    if head_agg == "joint_frobenius":
+        dropped, full = dropped.sum(1), full.sum(1)  # (B, n + 1), (B, 1)
+    dropped = torch.minimum(dropped, full)  # rounding can push the cumulative sum past the total
+    loss = dropped / (full.sqrt() + (full - dropped).sqrt()).clamp(min=1e-30)  # = sqrt(F) - sqrt(F - D)
+    if head_agg == "joint_frobenius":
+        return loss / full.sqrt().clamp(min=1e-30)
+    return loss.sum(1) / full.sqrt().sum(1).clamp(min=1e-30)
+
+
+class DBudgetKV(KVCompressor):
+    """DBudgetKV (arXiv:2502.16886) with its config's settings, or the paper's defaults.
+
+    >>> DBudgetKV(threshold=0.05).config.threshold
+    0.05
+    """
+
+    def __init__(self, config: DBudgetKVConfig | None = None, **fields: object) -> None:
+        super().__init__()
+        self.config = config if config is not None else DBudgetKVConfig(**fields)  # type: ignore[arg-type]
+        c = self.config
+        self.query_window = c.k_rows if c.ranking == "position" else max(c.k_rows, c.score_window)
+
+    def _rank_scores(self, prefill: Prefill, layer: int) -> Tensor:
+        c, n = self.config, prefill.valid.shape[1]
+        if c.ranking == "position":
+            return torch.arange(n, device=prefill.valid.device, dtype=torch.float32).expand(
+                prefill.valid.shape
+            )
+        q = prefill.queries[layer][:, :, -c.score_window :]
+        if c.ranking == "h2o":
+            return accumulated_attention(q, prefill.keys[layer], prefill.valid, prefill.scaling)
+        votes = query_attention(q, prefill.keys[layer], prefill.valid, prefill.scaling).sum(
+            dim=(1, 2)
+        )  # (B, n)
+        return pool_scores(votes, 5, "avgpool")
+
+    def select(self, prefill: Prefill) -> list[Tensor]:
+        c, valid = self.config, prefill.valid
+        sinks = first_valid(valid, c.n_sink)  # (B, n)
+        fixed = sinks | prefill.protected
+        candidates = valid & ~fixed
+        n_cand = candidates.sum(dim=1)  # (B,)
+        keep: list[Tensor] = []
+        for layer in range(prefill.n_layers):
+            if layer in c.skip_layers:
+                keep.append(valid.clone())
+                continue
+            q = prefill.queries[layer][:, :, -c.k_rows :]  # (B, H, k, d)
+            rows = query_attention(q, prefill.keys[layer], valid, prefill.scaling)  # (B, H, k, n)
+            seen = (rows > 0).sum(dim=2).clamp(min=1)  # average over the rows that can see each key
+            sq = (rows.sum(dim=2) / seen) ** 2  # (B, H, n)
+            scope = valid if c.norm_scope == "full_row" else valid & ~sinks
+            full = (sq * scope[:, None]).sum(-1)  # (B, H)
+            order, rank = ranking(self._rank_scores(prefill, layer), candidates)  # (B, n) candidates first
+            ranked = (sq * candidates[:, None]).gather(2, order[:, None].expand_as(sq))  # (B, H, n)
+            loss = norm_loss_curve(ranked, full, c.head_agg)  # (B, n + 1)
+            k = (loss > c.threshold).sum(dim=1)  # the loss is non-increasing: count = first k under T
+            k = torch.maximum(k, n_cand.clamp(max=c.min_recent))
+            keep.append(fixed | (candidates & (rank < k[:, None])))
+        return keep
