@@ -1,7 +1,7 @@
 """One round of a Flower fleet at several sizes: phones per minute, memory per phone, where the time goes.
 
-Each size runs ``veil simulate`` (the real relay, gateway, store and ``VeilClient`` per phone) in its own
-process, so sizes do not share warm caches or Ray workers. The baseline, measured in the same run, is
+Each size runs ``veil simulate`` (the real relay, gateway, store and ``VeilClient`` per phone; above 32
+phones, 32 SuperNodes each hosting a cell of phones) in its own process, so sizes do not share warm caches or Ray workers. The baseline, measured in the same run, is
 the smallest size: the ratio column says how the cost per phone grows with the fleet. Memory is the
 peak resident memory of the whole process tree (API, relay, Ray driver and workers), sampled from
 ``/proc`` every half second.
@@ -20,6 +20,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+from veil.simulation.fleet.config import FleetConfig
 
 
 def _tree_rss(root: int) -> int:
@@ -68,11 +70,13 @@ def run_size(phones: int, concurrency: int, extra: list[str]) -> dict:
     (r,) = report["rounds"]
     return {
         "phones": phones,
+        "nodes": FleetConfig.from_mapping(report["config"]).resolved_nodes,
         "took_part": r["phones"],
         "wall_s": round(time.perf_counter() - started, 1),
         "setup_s": report["setup_seconds"],
         "choice_s": round(r["seconds_choice"], 1),
         "choice_passes": r["choice_passes"],
+        "pass_s": r["seconds_passes"],
         "uploads_and_eval_s": round(r["seconds_uploads"], 1),
         "round_s": round(r["seconds"], 1),
         "phones_per_minute": report["phones_per_minute"],

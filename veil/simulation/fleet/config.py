@@ -27,8 +27,8 @@ MAX_PHONES = 20_000
 AUTO_NODES = 32
 """SuperNodes a fleet gets when ``nodes`` is 0: one per phone up to this many, then cells of phones.
 Flower 1.42's simulation engine polls its message store once per node for every delivery (its
-``add_messages_to_queue``), so one more node costs every message a little: a no-op message took 4.2 ms
-at 1,000 nodes and 14.4 ms at 10,000 on the 2-core VM (``benchmarks/flower_overhead.py``)."""
+``add_messages_to_queue``), so one more node costs every message a little: a no-op message took 4.5 ms
+at 1,000 nodes and 16.3 ms at 10,000 on the 2-core VM (``benchmarks/flower_overhead.py``)."""
 
 
 class FleetConfigError(ValueError):
