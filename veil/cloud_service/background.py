@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -23,6 +25,14 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    """In the child before ``exec`` (Linux): ask the kernel for SIGTERM when the parent dies, so a
+    killed ``veil simulate`` or ``veil demo`` leaves no relay behind. The signal follows the thread that
+    started the child, so the child must not outlive that thread (a ``with`` block does not)."""
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
 
 
 class BackgroundServer:
@@ -104,7 +114,13 @@ class RelayProcess:
         if self.relay_secret is not None:
             env["VEIL_RELAY_SECRET"] = self.relay_secret
         self._log = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self._log, env=env)
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.DEVNULL,
+            stderr=self._log,
+            env=env,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509 - no threads in it
+        )
         deadline = time.monotonic() + self.timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
