@@ -12,6 +12,7 @@ requests shared its batch (the logits themselves can differ in the last bits wit
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from torch import Tensor
 
 from veil.client_sdk.batching import left_pad
 from veil.client_sdk.sampling import DecodingParams, decode_step
+from veil.models.compression import KV_MASKS_KWARG, KVCompressor, KVKept, PrefillCompression, per_row
 from veil.models.personalization import PersonalizedLM
 
 __all__ = [
@@ -134,6 +136,8 @@ def generate_batch(
     pad_id: int,
     on_step: Callable[[list[int | None]], set[int] | None] | None = None,
     on_logits: Callable[[Tensor], None] | None = None,
+    compression: KVCompressor | Sequence[KVCompressor | None] | None = None,
+    on_kv_kept: Callable[[list[KVKept | None]], None] | None = None,
 ) -> list[tuple[list[int], str]]:
     """Generate for a batch of prompts; returns ``(token_ids, finish_reason)`` per row.
 
@@ -148,6 +152,11 @@ def generate_batch(
         ``"stop"``), e.g. when the caller found a stop string in the decoded text.
     on_logits: called before every step's sampling with the next-token logits ``(B, V)`` (float32, CPU),
         e.g. to report log-probabilities of the tokens ``on_step`` then receives.
+    compression: a KV-cache compressor (:mod:`veil.models.compression`) for every row, or one per row
+        (``None``: that row keeps its full cache); applied once, after the prefill forward and before the
+        first decode step. Soft tokens are never pruned.
+    on_kv_kept: called once after compression with each row's kept fractions (``None`` for rows
+        without a compressor), e.g. to report ``usage.kv_kept_fraction``.
     """
     n = len(prompts)
     if not (n == len(embeddings) == len(params)) or n == 0:
@@ -168,12 +177,23 @@ def generate_batch(
         emb = emb.to(dev)
     packed = model.pack(ids.to(dev), mask.to(dev), emb, has.to(dev) if emb is not None else None)
     gens = [None if p.seed is None else torch.Generator().manual_seed(p.seed) for p in params]
-    out = model.base(
-        **packed.as_kwargs(),
-        use_cache=True,
-        logits_to_keep=1,
-    )
+    compressors = per_row(compression, n)
+    pruning = PrefillCompression(model.base, compressors) if any(c is not None for c in compressors) else None
+    with pruning.capture() if pruning is not None else contextlib.nullcontext():
+        out = model.base(
+            **packed.as_kwargs(),
+            use_cache=True,
+            logits_to_keep=1,
+        )
     cache_kw = _cache_keyword(model.base)
+    extra: dict[str, Any] = {}
+    if pruning is not None:
+        valid = packed.attention_mask.to(torch.bool)
+        soft = packed.soft_mask if packed.soft_mask is not None else torch.zeros_like(valid)
+        # from here on each layer attends to its own kept keys: the masks replace the attention mask
+        extra[KV_MASKS_KWARG] = pruning.apply(_cache_of(out), valid, soft)
+        if on_kv_kept is not None:
+            on_kv_kept(list(pruning.kept))
     attn = packed.attention_mask
     pos = packed.position_ids[:, -1:]  # (B, 1)
     tokens: list[list[int]] = [[] for _ in range(n)]
@@ -193,9 +213,10 @@ def generate_batch(
         pos = pos + 1
         out = model.base(
             input_ids=feed.to(dev),
-            attention_mask=attn,
+            attention_mask=attn if pruning is None else None,
             position_ids=pos,
             use_cache=True,
             **{cache_kw: _cache_of(out)},
+            **extra,
         )
     return [(tokens[r], reasons[r] or "length") for r in range(n)]

@@ -59,12 +59,14 @@ class PersonalizationConfig:
 class PackedInputs:
     """Left-padded model inputs with soft tokens in place.
 
-    ``inputs_embeds`` is ``(B, L, hidden)``; ``attention_mask`` and ``position_ids`` are ``(B, L)``.
+    ``inputs_embeds`` is ``(B, L, hidden)``; ``attention_mask`` and ``position_ids`` are ``(B, L)``;
+    ``soft_mask`` ``(B, L)`` bool marks the soft tokens (what KV-cache compression must never drop).
     """
 
     inputs_embeds: Tensor
     attention_mask: Tensor
     position_ids: Tensor
+    soft_mask: Tensor | None = None
 
     def as_kwargs(self) -> dict[str, Tensor]:
         """The three as keyword arguments of a transformers model call."""
@@ -160,7 +162,7 @@ class PersonalizedLM(nn.Module):
         embeds = embeds * valid.unsqueeze(-1).to(embeds.dtype)  # zeros on padding
         out_mask = valid.to(attention_mask.dtype)
         position_ids = (out_mask.cumsum(dim=1) - 1).clamp(min=0)
-        return PackedInputs(embeds, out_mask, position_ids)
+        return PackedInputs(embeds, out_mask, position_ids, is_soft)
 
     def last_hidden(self, packed: PackedInputs) -> Tensor:
         """Final hidden state at the last position, ``(B, hidden)``."""

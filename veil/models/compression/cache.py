@@ -9,8 +9,8 @@ keep their original positions, and new tokens take positions ``n + t`` from the 
 cannot describe layers of different lengths. The model's attention is therefore dispatched through a
 function registered with transformers' ``AttentionInterface`` (``veil_kv_sdpa``, with SDPA's mask
 builder registered under the same name): without a ``veil_kv_masks`` keyword it *is* SDPA; with one,
-it builds layer ``l``'s mask from ``veil_kv_masks[l]`` (the prompt part) plus the causal tail of the
-tokens appended since, and calls SDPA with it. The keyword travels from the model's ``forward`` through
+it builds layer ``l``'s mask from ``veil_kv_masks[l]`` (the prompt part; ``None`` where every slot holds
+a kept key) plus the causal tail of the tokens appended since, and calls SDPA with it. The keyword travels from the model's ``forward`` through
 every decoder layer to the attention function, so each call carries its own masks and nothing global
 changes per request.
 """
@@ -39,8 +39,12 @@ def _masked_sdpa(
     masks = kwargs.pop(KV_MASKS_KWARG, None)
     if masks is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-    prefix = masks[module.layer_idx]  # (B, P)
+    prefix = masks[module.layer_idx]  # (B, P), or None where every slot is a kept key
     b, q_len, kv_len = query.shape[0], query.shape[2], key.shape[2]
+    if prefix is None:
+        if q_len == 1:  # nothing to hide: the unmasked kernel, as without compression
+            return sdpa_attention_forward(module, query, key, value, None, **kwargs)
+        prefix = torch.ones(b, kv_len - q_len, dtype=torch.bool, device=key.device)
     new = kv_len - prefix.shape[1]
     # query i (of q_len, the last ones) sees appended token t (of new) iff t <= new - q_len + i
     tail = torch.ones(q_len, new, dtype=torch.bool, device=key.device).tril(new - q_len)  # (q, new)

@@ -51,8 +51,8 @@ class PrefillCompression:
         """The context manager to run the prefill forward in."""
         return self._capture
 
-    def apply(self, cache: Any, valid: Tensor, protected: Tensor) -> list[Tensor]:
-        """Prune ``cache`` in place; returns the per-layer key masks ``(B, P_l)``.
+    def apply(self, cache: Any, valid: Tensor, protected: Tensor) -> list[Tensor | None]:
+        """Prune ``cache`` in place; returns the per-layer key masks ``(B, P_l)`` (``None``: all kept).
 
         ``valid`` and ``protected`` are ``(B, n)`` bool: real tokens and tokens that are always kept.
         """
@@ -71,4 +71,5 @@ class PrefillCompression:
             for r, kept in zip(rows.tolist(), comp.last_kept, strict=True):
                 self.kept[r] = kept
         self._capture.queries.clear()
-        return compact(cache, keep)
+        # a layer without a hidden slot needs no mask (checked once here, not at every decode step)
+        return [None if bool(m.all()) else m for m in compact(cache, keep)]
