@@ -11,9 +11,8 @@ the same run.
 from __future__ import annotations
 
 import argparse
-import json
 
-from fleet_runs import simulate_two_rounds
+from fleet_runs import emit, simulate_two_rounds
 
 CONDITIONS = {
     "baseline": [],
@@ -44,10 +43,7 @@ def main() -> None:
             row["accuracy_vs_baseline"] = round(row["accuracy"] - ref["accuracy"], 4)
             row["seconds_vs_baseline"] = round(row["seconds"] / ref["seconds"], 2)
         line = {"condition": name, "phones": args.phones, "rounds": rows}
-        print(json.dumps(line), flush=True)
-        if args.out:
-            with open(args.out, "a") as fh:
-                fh.write(json.dumps(line) + "\n")
+        emit(line, args.out, machine=False)
 
 
 if __name__ == "__main__":

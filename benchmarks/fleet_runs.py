@@ -1,11 +1,14 @@
-"""Shared by the fleet benchmarks: one ``veil simulate --json --rounds 2`` run in its own process."""
+"""Shared by the fleet benchmarks: one ``veil simulate --json --rounds 2`` run in its own process, and
+the way each benchmark prints and keeps a row."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 
 def simulate_two_rounds(phones: int, extra: list[str]) -> dict:
@@ -17,3 +20,13 @@ def simulate_two_rounds(phones: int, extra: list[str]) -> dict:
     if out.returncode != 0:
         raise SystemExit(f"{extra} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def emit(row: dict, out: str | Path | None, *, machine: bool = True) -> None:
+    """Print ``row`` as one JSON line and append it to ``out`` when given (with the machine named)."""
+    if machine:
+        row["machine"] = f"{os.cpu_count()} CPUs, {sys.platform}"
+    print(json.dumps(row), flush=True)
+    if out:
+        with open(out, "a") as fh:
+            fh.write(json.dumps(row) + "\n")

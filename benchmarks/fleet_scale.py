@@ -21,6 +21,8 @@ import threading
 import time
 from pathlib import Path
 
+from fleet_runs import emit
+
 from veil.simulation.fleet.config import FleetConfig
 
 
@@ -103,11 +105,7 @@ def main() -> None:
             (row["round_s"] / row["phones"]) / (base["round_s"] / base["phones"]), 2
         )
         row["rss_per_phone_kib"] = round(row["peak_rss_mib"] * 1024 / phones, 1)
-        row["machine"] = f"{os.cpu_count()} CPUs, {sys.platform}"
-        print(json.dumps(row), flush=True)
-        if args.out:
-            with open(args.out, "a") as fh:
-                fh.write(json.dumps(row) + "\n")
+        emit(row, args.out)
 
 
 if __name__ == "__main__":

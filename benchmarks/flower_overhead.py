@@ -19,6 +19,8 @@ import subprocess
 import sys
 import time
 
+from fleet_runs import emit
+
 
 def _one(nodes: int, concurrency: int) -> None:
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
@@ -85,12 +87,8 @@ def main() -> None:
         row["per_message_vs_smallest"] = round(
             row["ms_per_message"] / (rows or [row])[0]["ms_per_message"], 2
         )
-        row["machine"] = f"{os.cpu_count()} CPUs, {sys.platform}"
         rows.append(row)
-        print(json.dumps(row), flush=True)
-        if args.out:
-            with open(args.out, "a") as fh:
-                fh.write(json.dumps(row) + "\n")
+        emit(row, args.out)
 
 
 if __name__ == "__main__":
