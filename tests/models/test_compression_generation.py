@@ -215,3 +215,25 @@ def test_models_that_cannot_be_hooked_are_refused() -> None:
         generate_batch(
             PersonalizedLM(_tiny()), [[5, 6, 7]], [None], [_greedy(2)], 0, compression=StreamingLLM(budget=9)
         )
+
+
+@pytest.mark.slow
+def test_smollm2_prunes_upper_layers_and_keeps_the_first_token(data_dir) -> None:
+    from veil.models.loading import load_model
+
+    loaded = load_model("smollm2-135m-instruct", data_dir)
+    tok = loaded.tokenizer
+    facts = " ".join(f"The code for box {i} is {1000 + 37 * i}." for i in range(40))
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": facts + " What is the code for box 31?"}],
+        add_generation_prompt=True,
+        tokenize=False,
+    )
+    prompt = tok(text, add_special_tokens=False)["input_ids"]
+    smol = PersonalizedLM(loaded.model, PersonalizationConfig(n_tokens=0)).eval()
+    full, _, _ = _run(smol, [prompt], None, new=8)
+    comp = DBudgetKV()  # the paper's defaults
+    got, _, kept = _run(smol, [prompt], comp, new=8)
+    assert kept[0].per_layer[:2] == (1.0, 1.0) and kept[0].mean < 0.9
+    assert got[0][0] == full[0][0]  # the prefill saw the full prompt: the first token cannot change
+    assert len(got[0]) == 8

@@ -5,6 +5,7 @@ at the end. The service needs rows with their own ``temperature``, ``top_p``, ``
 streaming of every token as it is produced, and stopping a row early when the caller sees a stop
 string. :func:`generate_batch` is that loop: one prefill of the packed (soft-token) prompts, then one
 forward step per new token over the KV cache; finished rows ride along until the whole batch is done.
+Optionally, the prompt's KV cache is compressed once between the two (:mod:`veil.models.compression`).
 
 Per-row seeds use a per-row ``torch.Generator``, so a seeded row's samples do not depend on which other
 requests shared its batch (the logits themselves can differ in the last bits with batch composition).

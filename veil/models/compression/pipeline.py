@@ -62,7 +62,9 @@ class PrefillCompression:
             keys[0].shape[0], self.modules[0].config.num_attention_heads, 0, keys[0].shape[-1]
         )
         queries = [self._capture.queries.get(i, empty) for i in range(n_layers)]
-        prefill = Prefill(keys, queries, valid, protected & valid, float(self.modules[0].scaling))
+        first = self.modules[0]
+        scaling = float(getattr(first, "scaling", first.head_dim**-0.5))
+        prefill = Prefill(keys, queries, valid, protected & valid, scaling)
         keep = [valid.clone() for _ in range(n_layers)]
         for comp in {id(c): c for c in self.compressors if c is not None}.values():
             rows = torch.tensor([r for r, c in enumerate(self.compressors) if c is comp], device=valid.device)
