@@ -5,6 +5,8 @@ waiting request, waits up to ``batch_window_s`` for more (at most ``max_batch``)
 the single model thread; requests that arrive meanwhile form the next batch. Generation streams: each
 new token is decoded on the model thread and handed to the request's asyncio queue, so SSE clients see
 tokens as they are produced. Stop strings are checked on the decoded text, never split across deltas.
+A request may bring its own KV-cache compressor (one instance per request: compressors keep per-call
+state); rows of one batch may use different methods, or none.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from veil.models.compression import KVCompressor, KVKept, check_supported
 from veil.models.generation import SamplingParams, TokenLogprobs, generate_batch, token_logprobs
 from veil.models.tasks import tokenize_task
 from veil.models.training import embedding_gradients, embedding_losses
@@ -53,13 +56,15 @@ class ChatEvent:
     """One streamed piece of a completion: a text ``delta``, or the end (``finish_reason`` set).
 
     The end carries ``logprobs`` of the ``completion_tokens`` generated tokens when the request asked
-    for them (``SamplingParams.top_logprobs`` set), else ``None``.
+    for them (``SamplingParams.top_logprobs`` set), else ``None``, and ``kv_kept``, the kept fractions
+    of the prompt cache, when the request brought a compressor.
     """
 
     delta: str = ""
     finish_reason: str | None = None
     completion_tokens: int = 0
     logprobs: list[TokenLogprobs] | None = None
+    kv_kept: KVKept | None = None
 
 
 @dataclass
@@ -76,6 +81,8 @@ class _ChatJob:
     stop: tuple[str, ...]
     events: asyncio.Queue[ChatEvent]
     loop: asyncio.AbstractEventLoop
+    compression: KVCompressor | None = None
+    kv_kept: KVKept | None = None
     cancelled: bool = False
     tokens: list[int] = field(default_factory=list)
     logprobs: list[TokenLogprobs] = field(default_factory=list)
@@ -140,6 +147,14 @@ class ServingEngine:
     @property
     def context_length(self) -> int:
         return int(getattr(self.model.base.config, "max_position_embeddings", 2048))
+
+    def compression_refusal(self) -> str | None:
+        """Why the served model's KV cache cannot be compressed, or ``None`` when it can."""
+        try:
+            check_supported(self.model.base)
+        except ValueError as exc:
+            return f"model {self.name!r} does not support kv_compression: {exc}"
+        return None
 
     def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
         """Prompt token ids for chat ``messages`` (the model's chat template, generation prompt added)."""
@@ -209,13 +224,24 @@ class ServingEngine:
         embedding: np.ndarray | None,
         params: SamplingParams,
         stop: Sequence[str] = (),
+        compression: KVCompressor | None = None,
     ) -> AsyncIterator[ChatEvent]:
-        """Stream a completion; the last event has ``finish_reason`` set."""
+        """Stream a completion; the last event has ``finish_reason`` set.
+
+        ``compression`` prunes this request's prompt cache after prefill; it must be this request's own
+        instance (it records the kept fractions of its last call).
+        """
         if self._chat_queue is None:
             raise RuntimeError("engine not started")
         params = replace(params, stop_token_ids=self.stop_token_ids)
         job = _ChatJob(
-            list(prompt_ids), embedding, params, tuple(stop), asyncio.Queue(), asyncio.get_running_loop()
+            list(prompt_ids),
+            embedding,
+            params,
+            tuple(stop),
+            asyncio.Queue(),
+            asyncio.get_running_loop(),
+            compression,
         )
         await self._chat_queue.put(job)
         try:
@@ -250,6 +276,11 @@ class ServingEngine:
                     stop_rows.add(r)
             return stop_rows
 
+        def on_kv_kept(kept: list[KVKept | None]) -> None:
+            for job, row in zip(jobs, kept, strict=True):
+                job.kv_kept = row
+
+        compression = [j.compression for j in jobs]
         results = generate_batch(
             self.model,
             [j.prompt_ids for j in jobs],
@@ -258,6 +289,8 @@ class ServingEngine:
             self.pad_id,
             on_step,
             on_logits,
+            compression=compression if any(c is not None for c in compression) else None,
+            on_kv_kept=on_kv_kept,
         )
         for job, (_tokens, reason), n in zip(jobs, results, counts, strict=True):
             if job.finished:
@@ -269,7 +302,9 @@ class ServingEngine:
     def _finish(job: _ChatJob, reason: str, n_tokens: int) -> None:
         job.finished = True
         logprobs = job.logprobs[:n_tokens] if job.params.top_logprobs is not None else None
-        event = ChatEvent(finish_reason=reason, completion_tokens=n_tokens, logprobs=logprobs)
+        event = ChatEvent(
+            finish_reason=reason, completion_tokens=n_tokens, logprobs=logprobs, kv_kept=job.kv_kept
+        )
         job.loop.call_soon_threadsafe(job.events.put_nowait, event)
 
     def _advance(self, job: _ChatJob, n_tokens: int) -> bool:

@@ -2,18 +2,22 @@
 
 Chat follows OpenAI's ``/v1/chat/completions`` so the official client works unchanged; Veil's own
 field is ``user_embedding``. Fields a client may send that could identify a person (OpenAI's ``user``)
-are accepted and dropped, never stored or logged.
+are accepted and dropped, never stored or logged. ``kv_compression`` asks for the prompt's KV cache to
+be pruned after prefill (:mod:`veil.models.compression`).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal
+import types
+from dataclasses import MISSING, fields
+from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
 from veil.client_sdk.constants import MAX_LABELS, MAX_TEXT_CHARS, Task
 from veil.client_sdk.wire import MAX_VALUES, b64_length
+from veil.models.compression.registry import METHODS
 
 __all__ = [
     "ChatCompletionRequest",
@@ -23,6 +27,7 @@ __all__ = [
     "CodebookVersion",
     "Embedding",
     "GradientRequest",
+    "KVCompression",
     "GradientResponse",
     "LabelLossRequest",
     "LabelLossResponse",
@@ -97,6 +102,46 @@ class StreamOptions(BaseModel):
     include_usage: bool = True
 
 
+_KVInt = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]
+"""Integers of a compression config stay in int32: a huge window or budget is refused here, not by torch."""
+
+
+def _bounded(tp: Any) -> Any:
+    """``tp`` with every ``int`` inside it (``int | None``, ``tuple[int, ...]``...) bounded to int32."""
+    if tp is int:
+        return _KVInt
+    origin, args = get_origin(tp), get_args(tp)
+    if origin is tuple:
+        return tuple[tuple(a if a is Ellipsis else _bounded(a) for a in args)]  # type: ignore[misc]
+    if origin in (Union, types.UnionType):
+        return Union[tuple(_bounded(a) for a in args)]  # noqa: UP007 - built from a runtime tuple
+    return tp
+
+
+def _compression_model(method: str, config: type) -> type[BaseModel]:
+    """The request object of one method: ``method`` and the fields of its config dataclass, typed (the
+    config's own checks, e.g. a threshold in ``(0, 1)``, run when the route builds the compressor)."""
+    hints = get_type_hints(config)
+    specs: dict[str, Any] = {
+        f.name: (_bounded(hints[f.name]), None if f.default is MISSING else f.default) for f in fields(config)
+    }
+    return create_model(  # type: ignore[call-overload,no-any-return]
+        f"KVCompression_{method}",
+        __config__=ConfigDict(extra="forbid", allow_inf_nan=False),
+        __doc__=f"``kv_compression`` for ``{method}``: {(config.__doc__ or '').strip().splitlines()[0]}",
+        method=(Literal[method], ...),
+        **specs,
+    )
+
+
+KVCompression = Annotated[
+    Union[tuple(_compression_model(m, cfg) for m, (_, cfg) in METHODS.items())],  # noqa: UP007
+    Field(discriminator="method"),
+]
+"""``{"method": name, **config fields}``, one object type per method of
+:data:`veil.models.compression.METHODS`; an unknown method or field is a 400 naming it."""
+
+
 class ChatCompletionRequest(BaseModel):
     """OpenAI chat completion request, plus ``user_embedding``."""
 
@@ -124,6 +169,9 @@ class ChatCompletionRequest(BaseModel):
     """The same sample in the compact form (base64 of little-endian float32)."""
     codebook_version: CodebookVersion | None = None
     """The codebook the sample's prototype belongs to (``409`` unless it is the published one)."""
+    kv_compression: KVCompression | None = None
+    """Prune the prompt's KV cache once after prefill, e.g. ``{"method": "dbudgetkv", "threshold": 0.01}``
+    or ``{"method": "snapkv", "budget": 0.5}``; ``usage`` then reports the kept fraction."""
 
     _check_embedding = field_validator("user_embedding")(_finite_embedding)
     _one_embedding = _one_form("user_embedding", "user_embedding_b64")

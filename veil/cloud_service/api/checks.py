@@ -1,5 +1,6 @@
 """Checks shared by the model routes: the requested model is the served one; embeddings fit it; a
-phone's codebook version is the published one."""
+phone's codebook version is the published one; a requested KV-cache compression fits the model and the
+prompt."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ from veil.client_sdk.wire import WireFormatError, decode_f32, f32_from_values
 from veil.cloud_service.api.deps import ServiceState
 from veil.cloud_service.engine import ServingEngine
 from veil.cloud_service.errors import APIError
-from veil.cloud_service.schemas import Embedding
+from veil.cloud_service.schemas import Embedding, KVCompression
+from veil.models.compression import KVCompressor, from_spec
 
 __all__ = [
     "check_codebook_version",
     "check_label",
     "check_model",
+    "kv_compressor",
     "published_codebook",
     "refuse_stale_version",
     "served_embedding",
@@ -26,6 +29,38 @@ def check_model(engine: ServingEngine, name: str | None) -> None:
     """404 unless ``name`` is ``None`` or the served model's id."""
     if name is not None and name != engine.name:
         raise APIError(404, f"model {name!r} does not exist", param="model", code="model_not_found")
+
+
+def kv_compressor(
+    engine: ServingEngine, spec: KVCompression | None, prompt_tokens: int
+) -> KVCompressor | None:
+    """A fresh compressor for one request's ``kv_compression`` (``None`` when absent), or a 400: a bad
+    value (param ``kv_compression`` or the field's sub-path), a token budget larger than the prompt of
+    ``prompt_tokens`` (soft tokens included) or a served model that cannot be compressed.
+
+    Checked here so that nothing a request sends can fail a whole batch on the model thread.
+    """
+    if spec is None:
+        return None
+    refusal = engine.compression_refusal()
+    if refusal is not None:
+        raise APIError(400, refusal, param="kv_compression", code="kv_compression_unsupported")
+    values = spec.model_dump(exclude_unset=True)
+    try:
+        compressor = from_spec(values)
+    except ValueError as exc:
+        bad = [f for f in values if f != "method" and f in str(exc)]
+        param = f"kv_compression.{bad[0]}" if len(bad) == 1 else "kv_compression"
+        raise APIError(400, f"kv_compression: {exc}", param=param) from exc
+    budget = getattr(getattr(compressor, "config", None), "budget", None)
+    # an int budget counts tokens; a fraction always fits (at least 1 token is kept)
+    if isinstance(budget, int) and budget > prompt_tokens:
+        raise APIError(
+            400,
+            f"kv_compression: a budget of {budget} tokens exceeds the prompt of {prompt_tokens} tokens",
+            param="kv_compression.budget",
+        )
+    return compressor
 
 
 def served_embedding(

@@ -12,7 +12,7 @@ from veil.models.compression.capture import QueryCapture, attention_modules
 from veil.models.compression.config import BudgetConfig, ObservationWindowConfig
 from veil.models.compression.dbudgetkv import DBudgetKV, DBudgetKVConfig, norm_loss_curve
 from veil.models.compression.h2o import H2O, H2OConfig
-from veil.models.compression.pipeline import PrefillCompression, per_row
+from veil.models.compression.pipeline import PrefillCompression, check_supported, per_row
 from veil.models.compression.pyramidkv import PyramidKV, PyramidKVConfig, pyramid_budgets
 from veil.models.compression.registry import METHODS, from_spec
 from veil.models.compression.snapkv import SnapKV, SnapKVConfig
@@ -39,6 +39,7 @@ __all__ = [
     "StreamingLLM",
     "StreamingLLMConfig",
     "attention_modules",
+    "check_supported",
     "compact",
     "enable_masked_attention",
     "from_spec",

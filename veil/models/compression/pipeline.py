@@ -10,10 +10,22 @@ import torch
 from torch import Tensor, nn
 
 from veil.models.compression.base import KVCompressor, KVKept, Prefill
-from veil.models.compression.cache import compact, enable_masked_attention
+from veil.models.compression.cache import MASKED_ATTENTION, compact, enable_masked_attention
 from veil.models.compression.capture import QueryCapture, attention_modules
 
-__all__ = ["PrefillCompression", "per_row"]
+__all__ = ["PrefillCompression", "check_supported", "per_row"]
+
+
+def check_supported(model: nn.Module) -> None:
+    """``ValueError`` saying why, unless :class:`PrefillCompression` can hook ``model``: Llama-like
+    attention modules, SDPA attention and no sliding-window layers (checked before any forward)."""
+    attention_modules(model)
+    config = model.config  # type: ignore[union-attr]
+    impl = config._attn_implementation
+    if impl not in ("sdpa", MASKED_ATTENTION):
+        raise ValueError(f"KV compression needs attn_implementation='sdpa', got {impl!r}")
+    if "sliding_attention" in (getattr(config, "layer_types", None) or ()):
+        raise ValueError("KV compression does not support sliding-window attention layers")
 
 
 def per_row(

@@ -1,4 +1,5 @@
-"""``/v1/chat/completions``: OpenAI-compatible, optionally personalised by ``user_embedding``."""
+"""``/v1/chat/completions``: OpenAI-compatible, optionally personalised by ``user_embedding``, with
+optional KV-cache compression (``kv_compression``, its kept fraction reported in ``usage``)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,16 @@ import numpy as np
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
-from veil.cloud_service.api.checks import check_codebook_version, check_model, served_embedding
+from veil.cloud_service.api.checks import (
+    check_codebook_version,
+    check_model,
+    kv_compressor,
+    served_embedding,
+)
 from veil.cloud_service.api.deps import Caller, State
 from veil.cloud_service.errors import APIError
 from veil.cloud_service.schemas import ChatCompletionRequest
+from veil.models.compression import KVCompressor, KVKept
 from veil.models.generation import SamplingParams, TokenLogprobs
 
 router = APIRouter(tags=["chat"])
@@ -23,7 +30,7 @@ router = APIRouter(tags=["chat"])
 
 def _prepare(
     body: ChatCompletionRequest, state: State
-) -> tuple[list[int], np.ndarray | None, SamplingParams]:
+) -> tuple[list[int], np.ndarray | None, SamplingParams, KVCompressor | None]:
     check_codebook_version(state, body.codebook_version)
     engine = state.engine
     check_model(engine, body.model)
@@ -60,7 +67,7 @@ def _prepare(
         seed=body.seed,
         top_logprobs=(body.top_logprobs or 0) if body.logprobs else None,
     )
-    return prompt, embedding, params
+    return prompt, embedding, params, kv_compressor(engine, body.kv_compression, len(prompt) + soft)
 
 
 def _logprobs_content(tokenizer: Any, entries: list[TokenLogprobs]) -> list[dict[str, Any]]:
@@ -91,27 +98,32 @@ def _chunk(cid: str, created: int, model: str, delta: dict[str, Any], finish: st
 
 @router.post("/v1/chat/completions", response_model=None)
 async def chat_completions(body: ChatCompletionRequest, state: State, caller: Caller) -> Any:
-    prompt, embedding, params = _prepare(body, state)
+    prompt, embedding, params, compressor = _prepare(body, state)
     engine = state.engine
     cid = "chatcmpl-" + secrets.token_hex(12)
     created = int(time.time())
-    events = engine.chat(prompt, embedding, params, body.stops())
+    events = engine.chat(prompt, embedding, params, body.stops(), compressor)
 
-    def usage(completion: int) -> dict[str, int]:
-        return {
+    def usage(completion: int, kept: KVKept | None) -> dict[str, Any]:
+        counts: dict[str, Any] = {
             "prompt_tokens": len(prompt),
             "completion_tokens": completion,
             "total_tokens": len(prompt) + completion,
         }
+        if kept is not None:  # only when compression was asked for: OpenAI clients see nothing new
+            counts["kv_kept_fraction"] = kept.mean
+            counts["kv_kept_fraction_per_layer"] = list(kept.per_layer)
+        return counts
 
     if not body.stream:
         parts: list[str] = []
         finish, completion = "length", 0
         logprobs = None
+        kept = None
         async for event in events:
             parts.append(event.delta)
             if event.finish_reason is not None:
-                finish, completion = event.finish_reason, event.completion_tokens
+                finish, completion, kept = event.finish_reason, event.completion_tokens, event.kv_kept
                 if event.logprobs is not None:
                     logprobs = {"content": _logprobs_content(engine.tokenizer, event.logprobs)}
         if finish == "error":
@@ -131,7 +143,7 @@ async def chat_completions(body: ChatCompletionRequest, state: State, caller: Ca
                     "logprobs": logprobs,
                 }
             ],
-            "usage": usage(completion),
+            "usage": usage(completion, kept),
         }
 
     include_usage = body.stream_options is None or body.stream_options.include_usage
@@ -152,7 +164,7 @@ async def chat_completions(body: ChatCompletionRequest, state: State, caller: Ca
                         "created": created,
                         "model": engine.name,
                         "choices": [],
-                        "usage": usage(event.completion_tokens),
+                        "usage": usage(event.completion_tokens, event.kv_kept),
                     }
                     yield f"data: {json.dumps(final)}\n\n"
         yield "data: [DONE]\n\n"
