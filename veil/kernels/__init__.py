@@ -1,10 +1,11 @@
-"""GPU kernels for the cloud-side models (Triton), imported by :mod:`veil.models`.
+"""GPU kernels (Triton), each with a plain-torch reference and one dispatch function.
 
-Each kernel will live in its own module with three parts: the Triton kernel, a plain-torch reference
-that computes the same thing, and one dispatch function that runs the kernel on a CUDA device and the
-reference elsewhere; tests compare the two on fresh random inputs, odd shapes and each dtype. The first
-kernel will be KV-cache compression's (scoring and pruning cached keys and values).
-This package is empty until then.
+A dispatch function runs the Triton kernel when its tensors are on a CUDA device and Triton imports,
+and the reference otherwise (CPU, or no Triton); ``VEIL_KERNELS=reference`` forces the reference
+everywhere and ``VEIL_KERNELS=triton`` forces the kernel (on CPU only under Triton's interpreter,
+``TRITON_INTERPRET=1``, which is how the tests check the kernels without a GPU).
 """
 
-__all__: list[str] = []
+from veil.kernels.kv_prune import compact_kv, last_query_attention
+
+__all__ = ["compact_kv", "last_query_attention"]

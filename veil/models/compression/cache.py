@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from veil.kernels import compact_kv
+
 __all__ = ["KV_MASKS_KWARG", "MASKED_ATTENTION", "compact", "enable_masked_attention"]
 
 KV_MASKS_KWARG = "veil_kv_masks"
@@ -89,7 +91,7 @@ def compact(cache: Any, keep: Sequence[Tensor]) -> list[Tensor]:
     for layer, kept in zip(layers, keep, strict=True):
         if getattr(layer, "is_sliding", False):
             raise ValueError("KV compression does not support sliding-window cache layers")
-        b, h_kv, n, d = layer.keys.shape
+        n = layer.keys.shape[2]
         if bool(kept.all()):
             masks.append(kept)
             continue
@@ -97,8 +99,6 @@ def compact(cache: Any, keep: Sequence[Tensor]) -> list[Tensor]:
         pos = torch.arange(n, device=kept.device)
         # dropped positions sort first, kept ones last in their order: the last `width` are the slots
         slots = torch.argsort(torch.where(kept, pos + n, pos), dim=1)[:, n - width :]  # (B, P)
-        index = slots[:, None, :, None].expand(b, h_kv, width, d)
-        layer.keys = layer.keys.gather(2, index)  # (B, H_kv, P, d), a new tensor
-        layer.values = layer.values.gather(2, index)
+        layer.keys, layer.values = compact_kv(layer.keys, layer.values, slots)  # (B, H_kv, P, d), new
         masks.append(kept.gather(1, slots))
     return masks

@@ -28,6 +28,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from veil.kernels import last_query_attention
 from veil.models.compression.base import KVCompressor, Prefill
 from veil.models.compression.scoring import (
     accumulated_attention,
@@ -161,7 +162,12 @@ class DBudgetKV(KVCompressor):
                 keep.append(valid.clone())
                 continue
             q = prefill.queries[layer][:, :, -c.k_rows :]  # (B, H, k, d)
-            rows = query_attention(q, prefill.keys[layer], valid, prefill.scaling)  # (B, H, k, n)
+            if c.k_rows == 1:  # the paper's setting: one fused pass over the keys on a GPU
+                rows = last_query_attention(q[:, :, 0], prefill.keys[layer], valid, prefill.scaling)[
+                    :, :, None
+                ]
+            else:
+                rows = query_attention(q, prefill.keys[layer], valid, prefill.scaling)  # (B, H, k, n)
             seen = (rows > 0).sum(dim=2).clamp(min=1)  # average over the rows that can see each key
             sq = (rows.sum(dim=2) / seen) ** 2  # (B, H, n)
             scope = valid if c.norm_scope == "full_row" else valid & ~sinks
