@@ -1,0 +1,49 @@
+"""The KV benchmark's bookkeeping: method specs, matched budgets, agreement and the summary."""
+
+from __future__ import annotations
+
+import pytest
+
+from veil.models.compression.evaluation import KVBenchConfig, method_spec, run_kv_benchmark, summarize
+
+
+def test_unknown_methods_and_thresholds_outside_the_open_interval_are_refused() -> None:
+    with pytest.raises(ValueError, match="unknown method"):
+        KVBenchConfig(methods=("nope",))
+    for t in (0.0, 1.0, -0.5):
+        with pytest.raises(ValueError, match=r"\(0, 1\)"):
+            KVBenchConfig(threshold=t)
+    with pytest.raises(ValueError, match="add dbudgetkv"):
+        KVBenchConfig(methods=("snapkv",))
+
+
+def test_method_specs() -> None:
+    assert method_spec("dbudgetkv_non_sink", 0.02, None) == {
+        "method": "dbudgetkv", "threshold": 0.02, "norm_scope": "non_sink"
+    }  # fmt: skip
+    assert method_spec("h2o", 0.01, 0.6) == {"method": "h2o", "budget": 0.6}
+    with pytest.raises(ValueError, match="needs a budget"):
+        method_spec("snapkv", 0.01, None)
+
+
+def test_summary_reports_agreement_accuracy_and_kept_quantiles_per_task() -> None:
+    rows = [
+        {"method": "m", "task": "a", "agree": True, "correct": False, "kept": 0.5},
+        {"method": "m", "task": "b", "agree": False, "correct": True, "kept": 1.0},
+    ]
+    s = summarize(rows)["m"]
+    assert (s["agreement"], s["accuracy"], s["kept_mean"], s["kept_p50"]) == (0.5, 0.5, 0.75, 0.75)
+    assert s["per_task"]["a"]["kept_mean"] == 0.5 and s["per_task"]["b"]["n"] == 1
+
+
+def test_a_tiny_run_matches_baselines_to_dbudgetkv_and_agrees_with_itself(data_dir) -> None:
+    config = KVBenchConfig(
+        "tiny-llama", 2, 256, ("dbudgetkv", "snapkv"), 0.01, 4, tasks=("passkey", "json_kv")
+    )
+    result = run_kv_benchmark(config, data_dir)
+    by = {m: [r for r in result["rows"] if r["method"] == m] for m in ("full", "dbudgetkv", "snapkv")}
+    assert all(len(v) == 2 for v in by.values())
+    # 2 layers, both frozen by the paper's rule: nothing is pruned, outputs equal the full cache
+    assert [r["kept"] for r in by["dbudgetkv"]] == [1.0, 1.0]
+    assert result["matched_budget"] == 1.0 and all(r["budget"] == 1.0 for r in by["snapkv"])
+    assert result["summary"]["dbudgetkv"]["agreement"] == 1.0
