@@ -6,7 +6,6 @@ learns of a new codebook from that refusal alone."""
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -17,24 +16,18 @@ from veil.client_sdk.client import CodebookMismatchError, VeilClient
 from veil.client_sdk.codebook_wire import codebook_from_json
 from veil.client_sdk.ohttp import AsyncOHTTPClient, OHTTPClient
 from veil.client_sdk.param_store import MemoryParamStore
-from veil.cloud_service.app import create_app, load_served_model
 from veil.cloud_service.background import BackgroundServer
 from veil.cloud_service.codebooks import CodebookStore, init_codebook, retire_by_counts
-from veil.cloud_service.config import ServiceConfig
 from veil.cloud_service.relay import RelayConfig, create_relay_app
-from veil.cloud_service.store import count_uploads, create_api_key, make_engine, migrate, session_factory
+from veil.cloud_service.store import count_uploads, make_engine, session_factory
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def stack(data_dir: str, tmp_path_factory: pytest.TempPathFactory):
+def stack(keyed_app, tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("codebook-api")
-    engine = make_engine(None, root)
-    migrate(engine)
-    key = create_api_key(session_factory(engine)(), "tests")
-    served = load_served_model(ServiceConfig(data_dir=Path(data_dir), model="tiny-llama"))
-    app = create_app(ServiceConfig(data_dir=root, model="tiny-llama"), preloaded=served)
+    app, key = keyed_app(root, "tiny-llama")
     with (
         BackgroundServer(app) as api,
         BackgroundServer(create_relay_app(RelayConfig(gateway_url=api.url))) as relay,

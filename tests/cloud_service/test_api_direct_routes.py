@@ -13,7 +13,6 @@ import contextlib
 import json
 import logging
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,12 +22,9 @@ import pytest
 from veil.client_sdk.api import embedding_field, new_idempotency_key
 from veil.client_sdk.ohttp import OHTTPClient
 from veil.cloud_service.api.routes import ohttp
-from veil.cloud_service.app import create_app, load_served_model
 from veil.cloud_service.background import BackgroundServer
 from veil.cloud_service.codebooks import CodebookStore, init_codebook, retire_by_counts
-from veil.cloud_service.config import ServiceConfig
 from veil.cloud_service.inner_allowlist import PHONE_ROUTES
-from veil.cloud_service.store import create_api_key, make_engine, migrate, session_factory
 
 pytestmark = pytest.mark.integration
 
@@ -44,13 +40,9 @@ STALE = "0123456789abcdef"
 
 
 @pytest.fixture(scope="module")
-def stack(data_dir: str, tmp_path_factory: pytest.TempPathFactory):
+def stack(keyed_app, tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("direct-routes")
-    engine = make_engine(None, root)
-    migrate(engine)
-    key = create_api_key(session_factory(engine)(), "tests")
-    served = load_served_model(ServiceConfig(data_dir=Path(data_dir), model=MODEL))
-    app = create_app(ServiceConfig(data_dir=root, model=MODEL), preloaded=served)
+    app, key = keyed_app(root, MODEL)
     # No relay: phones reach the gateway on loopback (no relay secret is configured).
     with (
         BackgroundServer(app) as api,

@@ -4,19 +4,14 @@ asked, directly and through a real relay and the OHTTP gateway; bad bodies are 4
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import httpx
 import numpy as np
 import pytest
 
 from veil.client_sdk.api import embedding_field
 from veil.client_sdk.ohttp import OHTTPClient
-from veil.cloud_service.app import create_app, load_served_model
 from veil.cloud_service.background import BackgroundServer
-from veil.cloud_service.config import ServiceConfig
 from veil.cloud_service.relay import RelayConfig, create_relay_app
-from veil.cloud_service.store import create_api_key, make_engine, migrate, session_factory
 
 pytestmark = pytest.mark.integration
 
@@ -26,13 +21,9 @@ LABELS = ["mat", "hat", "dog", "table", "moon"]
 
 
 @pytest.fixture(scope="module")
-def stack(data_dir: str, tmp_path_factory: pytest.TempPathFactory):
+def stack(keyed_app, tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("label-losses-api")
-    engine = make_engine(None, root)
-    migrate(engine)
-    key = create_api_key(session_factory(engine)(), "tests")
-    served = load_served_model(ServiceConfig(data_dir=Path(data_dir), model=MODEL))
-    app = create_app(ServiceConfig(data_dir=root, model=MODEL), preloaded=served)
+    app, key = keyed_app(root, MODEL)
     with (
         BackgroundServer(app) as api,
         BackgroundServer(create_relay_app(RelayConfig(gateway_url=api.url))) as relay,
