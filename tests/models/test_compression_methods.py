@@ -95,6 +95,14 @@ def test_streaming_llm_keeps_sinks_and_the_most_recent_tokens() -> None:
     assert keep[0].nonzero().flatten().tolist() == [5, 6, 7, 8, 34, 35, 36, 37, 38, 39]
 
 
+def test_pyramidkv_gives_what_capped_layers_cannot_keep_to_the_others() -> None:
+    full = pyramid_budgets(torch.tensor([40, 30]), 2, 20.0, torch.tensor([40, 40]))
+    assert full.tolist() == [[40, 40], [40, 20]]  # budget = prompt: every layer whole; 30 of 40: mean 30
+    deep = pyramid_budgets(torch.tensor([90]), 6, 20.0, torch.tensor([100]))[0]
+    assert int(deep.sum()) == 6 * 90 and int(deep.max()) <= 100
+    assert deep.tolist() == sorted(deep.tolist(), reverse=True)  # still a pyramid
+
+
 def test_pyramidkv_budgets_decrease_with_depth_and_average_the_budget() -> None:
     comp = PyramidKV(budget=10, window_size=4, beta=2.0)
     counts = [int(k.sum()) for k in comp.compress(_prefill())]

@@ -47,8 +47,16 @@ def pyramid_budgets(budget: Tensor, n_layers: int, beta: float, lengths: Tensor)
     low = b / beta
     high = 2 * b - low
     frac = torch.arange(n_layers, dtype=torch.float64) / max(n_layers - 1, 1)  # (L,)
-    per_layer = high - (high - low) * frac  # (B, L)
-    total = torch.round(per_layer.cumsum(dim=1)).long()  # rounding the running total keeps the sum exact
+    shares = high - (high - low) * frac  # (B, L), mean b
+    cap = lengths.double()[:, None].expand_as(shares)
+    alloc = torch.minimum(shares, cap)
+    for _ in range(n_layers):  # each pass caps at least one more layer, or gives out everything
+        short = n_layers * b - alloc.sum(dim=1, keepdim=True)  # (B, 1)
+        room = torch.where(alloc < cap, shares, torch.zeros_like(shares))
+        if not bool(((short > 1e-9) & (room.sum(dim=1, keepdim=True) > 0)).any()):
+            break
+        alloc = torch.minimum(alloc + short * room / room.sum(dim=1, keepdim=True).clamp(min=1e-30), cap)
+    total = torch.round(alloc.cumsum(dim=1)).long()  # rounding the running total keeps the sum exact
     counts = torch.diff(total, dim=1, prepend=torch.zeros_like(total[:, :1]))
     return torch.minimum(counts.clamp(min=1), lengths[:, None])
 
