@@ -268,7 +268,7 @@ def run_fleet(
         sums = {k: sum(int(m[k]) for m in replies) for k in _CELL_COUNTS}
         failed, lost = _lost(cfg.phones, sum(sums[k] for k in _CELL_PHONES), errors, missing)
         n_eval = sums["num-examples"]
-        laws = _phone_laws(cfg)  # read once; the ground truth and the audit both use them
+        laws = _phone_laws(cfg)  # read once; the ground truth, the audit and FedAvg's count use them
         groups, uploads = _ground_truth(cfg, laws, r)
         chosen = counts[counts > 0]
         rr = RoundReport(
@@ -291,7 +291,9 @@ def run_fleet(
             with service_stack(round_dir, base, max_batch=256) as (relay, public_key):
                 order.update(relay_url=relay.url + "/ohttp", key_config_url=relay.url + "/.well-known/ohttp-gateway",
                              gateway_key=public_key.hex())  # fmt: skip
-                book, rr.federated = _federated(grid, ids, book, cfg, order, len(_phone_laws(cfg)))
+                book, rr.federated = _federated(
+                    grid, ids, book, cfg, order, len(laws)
+                )  # phones with a choice
             report.stage3_seconds.append(time.perf_counter() - t3)
         elif r < cfg.rounds:  # stage 3 on what the store received; the next round serves its result
             t3 = time.perf_counter()
