@@ -18,8 +18,9 @@ from veil.client_sdk.distributions import Codebook, PrototypeDistribution
 from veil.privacy_analysis.attribution import bayes_attribution
 from veil.simulation.fleet import FleetConfig, FleetConfigError
 from veil.simulation.fleet.config import AUTO_NODES
-from veil.simulation.fleet.phone import _Phone, cell, cell_average, write_phone
-from veil.simulation.fleet.server import _lost, attribution_of_groups
+from veil.simulation.fleet.phone import _Phone, attribution, cell, cell_average
+from veil.simulation.fleet.population import ensure_phones, fleet_population, phone_dir, write_phone
+from veil.simulation.fleet.server import _lost
 
 
 @pytest.mark.parametrize(
@@ -35,6 +36,10 @@ from veil.simulation.fleet.server import _lost, attribution_of_groups
         ({"latency_ms": -1.0}, "latency_ms must be a number"),
         ({"phones": 4, "types": 2, "nodes": 5}, "nodes .5. cannot exceed phones"),
         ({"phone_concurrency": 0}, "phone_concurrency must be an integer in"),
+        ({"cloud": "remote"}, "cloud must be one of"),
+        ({"cloud": "deployed"}, "cloud=deployed needs api_url"),
+        ({"cloud": "deployed", "api_url": "api:8443"}, "api_url must be an http"),
+        ({"cloud": "deployed", "api_url": "https://api:8443", "rounds": 2}, "runs no stage 3"),
     ],
 )
 def test_bad_settings_are_refused_with_the_setting_named(values: dict, match: str) -> None:
@@ -61,17 +66,41 @@ def test_the_pyproject_run_config_is_a_valid_fleet() -> None:
     assert cfg.phones >= 2
 
 
+def _group_max(groups: np.ndarray, uploads: np.ndarray, cells: int) -> np.ndarray:
+    """What the cells of a fleet report (each its per-group maximum), maxed by the server."""
+    reports = np.zeros((cells, int(groups.max()) + 1), dtype=np.int64)
+    for i, (g, n) in enumerate(zip(groups, uploads, strict=True)):
+        reports[i % cells, g] = max(reports[i % cells, g], n)
+    return reports.max(axis=0)
+
+
 def test_group_attribution_is_the_bayes_attribution_of_a_codebook() -> None:
     rng = np.random.default_rng(3)
     book = Codebook(rng.normal(size=(4, 1, 2)) * 5.0)
     groups = np.array([0, 0, 0, 1, 1, 3])
-    exact = attribution_of_groups(groups, np.full(groups.size, 10))
+    equal = np.full(groups.size, 10)
+    exact = attribution(_group_max(groups, equal, cells=4), int(equal.sum()))
     assert exact == pytest.approx(3 / 6)  # one phone named per group, equal uploads
     dists = [PrototypeDistribution(book, int(g), noise_std=1e-3) for g in groups]
     mc = bayes_attribution(dists, 400, rng)
     assert mc.ci_low - 0.02 <= exact <= mc.ci_high + 0.02
-    # with skewed amounts the attributor names each group's busiest phone
-    assert attribution_of_groups(groups, np.array([1, 5, 2, 3, 3, 4])) == pytest.approx((5 + 3 + 4) / 18)
+    # with skewed amounts the attributor names each group's busiest phone, whichever cell holds it
+    skewed = np.array([1, 5, 2, 3, 3, 4])
+    for cells in (1, 2, 6):
+        assert attribution(_group_max(groups, skewed, cells), 18) == pytest.approx((5 + 3 + 4) / 18)
+    assert np.isnan(attribution(np.zeros(4, dtype=np.int64), 0))
+
+
+def test_a_supernode_writes_its_cells_data_as_the_local_simulator_would(tmp_path: Path) -> None:
+    spec = {"phones": 6, "task": "classification", "types": 2, "train_per_phone": 3, "test_per_phone": 2,
+            "seed": 5, "skew": 0.5, "late_join": 0.3}  # fmt: skip
+    labels, data = fleet_population(spec)
+    assert labels and len(data) == 6 and {d[2] for d in data} <= {1, 2}
+    assert ensure_phones(tmp_path, cell(1, 3, 6), spec) == 2  # phones 1 and 4
+    assert sorted(p.name for p in (tmp_path / "phones").iterdir()) == ["000001", "000004"]
+    body = json.loads((phone_dir(tmp_path, 4) / "examples.json").read_text())
+    assert [tuple(x) for x in body["train"]] == data[4][0] and body["join_round"] == data[4][2]
+    assert ensure_phones(tmp_path, cell(1, 3, 6), spec) == 0  # written once, kept
 
 
 def test_cells_partition_the_phones_and_nodes_default_to_one_per_phone_up_to_the_cap() -> None:
@@ -115,7 +144,7 @@ def test_an_announced_retirement_keeps_a_choice_only_when_the_flags_hash_to_the_
     from veil.client_sdk.param_store import ClientState, ParamStore
 
     book = Codebook(np.random.default_rng(1).normal(size=(4, 1, 3)), k_min=2)
-    write_phone(tmp_path, 0, [("a b", "like")], [("c d", "like")], 1)
+    write_phone(tmp_path, 0, ([("a b", "like")], [("c d", "like")], 1))
     order = {"seed": 0, "round": 1, "model": "m", "relay_url": "", "task": "classification"}
     ParamStore(tmp_path / "phones" / "000000" / "params.npz").save(
         ClientState(PrototypeDistribution(book, 2, 1e-4), {}, "m")
@@ -174,7 +203,7 @@ def test_dropouts_are_reported_and_the_round_completes(tmp_path: Path) -> None:
     report = _simulate(tmp_path, "--phones", "12", "--types", "3", "--dropout", "0.4", "--concurrency", "4")
     (r,) = report["rounds"]
     assert r["dropped"] > 0 and r["phones"] + r["dropped"] == r["phones_asked"] == 12
-    assert r["missing"] == 0 and r["uploads"] == 4 * r["phones"]
+    assert r["missing"] == 0 and r["uploads"] == 4 * (r["phones"] + r["dropped"])  # dropped ones' are stored
 
 
 @pytest.mark.integration
@@ -185,7 +214,7 @@ def test_cells_of_phones_on_fewer_nodes_all_take_part_and_report_summed_counts(t
     )  # fmt: skip
     (r,) = report["rounds"]
     assert r["dropped"] > 0 and r["phones"] + r["dropped"] == r["phones_asked"] == 12
-    assert r["failed"] == r["missing"] == 0 and r["uploads"] == 4 * r["phones"]
+    assert r["failed"] == r["missing"] == 0 and r["uploads"] == 4 * (r["phones"] + r["dropped"])
     assert sum(1 for _ in (tmp_path / "phones").iterdir()) == 12
 
 

@@ -14,6 +14,7 @@ argument when ``veil simulate`` builds it.
 
 from __future__ import annotations
 
+import json
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -25,6 +26,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from veil.simulation.fleet.config import FleetConfig
 from veil.simulation.fleet.phone import cell, choose, take_part, train_prototypes
+from veil.simulation.fleet.population import ensure_phones
 from veil.simulation.fleet.server import FleetReport, RoundReport, run_fleet
 
 __all__ = ["client_app", "make_server_app", "server_app"]
@@ -33,10 +35,30 @@ client_app = ClientApp()
 
 
 def _phone(msg: Message, context: Context, record: str) -> tuple[Path, range, dict[str, Any]]:
-    """The simulation folder, this SuperNode's phones and the server's order (the ``record`` config)."""
+    """The phones' folder, this SuperNode's phones and the server's order (the ``record`` config).
+
+    With a deployed cloud the node's own settings win: its ``phones-dir`` (where its phones keep their
+    files; their synthetic data is written there on first use), its ``relay-url`` and ``gateway-key``
+    (what the phones' app ships), each falling back to the run's."""
     order = dict(msg.content[record])
-    pids = cell(int(context.node_config["partition-id"]), int(order["nodes"]), int(order["phones"]))
-    return Path(str(order.pop("work_dir"))), pids, order
+    node = context.node_config
+    pids = cell(int(node["partition-id"]), int(order["nodes"]), int(order["phones"]))
+    work_dir = Path(str(order.pop("work_dir")))
+    if order.get("cloud") == "deployed":
+        work_dir = Path(str(node.get("phones-dir") or work_dir)).expanduser()
+        relay = str(node.get("relay-url") or order.get("relay_base") or "").rstrip("/")
+        if not relay:
+            raise ValueError(
+                "no relay: give the run config relay-url or this SuperNode's node config relay-url"
+            )
+        order.update(relay_url=relay + "/ohttp", key_config_url=relay + "/.well-known/ohttp-gateway")
+        order["gateway_key"] = str(node.get("gateway-key") or order.get("gateway_key") or "")
+        if not order["gateway_key"]:
+            raise ValueError(
+                "no gateway key to pin: give gateway-key (veil gateway public-key) in the run or node config"
+            )
+        ensure_phones(work_dir, pids, json.loads(str(order["population"])))
+    return work_dir, pids, order
 
 
 def _reply(msg: Message, context: Context, step: Callable[..., dict[str, Any]]) -> Message:

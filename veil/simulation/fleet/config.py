@@ -19,7 +19,7 @@ from typing import Any
 
 from veil.client_sdk.constants import TASKS
 
-__all__ = ["FleetConfig", "FleetConfigError"]
+__all__ = ["CLOUDS", "FleetConfig", "FleetConfigError"]
 
 MAX_PHONES = 20_000
 """The most phones one machine's simulation takes (each needs its folder of files)."""
@@ -29,6 +29,10 @@ AUTO_NODES = 32
 Flower 1.42's simulation engine polls its message store once per node for every delivery (its
 ``add_messages_to_queue``), so one more node costs every message a little: a no-op message took 4.5 ms
 at 1,000 nodes and 16.3 ms at 10,000 on the 2-core VM (``benchmarks/flower_overhead.py``)."""
+
+
+CLOUDS = ("local", "deployed")
+"""Where the fleet's cloud runs (:attr:`FleetConfig.cloud`)."""
 
 
 class FleetConfigError(ValueError):
@@ -75,6 +79,17 @@ class FleetConfig:
     timeout_s: the longest a round may take before the missing phones are reported.
     seed: every random choice of the simulation.
     work_dir: where phones keep their files and the cloud its data ("" = a temporary folder).
+    cloud: ``local``: the ServerApp runs its own cloud on its machine (stage 1, API with gateway, relay
+        and stage 3, as ``veil simulate`` does); ``deployed``: it uses a running ``veil serve`` (reached
+        at ``api_url`` with the operator key in ``VEIL_FLEET_API_KEY``) and its relay, serves that API's
+        model, publishes codebooks with ``PUT /v1/codebook``, and runs no stage 3 (between rounds only
+        ``shared_training=federated`` trains the shared parts). Phones keep their files on their
+        SuperNode's machine (node config ``phones-dir``) and write their synthetic data there on first use.
+    api_url: the API as the ServerApp reaches it (``deployed``).
+    relay_url: the relay as phones reach it (``deployed``; a SuperNode's node config ``relay-url``
+        overrides it for its phones).
+    gateway_key: the gateway's signing public key phones pin (``deployed``; base64, as ``veil gateway
+        public-key`` prints it; node config ``gateway-key`` overrides it).
     """
 
     phones: int = 100
@@ -105,6 +120,10 @@ class FleetConfig:
     timeout_s: float = 600.0
     seed: int = 0
     work_dir: str = ""
+    cloud: str = "local"
+    api_url: str = ""
+    relay_url: str = ""
+    gateway_key: str = ""
 
     def __post_init__(self) -> None:
         ints = {
@@ -156,6 +175,22 @@ class FleetConfig:
                 raise FleetConfigError(f"{name} must be a number > 0, got {value!r}")
         if not (isinstance(self.fed_noise, int | float) and 0.0 <= self.fed_noise <= 100.0):
             raise FleetConfigError(f"fed_noise must be a number in [0, 100], got {self.fed_noise!r}")
+        if self.cloud not in CLOUDS:
+            raise FleetConfigError(f"cloud must be one of {list(CLOUDS)}, got {self.cloud!r}")
+        if self.cloud == "deployed":
+            for name in ("api_url", "relay_url"):
+                value = getattr(self, name)
+                if value and not value.startswith(("http://", "https://")):
+                    raise FleetConfigError(f"{name} must be an http(s) URL, got {value!r}")
+            if not self.api_url:
+                raise FleetConfigError(
+                    "cloud=deployed needs api_url (the running API, e.g. https://api:8443)"
+                )
+            if self.rounds > 1 and self.shared_training != "federated":
+                raise FleetConfigError(
+                    f"cloud=deployed runs no stage 3 between rounds (it trains on the API's machine: "
+                    f"veil train); use shared_training=federated or rounds=1, got {self.shared_training!r}"
+                )
         if self.late_join and self.rounds < 2:
             raise FleetConfigError("late_join needs rounds >= 2 (late phones sit out round 1)")
 

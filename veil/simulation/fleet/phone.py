@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -36,16 +37,16 @@ from veil.client_sdk.client import CodebookMismatchError, RetryPolicy, VeilClien
 from veil.client_sdk.distributions import Codebook, PrototypeDistribution
 from veil.client_sdk.ohttp import AsyncOHTTPClient
 from veil.client_sdk.param_store import ParamStore, ParamStoreError
+from veil.simulation.fleet.population import phone_dir
 
 __all__ = [
     "PhoneDropoutError",
+    "attribution",
     "cell",
     "cell_average",
     "choose",
-    "phone_dir",
     "take_part",
     "train_prototypes",
-    "write_phone",
 ]
 
 log = logging.getLogger(__name__)
@@ -55,9 +56,9 @@ T = TypeVar("T")
 class PhoneDropoutError(RuntimeError):
     """The simulated phone left mid-round (after its uploads, before it reported)."""
 
-
-def phone_dir(work_dir: Path, pid: int) -> Path:
-    return Path(work_dir) / "phones" / f"{pid:06d}"
+    def __init__(self, message: str, index: int, uploads: int) -> None:
+        super().__init__(message)
+        self.index, self.uploads = index, uploads
 
 
 def cell(node: int, nodes: int, phones: int) -> range:
@@ -65,16 +66,6 @@ def cell(node: int, nodes: int, phones: int) -> range:
     if not 0 <= node < nodes:
         raise ValueError(f"partition-id {node} is outside [0, {nodes})")
     return range(node, phones, nodes)
-
-
-def write_phone(
-    work_dir: Path, pid: int, train: list[tuple[str, str]], test: list[tuple[str, str]], join_round: int
-) -> None:
-    """Put a phone's private data on its disk (the simulator's set-up)."""
-    folder = phone_dir(work_dir, pid)
-    folder.mkdir(parents=True, exist_ok=True)
-    body = {"train": train, "test": test, "join_round": join_round}
-    (folder / "examples.json").write_text(json.dumps(body))
 
 
 class _Delayed:
@@ -150,7 +141,7 @@ def _transport(order: Mapping[str, Any]) -> AsyncOHTTPClient:
         key_config_url=str(order["key_config_url"]),
         timeout=120,
         retries=0,  # VeilClient is the one layer that retries
-        gateway_public_key=bytes.fromhex(str(order["gateway_key"])),
+        gateway_public_key=str(order["gateway_key"]),  # base64, as the app ships it
     )
 
 
@@ -200,7 +191,9 @@ async def _take_part_one(phone: _Phone) -> dict[str, int]:
     task, labels = str(order["task"]), list(order["labels"])
     stored = phone.stored()
     if stored is None or stored.codebook.version != str(order["codebook_version"]):
-        await _choose_through_relay(phone)  # kept through retirements: sync the codebook before uploading
+        index = await _choose_through_relay(phone)  # kept through retirements: sync the codebook first
+    else:
+        index = stored.index
     uploaded: list[str] = []
     for text, label in phone.data["train"]:
         answer = await phone.client.upload(task, text, label)
@@ -209,7 +202,9 @@ async def _take_part_one(phone: _Phone) -> dict[str, int]:
         fh.write("".join(f"{int(order['round'])} {i}\n" for i in uploaded))
     if phone.rng.random() < float(order.get("dropout", 0.0)):
         raise PhoneDropoutError(
-            f"phone {phone.pid} left round {order['round']} after {len(uploaded)} uploads"
+            f"phone {phone.pid} left round {order['round']} after {len(uploaded)} uploads",
+            index,
+            len(uploaded),
         )
     correct = 0
     for text, label in phone.data["test"]:
@@ -219,6 +214,7 @@ async def _take_part_one(phone: _Phone) -> dict[str, int]:
         "num-examples": len(phone.data["test"]),
         "correct": correct,
         "uploads": len(uploaded),
+        "index": index,
     }
 
 
@@ -262,21 +258,40 @@ def choose(work_dir: Path, pids: Sequence[int], order: Mapping[str, Any]) -> dic
 def take_part(work_dir: Path, pids: Sequence[int], order: Mapping[str, Any]) -> dict[str, Any]:
     """Every phone of the cell uploads its training examples anonymously, then evaluates on its held-out
     ones; returns the cell's sums: phones that ``took-part``, were ``not-joined``, ``dropped`` (left
-    between uploads and evaluation) or ``failed`` (raised; logged here), and ``num-examples``,
-    ``correct`` and ``uploads`` of the phones that took part."""
+    between uploads and evaluation) or ``failed`` (raised; logged here), ``num-examples`` and ``correct``
+    of the phones that took part, ``uploads`` of every phone (dropped ones' are stored too), and
+    ``group-max``: per prototype, the most uploads one phone of the cell made with it this round (the
+    simulator's ground truth for :func:`attribution`, kept on the phones until then)."""
     results = asyncio.run(_each(work_dir, pids, order, _take_part_one))
     keys = ("took-part", "not-joined", "dropped", "failed", "num-examples", "correct", "uploads")
-    total = dict.fromkeys(keys, 0)
+    total: dict[str, Any] = dict.fromkeys(keys, 0)
+    group_max = np.zeros(int(order["codebook_size"]), dtype=np.int64)
     for pid, result in zip(pids, results, strict=True):
         if isinstance(result, PhoneDropoutError):
             total["dropped"] += 1
+            total["uploads"] += result.uploads
+            group_max[result.index] = max(group_max[result.index], result.uploads)
         elif isinstance(result, BaseException):
             log.error("phone %d failed in round %s: %r", pid, order["round"], result)
             total["failed"] += 1
         else:
-            for key, value in cast(dict[str, int], result).items():
+            counts = dict(cast(dict[str, int], result))
+            index = counts.pop("index", None)
+            for key, value in counts.items():
                 total[key] += value
+            if index is not None:
+                group_max[index] = max(group_max[index], counts["uploads"])
+    total["group-max"] = group_max.tolist()
     return total
+
+
+def attribution(group_max: np.ndarray, uploads: int) -> float:
+    """Exact single-upload Bayes attribution of a round's uploads to phones, from the per-prototype
+    maximum of any one phone's uploads (``group_max``, the element-wise maximum over cells) and the
+    round's uploads: a group's phones share one law and groups do not overlap, so the Bayes attributor
+    of one upload names the group's busiest phone, right ``sum_g max_{i in g} n_i / sum_i n_i`` of the
+    time. NaN without uploads."""
+    return float(np.sum(group_max) / uploads) if uploads else math.nan
 
 
 def train_prototypes(

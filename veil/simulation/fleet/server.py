@@ -14,23 +14,29 @@ kinds of Flower message, both sent to every registered node:
    dropped out or failed, examples, correct, uploads).
 
 Between rounds the cloud runs stage 3 on what the store received (the service's codebook training job)
-and serves the new model and codebook. Flower carries only aggregated quantities; the one-hot of a
+and serves the new model and codebook, or FedAvg trains the prototypes over Flower. The cloud is the
+ServerApp's own (``cloud=local``: ``veil simulate``, one machine) or a deployment's running API and relay
+(``cloud=deployed``: the ServerApp publishes codebooks with the operator key and runs no stage 3). Flower carries only aggregated quantities; the one-hot of a
 choice reaches the server unmasked when a cell holds one phone (SecAgg+ exists in flwr 1.42 only on the
 legacy ``LegacyContext`` workflow, not on the Message API this fleet uses), which reveals a phone's group,
 the k-anonymous set its uploads already name, but never links the phone to an upload.
 
-The simulator's own audit (ground truth the cloud never has) reads each phone's folder after a round:
-single-upload Bayes attribution is exact for a codebook, since a group's phones share one law and groups
-do not overlap: ``sum_g max_{i in g} n_i / sum_i n_i`` with ``n_i`` the uploads of phone ``i``.
+The simulator's own attribution figure uses ground truth the cloud never has: each cell reports, per
+prototype, the most uploads one of its phones made with it (:func:`~veil.simulation.fleet.phone.attribution`
+makes the exact single-upload Bayes attribution of it, since a group's phones share one law). A local
+cloud also audits the phones' parameter files and the store after each round.
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import json
 import math
+import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,9 +46,10 @@ import numpy as np
 from veil.client_sdk.distributions import Codebook, UserDistribution
 from veil.client_sdk.param_store import ParamStore
 from veil.simulation.fleet.config import FleetConfig
-from veil.simulation.fleet.phone import phone_dir, write_phone
+from veil.simulation.fleet.phone import attribution
+from veil.simulation.fleet.population import POPULATION_FIELDS, fleet_population, phone_dir, write_phone
 
-__all__ = ["FleetError", "FleetReport", "RoundReport", "attribution_of_groups", "run_fleet"]
+__all__ = ["CLOUD_KEY_ENV", "FleetError", "FleetReport", "RoundReport", "run_fleet"]
 
 
 class FleetError(RuntimeError):
@@ -110,47 +117,13 @@ class FleetReport:
         }
 
 
-def attribution_of_groups(groups: np.ndarray, uploads: np.ndarray) -> float:
-    """Exact single-upload Bayes attribution when each group's phones share one law and groups are
-    disjoint: the attributor names the group's phone with the most uploads."""
-    total = int(uploads.sum())
-    if total == 0:
-        return math.nan
-    best = {}
-    for g, n in zip(groups.tolist(), uploads.tolist(), strict=True):
-        best[g] = max(best.get(g, 0), n)
-    return float(sum(best.values()) / total)
+CLOUD_KEY_ENV = "VEIL_FLEET_API_KEY"
+"""The environment variable holding the operator API key of a deployed cloud (never in the run config,
+which the SuperLink stores)."""
 
 
-def _prepare_phones(cfg: FleetConfig, labels_out: list[str]) -> None:
-    from veil.simulation.data.synthetic import PopulationConfig, make_population
-
-    rng = np.random.default_rng(cfg.seed + 11)
-    factor = np.exp(rng.normal(0.0, cfg.skew, cfg.phones)) if cfg.skew else np.ones(cfg.phones)
-    amounts = np.clip(np.round(cfg.train_per_phone * factor), 1, 4 * cfg.train_per_phone).astype(int)
-    pop = make_population(
-        PopulationConfig(
-            task=cfg.task,  # type: ignore[arg-type]
-            n_users=cfg.phones,
-            train_per_user=int(amounts.max()),
-            test_per_user=cfg.test_per_phone,
-            n_types=cfg.types,
-            seed=cfg.seed,
-        )
-    )
-    labels_out.extend(pop.labels)
-    train: dict[str, list[tuple[str, str]]] = {u: [] for u in pop.users}
-    test: dict[str, list[tuple[str, str]]] = {u: [] for u in pop.users}
-    for ex in pop.train:
-        train[ex.user].append((ex.text, ex.label))
-    for ex in pop.test:
-        test[ex.user].append((ex.text, ex.label))
-    late = rng.random(cfg.phones) < cfg.late_join
-    for pid, user in enumerate(pop.users):
-        write_phone(cfg.path, pid, train[user][: amounts[pid]], test[user], 2 if late[pid] else 1)
-
-
-def _stage1(cfg: FleetConfig, out: Path) -> tuple[Path, tuple[int, int], Any]:
+def _stage1(cfg: FleetConfig, out: Path) -> tuple[Path, tuple[int, int]]:
+    """Train the cloud's model on its public cohort and save it where the API loads it."""
     from veil.models.checkpoint import save_personalized
     from veil.models.loading import load_tokenizer
     from veil.progress import NullProgress
@@ -164,7 +137,7 @@ def _stage1(cfg: FleetConfig, out: Path) -> tuple[Path, tuple[int, int], Any]:
     path = save_personalized(
         run.model, load_tokenizer(exp.model), out, {"name": "veil-fleet"}, classes=classes, overwrite=True
     )
-    return Path(path), run.shape, exp
+    return Path(path), run.shape
 
 
 def _nodes(grid: Any, wanted: int, timeout_s: float) -> list[int]:
@@ -176,7 +149,7 @@ def _nodes(grid: Any, wanted: int, timeout_s: float) -> list[int]:
             break
         time.sleep(0.2)
     if len(ids) != wanted:
-        raise FleetError(f"{len(ids)} phones registered within {timeout_s:.0f} s, {wanted} asked for")
+        raise FleetError(f"{len(ids)} SuperNodes registered within {timeout_s:.0f} s, {wanted} asked for")
     return ids
 
 
@@ -206,39 +179,155 @@ def _lost(asked: int, accounted: int, errors: int, missing: int) -> tuple[int, i
     return lost - gone, gone
 
 
+class _LocalCloud:
+    """The ServerApp's own cloud on its machine: stage 1 trains the served model, every round runs the
+    API with its gateway behind a relay process on loopback, stage 3 runs between rounds."""
+
+    def __init__(self, cfg: FleetConfig, exp: Any) -> None:
+        self.cfg, self.exp = cfg, exp
+        self.base, self.shape = _stage1(cfg, cfg.path / "cloud" / "stage1")
+        self.model_id = "veil-fleet"  # stage 1's name; each stage 3 serves under its folder's name
+
+    def publish(self, book: Codebook, r: int) -> Codebook:
+        from veil.cloud_service.codebooks import CodebookStore
+
+        return CodebookStore(self._dir(r)).publish(book)
+
+    def _dir(self, r: int) -> Path:
+        return self.cfg.path / "cloud" / f"round-{r}"
+
+    @contextlib.contextmanager
+    def channel(self, r: int) -> Iterator[dict[str, Any]]:
+        from veil.simulation.service_demo import service_stack
+
+        with service_stack(self._dir(r), self.base, max_batch=256) as (relay, public_key):
+            yield {
+                "relay_url": relay.url + "/ohttp", "key_config_url": relay.url + "/.well-known/ohttp-gateway",
+                "gateway_key": base64.b64encode(public_key).decode(),
+            }  # fmt: skip
+
+    def stage3(self, r: int, book: Codebook) -> Codebook:
+        """Stage 3 on what the store received in round ``r``; the next round serves its result."""
+        from veil.cloud_service.codebooks import CodebookStore
+        from veil.cloud_service.jobs.personalized import PersonalizedTrainingConfig
+        from veil.cloud_service.jobs.runner import run_training_job
+        from veil.cloud_service.store import make_engine, session_factory
+
+        cfg, exp = self.cfg, self.exp
+        job = PersonalizedTrainingConfig(
+            task=cfg.task, epochs=cfg.stage3_epochs, batch_size=exp.stage3.batch_size, lr=exp.stage3.lr,
+            lora=None, cold_start_fraction=exp.stage3.cold_start_fraction, max_tokens=exp.max_tokens,
+            seed=cfg.seed + r, eval_fraction=0.0, codebook=True,
+            freeze_model=cfg.shared_training == "prototypes",
+        )  # fmt: skip
+        sessions = session_factory(make_engine(None, self._dir(r)))
+        target = cfg.path / "cloud" / f"round-{r + 1}-model"
+        trained = run_training_job(sessions, str(self.base), target, job, self._dir(r), show_progress=False)
+        self.base, self.model_id = trained.checkpoint, target.name
+        return CodebookStore(self._dir(r)).current() or book
+
+    def audit(self, r: int) -> dict[str, Any]:
+        return _audit(self.cfg, _phone_laws(self.cfg), self._dir(r), r) if self.cfg.audit_phones else {}
+
+
+class _DeployedCloud:
+    """A running ``veil serve`` and its relay (``cfg.api_url``, ``cfg.relay_url``): the ServerApp serves
+    that API's model, publishes codebooks with the operator key (``PUT /v1/codebook``) and keeps no
+    data of its own; the relay, the gateway key and the phones' files belong to the deployment."""
+
+    def __init__(self, cfg: FleetConfig) -> None:
+        import httpx
+
+        from veil.client_sdk.ohttp.client import _tls
+
+        key = os.environ.get(CLOUD_KEY_ENV, "").strip()
+        if not key:
+            raise FleetError(
+                f"cloud=deployed needs the operator API key in {CLOUD_KEY_ENV} on the ServerApp's machine "
+                "(veil keys create --operator)"
+            )
+        self.cfg = cfg
+        self.http = httpx.Client(
+            base_url=cfg.api_url.rstrip("/"), headers={"authorization": f"Bearer {key}"}, timeout=60,
+            verify=_tls(), trust_env=False,
+        )  # fmt: skip
+        card = self._call("GET", "/v1/models")["data"][0]
+        self.model_id, self.shape = str(card["id"]), tuple(int(n) for n in card["embedding_shape"])
+        self.classes = card.get("classes")
+
+    def _call(self, method: str, path: str, body: Any = None) -> Any:
+        import httpx
+
+        try:
+            response = self.http.request(method, path, json=body)
+        except httpx.HTTPError as exc:
+            raise FleetError(f"the API at {self.cfg.api_url} cannot be reached: {exc}") from exc
+        if response.status_code >= 400:
+            raise FleetError(
+                f"{method} {path} on {self.cfg.api_url}: {response.status_code} {response.text[:300]}"
+            )
+        return response.json()
+
+    def publish(self, book: Codebook, r: int) -> Codebook:
+        from veil.client_sdk.codebook_wire import codebook_from_json, codebook_to_json
+
+        body = {**codebook_to_json(book), "model": self.model_id}
+        return codebook_from_json(self._call("PUT", "/v1/codebook", body))
+
+    @contextlib.contextmanager
+    def channel(self, r: int) -> Iterator[dict[str, Any]]:
+        yield {"relay_base": self.cfg.relay_url, "gateway_key": self.cfg.gateway_key}
+
+    def stage3(self, r: int, book: Codebook) -> Codebook:  # FleetConfig refuses it for a deployed cloud
+        raise FleetError("a deployed cloud runs no stage 3 from the ServerApp")
+
+    def audit(self, r: int) -> dict[str, Any]:
+        return {
+            "skipped": "the phones' parameters are on their machines and the store on the API's: run "
+            "veil audit --db there"
+        }
+
+
 def run_fleet(
     grid: Any, cfg: FleetConfig, on_round: Callable[[RoundReport], None] | None = None
 ) -> FleetReport:
-    """Set up the cloud and the phones' data, then run ``cfg.rounds`` rounds on ``grid``."""
-    from veil.cloud_service.codebooks import CodebookStore, init_codebook, retire_by_counts
-    from veil.cloud_service.jobs.personalized import PersonalizedTrainingConfig
-    from veil.cloud_service.jobs.runner import run_training_job
-    from veil.cloud_service.store import make_engine, session_factory
-    from veil.simulation.service_demo import service_stack
+    """Set up the cloud (the ServerApp's own, or the deployed one of ``cfg.api_url``) and, locally, the
+    phones' data, then run ``cfg.rounds`` rounds on ``grid``."""
+    from veil.cloud_service.codebooks import init_codebook, retire_by_counts
+    from veil.simulation.experiments.personalization import ExperimentConfig
 
     started = time.perf_counter()
     report = FleetReport(cfg.to_mapping())
     work = cfg.path
-    shutil.rmtree(work / "phones", ignore_errors=True)
-    shutil.rmtree(work / "cloud", ignore_errors=True)
-    labels: list[str] = []
-    _prepare_phones(cfg, labels)
-    base, shape, exp = _stage1(cfg, work / "cloud" / "stage1")
+    exp = ExperimentConfig.quick(cfg.task, cfg.seed, cfg.cohort, cfg.types)
+    spec = {name: getattr(cfg, name) for name in POPULATION_FIELDS}
+    labels, phones = fleet_population(spec)
+    cloud: _LocalCloud | _DeployedCloud
+    if cfg.cloud == "deployed":
+        cloud = _DeployedCloud(cfg)
+        if cfg.task == "classification" and not set(labels) <= set(cloud.classes or ()):
+            raise FleetError(
+                f"the API's model {cloud.model_id!r} classifies into {cloud.classes}, the fleet's phones "
+                f"label {labels}"
+            )
+    else:
+        shutil.rmtree(work / "phones", ignore_errors=True)
+        shutil.rmtree(work / "cloud", ignore_errors=True)
+        for pid, data in enumerate(phones):
+            write_phone(work, pid, data)
+        cloud = _LocalCloud(cfg, exp)
+    del phones  # the phones' data is theirs from here on
     k_min = cfg.k_min or exp.codebook.resolved_k_min(cfg.phones, cfg.types)
-    book = init_codebook(cfg.codebook_size, k_min, shape, cfg.seed, exp.codebook.init_scale)
-    model_id = "veil-fleet"  # stage 1's name; each stage 3 serves under its checkpoint folder's name
+    book = init_codebook(cfg.codebook_size, k_min, cloud.shape, cfg.seed, exp.codebook.init_scale)
     ids = _nodes(grid, cfg.resolved_nodes, min(cfg.timeout_s, 120.0))
     report.setup_seconds = time.perf_counter() - started
     for r in range(1, cfg.rounds + 1):
-        round_dir = work / "cloud" / f"round-{r}"
-        store = CodebookStore(round_dir)
-        book = store.publish(book)
+        book = cloud.publish(book, r)
         t0 = time.perf_counter()
-        with service_stack(round_dir, base, max_batch=256) as (relay, public_key):
+        with cloud.channel(r) as channel:
             order: dict[str, Any] = {
                 "round": r, "seed": cfg.seed, "work_dir": str(work), "task": cfg.task, "labels": labels,
-                "relay_url": relay.url + "/ohttp", "key_config_url": relay.url + "/.well-known/ohttp-gateway",
-                "gateway_key": public_key.hex(), "model": model_id,
+                "model": cloud.model_id, "cloud": cfg.cloud, "population": json.dumps(spec), **channel,
                 "codebook_size": book.size, "choice_examples": cfg.choice_examples, "phones": cfg.phones,
                 "nodes": len(ids), "phone_concurrency": cfg.phone_concurrency,
                 "noise_std": exp.codebook.noise_std, "latency_ms": cfg.latency_ms, "dropout": cfg.dropout,
@@ -259,63 +348,50 @@ def run_fleet(
                         "(see Flower's log for the phone that raised)"
                     )
                 counts = np.sum([np.asarray(m["choice"], dtype=np.int64) for m in replies], axis=0)
+                chose = sum(int(m["joined"]) for m in replies)
                 new = retire_by_counts(book, counts)
                 if new.version == book.version:
                     break
-                book = store.publish(new)
+                book = cloud.publish(new, r)
             t_choice = time.perf_counter() - t0
             replies, errors, missing = _send(grid, ids, "query.take_part", order, cfg.timeout_s)
         sums = {k: sum(int(m[k]) for m in replies) for k in _CELL_COUNTS}
+        group_max = np.max([np.asarray(m["group-max"], dtype=np.int64) for m in replies] or [[0]], axis=0)
         failed, lost = _lost(cfg.phones, sum(sums[k] for k in _CELL_PHONES), errors, missing)
         n_eval = sums["num-examples"]
-        laws = _phone_laws(cfg)  # read once; the ground truth, the audit and FedAvg's count use them
-        groups, uploads = _ground_truth(cfg, laws, r)
         chosen = counts[counts > 0]
         rr = RoundReport(
             round=r, phones_asked=cfg.phones, phones=sums["took-part"], dropped=sums["dropped"],
             failed=sums["failed"] + failed, not_joined=sums["not-joined"], missing=lost,
             accuracy=sums["correct"] / n_eval if n_eval else math.nan,
-            attribution=attribution_of_groups(groups, uploads), attribution_floor=cfg.types / cfg.phones,
+            attribution=attribution(group_max, sums["uploads"]), attribution_floor=cfg.types / cfg.phones,
             uploads=sums["uploads"], choice_passes=len(passes), seconds_passes=passes,
             usable_prototypes=int(book.active.sum()), smallest_group=int(chosen.min()) if chosen.size else 0,
             codebook_version=book.version, seconds=time.perf_counter() - t0, seconds_choice=t_choice,
             seconds_uploads=time.perf_counter() - t0 - t_choice,
         )  # fmt: skip
-        if cfg.audit_phones:
-            rr.audit = _audit(cfg, laws, round_dir, r)
+        rr.audit = cloud.audit(r)
         report.rounds.append(rr)
         if on_round is not None:
             on_round(rr)
-        if r < cfg.rounds and cfg.shared_training == "federated":  # FedAvg on the prototypes, over Flower
+        if r < cfg.rounds:
             t3 = time.perf_counter()
-            with service_stack(round_dir, base, max_batch=256) as (relay, public_key):
-                order.update(relay_url=relay.url + "/ohttp", key_config_url=relay.url + "/.well-known/ohttp-gateway",
-                             gateway_key=public_key.hex())  # fmt: skip
-                book, rr.federated = _federated(
-                    grid, ids, book, cfg, order, len(laws)
-                )  # phones with a choice
-            report.stage3_seconds.append(time.perf_counter() - t3)
-        elif r < cfg.rounds:  # stage 3 on what the store received; the next round serves its result
-            t3 = time.perf_counter()
-            job = PersonalizedTrainingConfig(
-                task=cfg.task, epochs=cfg.stage3_epochs, batch_size=exp.stage3.batch_size, lr=exp.stage3.lr,
-                lora=None, cold_start_fraction=exp.stage3.cold_start_fraction, max_tokens=exp.max_tokens,
-                seed=cfg.seed + r, eval_fraction=0.0, codebook=True,
-                freeze_model=cfg.shared_training == "prototypes",
-            )  # fmt: skip
-            sessions = session_factory(make_engine(None, round_dir))
-            target = work / "cloud" / f"round-{r + 1}-model"
-            trained = run_training_job(sessions, str(base), target, job, round_dir, show_progress=False)
-            base, model_id = trained.checkpoint, target.name
-            book = store.current() or book
+            if cfg.shared_training == "federated":  # FedAvg on the prototypes, over Flower
+                with cloud.channel(r) as channel:
+                    order.update(channel)
+                    book, rr.federated = _federated(grid, ids, book, cfg, order, chose)
+            else:
+                book = cloud.stage3(r, book)
             report.stage3_seconds.append(time.perf_counter() - t3)
     report.seconds = time.perf_counter() - started
+    work.mkdir(parents=True, exist_ok=True)
     (work / "report.json").write_text(json.dumps(report.to_json(), indent=2))
     return report
 
 
 _CELL_PHONES = ("took-part", "not-joined", "dropped", "failed")
 _CELL_COUNTS = (*_CELL_PHONES, "num-examples", "correct", "uploads")
+"""What a cell reports, summed over cells (its ``group-max`` is maxed instead)."""
 
 
 class _CountingGrid:
@@ -442,21 +518,3 @@ def _phone_laws(cfg: FleetConfig) -> dict[int, UserDistribution]:
     """Every phone's stored law, by phone, from the phones' folders (simulator only)."""
     stores = {pid: ParamStore(phone_dir(cfg.path, pid) / "params.npz") for pid in range(cfg.phones)}
     return {pid: store.load("prototype").distribution for pid, store in stores.items() if store.exists()}
-
-
-def _ground_truth(
-    cfg: FleetConfig, laws: dict[int, UserDistribution], r: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Each phone's group and its uploads this round (phones that uploaded), from its folder."""
-    groups, uploads = [], []
-    for pid, law in laws.items():
-        log = phone_dir(cfg.path, pid) / "uploads.txt"
-        n = (
-            sum(1 for line in log.read_text().splitlines() if line.split()[0] == str(r))
-            if log.exists()
-            else 0
-        )
-        if n:
-            groups.append(law.index)  # type: ignore[attr-defined]
-            uploads.append(n)
-    return np.asarray(groups, dtype=np.int64), np.asarray(uploads, dtype=np.int64)
