@@ -192,5 +192,5 @@ def test_a_deployed_cloud_serves_the_fleet_through_its_own_relay_and_api(tmp_pat
         held = sorted(int(p.name) for p in (tmp_path / f"node{i}" / "phones").iterdir())
         assert held == list(range(i, phones, nodes))
     assert not (work / "phones").exists()
-    with sqlite3.connect(tmp_path / "api" / "veil.db") as db:
+    with sqlite3.connect(tmp_path / "api" / "veil.sqlite3") as db:
         assert db.execute("SELECT count(*) FROM uploads").fetchone()[0] == 2 * phones
