@@ -11,10 +11,14 @@ It writes, under ``--out``:
   for the service's name as Compose and Kubernetes resolve it (``api``, ``api.veil``, ``api.veil.svc``,
   ``api.veil.svc.cluster.local``), ``localhost``, ``127.0.0.1``, ``::1`` and every ``--san`` given;
 * ``api.env`` (``VEIL_GATEWAY_KEK``, ``VEIL_GATEWAY_SIGNING_KEY``, ``VEIL_RELAY_SECRET``,
-  ``VEIL_DATABASE_URL``), ``relay.env`` (``VEIL_RELAY_SECRET`` only) and ``postgres_password``;
+  ``VEIL_DATABASE_URL``, ``VEIL_FLEET_API_KEY``), ``relay.env`` (``VEIL_RELAY_SECRET`` only),
+  ``superlink.env`` (``VEIL_FLEET_API_KEY`` only: the operator key the fleet's ServerApp publishes
+  codebooks with, which the API accepts) and ``postgres_password``;
 * ``k8s-secrets.yaml``: the same values as the Secrets the manifests in ``deploy/k8s`` mount;
 * ``flwr/config.toml``: the Flower CLI's connection ``veil-local`` to the SuperLink's published port
-  (``FLWR_HOME=deploy/local/flwr flwr run . veil-local``).
+  (``FLWR_HOME=deploy/local/flwr flwr run . veil-local``), and ``flwr/fleet.toml``: the run config of
+  a fleet on this deployment's API (``cloud = "deployed"``, its URL and the gateway's signing public
+  key the phones pin): ``flwr run . veil-local --run-config deploy/local/flwr/fleet.toml``.
 
 The folder is mode 0700. Files that containers read through bind mounts (certificates, keys, the
 database password) are 0644 inside it, because the container's user is not the host's; nobody else on
@@ -36,7 +40,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 SUPERLINK_PORT = 9093
@@ -45,9 +49,19 @@ SUPERLINK_PORT = 9093
 SERVICES = ("api", "relay", "superlink", "postgres")
 """Services that present a certificate; SuperNodes and the relay's upstream only verify (``ca.crt``)."""
 
+API_ENV = (
+    "VEIL_GATEWAY_KEK", "VEIL_GATEWAY_SIGNING_KEY", "VEIL_RELAY_SECRET", "VEIL_DATABASE_URL",
+    "VEIL_FLEET_API_KEY",
+)  # fmt: skip
+"""What ``api.env`` and the ``veil-api`` Secret hold."""
+
 NAMESPACE = "veil"
 DATABASE = "veil"
 DATABASE_USER = "veil"
+API_URL = "https://api:8443"
+"""The API as the SuperLink's ServerApp reaches it (Compose and Kubernetes alike)."""
+API_KEY_PREFIX = "veil_sk_"
+"""What every Veil API key starts with (``veil.cloud_service.store.keys``)."""
 CA_MOUNT = "/certs/ca.crt"
 """Where every container finds the CA (Compose bind mount, Kubernetes projected volume)."""
 
@@ -139,6 +153,7 @@ def make_secrets(database_url: str | None = None) -> dict[str, str]:
         "VEIL_GATEWAY_KEK": base64.b64encode(secrets.token_bytes(32)).decode(),
         "VEIL_GATEWAY_SIGNING_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
         "VEIL_RELAY_SECRET": secrets.token_urlsafe(32),
+        "VEIL_FLEET_API_KEY": API_KEY_PREFIX + secrets.token_urlsafe(32),
         "POSTGRES_PASSWORD": password,
         # verify-full: the server's certificate must chain to the CA and name the host "postgres".
         "VEIL_DATABASE_URL": (
@@ -155,6 +170,26 @@ def make_secrets(database_url: str | None = None) -> dict[str, str]:
     return values
 
 
+def signing_public_key(values: dict[str, str]) -> str:
+    """Base64 of the raw Ed25519 public key of ``VEIL_GATEWAY_SIGNING_KEY`` (what ``veil gateway
+    public-key`` prints and phones pin)."""
+    seed = base64.b64decode(values["VEIL_GATEWAY_SIGNING_KEY"])
+    public = ed25519.Ed25519PrivateKey.from_private_bytes(seed).public_key()
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return base64.b64encode(raw).decode()
+
+
+def fleet_run_config(values: dict[str, str]) -> str:
+    """The Flower run config of a fleet on this deployment's API (TOML)."""
+    lines = [
+        "# Made by deploy/bootstrap.py: flwr run . <connection> --run-config <this file>",
+        'cloud = "deployed"',
+        f"api-url = {json.dumps(API_URL)}",
+        f"gateway-key = {json.dumps(signing_public_key(values))}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def _secret(name: str, namespace: str, **fields: object) -> dict:
     return {
         "apiVersion": "v1",
@@ -168,9 +203,9 @@ def k8s_secrets(
     values: dict[str, str], certs: dict[str, tuple[bytes, bytes]], ca: bytes, namespace: str
 ) -> list:
     """The Secrets ``deploy/k8s`` refers to, as dicts (``veil-<service>-tls`` for each certificate)."""
-    api_keys = ("VEIL_GATEWAY_KEK", "VEIL_GATEWAY_SIGNING_KEY", "VEIL_RELAY_SECRET", "VEIL_DATABASE_URL")
     docs = [
-        _secret("veil-api", namespace, type="Opaque", stringData={k: values[k] for k in api_keys}),
+        _secret("veil-api", namespace, type="Opaque", stringData={k: values[k] for k in API_ENV}),
+        _secret("veil-superlink", namespace, type="Opaque", stringData={"VEIL_FLEET_API_KEY": values["VEIL_FLEET_API_KEY"]}),
         _secret("veil-relay", namespace, type="Opaque", stringData={"VEIL_RELAY_SECRET": values["VEIL_RELAY_SECRET"]}),
         _secret("veil-postgres", namespace, type="Opaque", stringData={"POSTGRES_PASSWORD": values["POSTGRES_PASSWORD"]}),
         _secret("veil-ca", namespace, type="Opaque", stringData={"ca.crt": ca.decode()}),
@@ -212,9 +247,9 @@ def bootstrap(out: Path, *, namespace: str = NAMESPACE, sans: dict[str, list[str
         certs[service] = (cert.public_bytes(serialization.Encoding.PEM), _pem_key(key))
         _write(out / "certs" / f"{service}.crt", certs[service][0], 0o644)
         _write(out / "certs" / f"{service}.key", certs[service][1], 0o644)  # see the module docstring
-    api = ("VEIL_GATEWAY_KEK", "VEIL_GATEWAY_SIGNING_KEY", "VEIL_RELAY_SECRET", "VEIL_DATABASE_URL")
-    _write(out / "api.env", "".join(f"{k}={values[k]}\n" for k in api).encode(), 0o600)
+    _write(out / "api.env", "".join(f"{k}={values[k]}\n" for k in API_ENV).encode(), 0o600)
     _write(out / "relay.env", f"VEIL_RELAY_SECRET={values['VEIL_RELAY_SECRET']}\n".encode(), 0o600)
+    _write(out / "superlink.env", f"VEIL_FLEET_API_KEY={values['VEIL_FLEET_API_KEY']}\n".encode(), 0o600)
     _write(out / "postgres_password", values["POSTGRES_PASSWORD"].encode(), 0o644)
     # JSON documents are YAML: kubectl reads them, and no YAML library is needed here.
     ca_path = (out / "certs" / "ca.crt").resolve()  # flwr wants an absolute path
@@ -225,6 +260,7 @@ def bootstrap(out: Path, *, namespace: str = NAMESPACE, sans: dict[str, list[str
         (flwr + f"root-certificates = {json.dumps(str(ca_path))}\n").encode(),
         0o644,
     )
+    _write(out / "flwr" / "fleet.toml", fleet_run_config(values).encode(), 0o644)  # public values only
     # JSON documents are YAML, so no YAML library is needed. The comment comes first because kubectl
     # reads a stream that starts with "{" as JSON, which knows no "---" separators.
     docs = "---\n".join(json.dumps(d, indent=2) + "\n" for d in k8s_secrets(values, certs, ca_pem, namespace))

@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     gateway_signing_key: SecretStr | None = None
     """Base64 of the 32-byte Ed25519 seed that signs the gateway's key configurations (RFC 9421)."""
 
+    fleet_api_key: SecretStr | None = None
+    """An operator API key (``veil keys create --operator``) of a running API: the fleet's ServerApp
+    publishes codebooks with it when the fleet's cloud is ``deployed``."""
+
     tls_certfile: Path | None = None
     """PEM certificate (chain) that ``veil serve`` and ``veil relay`` present: they serve HTTPS when it and
     ``tls_keyfile`` are set, plain HTTP when neither is. The relay verifies an ``https://`` gateway against

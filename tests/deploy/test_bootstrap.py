@@ -36,7 +36,7 @@ def test_certificates_name_each_service_as_compose_and_kubernetes_resolve_it(loc
 
 def test_secrets_are_private_and_fresh(local: Path, tmp_path: Path, bootstrap_module) -> None:  # noqa: ANN001
     assert _mode(local) == 0o700
-    for private in ("certs/ca.key", "api.env", "relay.env", "k8s-secrets.yaml"):
+    for private in ("certs/ca.key", "api.env", "relay.env", "superlink.env", "k8s-secrets.yaml"):
         assert _mode(local / private) == 0o600, private
     other = tmp_path / "other"
     bootstrap_module.bootstrap(other, sans={"relay": ["relay.example.org"]})
@@ -47,6 +47,7 @@ def test_secrets_are_private_and_fresh(local: Path, tmp_path: Path, bootstrap_mo
         "VEIL_GATEWAY_SIGNING_KEY",
         "VEIL_RELAY_SECRET",
         "VEIL_DATABASE_URL",
+        "VEIL_FLEET_API_KEY",
     }
     assert all(mine[k] != theirs[k] for k in mine)
     text = (local / "k8s-secrets.yaml").read_text()
@@ -54,6 +55,24 @@ def test_secrets_are_private_and_fresh(local: Path, tmp_path: Path, bootstrap_mo
     secrets = {d["metadata"]["name"]: d for d in yaml.safe_load_all(text)}
     assert secrets["veil-relay"]["stringData"] == read_env_file(local / "relay.env")
     assert secrets["veil-api"]["stringData"] == mine
+    # the fleet's ServerApp holds the operator key the API accepts, and nothing else
+    assert secrets["veil-superlink"]["stringData"] == read_env_file(local / "superlink.env")
+    assert read_env_file(local / "superlink.env") == {"VEIL_FLEET_API_KEY": mine["VEIL_FLEET_API_KEY"]}
+
+
+def test_the_fleet_run_config_is_a_valid_deployed_fleet_pinning_the_gateways_key(local: Path) -> None:
+    import base64
+    import tomllib
+
+    from veil.client_sdk.ohttp.keysig import public_key_bytes, signing_key_from_seed
+    from veil.cloud_service.gateway_signing import decode_signing_seed
+    from veil.simulation.fleet import FleetConfig
+
+    run = tomllib.loads((local / "flwr" / "fleet.toml").read_text())
+    cfg = FleetConfig.from_mapping(run)
+    assert cfg.cloud == "deployed" and cfg.api_url == "https://api:8443"
+    seed = decode_signing_seed(read_env_file(local / "api.env")["VEIL_GATEWAY_SIGNING_KEY"])
+    assert base64.b64decode(cfg.gateway_key) == public_key_bytes(signing_key_from_seed(seed))
 
 
 def test_refuses_to_overwrite_and_bad_input(local: Path, tmp_path: Path, bootstrap_module) -> None:  # noqa: ANN001

@@ -33,7 +33,6 @@ import base64
 import contextlib
 import json
 import math
-import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -118,8 +117,8 @@ class FleetReport:
 
 
 CLOUD_KEY_ENV = "VEIL_FLEET_API_KEY"
-"""The environment variable holding the operator API key of a deployed cloud (never in the run config,
-which the SuperLink stores)."""
+"""The setting holding the operator API key of a deployed cloud (``veil.settings.Settings.fleet_api_key``;
+never in the run config, which the SuperLink stores)."""
 
 
 def _stage1(cfg: FleetConfig, out: Path) -> tuple[Path, tuple[int, int]]:
@@ -236,11 +235,14 @@ class _DeployedCloud:
     data of its own; the relay, the gateway key and the phones' files belong to the deployment."""
 
     def __init__(self, cfg: FleetConfig) -> None:
+        import ssl
+
         import httpx
 
-        from veil.client_sdk.ohttp.client import _tls
+        from veil.settings import get_settings
 
-        key = os.environ.get(CLOUD_KEY_ENV, "").strip()
+        secret = get_settings().fleet_api_key
+        key = secret.get_secret_value().strip() if secret is not None else ""
         if not key:
             raise FleetError(
                 f"cloud=deployed needs the operator API key in {CLOUD_KEY_ENV} on the ServerApp's machine "
@@ -249,7 +251,7 @@ class _DeployedCloud:
         self.cfg = cfg
         self.http = httpx.Client(
             base_url=cfg.api_url.rstrip("/"), headers={"authorization": f"Bearer {key}"}, timeout=60,
-            verify=_tls(), trust_env=False,
+            verify=ssl.create_default_context(), trust_env=False,  # SSL_CERT_FILE: a private CA
         )  # fmt: skip
         card = self._call("GET", "/v1/models")["data"][0]
         self.model_id, self.shape = str(card["id"]), tuple(int(n) for n in card["embedding_shape"])
