@@ -22,7 +22,7 @@ def simulate(
     phones: Annotated[int, typer.Option(help="Phones, each with its own folder and VeilClient.")] = 100,
     nodes: Annotated[
         int,
-        typer.Option(help="Flower SuperNodes, each hosting a cell of phones (0: one per phone up to 100)."),
+        typer.Option(help="Flower SuperNodes, each hosting a cell of phones (0: one per phone up to 32)."),
     ] = 0,
     phone_concurrency: Annotated[int, typer.Option(help="Phones of one node running at once.")] = 8,
     rounds: Annotated[int, typer.Option(help="Rounds; the cloud runs stage 3 between rounds.")] = 1,
@@ -51,6 +51,17 @@ def simulate(
         int, typer.Option(help="Phones whose parameters veil audit samples after each round (0: no audit).")
     ] = 200,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    api_url: Annotated[
+        str,
+        typer.Option(
+            help="A running API (operator key in VEIL_FLEET_API_KEY): the phones use it and --relay-url "
+            "instead of a cloud of the simulation's own (cloud=deployed; no stage 3, no audit)."
+        ),
+    ] = "",
+    relay_url: Annotated[str, typer.Option(help="With --api-url: the relay the phones reach.")] = "",
+    gateway_key: Annotated[
+        str, typer.Option(help="With --api-url: the gateway's signing public key (veil gateway public-key).")
+    ] = "",
     out: Annotated[Path | None, typer.Option(help="Work folder (phones' files, the cloud's data).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
 ) -> None:
@@ -69,7 +80,8 @@ def simulate(
         types=types, train_per_phone=train_per_phone, test_per_phone=test_per_phone, dropout=dropout, late_join=late_join, skew=skew,
         latency_ms=latency_ms, concurrency=concurrency, audit_phones=audit_phones, seed=seed,
         shared_training=shared_training, fed_rounds=fed_rounds, fed_lr=fed_lr, fed_noise=fed_noise,
-        fed_clip=fed_clip, work_dir=str(work),
+        fed_clip=fed_clip, work_dir=str(work), cloud="deployed" if api_url else "local", api_url=api_url,
+        relay_url=relay_url, gateway_key=gateway_key,
     )  # fmt: skip
     quiet_transformers()
 
