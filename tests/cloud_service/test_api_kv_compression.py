@@ -1,14 +1,18 @@
 """``kv_compression`` on ``/v1/chat/completions`` on a real server: the answer with a lossless setting equals
 the uncompressed one, ``usage`` reports the kept fractions per request (also for rows of one batch that use
-different methods, and in the streamed usage chunk), and every bad value is a 400 naming the field."""
+different methods, and in the streamed usage chunk), every bad value is a 400 naming the field, and a
+compressor that fails on the model thread costs only its own request (a 500 ``kv_compression_failed``, or
+an error event when streamed), its batch companions answering as they would alone."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 
 from veil.cloud_service.app import create_app, load_served_model
@@ -16,6 +20,7 @@ from veil.cloud_service.background import BackgroundServer
 from veil.cloud_service.config import ServiceConfig
 from veil.cloud_service.engine import EngineConfig
 from veil.cloud_service.store import create_api_key, make_engine, migrate, session_factory
+from veil.models.compression import H2O, KVCompressor, Prefill
 
 pytestmark = pytest.mark.integration
 
@@ -46,6 +51,14 @@ def _batches(app) -> tuple[float, float]:
     """(model batches, requests in them) so far, from the app's metrics."""
     samples = {s.name: s.value for m in app.state.metrics.batch_size.collect() for s in m.samples}
     return samples["veil_model_batch_size_count"], samples["veil_model_batch_size_sum"]
+
+
+def _compression_failures(app, method: str) -> float:
+    """``veil_kv_compression_failures{method=...}`` so far."""
+    value = app.state.metrics.registry.get_sample_value(
+        "veil_kv_compression_failures_total", {"method": method}
+    )
+    return value or 0.0
 
 
 @pytest.fixture(scope="module")
@@ -187,3 +200,103 @@ def test_the_openapi_schema_describes_every_method(stack) -> None:
     text = json.dumps(field)
     for method in ("dbudgetkv", "streaming_llm", "snapkv", "h2o", "pyramidkv"):
         assert f"KVCompression_{method}" in text
+
+
+BROKEN = {"method": "h2o", "budget": 0.33}
+"""The request whose compressor fails (see :func:`_break_h2o`)."""
+
+
+def _break_h2o(monkeypatch: pytest.MonkeyPatch) -> None:
+    """H2O with a budget of 0.33 raises inside ``compress``, on the model thread, in the engine's real
+    batch; every other compressor (H2O with another budget too) works as usual."""
+    real = KVCompressor.compress
+
+    def compress(self: H2O, prefill: Prefill) -> list:
+        if self.config.budget == BROKEN["budget"]:
+            raise RuntimeError("injected compressor failure")
+        return real(self, prefill)
+
+    monkeypatch.setattr(H2O, "compress", compress)
+
+
+async def _together(url: str, key: str, bodies: list[dict]) -> list[httpx.Response]:
+    headers = {"Authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60) as c:
+        return await asyncio.gather(*(c.post("/v1/chat/completions", json=b) for b in bodies))
+
+
+def _is_the_compression_error(error: dict) -> None:
+    expected = ("server_error", "kv_compression_failed", "kv_compression")
+    assert (error["type"], error["code"], error["param"]) == expected
+    assert "'h2o'" in error["message"]
+    assert "injected" not in error["message"] and "Traceback" not in error["message"]  # logged, never sent
+
+
+def test_a_failing_compressor_costs_only_its_own_row_of_the_batch(stack, client, monkeypatch, caplog) -> None:
+    url, key, app = stack
+    _break_h2o(monkeypatch)
+    # another prompt length: the batch pads, a batch of one does not
+    other = [{"role": "user", "content": "Name three colours of the sea at night."}]
+    good = [
+        _chat(kv_compression={"method": "snapkv", "budget": 0.5}),
+        _chat(messages=other),
+        _chat(messages=other, kv_compression={"method": "h2o", "budget": 0.5}),
+    ]
+    before, failures = _batches(app), _compression_failures(app, "h2o")
+    with caplog.at_level(logging.WARNING, logger="veil.cloud_service.engine"):
+        rs = asyncio.run(_together(url, key, [good[0], _chat(kv_compression=BROKEN), *good[1:]]))
+    assert tuple(b - a for a, b in zip(before, _batches(app), strict=True)) == (1, 4)  # one batch of 4
+    assert [r.status_code for r in rs] == [200, 500, 200, 200], [r.text for r in rs]
+    _is_the_compression_error(rs[1].json()["error"])
+    assert _compression_failures(app, "h2o") == failures + 1
+    logged = [r for r in caplog.records if r.levelno == logging.ERROR and r.exc_info is not None]
+    assert [r.getMessage() for r in logged] == ["KV compression H2O failed for one chat row"]
+    assert "injected compressor failure" in caplog.text  # with the traceback, on the server only
+    # the rows that worked answer exactly as they do in a batch of their own (greedy decoding)
+    for body, r in zip(good, [rs[0], *rs[2:]], strict=True):
+        alone = _post(client, body)
+        assert (r.json()["choices"], r.json()["usage"]) == (alone["choices"], alone["usage"])
+    # the server serves on; alone, the failing request is the same 500 (the batch-of-one path)
+    r = client.post("/v1/chat/completions", json=_chat(kv_compression=BROKEN))
+    assert r.status_code == 500
+    _is_the_compression_error(r.json()["error"])
+
+
+def test_a_streamed_request_whose_compression_fails_ends_with_an_error_event(
+    stack, client, monkeypatch
+) -> None:
+    url, key, app = stack
+    _break_h2o(monkeypatch)
+    good = _chat(kv_compression={"method": "pyramidkv", "budget": 0.5}, max_tokens=8)
+    plain = _post(client, good)
+
+    async def stream(c: httpx.AsyncClient, body: dict) -> tuple[int, list[str]]:
+        async with c.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as r:
+            return r.status_code, [line async for line in r.aiter_lines() if line.startswith("data: ")]
+
+    async def run() -> list[tuple[int, list[str]]]:
+        headers = {"Authorization": f"Bearer {key}"}
+        async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60) as c:
+            return await asyncio.gather(stream(c, _chat(kv_compression=BROKEN)), stream(c, good))
+
+    before = _batches(app)
+    (bad_status, bad), (good_status, ok) = asyncio.run(run())
+    assert tuple(b - a for a, b in zip(before, _batches(app), strict=True)) == (1, 2)  # one batch of 2
+    # the 200 was sent before generation: the role chunk, then the error object, and no [DONE]
+    assert bad_status == 200 and len(bad) == 2
+    assert json.loads(bad[0][6:])["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    _is_the_compression_error(json.loads(bad[1][6:])["error"])
+    assert good_status == 200 and ok[-1] == "data: [DONE]"
+    chunks = [json.loads(line[6:]) for line in ok[:-1]]
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    assert text == plain["choices"][0]["message"]["content"]
+    assert chunks[-1]["usage"] == plain["usage"]
+    # an OpenAI client raises on the error event instead of returning a truncated answer
+    sdk = openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0)
+    body = _chat(kv_compression=BROKEN)
+    with pytest.raises(openai.APIError, match="'h2o' compression failed"):
+        for _ in sdk.chat.completions.create(
+            model=MODEL, messages=body["messages"], max_tokens=6, temperature=0, stream=True,
+            extra_body={"kv_compression": BROKEN},
+        ):  # fmt: skip
+            pass

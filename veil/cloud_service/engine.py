@@ -6,7 +6,9 @@ the single model thread; requests that arrive meanwhile form the next batch. Gen
 new token is decoded on the model thread and handed to the request's asyncio queue, so SSE clients see
 tokens as they are produced. Stop strings are checked on the decoded text, never split across deltas.
 A request may bring its own KV-cache compressor (one instance per request: compressors keep per-call
-state); rows of one batch may use different methods, or none.
+state); rows of one batch may use different methods, or none. When a batch with compression fails, its
+rows run again one by one, so that one row's failing compressor costs only that row (see
+:meth:`ServingEngine._run_chat`).
 """
 
 from __future__ import annotations
@@ -26,9 +28,12 @@ from veil.models.generation import SamplingParams, TokenLogprobs, generate_batch
 from veil.models.tasks import tokenize_task
 from veil.models.training import embedding_gradients, embedding_losses
 
-__all__ = ["ChatEvent", "EngineConfig", "GradientResult", "ServingEngine"]
+__all__ = ["KV_COMPRESSION_FAILED", "ChatEvent", "EngineConfig", "GradientResult", "ServingEngine"]
 
 log = logging.getLogger(__name__)
+
+KV_COMPRESSION_FAILED = "kv_compression_failed"
+""":attr:`ChatEvent.error` of a row with a compressor that failed even when run alone."""
 
 
 @dataclass
@@ -57,7 +62,9 @@ class ChatEvent:
 
     The end carries ``logprobs`` of the ``completion_tokens`` generated tokens when the request asked
     for them (``SamplingParams.top_logprobs`` set), else ``None``, and ``kv_kept``, the kept fractions
-    of the prompt cache, when the request brought a compressor.
+    of the prompt cache, when the request brought a compressor. A failed row ends with
+    ``finish_reason="error"`` and ``error``: :data:`KV_COMPRESSION_FAILED` when its own compression
+    failed, ``None`` for any other failure of the model.
     """
 
     delta: str = ""
@@ -65,6 +72,7 @@ class ChatEvent:
     completion_tokens: int = 0
     logprobs: list[TokenLogprobs] | None = None
     kv_kept: KVKept | None = None
+    error: str | None = None
 
 
 @dataclass
@@ -210,12 +218,13 @@ class ServingEngine:
                     self._fail(job, exc)
 
     @staticmethod
-    def _fail(job: Any, exc: Exception) -> None:
+    def _fail(job: Any, exc: Exception, code: str | None = None) -> None:
         if isinstance(job, _GradJob):
             job.future.get_loop().call_soon_threadsafe(_reject, job.future, exc)
         elif not job.finished:
             job.finished = True
-            job.loop.call_soon_threadsafe(job.events.put_nowait, ChatEvent(finish_reason="error"))
+            event = ChatEvent(finish_reason="error", error=code)
+            job.loop.call_soon_threadsafe(job.events.put_nowait, event)
 
     # ------------------------------------------------------------------ chat
     async def chat(
@@ -254,6 +263,59 @@ class ServingEngine:
             job.cancelled = True  # the consumer went away: stop generating for it
 
     def _run_chat(self, jobs: list[_ChatJob]) -> None:
+        """Generate for one batch; when it fails and a row brought a compressor, run the rows alone.
+
+        A compressor can fail in ways the request checks cannot foresee (a prompt shape its scoring
+        mishandles), and one failing row would otherwise fail the whole batch. So a failed batch with
+        compression runs again one row at a time, each with its own compressor, in a batch of its own:
+        the rows that work get exactly the answer a batch of their own gives. A compressed row that
+        fails alone (in a batch of one too) ends with ``error`` :data:`KV_COMPRESSION_FAILED`, its
+        compression being the one part of the forward that is its own; it is logged here with the
+        traceback and the compressor's class (never the prompt), and the route answers a 500 that
+        names the method and shows no trace. Not run again, and ended with ``error=None``: rows that
+        had already produced tokens (a rerun would repeat what was streamed). Rows without a
+        compressor that fail alone end with ``error=None`` too. A batch without compression fails as
+        a whole, as before. Rerun rows are not counted as batches (``on_batch``).
+        """
+        try:
+            self._generate(jobs)
+            return
+        except Exception as exc:
+            if all(j.compression is None for j in jobs):
+                raise  # nothing row-specific to isolate: the batch loop fails every row
+            if len(jobs) == 1:
+                self._fail_alone(jobs[0], exc)
+                return
+            log.warning(
+                "a chat batch of %d rows with KV compression failed; running its rows one by one",
+                len(jobs),
+                exc_info=True,
+            )
+            failure = exc
+        for job in jobs:
+            if job.finished or job.cancelled:
+                continue
+            if job.tokens:
+                log.error("a chat row that had started generating is failed with its batch")
+                self._fail(job, failure)
+                continue
+            job.kv_kept = None
+            try:
+                self._generate([job])
+            except Exception as exc:
+                self._fail_alone(job, exc)
+
+    def _fail_alone(self, job: _ChatJob, exc: Exception) -> None:
+        """End a row that failed in a batch of its own; must be called from its ``except`` block."""
+        if job.compression is None:
+            log.exception("a chat row without KV compression failed alone")
+            self._fail(job, exc)
+            return
+        # the prompt and the answer stay out of the log: only the method and the trace
+        log.exception("KV compression %s failed for one chat row", type(job.compression).__name__)
+        self._fail(job, exc, KV_COMPRESSION_FAILED)
+
+    def _generate(self, jobs: list[_ChatJob]) -> None:
         counts = [0] * len(jobs)
         current: list[Any] = [None]  # this step's logits (B, V), kept for the rows that ask for logprobs
 

@@ -10,7 +10,9 @@ status or outcome:
   already received);
 * ``veil_model_batch_size``: requests per model batch, all model work together (chat and gradients are
   not told apart);
-* ``veil_generated_tokens``: completion tokens for API-key callers only.
+* ``veil_generated_tokens``: completion tokens for API-key callers only;
+* ``veil_kv_compression_failures``: chat requests of API-key callers whose KV-cache compression failed
+  (a 500 ``kv_compression_failed``), by method.
 
 The metrics are not on the API's port: :func:`create_metrics_app` is a second small app that
 ``veil serve --metrics-port`` runs in the same process, by default on loopback only.
@@ -62,6 +64,12 @@ class Metrics:
         )
         self.tokens = Counter(
             "veil_generated_tokens", "Completion tokens generated for API-key callers", registry=r
+        )
+        self.kv_compression_failures = Counter(
+            "veil_kv_compression_failures",
+            "Chat requests of API-key callers whose KV-cache compression failed, by method",
+            ["method"],
+            registry=r,
         )
 
     def render(self) -> bytes:

@@ -1,5 +1,12 @@
 """``/v1/chat/completions``: OpenAI-compatible, optionally personalised by ``user_embedding``, with
-optional KV-cache compression (``kv_compression``, its kept fraction reported in ``usage``)."""
+optional KV-cache compression (``kv_compression``, its kept fraction reported in ``usage``).
+
+A request the model fails is a 500 (``server_error``): with ``code: "kv_compression_failed"`` and
+``param: "kv_compression"`` when its own compression failed (the other requests of its batch are
+answered as usual), else without a code. A streamed answer has already sent its ``200``, so it ends
+with the same error object as an event, ``data: {"error": {...}}``, and no ``[DONE]`` (OpenAI's form of
+a failure mid-stream: its clients raise on it).
+"""
 
 from __future__ import annotations
 
@@ -20,7 +27,8 @@ from veil.cloud_service.api.checks import (
     served_embedding,
 )
 from veil.cloud_service.api.deps import Caller, State
-from veil.cloud_service.errors import APIError
+from veil.cloud_service.engine import KV_COMPRESSION_FAILED, ChatEvent
+from veil.cloud_service.errors import APIError, error_body
 from veil.cloud_service.schemas import ChatCompletionRequest
 from veil.models.compression import KVCompressor, KVKept
 from veil.models.generation import SamplingParams, TokenLogprobs
@@ -68,6 +76,24 @@ def _prepare(
         top_logprobs=(body.top_logprobs or 0) if body.logprobs else None,
     )
     return prompt, embedding, params, kv_compressor(engine, body.kv_compression, len(prompt) + soft)
+
+
+def _failure(event: ChatEvent, body: ChatCompletionRequest, state: State, caller: Caller) -> APIError:
+    """The 500 for a row the engine ended with ``finish_reason="error"``; counts a compression failure
+    of an API-key caller in the metrics (a phone's stays out, as its answer length does)."""
+    if event.error != KV_COMPRESSION_FAILED or body.kv_compression is None:
+        return APIError(500, "the model failed on this batch", type="server_error")
+    method = body.kv_compression.method
+    if not caller.via_gateway:
+        state.metrics.kv_compression_failures.labels(method=method).inc()
+    return APIError(
+        500,
+        f"kv_compression: the {method!r} compression failed on this request; "
+        "send it again without kv_compression or with another method",
+        type="server_error",
+        param="kv_compression",
+        code=KV_COMPRESSION_FAILED,
+    )
 
 
 def _logprobs_content(tokenizer: Any, entries: list[TokenLogprobs]) -> list[dict[str, Any]]:
@@ -120,14 +146,17 @@ async def chat_completions(body: ChatCompletionRequest, state: State, caller: Ca
         finish, completion = "length", 0
         logprobs = None
         kept = None
+        failed: ChatEvent | None = None
         async for event in events:
             parts.append(event.delta)
-            if event.finish_reason is not None:
+            if event.finish_reason == "error":
+                failed = event
+            elif event.finish_reason is not None:
                 finish, completion, kept = event.finish_reason, event.completion_tokens, event.kv_kept
                 if event.logprobs is not None:
                     logprobs = {"content": _logprobs_content(engine.tokenizer, event.logprobs)}
-        if finish == "error":
-            raise APIError(500, "the model failed on this batch", type="server_error")
+        if failed is not None:
+            raise _failure(failed, body, state, caller)
         if not caller.via_gateway:  # a phone's answer length stays out of the metrics
             state.metrics.tokens.inc(completion)
         return {
@@ -150,10 +179,16 @@ async def chat_completions(body: ChatCompletionRequest, state: State, caller: Ca
 
     async def stream() -> AsyncIterator[str]:
         yield _chunk(cid, created, engine.name, {"role": "assistant", "content": ""}, None)
+        errored = False
         async for event in events:
             if event.delta:
                 yield _chunk(cid, created, engine.name, {"content": event.delta}, None)
-            if event.finish_reason is not None:
+            if event.finish_reason == "error":
+                errored = True
+                err = _failure(event, body, state, caller)
+                payload = error_body(err.status, err.message, err.type, err.param, err.code)
+                yield f"data: {json.dumps(payload)}\n\n"
+            elif event.finish_reason is not None:
                 if not caller.via_gateway:
                     state.metrics.tokens.inc(event.completion_tokens)
                 yield _chunk(cid, created, engine.name, {}, event.finish_reason)
@@ -167,6 +202,7 @@ async def chat_completions(body: ChatCompletionRequest, state: State, caller: Ca
                         "usage": usage(event.completion_tokens, event.kv_kept),
                     }
                     yield f"data: {json.dumps(final)}\n\n"
-        yield "data: [DONE]\n\n"
+        if not errored:  # after an error event, the stream just ends
+            yield "data: [DONE]\n\n"
 
     return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
