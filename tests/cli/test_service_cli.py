@@ -59,6 +59,22 @@ def test_keys_create_list_revoke(store_dir: Path) -> None:
     assert_one_line_error(veil(store_dir, "keys", "revoke", "nosuchkey"), "nosuchkey")
 
 
+def test_keys_create_operator_makes_a_key_that_may_publish_the_codebook(store_dir: Path) -> None:
+    plain = veil(store_dir, "keys", "create", "--label", "consumer")
+    created = veil(store_dir, "keys", "create", "--label", "flower server", "--operator")
+    assert created.returncode == 0, created.stderr
+    assert "operator key" in created.stderr
+    key = created.stdout.strip().splitlines()[-1]
+    listed = json.loads(veil(store_dir, "keys", "list", "--json").stdout)["keys"]
+    flags = {k["label"]: k["operator"] for k in listed}
+    assert flags["flower server"] is True and flags["consumer"] is False
+    assert key.startswith("veil_sk_" + next(k["prefix"] for k in listed if k["label"] == "flower server"))
+    assert plain.stdout.strip().splitlines()[-1] not in json.dumps(listed)
+    table = veil(store_dir, "keys", "list").stdout.splitlines()
+    assert any("label=flower server" in row and "operator=True" in row for row in table)
+    assert any("label=consumer" in row and "operator=False" in row for row in table)
+
+
 def test_train_personalized_with_and_without_dp(store_dir: Path) -> None:
     common = [
         "train",

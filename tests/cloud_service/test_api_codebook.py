@@ -1,7 +1,8 @@
 """``GET /v1/codebook`` on a real server: 404 until published, the published codebook byte for byte
 (directly with an API key and through a real relay and the OHTTP gateway), and new versions without a
-restart; ``codebook_version`` on the phone routes, refused with a 409 when stale, and a phone that
-learns of a new codebook from that refusal alone."""
+restart; ``PUT /v1/codebook`` with an operator key, refused to other keys, to phones and to bodies that
+do not fit the served model; ``codebook_version`` on the phone routes, refused with a 409 when stale,
+and a phone that learns of a new codebook from that refusal alone."""
 
 from __future__ import annotations
 
@@ -13,13 +14,15 @@ import pytest
 
 from veil.client_sdk.api import new_idempotency_key
 from veil.client_sdk.client import CodebookMismatchError, VeilClient
-from veil.client_sdk.codebook_wire import codebook_from_json
+from veil.client_sdk.codebook_wire import codebook_from_json, codebook_to_json
 from veil.client_sdk.ohttp import AsyncOHTTPClient, OHTTPClient
 from veil.client_sdk.param_store import MemoryParamStore
+from veil.cloud_service.api.deps import CallerInfo, require_operator
 from veil.cloud_service.background import BackgroundServer
 from veil.cloud_service.codebooks import CodebookStore, init_codebook, retire_by_counts
+from veil.cloud_service.errors import APIError
 from veil.cloud_service.relay import RelayConfig, create_relay_app
-from veil.cloud_service.store import count_uploads, make_engine, session_factory
+from veil.cloud_service.store import count_uploads, create_api_key, make_engine, session_factory
 
 pytestmark = pytest.mark.integration
 
@@ -135,6 +138,125 @@ def test_a_loss_request_without_a_gradient_answers_the_same_loss(stack) -> None:
     assert set(alone.json()) == {"object", "model", "loss"}  # no gradient computed or sent
     assert alone.json()["loss"] == pytest.approx(full["loss"], rel=1e-5)
     assert _post(api, key, "/v1/embedding-gradients", {**body, "encoding": "hex"}).status_code == 400
+
+
+# ------------------------------------------------------------------ PUT /v1/codebook (operator keys)
+@pytest.fixture(scope="module")
+def operator_key(stack) -> str:
+    with session_factory(make_engine(None, stack[3].path.parent))() as s:
+        return create_api_key(s, "flower server", operator=True)
+
+
+def _put(api, key: str | None, body: object) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.put(api.url + "/v1/codebook", json=body, headers=headers, timeout=30)
+
+
+def _refusal(r: httpx.Response, status: int, param: str | None = None, code: str | None = None) -> str:
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert (err["param"], err["code"]) == (param, code), err
+    return err["message"]
+
+
+def test_an_operator_key_publishes_a_codebook_that_get_then_serves(stack, operator_key: str) -> None:
+    api, relay, key, store = stack
+    store.publish(init_codebook(4, 1, (1, 64), seed=20))
+    book = init_codebook(6, 2, (1, 64), seed=21)
+    r = _put(api, operator_key, {**codebook_to_json(book), "model": "tiny-llama"})
+    assert r.status_code == 200, r.text
+    served = _direct(api, key).json()
+    assert r.json() == served and served["version"] == book.version  # the answer is the new GET body
+    assert store.current().version == book.version  # in the data dir, as `veil codebook init` leaves it
+    assert codebook_from_json(_through_relay(relay).json()).version == book.version  # phones see it
+    np.testing.assert_array_equal(codebook_from_json(served).prototypes, book.prototypes)
+
+    # "model" may be left out; GET's body (with it) can be sent back as it is
+    retired = retire_by_counts(book, [3, 0, 2, 2, 1, 2])
+    assert _put(api, operator_key, codebook_to_json(retired)).json()["version"] == retired.version
+    assert _put(api, operator_key, _direct(api, key).json()).status_code == 200
+    assert store.current().version == retired.version
+
+
+def test_publishing_takes_an_operator_key(stack) -> None:
+    api, _, key, store = stack
+    before = store.publish(init_codebook(4, 1, (1, 64), seed=22))
+    body = codebook_to_json(init_codebook(5, 1, (1, 64), seed=23))
+    message = _refusal(_put(api, key, body), 403, code="operator_key_required")
+    assert "--operator" in message
+    assert _put(api, key, body).json()["error"]["type"] == "permission_error"
+    _refusal(_put(api, None, body), 401, code="missing_api_key")
+    # the key is checked first: a plain key learns nothing about the body
+    _refusal(_put(api, key, {"nonsense": True}), 403, code="operator_key_required")
+    assert store.current().version == before.version
+
+
+def test_a_phone_cannot_publish_through_the_gateway(stack) -> None:
+    _, relay, _, store = stack
+    before = store.publish(init_codebook(4, 1, (1, 64), seed=24))
+    body = codebook_to_json(init_codebook(5, 1, (1, 64), seed=25))
+    with OHTTPClient(relay.url + "/ohttp", key_config_url=relay.url + "/.well-known/ohttp-gateway") as c:
+        inner = c.request("PUT", "/v1/codebook", json=body)
+    assert inner.status == 403 and inner.json()["error"]["code"] == "route_not_allowed"
+    assert store.current().version == before.version
+    # and were the route ever let through, a gateway caller holds no operator key: refused before anything
+    with pytest.raises(APIError) as refused:
+        require_operator(CallerInfo(via_gateway=True))
+    assert (refused.value.status, refused.value.code) == (403, "operator_key_required")
+
+
+def test_a_codebook_of_another_shape_or_model_is_refused(stack, operator_key: str) -> None:
+    api, _, _, store = stack
+    before = store.publish(init_codebook(4, 1, (1, 64), seed=26))
+    wide = codebook_to_json(init_codebook(3, 1, (2, 64), seed=27))
+    message = _refusal(_put(api, operator_key, wide), 400, param="prototypes")
+    assert "[2, 64]" in message and "[1, 64]" in message and "tiny-llama" in message
+    narrow = codebook_to_json(init_codebook(3, 1, (1, 32), seed=27))
+    _refusal(_put(api, operator_key, narrow), 400, param="prototypes")
+    fits = codebook_to_json(init_codebook(3, 1, (1, 64), seed=28))
+    message = _refusal(_put(api, operator_key, {**fits, "model": "another-model"}), 400, param="model")
+    assert "another-model" in message and "tiny-llama" in message
+    assert store.current().version == before.version
+
+
+GOOD = codebook_to_json(init_codebook(3, 2, (1, 64), seed=29))
+MALFORMED = {  # body -> the param the 400 names
+    "version does not match the contents": ({**GOOD, "version": "0" * 16}, "version"),
+    "k_min changed: another version": ({**GOOD, "k_min": 1}, "version"),
+    "prototypes of the wrong length": (
+        {**GOOD, "prototypes_b64": GOOD["prototypes_b64"][:-8]},
+        "prototypes_b64",
+    ),
+    "prototypes not base64": ({**GOOD, "prototypes_b64": "not base64!"}, "prototypes_b64"),
+    "active of the wrong length": ({**GOOD, "active": [True, True]}, "active"),
+    "active not booleans": ({**GOOD, "active": [1, 1, 1]}, "active.0"),
+    "no usable prototype": ({**GOOD, "active": [False] * 3}, None),
+    "k_min as a string": ({**GOOD, "k_min": "2"}, "k_min"),
+    "size zero": ({**GOOD, "size": 0}, "size"),
+    "version not hex": ({**GOOD, "version": "not-a-version"}, "version"),
+    "unknown field": ({**GOOD, "extra": 1}, "extra"),
+    "another object": ({**GOOD, "object": "model"}, "object"),
+    "field missing": ({k: v for k, v in GOOD.items() if k != "prototypes_b64"}, "prototypes_b64"),
+    "not an object": ([GOOD], None),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_a_malformed_codebook_is_a_400_and_publishes_nothing(stack, operator_key: str, case: str) -> None:
+    api, _, _, store = stack
+    before = store.publish(init_codebook(4, 1, (1, 64), seed=30))
+    body, param = MALFORMED[case]
+    r = _put(api, operator_key, body)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == param, r.text
+    assert store.current().version == before.version
+
+
+def test_a_body_that_is_not_json_is_a_400(stack, operator_key: str) -> None:
+    api, _, _, _ = stack
+    headers = {"Authorization": f"Bearer {operator_key}", "content-type": "application/json"}
+    r = httpx.put(api.url + "/v1/codebook", content=b"{", headers=headers, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["message"] == "request body is not valid JSON"
 
 
 # ------------------------------------------------------------------ codebook_version on the phone routes

@@ -239,6 +239,13 @@ def relay(
 @keys_app.command("create")
 def keys_create(
     label: Annotated[str, typer.Option(help="What the key is for (e.g. the consuming service).")] = "default",
+    operator: Annotated[
+        bool,
+        typer.Option(
+            "--operator",
+            help="The key may also publish the codebook (PUT /v1/codebook), e.g. from a federated server.",
+        ),
+    ] = False,
 ) -> None:
     """Create an API key; the key is printed once, alone on the last line."""
     from veil.cloud_service.store.repository import create_api_key
@@ -246,14 +253,15 @@ def keys_create(
     if not label.strip() or len(label) > 200:
         raise UserError("--label must be 1..200 characters")
     with _sessions()() as session:
-        key = create_api_key(session, label.strip())
-    typer.echo("Store this key now; only its hash is kept:", err=True)
+        key = create_api_key(session, label.strip(), operator=operator)
+    kind = "operator key" if operator else "key"
+    typer.echo(f"Store this {kind} now; only its hash is kept:", err=True)
     typer.echo(key)
 
 
 @keys_app.command("list")
 def keys_list(as_json: AsJson = False) -> None:
-    """List API keys (prefix, label, day created, revoked); never the keys themselves."""
+    """List API keys (prefix, label, day created, revoked, operator); never the keys themselves."""
     from dataclasses import asdict
 
     from veil.cloud_service.store.repository import list_api_keys

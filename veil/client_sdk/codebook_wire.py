@@ -25,7 +25,17 @@ MAX_CODEBOOK_VALUES = 1 << 24
 
 
 class CodebookFormatError(ValueError):
-    """A codebook body is malformed, or its contents do not hash to the version it advertises."""
+    """A codebook body is malformed, or its contents do not hash to the version it advertises.
+
+    Attributes
+    ----------
+    field : str or None
+        The body field at fault (``"active"``, ``"prototypes_b64"``, ``"version"`` ...), when one is.
+    """
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 def float32_codebook(book: Codebook) -> Codebook:
@@ -60,7 +70,7 @@ def codebook_to_json(book: Codebook) -> dict[str, Any]:
 def _positive_int(body: dict[str, Any], name: str) -> int:
     value = body.get(name)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise CodebookFormatError(f"codebook field {name!r} must be an integer >= 1, got {value!r}")
+        raise CodebookFormatError(f"codebook field {name!r} must be an integer >= 1, got {value!r}", name)
     return value
 
 
@@ -78,21 +88,25 @@ def codebook_from_json(body: Any) -> Codebook:
     size, n_tokens, dim, k_min = (_positive_int(body, k) for k in ("size", "n_tokens", "dim", "k_min"))
     if size * n_tokens * dim > MAX_CODEBOOK_VALUES:
         raise CodebookFormatError(
-            f"codebook of {size} x {n_tokens} x {dim} values exceeds {MAX_CODEBOOK_VALUES}"
+            f"codebook of {size} x {n_tokens} x {dim} values exceeds {MAX_CODEBOOK_VALUES}", "size"
         )
     active = body.get("active")
     if not isinstance(active, list) or len(active) != size or not all(isinstance(a, bool) for a in active):
-        raise CodebookFormatError(f"codebook field 'active' must be a list of {size} booleans")
+        raise CodebookFormatError(f"codebook field 'active' must be a list of {size} booleans", "active")
     version, text = body.get("version"), body.get("prototypes_b64")
-    if not isinstance(version, str) or not isinstance(text, str):
-        raise CodebookFormatError("codebook fields 'version' and 'prototypes_b64' must be strings")
+    for name, value in (("version", version), ("prototypes_b64", text)):
+        if not isinstance(value, str):
+            raise CodebookFormatError(f"codebook field {name!r} must be a string", name)
     try:
         raw = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise CodebookFormatError("codebook field 'prototypes_b64' is not valid base64") from exc
+        raise CodebookFormatError(
+            "codebook field 'prototypes_b64' is not valid base64", "prototypes_b64"
+        ) from exc
     if len(raw) != size * n_tokens * dim * 4:
         raise CodebookFormatError(
-            f"prototypes_b64 must hold {size} x {n_tokens} x {dim} float32 values, got {len(raw)} bytes"
+            f"prototypes_b64 must hold {size} x {n_tokens} x {dim} float32 values, got {len(raw)} bytes",
+            "prototypes_b64",
         )
     protos = np.frombuffer(raw, dtype="<f4").astype(np.float64).reshape(size, n_tokens, dim)
     try:
@@ -100,5 +114,7 @@ def codebook_from_json(body: Any) -> Codebook:
     except ValueError as exc:
         raise CodebookFormatError(f"invalid codebook: {exc}") from exc
     if book.version != version:
-        raise CodebookFormatError(f"codebook contents hash to {book.version}, the body says {version}")
+        raise CodebookFormatError(
+            f"codebook contents hash to {book.version}, the body says {version}", "version"
+        )
     return book

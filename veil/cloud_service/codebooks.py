@@ -5,7 +5,9 @@ it to phones, which choose a prototype privately (``PROTOCOL.md`` 5.5). The clou
 ways, each publishing a new version: :func:`init_codebook` (``veil codebook init``), the stage-3 job
 trains the prototypes (``veil train personalized --codebook``), and :func:`retire_by_counts`
 (``veil codebook retire``) retires prototypes shared by too few phones, from an aggregate count of
-choices only (how that count is gathered, e.g. by secure aggregation, is outside this module).
+choices only (how that count is gathered, e.g. by secure aggregation, is outside this module). A
+codebook made elsewhere (e.g. by a federated server) arrives over HTTP with an operator key
+(``PUT /v1/codebook``) and is published by the same :meth:`CodebookStore.publish`.
 """
 
 from __future__ import annotations

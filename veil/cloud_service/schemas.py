@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_typ
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
+from veil.client_sdk.codebook_wire import MAX_CODEBOOK_VALUES
 from veil.client_sdk.constants import MAX_LABELS, MAX_TEXT_CHARS, Task
 from veil.client_sdk.wire import MAX_VALUES, b64_length
 from veil.models.compression.registry import METHODS
@@ -22,6 +23,7 @@ from veil.models.compression.registry import METHODS
 __all__ = [
     "ChatCompletionRequest",
     "ChatMessage",
+    "CodebookBody",
     "CodebookLossRequest",
     "CodebookLossResponse",
     "CodebookVersion",
@@ -263,6 +265,28 @@ class LabelLossResponse(BaseModel):
     model: str
     losses: list[float]
     """The loss of each requested label, in the order of the request."""
+
+
+class CodebookBody(BaseModel):
+    """The prototype codebook (``PROTOCOL.md`` 5.5): what ``GET /v1/codebook`` answers and an operator's
+    ``PUT /v1/codebook`` sends. Types are strict, as on the phone; that the prototypes fill
+    ``size * n_tokens * dim`` values and hash to ``version`` is checked once, by
+    :func:`veil.client_sdk.codebook_wire.codebook_from_json`, in the route."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    object: Literal["codebook"] = "codebook"
+    version: CodebookVersion
+    k_min: Annotated[int, Field(ge=1)]
+    size: Annotated[int, Field(ge=1)]
+    active: list[bool]
+    """``size`` flags: which prototypes phones may choose (at least one)."""
+    n_tokens: Annotated[int, Field(ge=1)]
+    dim: Annotated[int, Field(ge=1)]
+    prototypes_b64: Annotated[str, Field(max_length=b64_length(MAX_CODEBOOK_VALUES))]
+    """Standard base64 of ``size * n_tokens * dim`` little-endian float32 values, row-major."""
+    model: str | None = None
+    """The served model's id; a ``PUT`` that names another model is refused."""
 
 
 class CodebookLossRequest(BaseModel):

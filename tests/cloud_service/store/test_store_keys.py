@@ -1,19 +1,26 @@
-"""API keys: hashed, verified in constant time, revocable (gateway keys: ``test_store_ohttp.py``)."""
+"""API keys: hashed, verified in constant time, revocable, operator or not (gateway keys:
+``test_store_ohttp.py``); migration 0003 leaves every existing key a plain one."""
 
 from __future__ import annotations
 
 import re
+import secrets
+from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import inspect, text
 from sqlalchemy.orm import Session
 
 from veil.cloud_service.store import (
     API_KEY_PREFIX,
     create_api_key,
+    current_revision,
     hash_api_key,
     list_api_keys,
+    make_engine,
+    migrate,
     revoke_api_key,
+    session_factory,
     utc_day,
     verify_api_key,
 )
@@ -69,3 +76,61 @@ def test_api_key_label_validation(store_session: Session, label: object) -> None
     with pytest.raises(ValueError, match="label"):
         create_api_key(store_session, label)  # type: ignore[arg-type]
     assert list_api_keys(store_session) == []
+
+
+def test_only_a_key_created_as_operator_is_one(store_session: Session) -> None:
+    plain = create_api_key(store_session, "consumer")
+    operator = create_api_key(store_session, "flower server", operator=True)
+    assert verify_api_key(store_session, plain).operator is False  # type: ignore[union-attr]
+    assert verify_api_key(store_session, operator).operator is True  # type: ignore[union-attr]
+    assert [(k.label, k.operator) for k in list_api_keys(store_session)] == [
+        ("consumer", False),
+        ("flower server", True),
+    ]
+    revoke_api_key(store_session, operator[len(API_KEY_PREFIX) :][:8])
+    assert verify_api_key(store_session, operator) is None  # revoked is revoked, operator or not
+
+
+@pytest.mark.parametrize("operator", [1, "yes", None])
+def test_operator_must_be_a_bool(store_session: Session, operator: object) -> None:
+    with pytest.raises(ValueError, match="operator must be a bool"):
+        create_api_key(store_session, "x", operator=operator)  # type: ignore[arg-type]
+    assert list_api_keys(store_session) == []
+
+
+def test_migration_0003_leaves_existing_keys_plain_and_downgrades(store_url: str, tmp_path: Path) -> None:
+    from alembic import command
+
+    from veil.cloud_service.store.db import _alembic_config
+
+    engine = make_engine(store_url, tmp_path)
+    try:
+        migrate(engine, "0002")
+        keys = [API_KEY_PREFIX + secrets.token_urlsafe(32) for _ in range(3)]
+        with engine.begin() as conn:  # rows as 0002 wrote them: no operator column yet
+            for i, key in enumerate(keys):
+                conn.execute(
+                    text(
+                        "INSERT INTO api_keys (prefix, key_hash, label, created_day, revoked) "
+                        "VALUES (:prefix, :hash, :label, '2026-01-01', :revoked)"
+                    ),
+                    {"prefix": key[8:16], "hash": hash_api_key(key), "label": f"old {i}", "revoked": i == 2},
+                )
+        migrate(engine)
+        assert current_revision(engine) == "0003"
+        with session_factory(engine)() as s:
+            assert [(k.label, k.revoked, k.operator) for k in list_api_keys(s)] == [
+                ("old 0", False, False),
+                ("old 1", False, False),
+                ("old 2", True, False),
+            ]
+            assert verify_api_key(s, keys[0]).operator is False  # type: ignore[union-attr]
+            assert verify_api_key(s, create_api_key(s, "new", operator=True)).operator  # type: ignore[union-attr]
+        with engine.begin() as conn:
+            command.downgrade(_alembic_config(conn), "0002")
+        assert current_revision(engine) == "0002"
+        assert "operator" not in {c["name"] for c in inspect(engine).get_columns("api_keys")}
+        with engine.connect() as conn:  # the keys themselves survive the downgrade
+            assert conn.execute(text("SELECT count(*) FROM api_keys")).scalar() == 4
+    finally:
+        engine.dispose()

@@ -15,7 +15,17 @@ from veil.cloud_service.errors import APIError
 from veil.cloud_service.metrics import Metrics
 from veil.cloud_service.store.repository import verify_api_key
 
-__all__ = ["OHTTP_SCOPE_KEY", "Caller", "DbSession", "ServiceState", "State", "get_state"]
+__all__ = [
+    "OHTTP_SCOPE_KEY",
+    "Caller",
+    "CallerInfo",
+    "DbSession",
+    "Operator",
+    "ServiceState",
+    "State",
+    "get_state",
+    "require_operator",
+]
 
 OHTTP_SCOPE_KEY = "veil.ohttp"
 """ASGI scope extension set by the gateway on requests it decapsulated (unforgeable from outside)."""
@@ -50,6 +60,8 @@ class CallerInfo:
 
     via_gateway: bool
     api_key_prefix: str | None = None
+    operator: bool = False
+    """Called with an operator key (``veil keys create --operator``); never through the gateway."""
 
 
 def _caller(request: Request, state: Annotated[ServiceState, Depends(get_state)]) -> CallerInfo:
@@ -69,9 +81,25 @@ def _caller(request: Request, state: Annotated[ServiceState, Depends(get_state)]
         info = verify_api_key(session, token.strip())
     if info is None:
         raise APIError(401, "invalid or revoked API key", code="invalid_api_key")
-    return CallerInfo(via_gateway=False, api_key_prefix=info.prefix)
+    return CallerInfo(via_gateway=False, api_key_prefix=info.prefix, operator=info.operator)
+
+
+def require_operator(caller: Annotated[CallerInfo, Depends(_caller)]) -> CallerInfo:
+    """The caller when it holds an operator key; ``403`` (``operator_key_required``) otherwise.
+
+    A dependency, so it runs before the body is read: a plain key learns nothing about what an operator
+    route would accept. A request through the gateway never holds one.
+    """
+    if not caller.operator:
+        raise APIError(
+            403,
+            "this route takes an operator API key (create one with 'veil keys create --operator')",
+            code="operator_key_required",
+        )
+    return caller
 
 
 State = Annotated[ServiceState, Depends(get_state)]
 DbSession = Annotated[Any, Depends(_session)]
 Caller = Annotated[CallerInfo, Depends(_caller)]
+Operator = Annotated[CallerInfo, Depends(require_operator)]

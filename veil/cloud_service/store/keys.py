@@ -4,6 +4,9 @@ API keys are ``veil_sk_`` followed by 32 random bytes in URL-safe base64 (43 cha
 SHA-256 of the whole key is stored: a fast hash is right for 256 random bits (no dictionary to
 search), and it keeps verification cheap on every request. The first 8 characters of the random part
 are stored as the ``prefix``, to find the row and to name the key in listings.
+
+An *operator* key may also publish the prototype codebook (``PUT /v1/codebook``); a key is created an
+operator key or not, and stays so (a new key is the way to change it).
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ class ApiKeyInfo:
     label: str
     created_day: dt.date
     revoked: bool
+    operator: bool = False
+    """May publish the codebook (``PUT /v1/codebook``), besides calling the model routes."""
 
 
 def hash_api_key(plaintext: str) -> str:
@@ -58,20 +63,24 @@ def hash_api_key(plaintext: str) -> str:
 
 
 def _info(row: ApiKey) -> ApiKeyInfo:
-    return ApiKeyInfo(row.id, row.prefix, row.label, row.created_day, row.revoked)
+    return ApiKeyInfo(row.id, row.prefix, row.label, row.created_day, row.revoked, row.operator)
 
 
 @db_errors
-def create_api_key(session: Session, label: str) -> str:
+def create_api_key(session: Session, label: str, operator: bool = False) -> str:
     """Create a key and return its plaintext; this is the only time it exists outside the caller.
+
+    ``operator=True`` makes a key that may also publish the codebook (``PUT /v1/codebook``).
 
     Raises
     ------
     ValueError
-        ``label`` is blank, longer than 256 characters, or contains NUL.
+        ``label`` is blank, longer than 256 characters, or contains NUL; ``operator`` is not a bool.
     """
     if not isinstance(label, str) or not label.strip() or len(label) > 256 or "\x00" in label:
         raise ValueError("label must be a non-blank string of at most 256 characters without NUL")
+    if not isinstance(operator, bool):
+        raise ValueError(f"operator must be a bool, got {operator!r}")
     # A prefix collision (48 random bits) is astronomically rare; the unique constraint catches it.
     for _attempt in range(3):
         plaintext = API_KEY_PREFIX + secrets.token_urlsafe(_SECRET_BYTES)
@@ -82,6 +91,7 @@ def create_api_key(session: Session, label: str) -> str:
                 label=label,
                 created_day=utc_day(),
                 revoked=False,
+                operator=operator,
             )
         )
         try:

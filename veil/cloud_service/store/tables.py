@@ -24,6 +24,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -125,6 +126,8 @@ class ApiKey(Base):
     """What the key is for (free text chosen by the operator)."""
     created_day: Mapped[dt.date] = mapped_column(Date)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+    operator: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    """The key may publish the codebook (``PUT /v1/codebook``), not only call the model routes."""
 
 
 class GatewayKey(Base):

@@ -2,7 +2,8 @@
 
 The codebook is public by design: every phone downloads the same one, and its choice of a prototype
 never leaves the phone. The cloud publishes it in its data dir (``veil codebook init``, the stage-3
-job with ``--codebook``, ``veil codebook retire``); this route serves whatever is published now.
+job with ``--codebook``, ``veil codebook retire``), or over HTTP with an operator key (``PUT``, e.g.
+from a federated server on another machine); ``GET`` serves whatever is published now.
 """
 
 from __future__ import annotations
@@ -12,17 +13,18 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from veil.client_sdk.codebook_wire import codebook_to_json
+from veil.client_sdk.codebook_wire import CodebookFormatError, codebook_from_json, codebook_to_json
 from veil.cloud_service.api.checks import (
     check_label,
     check_model,
     published_codebook,
     refuse_stale_version,
 )
-from veil.cloud_service.api.deps import Caller, ServiceState, State
-from veil.cloud_service.schemas import CodebookLossRequest, CodebookLossResponse
+from veil.cloud_service.api.deps import Caller, Operator, ServiceState, State
+from veil.cloud_service.errors import APIError
+from veil.cloud_service.schemas import CodebookBody, CodebookLossRequest, CodebookLossResponse
 
-__all__ = ["compute_codebook_losses", "published_codebook_body", "router"]
+__all__ = ["compute_codebook_losses", "publish_codebook", "published_codebook_body", "router"]
 
 router = APIRouter(tags=["personalisation"])
 
@@ -49,9 +51,46 @@ async def compute_codebook_losses(state: ServiceState, body: CodebookLossRequest
     return CodebookLossResponse(model=engine.name, version=book.version, losses=losses)
 
 
-@router.get("/v1/codebook")
+def publish_codebook(state: ServiceState, body: CodebookBody) -> dict[str, Any]:
+    """Publish the codebook of ``body`` (an operator's ``PUT /v1/codebook``); the new ``GET`` body.
+
+    Refused with a ``400``, nothing published: ``model`` names another model, the shape
+    ``[n_tokens, dim]`` is not the served model's (``param: "prototypes"``), or the body does not decode
+    or its contents do not hash to its ``version`` (``param``: the field at fault).
+    """
+    engine = state.engine
+    if body.model is not None and body.model != engine.name:
+        raise APIError(400, f"this server serves {engine.name!r}, not {body.model!r}", param="model")
+    shape = [int(n) for n in engine.embedding_shape]
+    if [body.n_tokens, body.dim] != shape:
+        raise APIError(
+            400,
+            f"prototypes have shape [n_tokens, dim] = [{body.n_tokens}, {body.dim}]; the served model "
+            f"{engine.name!r} takes {shape}",
+            param="prototypes",
+        )
+    try:
+        book = codebook_from_json(body.model_dump(exclude={"model"}))
+    except CodebookFormatError as exc:
+        raise APIError(400, str(exc), param=exc.field) from exc
+    published = state.codebooks.publish(book)
+    return {**codebook_to_json(published), "model": engine.name}
+
+
+@router.get("/v1/codebook", response_model=CodebookBody)
 async def get_codebook(state: State, _: Caller) -> dict[str, Any]:
     return await published_codebook_body(state)
+
+
+@router.put("/v1/codebook", response_model=CodebookBody)
+def put_codebook(body: CodebookBody, state: State, _: Operator) -> dict[str, Any]:
+    """Publish a new codebook: operator keys only (``403 operator_key_required`` for any other, before
+    the body is read); not a phone route, so never through the gateway.
+
+    The body is what ``GET /v1/codebook`` answers; the answer is the ``GET`` body of the codebook now
+    published, served to phones from their next request on.
+    """
+    return publish_codebook(state, body)
 
 
 @router.post("/v1/codebook/losses", response_model=CodebookLossResponse)
