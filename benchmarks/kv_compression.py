@@ -5,12 +5,15 @@ DBudgetKV (paper defaults, and the ``non_sink`` norm) and with each fixed-budget
 SnapKV, H2O, PyramidKV) at DBudgetKV's measured mean kept fraction
 (:func:`veil.models.compression.evaluation.run_kv_benchmark`). Prints the per-method table and the
 target: >= 25 % of the cache pruned on average at >= 99 % exact agreement with full-cache output.
+``--regime question_after`` compresses the context alone and prefills the question afterwards (default
+``question_before``: the whole prompt, the paper's regime).
 
 Usage::
 
     VEIL_DATA_DIR=/tmp/vd .venv/bin/python benchmarks/kv_compression.py --examples 7 --context-tokens 512 \\
         --out benchmarks/results/kv_compression_2core.jsonl
-    # options: --methods dbudgetkv,snapkv  --threshold 0.01  --max-new-tokens 32  --model tiny-llama  --json
+    # options: --regime question_after  --methods dbudgetkv,snapkv  --threshold 0.01  --max-new-tokens 32
+    #          --model tiny-llama  --json
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", default="", help="comma-separated (default: all)")
     parser.add_argument("--threshold", type=float, default=0.01)
     parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--regime", default="question_before", help="question_before or question_after")
     parser.add_argument("--out", help="append one JSON line per (example, method) and a summary line")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = parser.parse_args(argv)
@@ -64,7 +68,13 @@ def main(argv: list[str] | None = None) -> int:
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip()) or BENCH_METHODS
     try:
         config = KVBenchConfig(
-            args.model, args.examples, args.context_tokens, methods, args.threshold, args.max_new_tokens
+            args.model,
+            args.examples,
+            args.context_tokens,
+            methods,
+            args.threshold,
+            args.max_new_tokens,
+            regime=args.regime,
         )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)

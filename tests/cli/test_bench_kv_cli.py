@@ -26,6 +26,7 @@ def veil(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
         (("--threshold", "0"), "threshold must be in (0, 1)"),
         (("--threshold", "1.5"), "threshold must be in (0, 1)"),
         (("--methods", "snapkv"), "add dbudgetkv"),
+        (("--regime", "sideways"), "regime must be one of question_before, question_after"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path: Path, args: tuple[str, ...], fragment: str) -> None:

@@ -15,6 +15,8 @@ def test_unknown_methods_and_thresholds_outside_the_open_interval_are_refused() 
             KVBenchConfig(threshold=t)
     with pytest.raises(ValueError, match="add dbudgetkv"):
         KVBenchConfig(methods=("snapkv",))
+    with pytest.raises(ValueError, match="regime must be one of question_before, question_after"):
+        KVBenchConfig(regime="sideways")  # type: ignore[arg-type]
 
 
 def test_method_specs() -> None:
@@ -47,3 +49,15 @@ def test_a_tiny_run_matches_baselines_to_dbudgetkv_and_agrees_with_itself(data_d
     assert [r["kept"] for r in by["dbudgetkv"]] == [1.0, 1.0]
     assert result["matched_budget"] == 1.0 and all(r["budget"] == 1.0 for r in by["snapkv"])
     assert result["summary"]["dbudgetkv"]["agreement"] == 1.0
+
+
+def test_the_question_after_regime_is_recorded_and_its_full_cache_agrees_with_itself(data_dir) -> None:
+    config = KVBenchConfig("tiny-llama", 1, 256, ("dbudgetkv",), 0.01, 4, regime="question_after")
+    result = run_kv_benchmark(config, data_dir)
+    assert result["regime"] == "question_after"
+    assert {r["regime"] for r in result["rows"]} == {"question_after"}
+    # 2 layers, both frozen: nothing is pruned, so the two-part prefill equals the full cache's
+    assert result["summary"]["dbudgetkv"]["agreement"] == 1.0
+    before = run_kv_benchmark(KVBenchConfig("tiny-llama", 1, 256, ("dbudgetkv",), 0.01, 4), data_dir)
+    outputs = [[r["output"] for r in res["rows"] if r["method"] == "full"] for res in (result, before)]
+    assert outputs[0] == outputs[1]  # without compression the regimes differ only in how they prefill

@@ -11,6 +11,11 @@ from veil.cli.errors import UserError
 
 __all__ = ["register", "kv_table"]
 
+REGIME_TITLES = {
+    "question_before": "question before compression",
+    "question_after": "question after compression",
+}
+
 
 def register(bench: typer.Typer) -> None:
     bench.command("kv")(bench_kv)
@@ -30,9 +35,16 @@ def bench_kv(
     threshold: Annotated[float, typer.Option(help="DBudgetKV's threshold T, in (0, 1).")] = 0.01,
     max_new_tokens: Annotated[int, typer.Option(help="Greedy tokens per output.")] = 32,
     model: Annotated[str, typer.Option(help="Registered model name or directory.")] = "smollm2-135m-instruct",
+    regime: Annotated[
+        str,
+        typer.Option(
+            help="question_before: compress the whole prompt (the paper's); question_after: compress the "
+            "context, then prefill the question."
+        ),
+    ] = "question_before",
 ) -> None:
     """Greedy agreement with the full cache, accuracy and kept fraction per method, baselines at DBudgetKV's budget."""
-    from veil.models.compression.evaluation import BENCH_METHODS, KVBenchConfig
+    from veil.models.compression.evaluation import BENCH_METHODS, REGIMES, KVBenchConfig
 
     chosen = tuple(m.strip() for m in methods.split(",") if m.strip()) or BENCH_METHODS
     unknown = [m for m in chosen if m not in BENCH_METHODS]
@@ -40,10 +52,20 @@ def bench_kv(
         raise UserError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(BENCH_METHODS)}")
     if not 0.0 < threshold < 1.0:
         raise UserError(f"threshold must be in (0, 1), got {threshold}")
+    if regime not in REGIMES:
+        raise UserError(f"regime must be one of {', '.join(REGIMES)}, got {regime!r}")
     if quick:
         model, examples, context_tokens = "tiny-llama", min(examples, 2), 256
     try:
-        config = KVBenchConfig(model, examples, context_tokens, chosen, threshold, max_new_tokens)
+        config = KVBenchConfig(
+            model,
+            examples,
+            context_tokens,
+            chosen,
+            threshold,
+            max_new_tokens,
+            regime=regime,  # type: ignore[arg-type]
+        )
     except ValueError as exc:
         raise UserError(str(exc)) from exc
 
@@ -67,7 +89,7 @@ def kv_table(result: dict[str, Any]) -> Any:
 
     table = Table(
         title=f"KV compression, {result['model']}, {result['examples']} examples x ~{result['context_tokens']} tokens, "
-        f"question before compression (T = {result['threshold']})"
+        f"{REGIME_TITLES.get(result['regime'], result['regime'])} (T = {result['threshold']})"
     )
     for head in ("method", "budget", "agreement", "accuracy", "kept mean", "p10", "p50", "p90"):
         table.add_column(head, justify="right")

@@ -5,7 +5,8 @@ at the end. The service needs rows with their own ``temperature``, ``top_p``, ``
 streaming of every token as it is produced, and stopping a row early when the caller sees a stop
 string. :func:`generate_batch` is that loop: one prefill of the packed (soft-token) prompts, then one
 forward step per new token over the KV cache; finished rows ride along until the whole batch is done.
-Optionally, the prompt's KV cache is compressed once between the two (:mod:`veil.models.compression`).
+Optionally, the prompt's KV cache is compressed once between the two (:mod:`veil.models.compression`),
+and the prefill may come in two parts, the question after compression (``question_lengths``).
 
 Per-row seeds use a per-row ``torch.Generator``, so a seeded row's samples do not depend on which other
 requests shared its batch (the logits themselves can differ in the last bits with batch composition).
@@ -25,8 +26,16 @@ from torch import Tensor
 
 from veil.client_sdk.batching import left_pad
 from veil.client_sdk.sampling import DecodingParams, decode_step
-from veil.models.compression import KV_MASKS_KWARG, KVCompressor, KVKept, PrefillCompression, per_row
+from veil.models.compression import (
+    KV_MASKS_KWARG,
+    KVCompressor,
+    KVKept,
+    PrefillCompression,
+    append_masks,
+    per_row,
+)
 from veil.models.personalization import PersonalizedLM
+from veil.models.two_part_prefill import question_tails, split_packed
 
 __all__ = [
     "MAX_TOP_LOGPROBS",
@@ -139,6 +148,7 @@ def generate_batch(
     on_logits: Callable[[Tensor], None] | None = None,
     compression: KVCompressor | Sequence[KVCompressor | None] | None = None,
     on_kv_kept: Callable[[list[KVKept | None]], None] | None = None,
+    question_lengths: Sequence[int] | None = None,
 ) -> list[tuple[list[int], str]]:
     """Generate for a batch of prompts; returns ``(token_ids, finish_reason)`` per row.
 
@@ -158,6 +168,13 @@ def generate_batch(
         first decode step. Soft tokens are never pruned.
     on_kv_kept: called once after compression with each row's kept fractions (``None`` for rows
         without a compressor), e.g. to report ``usage.kv_kept_fraction``.
+    question_lengths: ``None``: one prefill of the whole prompt. Otherwise, per row, how many of the
+        prompt's last tokens (the question) are prefilled in a second forward, after compression, on
+        top of the compressed cache, at the positions they have in the whole prompt; the compressor
+        then scores with the context's last token as the query (the question-agnostic regime of
+        arXiv:2412.10319). ``0`` leaves the whole prompt in the first part; every row keeps at least
+        one context token; soft tokens placed after the text go with the question. Without compression
+        the tokens equal one prefill's.
     """
     n = len(prompts)
     if not (n == len(embeddings) == len(params)) or n == 0:
@@ -177,30 +194,52 @@ def generate_batch(
                 emb[r] = torch.as_tensor(np.asarray(e, dtype=np.float32))
         emb = emb.to(dev)
     packed = model.pack(ids.to(dev), mask.to(dev), emb, has.to(dev) if emb is not None else None)
+    tail = None
+    if question_lengths is not None:
+        tail = question_tails(question_lengths, [len(p) for p in prompts], packed, model.config.placement)
+    first, question = split_packed(packed, tail) if tail is not None and bool(tail.any()) else (packed, None)
     gens = [None if p.seed is None else torch.Generator().manual_seed(p.seed) for p in params]
     compressors = per_row(compression, n)
     pruning = PrefillCompression(model.base, compressors) if any(c is not None for c in compressors) else None
     with pruning.capture() if pruning is not None else contextlib.nullcontext():
         out = model.base(
-            **packed.as_kwargs(),
+            **first.as_kwargs(),
             use_cache=True,
             logits_to_keep=1,
         )
     cache_kw = _cache_keyword(model.base)
+    cache = _cache_of(out)
     extra: dict[str, Any] = {}
     if pruning is not None:
-        valid = packed.attention_mask.to(torch.bool)
-        soft = packed.soft_mask if packed.soft_mask is not None else torch.zeros_like(valid)
+        valid = first.attention_mask.to(torch.bool)
+        soft = first.soft_mask if first.soft_mask is not None else torch.zeros_like(valid)
         # from here on each layer attends to its own kept keys: the masks replace the attention mask
-        extra[KV_MASKS_KWARG] = pruning.apply(_cache_of(out), valid, soft)
+        extra[KV_MASKS_KWARG] = pruning.apply(cache, valid, soft)
         if on_kv_kept is not None:
             on_kv_kept(list(pruning.kept))
-    attn = packed.attention_mask
-    pos = packed.position_ids[:, -1:]  # (B, 1)
+    attn = first.attention_mask
+    last = out.logits[:, -1, :]  # (B, V)
+    if question is not None:
+        if pruning is not None:
+            extra[KV_MASKS_KWARG] = append_masks(extra[KV_MASKS_KWARG], cache, question.attention_mask)
+        attn = torch.cat([attn, question.attention_mask], dim=1)  # (B, W1 + W2), padding inside
+        out = model.base(
+            inputs_embeds=question.inputs_embeds,
+            attention_mask=attn if pruning is None else None,
+            position_ids=question.position_ids,
+            use_cache=True,
+            logits_to_keep=1,
+            **{cache_kw: cache},
+            **extra,
+        )
+        cache = _cache_of(out)
+        # a row without a question (tail 0) is all padding in the second part: its logits are the first's
+        last = torch.where((tail > 0)[:, None], out.logits[:, -1, :], last)
+    pos = packed.position_ids[:, -1:]  # (B, 1), the last prompt position of every row
     tokens: list[list[int]] = [[] for _ in range(n)]
     reasons: list[str | None] = [None] * n
     while True:
-        logits = out.logits[:, -1, :].float().cpu()  # (B, V)
+        logits = last.float().cpu()  # (B, V)
         if on_logits is not None:
             on_logits(logits)
         step = decode_step(
@@ -217,7 +256,8 @@ def generate_batch(
             attention_mask=attn if pruning is None else None,
             position_ids=pos,
             use_cache=True,
-            **{cache_kw: _cache_of(out)},
+            **{cache_kw: cache},
             **extra,
         )
+        cache, last = _cache_of(out), out.logits[:, -1, :]
     return [(tokens[r], reasons[r] or "length") for r in range(n)]

@@ -7,7 +7,7 @@ tokens. :func:`veil.models.generation.generate_batch` takes them through its ``c
 """
 
 from veil.models.compression.base import KVCompressor, KVKept, Prefill
-from veil.models.compression.cache import KV_MASKS_KWARG, compact, enable_masked_attention
+from veil.models.compression.cache import KV_MASKS_KWARG, append_masks, compact, enable_masked_attention
 from veil.models.compression.capture import QueryCapture, attention_modules
 from veil.models.compression.config import BudgetConfig, ObservationWindowConfig
 from veil.models.compression.dbudgetkv import DBudgetKV, DBudgetKVConfig, norm_loss_curve
@@ -38,6 +38,7 @@ __all__ = [
     "SnapKVConfig",
     "StreamingLLM",
     "StreamingLLMConfig",
+    "append_masks",
     "attention_modules",
     "check_supported",
     "compact",

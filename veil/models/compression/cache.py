@@ -9,10 +9,11 @@ keep their original positions, and new tokens take positions ``n + t`` from the 
 cannot describe layers of different lengths. The model's attention is therefore dispatched through a
 function registered with transformers' ``AttentionInterface`` (``veil_kv_sdpa``, with SDPA's mask
 builder registered under the same name): without a ``veil_kv_masks`` keyword it *is* SDPA; with one,
-it builds layer ``l``'s mask from ``veil_kv_masks[l]`` (the prompt part; ``None`` where every slot holds
-a kept key) plus the causal tail of the tokens appended since, and calls SDPA with it. The keyword travels from the model's ``forward`` through
-every decoder layer to the attention function, so each call carries its own masks and nothing global
-changes per request.
+it builds layer ``l``'s mask from ``veil_kv_masks[l]`` (the first slots' key mask: the prompt part, and
+the part prefilled after compression if any (:func:`append_masks`); ``None`` where every slot holds a kept
+key) plus the causal tail of the tokens appended since, and calls SDPA with it. The keyword travels from
+the model's ``forward`` through every decoder layer to the attention function, so each call carries its
+own masks and nothing global changes per request.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from torch import Tensor
 
 from veil.kernels import compact_kv
 
-__all__ = ["KV_MASKS_KWARG", "MASKED_ATTENTION", "compact", "enable_masked_attention"]
+__all__ = ["KV_MASKS_KWARG", "MASKED_ATTENTION", "append_masks", "compact", "enable_masked_attention"]
 
 KV_MASKS_KWARG = "veil_kv_masks"
 """Keyword of the model's forward that carries the per-layer prompt key masks."""
@@ -43,16 +44,17 @@ def _masked_sdpa(
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     prefix = masks[module.layer_idx]  # (B, P), or None where every slot is a kept key
     b, q_len, kv_len = query.shape[0], query.shape[2], key.shape[2]
-    if prefix is None:
-        if q_len == 1:  # nothing to hide: the unmasked kernel, as without compression
-            return sdpa_attention_forward(module, query, key, value, None, **kwargs)
-        prefix = torch.ones(b, kv_len - q_len, dtype=torch.bool, device=key.device)
-    new = kv_len - prefix.shape[1]
-    # query i (of q_len, the last ones) sees appended token t (of new) iff t <= new - q_len + i
-    tail = torch.ones(q_len, new, dtype=torch.bool, device=key.device).tril(new - q_len)  # (q, new)
-    mask = torch.cat(
-        [prefix[:, None, None, :].expand(b, 1, q_len, -1), tail[None, None].expand(b, 1, -1, -1)], dim=-1
-    )  # (B, 1, q, kv)
+    if prefix is None and q_len == 1:  # nothing to hide: the unmasked kernel, as without compression
+        return sdpa_attention_forward(module, query, key, value, None, **kwargs)
+    slot = torch.arange(kv_len, device=key.device)
+    # query i (of q_len, the last ones) sits in slot kv_len - q_len + i and sees the slots up to it that
+    # the prefix mask does not hide; the mask may cover some of the queries' own slots (a question
+    # prefilled after compression, with its left padding hidden)
+    causal = slot[None, :] <= (kv_len - q_len + torch.arange(q_len, device=key.device))[:, None]  # (q, kv)
+    shown = torch.ones(b, kv_len, dtype=torch.bool, device=key.device)  # (B, kv)
+    if prefix is not None:
+        shown[:, : prefix.shape[1]] = prefix
+    mask = shown[:, None, None, :] & causal[None, None]  # (B, 1, q, kv)
     return sdpa_attention_forward(module, query, key, value, mask, **kwargs)
 
 
@@ -102,3 +104,25 @@ def compact(cache: Any, keep: Sequence[Tensor]) -> list[Tensor]:
         layer.keys, layer.values = compact_kv(layer.keys, layer.values, slots)  # (B, H_kv, P, d), new
         masks.append(kept.gather(1, slots))
     return masks
+
+
+def append_masks(masks: Sequence[Tensor | None], cache: Any, appended: Tensor) -> list[Tensor | None]:
+    """The key masks of ``cache`` once tokens whose validity is ``appended`` ``(B, Q)`` are fed next.
+
+    Called before that forward, with ``masks`` from :func:`compact` for the slots ``cache`` holds now;
+    the result, passed to that forward and every later one, hides the fed tokens' padding. Rows
+    ``[t1 t3]`` (mask ``[T T]``) and ``[s1 s2]`` (``[F T]``) fed ``[pad q1]`` and ``[r1 r2]``:
+    ``[T T F T]`` and ``[F T T T]``.
+    """
+    out: list[Tensor | None] = []
+    all_valid = bool(appended.all())
+    for mask, layer in zip(masks, cache.layers, strict=True):
+        if mask is None and all_valid:
+            out.append(None)
+            continue
+        if mask is None:
+            mask = torch.ones(
+                appended.shape[0], layer.keys.shape[2], dtype=torch.bool, device=appended.device
+            )
+        out.append(torch.cat([mask, appended.to(torch.bool)], dim=1))  # (B, P_l + Q)
+    return out

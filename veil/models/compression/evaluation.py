@@ -1,16 +1,17 @@
 """Quality of KV-cache compression on the synthetic suite: ``veil bench kv`` and ``benchmarks/kv_compression.py``.
 
-For every example (question before compression, the paper's regime, arXiv:2502.16886 Sec. 3), greedy
-decoding with the full cache gives the reference output; each method then decodes the same prompt with
-its compressed cache. DBudgetKV variants run first; every fixed-budget baseline then gets the mean kept
-fraction of the first DBudgetKV variant on the same examples as its budget, so all compare at the same
-average cache size. Rows are decoded one at a time (batch 1), so a row's logits never depend on its
-batch-mates and agreement measures compression alone.
+For every example, greedy decoding with the full cache gives the reference output; each method then
+decodes the same prompt with its compressed cache. DBudgetKV variants run first; every fixed-budget
+baseline then gets the mean kept fraction of the first DBudgetKV variant on the same examples as its
+budget, so all compare at the same average cache size. Rows are decoded one at a time (batch 1), so a
+row's logits never depend on its batch-mates and agreement measures compression alone.
 
-The question-after-compression regime (compress ``prompt_ids[:question_start]``, then feed the
-question) is not run: :func:`veil.models.generation.generate_batch` compresses the cache of the whole
-prefilled prompt and then feeds one generated token per step, with no way to feed a multi-token suffix
-after compression.
+Two regimes (:data:`REGIMES`): ``question_before`` prefills and compresses the whole prompt, question
+included (the paper's, arXiv:2502.16886 Sec. 3); ``question_after`` prefills and compresses the context
+(``prompt_ids[:question_start]``), scored with the context's last token as the query, then prefills the
+question on top of the compressed cache (the question-agnostic regime of SCBench, arXiv:2412.10319). The
+full-cache reference of ``question_after`` is prefilled in the same two parts, which without
+compression gives the tokens of one prefill.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -30,6 +31,8 @@ __all__ = [
     "BENCH_METHODS",
     "DBUDGET_METHODS",
     "KVBenchConfig",
+    "REGIMES",
+    "Regime",
     "method_spec",
     "run_kv_benchmark",
     "summarize",
@@ -39,6 +42,8 @@ DBUDGET_METHODS = ("dbudgetkv", "dbudgetkv_non_sink")
 """DBudgetKV at the paper's defaults, and with the released code's norm that excludes the sinks."""
 BASELINES = tuple(m for m in METHODS if m != "dbudgetkv")
 BENCH_METHODS = DBUDGET_METHODS + BASELINES
+Regime = Literal["question_before", "question_after"]
+REGIMES: tuple[str, ...] = get_args(Regime)
 
 
 def method_spec(method: str, threshold: float, budget: float | None) -> dict[str, Any]:
@@ -68,6 +73,9 @@ class KVBenchConfig:
     threshold: DBudgetKV's T, in ``(0, 1)``.
     max_new_tokens: greedy tokens per output (the answers are at most ~25 tokens).
     seed: the suite's seed.
+    tasks: the suite's task types.
+    regime: ``"question_before"`` (compress the whole prompt) or ``"question_after"`` (compress the
+        context, then prefill the question), see :data:`REGIMES`.
     """
 
     model: str = "smollm2-135m-instruct"
@@ -78,8 +86,11 @@ class KVBenchConfig:
     max_new_tokens: int = 32
     seed: int = 0
     tasks: tuple[str, ...] = field(default_factory=lambda: SuiteConfig().tasks)
+    regime: Regime = "question_before"
 
     def __post_init__(self) -> None:
+        if self.regime not in REGIMES:
+            raise ValueError(f"regime must be one of {', '.join(REGIMES)}, got {self.regime!r}")
         unknown = [m for m in self.methods if m not in BENCH_METHODS]
         if unknown or not self.methods:
             raise ValueError(
@@ -96,12 +107,13 @@ class KVBenchConfig:
 
 
 def _decode_one(
-    lm: Any, example: SuiteExample, compressor: Any, stop: tuple[int, ...], new: int
+    lm: Any, example: SuiteExample, compressor: Any, stop: tuple[int, ...], new: int, regime: str
 ) -> tuple[list[int], Any]:
     from veil.models.generation import SamplingParams, generate_batch
 
     kept: list[Any] = []
     params = SamplingParams(temperature=0.0, max_new_tokens=new, stop_token_ids=stop)
+    question = len(example.prompt_ids) - example.question_start  # the question and the generation prompt
     [(tokens, _)] = generate_batch(
         lm,
         [list(example.prompt_ids)],
@@ -110,6 +122,7 @@ def _decode_one(
         stop[0],
         compression=compressor,
         on_kv_kept=kept.extend,
+        question_lengths=[question] if regime == "question_after" else None,
     )
     return tokens, (kept[0] if kept else None)
 
@@ -142,7 +155,8 @@ def run_kv_benchmark(
         text = tok.decode(tokens, skip_special_tokens=True)
         row = {
             "example": i, "task": ex.task, "depth": ex.depth, "prompt_tokens": len(ex.prompt_ids),
-            "method": method, "budget": budget, "output": text, "correct": is_correct(ex, text),
+            "regime": config.regime, "method": method, "budget": budget, "output": text,
+            "correct": is_correct(ex, text),
             "agree": method == "full" or tokens == full[i],
             "kept": 1.0 if kept is None else kept.mean,
             "kept_per_layer": None if kept is None else list(kept.per_layer), "seconds": seconds,
@@ -157,14 +171,13 @@ def run_kv_benchmark(
     with progress.stage(f"full cache + {', '.join(dbudget)}", len(suite)) as bar:
         for i, ex in enumerate(suite):
             t = time.perf_counter()
-            tokens, _ = _decode_one(lm, ex, None, stop, config.max_new_tokens)
+            tokens, _ = _decode_one(lm, ex, None, stop, config.max_new_tokens, config.regime)
             full.append(tokens)
             record(i, "full", None, tokens, None, time.perf_counter() - t)
             for m in dbudget:
                 t = time.perf_counter()
-                out, kept = _decode_one(
-                    lm, ex, from_spec(method_spec(m, config.threshold, None)), stop, config.max_new_tokens
-                )
+                spec = method_spec(m, config.threshold, None)
+                out, kept = _decode_one(lm, ex, from_spec(spec), stop, config.max_new_tokens, config.regime)
                 record(i, m, None, out, kept, time.perf_counter() - t)
             bar.advance()
     if baselines:
@@ -179,6 +192,7 @@ def run_kv_benchmark(
                         from_spec(method_spec(m, config.threshold, budget)),
                         stop,
                         config.max_new_tokens,
+                        config.regime,
                     )
                     record(i, m, budget, out, kept, time.perf_counter() - t)
                     bar.advance()
@@ -188,7 +202,7 @@ def run_kv_benchmark(
         "context_tokens": config.context_tokens,
         "threshold": config.threshold,
         "matched_budget": budget,
-        "regime": "question_before_compression",
+        "regime": config.regime,
         "summary": summarize(rows),
         "rows": rows,
     }
