@@ -55,6 +55,14 @@ def export_onnx_command(
             show_default=False,
         ),
     ] = None,
+    lm_query_window: Annotated[
+        int,
+        typer.Option(
+            "--lm-query-window",
+            help="With --lm: export the LM compressible, giving the last N queries per layer so the phone "
+            "can compress its KV cache (1 for DBudgetKV, 32 for SnapKV); 0 = a plain graph.",
+        ),
+    ] = 0,
     gateway_public_key: Annotated[
         str | None,
         typer.Option(
@@ -89,7 +97,7 @@ def export_onnx_command(
             from veil.settings import get_settings
 
             quiet_transformers()
-            export_lm(lm, out, get_settings().resolved_data_dir())
+            export_lm(lm, out, get_settings().resolved_data_dir(), query_window=lm_query_window)
             manifest = read_manifest(out)
         if gateway_public_key is not None:
             manifest = set_gateway_public_key(out, gateway_public_key)

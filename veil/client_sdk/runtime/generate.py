@@ -10,6 +10,12 @@ reference generation loop that an app reimplements in Kotlin or Swift: one prefi
 feeding back the ``present.*`` tensors as ``past_key_values.*``. Greedy decoding reproduces
 ``veil.models.generation.generate_batch`` token for token (the parity tests pin it).
 
+Phones hold long chats in little memory: ``generate_batch(..., compression=...)`` prunes the prompt's
+KV cache once after prefill with the cloud's methods (:mod:`veil.client_sdk.runtime.compression`:
+DBudgetKV, arXiv:2502.16886, and its fixed-budget baselines), keeping the same positions as
+``veil.models.compression`` on the same weights. Methods that score with queries need a graph exported
+with ``query_window > 0`` (:mod:`veil.client_sdk.runtime.lm_spec`); StreamingLLM runs on any.
+
 Tokenisation: when the ``tokenizers`` package is importable (a dependency of ``transformers``; it does
 not import torch), :meth:`OnnxLM.encode` and :meth:`OnnxLM.decode` use the shipped ``tokenizer.json``.
 It is not a dependency of the client: on a phone the app tokenises with its platform's binding of the
@@ -27,14 +33,10 @@ from typing import Any
 import numpy as np
 
 from veil.client_sdk.batching import left_pad
+from veil.client_sdk.runtime.compression import Compression, KVKept, compress_prefill, per_row, query_window
 from veil.client_sdk.runtime.graphs import MAX_OPSET, MIN_OPSET, read_opsets
-from veil.client_sdk.runtime.manifest import (
-    ManifestEntry,
-    ModelFileError,
-    TensorSpec,
-    read_manifest,
-    sha256_file,
-)
+from veil.client_sdk.runtime.lm_spec import LM_ENTRY, LM_FORMAT, LM_KIND, LMSpec, check_file, check_io
+from veil.client_sdk.runtime.manifest import ModelFileError, read_manifest
 from veil.client_sdk.sampling import DecodingParams, decode_step
 
 __all__ = [
@@ -42,85 +44,29 @@ __all__ = [
     "LM_FORMAT",
     "LM_KIND",
     "LMSpec",
+    "LMStep",
     "ModelFileError",
     "OnnxLM",
     "SamplingParams",
     "sample_next",
 ]
 
-LM_ENTRY = "lm"  # the manifest entry written by veil.models.onnx.lm.export_causal_lm
-LM_KIND = "lm"
-LM_FORMAT = "veil-onnx-lm/1"  # the layout of the entry's ``extra``
-_ORT_DTYPES = {"tensor(int64)": "int64", "tensor(float)": "float32"}
-_SIZES = ("n_layers", "n_kv_heads", "head_dim", "hidden_size", "vocab_size", "max_position_embeddings")
-
 
 @dataclass(frozen=True)
-class LMSpec:
-    """The language model's sizes and special tokens: the ``extra`` of its manifest entry.
+class LMStep:
+    """What one graph call returns.
 
-    ``tokenizer`` is ``{"file", "sha256"}`` or ``None``; ``eos_token_ids`` end
-    generation by default; ``pad_token_id`` fills left padding and finished rows.
+    Attributes
+    ----------
+    logits: next-token logits ``(B, vocab)``.
+    present: the grown cache, ``2 * n_layers`` arrays ``(B, kv_heads, P_l + S + T, head_dim)``.
+    queries: per layer, the post-RoPE queries of the call's last ``query_window`` positions
+        ``(B, heads, query_window, head_dim)`` (zeros in front for shorter calls); ``None`` for a plain graph.
     """
 
-    n_layers: int
-    n_kv_heads: int
-    head_dim: int
-    hidden_size: int
-    vocab_size: int
-    max_position_embeddings: int
-    bos_token_id: int | None
-    eos_token_ids: tuple[int, ...]
-    pad_token_id: int
-    tokenizer: dict[str, str] | None = None
-    chat_template: str | None = None
-    source: str = "model"
-
-    @classmethod
-    def from_entry(cls, entry: ManifestEntry) -> LMSpec:
-        """Read and check the entry's ``extra``.
-
-        Raises
-        ------
-        ModelFileError
-            Not a language-model entry, another ``extra`` format, or missing or malformed fields.
-        """
-        extra = entry.extra
-        if entry.kind != LM_KIND or extra.get("format") != LM_FORMAT:
-            raise ModelFileError(
-                f"manifest entry {entry.name!r} is kind {entry.kind!r} with format {extra.get('format')!r}, "
-                f"not a language model ({LM_KIND!r}, {LM_FORMAT!r})"
-            )
-        try:
-            bos = extra.get("bos_token_id")
-            return cls(
-                **{k: int(extra[k]) for k in _SIZES},
-                bos_token_id=None if bos is None else int(bos),
-                eos_token_ids=tuple(int(t) for t in extra["eos_token_ids"]),
-                pad_token_id=int(extra["pad_token_id"]),
-                tokenizer=extra.get("tokenizer"),
-                chat_template=extra.get("chat_template"),
-                source=str(extra.get("source", "model")),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ModelFileError(f"manifest entry {entry.name!r}: malformed extra: {exc!r}") from exc
-
-    @property
-    def past_names(self) -> list[str]:
-        return [f"past_key_values.{i}.{kv}" for i in range(self.n_layers) for kv in ("key", "value")]
-
-    def expected_io(self) -> tuple[list[tuple[str, str, tuple]], list[tuple[str, str, tuple]]]:
-        """``(name, dtype, fixed sizes by axis, None = symbolic)`` of every input and output."""
-        kv = (None, self.n_kv_heads, None, self.head_dim)
-        inputs = [
-            ("input_ids", "int64", (None, None)),
-            ("prefix_embeds", "float32", (None, None, self.hidden_size)),
-            ("attention_mask", "int64", (None, None)),
-            ("position_ids", "int64", (None, None)),
-        ] + [(name, "float32", kv) for name in self.past_names]
-        present = [f"present.{i}.{kv_}" for i in range(self.n_layers) for kv_ in ("key", "value")]
-        outputs = [("logits", "float32", (None, self.vocab_size))] + [(n, "float32", kv) for n in present]
-        return inputs, outputs
+    logits: np.ndarray
+    present: list[np.ndarray]
+    queries: list[np.ndarray] | None
 
 
 @dataclass(frozen=True)
@@ -156,42 +102,6 @@ def sample_next(logits: np.ndarray, params: SamplingParams, rng: np.random.Gener
         probs[order[keep]] = sorted_p[keep]
     cdf = np.cumsum(probs)
     return int(min(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"), len(cdf) - 1))
-
-
-def _check_file(directory: Path, item: dict[str, str], what: str) -> Path:
-    path = directory / Path(str(item["file"])).name  # never a path outside the folder
-    if not path.is_file():
-        raise ModelFileError(f"{path}: {what} file is missing")
-    digest = sha256_file(path)
-    if digest != item["sha256"]:
-        raise ModelFileError(
-            f"{path}: sha256 {digest} differs from the manifest's {item['sha256']} (corrupt or replaced)"
-        )
-    return path
-
-
-def _first_difference(a: list[tuple], b: list[tuple]) -> str:
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            return f"{x} vs {y}"
-    return f"{len(a)} vs {len(b)} tensors"
-
-
-def _check_io(where: str, specs: tuple[TensorSpec, ...], actual: list[Any], expected: list[tuple]) -> None:
-    """The session's tensors must be the manifest's, and the manifest's what the sizes imply.
-
-    Tensors compare as ``(name, dtype, sizes)`` with symbolic sizes as ``None``.
-    """
-    promised = [(s.name, s.dtype, tuple(d if isinstance(d, int) else None for d in s.shape)) for s in specs]
-    got = [
-        (a.name, _ORT_DTYPES.get(a.type, a.type), tuple(d if isinstance(d, int) else None for d in a.shape))
-        for a in actual
-    ]
-    if got != promised:
-        raise ModelFileError(f"{where}s differ from the manifest's: {_first_difference(got, promised)}")
-    if promised != expected:
-        diff = _first_difference(promised, expected)
-        raise ModelFileError(f"{where}s do not fit the manifest's sizes (manifest vs sizes): {diff}")
 
 
 class OnnxLM:
@@ -259,8 +169,8 @@ class OnnxLM:
             raise ModelFileError(f"{path}: onnxruntime cannot load it: {first}") from exc
         del data
         want_in, want_out = self.spec.expected_io()
-        _check_io(f"{path}: input", self.entry.inputs, self.session.get_inputs(), want_in)
-        _check_io(f"{path}: output", self.entry.outputs, self.session.get_outputs(), want_out)
+        check_io(f"{path}: input", self.entry.inputs, self.session.get_inputs(), want_in)
+        check_io(f"{path}: output", self.entry.outputs, self.session.get_outputs(), want_out)
         self._tokenizer: Any = None
 
     # ----------------------------------------------------------------------------------------- tokens
@@ -275,7 +185,7 @@ class OnnxLM:
                     "text in/out needs the tokenizers package (pip install tokenizers); "
                     "otherwise tokenise in the app and pass token ids"
                 ) from exc
-            path = _check_file(self.directory, self.spec.tokenizer, "tokenizer")
+            path = check_file(self.directory, self.spec.tokenizer, "tokenizer")
             self._tokenizer = Tokenizer.from_file(str(path))
         return self._tokenizer
 
@@ -295,51 +205,96 @@ class OnnxLM:
     def forward(
         self,
         input_ids: np.ndarray,
-        attention_mask: np.ndarray,
+        attention_mask: np.ndarray | Sequence[np.ndarray],
         position_ids: np.ndarray,
         past: Sequence[np.ndarray] | None = None,
         prefix_embeds: np.ndarray | None = None,
     ) -> tuple[np.ndarray, list[np.ndarray]]:
-        """One graph call; returns next-token logits ``(B, vocab)`` and the grown cache.
+        """One graph call; returns next-token logits ``(B, vocab)`` and the grown cache (see :meth:`step`)."""
+        out = self.step(input_ids, attention_mask, position_ids, past, prefix_embeds)
+        return out.logits, out.present
+
+    def step(
+        self,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray | Sequence[np.ndarray],
+        position_ids: np.ndarray,
+        past: Sequence[np.ndarray] | None = None,
+        prefix_embeds: np.ndarray | None = None,
+    ) -> LMStep:
+        """One graph call, with the queries of a compressible graph.
 
         Parameters
         ----------
         input_ids: ``(B, T)`` int64.
-        attention_mask: ``(B, P + S + T)`` over cache, prefix and new tokens.
+        attention_mask: ``(B, P + S + T)`` over cache, prefix and new tokens; or one such mask per layer,
+            ``(B, P_l + S + T)``, for a cache whose layers hold different slots (a compressible graph; a
+            plain graph takes a list only when all its masks are equal).
         position_ids: ``(B, S + T)``.
-        past: ``2 * n_layers`` arrays ``(B, kv_heads, P, head_dim)``; ``None`` = empty.
+        past: ``2 * n_layers`` arrays ``(B, kv_heads, P_l, head_dim)``; ``None`` = empty. ``P_l`` is
+            the same for every layer unless the graph is compressible.
         prefix_embeds: ``(B, S, hidden)`` soft tokens placed before ``input_ids``; ``None`` = none.
         """
         ids = np.asarray(input_ids, dtype=np.int64)
         if ids.ndim != 2 or ids.shape[1] < 1:
             raise ValueError(f"input_ids must be (batch, seq>=1), got shape {ids.shape}")
-        batch, h = ids.shape[0], self.spec.hidden_size
+        batch, h, n_layers = ids.shape[0], self.spec.hidden_size, self.spec.n_layers
         soft = np.zeros((batch, 0, h), np.float32) if prefix_embeds is None else prefix_embeds
         soft = np.asarray(soft, dtype=np.float32)
         if soft.ndim != 3 or soft.shape[0] != batch or soft.shape[2] != h:
             raise ValueError(f"prefix_embeds must be ({batch}, n, {h}), got shape {soft.shape}")
         cache = self.empty_cache(batch) if past is None else list(past)
-        if len(cache) != 2 * self.spec.n_layers:
-            raise ValueError(f"past must hold {2 * self.spec.n_layers} arrays, got {len(cache)}")
-        kv_shape = (batch, self.spec.n_kv_heads, cache[0].shape[2], self.spec.head_dim)
-        if any(c.shape != kv_shape for c in cache):
-            raise ValueError(f"every past array must have shape {kv_shape}, got {[c.shape for c in cache]}")
-        query = soft.shape[1] + ids.shape[1]
-        mask = np.asarray(attention_mask, dtype=np.int64)
-        pos = np.asarray(position_ids, dtype=np.int64)
-        if mask.shape != (batch, kv_shape[2] + query) or pos.shape != (batch, query):
+        if len(cache) != 2 * n_layers:
+            raise ValueError(f"past must hold {2 * n_layers} arrays, got {len(cache)}")
+        lengths = [c.shape[2] if c.ndim == 4 else -1 for c in cache[::2]]
+        shapes = [(batch, self.spec.n_kv_heads, p, self.spec.head_dim) for p in lengths for _ in range(2)]
+        if any(c.shape != s for c, s in zip(cache, shapes, strict=True)) or (
+            not self.spec.compressible and len(set(lengths)) > 1
+        ):
+            same = "" if self.spec.compressible else ", the same length in every layer"
             raise ValueError(
-                f"attention_mask must be {(batch, kv_shape[2] + query)} and position_ids {(batch, query)}, "
-                f"got {mask.shape} and {pos.shape}"
+                f"past arrays must be ({batch}, {self.spec.n_kv_heads}, P, {self.spec.head_dim}), key and "
+                f"value alike{same}; got {[c.shape for c in cache]}"
             )
+        query = soft.shape[1] + ids.shape[1]
+        masks = self._layer_masks(attention_mask, batch, [p + query for p in lengths])
+        pos = np.asarray(position_ids, dtype=np.int64)
+        if pos.shape != (batch, query):
+            raise ValueError(f"position_ids must be {(batch, query)}, got {pos.shape}")
         if int(ids.min()) < 0 or int(ids.max()) >= self.spec.vocab_size:
             raise ValueError(
                 f"token ids must be in [0, {self.spec.vocab_size}), got {ids.min()}..{ids.max()}"
             )
-        feed = {"input_ids": ids, "prefix_embeds": soft, "attention_mask": mask, "position_ids": pos}
+        feed = {"input_ids": ids, "prefix_embeds": soft, "position_ids": pos}
+        feed.update(zip(self.spec.mask_names, masks, strict=True))
         feed.update(zip(self.spec.past_names, cache, strict=True))
-        logits, *present = self.session.run(None, feed)
-        return logits, present
+        logits, *rest = self.session.run(None, feed)
+        present = rest[: 2 * n_layers]
+        return LMStep(logits, present, rest[2 * n_layers :] if self.spec.compressible else None)
+
+    def _layer_masks(
+        self, attention_mask: np.ndarray | Sequence[np.ndarray], batch: int, widths: list[int]
+    ) -> list[np.ndarray]:
+        """The graph's mask inputs: one per layer (compressible) or the one mask (plain)."""
+        given = (
+            attention_mask if isinstance(attention_mask, (list, tuple)) else [attention_mask] * len(widths)
+        )
+        masks = [np.asarray(m, dtype=np.int64) for m in given]
+        if len(masks) != len(widths) or any(
+            m.shape != (batch, w) for m, w in zip(masks, widths, strict=False)
+        ):
+            raise ValueError(
+                f"attention_mask must be one (batch, past + query) array or one per layer, shapes "
+                f"{[(batch, w) for w in widths]}; got {[m.shape for m in masks]}"
+            )
+        if self.spec.compressible:
+            return masks
+        if any(not np.array_equal(m, masks[0]) for m in masks[1:]):
+            raise ValueError(
+                "this graph takes one attention mask for all layers; per-layer masks need a compressible "
+                "export (export_causal_lm(..., query_window=...))"
+            )
+        return masks[:1]
 
     def generate_batch(
         self,
@@ -347,6 +302,8 @@ class OnnxLM:
         prefixes: Sequence[np.ndarray | None] | None = None,
         params: Sequence[SamplingParams] | SamplingParams | None = None,
         on_step: Callable[[list[int | None]], set[int] | None] | None = None,
+        compression: Compression | Sequence[Compression | None] | None = None,
+        on_kv_kept: Callable[[list[KVKept | None]], None] | None = None,
     ) -> list[tuple[list[int], str]]:
         """Generate for a batch; returns ``(token_ids, finish_reason)`` per row.
 
@@ -357,6 +314,19 @@ class OnnxLM:
             given prefixes must have the same ``n_tokens``.
         params: one :class:`SamplingParams` for all rows, or one per row; ``None`` = the defaults.
         on_step: called with each step's new tokens (``None`` for finished rows); may return rows to stop.
+        compression: a KV-cache compression config or ``{"method": ...}`` spec
+            (:mod:`veil.client_sdk.runtime.compression`) for every row, or one per row (``None``: that
+            row keeps its full cache); applied once, after the prefill call. Soft tokens are never
+            pruned, and positions stay the original ones. Methods that score with queries need a
+            compressible graph; StreamingLLM runs on any.
+        on_kv_kept: called once after compression with each row's kept fractions (``None`` for rows
+            without compression), mean and per layer.
+
+        Raises
+        ------
+        ValueError
+            Bad prompts, params or compression (unknown method or field, a bad value, or a method that
+            needs more queries than the graph gives).
         """
         n = len(prompts)
         params = SamplingParams() if params is None else params
@@ -366,15 +336,29 @@ class OnnxLM:
             raise ValueError(f"need equal, non-zero numbers of prompts/prefixes/params, got {n}")
         if any(len(p) == 0 for p in prompts):
             raise ValueError("every prompt needs at least one token")
+        configs = per_row(compression, n)
         pad = self.spec.pad_token_id
         ids, text_mask = left_pad(prompts, pad)  # (B, W), as generate_batch
         soft, soft_mask = self._stack_prefixes(soft_rows)
         mask = np.concatenate([soft_mask, text_mask], axis=1)  # (B, S + W)
+        if query_window(configs, mask.shape[1]) > min(self.spec.query_window, mask.shape[1]):
+            raise ValueError(
+                f"the compression needs the last {query_window(configs, mask.shape[1])} prompt queries; this "
+                f"model's graph gives {self.spec.query_window} (export_causal_lm(..., query_window=...))"
+            )
         pos = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)  # positions count attended tokens only
-        logits, cache = self.forward(ids, mask, pos, None, soft)
+        out = self.step(ids, mask, pos, None, soft)
+        logits, cache, masks = out.logits, out.present, [mask] * self.spec.n_layers
+        if any(c is not None for c in configs):
+            protected = np.concatenate([soft_mask, np.zeros_like(text_mask)], axis=1).astype(bool)
+            cache, masks, kept = compress_prefill(
+                configs, cache, out.queries, mask.astype(bool), protected, self.spec.attention_scaling
+            )
+            if on_kv_kept is not None:
+                on_kv_kept(kept)
         rngs = [np.random.default_rng(p.seed) for p in rows]
         stops = [set(self.spec.eos_token_ids if p.stop_token_ids is None else p.stop_token_ids) for p in rows]
-        pos = pos[:, -1:]
+        pos = pos[:, -1:]  # pruning keeps positions: the next token of every row follows its prompt
         tokens: list[list[int]] = [[] for _ in range(n)]
         reasons: list[str | None] = [None] * n
         while True:
@@ -385,9 +369,9 @@ class OnnxLM:
             if step is None:
                 break
             feed = np.array([[t if t is not None else pad] for t in step], dtype=np.int64)  # (B, 1)
-            mask = np.concatenate([mask, np.ones((n, 1), np.int64)], axis=1)
+            masks = [np.concatenate([m, np.ones((n, 1), np.int64)], axis=1) for m in masks]
             pos = pos + 1
-            logits, cache = self.forward(feed, mask, pos, cache)
+            logits, cache = self.forward(feed, masks, pos, cache)
         return [(tokens[r], reasons[r] or "length") for r in range(n)]
 
     def _stack_prefixes(self, soft_rows: list[np.ndarray | None]) -> tuple[np.ndarray, np.ndarray]:
@@ -412,7 +396,9 @@ class OnnxLM:
         prompt: Sequence[int] | str,
         prefix: np.ndarray | None = None,
         params: SamplingParams | None = None,
+        compression: Compression | None = None,
+        on_kv_kept: Callable[[list[KVKept | None]], None] | None = None,
     ) -> tuple[list[int], str]:
         """One row: token ids (or text, with the tokenizer) in, ``(new_token_ids, finish_reason)`` out."""
         ids = self.encode(prompt) if isinstance(prompt, str) else list(prompt)
-        return self.generate_batch([ids], [prefix], params)[0]
+        return self.generate_batch([ids], [prefix], params, compression=compression, on_kv_kept=on_kv_kept)[0]
