@@ -58,6 +58,8 @@ API_ENV = (
 NAMESPACE = "veil"
 DATABASE = "veil"
 DATABASE_USER = "veil"
+SUPERNODES = 2
+"""SuperNodes deploy/compose.yaml and deploy/k8s/supernode.yaml run."""
 API_URL = "https://api:8443"
 """The API as the SuperLink's ServerApp reaches it (Compose and Kubernetes alike)."""
 API_KEY_PREFIX = "veil_sk_"
@@ -184,6 +186,7 @@ def fleet_run_config(values: dict[str, str]) -> str:
     lines = [
         "# Made by deploy/bootstrap.py: flwr run . <connection> --run-config <this file>",
         'cloud = "deployed"',
+        f"nodes = {SUPERNODES}  # the SuperNodes of compose.yaml and the k8s StatefulSet's replicas",
         f"api-url = {json.dumps(API_URL)}",
         f"gateway-key = {json.dumps(signing_public_key(values))}",
     ]

@@ -60,7 +60,9 @@ def test_secrets_are_private_and_fresh(local: Path, tmp_path: Path, bootstrap_mo
     assert read_env_file(local / "superlink.env") == {"VEIL_FLEET_API_KEY": mine["VEIL_FLEET_API_KEY"]}
 
 
-def test_the_fleet_run_config_is_a_valid_deployed_fleet_pinning_the_gateways_key(local: Path) -> None:
+def test_the_fleet_run_config_is_a_valid_deployed_fleet_pinning_the_gateways_key(
+    local: Path, compose_doc: dict, k8s_docs: list
+) -> None:
     import base64
     import tomllib
 
@@ -71,6 +73,13 @@ def test_the_fleet_run_config_is_a_valid_deployed_fleet_pinning_the_gateways_key
     run = tomllib.loads((local / "flwr" / "fleet.toml").read_text())
     cfg = FleetConfig.from_mapping(run)
     assert cfg.cloud == "deployed" and cfg.api_url == "https://api:8443"
+    supernodes = [name for name in compose_doc["services"] if name.startswith("supernode")]
+    (replicas,) = [
+        d["spec"]["replicas"]
+        for _, d in k8s_docs
+        if d["metadata"]["name"] == "supernode" and d["kind"] == "StatefulSet"
+    ]
+    assert cfg.nodes == len(supernodes) == replicas  # every round waits for exactly these
     seed = decode_signing_seed(read_env_file(local / "api.env")["VEIL_GATEWAY_SIGNING_KEY"])
     assert base64.b64decode(cfg.gateway_key) == public_key_bytes(signing_key_from_seed(seed))
 

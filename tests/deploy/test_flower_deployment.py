@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import socket
 import sqlite3
 import subprocess
@@ -149,10 +150,11 @@ def test_a_deployed_cloud_serves_the_fleet_through_its_own_relay_and_api(tmp_pat
     )
     api_port, relay_port = _free_port(), _free_port()
     secret = "relay-secret-for-the-loopback-deployment-test"
+    key = "veil_sk_" + secrets.token_urlsafe(32)  # provisioned with the other secrets, as bootstrap.py does
     fleet = _Fleet(tmp_path / "run")
-    served = {"VEIL_DATA_DIR": str(tmp_path / "api"), "VEIL_RELAY_SECRET": secret}
+    served = {"VEIL_DATA_DIR": str(tmp_path / "api"), "VEIL_RELAY_SECRET": secret, "VEIL_FLEET_API_KEY": key}
     try:
-        key = fleet.veil("keys", "create", "--operator", "--label", "fleet", **served)
+        plain = fleet.veil("keys", "create", "--label", "consumer", **served)
         gateway_key = fleet.veil("gateway", "public-key", **served)
         api = fleet.start(
             "api", "veil", "serve", "--host", "127.0.0.1", "--port", str(api_port), "--model", str(model),
@@ -174,12 +176,17 @@ def test_a_deployed_cloud_serves_the_fleet_through_its_own_relay_and_api(tmp_pat
         work = tmp_path / "server"
         report = fleet.run(
             f"cloud='deployed' api-url='http://127.0.0.1:{api_port}' gateway-key='{gateway_key}' "
-            f"phones={phones} types=2 train-per-phone=2 test-per-phone=2 work-dir='{work}'",
+            f"phones={phones} nodes={nodes} types=2 train-per-phone=2 test-per-phone=2 work-dir='{work}'",
             work,
         )
         published = httpx.get(
-            f"http://127.0.0.1:{api_port}/v1/codebook", headers={"authorization": f"Bearer {key}"}
+            f"http://127.0.0.1:{api_port}/v1/codebook", headers={"authorization": f"Bearer {plain}"}
         ).json()
+        refused = httpx.put(
+            f"http://127.0.0.1:{api_port}/v1/codebook",
+            json=published,
+            headers={"authorization": f"Bearer {plain}"},
+        )
     finally:
         fleet.stop()
     (r,) = report["rounds"]
@@ -187,6 +194,7 @@ def test_a_deployed_cloud_serves_the_fleet_through_its_own_relay_and_api(tmp_pat
     assert r["uploads"] == 2 * phones and 0.0 <= r["accuracy"] <= 1.0
     assert 1 / phones <= r["attribution"] <= 1.0 / r["smallest_group"] + 1e-9
     assert published["version"] == r["codebook_version"]  # the ServerApp published into the running API
+    assert refused.status_code == 403  # with the operator key; a consumer's key may not
     assert "skipped" in r["audit"]  # the phones' files and the store are not on the ServerApp's machine
     for i in range(nodes):  # each SuperNode wrote and kept only its own cell's phones
         held = sorted(int(p.name) for p in (tmp_path / f"node{i}" / "phones").iterdir())

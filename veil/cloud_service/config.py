@@ -43,6 +43,9 @@ class ServiceConfig:
         API process checks once a minute (:mod:`veil.cloud_service.key_lifecycle`).
     key_grace_s: a rotated-out key keeps working this long, then retires and its replay digests go.
     group_commit: how uploads are grouped into transactions (:mod:`veil.cloud_service.store.group_commit`).
+    operator_key: an operator API key the service accepts besides those in its store
+        (``VEIL_FLEET_API_KEY``: a deployment provisions it with its other secrets, so the fleet's
+        ServerApp can publish codebooks before anyone ran ``veil keys create --operator``).
     """
 
     data_dir: Path
@@ -60,6 +63,7 @@ class ServiceConfig:
     relay_secret: bytes | None = field(default=None, repr=False)
     padding_buckets: tuple[int, ...] = DEFAULT_PADDING_BUCKETS
     group_commit: GroupCommitConfig = field(default_factory=GroupCommitConfig)
+    operator_key: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).expanduser()
@@ -88,6 +92,10 @@ class ServiceConfig:
                 "accept encapsulated requests from anyone"
             )
         self.padding_buckets = check_buckets(self.padding_buckets)
+        if self.operator_key is not None and len(self.operator_key.strip()) < 32:
+            raise ValueError(
+                "VEIL_FLEET_API_KEY must be at least 32 characters (deploy/bootstrap.py makes one)"
+            )
         if self.gateway_signing_key is not None and len(self.gateway_signing_key) != 32:
             raise ValueError(f"gateway_signing_key must be 32 bytes, got {len(self.gateway_signing_key)}")
         if self.environment == "production" and self.gateway_signing_key is None:
@@ -119,4 +127,5 @@ class ServiceConfig:
             key_rotation_s=s.gateway_key_rotation_s,
             key_grace_s=s.gateway_key_grace_s,
             group_commit=GroupCommitConfig(s.group_commit_max_batch, s.group_commit_window_ms / 1000.0),
+            operator_key=None if s.fleet_api_key is None else s.fleet_api_key.get_secret_value().strip(),
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -61,7 +62,8 @@ class CallerInfo:
     via_gateway: bool
     api_key_prefix: str | None = None
     operator: bool = False
-    """Called with an operator key (``veil keys create --operator``); never through the gateway."""
+    """Called with an operator key (``veil keys create --operator``, or the service's configured
+    ``VEIL_FLEET_API_KEY``); never through the gateway."""
 
 
 def _caller(request: Request, state: Annotated[ServiceState, Depends(get_state)]) -> CallerInfo:
@@ -77,6 +79,9 @@ def _caller(request: Request, state: Annotated[ServiceState, Depends(get_state)]
             code="missing_api_key",
         )
 
+    configured = state.config.operator_key
+    if configured is not None and hmac.compare_digest(token.strip().encode(), configured.encode()):
+        return CallerInfo(via_gateway=False, api_key_prefix=None, operator=True)  # VEIL_FLEET_API_KEY
     with state.sessions() as session:
         info = verify_api_key(session, token.strip())
     if info is None:

@@ -148,7 +148,10 @@ def _nodes(grid: Any, wanted: int, timeout_s: float) -> list[int]:
             break
         time.sleep(0.2)
     if len(ids) != wanted:
-        raise FleetError(f"{len(ids)} SuperNodes registered within {timeout_s:.0f} s, {wanted} asked for")
+        raise FleetError(
+            f"{len(ids)} SuperNodes registered within {timeout_s:.0f} s, {wanted} asked for (the run config's "
+            "nodes; 0 means one per phone up to 32)"
+        )
     return ids
 
 
