@@ -387,3 +387,12 @@ def test_a_phone_learns_of_a_new_codebook_from_the_refusal_itself(stack, session
     served, refused, old, new = asyncio.run(go())
     assert served == refused == list(uses)  # the refusal costs no extra round trip, and is not retried
     assert old != new and _stored(sessions) == before + 1  # the stale upload stored nothing
+
+
+def test_a_configured_operator_key_must_be_long_and_stays_out_of_logs(tmp_path) -> None:
+    from veil.cloud_service.config import ServiceConfig
+
+    with pytest.raises(ValueError, match="VEIL_FLEET_API_KEY must be at least 32 characters"):
+        ServiceConfig(data_dir=tmp_path, operator_key="veil_sk_short")
+    config = ServiceConfig(data_dir=tmp_path, operator_key="veil_sk_" + "k" * 40)
+    assert "kkkk" not in repr(config)  # accepted end to end in tests/deploy/test_flower_deployment.py
