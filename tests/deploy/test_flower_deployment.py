@@ -100,6 +100,12 @@ class _Fleet:
                 "--node-config", node, "--port", str(_free_port()),
             )  # fmt: skip
 
+    def kill(self, proc: subprocess.Popen) -> None:
+        """Stop one process now (a machine that goes away); the others must not mind."""
+        proc.kill()
+        proc.wait(timeout=20)
+        self.procs.remove(proc)
+
     def run(self, run_config: str, work: Path) -> dict:
         """``flwr run .`` with ``run_config``; the report the ServerApp writes into ``work``."""
         submitted = subprocess.run(
@@ -142,9 +148,15 @@ def test_one_round_through_superlink_and_two_supernodes(tmp_path: Path) -> None:
 
 def test_a_deployed_cloud_serves_the_fleet_through_its_own_relay_and_api(tmp_path: Path) -> None:
     from veil.simulation.fleet import FleetConfig
+    from veil.simulation.fleet.population import fleet_population, write_phone
     from veil.simulation.fleet.server import _stage1
 
     phones, nodes = 6, 2
+    spec = {"phones": phones, "task": "classification", "types": 2, "train_per_phone": 2, "test_per_phone": 2,
+            "seed": 0, "skew": 0.0, "late_join": 0.0}  # fmt: skip
+    _, data = fleet_population(spec)
+    train, test, join = data[5]  # phone 5 (node 1) fails on its third upload: a label the model lacks
+    write_phone(tmp_path / "node1", 5, ([*train, (train[0][0], "no-such-label")], test, join))
     model, _ = _stage1(
         FleetConfig(phones=phones, types=2, cohort=8, work_dir=str(tmp_path)), tmp_path / "model"
     )
@@ -190,7 +202,9 @@ def test_a_deployed_cloud_serves_the_fleet_through_its_own_relay_and_api(tmp_pat
     finally:
         fleet.stop()
     (r,) = report["rounds"]
-    assert r["phones_asked"] == r["phones"] == phones and r["dropped"] == r["missing"] == r["failed"] == 0
+    # the phone that raised is reported, and the round completed without it; its two uploads count
+    assert r["phones_asked"] == phones and r["phones"] == phones - 1 and r["failed"] == 1
+    assert r["dropped"] == r["missing"] == 0
     assert r["uploads"] == 2 * phones and 0.0 <= r["accuracy"] <= 1.0
     assert 1 / phones <= r["attribution"] <= 1.0 / r["smallest_group"] + 1e-9
     assert published["version"] == r["codebook_version"]  # the ServerApp published into the running API
@@ -202,3 +216,23 @@ def test_a_deployed_cloud_serves_the_fleet_through_its_own_relay_and_api(tmp_pat
     assert not (work / "phones").exists()
     with sqlite3.connect(tmp_path / "api" / "veil.sqlite3") as db:
         assert db.execute("SELECT count(*) FROM uploads").fetchone()[0] == 2 * phones
+
+
+def test_a_supernode_that_goes_away_stops_the_run_with_a_clear_error_not_a_hang(tmp_path: Path) -> None:
+    fleet = _Fleet(tmp_path)
+    try:
+        fleet.flower([f"partition-id={pid}" for pid in range(2)])
+        time.sleep(3.0)  # both registered
+        fleet.kill(fleet.procs[-1])
+        work = tmp_path / "fleet"
+        started = time.monotonic()
+        report = fleet.run(
+            "phones=2 types=2 cohort=8 train-per-phone=2 test-per-phone=2 audit-phones=0 timeout-s=30 "
+            f"work-dir='{work}'",
+            work,
+        )
+    finally:
+        fleet.stop()
+    error = report["error"]  # the node is named as missing, or as not registered when the round began
+    assert report["rounds"] == [] and ("did not answer" in error or "registered" in error), error
+    assert time.monotonic() - started < 300

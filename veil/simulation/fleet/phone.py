@@ -41,6 +41,8 @@ from veil.simulation.fleet.population import phone_dir
 
 __all__ = [
     "PhoneDropoutError",
+    "PhoneFailedError",
+    "PhoneStoppedError",
     "attribution",
     "cell",
     "cell_average",
@@ -53,12 +55,21 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class PhoneDropoutError(RuntimeError):
-    """The simulated phone left mid-round (after its uploads, before it reported)."""
+class PhoneStoppedError(RuntimeError):
+    """The simulated phone stopped mid-round after ``uploads`` uploads with prototype ``index`` (they
+    are stored, and count in the round's ground truth)."""
 
     def __init__(self, message: str, index: int, uploads: int) -> None:
         super().__init__(message)
         self.index, self.uploads = index, uploads
+
+
+class PhoneDropoutError(PhoneStoppedError):
+    """The simulated phone left mid-round (after its uploads, before it reported)."""
+
+
+class PhoneFailedError(PhoneStoppedError):
+    """A request of the phone failed mid-round (its cause is chained)."""
 
 
 def cell(node: int, nodes: int, phones: int) -> range:
@@ -195,11 +206,17 @@ async def _take_part_one(phone: _Phone) -> dict[str, int]:
     else:
         index = stored.index
     uploaded: list[str] = []
-    for text, label in phone.data["train"]:
-        answer = await phone.client.upload(task, text, label)
-        uploaded.append(str(answer["id"]))
-    with open(phone.folder / "uploads.txt", "a") as fh:  # the simulator's ground truth, kept locally
-        fh.write("".join(f"{int(order['round'])} {i}\n" for i in uploaded))
+    try:
+        for text, label in phone.data["train"]:
+            answer = await phone.client.upload(task, text, label)
+            uploaded.append(str(answer["id"]))
+    except Exception as exc:
+        raise PhoneFailedError(
+            f"phone {phone.pid} failed after {len(uploaded)} uploads: {exc!r}", index, len(uploaded)
+        ) from exc
+    finally:
+        with open(phone.folder / "uploads.txt", "a") as fh:  # the simulator's ground truth, kept locally
+            fh.write("".join(f"{int(order['round'])} {i}\n" for i in uploaded))
     if phone.rng.random() < float(order.get("dropout", 0.0)):
         raise PhoneDropoutError(
             f"phone {phone.pid} left round {order['round']} after {len(uploaded)} uploads",
@@ -259,7 +276,7 @@ def take_part(work_dir: Path, pids: Sequence[int], order: Mapping[str, Any]) -> 
     """Every phone of the cell uploads its training examples anonymously, then evaluates on its held-out
     ones; returns the cell's sums: phones that ``took-part``, were ``not-joined``, ``dropped`` (left
     between uploads and evaluation) or ``failed`` (raised; logged here), ``num-examples`` and ``correct``
-    of the phones that took part, ``uploads`` of every phone (dropped ones' are stored too), and
+    of the phones that took part, ``uploads`` of every phone (those of phones that dropped out or failed are stored too), and
     ``group-max``: per prototype, the most uploads one phone of the cell made with it this round (the
     simulator's ground truth for :func:`attribution`, kept on the phones until then)."""
     results = asyncio.run(_each(work_dir, pids, order, _take_part_one))
@@ -267,10 +284,11 @@ def take_part(work_dir: Path, pids: Sequence[int], order: Mapping[str, Any]) -> 
     total: dict[str, Any] = dict.fromkeys(keys, 0)
     group_max = np.zeros(int(order["codebook_size"]), dtype=np.int64)
     for pid, result in zip(pids, results, strict=True):
-        if isinstance(result, PhoneDropoutError):
-            total["dropped"] += 1
+        if isinstance(result, PhoneStoppedError):  # its uploads are stored: they count
             total["uploads"] += result.uploads
             group_max[result.index] = max(group_max[result.index], result.uploads)
+        if isinstance(result, PhoneDropoutError):
+            total["dropped"] += 1
         elif isinstance(result, BaseException):
             log.error("phone %d failed in round %s: %r", pid, order["round"], result)
             total["failed"] += 1

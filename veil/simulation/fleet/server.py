@@ -102,11 +102,14 @@ class FleetReport:
     setup_seconds: float = 0.0
     stage3_seconds: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    error: str | None = None
+    """Why the fleet stopped before its last round (the rounds before it are kept)."""
 
     def to_json(self) -> dict[str, Any]:
         phones = self.config["phones"]
         round_s = sum(r.seconds for r in self.rounds)
         return {
+            **({"error": self.error} if self.error else {}),
             "config": self.config,
             "rounds": [r.to_json() for r in self.rounds],
             "setup_seconds": round(self.setup_seconds, 1),
@@ -297,12 +300,29 @@ def run_fleet(
     grid: Any, cfg: FleetConfig, on_round: Callable[[RoundReport], None] | None = None
 ) -> FleetReport:
     """Set up the cloud (the ServerApp's own, or the deployed one of ``cfg.api_url``) and, locally, the
-    phones' data, then run ``cfg.rounds`` rounds on ``grid``."""
+    phones' data, then run ``cfg.rounds`` rounds on ``grid``. ``report.json`` in the work folder gets the
+    report, also when a :class:`FleetError` stops the fleet (with its ``error`` and the rounds before)."""
+    started = time.perf_counter()
+    report = FleetReport(cfg.to_mapping())
+    try:
+        _run(grid, cfg, report, on_round)
+    except Exception as exc:
+        report.error = str(exc) if isinstance(exc, FleetError) else repr(exc)
+        raise
+    finally:
+        report.seconds = time.perf_counter() - started
+        cfg.path.mkdir(parents=True, exist_ok=True)
+        (cfg.path / "report.json").write_text(json.dumps(report.to_json(), indent=2))
+    return report
+
+
+def _run(
+    grid: Any, cfg: FleetConfig, report: FleetReport, on_round: Callable[[RoundReport], None] | None
+) -> None:
     from veil.cloud_service.codebooks import init_codebook, retire_by_counts
     from veil.simulation.experiments.personalization import ExperimentConfig
 
     started = time.perf_counter()
-    report = FleetReport(cfg.to_mapping())
     work = cfg.path
     exp = ExperimentConfig.quick(cfg.task, cfg.seed, cfg.cohort, cfg.types)
     spec = {name: getattr(cfg, name) for name in POPULATION_FIELDS}
@@ -388,10 +408,6 @@ def run_fleet(
             else:
                 book = cloud.stage3(r, book)
             report.stage3_seconds.append(time.perf_counter() - t3)
-    report.seconds = time.perf_counter() - started
-    work.mkdir(parents=True, exist_ok=True)
-    (work / "report.json").write_text(json.dumps(report.to_json(), indent=2))
-    return report
 
 
 _CELL_PHONES = ("took-part", "not-joined", "dropped", "failed")
