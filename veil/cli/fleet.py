@@ -51,6 +51,9 @@ def simulate(
         int, typer.Option(help="Phones whose parameters veil audit samples after each round (0: no audit).")
     ] = 200,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    timeout_s: Annotated[
+        float, typer.Option(help="Longest wait for the nodes' answers to one message of a round.")
+    ] = 600.0,
     api_url: Annotated[
         str,
         typer.Option(
@@ -80,7 +83,7 @@ def simulate(
         types=types, train_per_phone=train_per_phone, test_per_phone=test_per_phone, dropout=dropout, late_join=late_join, skew=skew,
         latency_ms=latency_ms, concurrency=concurrency, audit_phones=audit_phones, seed=seed,
         shared_training=shared_training, fed_rounds=fed_rounds, fed_lr=fed_lr, fed_noise=fed_noise,
-        fed_clip=fed_clip, work_dir=str(work), cloud="deployed" if api_url else "local", api_url=api_url,
+        fed_clip=fed_clip, timeout_s=timeout_s, work_dir=str(work), cloud="deployed" if api_url else "local", api_url=api_url,
         relay_url=relay_url, gateway_key=gateway_key,
     )  # fmt: skip
     quiet_transformers()
