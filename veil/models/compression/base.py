@@ -7,70 +7,21 @@ copies the kept keys and values into a smaller cache. Every compressor keeps, wh
 - only real tokens: left padding is never kept, and never counts as a sink;
 - every ``protected`` position (the soft tokens of a personalised row: pruning them would silently
   de-personalise the answer).
+
+:class:`Prefill` (here holding torch tensors) and :class:`KVKept` are the phone SDK's
+(:mod:`veil.client_sdk.runtime.compression.base`).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from veil.client_sdk.runtime.compression.base import KVKept, Prefill
+
 __all__ = ["KVCompressor", "KVKept", "Prefill"]
-
-
-@dataclass(frozen=True)
-class Prefill:
-    """The prompt as the cache holds it right after the prefill forward.
-
-    Attributes
-    ----------
-    keys: per layer, the un-repeated post-RoPE keys ``(B, H_kv, n, d)``.
-    queries: per layer, the post-RoPE queries of the last ``w`` prompt positions ``(B, H, w, d)``
-        (``w`` is the most any compressor of the batch asked for, see :attr:`KVCompressor.query_window`).
-    valid: ``(B, n)`` bool, False on left padding.
-    protected: ``(B, n)`` bool, positions that are always kept (soft tokens).
-    scaling: the attention's softmax scale (``head_dim ** -0.5`` for Llama-like models).
-    """
-
-    keys: Sequence[Tensor]
-    queries: Sequence[Tensor]
-    valid: Tensor
-    protected: Tensor
-    scaling: float
-
-    @property
-    def n_layers(self) -> int:
-        return len(self.keys)
-
-    def rows(self, index: Tensor) -> Prefill:
-        """The same prompt restricted to the batch rows ``index`` ``(b,)``."""
-        return Prefill(
-            [k[index] for k in self.keys],
-            [q[index] for q in self.queries],
-            self.valid[index],
-            self.protected[index],
-            self.scaling,
-        )
-
-
-@dataclass(frozen=True)
-class KVKept:
-    """How much of one row's prompt cache was kept.
-
-    Attributes
-    ----------
-    per_layer: kept prompt tokens / prompt tokens (padding excluded), one per layer.
-    """
-
-    per_layer: tuple[float, ...]
-
-    @property
-    def mean(self) -> float:
-        """Kept fraction of the whole prompt cache (every layer holds the same ``n`` tokens before)."""
-        return sum(self.per_layer) / len(self.per_layer)
 
 
 class KVCompressor(ABC):

@@ -22,12 +22,10 @@ with non-zero attention is dropped: ``T = 0`` therefore keeps the full cache (a 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 import torch
 from torch import Tensor
 
+from veil.client_sdk.runtime.compression.dbudgetkv import DBudgetKVConfig, HeadAgg
 from veil.kernels import last_query_attention
 from veil.models.compression.base import KVCompressor, Prefill
 from veil.models.compression.scoring import (
@@ -39,60 +37,6 @@ from veil.models.compression.scoring import (
 )
 
 __all__ = ["DBudgetKV", "DBudgetKVConfig", "norm_loss_curve"]
-
-NormScope = Literal["full_row", "non_sink"]
-HeadAgg = Literal["joint_frobenius", "mean_of_head_norms"]
-Ranking = Literal["position", "snapkv", "h2o"]
-
-
-@dataclass(frozen=True)
-class DBudgetKVConfig:
-    """DBudgetKV's settings; the defaults are the paper's (arXiv:2502.16886 v3, Sec. 2).
-
-    Attributes
-    ----------
-    threshold: T, the largest relative norm loss allowed, in ``[0, 1)``; 0 keeps everything.
-    n_sink: sink tokens ranked first and always kept (the paper's m = 4).
-    k_rows: last prompt queries whose attention rows are averaged (the paper's k = 1).
-    skip_layers: layers never pruned (the paper freezes 0 and 1; the released code's default is none).
-    norm_scope: ``"full_row"`` (Alg. 1: the norm of the whole row) or ``"non_sink"`` (the released
-        code: sinks excluded from the norm, a much stricter rule since sinks carry most of the mass).
-    head_agg: ``"joint_frobenius"`` (Eq. 1: one Frobenius norm over all heads) or
-        ``"mean_of_head_norms"`` (the released code: the mean of per-head L2 norms).
-    ranking: ``"position"`` (the paper), ``"snapkv"`` (votes of the last ``score_window``
-        queries, average-pooled over 5 positions) or ``"h2o"`` (their summed attention), ranked over heads jointly (see the module doc).
-    score_window: queries voting in the score rankings (the released code's 8; unused for position).
-    min_recent: most recent tokens always kept besides the sinks (not in the paper, which may keep
-        sinks alone; 1 keeps the last prompt token, which the next query attends to).
-    """
-
-    threshold: float = 0.01
-    n_sink: int = 4
-    k_rows: int = 1
-    skip_layers: tuple[int, ...] = (0, 1)
-    norm_scope: NormScope = "full_row"
-    head_agg: HeadAgg = "joint_frobenius"
-    ranking: Ranking = "position"
-    score_window: int = 8
-    min_recent: int = 1
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.threshold < 1.0:
-            raise ValueError(f"threshold must be in [0, 1), got {self.threshold}")
-        for name in ("n_sink", "min_recent"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("k_rows", "score_window"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.norm_scope not in ("full_row", "non_sink"):
-            raise ValueError(f"norm_scope must be 'full_row' or 'non_sink', got {self.norm_scope!r}")
-        if self.head_agg not in ("joint_frobenius", "mean_of_head_norms"):
-            raise ValueError(
-                f"head_agg must be 'joint_frobenius' or 'mean_of_head_norms', got {self.head_agg!r}"
-            )
-        if self.ranking not in ("position", "snapkv", "h2o"):
-            raise ValueError(f"ranking must be 'position', 'snapkv' or 'h2o', got {self.ranking!r}")
 
 
 def norm_loss_curve(ranked_sq: Tensor, full_sq: Tensor, head_agg: HeadAgg) -> Tensor:
@@ -133,8 +77,7 @@ class DBudgetKV(KVCompressor):
     def __init__(self, config: DBudgetKVConfig | None = None, **fields: object) -> None:
         super().__init__()
         self.config = config if config is not None else DBudgetKVConfig(**fields)  # type: ignore[arg-type]
-        c = self.config
-        self.query_window = c.k_rows if c.ranking == "position" else max(c.k_rows, c.score_window)
+        self.query_window = self.config.query_window
 
     def _rank_scores(self, prefill: Prefill, layer: int) -> Tensor:
         c, n = self.config, prefill.valid.shape[1]

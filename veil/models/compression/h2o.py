@@ -9,35 +9,14 @@ per head; applied once after prefill with one set for all heads (see
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 
+from veil.client_sdk.runtime.compression.h2o import H2OConfig
 from veil.models.compression.base import KVCompressor, Prefill
-from veil.models.compression.config import BudgetConfig
 from veil.models.compression.scoring import accumulated_attention, budget_tokens, last_valid, top_k
 
 __all__ = ["H2O", "H2OConfig"]
-
-
-@dataclass(frozen=True)
-class H2OConfig(BudgetConfig):
-    """Attributes
-    ----------
-    recent_fraction: share of the budget given to the most recent tokens (the paper's equal split).
-    obs_window: prompt queries whose attention is accumulated; ``None`` is all of them (the paper).
-    """
-
-    recent_fraction: float = 0.5
-    obs_window: int | None = None
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not 0.0 <= self.recent_fraction <= 1.0:
-            raise ValueError(f"recent_fraction must be in [0, 1], got {self.recent_fraction}")
-        if self.obs_window is not None and self.obs_window < 1:
-            raise ValueError(f"obs_window must be >= 1 or None, got {self.obs_window}")
 
 
 class H2O(KVCompressor):
@@ -46,7 +25,7 @@ class H2O(KVCompressor):
     def __init__(self, config: H2OConfig | None = None, **fields: object) -> None:
         super().__init__()
         self.config = config if config is not None else H2OConfig(**fields)  # type: ignore[arg-type]
-        self.query_window = self.config.obs_window
+        self.query_window = self.config.query_window
 
     def select(self, prefill: Prefill) -> list[Tensor]:
         c, valid = self.config, prefill.valid

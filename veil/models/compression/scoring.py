@@ -1,6 +1,9 @@
-"""Pure tensor functions the compressors are built from: attention rows without an ``n x n`` matrix,
-sink / recent / top-k masks and token budgets. Shapes: ``B`` batch, ``H`` query heads, ``H_kv`` key-value
-heads (``G = H / H_kv`` queries per group), ``n`` prompt positions, ``w`` scored queries, ``d`` head dim.
+"""Pure tensor functions the compressors are built from: attention rows without an ``n x n`` matrix and
+sink / recent / top-k masks, the torch twins of :mod:`veil.client_sdk.runtime.compression.scoring` (they
+run where the prefill is), and token budgets, the SDK's numpy function on a handful of integers.
+
+Shapes: ``B`` batch, ``H`` query heads, ``H_kv`` key-value heads (``G = H / H_kv`` queries per group),
+``n`` prompt positions, ``w`` scored queries, ``d`` head dim.
 """
 
 from __future__ import annotations
@@ -8,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from veil.client_sdk.runtime.compression import scoring as shared
 
 __all__ = [
     "accumulated_attention",
@@ -130,13 +135,8 @@ def ranking(scores: Tensor, candidates: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def budget_tokens(budget: float | int, lengths: Tensor) -> Tensor:
-    """Tokens to keep per row ``(B,)`` for a budget that is a fraction (float in ``(0, 1]``) of each
-    row's prompt length ``lengths`` ``(B,)``, or a number of tokens (int), which may not exceed any row."""
-    if isinstance(budget, float):
-        return torch.clamp(torch.round(lengths.double() * budget).long(), min=1)
-    too_long = lengths < budget
-    if bool(too_long.any()):
-        raise ValueError(
-            f"budget of {budget} tokens exceeds the prompt of {int(lengths[too_long].min())} tokens"
-        )
-    return torch.full_like(lengths, budget)
+    """Tokens to keep per row ``(B,)`` (int64, on ``lengths``' device) for a budget that is a fraction
+    (float in ``(0, 1]``) of each row's prompt length ``lengths`` ``(B,)``, or a number of tokens (int),
+    which may not exceed any row: the SDK's :func:`~veil.client_sdk.runtime.compression.scoring.
+    budget_tokens` on ``B`` integers copied to the CPU, once per compression."""
+    return torch.from_numpy(shared.budget_tokens(budget, lengths.cpu().numpy())).to(lengths.device)

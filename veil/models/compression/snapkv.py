@@ -9,21 +9,14 @@ slicing (the choice is documented in :mod:`veil.models.compression.dbudgetkv`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 
+from veil.client_sdk.runtime.compression.snapkv import SnapKVConfig
 from veil.models.compression.base import KVCompressor, Prefill
-from veil.models.compression.config import ObservationWindowConfig
 from veil.models.compression.scoring import budget_tokens, last_valid, pool_scores, query_attention, top_k
 
 __all__ = ["SnapKV", "SnapKVConfig", "snapkv_keep"]
-
-
-@dataclass(frozen=True)
-class SnapKVConfig(ObservationWindowConfig):
-    """SnapKV's settings: the budget and the observation window (see the base classes)."""
 
 
 def snapkv_keep(
@@ -46,7 +39,7 @@ class SnapKV(KVCompressor):
     def __init__(self, config: SnapKVConfig | None = None, **fields: object) -> None:
         super().__init__()
         self.config = config if config is not None else SnapKVConfig(**fields)  # type: ignore[arg-type]
-        self.query_window = self.config.window_size
+        self.query_window = self.config.query_window
 
     def select(self, prefill: Prefill) -> list[Tensor]:
         c = self.config

@@ -7,37 +7,20 @@ baseline of arXiv:2502.16886.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 
+from veil.client_sdk.runtime.compression.streaming_llm import StreamingLLMConfig
 from veil.models.compression.base import KVCompressor, Prefill
-from veil.models.compression.config import BudgetConfig
 from veil.models.compression.scoring import budget_tokens, first_valid, top_k
 
 __all__ = ["StreamingLLM", "StreamingLLMConfig"]
 
 
-@dataclass(frozen=True)
-class StreamingLLMConfig(BudgetConfig):
-    """Attributes
-    ----------
-    n_sink: sink tokens kept at the start (the paper's 4), counted in the budget.
-    """
-
-    n_sink: int = 4
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.n_sink < 0:
-            raise ValueError(f"n_sink must be >= 0, got {self.n_sink}")
-
-
 class StreamingLLM(KVCompressor):
     """Sinks + recent window at ``config.budget`` tokens per layer."""
 
-    query_window = 0
+    query_window = StreamingLLMConfig.query_window
 
     def __init__(self, config: StreamingLLMConfig | None = None, **fields: object) -> None:
         super().__init__()

@@ -1,9 +1,10 @@
 """KV-cache compression of the on-device LM, once after prefill: DBudgetKV (arXiv:2502.16886) and the
 fixed-budget baselines StreamingLLM, SnapKV, H2O and PyramidKV, in numpy.
 
-The method names, config fields and selections are the cloud's (``veil.models.compression``), so a
-``{"method": ..., **fields}`` spec means the same on the phone and in a chat request; tests pin the kept
-positions of both to each other on one exported model. :meth:`veil.client_sdk.runtime.generate.OnnxLM.
+The configs, :class:`KVKept`, the method names and the checks on a ``{"method": ..., **fields}`` spec
+are defined here once and re-exported by the cloud's ``veil.models.compression``, so a spec means the
+same on the phone and in a chat request; the selections are numpy twins of the cloud's torch ones, and
+tests pin the kept positions of both to each other. :meth:`veil.client_sdk.runtime.generate.OnnxLM.
 generate_batch` takes them through its ``compression`` argument.
 """
 

@@ -1,7 +1,8 @@
-"""Config fields shared by the fixed-budget baselines, as on the cloud (``veil.models.compression``).
+"""Config fields shared by the fixed-budget baselines (each method's config inherits from these).
 
-The phone cannot import the cloud's configs (they live beside torch code), so the fields, defaults and
-checks are repeated here and a test pins both to accept and refuse the same specs.
+Every compression config is defined once, here in the phone's SDK (pure Python, no torch), and the
+cloud's ``veil.models.compression`` re-exports it, so a spec means the same on the phone and in a chat
+request.
 """
 
 from __future__ import annotations

@@ -1,5 +1,9 @@
-"""From a ``{"method": name, **config fields}`` spec to a config, and from a config to its selection;
-the method names and fields are the cloud's (``veil.models.compression.registry``)."""
+"""From a ``{"method": name, **config fields}`` spec to a config, and from a config to its selection.
+
+The method names, the configs and the checks on a spec live here once; the cloud's
+``veil.models.compression.registry`` builds its torch compressors from the configs :func:`from_spec`
+returns, so a spec is accepted or refused alike on the phone and in a chat request.
+"""
 
 from __future__ import annotations
 
@@ -36,8 +40,9 @@ _BY_CONFIG = {cls: fn for cls, fn in METHODS.values()}
 def from_spec(spec: Mapping[str, Any]) -> CompressionConfig:
     """The config of ``{"method": name, **fields}``, e.g. ``{"method": "dbudgetkv", "threshold": 0.01}``.
 
-    As strict as the cloud's: a threshold must be in ``(0, 1)`` (leave it out for no compression),
-    lists become tuples, and an unknown method, an unknown field or a bad value raise ``ValueError``.
+    Stricter than the configs where a user's value makes no sense: a threshold must be in ``(0, 1)``
+    (0 means no compression: leave the field out instead). Lists become tuples. Raises ``ValueError``
+    for an unknown method, an unknown field or a bad value.
 
     >>> from_spec({"method": "snapkv", "budget": 0.5}).budget
     0.5
