@@ -28,12 +28,12 @@ field of :class:`WarmupConfig`:
 token-level KL(teacher || student) on student samples, measured before and after warm-up on samples
 drawn with the same seed.
 
-DPO is computed here rather than with TRL's ``DPOTrainer``: that trainer takes (prompt, chosen,
-rejected) *strings*, re-tokenizes them and appends EOS to any that lacks it. The corrections are
-token-level (a flag and a teacher argmax per token); decoding and re-encoding with a BPE tokenizer
-does not return the same ids, and a sample cut at ``max_new_tokens`` has no EOS, so the trainer would
-fit pairs other than the ones the teacher checked. A token-level loss also lets SFT, DPO and DPO+SFT
-share one loop.
+DPO is computed here rather than with TRL's ``DPOTrainer``, although that trainer runs offline on CPU
+with a tiny model: it takes (prompt, chosen, rejected) *strings* only, re-tokenizes them and appends
+EOS to any that lacks it. The corrections are token-level (a flag and a teacher argmax per
+token); a byte-level BPE often re-encodes an edited sequence's text to other ids, and a sample cut at
+``max_new_tokens`` has no EOS, so the trainer would fit pairs other than the ones the teacher
+checked. A token-level loss also lets SFT, DPO and DPO+SFT share one loop.
 """
 
 from __future__ import annotations
