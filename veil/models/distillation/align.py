@@ -17,12 +17,16 @@ student index form one *aligned unit* (a many-to-many group); a diagonal step st
 The ports of CDM fill ``R`` cell by cell in Python, per sample and per step, which makes the method
 CPU-bound (the reason DWA-KD, arXiv:2602.21669, left it out as a baseline). Here
 
-* the Levenshtein matrix is one call of rapidfuzz's ``process.cdist`` per pair;
-* the recursion runs over anti-diagonals, vectorised over the cells of a diagonal *and* over the pairs of
-  a batch: ``R`` is stored skewed, ``D[b, d, i] = R_b[i, d - i]``, so that each diagonal reads two
-  earlier diagonals as contiguous slices;
+* the Levenshtein matrix is one call of rapidfuzz's ``process.cdist`` per pair, between its distinct
+  strings only;
+* the recursion runs over anti-diagonals ``d = i + j``, vectorised over the cells of a diagonal *and*
+  over the pairs of a sweep (pairs sorted by size, so that little padding is swept): cell ``(i, j)``
+  needs only diagonals ``d - 1`` and ``d - 2``, so three rows of ``R`` are kept, plus an int8 table of
+  the move that reached every cell; integer costs sweep in float32;
 * the backtrace follows the argmin recorded in the forward pass (ties: diagonal, then up, then left,
   which keeps identical tokenisations strictly one-to-one).
+
+``benchmarks/cdm_alignment.py`` measures it against the per-cell loop.
 
 Our choices where the paper and its ports leave things open: a constant entropy (``max == min``) gives
 ``h = 0`` everywhere; the end-of-sequence token of any tokenizer becomes one canonical string, so that
@@ -167,9 +171,8 @@ def dtw_paths(costs: Sequence[np.ndarray]) -> list[np.ndarray]:
     n = max(c.shape[0] for c in costs)
     m = max(c.shape[1] for c in costs)
     dtype = np.result_type(*costs, np.float32)  # float32 only if every matrix is
-    padded = np.full(
-        (n, m, b_n), np.inf, dtype=dtype
-    )  # batch last: the cells of a diagonal are contiguous rows
+    # batch last, so that the (i, b) block of one diagonal is one strided view; inf off each pair's grid
+    padded = np.full((n, m, b_n), np.inf, dtype=dtype)
     for b, c in enumerate(costs):
         padded[: c.shape[0], : c.shape[1], b] = c
     # Anti-diagonal d' = i' + j' (0-based cells) of `padded` as a strided view: cell (i', d' - i') lies

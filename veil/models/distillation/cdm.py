@@ -40,6 +40,7 @@ __all__ = [
     "CDMConfig",
     "CDMOutput",
     "DualTeacherConfig",
+    "cdm_kd",
     "cdm_loss",
     "dual_teacher_loss",
     "masked_kl",
@@ -206,10 +207,10 @@ def cdm_kd(
     # Global unit ids: sample b's units follow those of samples 0..b-1.
     offsets = np.cumsum([0] + [a.n_units for a in alignments])
     t_unit = torch.from_numpy(
-        np.concatenate([a.teacher_unit + o for a, o in zip(alignments, offsets, strict=False)])
+        np.concatenate([a.teacher_unit + o for a, o in zip(alignments, offsets[:-1], strict=True)])
     )
     s_unit = torch.from_numpy(
-        np.concatenate([a.student_unit + o for a, o in zip(alignments, offsets, strict=False)])
+        np.concatenate([a.student_unit + o for a, o in zip(alignments, offsets[:-1], strict=True)])
     )
     n_units = int(offsets[-1])
     teacher_units = merge_units(t_rows.float(), t_unit.to(t_rows.device), n_units)  # (U, V_T)

@@ -67,7 +67,7 @@ def mined_targets(
     # Per labelled student position (in (b, t) order): its teacher row if the unit is one-to-one, else -1.
     t_offsets = np.cumsum([0] + [len(i) for i in t_ids])
     source = []
-    for a, off in zip(alignments, t_offsets, strict=False):
+    for a, off in zip(alignments, t_offsets[:-1], strict=True):
         teacher_of_unit = np.full(a.n_units, -1, dtype=np.int64)
         one = a.one_to_one
         teacher_of_unit[a.teacher_unit[one[a.teacher_unit]]] = np.flatnonzero(one[a.teacher_unit]) + off
