@@ -3,8 +3,10 @@
 For SmolLM2-135M-Instruct by default: greedy decoding of every suite example with the full cache, with
 DBudgetKV (paper defaults, and the ``non_sink`` norm) and with each fixed-budget baseline (StreamingLLM,
 SnapKV, H2O, PyramidKV) at DBudgetKV's measured mean kept fraction
-(:func:`veil.models.compression.evaluation.run_kv_benchmark`). Prints the per-method table and the
-target: >= 25 % of the cache pruned on average at >= 99 % exact agreement with full-cache output.
+(:func:`veil.models.compression.evaluation.run_kv_benchmark`), with exact agreement, the mean per-token
+``KL(full || compressed)`` teacher-forced on the full cache's output and the first diverging token.
+Prints the per-method table and the target: >= 25 % of the cache pruned on average at >= 99 % exact
+agreement with full-cache output.
 ``--regime question_after`` compresses the context alone and prefills the question afterwards (default
 ``question_before``: the whole prompt, the paper's regime).
 

@@ -45,3 +45,5 @@ def test_quick_run_prints_one_json_object_with_every_method(data_dir: str) -> No
     }  # fmt: skip
     assert result["model"] == "tiny-llama" and result["matched_budget"] == 1.0
     assert all(0.0 < s["kept_mean"] <= 1.0 for s in result["summary"].values())
+    # tiny-llama's 2 layers are both frozen and the baselines get budget 1.0: nothing is pruned
+    assert all(s["kl_mean"] == 0.0 and s["first_divergence_p50"] is None for s in result["summary"].values())

@@ -237,3 +237,50 @@ def test_smollm2_prunes_upper_layers_and_keeps_the_first_token(data_dir) -> None
     assert kept[0].per_layer[:2] == (1.0, 1.0) and kept[0].mean < 0.9
     assert got[0][0] == full[0][0]  # the prefill saw the full prompt: the first token cannot change
     assert len(got[0]) == 8
+
+
+def _teacher(lm, prompts, compression, teachers, new=8):
+    forced: list[torch.Tensor] = []
+    logits: list[torch.Tensor] = []
+    out = generate_batch(
+        lm,
+        prompts,
+        [None] * len(prompts),
+        [_greedy(new)] * len(prompts),
+        pad_id=0,
+        on_logits=logits.append,
+        compression=compression,
+        teacher_tokens=teachers,
+        on_teacher_logits=forced.append,
+    )
+    return [t for t, _ in out], torch.stack(logits), forced[0]
+
+
+@pytest.mark.parametrize("comp", [None, DBudgetKV(threshold=0.2), StreamingLLM(budget=12)])
+def test_teacher_forced_logits_equal_the_step_logits_on_the_own_output_and_leave_decoding_alone(
+    lm: PersonalizedLM, comp
+) -> None:
+    prompt = _prompt(40, 3)
+    tokens, logits, _ = _run(lm, [prompt], comp, new=8)
+    got_tokens, got_logits, forced = _teacher(lm, [prompt], comp, tokens, new=8)
+    assert got_tokens == tokens and torch.equal(got_logits, logits)  # the cache was cut back exactly
+    assert forced.shape == (1, 8, VOCAB)  # [r, i] predicts token i of the teacher
+    # one forward of 7 tokens against 7 steps of one: the same distributions up to summation order
+    torch.testing.assert_close(forced[0], logits[:, 0], atol=1e-4, rtol=1e-4)
+
+
+def test_teacher_forcing_rows_of_unequal_lengths_equals_each_row_alone(lm: PersonalizedLM) -> None:
+    prompts, teachers = [_prompt(30, 4), _prompt(41, 5)], [_prompt(3, 6), _prompt(6, 7)]
+    comp = DBudgetKV(threshold=0.2)
+    _, _, both = _teacher(lm, prompts, comp, teachers)
+    for r in range(2):
+        _, _, alone = _teacher(lm, [prompts[r]], comp, [teachers[r]])
+        n = len(teachers[r])  # positions past a shorter row's end are padding
+        torch.testing.assert_close(both[r, :n], alone[0, :n], atol=1e-4, rtol=1e-4)
+
+
+def test_teacher_tokens_need_their_callback_and_one_continuation_per_row(lm: PersonalizedLM) -> None:
+    with pytest.raises(ValueError, match="go together"):
+        generate_batch(lm, [[5, 6]], [None], [_greedy(2)], 0, teacher_tokens=[[1]])
+    with pytest.raises(ValueError, match="one non-empty teacher continuation per row"):
+        generate_batch(lm, [[5, 6]], [None], [_greedy(2)], 0, teacher_tokens=[[]], on_teacher_logits=print)

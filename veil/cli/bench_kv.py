@@ -43,7 +43,7 @@ def bench_kv(
         ),
     ] = "question_before",
 ) -> None:
-    """Greedy agreement with the full cache, accuracy and kept fraction per method, baselines at DBudgetKV's budget."""
+    """Greedy agreement with the full cache, mean KL, accuracy and kept fraction per method, baselines at DBudgetKV's budget."""
     from veil.models.compression.evaluation import BENCH_METHODS, REGIMES, KVBenchConfig
 
     chosen = tuple(m.strip() for m in methods.split(",") if m.strip()) or BENCH_METHODS
@@ -84,14 +84,16 @@ def bench_kv(
 
 
 def kv_table(result: dict[str, Any]) -> Any:
-    """The per-method summary as a rich table."""
+    """The per-method summary as a rich table (mean KL: per token, teacher-forced on the full cache's
+    output; 1st div: median first diverging token of the outputs that diverge)."""
     from rich.table import Table
 
     table = Table(
         title=f"KV compression, {result['model']}, {result['examples']} examples x ~{result['context_tokens']} tokens, "
         f"{REGIME_TITLES.get(result['regime'], result['regime'])} (T = {result['threshold']})"
     )
-    for head in ("method", "budget", "agreement", "accuracy", "kept mean", "p10", "p50", "p90"):
+    heads = ("method", "budget", "agreement", "mean KL", "1st div", "accuracy", "kept mean", "p10", "p50", "p90")  # fmt: skip
+    for head in heads:
         table.add_column(head, justify="right")
     for method, s in result["summary"].items():
         budget = (
@@ -99,8 +101,9 @@ def kv_table(result: dict[str, Any]) -> Any:
             if method in ("full",) or method.startswith("dbudgetkv")
             else f"{result['matched_budget']:.3f}"
         )
+        first = "-" if s.get("first_divergence_p50") is None else f"{s['first_divergence_p50']:g}"
         table.add_row(
-            method, budget, f"{s['agreement']:.3f}", f"{s['accuracy']:.3f}",
+            method, budget, f"{s['agreement']:.3f}", f"{s.get('kl_mean', 0.0):.4f}", first, f"{s['accuracy']:.3f}",
             f"{s['kept_mean']:.3f}", f"{s['kept_p10']:.3f}", f"{s['kept_p50']:.3f}", f"{s['kept_p90']:.3f}",
         )  # fmt: skip
     return table

@@ -137,6 +137,41 @@ def _cache_of(out: Any) -> Any:
     return cache if cache is not None else out.past_key_values
 
 
+def _teacher_forced(
+    base: Any,
+    cache: Any,
+    cache_kw: str,
+    extra: dict[str, Any],
+    attn: Tensor,
+    pos: Tensor,
+    last: Tensor,
+    fed: Sequence[Sequence[int]],
+    pad_id: int,
+) -> Tensor:
+    """Next-token logits ``(B, 1 + T, V)`` with ``fed`` (right-padded to ``T``) appended to the prompt.
+
+    The cache is cut back to its length before the call, so the caller decodes from the prompt as if
+    nothing had been fed; right padding sits after every real token, so it changes no real position.
+    """
+    width = max(len(f) for f in fed)
+    if width == 0:
+        return last[:, None].float().cpu()
+    dev = last.device
+    ids = torch.tensor([list(f) + [pad_id] * (width - len(f)) for f in fed], dtype=torch.long, device=dev)
+    lengths = [layer.keys.shape[2] for layer in cache.layers]
+    out = base(
+        input_ids=ids,  # (B, T)
+        attention_mask=None if KV_MASKS_KWARG in extra else torch.cat([attn, torch.ones_like(ids)], dim=1),
+        position_ids=pos + torch.arange(1, width + 1, device=dev),  # (B, T)
+        use_cache=True,
+        **{cache_kw: cache},
+        **extra,
+    )
+    for layer, n in zip(cache.layers, lengths, strict=True):  # back to the prompt's slots
+        layer.keys, layer.values = layer.keys[:, :, :n], layer.values[:, :, :n]
+    return torch.cat([last[:, None], out.logits], dim=1).float().cpu()  # (B, 1 + T, V)
+
+
 @torch.no_grad()
 def generate_batch(
     model: PersonalizedLM,
@@ -149,6 +184,8 @@ def generate_batch(
     compression: KVCompressor | Sequence[KVCompressor | None] | None = None,
     on_kv_kept: Callable[[list[KVKept | None]], None] | None = None,
     question_lengths: Sequence[int] | None = None,
+    teacher_tokens: Sequence[Sequence[int]] | None = None,
+    on_teacher_logits: Callable[[Tensor], None] | None = None,
 ) -> list[tuple[list[int], str]]:
     """Generate for a batch of prompts; returns ``(token_ids, finish_reason)`` per row.
 
@@ -175,10 +212,20 @@ def generate_batch(
         arXiv:2412.10319). ``0`` leaves the whole prompt in the first part; every row keeps at least
         one context token; soft tokens placed after the text go with the question. Without compression
         the tokens equal one prefill's.
+    teacher_tokens: per row, a continuation (e.g. another cache's greedy output) to score before
+        decoding: after the prefill (and compression), the rows' continuations minus their last token are
+        fed in one forward, ``on_teacher_logits`` receives the teacher-forced next-token logits
+        ``(B, T, V)`` (float32, CPU; ``T`` the longest continuation, ``[r, i]`` predicting row ``r``'s
+        token ``i``; positions past a shorter row's end are padding), and the cache is cut back to the
+        prompt, so decoding is unchanged. One extra forward, e.g. for a per-token KL against the full cache.
     """
     n = len(prompts)
     if not (n == len(embeddings) == len(params)) or n == 0:
         raise ValueError(f"need equal, non-zero numbers of prompts/embeddings/params, got {n}")
+    if (teacher_tokens is None) != (on_teacher_logits is None):
+        raise ValueError("teacher_tokens and on_teacher_logits go together: give both or neither")
+    if teacher_tokens is not None and (len(teacher_tokens) != n or not all(teacher_tokens)):
+        raise ValueError(f"need one non-empty teacher continuation per row ({n} rows)")
     dev = model.device
     for r, toks in enumerate(prompts):
         if not toks:
@@ -236,6 +283,9 @@ def generate_batch(
         # a row without a question (tail 0) is all padding in the second part: its logits are the first's
         last = torch.where((tail > 0)[:, None], out.logits[:, -1, :], last)
     pos = packed.position_ids[:, -1:]  # (B, 1), the last prompt position of every row
+    if teacher_tokens is not None and on_teacher_logits is not None:
+        fed = [list(t[:-1]) for t in teacher_tokens]
+        on_teacher_logits(_teacher_forced(model.base, cache, cache_kw, extra, attn, pos, last, fed, pad_id))
     tokens: list[list[int]] = [[] for _ in range(n)]
     reasons: list[str | None] = [None] * n
     while True:
