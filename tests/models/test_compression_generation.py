@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from transformers import AttentionInterface, LlamaConfig, LlamaForCausalLM
+from tiny_gqa import VOCAB, tiny_gqa_llama
+from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from veil.models.compression import (
@@ -23,34 +24,10 @@ from veil.models.compression.scoring import query_attention
 from veil.models.generation import SamplingParams, generate_batch
 from veil.models.personalization import PersonalizationConfig, PersonalizedLM
 
-VOCAB = 96
-
-
-def _tiny(seed: int = 0, attn: str = "sdpa") -> LlamaForCausalLM:
-    config = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=4,
-        num_attention_heads=8,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        tie_word_embeddings=True,
-        pad_token_id=0,
-        attn_implementation=attn,
-    )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config).eval()
-    with torch.no_grad():  # sharper attention than the random init's near-uniform rows
-        for layer in model.model.layers:
-            layer.self_attn.q_proj.weight.mul_(4.0)
-            layer.self_attn.k_proj.weight.mul_(4.0)
-    return model
-
 
 @pytest.fixture(scope="module")
 def lm() -> PersonalizedLM:
-    return PersonalizedLM(_tiny(), PersonalizationConfig(n_tokens=2, placement="prefix")).eval()
+    return PersonalizedLM(tiny_gqa_llama(), PersonalizationConfig(n_tokens=2, placement="prefix")).eval()
 
 
 def _prompt(n: int, seed: int) -> list[int]:
@@ -138,7 +115,7 @@ def test_greedy_output_equals_a_reference_that_hides_exactly_the_dropped_keys(lm
     keep = list(comp.last_keep)
     lengths = [int(k.sum()) for k in keep]
     assert lengths[:2] == [48, 48] and max(lengths[2:]) < 48 and len(set(lengths[2:])) > 1, lengths
-    ref_tokens, ref_logits = _reference_greedy(_tiny(), prompt, keep, 10)
+    ref_tokens, ref_logits = _reference_greedy(tiny_gqa_llama(), prompt, keep, 10)
     assert tokens[0] == ref_tokens
     torch.testing.assert_close(logits[:, 0], ref_logits, rtol=0, atol=1e-4)
     # and pruning changed something, so the reference is not the full cache in disguise
@@ -188,7 +165,7 @@ def test_baselines_decode_at_their_budget(lm: PersonalizedLM, comp) -> None:
 
 
 def test_captured_query_row_equals_eager_attention(lm: PersonalizedLM) -> None:
-    eager = _tiny(attn="eager")
+    eager = tiny_gqa_llama(attn="eager")
     ids = torch.tensor([_prompt(20, 10)])
     with torch.no_grad(), QueryCapture(attention_modules(eager), window=1) as cap:
         out = eager(ids, use_cache=True, output_attentions=True)
@@ -209,11 +186,21 @@ def test_models_that_cannot_be_hooked_are_refused() -> None:
         generate_batch(PersonalizedLM(gpt2), [[5, 6, 7]], [None], [_greedy(2)], 0, compression=DBudgetKV())
     with pytest.raises(ValueError, match="needs attn_implementation='sdpa'"):
         generate_batch(
-            PersonalizedLM(_tiny(attn="eager")), [[5, 6]], [None], [_greedy(2)], 0, compression=DBudgetKV()
+            PersonalizedLM(tiny_gqa_llama(attn="eager")),
+            [[5, 6]],
+            [None],
+            [_greedy(2)],
+            0,
+            compression=DBudgetKV(),
         )
     with pytest.raises(ValueError, match="budget of 9 tokens exceeds the prompt of 3 tokens"):
         generate_batch(
-            PersonalizedLM(_tiny()), [[5, 6, 7]], [None], [_greedy(2)], 0, compression=StreamingLLM(budget=9)
+            PersonalizedLM(tiny_gqa_llama()),
+            [[5, 6, 7]],
+            [None],
+            [_greedy(2)],
+            0,
+            compression=StreamingLLM(budget=9),
         )
 
 

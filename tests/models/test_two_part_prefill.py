@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from transformers import AttentionInterface, LlamaConfig, LlamaForCausalLM
+from tiny_gqa import N_LAYERS, VOCAB, tiny_gqa_llama
+from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from veil.models.compression import H2O, DBudgetKV, PyramidKV, SnapKV, StreamingLLM
@@ -15,35 +16,10 @@ from veil.models.generation import SamplingParams, generate_batch
 from veil.models.personalization import PackedInputs, PersonalizationConfig, PersonalizedLM
 from veil.models.two_part_prefill import split_packed
 
-VOCAB = 96
-N_LAYERS = 4
-
-
-def _tiny(seed: int = 0) -> LlamaForCausalLM:
-    config = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=N_LAYERS,
-        num_attention_heads=8,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        tie_word_embeddings=True,
-        pad_token_id=0,
-        attn_implementation="sdpa",
-    )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config).eval()
-    with torch.no_grad():  # sharper attention than the random init's near-uniform rows
-        for layer in model.model.layers:
-            layer.self_attn.q_proj.weight.mul_(4.0)
-            layer.self_attn.k_proj.weight.mul_(4.0)
-    return model
-
 
 @pytest.fixture(scope="module", params=["prefix", "suffix"])
 def lm(request: pytest.FixtureRequest) -> PersonalizedLM:
-    return PersonalizedLM(_tiny(), PersonalizationConfig(n_tokens=2, placement=request.param)).eval()
+    return PersonalizedLM(tiny_gqa_llama(), PersonalizationConfig(n_tokens=2, placement=request.param)).eval()
 
 
 def _prompt(n: int, seed: int) -> list[int]:
@@ -150,14 +126,14 @@ def _reference_greedy(
 
 @pytest.mark.parametrize("question", [1, 9])
 def test_the_question_sees_the_kept_context_and_itself_and_is_never_pruned(question: int) -> None:
-    lm = PersonalizedLM(_tiny(), PersonalizationConfig(n_tokens=0)).eval()
+    lm = PersonalizedLM(tiny_gqa_llama(), PersonalizationConfig(n_tokens=0)).eval()
     prompt, n = _prompt(48, 7), 48 - question
     comp, logits, before = DBudgetKV(threshold=0.15), [], []
     tokens, _ = _run(lm, [prompt], comp, [question], new=10, logits=logits)
     keep = [k[0] for k in comp.last_keep]  # (n,) per layer: the context only
     assert all(k.shape == (n,) for k in keep)
     assert max(int(k.sum()) for k in keep[2:]) < n  # something was pruned
-    ref_tokens, ref_logits = _reference_greedy(_tiny(), prompt, n, keep, 10)
+    ref_tokens, ref_logits = _reference_greedy(tiny_gqa_llama(), prompt, n, keep, 10)
     assert tokens[0] == ref_tokens
     torch.testing.assert_close(torch.stack(logits)[:, 0], ref_logits, rtol=0, atol=1e-4)
     # the question after compression is another regime: even the first token's logits change
