@@ -72,26 +72,6 @@ def passages(lines: list[str], student, lo: int, hi: int, count: int, rng: np.ra
     return out
 
 
-def naive_align(teacher: list[str], student: list[str], w_t: np.ndarray, w_s: np.ndarray) -> np.ndarray:
-    from rapidfuzz.distance import Levenshtein
-
-    n, m = len(teacher), len(student)
-    acc = np.full((n + 1, m + 1), np.inf)
-    acc[0, 0] = 0.0
-    for i in range(1, n + 1):
-        for j in range(1, m + 1):
-            cost = Levenshtein.distance(teacher[i - 1], student[j - 1]) * w_t[i - 1] * w_s[j - 1]
-            acc[i, j] = cost + min(acc[i - 1, j - 1], acc[i - 1, j], acc[i, j - 1])
-    i, j, cells = n, m, []
-    while True:
-        cells.append((i - 1, j - 1))
-        if i == 1 and j == 1:
-            break
-        move = int(np.argmin([acc[i - 1, j - 1], acc[i - 1, j], acc[i, j - 1]]))
-        i, j = (i - 1, j - 1) if move == 0 else (i - 1, j) if move == 1 else (i, j - 1)
-    return np.array(cells[::-1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=64, help="pairs aligned by the vectorised DTW")
@@ -104,7 +84,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    from veil.models.distillation.align import align_batch, vocab_strings
+    from veil.models.distillation.align import align_batch, dtw_path_reference, vocab_strings
 
     rng = np.random.default_rng(args.seed)
     teacher, student, lines = train_tokenizers()
@@ -133,7 +113,7 @@ def main() -> None:
 
     k = min(args.naive_pairs, len(pairs))
     start = time.perf_counter()
-    slow = [naive_align(t, s, wt, ws) for (t, s), (wt, ws) in zip(pairs[:k], weights[:k], strict=True)]
+    slow = [dtw_path_reference(t, s, wt, ws) for (t, s), (wt, ws) in zip(pairs[:k], weights[:k], strict=True)]
     slow_s = time.perf_counter() - start
     slow_rate = k / slow_s
     start = time.perf_counter()

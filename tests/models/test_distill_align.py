@@ -7,37 +7,18 @@ import math
 import numpy as np
 import pytest
 import torch
-from rapidfuzz.distance import Levenshtein
 
 from veil.models.distillation.align import (
     EOS_STRING,
     VocabStrings,
     align_batch,
+    dtw_path_reference,
     dtw_paths,
     entropy_weights,
     path_units,
     strip_markers,
 )
 from veil.models.distillation.vocab_map import UNMAPPED, dynamic_map, exact_match_map, mined_map
-
-
-def naive_dtw_path(teacher: list[str], student: list[str], w_t: np.ndarray, w_s: np.ndarray) -> np.ndarray:
-    """The straightforward DTW of the CDM ports: one Python iteration per cell, then a greedy backtrace."""
-    n, m = len(teacher), len(student)
-    acc = np.full((n + 1, m + 1), np.inf)
-    acc[0, 0] = 0.0
-    for i in range(1, n + 1):
-        for j in range(1, m + 1):
-            cost = Levenshtein.distance(teacher[i - 1], student[j - 1]) * w_t[i - 1] * w_s[j - 1]
-            acc[i, j] = cost + min(acc[i - 1, j - 1], acc[i - 1, j], acc[i, j - 1])
-    i, j, cells = n, m, []
-    while True:
-        cells.append((i - 1, j - 1))
-        if i == 1 and j == 1:
-            break
-        move = int(np.argmin([acc[i - 1, j - 1], acc[i - 1, j], acc[i, j - 1]]))
-        i, j = (i - 1, j - 1) if move == 0 else (i - 1, j) if move == 1 else (i, j - 1)
-    return np.array(cells[::-1])
 
 
 def _strings(rng: np.random.Generator, count: int) -> list[str]:
@@ -60,7 +41,7 @@ def test_vectorised_dtw_equals_the_naive_per_cell_loop_on_random_string_pairs(we
             w_s.append(rng.uniform(0.5, 2.0, size=len(students[-1])))
     alignments = align_batch(teachers, students, w_t, w_s, chunk=8)  # uneven lengths in each sweep
     for a, t, s, wt, ws in zip(alignments, teachers, students, w_t, w_s, strict=True):
-        np.testing.assert_array_equal(a.path, naive_dtw_path(t, s, wt, ws))
+        np.testing.assert_array_equal(a.path, dtw_path_reference(t, s, wt, ws))
 
 
 def test_hugging_face_split_in_two_on_one_side_forms_one_many_to_one_unit() -> None:
