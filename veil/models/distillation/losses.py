@@ -47,6 +47,7 @@ teacher's cached tail mass against the student's mass on the same ids). Conseque
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, fields
 from typing import ClassVar, Literal, get_args
 
@@ -197,7 +198,7 @@ def masked_mean(values: Tensor, mask: Tensor | None) -> Tensor:
 
 
 @dataclass(frozen=True)
-class DistillLoss:
+class DistillLoss(ABC):
     """Base class: a per-position divergence, averaged over the unmasked positions.
 
     Attributes
@@ -214,9 +215,9 @@ class DistillLoss:
         if not (math.isfinite(self.temperature) and self.temperature > 0):
             raise ValueError(f"temperature must be finite and > 0, got {self.temperature}")
 
+    @abstractmethod
     def divergence(self, log_p: Tensor, log_q: Tensor) -> Tensor:
         """``D(p_T, q_S)`` over the last dimension of teacher ``log_p`` and student ``log_q``."""
-        raise NotImplementedError
 
     def per_token(self, student_logits: Tensor, teacher: Tensor | TopKTeacher) -> Tensor:
         """The divergence at every position, ``(B, T)``."""

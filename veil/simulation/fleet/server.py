@@ -241,10 +241,6 @@ class _DeployedCloud:
     data of its own; the relay, the gateway key and the phones' files belong to the deployment."""
 
     def __init__(self, cfg: FleetConfig) -> None:
-        import ssl
-
-        import httpx
-
         from veil.settings import get_settings
 
         secret = get_settings().fleet_api_key
@@ -254,20 +250,23 @@ class _DeployedCloud:
                 f"cloud=deployed needs the operator API key in {CLOUD_KEY_ENV} on the ServerApp's machine "
                 "(veil keys create --operator)"
             )
-        self.cfg = cfg
-        self.http = httpx.Client(
-            base_url=cfg.api_url.rstrip("/"), headers={"authorization": f"Bearer {key}"}, timeout=60,
-            verify=ssl.create_default_context(), trust_env=False,  # SSL_CERT_FILE: a private CA
-        )  # fmt: skip
+        self.cfg, self._key = cfg, key
         card = self._call("GET", "/v1/models")["data"][0]
         self.model_id, self.shape = str(card["id"]), tuple(int(n) for n in card["embedding_shape"])
         self.classes = card.get("classes")
 
     def _call(self, method: str, path: str, body: Any = None) -> Any:
+        """One request with the operator key (a handful per round: a client per call leaves nothing open)."""
+        import ssl
+
         import httpx
 
         try:
-            response = self.http.request(method, path, json=body)
+            with httpx.Client(
+                base_url=self.cfg.api_url.rstrip("/"), headers={"authorization": f"Bearer {self._key}"},
+                timeout=60, verify=ssl.create_default_context(), trust_env=False,  # SSL_CERT_FILE: a private CA
+            ) as http:  # fmt: skip
+                response = http.request(method, path, json=body)
         except httpx.HTTPError as exc:
             raise FleetError(f"the API at {self.cfg.api_url} cannot be reached: {exc}") from exc
         if response.status_code >= 400:
