@@ -67,37 +67,53 @@ def _model(preset: str, context: int, device: str) -> Any:
     return PersonalizedLM(base, PersonalizationConfig(n_tokens=1, placement="prefix")).eval(), dtype
 
 
-def _one(lm: Any, prompt: list[int], new: int, compression: Any, device: str) -> dict[str, Any]:
+def _one(lm: Any, prompts: list[list[int]], new: int, compression: Any, device: str) -> dict[str, Any]:
     """One greedy generation: seconds to the first logits, each decode step's seconds, kept fractions."""
     import torch
 
     from veil.models.generation import SamplingParams, generate_batch
 
     stamps: list[float] = []
+    resident: list[int] = []
     kept: list[Any] = []
+
+    def on_logits(_logits: Any) -> None:  # the logits are copied to the CPU: the device is synced
+        stamps.append(time.perf_counter())
+        if (
+            device == "cuda" and len(stamps) == 2
+        ):  # after the first decode step: the cache as decoding holds it
+            resident.append(int(torch.cuda.memory_allocated()))
+
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     with torch.inference_mode():
         generate_batch(
-            lm, [prompt], [None], [SamplingParams(max_new_tokens=new, temperature=0.0)], pad_id=0,
-            on_logits=lambda _logits: stamps.append(time.perf_counter()),  # copied to the CPU: synced
+            lm, prompts, [None] * len(prompts), [SamplingParams(max_new_tokens=new, temperature=0.0)] * len(prompts),
+            pad_id=0,
+            on_logits=on_logits,
             compression=compression, on_kv_kept=kept.extend,
         )  # fmt: skip
     steps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
     out = {"first_s": stamps[0] - start, "step_s": statistics.median(steps) if steps else float("nan")}
-    if kept and kept[0] is not None:
-        out["kept_mean"] = float(kept[0].mean)
-        out["kept_per_layer"] = [float(x) for x in kept[0].per_layer]
+    rows = [k for k in kept if k is not None]
+    if rows:
+        out["kept_mean"] = statistics.fmean(float(k.mean) for k in rows)
+        out["kept_per_layer"] = [
+            statistics.fmean(float(k.per_layer[i]) for k in rows) for i in range(len(rows[0].per_layer))
+        ]
     if device == "cuda":
         out["peak_bytes"] = int(torch.cuda.max_memory_allocated())
+        out["resident_bytes"] = resident[0]
     return out
 
 
-def _way(lm: Any, prompt: list[int], new: int, compression: Any, device: str, repeats: int) -> dict[str, Any]:
-    _one(lm, prompt, new, compression, device)  # warm-up
-    runs = [_one(lm, prompt, new, compression, device) for _ in range(repeats)]
+def _way(
+    lm: Any, prompts: list[list[int]], new: int, compression: Any, device: str, repeats: int
+) -> dict[str, Any]:
+    _one(lm, prompts, new, compression, device)  # warm-up
+    runs = [_one(lm, prompts, new, compression, device) for _ in range(repeats)]
     out = dict(runs[-1])
     out["first_s"] = statistics.median(r["first_s"] for r in runs)
     out["step_s"] = statistics.median(r["step_s"] for r in runs)
@@ -105,14 +121,14 @@ def _way(lm: Any, prompt: list[int], new: int, compression: Any, device: str, re
     return out
 
 
-def measure(preset: str, context: int, args: argparse.Namespace) -> dict[str, Any]:
+def measure(lm: Any, dtype: Any, preset: str, context: int, args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
 
     from veil.models.compression import from_spec
 
-    lm, dtype = _model(preset, context, args.device)
     cfg = lm.base.config
-    prompt = np.random.default_rng(context).integers(3, cfg.vocab_size, size=context).tolist()
+    rng = np.random.default_rng(context)
+    prompt = [rng.integers(3, cfg.vocab_size, size=context).tolist() for _ in range(args.batch)]
     full = _way(lm, prompt, args.new_tokens, None, args.device, args.repeats)
     dbk = _way(lm, prompt, args.new_tokens, from_spec({"method": "dbudgetkv", "threshold": args.threshold}),
                args.device, args.repeats)  # fmt: skip
@@ -121,12 +137,12 @@ def measure(preset: str, context: int, args: argparse.Namespace) -> dict[str, An
     per_token = (
         2 * cfg.num_hidden_layers * cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads)
     )
-    full_bytes = per_token * context * (2 if str(dtype).endswith(("bfloat16", "float16")) else 4)
+    full_bytes = per_token * context * args.batch * (2 if str(dtype).endswith(("bfloat16", "float16")) else 4)
     kept = budget.get("kept_mean", args.kept)
     bound = 1.0 / kept
     speedup = full["step_s"] / budget["step_s"]
     return {
-        "preset": preset, "context": context, "device": args.device, "machine": args.machine,
+        "preset": preset, "context": context, "batch": args.batch, "device": args.device, "machine": args.machine,
         "new_tokens": args.new_tokens, "repeats": args.repeats, "threshold": args.threshold,
         "prefill_s": full["first_s"],
         "overhead_s": dbk["first_s"] - full["first_s"],
@@ -136,7 +152,9 @@ def measure(preset: str, context: int, args: argparse.Namespace) -> dict[str, An
         "tokens_per_s": {"full": full["tokens_per_s"], "dbudgetkv": dbk["tokens_per_s"], "budget": budget["tokens_per_s"]},
         "speedup": speedup, "bound": bound, "speedup_of_bound": speedup / bound,
         "kv_bytes": {"full": full_bytes, "budget": round(full_bytes * kept)},
-        **({"peak_bytes": {"full": full["peak_bytes"], "budget": budget["peak_bytes"]}} if "peak_bytes" in full else {}),
+        **({"peak_bytes": {"full": full["peak_bytes"], "budget": budget["peak_bytes"]},
+            "resident_bytes": {"full": full["resident_bytes"], "budget": budget["resident_bytes"]}}
+           if "peak_bytes" in full else {}),
     }  # fmt: skip
 
 
@@ -148,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threshold", type=float, default=0.01, help="DBudgetKV's T (overhead run)")
     parser.add_argument("--kept", type=float, default=0.479, help="kept fraction of the budget run")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--batch", type=int, default=1, help="rows decoded together (distinct random prompts)"
+    )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--machine", default=f"{platform.machine()} {platform.node()}", help="for the record")
     parser.add_argument("--out", type=Path, help="append one JSON line per context")
@@ -155,8 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 < args.kept <= 1 or not 0 < args.threshold < 1:
         print("kv_decode_speed: --kept must be in (0, 1] and --threshold in (0, 1)", file=sys.stderr)
         return 2
-    if min(args.contexts) < 16 or args.new_tokens < 2 or args.repeats < 1:
-        print("kv_decode_speed: need contexts >= 16, --new-tokens >= 2, --repeats >= 1", file=sys.stderr)
+    if min(args.contexts) < 16 or args.new_tokens < 2 or args.repeats < 1 or args.batch < 1:
+        print(
+            "kv_decode_speed: need contexts >= 16, --new-tokens >= 2, --repeats >= 1, --batch >= 1",
+            file=sys.stderr,
+        )
         return 2
     if args.device == "cuda":
         import torch
@@ -168,13 +192,19 @@ def main(argv: list[str] | None = None) -> int:
 
     quiet_transformers()
     print(f"{'context':>8} {'prefill s':>10} {'overhead':>9} {'full tok/s':>11} {'budget tok/s':>13} "
-          f"{'speed-up':>9} {'1/kept':>7} {'of bound':>9}")  # fmt: skip
+          f"{'speed-up':>9} {'1/kept':>7} {'of bound':>9} {'GiB peak/decoding: full -> budget':>34}")  # fmt: skip
+    lm, dtype = _model(args.preset, max(args.contexts), args.device)
     for context in args.contexts:
-        row = measure(args.preset, context, args)
+        row = measure(lm, dtype, args.preset, context, args)
         t = row["tokens_per_s"]
+        peak, res = row.get("peak_bytes"), row.get("resident_bytes")
+        peak_s = (
+            f"{peak['full'] / 2**30:.1f}/{res['full'] / 2**30:.1f} -> {peak['budget'] / 2**30:.1f}/{res['budget'] / 2**30:.1f}"
+            if peak else "-"
+        )  # fmt: skip
         print(f"{context:>8} {row['prefill_s']:>10.3f} {row['overhead_of_prefill']:>9.1%} {t['full']:>11.1f} "
-              f"{t['budget']:>13.1f} {row['speedup']:>9.2f} {row['bound']:>7.2f} {row['speedup_of_bound']:>9.1%}",
-              flush=True)  # fmt: skip
+              f"{t['budget']:>13.1f} {row['speedup']:>9.2f} {row['bound']:>7.2f} {row['speedup_of_bound']:>9.1%} "
+              f"{peak_s:>34}", flush=True)  # fmt: skip
         if args.out:
             with args.out.open("a") as fh:
                 fh.write(json.dumps(row) + "\n")

@@ -105,21 +105,38 @@ def test_the_triton_kernels_match_the_references_under_the_interpreter() -> None
     assert out.returncode == 0 and out.stdout.startswith("ok"), out.stdout + out.stderr[-3000:]
 
 
+def _poison_the_allocator() -> None:
+    """Leave NaN in the caching allocator's free blocks, so an output element no kernel writes shows up."""
+    torch.empty(1 << 28, device="cuda").fill_(float("nan"))  # 1 GiB, freed into the cache at once
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: the kernels' GPU check needs one")
 def test_the_triton_kernels_match_the_references_on_a_gpu() -> None:
-    for seed, (b, h, h_kv, n, d) in enumerate([(2, 32, 8, 8192, 128), (1, 9, 3, 1000, 64)]):
+    shapes = [(2, 32, 8, 8192, 128), (1, 9, 3, 1000, 64), (3, 4, 4, 77, 24), (1, 32, 8, 40_000, 128)]
+    for seed, (b, h, h_kv, n, d) in enumerate(shapes):
         g = torch.Generator(device="cuda").manual_seed(seed)
         q = torch.randn(b, h, d, device="cuda", generator=g, dtype=torch.bfloat16)
-        keys = torch.randn(b, h_kv, n, d, device="cuda", generator=g, dtype=torch.bfloat16)
-        valid = torch.ones(b, n, dtype=torch.bool, device="cuda")
-        valid[0, :17] = False
+        keys = torch.randn(b, h_kv, n, d, device="cuda", generator=g, dtype=torch.bfloat16) * 2
+        valid = torch.rand(b, n, device="cuda", generator=g) > 0.1
+        valid[0, : n // 5] = False  # a left-padded row
+        valid[:, -1] = True
+        if b > 1:
+            valid[-1, -1] = False  # a row whose last position is padding: all zeros
+        _poison_the_allocator()
         got = last_query_attention(q, keys, valid, d**-0.5)
+        assert torch.isfinite(got).all(), "an element of the row was not written"
+        rep = keys.double().repeat_interleave(h // h_kv, dim=1)
+        logits = torch.einsum("bhd,bhnd->bhn", q.double(), rep) * d**-0.5
+        want = torch.softmax(logits.masked_fill(~valid[:, None], float("-inf")), dim=-1) * valid[:, None, -1:]
+        rel = float((got.double() - want).norm() / want.norm())
+        assert rel < 1e-5, (b, h, h_kv, n, d, rel)
         torch.testing.assert_close(
             got, last_query_attention_reference(q, keys, valid, d**-0.5), atol=1e-5, rtol=1e-3
         )
         index = torch.randint(-1, n, (b, n // 2), device="cuda", generator=g)
+        _poison_the_allocator()
         for got_t, want_t in zip(
-            compact_kv(keys, keys, index), compact_kv_reference(keys, keys, index), strict=True
+            compact_kv(keys, keys * 3, index), compact_kv_reference(keys, keys * 3, index), strict=True
         ):
             assert torch.equal(got_t, want_t)

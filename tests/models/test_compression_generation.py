@@ -271,3 +271,23 @@ def test_teacher_tokens_need_their_callback_and_one_continuation_per_row(lm: Per
         generate_batch(lm, [[5, 6]], [None], [_greedy(2)], 0, teacher_tokens=[[1]])
     with pytest.raises(ValueError, match="one non-empty teacher continuation per row"):
         generate_batch(lm, [[5, 6]], [None], [_greedy(2)], 0, teacher_tokens=[[]], on_teacher_logits=print)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: the Triton path needs one")
+def test_on_a_gpu_the_triton_kernels_keep_what_the_reference_keeps(monkeypatch: pytest.MonkeyPatch) -> None:
+    cuda_lm = (
+        PersonalizedLM(tiny_gqa_llama(), PersonalizationConfig(n_tokens=2, placement="prefix")).cuda().eval()
+    )
+    prompts = [_prompt(120, 11), _prompt(77, 12)]
+    runs = {}
+    for mode in ("reference", "triton"):
+        monkeypatch.setenv("VEIL_KERNELS", mode)
+        comp = DBudgetKV(threshold=0.1)
+        tokens, logits, kept = _run(cuda_lm, prompts, comp, new=8)
+        runs[mode] = (tokens, logits, [k.per_layer for k in kept], [m.cpu() for m in comp.last_keep])
+    ref, tri = runs["reference"], runs["triton"]
+    assert tri[0] == ref[0] and tri[2] == ref[2]
+    assert all(torch.equal(a, b) for a, b in zip(tri[3], ref[3], strict=True))
+    torch.testing.assert_close(tri[1], ref[1], rtol=0, atol=1e-4)
+    assert min(min(p) for p in ref[2]) < 1.0  # something was pruned

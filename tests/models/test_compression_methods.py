@@ -185,3 +185,28 @@ def test_a_budget_larger_than_the_prompt_is_refused() -> None:
         budget_tokens(50, torch.tensor([40, 35]))
     with pytest.raises(ValueError, match="exceeds the prompt"):
         StreamingLLM(budget=41).compress(_prefill())
+
+
+@pytest.mark.parametrize("ranking", ["position", "snapkv", "h2o"])
+@pytest.mark.parametrize("k_rows", [1, 3])
+def test_scoring_layers_in_groups_keeps_what_scoring_each_layer_alone_keeps(
+    ranking: str, k_rows: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import veil.models.compression.dbudgetkv as dbk
+
+    p = _prefill(n=48, layers=7, seed=5)
+    valid = torch.cat([p.valid, torch.arange(48)[None] >= 9])  # a second row, left-padded
+    prefill = Prefill(
+        [torch.cat([k, k.flip(2)]) for k in p.keys],
+        [torch.cat([q, q.roll(3, 2)]) for q in p.queries],
+        valid,
+        torch.zeros_like(valid),
+        p.scaling,
+    )
+    runs = []
+    for elements in (1, 4 * 2 * 48 * 3, dbk.GROUP_ELEMENTS):  # one layer per group, three, all
+        monkeypatch.setattr(dbk, "GROUP_ELEMENTS", elements)
+        runs.append(DBudgetKV(threshold=0.02, ranking=ranking, k_rows=k_rows).compress(prefill))
+    for run in runs[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(runs[0], run, strict=True))
+    assert min(int(k.sum()) for k in runs[0][2:]) < int(valid.sum())  # something was pruned

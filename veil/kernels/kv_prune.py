@@ -2,11 +2,11 @@
 
 1. :func:`last_query_attention`: for one layer, the softmax attention row of the last prompt token's
    query over every prompt key, per query head, in fp32, reading the un-repeated GQA keys once (query
-   head ``h`` reads key head ``h // (H / H_kv)``; no ``repeat_kv`` copy). The kernel keeps the running
-   max and sum of an online softmax while it streams the keys, writes the logits, then normalises them
-   in place: the keys, ``H_kv * n * d`` values, are read once, the row ``n`` values twice. The cut point
-   follows from this row by a cumulative sum over ``n`` values (``veil.models.compression``), ``d``
-   times less data than the keys.
+   head ``h`` reads key head ``h // (H / H_kv)``; no ``repeat_kv`` copy). On a GPU it runs split-K:
+   each program takes a block of keys for every query head of its group and leaves the block's softmax
+   max and sum; a second launch merges them and normalises the row in place. The cut point follows
+   from this row by a cumulative sum over ``n`` values (``veil.models.compression``), ``d`` times less
+   data than the keys.
 2. :func:`compact_kv`: the kept positions of every row, the same for all heads of a row (position or
    shared ranking), copied into one new contiguous cache ``(B, H_kv, m, d)`` so the old storage can be
    freed; rows that keep fewer than ``m`` are left-padded with zeros (their mask hides them).

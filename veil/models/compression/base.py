@@ -51,7 +51,7 @@ class KVCompressor(ABC):
             )
         lengths = prefill.valid.sum(dim=1).clamp(min=1).double()  # (B,)
         frac = torch.stack([k.sum(dim=1) / lengths for k in keep], dim=1)  # (B, layers)
-        self._last_kept = tuple(KVKept(tuple(float(f) for f in row)) for row in frac)
+        self._last_kept = tuple(KVKept(tuple(row)) for row in frac.tolist())  # one device sync
         self._last_keep = tuple(keep)
         return keep
 

@@ -89,15 +89,16 @@ def compact(cache: Any, keep: Sequence[Tensor]) -> list[Tensor]:
         raise ValueError(
             f"expected a transformers 5 cache with {len(keep)} layers, got {type(cache).__name__}"
         )
+    if any(getattr(layer, "is_sliding", False) for layer in layers):
+        raise ValueError("KV compression does not support sliding-window cache layers")
+    counts = torch.stack([kept.sum(dim=1) for kept in keep])  # (layers, B)
+    widths, fewest = (t.tolist() for t in (counts.max(dim=1).values, counts.min(dim=1).values))  # one sync
     masks = []
-    for layer, kept in zip(layers, keep, strict=True):
-        if getattr(layer, "is_sliding", False):
-            raise ValueError("KV compression does not support sliding-window cache layers")
+    for layer, kept, width, least in zip(layers, keep, widths, fewest, strict=True):
         n = layer.keys.shape[2]
-        if bool(kept.all()):
+        if least == n:  # every row keeps every position
             masks.append(kept)
             continue
-        width = int(kept.sum(dim=1).max())
         pos = torch.arange(n, device=kept.device)
         # dropped positions sort first, kept ones last in their order: the last `width` are the slots
         slots = torch.argsort(torch.where(kept, pos + n, pos), dim=1)[:, n - width :]  # (B, P)

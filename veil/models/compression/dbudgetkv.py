@@ -36,7 +36,11 @@ from veil.models.compression.scoring import (
     ranking,
 )
 
-__all__ = ["DBudgetKV", "DBudgetKVConfig", "norm_loss_curve"]
+__all__ = ["GROUP_ELEMENTS", "DBudgetKV", "DBudgetKVConfig", "norm_loss_curve"]
+
+GROUP_ELEMENTS = 1 << 25
+"""Attention values (layers x rows x heads x keys) scored together; a group's temporaries take about
+ten times this in fp32 (1.3 GB); Llama-3-8B's 30 pruned layers at 32k keys for one row are one group."""
 
 
 def norm_loss_curve(ranked_sq: Tensor, full_sq: Tensor, head_agg: HeadAgg) -> Tensor:
@@ -93,32 +97,46 @@ class DBudgetKV(KVCompressor):
         )  # (B, n)
         return pool_scores(votes, 5, "avgpool")
 
+    def _squared_row(self, prefill: Prefill, layer: int) -> Tensor:
+        """``(B, H, n)``: the squared attention of the last ``k_rows`` queries, averaged per key."""
+        q = prefill.queries[layer][:, :, -self.config.k_rows :]  # (B, H, k, d)
+        valid = prefill.valid
+        if self.config.k_rows == 1:  # the paper's setting: one fused pass over the keys on a GPU
+            rows = last_query_attention(q[:, :, 0], prefill.keys[layer], valid, prefill.scaling)[:, :, None]
+        else:
+            rows = query_attention(q, prefill.keys[layer], valid, prefill.scaling)  # (B, H, k, n)
+        seen = (rows > 0).sum(dim=2).clamp(min=1)  # average over the rows that can see each key
+        return (rows.sum(dim=2) / seen) ** 2
+
     def select(self, prefill: Prefill) -> list[Tensor]:
+        """Layers are scored in groups of up to :data:`GROUP_ELEMENTS` attention values, a handful of
+        tensor operations per group rather than per layer (on a GPU the host's launches, not the
+        arithmetic, set the cost of pruning)."""
         c, valid = self.config, prefill.valid
         sinks = first_valid(valid, c.n_sink)  # (B, n)
         fixed = sinks | prefill.protected
         candidates = valid & ~fixed
-        n_cand = candidates.sum(dim=1)  # (B,)
-        keep: list[Tensor] = []
-        for layer in range(prefill.n_layers):
-            if layer in c.skip_layers:
-                keep.append(valid.clone())
-                continue
-            q = prefill.queries[layer][:, :, -c.k_rows :]  # (B, H, k, d)
-            if c.k_rows == 1:  # the paper's setting: one fused pass over the keys on a GPU
-                rows = last_query_attention(q[:, :, 0], prefill.keys[layer], valid, prefill.scaling)[
-                    :, :, None
-                ]
+        floor = candidates.sum(dim=1).clamp(max=c.min_recent)[None]  # (1, B)
+        scope = (valid if c.norm_scope == "full_row" else valid & ~sinks)[None, :, None]  # (1, B, 1, n)
+        shared = ranking(self._rank_scores(prefill, 0), candidates) if c.ranking == "position" else None
+        keep: dict[int, Tensor] = {i: valid.clone() for i in c.skip_layers if i < prefill.n_layers}
+        scored = [i for i in range(prefill.n_layers) if i not in keep]
+        b, n = valid.shape
+        per_layer = b * prefill.queries[0].shape[1] * n
+        step = max(1, GROUP_ELEMENTS // max(per_layer, 1))
+        for start in range(0, len(scored), step):
+            layers = scored[start : start + step]
+            sq = torch.stack([self._squared_row(prefill, layer) for layer in layers])  # (G, B, H, n)
+            if shared is not None:
+                order, rank = (t[None].expand(len(layers), -1, -1) for t in shared)  # (G, B, n)
             else:
-                rows = query_attention(q, prefill.keys[layer], valid, prefill.scaling)  # (B, H, k, n)
-            seen = (rows > 0).sum(dim=2).clamp(min=1)  # average over the rows that can see each key
-            sq = (rows.sum(dim=2) / seen) ** 2  # (B, H, n)
-            scope = valid if c.norm_scope == "full_row" else valid & ~sinks
-            full = (sq * scope[:, None]).sum(-1)  # (B, H)
-            order, rank = ranking(self._rank_scores(prefill, layer), candidates)  # (B, n) candidates first
-            ranked = (sq * candidates[:, None]).gather(2, order[:, None].expand_as(sq))  # (B, H, n)
-            loss = norm_loss_curve(ranked, full, c.head_agg)  # (B, n + 1)
-            k = (loss > c.threshold).sum(dim=1)  # the loss is non-increasing: count = first k under T
-            k = torch.maximum(k, n_cand.clamp(max=c.min_recent))
-            keep.append(fixed | (candidates & (rank < k[:, None])))
-        return keep
+                pairs = [ranking(self._rank_scores(prefill, layer), candidates) for layer in layers]
+                order, rank = torch.stack([o for o, _ in pairs]), torch.stack([r for _, r in pairs])
+            full = (sq * scope).sum(-1)  # (G, B, H)
+            ranked = (sq * candidates[None, :, None]).gather(3, order[:, :, None].expand_as(sq))
+            loss = norm_loss_curve(ranked.flatten(0, 1), full.flatten(0, 1), c.head_agg)  # (G * B, n + 1)
+            # the loss is non-increasing: the count of cuts over T is the first k under T
+            k = torch.maximum((loss > c.threshold).sum(dim=1).view(len(layers), b), floor)  # (G, B)
+            kept = fixed | (candidates & (rank < k[..., None]))  # (G, B, n)
+            keep.update(zip(layers, kept.unbind(0), strict=True))
+        return [keep[layer] for layer in range(prefill.n_layers)]
