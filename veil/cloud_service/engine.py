@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from veil.models.compression import KVCompressor, KVKept, check_supported
-from veil.models.generation import SamplingParams, TokenLogprobs, generate_batch, token_logprobs
+from veil.models.generation import SamplingParams, TokenLogprobs, first_stop, generate_batch, token_logprobs
 from veil.models.tasks import tokenize_task
 from veil.models.training import embedding_gradients, embedding_losses
 
@@ -373,9 +373,9 @@ class ServingEngine:
         """Decode the row so far, emit what is safe, finish the job at a stop string (returns True)."""
         # decoding the whole row each step keeps multi-byte characters and token merges right
         text = self.tokenizer.decode(job.tokens, skip_special_tokens=True)
-        hits = [i for i in (text.find(s) for s in job.stop) if i >= 0]
-        if hits:
-            job.text = text[: min(hits)]
+        cut = first_stop(text, job.stop)
+        if cut is not None:
+            job.text = text[:cut]
             self._flush(job, len(job.text))
             self._finish(job, "stop", n_tokens)
             return True

@@ -41,6 +41,7 @@ __all__ = [
     "MAX_TOP_LOGPROBS",
     "SamplingParams",
     "TokenLogprobs",
+    "first_stop",
     "generate_batch",
     "sample_next",
     "token_logprobs",
@@ -72,6 +73,18 @@ class SamplingParams(DecodingParams):
             raise ValueError(f"top_logprobs must be in [0, {MAX_TOP_LOGPROBS}], got {self.top_logprobs}")
         if self.seed is not None and not -(2**63) <= self.seed < 2**64:  # torch.Generator.manual_seed's range
             raise ValueError(f"seed must be in [-2**63, 2**64), got {self.seed}")
+
+
+def first_stop(text: str, stop: Sequence[str]) -> int | None:
+    """Where ``text`` must be cut for the earliest of the ``stop`` strings it contains (``None``: none).
+
+    The text is cut before the stop string, as OpenAI's ``stop`` does.
+
+    >>> first_stop("Follow up: who? Let's search", ["Intermediate answer:", "Let"])
+    16
+    """
+    hits = [i for i in (text.find(s) for s in stop if s) if i >= 0]
+    return min(hits) if hits else None
 
 
 @dataclass(frozen=True)
