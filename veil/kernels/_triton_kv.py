@@ -61,9 +61,11 @@ def _row_logits(
             mask=inside[:, None] & (d[None, :] < D),
             other=0.0,
         )
-        if IEEE:  # fp32 (or mixed) inputs: full fp32 products, not tf32
+        # a constexpr branch (Triton compiles one side): fp32 or mixed inputs take full fp32 products, not
+        # tf32; bf16 / fp16 products are exact in the fp32 accumulator
+        if IEEE:  # noqa: SIM108
             logit = tl.dot(k.to(tl.float32), q.to(tl.float32), input_precision="ieee")  # (BLOCK_N, G_PAD)
-        else:  # bf16 / fp16: the products are exact in the fp32 accumulator
+        else:
             logit = tl.dot(k, q)
         ok = tl.load(valid_ptr + b * sv_b + j, mask=inside, other=0) != 0
         logit = tl.where(ok[:, None], logit * scaling, float("-inf"))
