@@ -293,7 +293,7 @@ def assert_same_hits(
         for query in queries:
             ha, hb = a.search(query, k=3, mode=mode), b.search(query, k=3, mode=mode)
             assert [h.id for h in ha] == [h.id for h in hb], (mode, query)
-            np.testing.assert_allclose([h.score for h in ha], [h.score for h in hb], rtol=1e-5)
+            np.testing.assert_allclose([h.score for h in ha], [h.score for h in hb], rtol=1e-4)
 
 
 def test_search_returns_ids_scores_and_text_in_every_mode():
@@ -441,6 +441,18 @@ def test_minilm_from_the_wheel_gives_unit_vectors_that_rank_by_meaning(minilm):
         collection.search("frozen river of ice in the mountains", k=1, mode="hybrid")[0].doc_id == "glacier"
     )
     assert collection.search("French capital city", k=1, mode="bm25")[0].doc_id == "paris"
+
+
+@pytest.mark.slow
+def test_with_minilm_two_adds_and_a_save_load_round_trip_answer_as_one_build(minilm, tmp_path):
+    docs = fact_documents()
+    at_once = Collection("facts", encoder=minilm)
+    at_once.add(docs)
+    stepwise = Collection("facts", encoder=minilm)
+    stepwise.add(docs[:5])
+    stepwise.add(docs[5:])
+    assert_same_hits(stepwise, at_once)  # batches pad differently: vectors agree to ~1e-6
+    assert_same_hits(Collection.load(stepwise.save(tmp_path / "facts"), encoder=minilm), at_once)
 
 
 @pytest.mark.slow

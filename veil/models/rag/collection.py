@@ -359,7 +359,9 @@ def ingest(
     encoder: Encoder | None = None,
     data_dir: Path | str | None = None,
 ) -> IngestResult:
-    """Add files to collection ``name`` (created if absent, with ``config``) and save it atomically.
+    """Add files to collection ``name`` and save it atomically.
+
+    A new collection is made with ``config``; an existing one keeps the config it was built with.
 
     If reading, indexing or saving fails, the collection on disk is the one from before the call.
     """

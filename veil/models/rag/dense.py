@@ -117,6 +117,11 @@ def load_minilm() -> MiniLMEncoder:
     return MiniLMEncoder()
 
 
+def _unit(x: np.ndarray) -> np.ndarray:
+    """Rows (or a vector) scaled to L2 norm 1; an all-zero row stays zero. A no-op for MiniLM's output."""
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
 class DenseIndex:
     """Unit-norm passage vectors; the cosine of a unit query with all of them is one product."""
 
@@ -128,15 +133,15 @@ class DenseIndex:
         return int(self.vectors.shape[0])
 
     def add(self, vectors: np.ndarray) -> None:
-        """Append rows; earlier rows are kept as they are (never re-embedded)."""
+        """Append rows, scaled to unit norm; earlier rows are kept as they are (never re-embedded)."""
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
             raise ValueError(f"expected vectors of shape (n, {self.dim}), got {vectors.shape}")
-        self.vectors = np.concatenate([self.vectors, vectors])
+        self.vectors = np.concatenate([self.vectors, _unit(vectors)])
 
     def scores(self, query: np.ndarray) -> np.ndarray:
-        """Cosine of ``query`` (shape ``(dim,)``, unit norm) with every item, shape ``(len(self),)``."""
-        return self.vectors @ np.asarray(query, dtype=np.float32)
+        """Cosine of ``query`` (shape ``(dim,)``) with every item, shape ``(len(self),)``."""
+        return self.vectors @ _unit(np.asarray(query, dtype=np.float32))
 
     def save(self, directory: Path) -> None:
         np.save(directory / "embeddings.npy", self.vectors, allow_pickle=False)
