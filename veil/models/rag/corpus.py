@@ -265,8 +265,8 @@ def _walk(root: Path, skipped: list[SkippedFile]) -> list[Path]:
 def load_corpus(paths: str | Path | Sequence[str | Path]) -> CorpusLoad:
     """Read documents from files and directories.
 
-    A text or Markdown file's document id is its path relative to the directory given (its file name
-    when the file itself is given), e.g. ``notes/a.md``; a JSONL record's id is its ``id`` field.
+    A text or Markdown file's document id is its path relative to the directory given (the path as
+    given when the file itself is), e.g. ``notes/a.md``; a JSONL record's id is its ``id`` field.
 
     Raises
     ------
@@ -283,7 +283,7 @@ def load_corpus(paths: str | Path | Sequence[str | Path]) -> CorpusLoad:
         if root.is_dir():
             files = [(f, f.relative_to(root).as_posix()) for f in _walk(root, result.skipped)]
         elif root.exists() or root.is_symlink():
-            files = [(root, root.name)]
+            files = [(root, root.as_posix())]
         else:
             raise CorpusError(f"no such file or directory: {root}")
         for path, doc_id in files:
