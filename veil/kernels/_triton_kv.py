@@ -26,7 +26,7 @@ __all__ = ["compact_kv_triton", "last_query_attention_triton"]
 
 BLOCK_N = 64
 """Keys per loop step of ``_row_logits`` (chosen on an H200 with ``benchmarks/kv_kernel_bandwidth.py``)."""
-CHUNK_BLOCKS = 8
+CHUNK_BLOCKS = 16
 """Loop steps per program of ``_row_logits``: ``BLOCK_N * CHUNK_BLOCKS`` keys, loads pipelined."""
 BLOCK_P = 2048
 """Logits per program of ``_row_normalise``."""
