@@ -70,7 +70,13 @@ def _rel_err(got: Any, want: Any) -> float:
 
 
 def row(
-    batch: int, n: int, block_ns: list[int], chunks: list[int], warps: list[int], copy_bw: float
+    batch: int,
+    n: int,
+    block_ns: list[int],
+    chunks: list[int],
+    warps: list[int],
+    stages: list[int],
+    copy_bw: float,
 ) -> list[dict[str, Any]]:
     import torch
 
@@ -95,8 +101,8 @@ def row(
     min_bytes = keys_bytes + batch * HEADS * HEAD_DIM * 2 + batch * n + batch * HEADS * n * 4
     t_ref = _bench(lambda i: last_query_attention_reference(qs[i], ks[i], valid, scale), sets)
     rows = []
-    for block_n, chunk, nw in itertools.product(block_ns, chunks, warps):
-        kw = {"block_n": block_n, "chunk_blocks": chunk, "num_warps": nw}
+    for block_n, chunk, nw, st in itertools.product(block_ns, chunks, warps, stages):
+        kw = {"block_n": block_n, "chunk_blocks": chunk, "num_warps": nw, "num_stages": st}
         got = last_query_attention_triton(qs[0], ks[0], valid, scale, **kw)
         err = _rel_err(got, want)
         if not err < 1e-4 or not torch.isfinite(got).all():
@@ -175,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
         "--chunk-blocks", type=int, nargs="+", default=[1, 4, 16], help="loop steps per program"
     )
     parser.add_argument("--warps", type=int, nargs="+", default=[4, 8])
+    parser.add_argument(
+        "--stages", type=int, nargs="+", default=[3], help="loads in flight (software pipelining)"
+    )
     parser.add_argument("--kept", type=float, default=0.479)
     parser.add_argument("--copy-gib", type=float, default=4.0)
     parser.add_argument("--machine", default=f"{platform.machine()} {platform.node()}")
@@ -198,10 +207,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{'kernel':<17} {'shape':>10} {'variant':>10} {'time us':>9} {'TB/s':>6} {'of copy':>8} {'vs torch':>9}"
     )
     for batch, n in shapes:
-        variants = row(batch, n, args.block_n, args.chunk_blocks, args.warps, copy_bw)
+        variants = row(batch, n, args.block_n, args.chunk_blocks, args.warps, args.stages, copy_bw)
         records += variants
         for r in variants:
-            variant = f"{r['block_n']}x{r['chunk_blocks']}/{r['num_warps']}w"
+            variant = f"{r['block_n']}x{r['chunk_blocks']}/{r['num_warps']}w/{r['num_stages']}s"
             print(f"{'row':<17} {f'{batch}x{n}':>10} {variant:>10} {r['seconds'] * 1e6:>9.1f} "
                   f"{r['bandwidth'] / 1e12:>6.2f} {r['share_of_copy']:>8.1%} {r['speedup_over_reference']:>8.1f}x",
                   flush=True)  # fmt: skip

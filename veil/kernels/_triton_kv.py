@@ -27,7 +27,9 @@ __all__ = ["compact_kv_triton", "last_query_attention_triton"]
 BLOCK_N = 64
 """Keys per loop step of ``_row_logits`` (chosen on an H200 with ``benchmarks/kv_kernel_bandwidth.py``)."""
 CHUNK_BLOCKS = 16
-"""Loop steps per program of ``_row_logits``: ``BLOCK_N * CHUNK_BLOCKS`` keys, loads pipelined."""
+"""Loop steps per program of ``_row_logits``: ``BLOCK_N * CHUNK_BLOCKS`` keys."""
+STAGES = 3
+"""Loads in flight in ``_row_logits``' loop (software pipelining)."""
 BLOCK_P = 2048
 """Logits per program of ``_row_normalise``."""
 
@@ -38,7 +40,7 @@ def _row_logits(
     n, chunk, scaling,
     sq_b, sq_h, sk_b, sk_h, sk_n, sv_b, so_b, so_h, sp_b, sp_h,
     G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    IEEE: tl.constexpr,
+    IEEE: tl.constexpr, STAGES: tl.constexpr,
 ):  # fmt: skip
     b = tl.program_id(0)
     kv = tl.program_id(1)
@@ -53,7 +55,7 @@ def _row_logits(
     )
     m_run = tl.full((G_PAD,), float("-inf"), tl.float32)
     s_run = tl.zeros((G_PAD,), tl.float32)
-    for start in tl.range(c * chunk, tl.minimum(c * chunk + chunk, n), BLOCK_N, num_stages=3):
+    for start in tl.range(c * chunk, tl.minimum(c * chunk + chunk, n), BLOCK_N, num_stages=STAGES):
         j = start + tl.arange(0, BLOCK_N)
         inside = j < n
         k = tl.load(
@@ -132,6 +134,7 @@ def last_query_attention_triton(
     block_n: int = BLOCK_N,
     chunk_blocks: int = CHUNK_BLOCKS,
     num_warps: int = 4,
+    num_stages: int = STAGES,
 ) -> Tensor:
     b, h, d = q.shape
     h_kv, n = keys.shape[1], keys.shape[2]
@@ -147,7 +150,8 @@ def last_query_attention_triton(
         q.stride(0), q.stride(1), keys.stride(0), keys.stride(1), keys.stride(2), valid.stride(0),
         out.stride(0), out.stride(1), part_m.stride(0), part_m.stride(1),
         G=g, G_PAD=max(16, triton.next_power_of_2(g)), D=d, BLOCK_N=block_n,
-        BLOCK_D=max(16, triton.next_power_of_2(d)), IEEE=keys.dtype == torch.float32 or q.dtype != keys.dtype, num_warps=num_warps,
+        BLOCK_D=max(16, triton.next_power_of_2(d)), IEEE=keys.dtype == torch.float32 or q.dtype != keys.dtype, STAGES=num_stages,
+        num_warps=num_warps,
     )  # fmt: skip
     block_p = min(BLOCK_P, triton.next_power_of_2(n))
     _row_normalise[(b, h, triton.cdiv(n, block_p))](
