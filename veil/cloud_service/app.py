@@ -23,6 +23,8 @@ from veil.cloud_service.api.routes import (
     models,
     ohttp,
     ops,
+    rag,
+    rag_collections,
     uploads,
 )
 from veil.cloud_service.codebooks import CodebookStore
@@ -33,6 +35,7 @@ from veil.cloud_service.gateway_setup import build_gateway
 from veil.cloud_service.gateway_signing import KeyConfigSigner
 from veil.cloud_service.key_lifecycle import KeyLifecycle
 from veil.cloud_service.metrics import Metrics
+from veil.cloud_service.rag_store import CollectionStore
 from veil.cloud_service.store.db import make_engine, migrate, session_factory
 from veil.cloud_service.store.group_commit import UploadBatcher
 from veil.models.checkpoint import is_personalized_checkpoint, load_personalized
@@ -168,6 +171,7 @@ def create_app(config: ServiceConfig, preloaded: LoadedService | None = None) ->
         )
 
         app.state.veil.uploads = uploads = UploadBatcher(db, config.group_commit)
+        app.state.veil.rag = CollectionStore(config.data_dir)
         try:
             yield
         finally:
@@ -184,7 +188,8 @@ def create_app(config: ServiceConfig, preloaded: LoadedService | None = None) ->
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    for module in (chat, models, uploads, gradients, label_losses, codebook, ohttp, ops):
+    modules = (chat, models, uploads, gradients, label_losses, codebook, rag, rag_collections, ohttp, ops)
+    for module in modules:
         app.include_router(module.router)
     # Added first, so it runs inside the body-size limit: POST /ohttp past the router to its endpoint.
     app.add_middleware(OHTTPFastPath)

@@ -16,10 +16,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -31,6 +31,8 @@ from veil.models.training import embedding_gradients, embedding_losses
 __all__ = ["KV_COMPRESSION_FAILED", "ChatEvent", "EngineConfig", "GradientResult", "ServingEngine"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 KV_COMPRESSION_FAILED = "kv_compression_failed"
 """:attr:`ChatEvent.error` of a row with a compressor that failed even when run alone."""
@@ -225,6 +227,16 @@ class ServingEngine:
             job.finished = True
             event = ChatEvent(finish_reason="error", error=code)
             job.loop.call_soon_threadsafe(job.events.put_nowait, event)
+
+    async def run_exclusive(self, fn: Callable[[], T]) -> T:
+        """``fn()`` on the model thread, between two batches: nothing else uses the model meanwhile.
+
+        For work that drives the model itself through many generations (a DeepRAG loop); every batch
+        queued meanwhile waits for it.
+        """
+        if not self._tasks:
+            raise RuntimeError("engine not started")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
     # ------------------------------------------------------------------ chat
     async def chat(

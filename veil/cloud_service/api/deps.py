@@ -44,6 +44,7 @@ class ServiceState:
     codebooks: CodebookStore
     key_signer: Any = None  # veil.cloud_service.gateway_signing.KeyConfigSigner
     uploads: Any = None  # veil.cloud_service.store.group_commit.UploadBatcher: one group commit per process
+    rag: Any = None  # veil.cloud_service.rag_store.CollectionStore: the retrieval collections
 
 
 def get_state(request: Request) -> ServiceState:

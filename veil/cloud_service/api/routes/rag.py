@@ -1,0 +1,167 @@
+"""``/v1/rag/answers``: a question answered by DeepRAG's loop (arXiv:2502.01142) over a collection.
+
+The served model writes ``Follow up:`` subqueries and decides, step by step, whether to search the
+collection (policy ``deeprag``) or answers under one of the baselines' policies (``never``, ``always``,
+``single``, ``confidence``; :mod:`veil.models.rag.deeprag`). ``user_embedding`` personalises every
+generation of the loop, as it does a chat completion. The collection is searched with BM25 and MiniLM
+fused (a ``dense`` collection) or with BM25 alone.
+
+The loop runs on the engine's model thread (:meth:`ServingEngine.run_exclusive`), between two batches:
+the model is never used from two threads at once, and chat batches queued meanwhile wait for the
+question's loop to end. A streamed answer (``stream: true``) sends one event per step, then the whole
+answer, then ``data: [DONE]``; the loop reports its steps when it ends, so the step events arrive
+together, just before the answer. Any error (a trace that outgrows the model's context, a model failure)
+comes before the stream starts, as a plain JSON error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
+
+from veil.cloud_service.api.checks import check_codebook_version, check_model, served_embedding
+from veil.cloud_service.api.deps import Caller, State
+from veil.cloud_service.api.routes.rag_collections import collection_not_found
+from veil.cloud_service.engine import ServingEngine
+from veil.cloud_service.errors import APIError
+from veil.cloud_service.rag_schemas import RagAnswerRequest, RagAnswerResponse
+from veil.models.rag import Collection
+from veil.models.rag.deeprag import LoopConfig, RagAnswer, answer_questions
+from veil.models.rag.lm import Completion, HFTextLM
+from veil.models.rag.protocol import render_prompt
+
+__all__ = ["answer_body", "router"]
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(tags=["rag"])
+
+
+class _ContextExceededError(Exception):
+    def __init__(self, needed: int, at_start: bool) -> None:
+        super().__init__(f"{needed} tokens")
+        self.needed = needed
+        self.at_start = at_start
+
+
+class _BoundedLM:
+    """The served model as the loop's text LM, refusing any generation that would run past its context
+    (prompt, soft tokens and new tokens), so a long trace is a clear 400 rather than a model error."""
+
+    def __init__(self, lm: HFTextLM, context: int, soft_tokens: int) -> None:
+        self.lm, self.context, self.soft = lm, context, soft_tokens
+
+    def needed(self, prompt: str, max_new_tokens: int) -> int:
+        return (
+            len(self.lm.tokenizer(prompt, add_special_tokens=False)["input_ids"]) + self.soft + max_new_tokens
+        )
+
+    def chat_prompt(self, user: str, assistant_prefix: str = "") -> str:
+        return self.lm.chat_prompt(user, assistant_prefix)
+
+    def complete(self, prompts: Sequence[str], stop: Sequence[str], max_new_tokens: int) -> list[Completion]:
+        needed = max(self.needed(p, max_new_tokens) for p in prompts)
+        if needed > self.context:
+            raise _ContextExceededError(needed, at_start=False)
+        return self.lm.complete(prompts, stop, max_new_tokens)
+
+
+def _answer(
+    engine: ServingEngine,
+    collection: Collection,
+    question: str,
+    embedding: np.ndarray | None,
+    cfg: LoopConfig,
+) -> RagAnswer:
+    """The loop for one question; runs on the model thread."""
+    soft = engine.embedding_shape[0] if embedding is not None else 0
+    lm = _BoundedLM(HFTextLM(engine.model, engine.tokenizer, embedding), engine.context_length, soft)
+    # the question alone, before any step, must leave room for the first follow-up
+    needed = lm.needed(lm.chat_prompt(render_prompt(question)), cfg.follow_up_tokens)
+    if needed > engine.context_length:
+        raise _ContextExceededError(needed, at_start=True)
+    mode = "hybrid" if collection.config.dense else "bm25"
+
+    def retrieve(query: str, k: int) -> list[tuple[str, str]]:
+        hits = collection.search(query, k, mode)
+        return [(h.id, f"{h.title}\n{h.text}" if h.title else h.text) for h in hits]
+
+    return answer_questions(lm, [question], retrieve, cfg)[0]
+
+
+def answer_body(answer: RagAnswer, body: RagAnswerRequest, model: str) -> dict[str, Any]:
+    """The JSON answer (:class:`RagAnswerResponse`) of one loop's result."""
+    return {
+        "object": "rag.answer",
+        "model": model,
+        "collection": body.collection,
+        "policy": body.policy,
+        "answer": answer.answer,
+        "trace": [
+            {
+                "subquery": step.subquery,
+                "retrieved": bool(step.retrieved),
+                "passages": [pid for pid, _ in step.passages],
+                "intermediate_answer": step.answer,
+            }
+            for step in answer.trace.steps
+        ],
+        "question_passages": [pid for pid, _ in answer.question_passages],
+        "retrievals": answer.retrievals,
+        "ended": answer.ended,
+    }
+
+
+@router.post("/v1/rag/answers", response_model=RagAnswerResponse)
+async def rag_answers(body: RagAnswerRequest, state: State, _: Caller) -> Any:
+    """Answer ``question`` with retrieval from ``collection``: the answer, the trace of steps (each with
+    its subquery, whether it searched, the passage ids found, its intermediate answer), the number of
+    searches and how the loop ended. ``stream: true`` sends the same as server-sent events."""
+    check_codebook_version(state, body.codebook_version)
+    engine = state.engine
+    check_model(engine, body.model)
+    embedding = served_embedding(engine, body.user_embedding, "user_embedding", body.user_embedding_b64)
+    collection = await asyncio.to_thread(state.rag.get, body.collection)
+    if collection is None:
+        raise collection_not_found(body.collection, param="collection")
+    cfg = LoopConfig(policy=body.policy, max_steps=body.max_steps, top_k=body.top_k)
+    try:
+        result = await engine.run_exclusive(
+            lambda: _answer(engine, collection, body.question, embedding, cfg)
+        )
+    except _ContextExceededError as exc:
+        if exc.at_start:
+            raise APIError(
+                400,
+                f"the question needs {exc.needed} tokens with its instructions and first step; "
+                f"this model's context is {engine.context_length}",
+                param="question",
+                code="context_length_exceeded",
+            ) from None
+        raise APIError(
+            400,
+            f"the question's steps and passages outgrew this model's context of {engine.context_length} "
+            f"tokens ({exc.needed} needed); ask with a smaller max_steps or top_k",
+            code="context_length_exceeded",
+        ) from None
+    except Exception as exc:
+        log.exception("a RAG question failed on the model thread")  # the question stays out of the log
+        raise APIError(500, "the model failed on this question", type="server_error") from exc
+    answer = answer_body(result, body, engine.name)
+    if not body.stream:
+        return answer
+
+    async def events() -> AsyncIterator[str]:
+        for index, step in enumerate(answer["trace"]):
+            yield f"data: {json.dumps({'object': 'rag.step', 'index': index, **step})}\n\n"
+        yield f"data: {json.dumps(answer)}\n\n"
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
