@@ -137,6 +137,13 @@ def test_bad_answer_requests_are_4xx_json(stack, body: dict[str, Any], status: i
     assert _error(_ask(client, **body), status)["param"] == param
 
 
+def test_the_default_collection_unbuilt_is_a_404_that_says_how_to_build_it(stack) -> None:
+    client, _, _ = stack
+    error = _error(client.post("/v1/rag/answers", json={"question": QUESTION}), 404)
+    assert (error["param"], error["code"]) == ("collection", "collection_not_found")
+    assert "wikipedia-sample" in error["message"] and "default_collection()" in error["message"]
+
+
 def test_a_question_longer_than_the_context_is_a_400(stack) -> None:
     client, _, _ = stack
     error = _error(_ask(client, question="why " * 600), 400)  # 600 tokens; the tiny model's context is 512

@@ -30,7 +30,14 @@ from veil.cloud_service.rag_schemas import (
     DocumentsBody,
 )
 from veil.cloud_service.rag_store import describe
-from veil.models.rag import CollectionNameError, Document, IndexConfig, RagError, validate_collection_name
+from veil.models.rag import (
+    DEFAULT_COLLECTION,
+    CollectionNameError,
+    Document,
+    IndexConfig,
+    RagError,
+    validate_collection_name,
+)
 from veil.models.rag.corpus import _jsonl_record  # the one reader of FlashRAG records (title split)
 
 __all__ = ["checked_name", "collection_not_found", "router"]
@@ -39,11 +46,13 @@ router = APIRouter(tags=["rag"])
 
 
 def collection_not_found(name: str, param: str | None = None) -> APIError:
+    how = (
+        "the operator builds it into the data dir with veil.models.rag.default_collection()"
+        if name == DEFAULT_COLLECTION
+        else "create it with POST /v1/rag/collections"
+    )
     return APIError(
-        404,
-        f"collection {name!r} does not exist (create it with POST /v1/rag/collections)",
-        param=param,
-        code="collection_not_found",
+        404, f"collection {name!r} does not exist ({how})", param=param, code="collection_not_found"
     )
 
 
