@@ -109,3 +109,16 @@ def test_a_real_model_runs_the_loop_and_malformed_output_ends_a_question(
         assert a.retrievals <= 2 and a.text.startswith("So the final") == (
             a.ended == "malformed" and not a.trace.steps
         )
+
+
+def test_each_step_is_reported_as_soon_as_it_is_complete(world: World, retrieve) -> None:
+    questions = world.split("test")[:4]
+    seen: list[tuple[int, str]] = []
+    answers = answer_questions(
+        WorldReader(world),
+        [q.text for q in questions],
+        retrieve,
+        on_step=lambda i, s: seen.append((i, s.subquery)),
+    )
+    assert sorted(seen) == sorted((i, s.subquery) for i, a in enumerate(answers) for s in a.trace.steps)
+    assert [i for i, _ in seen[:4]] == [0, 1, 2, 3]  # every question's first step before any second one

@@ -124,9 +124,16 @@ def _single_shot_user(question: str, passages: Sequence[tuple[str, str]]) -> str
 
 
 def answer_questions(
-    lm: TextLM, questions: Sequence[str], retrieve: Retrieve, config: LoopConfig | None = None
+    lm: TextLM,
+    questions: Sequence[str],
+    retrieve: Retrieve,
+    config: LoopConfig | None = None,
+    on_step: Callable[[int, Step], None] | None = None,
 ) -> list[RagAnswer]:
-    """Run the loop for every question; one :class:`RagAnswer` each, in order."""
+    """Run the loop for every question; one :class:`RagAnswer` each, in order.
+
+    ``on_step(i, step)`` is called as soon as question ``i``'s step is complete (e.g. to stream it).
+    """
     cfg = config or LoopConfig()
     if any(not q.strip() for q in questions):
         raise ValueError("every question must be non-empty")
@@ -143,7 +150,10 @@ def answer_questions(
         if not active:
             break
         _follow_ups(lm, active, retrieve, cfg)
-        _answers(lm, [s for s in active if s.ended is None], retrieve, cfg)
+        stepping = [i for i, s in enumerate(states) if s.ended is None]
+        _answers(lm, [states[i] for i in stepping], retrieve, cfg)
+        for i in stepping if on_step is not None else ():
+            on_step(i, states[i].steps[-1])  # type: ignore[misc]
     for s in states:
         if s.ended is None:
             s.ended = "step_cap"
