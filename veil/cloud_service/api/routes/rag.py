@@ -9,9 +9,10 @@ fused (a ``dense`` collection) or with BM25 alone.
 The loop runs on the engine's model thread (:meth:`ServingEngine.run_exclusive`), between two batches:
 the model is never used from two threads at once, and chat batches queued meanwhile wait for the
 question's loop to end. A streamed answer (``stream: true``) sends one event per step, then the whole
-answer, then ``data: [DONE]``; the loop reports its steps when it ends, so the step events arrive
-together, just before the answer. Any error (a trace that outgrows the model's context, a model failure)
-comes before the stream starts, as a plain JSON error.
+answer, then ``data: [DONE]``; each step's event is sent as soon as the loop completes that step. An error
+before the first step (a question too long for the model's context, a model failure) is a plain JSON
+error, as without streaming; one after it ends the stream with an ``{"error": ...}`` event, then
+``data: [DONE]``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,14 +31,14 @@ from veil.cloud_service.api.checks import check_codebook_version, check_model, s
 from veil.cloud_service.api.deps import Caller, State
 from veil.cloud_service.api.routes.rag_collections import collection_not_found
 from veil.cloud_service.engine import ServingEngine
-from veil.cloud_service.errors import APIError
+from veil.cloud_service.errors import APIError, error_body
 from veil.cloud_service.rag_schemas import RagAnswerRequest, RagAnswerResponse
 from veil.models.rag import Collection
 from veil.models.rag.deeprag import LoopConfig, RagAnswer, answer_questions
 from veil.models.rag.lm import Completion, HFTextLM
-from veil.models.rag.protocol import render_prompt
+from veil.models.rag.protocol import Step, render_prompt
 
-__all__ = ["answer_body", "router"]
+__all__ = ["answer_body", "router", "step_body"]
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,7 @@ def _answer(
     question: str,
     embedding: np.ndarray | None,
     cfg: LoopConfig,
+    on_step: Callable[[int, Step], None] | None = None,
 ) -> RagAnswer:
     """The loop for one question; runs on the model thread."""
     soft = engine.embedding_shape[0] if embedding is not None else 0
@@ -93,7 +95,17 @@ def _answer(
         hits = collection.search(query, k, mode)
         return [(h.id, f"{h.title}\n{h.text}" if h.title else h.text) for h in hits]
 
-    return answer_questions(lm, [question], retrieve, cfg)[0]
+    return answer_questions(lm, [question], retrieve, cfg, on_step=on_step)[0]
+
+
+def step_body(step: Step) -> dict[str, Any]:
+    """One step of the answer's ``trace`` (and of a streamed ``rag.step`` event)."""
+    return {
+        "subquery": step.subquery,
+        "retrieved": bool(step.retrieved),
+        "passages": [pid for pid, _ in step.passages],
+        "intermediate_answer": step.answer,
+    }
 
 
 def answer_body(answer: RagAnswer, body: RagAnswerRequest, model: str) -> dict[str, Any]:
@@ -104,15 +116,7 @@ def answer_body(answer: RagAnswer, body: RagAnswerRequest, model: str) -> dict[s
         "collection": body.collection,
         "policy": body.policy,
         "answer": answer.answer,
-        "trace": [
-            {
-                "subquery": step.subquery,
-                "retrieved": bool(step.retrieved),
-                "passages": [pid for pid, _ in step.passages],
-                "intermediate_answer": step.answer,
-            }
-            for step in answer.trace.steps
-        ],
+        "trace": [step_body(step) for step in answer.trace.steps],
         "question_passages": [pid for pid, _ in answer.question_passages],
         "retrievals": answer.retrievals,
         "ended": answer.ended,
@@ -132,36 +136,80 @@ async def rag_answers(body: RagAnswerRequest, state: State, _: Caller) -> Any:
     if collection is None:
         raise collection_not_found(body.collection, param="collection")
     cfg = LoopConfig(policy=body.policy, max_steps=body.max_steps, top_k=body.top_k)
-    try:
-        result = await engine.run_exclusive(
-            lambda: _answer(engine, collection, body.question, embedding, cfg)
-        )
-    except _ContextExceededError as exc:
+    if not body.stream:
+        try:
+            result = await engine.run_exclusive(
+                lambda: _answer(engine, collection, body.question, embedding, cfg)
+            )
+        except Exception as exc:
+            raise _api_error(exc, engine) from None
+        return answer_body(result, body, engine.name)
+
+    loop = asyncio.get_running_loop()
+    steps: asyncio.Queue[Step] = asyncio.Queue()
+
+    def on_step(_index: int, step: Step) -> None:  # on the model thread
+        loop.call_soon_threadsafe(steps.put_nowait, step)
+
+    task = asyncio.ensure_future(
+        engine.run_exclusive(lambda: _answer(engine, collection, body.question, embedding, cfg, on_step))
+    )
+    first = asyncio.ensure_future(steps.get())
+    await asyncio.wait({task, first}, return_when=asyncio.FIRST_COMPLETED)
+    if not first.done():  # the loop ended (or failed) before a step: errors stay plain JSON
+        first.cancel()
+        try:
+            await task
+        except Exception as exc:
+            raise _api_error(exc, engine) from None
+
+    async def events() -> AsyncIterator[str]:
+        index, pending = 0, first
+        while True:
+            if not pending.done():
+                await asyncio.wait({task, pending}, return_when=asyncio.FIRST_COMPLETED)
+            if pending.done() and not pending.cancelled():
+                step = pending.result()
+            elif task.done():  # the loop has ended: what is left in the queue, without waiting
+                pending.cancel()
+                if steps.empty():
+                    break
+                step = steps.get_nowait()
+            else:
+                continue
+            yield f"data: {json.dumps({'object': 'rag.step', 'index': index, **step_body(step)})}\n\n"
+            index += 1
+            pending = asyncio.ensure_future(steps.get())
+        try:
+            result = task.result()
+        except Exception as exc:
+            e = _api_error(exc, engine)
+            yield f"data: {json.dumps(error_body(e.status, e.message, e.type, e.param, e.code))}\n\n"
+        else:
+            yield f"data: {json.dumps(answer_body(result, body, engine.name))}\n\n"
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
+
+
+def _api_error(exc: Exception, engine: ServingEngine) -> APIError:
+    """The API error of a loop that failed on the model thread."""
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, _ContextExceededError):
         if exc.at_start:
-            raise APIError(
+            return APIError(
                 400,
                 f"the question needs {exc.needed} tokens with its instructions and first step; "
                 f"this model's context is {engine.context_length}",
                 param="question",
                 code="context_length_exceeded",
-            ) from None
-        raise APIError(
+            )
+        return APIError(
             400,
             f"the question's steps and passages outgrew this model's context of {engine.context_length} "
             f"tokens ({exc.needed} needed); ask with a smaller max_steps or top_k",
             code="context_length_exceeded",
-        ) from None
-    except Exception as exc:
-        log.exception("a RAG question failed on the model thread")  # the question stays out of the log
-        raise APIError(500, "the model failed on this question", type="server_error") from exc
-    answer = answer_body(result, body, engine.name)
-    if not body.stream:
-        return answer
-
-    async def events() -> AsyncIterator[str]:
-        for index, step in enumerate(answer["trace"]):
-            yield f"data: {json.dumps({'object': 'rag.step', 'index': index, **step})}\n\n"
-        yield f"data: {json.dumps(answer)}\n\n"
-        yield "data: [DONE]\n\n"
-
-    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
+        )
+    log.error("a RAG question failed on the model thread", exc_info=exc)  # the question stays out of the log
+    return APIError(500, "the model failed on this question", type="server_error")
