@@ -73,7 +73,7 @@ def _common(cfg: Any, out: str) -> dict[str, Any]:
         "output_dir": out, "learning_rate": cfg.lr, "num_train_epochs": cfg.epochs,
         "per_device_train_batch_size": cfg.batch_size, "gradient_accumulation_steps": cfg.grad_accum,
         "lr_scheduler_type": "cosine", "warmup_steps": float(cfg.warmup_ratio), "seed": cfg.seed,
-        "max_length": cfg.max_length, "logging_steps": 1, "save_strategy": "no", "report_to": [],
+        "max_length": cfg.max_length, "logging_strategy": "no", "save_strategy": "no", "report_to": [],
         "disable_tqdm": True, "use_cpu": not torch.cuda.is_available(), "bf16": False,
         "dataloader_num_workers": 0,
     }  # fmt: skip
