@@ -273,7 +273,7 @@ def bench_latency(
 
 def _register_commands() -> None:
     from veil.cli import audit as audit_cli
-    from veil.cli import bench_kv, experiment_distillation, fleet, onnx_export, service
+    from veil.cli import bench_kv, experiment_distillation, experiment_rag, fleet, onnx_export, service
 
     fleet.register(app)
     service.register(app)
@@ -281,6 +281,7 @@ def _register_commands() -> None:
     onnx_export.register(app)
     bench_kv.register(bench_app)
     experiment_distillation.register(experiment_app)
+    experiment_rag.register(experiment_app)
 
 
 _register_commands()
