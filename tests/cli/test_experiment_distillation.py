@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from veil.models.distillation.experiment import METHODS, ExperimentConfig, run_distillation_experiment
 
@@ -60,12 +61,20 @@ def _veil(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize(
     "args",
-    [("--seeds", "0"), ("--seeds", "x"), ("--methods", "sft,magic"), ("--bogus",)],
+    [("--seeds", "0"), ("--seeds", "x"), ("--methods", "sft,magic"), ("--bogus",), ("--device", "tpu")],
 )
 def test_the_cli_rejects_bad_flags_with_one_line_and_exit_2(args) -> None:
     proc = _veil("experiment", "distillation", "--quick", *args)
     assert proc.returncode == 2, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert proc.stdout == ""
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error of a machine without CUDA")
+def test_the_cli_refuses_cuda_on_a_machine_without_it_with_one_line_and_exit_2() -> None:
+    proc = _veil("experiment", "distillation", "--quick", "--device", "cuda")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "cuda" in proc.stderr
     assert proc.stdout == ""
 
 

@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from veil.models.distillation import kd
-from veil.models.distillation.kd import KDConfig, distill, generate, pack, response_logits
+from veil.models.distillation.kd import KDConfig, distill, generate, pack, response_logits, response_rows
 from veil.models.loading import tiny_llama_config
 
 PAD, EOS, VOCAB = 0, 2, 24
@@ -57,6 +57,16 @@ def test_response_logits_predict_the_next_token_and_mask_the_response_targets() 
     # the first response token of row 0 is predicted from the prompt alone
     alone = model(input_ids=torch.tensor([PROMPTS[0]])).logits[0, -1]
     torch.testing.assert_close(logits[0, len(PROMPTS[0]) - 1], alone, rtol=1e-4, atol=1e-4)
+
+
+def test_response_rows_are_the_full_logits_at_the_response_targets() -> None:
+    model = tiny(32, 1, seed=0).eval()
+    ids, attn, resp = pack(PROMPTS, RESPONSES, PAD)
+    with torch.no_grad():
+        logits, _, mask = response_logits(model, ids, attn, resp)
+        rows = response_rows(model, ids, attn, resp)
+    assert rows.shape == (sum(len(r) for r in RESPONSES), VOCAB)
+    torch.testing.assert_close(rows, logits[mask], rtol=1e-5, atol=1e-5)
 
 
 def test_greedy_generation_follows_the_argmax_and_stops_at_eos_or_the_limit() -> None:

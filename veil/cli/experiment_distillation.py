@@ -33,6 +33,7 @@ def experiment_distillation(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
     out: Annotated[Path | None, typer.Option(help="Also write the result as DIR/distillation.json.")] = None,
     methods: Annotated[str, typer.Option(help="Comma-separated subset of the methods (default: all).")] = "",
+    device: Annotated[str, typer.Option(help="Where the models train and run: cpu, cuda or cuda:N.")] = "cpu",
 ) -> None:
     """Held-out bits/char, NLL, ROUGE-L and accuracy of every distillation method against SFT, mean ± std over seeds."""
     from veil.models.distillation.experiment import METHODS, ExperimentConfig
@@ -48,11 +49,10 @@ def experiment_distillation(
 
         _writable_dir(out, "--out")
     cfg = (ExperimentConfig.quick if quick else ExperimentConfig.full)(seeds)
-    if chosen:
-        try:
-            cfg = ExperimentConfig(**{**cfg.__dict__, "methods": chosen})
-        except ValueError as exc:
-            raise UserError(str(exc)) from exc
+    try:
+        cfg = ExperimentConfig(**{**cfg.__dict__, "methods": chosen or cfg.methods, "device": device})
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
 
     from veil.cli.main import _data_dir, _quiet_libraries
     from veil.models.distillation.experiment import run_distillation_experiment

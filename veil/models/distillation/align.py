@@ -131,7 +131,7 @@ def entropy_weights(logits: Tensor) -> np.ndarray:
         span = ent.max() - ent.min() if ent.numel() else ent.new_zeros(())
         h = (ent - ent.min()) / span if span > 0 else torch.zeros_like(ent)
         w = (3.0 + 3.0 * torch.sigmoid(4.0 * h - 2.0)).floor()
-    return w.numpy().astype(np.int64)
+    return w.cpu().numpy().astype(np.int64)
 
 
 def levenshtein_matrix(a: Sequence[str], b: Sequence[str]) -> np.ndarray:

@@ -48,6 +48,7 @@ __all__ = [
     "encode_example",
     "greedy_generate",
     "lee_documents",
+    "model_device",
     "prompt_text",
     "teacher_cache_path",
     "templated_examples",
@@ -366,20 +367,28 @@ def encode_example(tokenizer: Any, instruction: str, response: str) -> Encoded:
     return Encoded(list(prompt) + list(answer), [0] * len(prompt) + [1] * len(answer))
 
 
-def collate(rows: Sequence[Encoded], pad_id: int) -> dict[str, Any]:
-    """Right-padded tensors ``input_ids``, ``attention_mask`` and ``response_mask``, each ``(B, T)``."""
+def model_device(model: Any) -> Any:
+    """The ``torch.device`` of a model's parameters: where its batches must live."""
+    return next(model.parameters()).device
+
+
+def collate(rows: Sequence[Encoded], pad_id: int, device: Any = None) -> dict[str, Any]:
+    """Right-padded tensors ``input_ids``, ``attention_mask`` and ``response_mask``, each ``(B, T)``, on ``device``.
+
+    ``device`` defaults to the CPU; pass :func:`model_device` of the model the batch feeds.
+    """
     import torch
 
     width = max(len(r.input_ids) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(rows), width), dtype=torch.long)
-    resp = torch.zeros((len(rows), width), dtype=torch.long)
-    for b, r in enumerate(rows):
-        n = len(r.input_ids)
-        ids[b, :n] = torch.tensor(r.input_ids)
-        attn[b, :n] = 1
-        resp[b, :n] = torch.tensor(r.response_mask)
-    return {"input_ids": ids, "attention_mask": attn, "response_mask": resp}
+    # row [p1 r1 eos] of width 5 -> ids [p1 r1 eos pad pad], attn [1 1 1 0 0], resp [0 1 1 0 0]
+    pads = [width - len(r.input_ids) for r in rows]
+    ids = [list(r.input_ids) + [pad_id] * n for r, n in zip(rows, pads, strict=True)]
+    attn = [[1] * len(r.input_ids) + [0] * n for r, n in zip(rows, pads, strict=True)]
+    resp = [list(r.response_mask) + [0] * n for r, n in zip(rows, pads, strict=True)]
+    return {
+        name: torch.tensor(value, dtype=torch.long, device=device)
+        for name, value in (("input_ids", ids), ("attention_mask", attn), ("response_mask", resp))
+    }
 
 
 def greedy_generate(
@@ -392,6 +401,7 @@ def greedy_generate(
     pad = eos if pad is None else pad
     out: list[str] = []
     model.eval()
+    device = model_device(model)
     for start in range(0, len(instructions), batch_size):
         prompts = [
             tokenizer(prompt_text(tokenizer, i), add_special_tokens=False)["input_ids"]
@@ -399,8 +409,8 @@ def greedy_generate(
         ]
         width = max(len(p) for p in prompts)
         # row [t1 t2] of width 4 -> [pad pad t1 t2], mask [0 0 1 1]
-        ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts])
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], device=device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
         with torch.no_grad():
             gen = model.generate(
                 input_ids=ids,

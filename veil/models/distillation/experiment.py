@@ -28,7 +28,10 @@ teacher forward pass besides the student's, so the same-tokenizer KD methods alo
 hour over three seeds. The full preset uses SmolLM2. The dual-teacher
 method needs a second teacher over the *student's* tokenizer: a Llama twice the other-tokenizer
 student's width, trained by SFT on the same ``teacher`` split (our choice; the paper pairs two
-pretrained LLMs).
+pretrained LLMs), cached beside the first teacher under a key that includes the student's vocabulary.
+
+Every model and batch lives on ``ExperimentConfig.device`` (``"cpu"``, ``"cuda"`` or ``"cuda:N"``); the
+helpers take the device from the model they feed.
 
 Runtime of :meth:`ExperimentConfig.quick` on 2 CPU cores: see ``benchmarks/README.md``.
 """
@@ -40,6 +43,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -56,6 +60,7 @@ from veil.models.distillation.data import (
     build_dataset,
     collate,
     encode_example,
+    model_device,
 )
 from veil.models.distillation.metrics import EvalReport, SFTConfig, evaluate, train_sft
 
@@ -91,6 +96,7 @@ KD_LOSSES = {
     "kd-adaptive-kl": "adaptive_kl",
 }
 IGNORE_INDEX = -100
+DUAL_TEACHER_LR = 1e-3
 
 
 @dataclass
@@ -117,6 +123,10 @@ class ExperimentConfig:
     cdm_top_k: CDM's top-K (the paper's 100 needs vocabularies far larger than ``other_vocab``).
     headline: the distilled method of the "beats SFT" check.
     methods: which methods run.
+    device: where every model and batch lives: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``. Seeded draws
+        (batch order, on-policy coins, samples) come from CPU generators on every device; CUDA kernels
+        still round differently from the CPU's, so numbers agree across devices only approximately.
+    threads: torch's intra-op CPU threads during the run, restored afterwards (``None``: unchanged).
     """
 
     teacher: Literal["smollm2", "scratch"] = "smollm2"
@@ -144,8 +154,13 @@ class ExperimentConfig:
     cdm_top_k: int = 20
     headline: str = "kd-forward-kl"
     methods: tuple[str, ...] = METHODS
+    device: str = "cpu"
+    threads: int | None = None
 
     def __post_init__(self) -> None:
+        _check_device(self.device)
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1 or None, got {self.threads}")
         if self.teacher not in ("smollm2", "scratch"):
             raise ValueError(f"teacher must be 'smollm2' or 'scratch', got {self.teacher!r}")
         if self.scratch_tokenizer not in ("smollm2", "bpe"):
@@ -164,12 +179,26 @@ class ExperimentConfig:
     @classmethod
     def quick(cls, seeds: int = 3) -> ExperimentConfig:
         """A 4 x 128 Llama over SmolLM2's tokenizer trained from scratch (not SmolLM2: see the module
-        docstring), 2-layer students, 60 steps per method."""
+        docstring), 2-layer students, 60 steps per method; about 10 minutes on 2 shared CPU cores.
+
+        What keeps it there (2-core VM shared with other jobs, one seed of every method timed):
+
+        - ``threads=1``: the models are 64-128 wide, too small to split one op over threads; with a
+          second busy process on the machine, two threads made a teacher SFT step 10x slower (3-5 s
+          against 0.3-0.4 s), the largest single cost of the earlier 27.5-minute run.
+        - ``max_new_tokens=12`` (was 16): the longest reference response is 11 SmolLM2 tokens with
+          eos, so every reference still fits; it bounds on-policy samples and evaluation generations.
+        - Unchanged, because the comparison needs them: three seeds, 60 steps per method, a 300-step
+          teacher on 2,000 examples, 200 training and 40 held-out examples, GKD's ``lmbda=0.25``,
+          the 8 x 2 warm-up probe. The other savings are computational and change no result beyond
+          rounding: the output head runs on response positions only (KD, warm-up, cross-tokenizer
+          losses, sampling), and the dual teacher is cached beside the main teacher.
+        """
         return cls(
             teacher="scratch", scratch_tokenizer="smollm2", scratch_layers=4, scratch_hidden=128,
             teacher_steps=300, teacher_lr=2e-3, n_teacher=2000, n_train=200, n_heldout=40,
             seeds=tuple(range(seeds)), student_scale=0.5, other_hidden=64, steps=60, lr=1e-3,
-            lmbda=0.25, max_new_tokens=16, warmup_prompts=8, warmup_samples=2,
+            lmbda=0.25, max_new_tokens=12, warmup_prompts=8, warmup_samples=2, threads=1,
         )  # fmt: skip
 
     @classmethod
@@ -181,8 +210,34 @@ class ExperimentConfig:
         """A short hash of everything the fine-tuned teacher depends on."""
         keys = ("teacher", "teacher_model", "teacher_steps", "teacher_lr", "n_teacher", "batch_size")
         keys += ("scratch_layers", "scratch_hidden", "scratch_tokenizer") if self.teacher == "scratch" else ()
-        blob = json.dumps({k: getattr(self, k) for k in keys}, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+        return _short_hash({k: getattr(self, k) for k in keys} | self._device_key())
+
+    def dual_teacher_key(self, other_tokenizer: Any) -> str:
+        """A short hash of everything the dual method's second teacher depends on, its tokenizer included."""
+        keys = ("n_teacher", "teacher_steps", "batch_size", "other_hidden", "other_layers")
+        vocab = sorted(other_tokenizer.get_vocab().items())
+        return _short_hash({k: getattr(self, k) for k in keys} | {"lr": DUAL_TEACHER_LR, "vocab": vocab}
+                           | self._device_key())  # fmt: skip
+
+    def _device_key(self) -> dict[str, str]:
+        # a teacher trained on a GPU rounds differently; CPU keys stay those of runs before ``device``
+        return {} if self.device == "cpu" else {"device": "cuda"}
+
+
+def _short_hash(blob: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _check_device(device: str) -> None:
+    if not isinstance(device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    if device == "cpu":
+        return
+    if not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} needs CUDA, but torch.cuda.is_available() is False")
+    index = int(device.partition(":")[2] or 0)
+    if index >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
 
 
 @dataclass
@@ -223,7 +278,7 @@ def _byte_level_bpe(texts: Sequence[str], vocab_size: int = 512) -> Any:
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|im_end|>")
 
 
-def _llama(vocab: int, hidden: int, layers: int, tokenizer: Any, seed: int) -> Any:
+def _llama(vocab: int, hidden: int, layers: int, tokenizer: Any, seed: int, device: str = "cpu") -> Any:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
@@ -233,7 +288,7 @@ def _llama(vocab: int, hidden: int, layers: int, tokenizer: Any, seed: int) -> A
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )  # fmt: skip
     torch.manual_seed(seed)
-    return LlamaForCausalLM(config).eval()
+    return LlamaForCausalLM(config).to(device).eval()  # initialised on the CPU: the same weights everywhere
 
 
 def _teacher(
@@ -245,14 +300,14 @@ def _teacher(
     cache = None if data_dir is None else data_dir / "distillation" / "teachers" / cfg.teacher_key()
     info: dict[str, Any] = {"source": cfg.teacher, "steps": cfg.teacher_steps, "key": cfg.teacher_key()}
     if cache is not None and (cache / "config.json").is_file():
-        model = AutoModelForCausalLM.from_pretrained(cache, dtype=torch.float32).eval()
+        model = AutoModelForCausalLM.from_pretrained(cache, dtype=torch.float32).to(cfg.device).eval()
         return model, AutoTokenizer.from_pretrained(cache), info | {"cached": True, "seconds": 0.0}
     start = time.perf_counter()
     if cfg.teacher == "smollm2":
         from veil.models.loading import load_model
 
         loaded = load_model(cfg.teacher_model, data_dir)
-        model, tokenizer = loaded.model, loaded.tokenizer
+        model, tokenizer = loaded.model.to(cfg.device), loaded.tokenizer
         tokenizer.padding_side = "right"
     else:
         if cfg.scratch_tokenizer == "smollm2":
@@ -261,7 +316,7 @@ def _teacher(
             tokenizer = load_tokenizer(cfg.teacher_model, data_dir)
         else:
             tokenizer = _byte_level_bpe(_texts(teacher_rows))
-        model = _llama(len(tokenizer), cfg.scratch_hidden, cfg.scratch_layers, tokenizer, seed=0)
+        model = _llama(len(tokenizer), cfg.scratch_hidden, cfg.scratch_layers, tokenizer, 0, cfg.device)
     sft = SFTConfig(steps=cfg.teacher_steps, batch_size=cfg.batch_size, lr=cfg.teacher_lr, seed=0)
     train_sft(model, tokenizer, teacher_rows, sft)
     if cache is not None:
@@ -284,11 +339,32 @@ def _models(cfg: ExperimentConfig, data_dir: Path | None) -> _Models:
 
         models.vocab = {k: VocabPair.from_tokenizers(tokenizer, other_tok, k) for k in ("exact", "mined")}
     if "dual-teacher" in cfg.methods:
-        # the second teacher shares the student's tokenizer: twice the student's width, same split
-        models.other_teacher = _llama(len(other_tok), cfg.other_hidden * 2, cfg.other_layers, other_tok, 0)
-        train_sft(models.other_teacher, other_tok, rows,
-                  SFTConfig(steps=cfg.teacher_steps, batch_size=cfg.batch_size, lr=1e-3, seed=0))  # fmt: skip
+        models.other_teacher, models.teacher_info["dual_teacher"] = _dual_teacher(
+            cfg, other_tok, rows, data_dir
+        )
     return models
+
+
+def _dual_teacher(
+    cfg: ExperimentConfig, tokenizer: Any, rows: Sequence[Example], data_dir: Path | None
+) -> tuple[Any, dict[str, Any]]:
+    """The dual method's second teacher, over the student's tokenizer: twice the student's width, SFT on
+    the same split; cached beside the main teacher under :meth:`ExperimentConfig.dual_teacher_key`."""
+    from transformers import AutoModelForCausalLM
+
+    key = cfg.dual_teacher_key(tokenizer)
+    cache = None if data_dir is None else data_dir / "distillation" / "dual-teachers" / key
+    if cache is not None and (cache / "config.json").is_file():
+        model = AutoModelForCausalLM.from_pretrained(cache, dtype=torch.float32).to(cfg.device).eval()
+        return model, {"key": key, "cached": True, "seconds": 0.0}
+    start = time.perf_counter()
+    model = _llama(len(tokenizer), cfg.other_hidden * 2, cfg.other_layers, tokenizer, 0, cfg.device)
+    train_sft(model, tokenizer, rows,
+              SFTConfig(steps=cfg.teacher_steps, batch_size=cfg.batch_size, lr=DUAL_TEACHER_LR, seed=0))  # fmt: skip
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(cache)
+    return model.eval(), {"key": key, "cached": False, "seconds": time.perf_counter() - start}
 
 
 # --- methods ---------------------------------------------------------------------------------------
@@ -351,12 +427,32 @@ def run_warmup_distill(
 
 
 def _shifted(model: Any, tokenizer: Any, rows: Sequence[Example], grad: bool) -> tuple[Tensor, Tensor]:
-    """Logits ``(B, L-1, V)`` and labels ``(B, L-1)``: ``logits[b, t]`` predicts ``labels[b, t]``, -100 off the response."""
-    batch = collate([encode_example(tokenizer, e.instruction, e.response) for e in rows], _pad_id(tokenizer))
+    """Logits ``(B, R, V)`` and labels ``(B, R)`` of the responses: ``logits[b, r]`` predicts
+    ``labels[b, r]``, the ``r``-th token of row ``b``'s response; -100 past its end (``R``: the longest).
+
+    The cross-tokenizer losses read labelled positions only, in order, so the prompt positions are left
+    out before the output head, the largest matmul when the vocabulary is large.
+    """
+    encoded = [encode_example(tokenizer, e.instruction, e.response) for e in rows]
+    device = model_device(model)
+    batch = collate(encoded, _pad_id(tokenizer), device)
+    starts = [r.response_mask.index(1) for r in encoded]
+    lengths = [len(r.input_ids) - s for r, s in zip(encoded, starts, strict=True)]
+    width, longest = batch["input_ids"].shape[1], max(lengths)
+    # prompt [p1 p2] + response [r1 eos]: position 1 (p2) predicts r1, position 2 (r1) predicts eos;
+    # positions past a row's end are clamped into the row, their labels are -100
+    where = [[min(s - 1 + r, width - 1) for r in range(longest)] for s in starts]
+    labels = [
+        r.input_ids[s:] + [IGNORE_INDEX] * (longest - n)
+        for r, s, n in zip(encoded, starts, lengths, strict=True)
+    ]
+    index = torch.tensor(where, device=device)  # (B, R)
     with torch.set_grad_enabled(grad):
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
-    labels = batch["input_ids"][:, 1:].masked_fill(batch["response_mask"][:, 1:] == 0, IGNORE_INDEX)
-    return logits, labels
+        hidden = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        hidden = hidden.last_hidden_state  # (B, L, H)
+        picked = hidden.gather(1, index[..., None].expand(-1, -1, hidden.shape[-1]))  # (B, R, H)
+        logits = model.get_output_embeddings()(picked)
+    return logits, torch.tensor(labels, device=device)
 
 
 CrossLoss = Callable[[Tensor, Tensor, Tensor, Tensor, list[Example]], Tensor]
@@ -426,8 +522,10 @@ def _students(m: _Models, cfg: ExperimentConfig, seed: int) -> tuple[Any, Any]:
     from veil.models.distillation.students import StudentConfig, same_tokenizer_student
 
     same = same_tokenizer_student(m.teacher.config, cfg=StudentConfig(scale=cfg.student_scale, seed=seed),
-                                  teacher=m.teacher)  # fmt: skip
-    other = _llama(len(m.other_tokenizer), cfg.other_hidden, cfg.other_layers, m.other_tokenizer, seed)
+                                  teacher=m.teacher).to(cfg.device)  # fmt: skip
+    other = _llama(
+        len(m.other_tokenizer), cfg.other_hidden, cfg.other_layers, m.other_tokenizer, seed, cfg.device
+    )
     return same, other
 
 
@@ -440,6 +538,7 @@ def _one_seed(
     out: dict[str, dict[str, float]] = {}
     warm = None
     for method in cfg.methods:
+        start = time.perf_counter()
         if method in SAME_TOKENIZER_METHODS:
             student, tok = copy.deepcopy(same0), m.tokenizer
         else:
@@ -453,6 +552,7 @@ def _one_seed(
         else:
             run_cross(student, m, data.train, cfg, seed, cross[method])
         out[method] = _metrics(evaluate(student, tok, data.heldout, cfg.max_new_tokens))
+        out[method]["seconds"] = time.perf_counter() - start  # training and evaluation
         tick()
     return out, warm
 
@@ -462,15 +562,25 @@ def run_distillation_experiment(
 ) -> dict[str, Any]:
     """Run every method of ``cfg`` over its seeds; the JSON-ready result (see ``veil experiment distillation``).
 
-    ``data_dir`` caches the fine-tuned teacher (``None``: no cache); ``progress`` is a
+    ``data_dir`` caches the fine-tuned teachers (``None``: no cache); ``progress`` is a
     :class:`veil.progress.Progress` (default: none shown).
     """
+    previous = torch.get_num_threads()
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _run(cfg, Path(data_dir) if data_dir is not None else None, progress)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run(cfg: ExperimentConfig, data_dir: Path | None, progress: Any) -> dict[str, Any]:
     from veil.progress import NullProgress
 
     progress = progress or NullProgress()
     start = time.perf_counter()
     with progress.stage(f"teacher ({cfg.teacher}, {cfg.teacher_steps} SFT steps, cached)", None):
-        m = _models(cfg, Path(data_dir) if data_dir is not None else None)
+        m = _models(cfg, data_dir)
     per_seed: dict[str, list[dict[str, float]]] = {k: [] for k in cfg.methods}
     warmups = []
     teacher_eval = None

@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from veil.models.distillation.data import model_device
+
 __all__ = [
     "KDConfig",
     "KDStep",
@@ -43,11 +45,13 @@ __all__ = [
     "generate",
     "pack",
     "response_logits",
+    "response_rows",
 ]
 
 LossFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 """``loss(student_logits (B, T, V), teacher_logits (B, T, V), mask (B, T) bool) -> scalar``, raw
-logits in; the loss applies its own temperature (as ``get_loss``'s losses do)."""
+logits in; the loss applies its own temperature (as ``get_loss``'s losses do). A token-level mean over
+the masked positions: :func:`distill` passes a batch's response tokens as one row ``(1, N, V)``."""
 
 
 @dataclass
@@ -103,9 +107,12 @@ class KDStep:
 
 
 def pack(
-    prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], pad_id: int
+    prompts: Sequence[Sequence[int]],
+    responses: Sequence[Sequence[int]],
+    pad_id: int,
+    device: torch.device | str | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Right-padded ``prompt + response`` rows.
+    """Right-padded ``prompt + response`` rows on ``device`` (default: the CPU).
 
     Returns
     -------
@@ -117,15 +124,16 @@ def pack(
         raise ValueError(f"got {len(prompts)} prompts but {len(responses)} responses")
     rows = [list(p) + list(r) for p, r in zip(prompts, responses, strict=True)]
     width = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    response_mask = torch.zeros((len(rows), width), dtype=torch.bool)
-    for i, (p, row) in enumerate(zip(prompts, rows, strict=True)):
-        # prompt [p1 p2] + response [r1 r2 eos] -> [p1 p2 r1 r2 eos pad ...]; response_mask on r1..eos
-        input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        attention_mask[i, : len(row)] = 1
-        response_mask[i, len(p) : len(row)] = True
-    return input_ids, attention_mask, response_mask
+    # prompt [p1 p2] + response [r1 r2 eos] -> [p1 p2 r1 r2 eos pad ...]; response_mask on r1..eos
+    ids = [row + [pad_id] * (width - len(row)) for row in rows]
+    attn = [[1] * len(row) + [0] * (width - len(row)) for row in rows]
+    resp = [[False] * len(p) + [True] * (len(row) - len(p)) + [False] * (width - len(row))
+            for p, row in zip(prompts, rows, strict=True)]  # fmt: skip
+    return (
+        torch.tensor(ids, dtype=torch.long, device=device),
+        torch.tensor(attn, dtype=torch.long, device=device),
+        torch.tensor(resp, dtype=torch.bool, device=device),
+    )
 
 
 def response_logits(
@@ -141,6 +149,22 @@ def response_logits(
     """
     logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
     return logits[:, :-1].float(), input_ids[:, 1:], response_mask[:, 1:]
+
+
+def response_rows(
+    model: nn.Module, input_ids: Tensor, attention_mask: Tensor, response_mask: Tensor
+) -> Tensor:
+    """Logits ``(N, V)`` of the ``N`` positions that predict a response token, in (row, position) order.
+
+    The rows of :func:`response_logits`'s ``logits[mask]``, but the output head runs on those ``N``
+    positions only: prompts are the longer part of a row and the head is the largest matmul when the
+    vocabulary is large, so this is several times cheaper. Needs a ``PreTrainedModel``-style
+    ``base_model`` and ``get_output_embeddings()`` (no logit soft-capping).
+    """
+    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    # position t predicts token t+1: hidden (B, L, H) -> the N rows before a response token (N, H)
+    rows, cols = response_mask[:, 1:].nonzero(as_tuple=True)
+    return model.get_output_embeddings()(hidden[rows, cols]).float()
 
 
 @torch.no_grad()
@@ -159,21 +183,30 @@ def generate(
 
     Pure ancestral sampling from ``softmax(logits / temperature)``: no top-k, no top-p. Returns the
     new tokens of each row, EOS included when reached. Full forward per token (no cache): meant for
-    the short completions of tests and warm-up, and free of ``generate``'s sampling defaults.
+    the short completions of tests and warm-up, and free of ``generate``'s sampling defaults. The
+    output head runs on each row's last position only (as :func:`response_rows`, same model needs).
+
+    The batches live on the model's device; a ``generator`` on another device (a CPU generator with a
+    CUDA model) draws there, so one seed gives one stream of draws whatever the model's device.
     """
+    device = model_device(model)
     seqs = [list(p) for p in prompts]
     new: list[list[int]] = [[] for _ in prompts]
     live = list(range(len(seqs)))
     for _ in range(max_new_tokens):
         if not live:
             break
-        ids, attn, _ = pack([seqs[i] for i in live], [[] for _ in live], pad_id)
-        logits = model(input_ids=ids, attention_mask=attn).logits  # (b, L, V)
-        last = logits[torch.arange(len(live)), attn.sum(1) - 1].float()  # (b, V) at each row's end
+        ids, attn, _ = pack([seqs[i] for i in live], [[] for _ in live], pad_id, device)
+        hidden = model.base_model(input_ids=ids, attention_mask=attn).last_hidden_state  # (b, L, H)
+        # the output head on each row's last real position only: (b, H) -> (b, V)
+        ends = hidden[torch.arange(len(live), device=device), attn.sum(1) - 1]
+        last = model.get_output_embeddings()(ends).float()
         if greedy:
             nxt = last.argmax(-1)
         else:
             probs = torch.softmax(last / temperature, dim=-1)
+            if generator is not None:
+                probs = probs.to(generator.device)
             nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
         still = []
         for j, i in enumerate(live):
@@ -222,9 +255,12 @@ def distill(
         raise ValueError(f"responses are needed unless lmbda == 1, got lmbda={config.lmbda}")
     if responses is not None and len(responses) != len(prompts):
         raise ValueError(f"got {len(prompts)} prompts but {len(responses)} responses")
+    device = model_device(student)
+    if model_device(teacher) != device:
+        raise ValueError(f"teacher and student must share a device, got {model_device(teacher)} and {device}")
     loss_fn = loss_fn or _resolve_loss(config)
     given: Sequence[Sequence[int]] = responses if responses is not None else ()
-    gen = torch.Generator().manual_seed(config.seed)
+    gen = torch.Generator().manual_seed(config.seed)  # on the CPU: the same draws on every device
     teacher.eval()
     student.train()
     opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=config.lr)
@@ -245,11 +281,13 @@ def distill(
             )
         else:
             batch_responses = [given[i] for i in idx]
-        ids, attn, resp = pack(batch_prompts, batch_responses, pad_id)
+        ids, attn, resp = pack(batch_prompts, batch_responses, pad_id, device)
         with torch.no_grad():
-            t_logits, _, mask = response_logits(teacher, ids, attn, resp)
-        s_logits, _, _ = response_logits(student, ids, attn, resp)
-        loss = loss_fn(s_logits, t_logits, mask)
+            t_rows = response_rows(teacher, ids, attn, resp)  # (N, V)
+        s_rows = response_rows(student, ids, attn, resp)
+        # the losses are means over response tokens: the N tokens as one row (1, N, V) give the same mean
+        everywhere = torch.ones((1, s_rows.shape[0]), dtype=torch.bool, device=device)
+        loss = loss_fn(s_rows[None], t_rows[None], everywhere)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if config.max_grad_norm > 0:

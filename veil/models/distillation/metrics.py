@@ -32,7 +32,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from veil.models.distillation.data import Encoded, Example, collate, encode_example, greedy_generate
+from veil.models.distillation.data import (
+    Encoded,
+    Example,
+    collate,
+    encode_example,
+    greedy_generate,
+    model_device,
+)
 
 __all__ = [
     "EvalReport",
@@ -115,9 +122,10 @@ def response_nll(model: Any, tokenizer: Any, examples: Sequence[Example], batch_
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     total = 0.0
     model.eval()
+    device = model_device(model)
     with torch.no_grad():
         for chunk in _batches(rows, batch_size):
-            total += float(row_nll(model, collate(chunk, pad)).sum())
+            total += float(row_nll(model, collate(chunk, pad, device)).sum())
     n_tokens = sum(sum(r.response_mask) for r in rows)
     return NLLReport(total, n_tokens, sum(len(e.response) for e in examples))
 
@@ -130,10 +138,11 @@ def kl_to_truth(model: Any, tokenizer: Any, examples: Sequence[Example]) -> floa
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     total = 0.0
     model.eval()
+    device = model_device(model)
     with torch.no_grad():
         for e in known:
             rows = [encode_example(tokenizer, e.instruction, a) for a in e.answers]
-            log_q = (-row_nll(model, collate(rows, pad))).tolist()
+            log_q = (-row_nll(model, collate(rows, pad, device))).tolist()
             total += kl_from_truth(e.probs, log_q)
     return total / len(known)
 
@@ -244,7 +253,8 @@ def train_sft(
         raise ValueError("need at least one training example")
     rows = [encode_example(tokenizer, e.instruction, e.response) for e in data]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)  # batch order only: stays on the CPU
+    device = model_device(student)
     params = [p for p in student.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     order: list[int] = []
@@ -254,7 +264,7 @@ def train_sft(
         while len(order) < cfg.batch_size:
             order += torch.randperm(len(rows), generator=gen).tolist()
         idx, order = order[: cfg.batch_size], order[cfg.batch_size :]
-        batch = collate([rows[i] for i in idx], pad)
+        batch = collate([rows[i] for i in idx], pad, device)
         loss = row_nll(student, batch).sum() / batch["response_mask"][:, 1:].sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()

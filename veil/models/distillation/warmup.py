@@ -47,7 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from veil.models.distillation.kd import KDConfig, KDStep, LossFn, distill, generate, pack, response_logits
+from veil.models.distillation.data import model_device
+from veil.models.distillation.kd import KDConfig, KDStep, LossFn, distill, generate, pack, response_rows
 
 __all__ = [
     "FIXES",
@@ -243,20 +244,21 @@ def score_samples(
     pad_id: int,
 ) -> list[SampleScores]:
     """Teacher-force both models on each ``prompt + completion``; one :class:`SampleScores` per row."""
-    ids, attn, resp = pack(prompts, completions, pad_id)
-    t_logits, targets, mask = response_logits(teacher, ids, attn, resp)
-    s_logits, _, _ = response_logits(student, ids, attn, resp)
-    t_lp = torch.log_softmax(t_logits, -1)  # (B, L-1, V)
-    s_lp = torch.log_softmax(s_logits, -1)
-    t_tok = t_lp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (B, L-1)
+    ids, attn, resp = pack(prompts, completions, pad_id, model_device(student))
+    keep = resp[:, 1:]  # (B, L-1): position t predicts the response token t+1
+    targets = ids[:, 1:][keep]  # (N,) in (row, position) order, as the rows below
+    t_lp = torch.log_softmax(response_rows(teacher, ids, attn, resp), -1)  # (N, V)
+    s_lp = torch.log_softmax(response_rows(student, ids, attn, resp), -1)
+    t_tok = t_lp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (N,)
     s_tok = s_lp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    kl = (t_lp.exp() * (t_lp - s_lp)).sum(-1)  # (B, L-1)
+    kl = (t_lp.exp() * (t_lp - s_lp)).sum(-1)  # (N,)
     argmax = t_lp.argmax(-1)
+    counts = keep.sum(1).tolist()
     return [
-        SampleScores(
-            teacher_logp=t_tok[i][m], student_logp=s_tok[i][m], teacher_argmax=argmax[i][m], kl=kl[i][m]
+        SampleScores(teacher_logp=t, student_logp=s, teacher_argmax=a, kl=k)
+        for t, s, a, k in zip(
+            t_tok.split(counts), s_tok.split(counts), argmax.split(counts), kl.split(counts), strict=True
         )
-        for i, m in enumerate(mask)
     ]
 
 
@@ -269,7 +271,7 @@ def _sample(
     pad_id: int,
 ) -> tuple[list[list[int]], list[list[int]]]:
     """``n_samples`` completions of every prompt (temperature 1, no truncation); empty ones dropped."""
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)  # on the CPU: ``generate`` draws there on every device
     rows = [list(p) for p in prompts for _ in range(config.n_samples)]
     outs = generate(
         student, rows, config.max_new_tokens, eos_id=eos_id, pad_id=pad_id, temperature=1.0, generator=gen
@@ -347,10 +349,12 @@ def _sequence_logp(
     model: nn.Module, prompts: list[list[int]], completions: list[list[int]], pad_id: int
 ) -> tuple[Tensor, Tensor]:
     """Summed log-probability ``(B,)`` of each completion and the token count ``(B,)``."""
-    ids, attn, resp = pack(prompts, completions, pad_id)
-    logits, targets, mask = response_logits(model, ids, attn, resp)
-    tok = torch.log_softmax(logits, -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (B, L-1)
-    return (tok * mask).sum(-1), mask.sum(-1)
+    ids, attn, resp = pack(prompts, completions, pad_id, model_device(model))
+    keep = resp[:, 1:]  # (B, L-1): position t predicts the response token t+1
+    rows, _ = keep.nonzero(as_tuple=True)  # (N,) the batch row of each response token
+    logp = torch.log_softmax(response_rows(model, ids, attn, resp), -1)  # (N, V)
+    tok = logp.gather(-1, ids[:, 1:][keep].unsqueeze(-1)).squeeze(-1)  # (N,)
+    return tok.new_zeros(len(prompts)).index_add(0, rows, tok), keep.sum(-1)
 
 
 def warm_up(
@@ -365,6 +369,9 @@ def warm_up(
     """Warm ``student`` up in place on the teacher's corrections of its own samples."""
     if not prompts:
         raise ValueError("prompts is empty")
+    device = model_device(student)
+    if model_device(teacher) != device:
+        raise ValueError(f"teacher and student must share a device, got {model_device(teacher)} and {device}")
     teacher.eval()
     before = measure(student, teacher, prompts, config, eos_id=eos_id, pad_id=pad_id)
     pairs = build_pairs(student, teacher, prompts, config, eos_id=eos_id, pad_id=pad_id)
@@ -372,13 +379,13 @@ def warm_up(
     sft = pairs if config.keep_unflagged else corrected
     dpo = corrected if config.objective != "sft" else []
     examples = sft if config.objective == "sft" else dpo
-    ref_c = ref_r = torch.zeros(0)
+    ref_c = ref_r = torch.zeros(0, device=device)
     if dpo:
         # the reference is the student before any update: score once, before training
         with torch.no_grad():
             ref_c, _ = _sequence_logp(student, [p.prompt for p in dpo], [p.chosen for p in dpo], pad_id)
             ref_r, _ = _sequence_logp(student, [p.prompt for p in dpo], [p.rejected for p in dpo], pad_id)
-    gen = torch.Generator().manual_seed(config.seed)
+    gen = torch.Generator().manual_seed(config.seed)  # batch order only: stays on the CPU
     opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=config.lr)
     student.train()
     losses = []
