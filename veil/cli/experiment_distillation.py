@@ -24,7 +24,7 @@ def experiment_distillation(
         bool,
         typer.Option(
             "--quick",
-            help="A 4x128 teacher over SmolLM2's tokenizer trained from scratch, 2-layer students: ~10 min on 2 CPU cores.",
+            help="A 4x128 teacher over SmolLM2's tokenizer trained from scratch, 2-layer students: ~13 min on 2 CPU cores (12.8 min measured, teachers untrained).",
         ),
     ] = False,
     seeds: Annotated[

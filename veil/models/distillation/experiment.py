@@ -21,7 +21,7 @@ fine-tuned (SFT) on the ``teacher`` split; the result is cached in the data dire
 the teacher's settings, so later runs reuse it. ``teacher="scratch"`` instead trains a small Llama from
 random weights, over SmolLM2's tokenizer or a byte-level BPE trained here (tests; no model files).
 
-The quick preset (``--quick``, about 10 minutes on 2 CPU cores) trains the scratch teacher over
+The quick preset (``--quick``, 12.8 minutes measured on 2 shared CPU cores) trains the scratch teacher over
 SmolLM2's tokenizer, not SmolLM2 itself: on 2 shared CPU cores, 40 SFT steps of SmolLM2-135M on
 batches of 8 templated chat examples had not finished after 4 minutes, and every KD step needs a
 teacher forward pass besides the student's, so the same-tokenizer KD methods alone would take about an
@@ -179,7 +179,7 @@ class ExperimentConfig:
     @classmethod
     def quick(cls, seeds: int = 3) -> ExperimentConfig:
         """A 4 x 128 Llama over SmolLM2's tokenizer trained from scratch (not SmolLM2: see the module
-        docstring), 2-layer students, 60 steps per method; about 10 minutes on 2 shared CPU cores.
+        docstring), 2-layer students, 60 steps per method; 12.8 minutes measured on 2 shared CPU cores, teachers included.
 
         What keeps it there (2-core VM shared with other jobs, one seed of every method timed):
 
