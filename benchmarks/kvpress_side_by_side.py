@@ -92,6 +92,12 @@ def _register_sliced_sdpa() -> str:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
 
     AttentionInterface.register("sdpa_sliced", sliced)
+    # and SDPA's mask builder under the same name: without one transformers builds no mask, and SDPA's
+    # is_causal aligns a multi-token forward on top of a cache to the top left (the question of the
+    # question-after regime would then not see the context)
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionMaskInterface.register("sdpa_sliced", sdpa_mask)
     return "sdpa_sliced"
 
 
