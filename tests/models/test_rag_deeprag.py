@@ -14,8 +14,8 @@ import pytest
 from rag_world_reader import WorldReader
 
 from veil.models.rag.deeprag import POLICIES, LoopConfig, answer_questions
+from veil.models.rag.experiment import bm25_retriever
 from veil.models.rag.protocol import is_correct, parse_trace
-from veil.models.rag.sparse import BM25Index
 from veil.models.rag.world import World, WorldConfig, build_world
 
 
@@ -26,16 +26,7 @@ def world() -> World:
 
 @pytest.fixture(scope="module")
 def retrieve(world: World):
-    docs = world.corpus()
-    index = BM25Index()
-    index.add([d["contents"] for d in docs])
-
-    def search(query: str, k: int) -> list[tuple[str, str]]:
-        scores = index.scores(query)
-        best = np.argsort(-scores, kind="stable")[:k]
-        return [(docs[i]["id"], docs[i]["contents"]) for i in best]
-
-    return search
+    return bm25_retriever(world)
 
 
 def test_deeprag_retrieves_exactly_on_external_hops_and_answers(world: World, retrieve) -> None:

@@ -3,13 +3,12 @@ generated world with real BM25 and the scripted world reader."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 from rag_world_reader import WorldReader
 
+from veil.models.rag.experiment import bm25_retriever
 from veil.models.rag.protocol import CONTEXT, INTERMEDIATE, SEARCH, render_trace
 from veil.models.rag.search import SearchConfig, calibration_pairs, find_paths, gold_writer, imitation_example
-from veil.models.rag.sparse import BM25Index
 from veil.models.rag.world import World, WorldConfig, build_world
 
 
@@ -20,15 +19,7 @@ def world() -> World:
 
 @pytest.fixture(scope="module")
 def retrieve(world: World):
-    docs = world.corpus()
-    index = BM25Index()
-    index.add([d["contents"] for d in docs])
-
-    def search(query: str, k: int) -> list[tuple[str, str]]:
-        best = np.argsort(-index.scores(query), kind="stable")[:k]
-        return [(docs[i]["id"], docs[i]["contents"]) for i in best]
-
-    return search
+    return bm25_retriever(world)
 
 
 def _questions(world: World, n: int = 16) -> list:

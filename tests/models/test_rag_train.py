@@ -7,10 +7,10 @@ import pytest
 import torch
 from rag_world_reader import WorldReader
 
+from veil.models.rag.experiment import bm25_retriever
 from veil.models.rag.lm import HFTextLM
 from veil.models.rag.protocol import INTERMEDIATE, SEARCH
 from veil.models.rag.search import calibration_pairs, find_paths, gold_writer, imitation_example
-from veil.models.rag.sparse import BM25Index
 from veil.models.rag.train import CalibrationConfig, ImitationConfig, calibrate, imitate
 from veil.models.rag.world import WorldConfig, build_world
 
@@ -18,13 +18,7 @@ from veil.models.rag.world import WorldConfig, build_world
 @pytest.fixture(scope="module")
 def paths():
     world = build_world(WorldConfig(seed=5))
-    docs = world.corpus()
-    index = BM25Index()
-    index.add([d["contents"] for d in docs])
-
-    def retrieve(query: str, k: int) -> list[tuple[str, str]]:
-        best = np.argsort(-index.scores(query), kind="stable")[:k]
-        return [(docs[i]["id"], docs[i]["contents"]) for i in best]
+    retrieve = bm25_retriever(world)
 
     qs = world.split("train")[:6]
     return find_paths(WorldReader(world), [(q.text, q.answer) for q in qs], gold_writer(world), retrieve)
@@ -71,7 +65,9 @@ def test_imitation_lowers_the_loss_on_the_learned_tokens(paths, data_dir) -> Non
     lm = HFTextLM(model, tok)
     examples = [imitation_example(lm, tok, r.trace) for r in paths]
     before = _masked_nll(model, examples)
-    metrics = imitate(model, tok, examples, ImitationConfig(lr=3e-3, epochs=3, grad_accum=1, warmup_ratio=0.0))
+    metrics = imitate(
+        model, tok, examples, ImitationConfig(lr=3e-3, epochs=3, grad_accum=1, warmup_ratio=0.0)
+    )
     assert _masked_nll(model, examples) < before - 0.5 and np.isfinite(metrics["train_loss"])
 
 
