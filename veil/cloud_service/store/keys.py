@@ -57,6 +57,15 @@ class ApiKeyInfo:
     """May publish the codebook (``PUT /v1/codebook``), besides calling the model routes."""
 
 
+def _new_key() -> str:
+    """A fresh key whose prefix does not start with ``-`` (so ``veil keys revoke <prefix>`` is never read
+    as an option); redrawing 1 key in 64 leaves the other 252 random bits as they were."""
+    while True:
+        secret = secrets.token_urlsafe(_SECRET_BYTES)
+        if not secret.startswith("-"):
+            return API_KEY_PREFIX + secret
+
+
 def hash_api_key(plaintext: str) -> str:
     """SHA-256 hex of an API key, as stored in ``api_keys.key_hash``."""
     return hashlib.sha256(plaintext.encode("utf-8")).hexdigest()
@@ -83,7 +92,7 @@ def create_api_key(session: Session, label: str, operator: bool = False) -> str:
         raise ValueError(f"operator must be a bool, got {operator!r}")
     # A prefix collision (48 random bits) is astronomically rare; the unique constraint catches it.
     for _attempt in range(3):
-        plaintext = API_KEY_PREFIX + secrets.token_urlsafe(_SECRET_BYTES)
+        plaintext = _new_key()
         session.add(
             ApiKey(
                 prefix=plaintext[len(API_KEY_PREFIX) : len(API_KEY_PREFIX) + _LOOKUP_CHARS],
