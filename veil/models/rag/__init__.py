@@ -1,4 +1,4 @@
-"""Retrieval for retrieval-augmented generation (DeepRAG, arXiv:2502.01142): corpora, indexes, collections.
+"""Retrieval-augmented reasoning; this package's namespace holds the retrieval layer (DeepRAG, arXiv:2502.01142): corpora, indexes, collections.
 
 * :mod:`~veil.models.rag.corpus`: documents from ``.txt``, ``.md`` and FlashRAG ``.jsonl`` files, cut into
   ~100-word passages with stable ids; unreadable files are skipped and reported.
@@ -8,6 +8,13 @@
 * :mod:`~veil.models.rag.collection`: :class:`Collection`, a named index with ``add``, ``search``
   (``hybrid``, ``bm25`` or ``dense``) and atomic ``save``/``load`` under ``<data_dir>/rag/<name>``.
 * :mod:`~veil.models.rag.wikipedia`: :func:`default_collection`, the gensim Wikipedia sample.
+
+DeepRAG itself lives in modules imported by their own path (they load torch and transformers):
+:mod:`~veil.models.rag.protocol` (the step text format), :mod:`~veil.models.rag.lm` (a text LM over the
+personalised model), :mod:`~veil.models.rag.deeprag` (the loop and the baseline policies),
+:mod:`~veil.models.rag.search` and :mod:`~veil.models.rag.train` (the cheapest-path search, imitation and
+calibration with TRL), :mod:`~veil.models.rag.world` and :mod:`~veil.models.rag.fanoutqa` (data) and
+:mod:`~veil.models.rag.experiment` (``veil experiment rag``).
 
 Importing this package loads neither torch nor bm25s; they load on first use.
 """
