@@ -42,6 +42,7 @@ from veil.models.rag.protocol import (
     passage_line,
     render_prompt,
     render_step,
+    render_step_head,
     short_answer,
 )
 
@@ -198,7 +199,7 @@ def _follow_ups(lm: TextLM, states: list[_State], retrieve: Retrieve, cfg: LoopC
 
 def _step_head(s: _State, passages: list[tuple[str, str]]) -> str:
     """The step's text up to and including ``Intermediate answer:``."""
-    return render_step(Step(s.pending, bool(passages), passages, "")).rstrip()
+    return render_step_head(s.pending, passages)
 
 
 def _answers(lm: TextLM, states: list[_State], retrieve: Retrieve, cfg: LoopConfig) -> None:

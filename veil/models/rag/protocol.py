@@ -65,6 +65,7 @@ __all__ = [
     "render_final",
     "render_prompt",
     "render_step",
+    "render_step_head",
     "render_trace",
     "short_answer",
     "token_f1",
@@ -154,6 +155,12 @@ def render_step(step: Step) -> str:
         return f"{FOLLOW_UP} {step.subquery}\n{INTERMEDIATE} {step.answer}\n"
     passages = "".join(f"[{i}] {passage_line(text)}\n" for i, (_, text) in enumerate(step.passages, 1))
     return f"{FOLLOW_UP} {step.subquery}\n{SEARCH}\n{CONTEXT}\n{passages}{INTERMEDIATE} {step.answer}\n"
+
+
+def render_step_head(subquery: str, passages: Sequence[tuple[str, str]]) -> str:
+    """A step's text up to and including ``Intermediate answer:``: what the answer is generated after
+    (a retrieval step when ``passages`` is non-empty)."""
+    return render_step(Step(subquery, bool(passages), list(passages), "")).rstrip()
 
 
 def render_final(short: str, long: str = "") -> str:

@@ -51,6 +51,7 @@ from veil.models.rag.protocol import (
     passage_line,
     render_prompt,
     render_step,
+    render_step_head,
     render_trace,
     short_answer,
 )
@@ -222,7 +223,7 @@ def _search(
             passages = [(pid, passage_line(t)) for pid, t in find(sq, cfg.top_k)]  # type: ignore[operator]
             children.append((s, cost, steps, sq, []))
             children.append((s, cost + 1, steps, sq, passages))
-        heads = [render_step(Step(sq, bool(p), p, "")).rstrip() for _, _, _, sq, p in children]
+        heads = [render_step_head(sq, p) for _, _, _, sq, p in children]
         prompts = [
             lm.chat_prompt(render_prompt(s.question), "".join(render_step(x) for x in steps) + head)
             for (s, _, steps, _, _), head in zip(children, heads, strict=True)
