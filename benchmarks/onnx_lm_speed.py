@@ -21,36 +21,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-PROMPT = "Explain in a few sentences why the sky is blue, and what changes at sunset. "
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _timed(run: Any) -> tuple[float, float, list[int]]:
-    """Run a generator taking ``on_step``; return (first-token ms, decode tokens/s, tokens)."""
-    stamps: list[float] = []
-    start = time.perf_counter()
-    out = run(lambda step: stamps.append(time.perf_counter()))
-    tokens = out[0][0]
-    ttft = (stamps[0] - start) * 1e3
-    rate = (len(stamps) - 1) / max(stamps[-1] - stamps[0], 1e-9)
-    return ttft, rate, tokens
+from lm_timing import PROMPT, ensure_lm_export, machine, timed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,8 +47,6 @@ def main(argv: list[str] | None = None) -> int:
     from veil.client_sdk.runtime.generate import OnnxLM, SamplingParams
     from veil.models import generation
     from veil.models.loading import load_model, quiet_transformers
-    from veil.models.onnx.lm import LM_ENTRY, export_lm
-    from veil.models.onnx.manifest import ModelFileError, read_manifest
     from veil.models.personalization import PersonalizationConfig, PersonalizedLM
 
     quiet_transformers()
@@ -84,15 +58,7 @@ def main(argv: list[str] | None = None) -> int:
 
         root = Path(args.data_dir).expanduser() if args.data_dir else get_settings().resolved_data_dir()
         onnx_dir = root / "onnx" / loaded.name
-    export_s = None
-    try:
-        cached = read_manifest(onnx_dir).entry(LM_ENTRY).extra.get("source") == loaded.name
-    except (ModelFileError, KeyError):
-        cached = False
-    if not cached:
-        t = time.perf_counter()
-        export_lm(args.model, onnx_dir, args.data_dir)
-        export_s = time.perf_counter() - t
+    export_s = ensure_lm_export(args.model, onnx_dir, args.data_dir, loaded.name)
     graph_mb = sum(f.stat().st_size for f in onnx_dir.glob("lm.onnx*")) / 2**20
 
     ids = loaded.tokenizer(PROMPT * 8, add_special_tokens=False)["input_ids"][: args.prompt_tokens]
@@ -107,10 +73,10 @@ def main(argv: list[str] | None = None) -> int:
         ort_lm = OnnxLM(onnx_dir, threads=threads)
         rows: dict[str, list[tuple[float, float]]] = {"torch": [], "onnxruntime": []}
         for rep in range(args.repeats + 1):  # the first round warms both up and is dropped
-            t_ttft, t_rate, t_tok = _timed(
+            t_ttft, t_rate, t_tok = timed(
                 lambda cb: generation.generate_batch(plm, [ids], [None], torch_params, pad_id=0, on_step=cb)
             )
-            o_ttft, o_rate, o_tok = _timed(
+            o_ttft, o_rate, o_tok = timed(
                 lambda cb, m=ort_lm: m.generate_batch([ids], None, ort_params, on_step=cb)
             )
             same = same and t_tok == o_tok
@@ -140,20 +106,14 @@ def main(argv: list[str] | None = None) -> int:
         "export_seconds": export_s,
         "graph_mib": graph_mb,
         "results": results,
-        "machine": {
-            "cpu": _cpu_name(),
-            "cpus": os.cpu_count(),
-            "load_average": os.getloadavg(),
-            "torch": torch.__version__,
-            "onnxruntime": __import__("onnxruntime").__version__,
-        },
+        "machine": machine(),
     }
     if args.json:
         print(json.dumps(out))
         return 0
     print(f"{loaded.name}: {len(ids)} prompt tokens, {args.new_tokens} new, greedy, median of {args.repeats}")
     exported = "cached" if export_s is None else f"exported in {export_s:.0f} s"
-    print(f"  {out['machine']['cpu']}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}")
+    print(f"  {out['machine']['cpu']}, {os.cpu_count()} CPUs, load {out['machine']['load_average'][0]:.2f}")
     print(f"  graph {graph_mb:.1f} MiB ({exported})")
     print(f"  {'setting':<24}{'path':<13}{'first token ms':>15}{'decode tok/s':>14}")
     for label, r in results.items():
