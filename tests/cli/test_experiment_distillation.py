@@ -86,3 +86,25 @@ def test_the_quick_preset_prints_one_json_object_with_every_method() -> None:
     assert set(result["methods"]) == set(METHODS)
     assert all(len(row["per_seed"]) == 3 for row in result["methods"].values())
     assert result["warmup"]["flagged_rate_before"] >= 0.0
+
+
+def test_the_best_student_is_saved_where_export_onnx_loads_it(tmp_path) -> None:
+    from veil.models.distillation.data import greedy_generate
+    from veil.models.loading import load_model
+
+    cfg = tiny_config(methods=("sft", "kd-forward-kl"))
+    result = run_distillation_experiment(cfg, data_dir=tmp_path, save_student=tmp_path / "student")
+    saved = result["student"]
+    best = min(cfg.methods, key=lambda m: result["methods"][m]["bits_per_char"])
+    assert (saved["method"], saved["seed"], saved["path"]) == (best, 0, str(tmp_path / "student"))
+    loaded = load_model(tmp_path / "student", tmp_path)
+    (text,) = greedy_generate(loaded.model, loaded.tokenizer, ["What is 2 + 3?"], 3)
+    assert isinstance(text, str)  # a loadable causal LM with its tokenizer
+
+
+def test_the_cli_refuses_an_unwritable_save_student_folder_before_training(tmp_path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    proc = _veil("experiment", "distillation", "--quick", "--save-student", str(blocker / "sub"))
+    assert proc.returncode == 2 and "--save-student" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

@@ -34,6 +34,14 @@ def experiment_distillation(
     out: Annotated[Path | None, typer.Option(help="Also write the result as DIR/distillation.json.")] = None,
     methods: Annotated[str, typer.Option(help="Comma-separated subset of the methods (default: all).")] = "",
     device: Annotated[str, typer.Option(help="Where the models train and run: cpu, cuda or cuda:N.")] = "cpu",
+    save_student: Annotated[
+        Path | None,
+        typer.Option(
+            help="Save the best student (lowest mean held-out bits/char; first seed's) with its tokenizer "
+            "to DIR, for `veil export-onnx --lm DIR`.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Held-out bits/char, NLL, ROUGE-L and accuracy of every distillation method against SFT, mean ± std over seeds."""
     from veil.models.distillation.experiment import METHODS, ExperimentConfig
@@ -48,6 +56,10 @@ def experiment_distillation(
         from veil.cli.main import _writable_dir
 
         _writable_dir(out, "--out")
+    if save_student is not None:
+        from veil.cli.main import _writable_dir
+
+        _writable_dir(save_student, "--save-student")
     cfg = (ExperimentConfig.quick if quick else ExperimentConfig.full)(seeds)
     try:
         cfg = ExperimentConfig(**{**cfg.__dict__, "methods": chosen or cfg.methods, "device": device})
@@ -60,7 +72,9 @@ def experiment_distillation(
 
     _quiet_libraries()
     progress = NullProgress() if as_json else RichProgress()
-    result = run_distillation_experiment(cfg, data_dir=_data_dir(), progress=progress)
+    result = run_distillation_experiment(
+        cfg, data_dir=_data_dir(), progress=progress, save_student=save_student
+    )
     if out is not None:
         (out / "distillation.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     if as_json:
@@ -122,5 +136,11 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         f"{_yes(checks['headline_beats_sft_every_seed'])}"
     )
     lines.append(f"methods beating their own student's SFT in every seed: {', '.join(wins) or 'none'}")
+    if result.get("student"):
+        st = result["student"]
+        lines.append(
+            f"best student: {st['method']} (seed {st['seed']}, {st['bits_per_char']:.3f} bits/char) saved to "
+            f"{st['path']}; put it on the phone with `veil export-onnx --out DIR --lm {st['path']}`"
+        )
     lines.append(f"seconds: {result['seconds']:.0f}")
     return lines

@@ -530,8 +530,14 @@ def _students(m: _Models, cfg: ExperimentConfig, seed: int) -> tuple[Any, Any]:
 
 
 def _one_seed(
-    m: _Models, cfg: ExperimentConfig, seed: int, data: DistillData, tick: Callable[[], None]
+    m: _Models,
+    cfg: ExperimentConfig,
+    seed: int,
+    data: DistillData,
+    tick: Callable[[], None],
+    keep: dict[str, tuple[Any, Any]] | None = None,
 ) -> tuple[dict, Any]:
+    """Every method on ``seed``'s data; with ``keep``, each trained student and its tokenizer go in it."""
     same0, other0 = _students(m, cfg, seed)
     cross = _cross_losses(m, cfg) if m.vocab else {}
     sft = SFTConfig(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, seed=seed)
@@ -553,28 +559,37 @@ def _one_seed(
             run_cross(student, m, data.train, cfg, seed, cross[method])
         out[method] = _metrics(evaluate(student, tok, data.heldout, cfg.max_new_tokens))
         out[method]["seconds"] = time.perf_counter() - start  # training and evaluation
+        if keep is not None:
+            keep[method] = (student, tok)
         tick()
     return out, warm
 
 
 def run_distillation_experiment(
-    cfg: ExperimentConfig, data_dir: Path | str | None = None, progress: Any = None
+    cfg: ExperimentConfig,
+    data_dir: Path | str | None = None,
+    progress: Any = None,
+    save_student: Path | str | None = None,
 ) -> dict[str, Any]:
     """Run every method of ``cfg`` over its seeds; the JSON-ready result (see ``veil experiment distillation``).
 
     ``data_dir`` caches the fine-tuned teachers (``None``: no cache); ``progress`` is a
-    :class:`veil.progress.Progress` (default: none shown).
+    :class:`veil.progress.Progress` (default: none shown). ``save_student`` is a folder for the best
+    student: first seed's student of the method with the lowest mean held-out bits/char, saved with its
+    tokenizer (:func:`~veil.models.distillation.students.save_student`) for ``veil export-onnx --lm``;
+    the result's ``student`` says which.
     """
     previous = torch.get_num_threads()
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     try:
-        return _run(cfg, Path(data_dir) if data_dir is not None else None, progress)
+        return _run(cfg, Path(data_dir) if data_dir is not None else None, progress,
+                    Path(save_student) if save_student is not None else None)  # fmt: skip
     finally:
         torch.set_num_threads(previous)
 
 
-def _run(cfg: ExperimentConfig, data_dir: Path | None, progress: Any) -> dict[str, Any]:
+def _run(cfg: ExperimentConfig, data_dir: Path | None, progress: Any, save_to: Path | None) -> dict[str, Any]:
     from veil.progress import NullProgress
 
     progress = progress or NullProgress()
@@ -584,13 +599,15 @@ def _run(cfg: ExperimentConfig, data_dir: Path | None, progress: Any) -> dict[st
     per_seed: dict[str, list[dict[str, float]]] = {k: [] for k in cfg.methods}
     warmups = []
     teacher_eval = None
+    kept: dict[str, tuple[Any, Any]] = {}
     with progress.stage("methods x seeds", len(cfg.methods) * len(cfg.seeds)) as bar:
         for seed in cfg.seeds:
             data = build_dataset(DistillDataConfig(seed=seed, n_train=cfg.n_train, n_heldout=cfg.n_heldout,
                                                    n_teacher=0, corpus_fraction=0.0))  # fmt: skip
             if teacher_eval is None:
                 teacher_eval = _metrics(evaluate(m.teacher, m.tokenizer, data.heldout, cfg.max_new_tokens))
-            results, warm = _one_seed(m, cfg, seed, data, bar.advance)
+            keep = kept if save_to is not None and seed == cfg.seeds[0] else None
+            results, warm = _one_seed(m, cfg, seed, data, bar.advance, keep)
             for k, v in results.items():
                 per_seed[k].append(v)
             if warm is not None:
@@ -603,14 +620,28 @@ def _run(cfg: ExperimentConfig, data_dir: Path | None, progress: Any) -> dict[st
         methods[name] = summary | {
             "per_seed": [{"seed": s} | r for s, r in zip(cfg.seeds, rows, strict=True)]
         }
+    saved = _save_best(kept, methods, cfg.seeds[0], save_to) if save_to is not None else None
     return {
         "config": dataclasses.asdict(cfg),
         "methods": methods,
+        "student": saved,
         "warmup": _warmup_summary(warmups),
         "teacher": m.teacher_info | (teacher_eval or {}),
         "checks": _checks(cfg, per_seed, warmups),
         "seconds": time.perf_counter() - start,
     }
+
+
+def _save_best(
+    kept: dict[str, tuple[Any, Any]], methods: dict[str, dict[str, Any]], seed: int, out: Path
+) -> dict[str, Any]:
+    """Save the kept student of the method with the lowest mean bits/char to ``out``; what was saved."""
+    from veil.models.distillation.students import save_student
+
+    best = min(kept, key=lambda name: methods[name]["bits_per_char"])
+    model, tokenizer = kept[best]
+    save_student(model.cpu(), tokenizer, out)
+    return {"method": best, "seed": seed, "path": str(out), "bits_per_char": methods[best]["bits_per_char"]}
 
 
 def _warmup_summary(reports: Sequence[Any]) -> dict[str, Any]:

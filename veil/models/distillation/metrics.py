@@ -27,7 +27,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -222,6 +222,7 @@ class SFTConfig:
     lr, weight_decay: AdamW's.
     max_grad_norm: gradient clipping by global norm (0: none).
     seed: seeds the batch order.
+    schedule: ``"constant"`` lr, or ``"cosine"`` decay from ``lr`` to 0 over ``steps`` (no warm-up).
     """
 
     steps: int = 200
@@ -230,6 +231,7 @@ class SFTConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     seed: int = 0
+    schedule: Literal["constant", "cosine"] = "constant"
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
@@ -239,6 +241,8 @@ class SFTConfig:
                 f"need lr > 0, weight_decay >= 0, max_grad_norm >= 0, got {self.lr}, "
                 f"{self.weight_decay}, {self.max_grad_norm}"
             )
+        if self.schedule not in ("constant", "cosine"):
+            raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
 
 
 def train_sft(
@@ -257,6 +261,9 @@ def train_sft(
     device = model_device(student)
     params = [p for p in student.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    decay = None
+    if cfg.schedule == "cosine":
+        decay = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.steps, eta_min=0.0)
     order: list[int] = []
     losses = []
     student.train()
@@ -271,6 +278,8 @@ def train_sft(
         if cfg.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         opt.step()
+        if decay is not None:
+            decay.step()
         losses.append(float(loss.detach()))
     student.eval()
     return losses
