@@ -45,6 +45,11 @@ from veil.models.translation.languages import language_name
 from veil.models.translation.thought import TRANSLATION_CUE, sft_example, strip_tags
 
 __all__ = [
+    "ADVICE_HEADER",
+    "DRAFT_HEADER",
+    "KEYWORDS_HEADER",
+    "REVISE_HEADER",
+    "SCORE_HEADER",
     "KeywordPair",
     "LongThoughtConfig",
     "LongThoughtLoop",
@@ -61,6 +66,7 @@ __all__ = [
 KeywordPair = tuple[str, str]
 StopReason = Literal["threshold", "cap"]
 
+# each agent prompt starts with its own header, so a scripted stand-in can tell the roles apart
 KEYWORDS_HEADER = "Find the key words and phrases"
 DRAFT_HEADER = "Translate this"
 REVISE_HEADER = "Improve this translation"
