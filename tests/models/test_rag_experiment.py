@@ -3,9 +3,13 @@ so small a run mean nothing)."""
 
 from __future__ import annotations
 
+import random
+
 import pytest
+import torch
 
 from veil.models.rag.experiment import BASELINES, RagExperimentConfig, decision_quality, run_rag_experiment
+from veil.models.rag.protocol import INSTRUCTION
 from veil.models.rag.search import SearchConfig
 from veil.models.rag.train import CalibrationConfig, ImitationConfig
 from veil.models.rag.world import WorldConfig
@@ -18,7 +22,9 @@ def test_the_pipeline_runs_every_method_end_to_end() -> None:
         layers=1, base_epochs=1.0, n_eval=4, search=SearchConfig(max_expansions=4),
         imitation=ImitationConfig(lr=1e-3, epochs=1, batch_size=8, grad_accum=1, max_length=1024),
         calibration=CalibrationConfig(lr=1e-4, epochs=1, batch_size=8, grad_accum=1, max_length=1024),
+        threads=1,
     )  # fmt: skip
+    threads = torch.get_num_threads()
     out = run_rag_experiment(cfg)
     assert set(out["methods"]) == {*BASELINES, "deeprag-imi", "deeprag"}
     for name, r in out["methods"].items():
@@ -26,6 +32,12 @@ def test_the_pipeline_runs_every_method_end_to_end() -> None:
     assert out["methods"]["single-shot"]["retrievals"] == 1.0
     assert out["methods"]["no-retrieval"]["retrievals"] == 0.0
     assert out["training"]["stage1_questions"] > 0 and out["seconds"]["total_s"] > 0
+    assert {"base_train_s", "stage1_search_s", "stage2_train_s"} <= set(out["seconds"])
+    assert set(out["checks"]) == {
+        "deeprag_retrieves_less_than_every_step", "deeprag_at_least_as_accurate_as_every_step",
+        "decisions_better_than_chance", "calibration_improves_decisions",
+    }  # fmt: skip
+    assert torch.get_num_threads() == threads  # restored after the run's one thread
 
 
 def test_decision_quality_is_matthews_correlation_over_gold_hops() -> None:
@@ -43,3 +55,73 @@ def test_decision_quality_is_matthews_correlation_over_gold_hops() -> None:
     always = answer_questions(WorldReader(world), [q.text for q in qs], retrieve, LoopConfig(policy="always"))
     q_always = decision_quality(always, qs)
     assert q_always["mcc"] == 0.0 and q_always["f1"] > 0 and q_always["steps"] == sum(len(q.hops) for q in qs)
+
+
+def test_the_quick_preset_runs_on_one_thread_with_a_short_instruction() -> None:
+    quick = RagExperimentConfig.quick()
+    assert quick.threads == 1 and quick.instruction and len(quick.instruction) < len(INSTRUCTION)
+    assert "every-step" in quick.baselines
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [({"threads": 0}, "threads must be >= 1 or None, got 0"), ({"n_search": 0}, "n_search must be >= 1"),
+     ({"facts_per_example": 0}, "facts_per_example must be >= 1, got 0"),
+     ({"baselines": ("no-retrieval",)}, "compare with every-step"),
+     ({"baselines": ("every-step", "oracle")}, "unknown baseline.*oracle")],
+)  # fmt: skip
+def test_a_bad_config_is_refused_with_the_value(bad: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        RagExperimentConfig(**bad)
+
+
+def test_the_short_instruction_replaces_the_protocols_in_every_user_turn() -> None:
+    from veil.models.rag.experiment import _Instructed
+    from veil.models.rag.protocol import render_prompt
+
+    class Echo:
+        def chat_prompt(self, user: str, assistant_prefix: str = "") -> str:
+            return f"<u>{user}</u>{assistant_prefix}"
+
+        def complete(self, prompts, stop, max_new_tokens):  # noqa: ANN001, ANN201
+            return list(prompts)
+
+    lm = _Instructed(Echo(), "Be brief.")
+    assert (
+        lm.chat_prompt(render_prompt("Who?"), "Follow up:") == "<u>Be brief.\n\nQuestion: Who?</u>Follow up:"
+    )
+    assert lm.complete(["a"], [], 1) == ["a"]
+
+
+def test_fact_sequences_hold_every_sentence_once_and_end_with_eos() -> None:
+    from veil.models.rag.experiment import _fact_examples
+
+    class Tok:
+        eos_token = "<e>"
+
+        def __call__(self, text: str, add_special_tokens: bool = False) -> dict:
+            return {"input_ids": [hash(w) % 97 for w in text.split()], "text": text}
+
+    sentences = [f"s{i} x." for i in range(10)]
+    out = _fact_examples(Tok(), sentences, 4, random.Random(0))
+    assert [len(e["input_ids"]) for e in out] == [8, 8, 4]  # 4 + 4 + 2 sentences of two words
+    assert all(e["completion_mask"] == [1] * len(e["input_ids"]) for e in out)
+
+
+def _method(em: float, retrievals: float, mcc: float) -> dict:
+    return {"em": em, "retrievals": retrievals, "decisions": {"mcc": mcc}}
+
+
+def test_the_checks_compare_deeprag_with_every_step_and_with_stage_one() -> None:
+    from veil.models.rag.experiment import _checks
+
+    methods = {"every-step": _method(0.5, 2.4, 0.0), "deeprag-imi": _method(0.5, 1.0, 0.3),
+               "deeprag": _method(0.5, 1.1, 0.4)}  # fmt: skip
+    assert all(_checks(methods).values())
+    methods["deeprag"] = _method(0.4, 2.4, 0.3)
+    assert _checks(methods) == {
+        "deeprag_retrieves_less_than_every_step": False,
+        "deeprag_at_least_as_accurate_as_every_step": False,
+        "decisions_better_than_chance": True,
+        "calibration_improves_decisions": False,
+    }

@@ -20,7 +20,10 @@ def register(experiment: typer.Typer) -> None:
 
 def experiment_rag(
     quick: Annotated[
-        bool, typer.Option("--quick", help="The small preset (a 4x128 Llama; see benchmarks/README.md).")
+        bool,
+        typer.Option(
+            "--quick", help="The 2-core preset: a 4x128 Llama on one torch thread (see benchmarks/README.md)."
+        ),
     ] = False,
     seed: Annotated[
         int, typer.Option(help="Seeds the world, the split, the demonstrations and the model.")
@@ -61,7 +64,10 @@ def experiment_rag(
     console.print(rag_table(result))
     for name, ok in result["checks"].items():
         console.print(f"{name.replace('_', ' ')}: {'yes' if ok else 'no'}")
-    console.print(f"seconds: {result['seconds']['total_s']:.0f}")
+    stages = ", ".join(
+        f"{k.removesuffix('_s')} {v:.0f}" for k, v in result["seconds"].items() if k != "total_s"
+    )
+    console.print(f"seconds: {result['seconds']['total_s']:.0f} ({stages})")
 
 
 def rag_table(result: dict[str, Any]) -> Any:

@@ -36,11 +36,14 @@ from typing import Any
 import numpy as np
 
 from veil.models.rag.deeprag import LoopConfig, RagAnswer, Retrieve, answer_questions
-from veil.models.rag.lm import HFTextLM
+from veil.models.rag.lm import Completion, HFTextLM, TextLM
 from veil.models.rag.protocol import (
+    INSTRUCTION,
+    SEARCH,
     Step,
     Trace,
     exact_match,
+    gold_trace,
     passage_line,
     render_prompt,
     render_trace,
@@ -68,7 +71,31 @@ _POLICY = {"no-retrieval": "never", "single-shot": "single", "every-step": "alwa
 
 @dataclass(frozen=True)
 class RagExperimentConfig:
-    """One run. ``quick()`` is the 2-core preset; the defaults are larger."""
+    """One run. ``quick()`` is the 2-core preset; the defaults are larger.
+
+    Attributes
+    ----------
+    world: the generated world (:class:`~veil.models.rag.world.WorldConfig`).
+    vocab_size, hidden, layers: the BPE and the Llama trained from scratch.
+    base_epochs, base_lr, base_batch_size: the base model's training (facts and demonstrations).
+    fact_repeats: passes over the fact sentences per base epoch (they are short: extra passes are cheap,
+        and memory is what the retrieve decision must track).
+    facts_per_example: fact sentences packed into one training sequence, reshuffled every pass, so that
+        a batch holds sequences as long as a demonstration's instead of 8-token rows padded to 500.
+    demo_fraction, demo_retrieve_p: the share of training questions given as demonstrations and the
+        probability that a demonstration retrieves on a parametric hop.
+    imitation, calibration: stage I and stage II training (the paper's are for 7-8B models).
+    search: the stage I and stage II search.
+    n_search: training questions searched in each stage (``None``: every question not demonstrated).
+    top_k: BM25 passages per retrieval, in demonstrations, search and evaluation (the paper: 3).
+    instruction: the user turn's instruction (``None``: the protocol's ``INSTRUCTION``). A model trained
+        from scratch learns nothing from it; it is a constant prefix of every sequence.
+    baselines: which of :data:`BASELINES` the base model is evaluated under.
+    n_eval: test questions evaluated (at most the world's test split).
+    batch_size: prompts per generation batch.
+    threads: torch's intra-op CPU threads during the run, restored afterwards (``None``: unchanged).
+    seed: seeds the split, the demonstrations and the model.
+    """
 
     world: WorldConfig = field(default_factory=WorldConfig)
     vocab_size: int = 1500
@@ -76,6 +103,9 @@ class RagExperimentConfig:
     layers: int = 4
     base_epochs: float = 30.0
     base_lr: float = 3e-3
+    base_batch_size: int = 16
+    fact_repeats: int = 1
+    facts_per_example: int = 1
     demo_fraction: float = 0.5
     demo_retrieve_p: float = 0.5
     imitation: ImitationConfig = field(
@@ -89,20 +119,57 @@ class RagExperimentConfig:
         )
     )
     search: SearchConfig = field(default_factory=lambda: SearchConfig(max_expansions=16))
+    n_search: int | None = None
     top_k: int = 3
+    instruction: str | None = None
+    baselines: tuple[str, ...] = BASELINES
     n_eval: int = 49
     batch_size: int = 32
+    threads: int | None = None
     seed: int = 0
 
     @classmethod
     def quick(cls) -> RagExperimentConfig:
-        return cls(hidden=128, base_epochs=20.0, n_eval=32)
+        """The 2-core preset (see benchmarks/README.md)."""
+        return cls(
+            hidden=128, base_epochs=8.0, base_lr=2e-3, base_batch_size=4, fact_repeats=4,
+            facts_per_example=16, demo_fraction=0.5, n_search=96, top_k=2, instruction="Answer step by step.",
+            n_eval=49, threads=1,
+        )  # fmt: skip
 
     def __post_init__(self) -> None:
         if not 0.0 < self.demo_fraction < 1.0 or not 0.0 <= self.demo_retrieve_p <= 1.0:
             raise ValueError("demo_fraction must be in (0, 1) and demo_retrieve_p in [0, 1]")
         if self.vocab_size <= 300 or self.hidden < 16 or self.layers < 1 or self.n_eval < 1:
             raise ValueError("vocab_size > 300, hidden >= 16, layers >= 1 and n_eval >= 1 are required")
+        for name in ("base_batch_size", "fact_repeats", "facts_per_example", "top_k", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.n_search is not None and self.n_search < 1:
+            raise ValueError(f"n_search must be >= 1 or None, got {self.n_search}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1 or None, got {self.threads}")
+        if unknown := [b for b in self.baselines if b not in BASELINES]:
+            raise ValueError(f"unknown baseline(s) {unknown}; known: {', '.join(BASELINES)}")
+        if "every-step" not in self.baselines:
+            raise ValueError(
+                f"the checks compare with every-step, which baselines must hold: {self.baselines}"
+            )
+
+
+class _Instructed:
+    """A :class:`~veil.models.rag.lm.TextLM` whose user turns carry ``instruction`` in place of the
+    protocol's: every prompt of the loop, the search and the training examples goes through
+    ``chat_prompt``, so one wrapper changes them all."""
+
+    def __init__(self, lm: TextLM, instruction: str) -> None:
+        self.lm, self.instruction = lm, instruction
+
+    def chat_prompt(self, user: str, assistant_prefix: str = "") -> str:
+        return self.lm.chat_prompt(user.replace(INSTRUCTION, self.instruction), assistant_prefix)
+
+    def complete(self, prompts: Sequence[str], stop: Sequence[str], max_new_tokens: int) -> list[Completion]:
+        return self.lm.complete(prompts, stop, max_new_tokens)
 
 
 def bm25_retriever(world: World) -> Retrieve:
@@ -146,13 +213,34 @@ def decision_quality(answers: Sequence[RagAnswer], questions: Sequence[WorldQues
     }
 
 
-def _tokenizer(world: World, vocab_size: int) -> Any:
+def _tokenizer(world: World, vocab_size: int, instruction: str) -> Any:
+    """A Metaspace BPE on the world's text whose tokens never cross a line end.
+
+    Every prompt the loop continues ends with a newline (after ``Response:`` or a step), while the
+    training sequences go on past it; a merge such as ``\nF`` would tokenise the training text and the
+    prompt differently at exactly the place the model must decide. A newline therefore ends a pre-token
+    and the next line starts a new word (``▁Follow``); the protocol's words are learned from the gold
+    traces of the training questions, so its markers take a few tokens each.
+    """
+    from tokenizers import pre_tokenizers
+
     from veil.models.distillation.students import train_metaspace_bpe
 
     texts = world.training_text() + [d["contents"] for d in world.corpus()]
     texts += [q.text for q in world.questions] + [h.subquery for q in world.questions for h in q.hops]
-    texts += [render_trace(Trace("", [Step("x", True, [("1", "y")], "z")], "z")), render_prompt("x")]
-    return train_metaspace_bpe(texts, vocab_size)
+    texts += [
+        render_prompt(q.text, instruction) + "\n" + render_trace(gold_trace(q, world))
+        for q in world.split("train")
+    ]
+    # "a\n b": the BPE sees the pieces the pre-tokeniser below makes of "a\nb"
+    tokenizer = train_metaspace_bpe([t.replace("\n", "\n ") for t in texts], vocab_size)
+    tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split("\n", behavior="merged_with_previous"),
+            pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always", split=True),
+        ]
+    )
+    return tokenizer
 
 
 def _model(tokenizer: Any, cfg: RagExperimentConfig) -> Any:
@@ -178,9 +266,16 @@ def _demo(q: WorldQuestion, retrieve: Retrieve, k: int, rng: random.Random, p: f
     return Trace(q.text, steps, q.answer)
 
 
-def _fact_example(tokenizer: Any, sentence: str) -> dict[str, list[int]]:
-    ids = tokenizer(sentence + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
-    return {"input_ids": ids, "completion_mask": [1] * len(ids)}
+def _fact_examples(
+    tokenizer: Any, sentences: Sequence[str], per_example: int, rng: random.Random
+) -> list[dict[str, list[int]]]:
+    """The sentences in a fresh random order, ``per_example`` to a sequence (each sequence ends with EOS)."""
+    order = rng.sample(list(sentences), len(sentences))
+    out = []
+    for i in range(0, len(order), per_example):
+        ids = tokenizer(" ".join(order[i : i + per_example]) + tokenizer.eos_token, add_special_tokens=False)
+        out.append({"input_ids": ids["input_ids"], "completion_mask": [1] * len(ids["input_ids"])})
+    return out
 
 
 def _evaluate(
@@ -208,45 +303,89 @@ def _evaluate(
 def run_rag_experiment(
     cfg: RagExperimentConfig | None = None, progress: Callable[[str], None] | None = None
 ) -> dict[str, Any]:
-    """Train and evaluate every method; a JSON-ready dict with ``methods`` and the run's facts."""
-    import copy
+    """Train and evaluate every method; a JSON-ready dict with ``methods``, ``checks`` (the claims the
+    experiment tests, computed) and ``seconds`` per stage."""
+    import torch
 
     cfg = cfg or RagExperimentConfig()
-    say = progress or (lambda _msg: None)
-    t0 = time.perf_counter()
+    previous = torch.get_num_threads()
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _run(cfg, progress or (lambda _msg: None))
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run(cfg: RagExperimentConfig, say: Callable[[str], None]) -> dict[str, Any]:
+    import copy
+    import dataclasses
+
+    seconds: dict[str, float] = {}
+    cpu: dict[str, float] = {}
+    clock = [time.perf_counter(), time.process_time()]
+
+    def lap(name: str) -> None:
+        now = [time.perf_counter(), time.process_time()]
+        seconds[name], cpu[name] = round(now[0] - clock[0], 1), round(now[1] - clock[1], 1)
+        clock[:] = now
+        say(f"  {name}: {seconds[name]:.0f} s ({cpu[name]:.0f} s CPU)")
+
+    t0, c0 = clock
+    search = dataclasses.replace(cfg.search, top_k=cfg.top_k)
+    instruction = cfg.instruction or INSTRUCTION
     world = build_world(cfg.world)
     retrieve = bm25_retriever(world)
     rng = random.Random(cfg.seed)
     train = list(world.split("train"))
     rng.shuffle(train)
     n_demo = int(len(train) * cfg.demo_fraction)
-    demos, searched = train[:n_demo], train[n_demo:]
+    demos, searched = train[:n_demo], train[n_demo:][: cfg.n_search]
     tests = world.split("test")[: cfg.n_eval]
-    tokenizer = _tokenizer(world, cfg.vocab_size)
+    tokenizer = _tokenizer(world, cfg.vocab_size, instruction)
     model = _model(tokenizer, cfg)
-    lm = HFTextLM(model, tokenizer, batch_size=cfg.batch_size)
 
-    say(f"base model: {len(world.training_text())} fact sentences, {len(demos)} demonstrations")
-    base_data = [_fact_example(tokenizer, s) for s in world.training_text()]
-    base_data += [
+    def text_lm(m: Any) -> TextLM:
+        return _Instructed(HFTextLM(m, tokenizer, batch_size=cfg.batch_size), instruction)
+
+    lm = text_lm(model)
+    lap("setup_s")
+
+    facts = world.training_text()
+    say(f"base model: {len(facts)} fact sentences x {cfg.fact_repeats}, {len(demos)} demonstrations")
+    demo_data = [
         imitation_example(lm, tokenizer, _demo(q, retrieve, cfg.top_k, rng, cfg.demo_retrieve_p))
         for q in demos
     ]
-    base_cfg = ImitationConfig(lr=cfg.base_lr, epochs=cfg.base_epochs, batch_size=16, grad_accum=1, warmup_ratio=0.05,
-                               max_length=1024, seed=cfg.seed)  # fmt: skip
+    # every epoch sees the facts in new sequences: one pass over a list holding each epoch's copy
+    epochs = math.ceil(cfg.base_epochs)
+    base_data = [
+        x
+        for _ in range(epochs)
+        for x in demo_data
+        + [
+            e
+            for _ in range(cfg.fact_repeats)
+            for e in _fact_examples(tokenizer, facts, cfg.facts_per_example, rng)
+        ]
+    ]
+    base_cfg = ImitationConfig(lr=cfg.base_lr, epochs=cfg.base_epochs / epochs,
+                               batch_size=cfg.base_batch_size, grad_accum=1,
+                               warmup_ratio=0.05, max_length=1024, seed=cfg.seed)  # fmt: skip
     base_metrics = imitate(model, tokenizer, base_data, base_cfg)
-    timings = {"base_s": time.perf_counter() - t0}
+    lap("base_train_s")
     methods: dict[str, Any] = {}
-    for name in BASELINES:
-        say(f"evaluating {name}")
+    for name in cfg.baselines:
         methods[name] = _evaluate(lm, tests, retrieve, _POLICY[name], cfg)
+        say(_row(name, methods[name]))
+    lap("baselines_eval_s")
 
     say(f"stage I: searching {len(searched)} questions")
-    t1 = time.perf_counter()
-    paths = find_paths(lm, [(q.text, q.answer) for q in searched], gold_writer(world), retrieve, cfg.search)
+    paths = find_paths(lm, [(q.text, q.answer) for q in searched], gold_writer(world), retrieve, search)
     found = [p for p in paths if p.correct]
+    lap("stage1_search_s")
     imi_model = copy.deepcopy(model)
-    imi_lm = HFTextLM(imi_model, tokenizer, batch_size=cfg.batch_size)
+    imi_lm = text_lm(imi_model)
     if found:
         imitate(
             imi_model,
@@ -254,23 +393,25 @@ def run_rag_experiment(
             [imitation_example(imi_lm, tokenizer, p.trace) for p in found],
             cfg.imitation,
         )
-    timings["imitation_s"] = time.perf_counter() - t1
+    lap("stage1_train_s")
     methods["deeprag-imi"] = _evaluate(imi_lm, tests, retrieve, "deeprag", cfg)
+    say(_row("deeprag-imi", methods["deeprag-imi"]))
+    lap("stage1_eval_s")
 
     say("stage II: calibration")
-    t2 = time.perf_counter()
-    paths2 = find_paths(
-        imi_lm, [(q.text, q.answer) for q in searched], lm_writer(imi_lm), retrieve, cfg.search
-    )
+    paths2 = find_paths(imi_lm, [(q.text, q.answer) for q in searched], lm_writer(imi_lm), retrieve, search)
     pairs = [pair for p in paths2 if p.correct for pair in calibration_pairs(imi_lm, p.trace)]
+    lap("stage2_search_s")
     cal_model = copy.deepcopy(imi_model)
-    cal_lm = HFTextLM(cal_model, tokenizer, batch_size=cfg.batch_size)
+    cal_lm = text_lm(cal_model)
     if pairs:
         calibrate(cal_model, tokenizer, pairs, cfg.calibration)
-    timings["calibration_s"] = time.perf_counter() - t2
+    lap("stage2_train_s")
     methods["deeprag"] = _evaluate(cal_lm, tests, retrieve, "deeprag", cfg)
-    timings["total_s"] = time.perf_counter() - t0
-    every, deep, imi = methods["every-step"], methods["deeprag"], methods["deeprag-imi"]
+    say(_row("deeprag", methods["deeprag"]))
+    lap("stage2_eval_s")
+    seconds["total_s"] = round(time.perf_counter() - t0, 1)
+    cpu["total_s"] = round(time.process_time() - c0, 1)
     return {
         "config": asdict(cfg),
         "world": {
@@ -285,15 +426,32 @@ def run_rag_experiment(
             "base_loss": base_metrics.get("train_loss"),
             "stage1_paths": len(found),
             "stage1_questions": len(searched),
+            "stage1_retrievals_per_path": float(np.mean([p.retrievals for p in found])) if found else None,
             "stage2_paths": sum(p.correct for p in paths2),
             "stage2_pairs": len(pairs),
+            "stage2_retrieve_pairs": sum(p["chosen"] == SEARCH for p in pairs),
         },  # fmt: skip
         "methods": methods,
-        "checks": {
-            "deeprag_retrieves_less_than_every_step": deep["retrievals"] < every["retrievals"],
-            "deeprag_at_least_as_accurate_as_every_step": deep["em"] >= every["em"],
-            "decisions_better_than_chance": deep["decisions"]["mcc"] > 0,
-            "calibration_improves_decisions": deep["decisions"]["mcc"] > imi["decisions"]["mcc"],
-        },
-        "seconds": timings,
+        "checks": _checks(methods),
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+    }
+
+
+def _row(name: str, r: dict[str, Any]) -> str:
+    return (
+        f"  {name}: EM {r['em']:.3f}, F1 {r['f1']:.3f}, {r['retrievals']:.2f} retrievals/question, "
+        f"MCC {r['decisions']['mcc']:.3f} ({r['seconds']:.0f} s)"
+    )
+
+
+def _checks(methods: dict[str, Any]) -> dict[str, bool]:
+    """Computed, not asserted: what the experiment is meant to show, against the base model retrieving at
+    every step and against stage I alone."""
+    every, deep, imi = methods["every-step"], methods["deeprag"], methods["deeprag-imi"]
+    return {
+        "deeprag_retrieves_less_than_every_step": deep["retrievals"] < every["retrievals"],
+        "deeprag_at_least_as_accurate_as_every_step": deep["em"] >= every["em"],
+        "decisions_better_than_chance": deep["decisions"]["mcc"] > 0,
+        "calibration_improves_decisions": deep["decisions"]["mcc"] > imi["decisions"]["mcc"],
     }
