@@ -3,8 +3,10 @@
 The served model is the tiny random Llama: it does not follow DeepRAG's protocol, so its answers end
 ``malformed`` or ``step_cap``; the tests pin the answer's shape, the policies' retrieval counts (``single``
 searches exactly once, ``never`` not at all), streaming against the plain answer, the collection's life
-(create, fill, list, delete, a failed ingestion changing nothing, a restart keeping it) and every bad
-input as a 4xx JSON error. Collections are BM25-only (``dense: false``): MiniLM would cost seconds.
+(create, fill, list, delete, a failed ingestion changing nothing, a restart keeping it), a default
+collection already built being served as is, and every bad input as a 4xx JSON error (the default
+collection's build on first need: ``test_api_rag_default.py``). Collections are BM25-only
+(``dense: false``): MiniLM would cost seconds.
 """
 
 from __future__ import annotations
@@ -137,11 +139,19 @@ def test_bad_answer_requests_are_4xx_json(stack, body: dict[str, Any], status: i
     assert _error(_ask(client, **body), status)["param"] == param
 
 
-def test_the_default_collection_unbuilt_is_a_404_that_says_how_to_build_it(stack) -> None:
-    client, _, _ = stack
-    error = _error(client.post("/v1/rag/answers", json={"question": QUESTION}), 404)
-    assert (error["param"], error["code"]) == ("collection", "collection_not_found")
-    assert "wikipedia-sample" in error["message"] and "default_collection()" in error["message"]
+def test_a_default_collection_already_in_the_data_dir_is_served_as_is(stack) -> None:
+    from veil.models.rag import DEFAULT_COLLECTION, Collection, Document, IndexConfig, collection_dir
+
+    client, root, _ = stack
+    own = Collection(DEFAULT_COLLECTION, IndexConfig(dense=False))  # e.g. built by veil rag build-default
+    own.add([Document("babbage", "Charles Babbage was born in London in 1791.", "Babbage")])
+    own.save(collection_dir(DEFAULT_COLLECTION, root))
+    answer = client.post("/v1/rag/answers", json={"question": QUESTION, "policy": "single", "max_steps": 1})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["question_passages"] == ["babbage#0"]  # not rebuilt from the Wikipedia sample
+    assert client.delete(f"/v1/rag/collections/{DEFAULT_COLLECTION}").status_code == 204
+    error = _error(client.delete(f"/v1/rag/collections/{DEFAULT_COLLECTION}"), 404)
+    assert "built on first use" in error["message"] and "veil rag build-default" in error["message"]
 
 
 def test_a_question_longer_than_the_context_is_a_400(stack) -> None:

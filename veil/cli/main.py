@@ -274,11 +274,13 @@ def bench_latency(
 def _register_commands() -> None:
     from veil.cli import audit as audit_cli
     from veil.cli import bench_kv, experiment_distillation, experiment_rag, fleet, onnx_export, service
+    from veil.cli import rag as rag_cli
 
     fleet.register(app)
     service.register(app)
     audit_cli.register(app)
     onnx_export.register(app)
+    rag_cli.register(app)
     bench_kv.register(bench_app)
     experiment_distillation.register(experiment_app)
     experiment_rag.register(experiment_app)

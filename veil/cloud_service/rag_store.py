@@ -14,22 +14,34 @@ processes of one machine, and no load sees a save half-done (a cached collection
 waiting for an ingestion into it). A write works on a fresh copy and swaps it into the cache
 only once saved, so an ingestion that fails leaves both the cache and the disk as they were, and a
 question being answered keeps searching the copy it started with.
+
+The default collection (``wikipedia-sample``) exists out of the box: the first request that needs it
+while it is missing builds it from gensim's Wikipedia sample, BM25 only (about 10 s on 2 busy cores;
+embedding it with MiniLM would take about 25 minutes, so a dense copy is the operator's to build with
+``veil rag build-default --dense``). The build holds the collection's exclusive lock, so one build runs
+across threads and processes and the others wait for it, then load it; requests of one process
+waiting for it share one build (:meth:`CollectionStore.get_or_build`). A collection already there, of
+either kind, is never rebuilt.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import shutil
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from veil.client_sdk.atomic_files import atomic_write_text
 from veil.models.rag import (
+    DEFAULT_COLLECTION,
     Collection,
     Document,
     IndexConfig,
@@ -39,7 +51,9 @@ from veil.models.rag import (
     validate_collection_name,
 )
 
-__all__ = ["CollectionInfo", "CollectionStore", "describe"]
+__all__ = ["CollectionInfo", "CollectionStore", "build_default_collection", "describe"]
+
+log = logging.getLogger(__name__)
 
 _EMPTY = ".{}.empty.json"
 _LOCK = ".{}.lock"
@@ -64,18 +78,31 @@ def describe(collection: Collection) -> CollectionInfo:
     )
 
 
+def build_default_collection() -> Collection:
+    """The service's default collection: the whole Wikipedia sample, BM25 only (seconds, not minutes)."""
+    from veil.models.rag.wikipedia import build_wikipedia_sample
+
+    return build_wikipedia_sample(config=IndexConfig(dense=False))
+
+
 class CollectionStore:
     """The collections under ``<data_dir>/rag``.
 
     Every method returns ``None`` (or ``False``) for a collection that does not exist and leaves HTTP
     errors to the routes; a bad name raises :class:`~veil.models.rag.CollectionNameError`, and a failed
     ingestion the :class:`~veil.models.rag.RagError` (or ``ValueError``) of the retrieval layer.
+
+    ``build_default`` makes the default collection when it is missing (tests pass a small one).
     """
 
-    def __init__(self, data_dir: Path | str) -> None:
+    def __init__(
+        self, data_dir: Path | str, build_default: Callable[[], Collection] = build_default_collection
+    ) -> None:
         self.root = Path(data_dir).expanduser() / "rag"
         self._cache: dict[str, tuple[int, Collection]] = {}
         self._guard = threading.Lock()  # the cache dict itself
+        self._build_default = build_default
+        self._building: asyncio.Future[Collection] | None = None  # this process's build in flight
 
     # -- reading ---------------------------------------------------------------------------------------
 
@@ -91,6 +118,54 @@ class CollectionStore:
             if collection is not None:
                 self._remember(name, directory, collection)
             return collection
+
+    async def get_or_build(self, name: str) -> Collection | None:
+        """:meth:`get` off the event loop; the default collection is built first when it is missing.
+
+        Concurrent callers in this process await one build; a failed build raises its error (a
+        :class:`~veil.models.rag.RagError`, e.g. gensim missing) to every caller waiting on it, and the
+        next call tries again.
+        """
+        collection = await asyncio.to_thread(self.get, name)
+        if collection is not None or name != DEFAULT_COLLECTION:
+            return collection
+        if self._building is None or self._building.done():
+            self._building = asyncio.ensure_future(asyncio.to_thread(self.ensure_default))
+        # shielded: a caller that goes away must not cancel the build the others wait on
+        return await asyncio.shield(self._building)
+
+    def ensure_default(self) -> Collection:
+        """The default collection, built with ``build_default`` and saved when there is none.
+
+        Under the collection's exclusive lock: a build that another thread or process (or ``veil rag
+        build-default``) finished meanwhile is loaded, not repeated.
+        """
+        with self._locked(DEFAULT_COLLECTION, fcntl.LOCK_EX):
+            collection = self._load(DEFAULT_COLLECTION)
+            directory = collection_dir(DEFAULT_COLLECTION, self.root.parent)
+            if collection is None:
+                started = time.perf_counter()
+                collection = self._build_default()
+                if collection.name != DEFAULT_COLLECTION:
+                    raise ValueError(f"build_default made {collection.name!r}, not {DEFAULT_COLLECTION!r}")
+                collection.save(directory)
+                log.info(
+                    "built the default collection %r (%d passages, BM25 only) in %.1f s",
+                    DEFAULT_COLLECTION, len(collection), time.perf_counter() - started,
+                )  # fmt: skip
+            self._remember(DEFAULT_COLLECTION, directory, collection)
+            return collection
+
+    def put(self, collection: Collection) -> Path:
+        """Save a collection built elsewhere (e.g. by ``veil rag build-default``) in place of the one of
+        its name, atomically, under the exclusive lock; it is served from the next request on."""
+        name = validate_collection_name(collection.name)
+        self.root.mkdir(parents=True, exist_ok=True)
+        with self._locked(name, fcntl.LOCK_EX):
+            directory = collection.save(collection_dir(name, self.root.parent))
+            self._remember(name, directory, collection)
+            self._empty(name).unlink(missing_ok=True)
+            return directory
 
     def names(self) -> list[str]:
         """Every collection's name, sorted."""

@@ -4,7 +4,9 @@ The served model writes ``Follow up:`` subqueries and decides, step by step, whe
 collection (policy ``deeprag``) or answers under one of the baselines' policies (``never``, ``always``,
 ``single``, ``confidence``; :mod:`veil.models.rag.deeprag`). ``user_embedding`` personalises every
 generation of the loop, as it does a chat completion. The collection is searched with BM25 and MiniLM
-fused (a ``dense`` collection) or with BM25 alone.
+fused (a ``dense`` collection) or with BM25 alone. The default collection, ``wikipedia-sample``, is built
+(BM25 only) by the first question that needs it, which waits for it (seconds;
+:mod:`veil.cloud_service.api.routes.rag_collections`).
 
 The loop runs on the engine's model thread (:meth:`ServingEngine.run_exclusive`), between two batches:
 the model is never used from two threads at once, and chat batches queued meanwhile wait for the
@@ -29,7 +31,7 @@ from fastapi.responses import StreamingResponse
 
 from veil.cloud_service.api.checks import check_codebook_version, check_model, served_embedding
 from veil.cloud_service.api.deps import Caller, State
-from veil.cloud_service.api.routes.rag_collections import collection_not_found
+from veil.cloud_service.api.routes.rag_collections import served_collection
 from veil.cloud_service.engine import ServingEngine
 from veil.cloud_service.errors import APIError, error_body
 from veil.cloud_service.rag_schemas import RagAnswerRequest, RagAnswerResponse
@@ -125,16 +127,15 @@ def answer_body(answer: RagAnswer, body: RagAnswerRequest, model: str) -> dict[s
 
 @router.post("/v1/rag/answers", response_model=RagAnswerResponse)
 async def rag_answers(body: RagAnswerRequest, state: State, _: Caller) -> Any:
-    """Answer ``question`` with retrieval from ``collection``: the answer, the trace of steps (each with
+    """Answer ``question`` with retrieval from ``collection`` (default ``wikipedia-sample``, built on
+    first use): the answer, the trace of steps (each with
     its subquery, whether it searched, the passage ids found, its intermediate answer), the number of
     searches and how the loop ended. ``stream: true`` sends the same as server-sent events."""
     check_codebook_version(state, body.codebook_version)
     engine = state.engine
     check_model(engine, body.model)
     embedding = served_embedding(engine, body.user_embedding, "user_embedding", body.user_embedding_b64)
-    collection = await asyncio.to_thread(state.rag.get, body.collection)
-    if collection is None:
-        raise collection_not_found(body.collection, param="collection")
+    collection = await served_collection(state, body.collection, param="collection")
     cfg = LoopConfig(policy=body.policy, max_steps=body.max_steps, top_k=body.top_k)
     if not body.stream:
         try:

@@ -9,17 +9,24 @@ must stay apart. Not reachable through the OHTTP gateway: a phone has no collect
 Ingestion chunks, embeds (MiniLM, for a ``dense`` collection) and saves off the event loop, in a worker
 thread apart from the model thread, so chat completions go on meanwhile. A failed ingestion (a duplicate
 or malformed id, a document without words) is a ``400`` and leaves the collection as it was.
+
+The default collection, ``wikipedia-sample``, needs no creating: the first question (or ingestion) that
+names it while it is missing builds it, BM25 only, from gensim's Wikipedia sample, and waits for the
+build (about 10 s on 2 busy cores); it is listed from then on. An operator who wants it dense (BM25 and
+MiniLM fused) builds that ahead with ``veil rag build-default --dense``, which replaces the BM25 copy
+atomically (:mod:`veil.cloud_service.rag_store`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from dataclasses import asdict
 
 from fastapi import APIRouter, Response
 
-from veil.cloud_service.api.deps import Caller, State
+from veil.cloud_service.api.deps import Caller, ServiceState, State
 from veil.cloud_service.errors import APIError
 from veil.cloud_service.rag_schemas import (
     CollectionCreate,
@@ -32,6 +39,7 @@ from veil.cloud_service.rag_schemas import (
 from veil.cloud_service.rag_store import describe
 from veil.models.rag import (
     DEFAULT_COLLECTION,
+    Collection,
     CollectionNameError,
     Document,
     IndexConfig,
@@ -40,20 +48,41 @@ from veil.models.rag import (
 )
 from veil.models.rag.corpus import _jsonl_record  # the one reader of FlashRAG records (title split)
 
-__all__ = ["checked_name", "collection_not_found", "router"]
+__all__ = ["checked_name", "collection_not_found", "router", "served_collection"]
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["rag"])
 
 
 def collection_not_found(name: str, param: str | None = None) -> APIError:
     how = (
-        "the operator builds it into the data dir with veil.models.rag.default_collection()"
+        "it is built on first use, or ahead by the operator with 'veil rag build-default'"
         if name == DEFAULT_COLLECTION
         else "create it with POST /v1/rag/collections"
     )
     return APIError(
         404, f"collection {name!r} does not exist ({how})", param=param, code="collection_not_found"
     )
+
+
+async def served_collection(state: ServiceState, name: str, param: str | None = None) -> Collection:
+    """The collection to search or fill; the default one is built first when missing (a ``503`` if that
+    fails here, e.g. without gensim), any other missing one a ``404``."""
+    try:
+        collection = await state.rag.get_or_build(name)
+    except (RagError, OSError) as exc:
+        log.warning("building the default collection failed: %s", exc)
+        raise APIError(
+            503,
+            f"collection {name!r} is not built yet and building it failed ({exc}); the operator can "
+            "build it with 'veil rag build-default'",
+            param=param,
+            code="collection_unavailable",
+        ) from None
+    if collection is None:
+        raise collection_not_found(name, param=param)
+    return collection
 
 
 def checked_name(name: str, param: str = "name") -> str:
@@ -90,10 +119,13 @@ async def list_collections(state: State, _: Caller) -> dict[str, object]:
 
 @router.post("/v1/rag/collections/{name}/documents", response_model=DocumentsAdded)
 async def add_documents(name: str, body: DocumentsBody, state: State, _: Caller) -> dict[str, object]:
-    """Chunk, index and save the documents (``404`` for an unknown collection; ``400`` for a duplicate
-    id, within the request or with a document already indexed, or a document without words)."""
+    """Chunk, index and save the documents (``404`` for an unknown collection, but the default one is
+    built first when missing; ``400`` for a duplicate id, within the request or with a document already
+    indexed, or a document without words)."""
     checked_name(name)
     docs = _documents(body.documents)
+    if name == DEFAULT_COLLECTION:
+        await served_collection(state, name)  # built first if missing: it exists out of the box
     try:
         added = await asyncio.to_thread(state.rag.add, name, docs)
     except RagError as exc:
