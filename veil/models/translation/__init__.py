@@ -12,9 +12,16 @@
 * :mod:`~veil.models.translation.thought`: the ``<thought>...</thought><output>...</output>`` format, DRT-o1's
   prompts and the parser that never raises.
 
-:mod:`~veil.models.translation.long_thought` (the translator-advisor-evaluator loop) is imported by its own
-path: it loads torch through :mod:`veil.models.rag.lm`. Importing this package loads neither torch nor
-sacreBLEU.
+Imported by their own paths, because they load torch through :mod:`veil.models.rag.lm`:
+
+* :mod:`~veil.models.translation.long_thought`: DRT-o1's translator-advisor-evaluator loop;
+* :mod:`~veil.models.translation.grounded_translate`: RAGtrans-style translation with documents, each
+  judged for relevance first, the irrelevant ones dropped;
+* :mod:`~veil.models.translation.multitask`: RAGtrans's multi-task training examples (grounded
+  translation and three auxiliary objectives built from parallel text);
+* :mod:`~veil.models.translation.sft`: supervised fine-tuning on either method's examples with TRL.
+
+Importing this package loads neither torch nor sacreBLEU.
 """
 
 from veil.models.translation.data import (
