@@ -13,13 +13,15 @@ is BM25 over its corpus (:func:`veil.models.rag.experiment.bm25_retriever`, Deep
 policies run interleaved, question by question, in an order that rotates, so a change in the machine's
 load hits every policy alike. Printed per policy: p50 / p95 / mean seconds per question, steps,
 searches, generation calls, generated tokens (counted by re-tokenising each completion with its stop
-string) and how the loop ended (``final``, ``step_cap``, ``malformed``), and
-each policy's p50 and mean as a ratio to single-shot's from the same run. SmolLM2-135M-Instruct is not trained for DeepRAG's protocol: writing its own steps
-(``--decisions model``) it ends most questions ``malformed`` at the first follow-up, so every policy costs
-about the same. ``--decisions gold`` keeps the model's real cost and takes the text from the world's gold
-path (see ``_GoldPacedLM``): what a model trained to the protocol would cost.
+string) and how the loop ended (``final``, ``step_cap``, ``malformed``), and each policy's p50 and mean
+as a ratio to single-shot's from the same run.
 
-    VEIL_DATA_DIR=/tmp/vd .venv/bin/python benchmarks/rag_answer_latency.py --questions 20 --threads 1
+SmolLM2-135M-Instruct is not trained for DeepRAG's protocol: writing its own steps (``--decisions
+model``) it ends questions ``malformed`` at the first follow-up, so every policy does about the same
+work. ``--decisions gold`` keeps the model's real cost and takes the text from the world's gold path (see
+``_GoldPacedLM``): what a model trained to the protocol, decomposing as the gold path does, would cost.
+
+    VEIL_DATA_DIR=/tmp/vd .venv/bin/python benchmarks/rag_answer_latency.py --questions 8 --decisions gold --threads 1
 """
 
 from __future__ import annotations
