@@ -123,12 +123,12 @@ def _full_shifted(model, tokenizer, rows) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_the_response_only_logits_give_every_cross_tokenizer_loss_of_the_full_logits(tmp_path) -> None:
-    from veil.models.distillation import experiment
+    from veil.models.distillation import experiment, methods, pairs
     from veil.models.distillation.cdm import DualTeacherConfig, dual_teacher_loss
 
     cfg = smallest_config(methods=("cdm", "uld", "minED", "dual-teacher"), teacher_steps=2)
-    m = experiment._models(cfg, tmp_path)
-    student = experiment._students(m, cfg, seed=0)[1]
+    m = pairs.build_models(cfg, tmp_path)
+    student = pairs.initial_students(m, cfg, seed=0)[1]
     data = experiment.DistillDataConfig(seed=0, n_train=4, n_heldout=1, corpus_fraction=0.0)
     rows = experiment.build_dataset(data).train
 
@@ -140,10 +140,10 @@ def test_the_response_only_logits_give_every_cross_tokenizer_loss_of_the_full_lo
                 shifted(m.other_teacher, m.other_tokenizer, rows)[0],
             )
 
-    compact = both(lambda model, tok, rows: experiment._shifted(model, tok, rows, grad=False))
+    compact = both(lambda model, tok, rows: methods.shifted_logits(model, tok, rows, grad=False))
     full = both(_full_shifted)
     assert compact[0].shape[1] < full[0].shape[1]  # the prompts are left out
-    losses = experiment._cross_losses(m, cfg)
+    losses = methods.cross_losses(m, cfg)
     for name in ("cdm", "uld", "minED"):
         assert float(losses[name](*compact[:4], rows)) == pytest.approx(
             float(losses[name](*full[:4], rows)), rel=1e-5

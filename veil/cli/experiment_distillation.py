@@ -142,5 +142,5 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
             f"best student: {st['method']} (seed {st['seed']}, {st['bits_per_char']:.3f} bits/char) saved to "
             f"{st['path']}; put it on the phone with `veil export-onnx --out DIR --lm {st['path']}`"
         )
-    lines.append(f"seconds: {result['seconds']:.0f}")
+    lines.append(f"seconds: {result['seconds']:.0f} wall, {result.get('cpu_seconds', float('nan')):.0f} CPU")
     return lines

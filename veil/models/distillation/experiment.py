@@ -17,18 +17,18 @@ responses is the tokenizer-independent figure; NLL per token, ROUGE-L and exact 
 defined on the single-answer tasks) are reported too (:func:`~veil.models.distillation.metrics.evaluate`).
 
 The teacher. SmolLM2-135M-Instruct does not know the templated answer distributions, so it is first
-fine-tuned (SFT) on the ``teacher`` split; the result is cached in the data directory under a key of
-the teacher's settings, so later runs reuse it. ``teacher="scratch"`` instead trains a small Llama from
-random weights, over SmolLM2's tokenizer or a byte-level BPE trained here (tests; no model files).
+fine-tuned (SFT) on the ``teacher`` split; ``teacher="scratch"`` instead trains a small Llama from
+random weights, over SmolLM2's tokenizer or a byte-level BPE trained here. Either way the teacher must
+know the task better than the student can learn it from the ``train`` split, or there is nothing to
+distil: it sees ten times the data, and its held-out bits/char is reported next to the students'.
+Teachers are built and cached by :mod:`veil.models.distillation.pairs`; each method's training lives in
+:mod:`veil.models.distillation.methods`.
 
-The quick preset (``--quick``, 12.8 minutes measured on 2 shared CPU cores) trains the scratch teacher over
-SmolLM2's tokenizer, not SmolLM2 itself: on 2 shared CPU cores, 40 SFT steps of SmolLM2-135M on
-batches of 8 templated chat examples had not finished after 4 minutes, and every KD step needs a
-teacher forward pass besides the student's, so the same-tokenizer KD methods alone would take about an
-hour over three seeds. The full preset uses SmolLM2. The dual-teacher
-method needs a second teacher over the *student's* tokenizer: a Llama twice the other-tokenizer
-student's width, trained by SFT on the same ``teacher`` split (our choice; the paper pairs two
-pretrained LLMs), cached beside the first teacher under a key that includes the student's vocabulary.
+The quick preset (``--quick``) trains the scratch teacher over a 512-token byte-level BPE, not
+SmolLM2: on 2 shared CPU cores, 40 SFT steps of SmolLM2-135M on batches of 8 templated chat examples
+had not finished after 4 minutes, and every KD step needs a teacher forward pass besides the
+student's, so the same-tokenizer KD methods alone would take about an hour over three seeds. The full
+preset uses SmolLM2 (for a GPU: ``--device cuda``).
 
 Every model and batch lives on ``ExperimentConfig.device`` (``"cpu"``, ``"cuda"`` or ``"cuda:N"``); the
 helpers take the device from the model they feed.
@@ -46,23 +46,16 @@ import math
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 import torch
-from torch import Tensor
 
-from veil.models.distillation.data import (
-    DistillData,
-    DistillDataConfig,
-    Example,
-    build_dataset,
-    collate,
-    encode_example,
-    model_device,
-)
+from veil.models.distillation.data import DistillData, DistillDataConfig, build_dataset
+from veil.models.distillation.methods import cross_losses, run_cross, run_kd, run_warmup_distill
 from veil.models.distillation.metrics import EvalReport, SFTConfig, evaluate, train_sft
+from veil.models.distillation.pairs import DUAL_TEACHER_LR, Models, build_models, initial_students
 
 __all__ = [
     "CROSS_TOKENIZER_METHODS",
@@ -95,8 +88,6 @@ KD_LOSSES = {
     "kd-skewed-forward-kl": "skewed_forward_kl",
     "kd-adaptive-kl": "adaptive_kl",
 }
-IGNORE_INDEX = -100
-DUAL_TEACHER_LR = 1e-3
 
 
 @dataclass
@@ -110,7 +101,10 @@ class ExperimentConfig:
         tokenizer of a scratch teacher with ``scratch_tokenizer="smollm2"``).
     scratch_tokenizer: a scratch teacher's tokenizer, SmolLM2's (``"smollm2"``) or a 512-token
         byte-level BPE trained here (``"bpe"``, needs no model files).
-    teacher_steps, teacher_lr: SFT of the teacher on the ``teacher`` split.
+    teacher_steps, teacher_lr, teacher_schedule: SFT of the teacher on the ``teacher`` split; cosine decay
+        (our choice) reached 0.53 held-out bits/char in 1,500 steps of the quick preset's scratch teacher
+        where a constant rate reached 0.66.
+    dual_teacher_steps: SFT steps of the dual-teacher method's second teacher (``None``: ``teacher_steps``).
     scratch_layers, scratch_hidden: the ``"scratch"`` teacher's Llama shape.
     n_teacher, n_train, n_heldout: split sizes (templated tasks only).
     seeds: data, student initialisation and training order of each repetition.
@@ -134,6 +128,8 @@ class ExperimentConfig:
     scratch_tokenizer: Literal["smollm2", "bpe"] = "smollm2"
     teacher_steps: int = 300
     teacher_lr: float = 1e-4
+    teacher_schedule: Literal["constant", "cosine"] = "cosine"
+    dual_teacher_steps: int | None = None
     scratch_layers: int = 2
     scratch_hidden: int = 64
     n_teacher: int = 2000
@@ -170,7 +166,15 @@ class ExperimentConfig:
             raise ValueError(f"unknown method(s) {unknown or '(none)'}; known: {', '.join(METHODS)}")
         if not self.seeds:
             raise ValueError("need at least one seed")
-        for name in ("teacher_steps", "n_teacher", "n_train", "n_heldout", "steps", "batch_size"):
+        for name in (
+            "teacher_steps",
+            "dual_steps",
+            "n_teacher",
+            "n_train",
+            "n_heldout",
+            "steps",
+            "batch_size",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.lmbda <= 1.0:
@@ -178,27 +182,31 @@ class ExperimentConfig:
 
     @classmethod
     def quick(cls, seeds: int = 3) -> ExperimentConfig:
-        """A 4 x 128 Llama over SmolLM2's tokenizer trained from scratch (not SmolLM2: see the module
-        docstring), 2-layer students, 60 steps per method; 12.8 minutes measured on 2 shared CPU cores, teachers included.
+        """A 4 x 128 Llama over a 512-token byte-level BPE trained from scratch as the teacher (not SmolLM2:
+        see the module docstring), 2-layer students, 60 steps per method, on 2 CPU cores.
 
-        What keeps it there (2-core VM shared with other jobs, one seed of every method timed):
+        What it is built on (2-core VM, one thread, one seed timed, see ``benchmarks/README.md``):
 
+        - The teacher must know the task better than the student can learn it from the ``train`` split,
+          or there is nothing to distil. The earlier preset's teacher (over SmolLM2's 49,152-token
+          vocabulary, 300 constant-rate steps) reached 1.29 held-out bits/char, worse than the SFT
+          student's 1.10, and every KD method lost to SFT. With a 512-token vocabulary a step costs a
+          fraction as much, so the teacher gets 1,500 steps with cosine decay and reaches 0.57.
         - ``threads=1``: the models are 64-128 wide, too small to split one op over threads; with a
-          second busy process on the machine, two threads made a teacher SFT step 10x slower (3-5 s
-          against 0.3-0.4 s), the largest single cost of the earlier 27.5-minute run.
-        - ``max_new_tokens=12`` (was 16): the longest reference response is 11 SmolLM2 tokens with
-          eos, so every reference still fits; it bounds on-policy samples and evaluation generations.
-        - Unchanged, because the comparison needs them: three seeds, 60 steps per method, a 300-step
-          teacher on 2,000 examples, 200 training and 40 held-out examples, GKD's ``lmbda=0.25``,
-          the 8 x 2 warm-up probe. The other savings are computational and change no result beyond
-          rounding: the output head runs on response positions only (KD, warm-up, cross-tokenizer
-          losses, sampling), and the dual teacher is cached beside the main teacher.
+          second busy process on the machine, two threads made a step several times slower.
+        - ``dual_teacher_steps=600``: the dual method's second teacher is a 2 x 128 model over 1,000 tokens.
+        - ``n_heldout=100``: 40 held-out examples left differences between methods within noise.
+        - ``warmup_prompts=32``: Warmup-Distill's probe of the student (64 samples), large enough for the
+          flagged-token rate before and after warm-up to be compared.
+        - ``max_new_tokens=12``: every reference response fits; it bounds on-policy samples and
+          evaluation generations.
         """
         return cls(
-            teacher="scratch", scratch_tokenizer="smollm2", scratch_layers=4, scratch_hidden=128,
-            teacher_steps=300, teacher_lr=2e-3, n_teacher=2000, n_train=200, n_heldout=40,
-            seeds=tuple(range(seeds)), student_scale=0.5, other_hidden=64, steps=60, lr=1e-3,
-            lmbda=0.25, max_new_tokens=12, warmup_prompts=8, warmup_samples=2, threads=1,
+            teacher="scratch", scratch_tokenizer="bpe", scratch_layers=4, scratch_hidden=128,
+            teacher_steps=1500, teacher_lr=3e-3, teacher_schedule="cosine", dual_teacher_steps=600,
+            n_teacher=2000, n_train=200, n_heldout=100, seeds=tuple(range(seeds)), student_scale=0.5,
+            other_hidden=64, steps=60, lr=1e-3, lmbda=0.25, max_new_tokens=12, warmup_prompts=32,
+            warmup_samples=2, threads=1,
         )  # fmt: skip
 
     @classmethod
@@ -208,13 +216,19 @@ class ExperimentConfig:
 
     def teacher_key(self) -> str:
         """A short hash of everything the fine-tuned teacher depends on."""
-        keys = ("teacher", "teacher_model", "teacher_steps", "teacher_lr", "n_teacher", "batch_size")
+        keys = ("teacher", "teacher_model", "teacher_steps", "teacher_lr", "teacher_schedule", "n_teacher",
+                "batch_size")  # fmt: skip
         keys += ("scratch_layers", "scratch_hidden", "scratch_tokenizer") if self.teacher == "scratch" else ()
         return _short_hash({k: getattr(self, k) for k in keys} | self._device_key())
 
+    @property
+    def dual_steps(self) -> int:
+        """SFT steps of the dual method's second teacher."""
+        return self.teacher_steps if self.dual_teacher_steps is None else self.dual_teacher_steps
+
     def dual_teacher_key(self, other_tokenizer: Any) -> str:
         """A short hash of everything the dual method's second teacher depends on, its tokenizer included."""
-        keys = ("n_teacher", "teacher_steps", "batch_size", "other_hidden", "other_layers")
+        keys = ("n_teacher", "dual_steps", "batch_size", "other_hidden", "other_layers")
         vocab = sorted(other_tokenizer.get_vocab().items())
         return _short_hash({k: getattr(self, k) for k in keys} | {"lr": DUAL_TEACHER_LR, "vocab": vocab}
                            | self._device_key())  # fmt: skip
@@ -240,265 +254,6 @@ def _check_device(device: str) -> None:
         raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
 
 
-@dataclass
-class _Models:
-    """What every seed shares: the teachers and both tokenizers."""
-
-    teacher: Any
-    tokenizer: Any
-    other_tokenizer: Any
-    other_teacher: Any = None
-    vocab: dict[str, Any] = field(default_factory=dict)
-    """The ``VocabPair`` of each mapper (``"exact"``, ``"mined"``), built once per run."""
-    teacher_info: dict[str, Any] = field(default_factory=dict)
-
-
-# --- teachers --------------------------------------------------------------------------------------
-
-
-def _texts(rows: Sequence[Example]) -> list[str]:
-    return [t for e in rows for t in (e.instruction, e.response)]
-
-
-def _byte_level_bpe(texts: Sequence[str], vocab_size: int = 512) -> Any:
-    """A byte-level BPE with ``<|im_end|>`` as eos and pad, for the scratch teacher."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(texts, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|im_end|>")
-
-
-def _llama(vocab: int, hidden: int, layers: int, tokenizer: Any, seed: int, device: str = "cpu") -> Any:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 3, num_hidden_layers=layers,
-        num_attention_heads=max(1, hidden // 32), num_key_value_heads=max(1, hidden // 32),
-        max_position_embeddings=512, tie_word_embeddings=True, bos_token_id=None,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )  # fmt: skip
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(config).to(device).eval()  # initialised on the CPU: the same weights everywhere
-
-
-def _teacher(
-    cfg: ExperimentConfig, teacher_rows: Sequence[Example], data_dir: Path | None
-) -> tuple[Any, Any, dict]:
-    """The fine-tuned (or scratch) teacher and its tokenizer, from the cache when present."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    cache = None if data_dir is None else data_dir / "distillation" / "teachers" / cfg.teacher_key()
-    info: dict[str, Any] = {"source": cfg.teacher, "steps": cfg.teacher_steps, "key": cfg.teacher_key()}
-    if cache is not None and (cache / "config.json").is_file():
-        model = AutoModelForCausalLM.from_pretrained(cache, dtype=torch.float32).to(cfg.device).eval()
-        return model, AutoTokenizer.from_pretrained(cache), info | {"cached": True, "seconds": 0.0}
-    start = time.perf_counter()
-    if cfg.teacher == "smollm2":
-        from veil.models.loading import load_model
-
-        loaded = load_model(cfg.teacher_model, data_dir)
-        model, tokenizer = loaded.model.to(cfg.device), loaded.tokenizer
-        tokenizer.padding_side = "right"
-    else:
-        if cfg.scratch_tokenizer == "smollm2":
-            from veil.models.loading import load_tokenizer
-
-            tokenizer = load_tokenizer(cfg.teacher_model, data_dir)
-        else:
-            tokenizer = _byte_level_bpe(_texts(teacher_rows))
-        model = _llama(len(tokenizer), cfg.scratch_hidden, cfg.scratch_layers, tokenizer, 0, cfg.device)
-    sft = SFTConfig(steps=cfg.teacher_steps, batch_size=cfg.batch_size, lr=cfg.teacher_lr, seed=0)
-    train_sft(model, tokenizer, teacher_rows, sft)
-    if cache is not None:
-        from veil.models.distillation.students import save_student
-
-        save_student(model, tokenizer, cache)
-    return model.eval(), tokenizer, info | {"cached": False, "seconds": time.perf_counter() - start}
-
-
-def _models(cfg: ExperimentConfig, data_dir: Path | None) -> _Models:
-    from veil.models.distillation.students import train_metaspace_bpe
-
-    rows = build_dataset(DistillDataConfig(seed=0, n_train=0, n_heldout=0, n_teacher=cfg.n_teacher,
-                                           corpus_fraction=0.0)).teacher  # fmt: skip
-    teacher, tokenizer, info = _teacher(cfg, rows, data_dir)
-    other_tok = train_metaspace_bpe(_texts(rows), cfg.other_vocab)
-    models = _Models(teacher, tokenizer, other_tok, teacher_info=info)
-    if set(cfg.methods) & set(CROSS_TOKENIZER_METHODS[1:]):
-        from veil.models.distillation.vocab_map import VocabPair
-
-        models.vocab = {k: VocabPair.from_tokenizers(tokenizer, other_tok, k) for k in ("exact", "mined")}
-    if "dual-teacher" in cfg.methods:
-        models.other_teacher, models.teacher_info["dual_teacher"] = _dual_teacher(
-            cfg, other_tok, rows, data_dir
-        )
-    return models
-
-
-def _dual_teacher(
-    cfg: ExperimentConfig, tokenizer: Any, rows: Sequence[Example], data_dir: Path | None
-) -> tuple[Any, dict[str, Any]]:
-    """The dual method's second teacher, over the student's tokenizer: twice the student's width, SFT on
-    the same split; cached beside the main teacher under :meth:`ExperimentConfig.dual_teacher_key`."""
-    from transformers import AutoModelForCausalLM
-
-    key = cfg.dual_teacher_key(tokenizer)
-    cache = None if data_dir is None else data_dir / "distillation" / "dual-teachers" / key
-    if cache is not None and (cache / "config.json").is_file():
-        model = AutoModelForCausalLM.from_pretrained(cache, dtype=torch.float32).to(cfg.device).eval()
-        return model, {"key": key, "cached": True, "seconds": 0.0}
-    start = time.perf_counter()
-    model = _llama(len(tokenizer), cfg.other_hidden * 2, cfg.other_layers, tokenizer, 0, cfg.device)
-    train_sft(model, tokenizer, rows,
-              SFTConfig(steps=cfg.teacher_steps, batch_size=cfg.batch_size, lr=DUAL_TEACHER_LR, seed=0))  # fmt: skip
-    if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(cache)
-    return model.eval(), {"key": key, "cached": False, "seconds": time.perf_counter() - start}
-
-
-# --- methods ---------------------------------------------------------------------------------------
-
-
-def _split(tokenizer: Any, rows: Sequence[Example]) -> tuple[list[list[int]], list[list[int]]]:
-    """Prompt ids and response ids (eos included) of each example."""
-    enc = [encode_example(tokenizer, e.instruction, e.response) for e in rows]
-    prompts = [r.input_ids[: r.response_mask.index(1)] for r in enc]
-    responses = [r.input_ids[r.response_mask.index(1) :] for r in enc]
-    return prompts, responses
-
-
-def _pad_id(tokenizer: Any) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-
-
-def _kd(cfg: ExperimentConfig, seed: int, loss: str, steps: int | None = None) -> Any:
-    from veil.models.distillation.kd import KDConfig
-
-    return KDConfig(loss=loss, lmbda=cfg.lmbda, max_new_tokens=cfg.max_new_tokens, steps=steps or cfg.steps,
-                    lr=cfg.lr, batch_size=cfg.batch_size, seed=seed)  # fmt: skip
-
-
-def run_kd(
-    student: Any, m: _Models, rows: Sequence[Example], cfg: ExperimentConfig, seed: int, loss: str
-) -> None:
-    """GKD with ``loss`` from the teacher's responses (``lmbda`` of them the student's own)."""
-    from veil.models.distillation.kd import distill
-
-    prompts, responses = _split(m.tokenizer, rows)
-    tok = m.tokenizer
-    distill(
-        student,
-        m.teacher,
-        prompts,
-        responses,
-        _kd(cfg, seed, loss),
-        eos_id=tok.eos_token_id,
-        pad_id=_pad_id(tok),
-    )
-
-
-def run_warmup_distill(
-    student: Any, m: _Models, rows: Sequence[Example], cfg: ExperimentConfig, seed: int
-) -> Any:
-    """Warm-up on corrected student samples, then forward-KL KD for the rest of the step budget."""
-    from veil.models.distillation.kd import distill
-    from veil.models.distillation.warmup import WarmupConfig, warm_up
-
-    prompts, responses = _split(m.tokenizer, rows)
-    tok = m.tokenizer
-    ids = dict(eos_id=tok.eos_token_id, pad_id=_pad_id(tok))
-    warm = WarmupConfig(n_samples=cfg.warmup_samples, max_new_tokens=cfg.max_new_tokens, lr=cfg.lr,
-                        batch_size=cfg.batch_size, seed=seed)  # fmt: skip
-    report = warm_up(student, m.teacher, prompts[: cfg.warmup_prompts], warm, **ids)
-    kd_steps = max(1, cfg.steps - len(report.losses))
-    distill(student, m.teacher, prompts, responses, _kd(cfg, seed, "forward_kl", kd_steps), **ids)
-    return report
-
-
-def _shifted(model: Any, tokenizer: Any, rows: Sequence[Example], grad: bool) -> tuple[Tensor, Tensor]:
-    """Logits ``(B, R, V)`` and labels ``(B, R)`` of the responses: ``logits[b, r]`` predicts
-    ``labels[b, r]``, the ``r``-th token of row ``b``'s response; -100 past its end (``R``: the longest).
-
-    The cross-tokenizer losses read labelled positions only, in order, so the prompt positions are left
-    out before the output head, the largest matmul when the vocabulary is large.
-    """
-    encoded = [encode_example(tokenizer, e.instruction, e.response) for e in rows]
-    device = model_device(model)
-    batch = collate(encoded, _pad_id(tokenizer), device)
-    starts = [r.response_mask.index(1) for r in encoded]
-    lengths = [len(r.input_ids) - s for r, s in zip(encoded, starts, strict=True)]
-    width, longest = batch["input_ids"].shape[1], max(lengths)
-    # prompt [p1 p2] + response [r1 eos]: position 1 (p2) predicts r1, position 2 (r1) predicts eos;
-    # positions past a row's end are clamped into the row, their labels are -100
-    where = [[min(s - 1 + r, width - 1) for r in range(longest)] for s in starts]
-    labels = [
-        r.input_ids[s:] + [IGNORE_INDEX] * (longest - n)
-        for r, s, n in zip(encoded, starts, lengths, strict=True)
-    ]
-    index = torch.tensor(where, device=device)  # (B, R)
-    with torch.set_grad_enabled(grad):
-        hidden = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        hidden = hidden.last_hidden_state  # (B, L, H)
-        picked = hidden.gather(1, index[..., None].expand(-1, -1, hidden.shape[-1]))  # (B, R, H)
-        logits = model.get_output_embeddings()(picked)
-    return logits, torch.tensor(labels, device=device)
-
-
-CrossLoss = Callable[[Tensor, Tensor, Tensor, Tensor, list[Example]], Tensor]
-
-
-def run_cross(
-    student: Any, m: _Models, rows: Sequence[Example], cfg: ExperimentConfig, seed: int, loss: CrossLoss
-) -> None:
-    """A cross-tokenizer loop: the same examples under both tokenizers, ``loss(s_logits, s_labels, t_logits, t_labels, batch)``."""
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=cfg.lr)
-    m.teacher.eval()
-    student.train()
-    for _ in range(cfg.steps):
-        batch = [rows[i] for i in torch.randperm(len(rows), generator=gen)[: cfg.batch_size].tolist()]
-        t_logits, t_labels = _shifted(m.teacher, m.tokenizer, batch, grad=False)
-        s_logits, s_labels = _shifted(student, m.other_tokenizer, batch, grad=True)
-        value = loss(s_logits, s_labels, t_logits, t_labels, batch)
-        opt.zero_grad(set_to_none=True)
-        value.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-        opt.step()
-    student.eval()
-
-
-def _cross_losses(m: _Models, cfg: ExperimentConfig) -> dict[str, CrossLoss]:
-    from veil.models.distillation.cdm import CDMConfig, DualTeacherConfig, cdm_loss, dual_teacher_loss
-    from veil.models.distillation.mined import mined_loss
-    from veil.models.distillation.uld import uld_loss
-
-    exact, mined = m.vocab["exact"], m.vocab["mined"]
-    cdm_cfg = CDMConfig(top_k=cfg.cdm_top_k)
-    dual_cfg = DualTeacherConfig(top_k=cfg.cdm_top_k)
-
-    def dual(s, sl, t, tl, batch):  # noqa: ANN001, ANN202 - the CrossLoss signature
-        same, _ = _shifted(m.other_teacher, m.other_tokenizer, batch, grad=False)
-        return dual_teacher_loss(s, sl, same, t, tl, exact, dual_cfg)
-
-    return {
-        "cdm": lambda s, sl, t, tl, _: cdm_loss(s, sl, t, tl, exact, cdm_cfg).loss,
-        "uld": lambda s, sl, t, tl, _: uld_loss(s, sl, t, tl),
-        "minED": lambda s, sl, t, tl, _: mined_loss(s, sl, t, tl, mined),
-        "dual-teacher": dual,
-    }
-
-
 # --- the run ---------------------------------------------------------------------------------------
 
 
@@ -518,19 +273,8 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return mean, math.sqrt(var)
 
 
-def _students(m: _Models, cfg: ExperimentConfig, seed: int) -> tuple[Any, Any]:
-    from veil.models.distillation.students import StudentConfig, same_tokenizer_student
-
-    same = same_tokenizer_student(m.teacher.config, cfg=StudentConfig(scale=cfg.student_scale, seed=seed),
-                                  teacher=m.teacher).to(cfg.device)  # fmt: skip
-    other = _llama(
-        len(m.other_tokenizer), cfg.other_hidden, cfg.other_layers, m.other_tokenizer, seed, cfg.device
-    )
-    return same, other
-
-
 def _one_seed(
-    m: _Models,
+    m: Models,
     cfg: ExperimentConfig,
     seed: int,
     data: DistillData,
@@ -538,8 +282,8 @@ def _one_seed(
     keep: dict[str, tuple[Any, Any]] | None = None,
 ) -> tuple[dict, Any]:
     """Every method on ``seed``'s data; with ``keep``, each trained student and its tokenizer go in it."""
-    same0, other0 = _students(m, cfg, seed)
-    cross = _cross_losses(m, cfg) if m.vocab else {}
+    same0, other0 = initial_students(m, cfg, seed)
+    cross = cross_losses(m, cfg) if m.vocab else {}
     sft = SFTConfig(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, seed=seed)
     out: dict[str, dict[str, float]] = {}
     warm = None
@@ -593,9 +337,9 @@ def _run(cfg: ExperimentConfig, data_dir: Path | None, progress: Any, save_to: P
     from veil.progress import NullProgress
 
     progress = progress or NullProgress()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     with progress.stage(f"teacher ({cfg.teacher}, {cfg.teacher_steps} SFT steps, cached)", None):
-        m = _models(cfg, data_dir)
+        m = build_models(cfg, data_dir)
     per_seed: dict[str, list[dict[str, float]]] = {k: [] for k in cfg.methods}
     warmups = []
     teacher_eval = None
@@ -629,6 +373,8 @@ def _run(cfg: ExperimentConfig, data_dir: Path | None, progress: Any, save_to: P
         "teacher": m.teacher_info | (teacher_eval or {}),
         "checks": _checks(cfg, per_seed, warmups),
         "seconds": time.perf_counter() - start,
+        # CPU time of this process: with one thread, what the wall time would be on an idle machine
+        "cpu_seconds": time.process_time() - cpu_start,
     }
 
 
