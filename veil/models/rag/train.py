@@ -145,7 +145,8 @@ def calibrate(
         raise ValueError("every pair needs a non-empty prompt, chosen and rejected")
     data = Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs])
     with tempfile.TemporaryDirectory() as out:
-        args = DPOConfig(**_common(cfg, out), beta=cfg.beta)
+        # the reference is the model before training: its log-probabilities once, before the first step
+        args = DPOConfig(**_common(cfg, out), beta=cfg.beta, precompute_ref_log_probs=True)
         trainer = _marker_dpo_trainer()(
             model=model, args=args, train_dataset=data, processing_class=tokenizer
         )
