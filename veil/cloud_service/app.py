@@ -25,6 +25,7 @@ from veil.cloud_service.api.routes import (
     ops,
     rag,
     rag_collections,
+    translations,
     uploads,
 )
 from veil.cloud_service.codebooks import CodebookStore
@@ -189,6 +190,7 @@ def create_app(config: ServiceConfig, preloaded: LoadedService | None = None) ->
     )
     install_error_handlers(app)
     modules = (chat, models, uploads, gradients, label_losses, codebook, rag, rag_collections, ohttp, ops)
+    modules += (translations,)
     for module in modules:
         app.include_router(module.router)
     # Added first, so it runs inside the body-size limit: POST /ohttp past the router to its endpoint.
