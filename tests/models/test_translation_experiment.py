@@ -112,3 +112,24 @@ def test_the_config_refuses_bad_settings() -> None:
         _config(noisy_tolerance_bleu=-1.0)
     with pytest.raises(ValueError, match="English to Chinese"):
         _config(long_thought=LongThoughtConfig(target_language="de"))
+
+
+@pytest.mark.slow  # loads the tiny Llama (49k vocabulary) and fine-tunes it with TRL: about a minute
+def test_the_training_path_fine_tunes_the_named_model_first(data_dir) -> None:
+    from veil.models.translation.grounded_translate import GroundedConfig
+    from veil.models.translation.sft import TranslationSFTConfig
+
+    cfg = _config(
+        model="tiny-llama", hsk_examples=1, simile_examples=1, train_examples=6,
+        long_thought=LongThoughtConfig(max_rounds=1, keyword_tokens=4, translation_tokens=4, advice_tokens=4),
+        grounded=GroundedConfig(translation_tokens=4), unfiltered=False,
+        sft=TranslationSFTConfig(lr=1e-4, epochs=1, grad_accum=2, max_length=512),
+    )  # fmt: skip
+    result = run_translation_experiment(cfg, data_dir=data_dir)
+    assert result["training"]["examples"] == 6 and result["training"]["train_loss"] > 0
+    assert set(result["methods"]) == {
+        "direct", "document_clean", "document_irrelevant", "document_partial", "long_thought"
+    }  # fmt: skip
+    assert set(result["checks"]) == {
+        "clean_document_beats_none", "noisy_document_costs_little", "long_thought_improves_on_similes"
+    }  # fmt: skip
