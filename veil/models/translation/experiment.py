@@ -287,7 +287,7 @@ def _run(
         "long_thought_improves_on_similes": simile["final_score"] > simile["draft_score"] if simile else None,
     }
     return {
-        "config": _config_json(cfg),
+        "config": dataclasses.asdict(cfg),
         "machine": _machine(),
         "sets": {
             "generated": {"test": len(test), "train_entities": len(train)},
@@ -301,10 +301,6 @@ def _run(
         "generated_prompts": counting.generated,
         "seconds": seconds,
     }
-
-
-def _config_json(cfg: TranslationExperimentConfig) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
 
 
 def _hsk(n: int) -> list[Any]:
