@@ -125,3 +125,26 @@ def test_the_checks_compare_deeprag_with_every_step_and_with_stage_one() -> None
         "decisions_better_than_chance": True,
         "calibration_improves_decisions": False,
     }
+
+
+def test_every_entity_name_is_one_token_and_text_round_trips() -> None:
+    from veil.models.rag.experiment import _names, _tokenizer
+    from veil.models.rag.world import build_world
+
+    world = build_world(WorldConfig(seed=3, films=6, people=5, cities=4, countries=3))
+    plain = _tokenizer(world, 400, "Be brief.")
+    tok = _tokenizer(world, 400, "Be brief.", entity_tokens=True)
+    names = _names(world)
+    assert len(tok) == len(plain) + len(names)  # the names' pieces are not learned as merges
+    for name in names:
+        pieces = tok.convert_ids_to_tokens(
+            tok(f"Who directed {name}?", add_special_tokens=False)["input_ids"]
+        )
+        assert pieces[-2:] == ["\u2581" + name.replace(" ", "\u2582"), "?"], name
+    q = world.split("test")[0]
+    for text in [q.text, *(h.subquery for h in q.hops), *world.training_text()]:
+        assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
+    article = world.corpus()[0]["contents"]
+    title = article.split("\n")[0]
+    pieces = tok.convert_ids_to_tokens(tok(article, add_special_tokens=False)["input_ids"])
+    assert pieces[:2] == ["\u2581" + title.replace(" ", "\u2582"), "\n"]
