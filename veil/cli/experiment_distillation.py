@@ -24,7 +24,8 @@ def experiment_distillation(
         bool,
         typer.Option(
             "--quick",
-            help="A 4x128 teacher over SmolLM2's tokenizer trained from scratch, 2-layer students: ~13 min on 2 CPU cores (12.8 min measured, teachers untrained).",
+            help="A 4x128 teacher over a 512-token BPE trained from scratch (1,500 steps), 2-layer students, "
+            "100 training examples: about 10 min of CPU on 2 cores, teachers included (cached afterwards).",
         ),
     ] = False,
     seeds: Annotated[
