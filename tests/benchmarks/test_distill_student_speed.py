@@ -40,6 +40,7 @@ def dirs(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow  # an ONNX export and two timing rounds: about a minute on 2 cores
 def test_the_student_and_teacher_are_timed_side_by_side(bench, dirs) -> None:
     out = bench.measure(dirs / "student", dirs / "teacher", str(dirs), prompt_tokens=8, new_tokens=3,
                         repeats=1, threads=(1,))  # fmt: skip
