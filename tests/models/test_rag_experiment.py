@@ -148,3 +148,21 @@ def test_every_entity_name_is_one_token_and_text_round_trips() -> None:
     title = article.split("\n")[0]
     pieces = tok.convert_ids_to_tokens(tok(article, add_special_tokens=False)["input_ids"])
     assert pieces[:2] == ["\u2581" + title.replace(" ", "\u2582"), "\n"]
+
+
+def test_a_first_step_drill_learns_only_the_first_follow_up_line() -> None:
+    from veil.models.rag.experiment import _drill, _Instructed, _tokenizer
+    from veil.models.rag.world import build_world
+
+    world = build_world(WorldConfig(seed=3, films=6, people=5, cities=4, countries=3))
+    tok = _tokenizer(world, 400, "Be brief.", entity_tokens=True)
+
+    class Chat:
+        def chat_prompt(self, user: str, assistant_prefix: str = "") -> str:
+            return f"<u>{user}</u>\n{assistant_prefix}"
+
+    q = world.split("train")[0]
+    drill = _drill(_Instructed(Chat(), "Be brief."), tok, q)
+    learned = [i for i, m in zip(drill["input_ids"], drill["completion_mask"], strict=True) if m]
+    assert tok.decode(learned) == f"Follow up: {q.hops[0].subquery}\n"
+    assert tok.decode(drill["input_ids"]).startswith("<u>Be brief.")
