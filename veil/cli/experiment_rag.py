@@ -71,7 +71,8 @@ def experiment_rag(
 
 
 def rag_table(result: dict[str, Any]) -> Any:
-    """Methods x (EM, F1, retrievals per question, decision MCC, malformed share)."""
+    """Methods x (EM, F1, retrievals per question, decision MCC and balanced accuracy, the steps they are
+    scored on, the share of first subqueries that are the gold first hop's, malformed share)."""
     from rich.table import Table
 
     table = Table(title=f"DeepRAG on the generated world, {result['world']['test_questions']} test questions")
@@ -82,6 +83,8 @@ def rag_table(result: dict[str, Any]) -> Any:
         "retrievals/question",
         "decision MCC",
         "decision balanced acc.",
+        "scored steps",
+        "first subquery gold",
         "malformed",
     ):
         table.add_column(head, justify="left" if head == "method" else "right")
@@ -89,6 +92,7 @@ def rag_table(result: dict[str, Any]) -> Any:
         d = r["decisions"]
         table.add_row(
             name, f"{r['em']:.3f}", f"{r['f1']:.3f}", f"{r['retrievals']:.2f}", f"{d['mcc']:.3f}",
-            f"{d['balanced_accuracy']:.3f}", f"{r['malformed']:.2f}",
+            f"{d['balanced_accuracy']:.3f}", str(d["steps"]), f"{r['first_subquery_gold']:.2f}",
+            f"{r['malformed']:.2f}",
         )  # fmt: skip
     return table
