@@ -167,3 +167,10 @@ def test_the_run_sets_its_thread_count_and_restores_the_callers(tmp_path, monkey
     assert seen == [1] and torch.get_num_threads() == before
     with pytest.raises(ValueError, match="threads"):
         smallest_config(threads=0)
+
+
+def test_the_other_tokenizer_student_takes_its_own_step_budget() -> None:
+    assert smallest_config().cross_steps == smallest_config().steps
+    assert smallest_config(other_steps=7).cross_steps == 7
+    with pytest.raises(ValueError, match="cross_steps"):
+        smallest_config(other_steps=0)

@@ -126,7 +126,7 @@ def run_cross(
     opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=cfg.lr)
     m.teacher.eval()
     student.train()
-    for _ in range(cfg.steps):
+    for _ in range(cfg.cross_steps):
         batch = [rows[i] for i in torch.randperm(len(rows), generator=gen)[: cfg.batch_size].tolist()]
         t_logits, t_labels = shifted_logits(m.teacher, m.tokenizer, batch, grad=False)
         s_logits, s_labels = shifted_logits(student, m.other_tokenizer, batch, grad=True)
