@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from veil.client_sdk.constants import MAX_TEXT_CHARS
-from veil.cloud_service.schemas import CodebookVersion, Embedding, EmbeddingB64, _finite_embedding, _one_form
+from veil.cloud_service.schemas import PersonalisedRequest
 from veil.models.rag import DEFAULT_COLLECTION, validate_collection_name
 from veil.models.rag.deeprag import LoopConfig, Policy
 
@@ -43,7 +43,7 @@ def _collection_name(name: str) -> str:
     return validate_collection_name(name)
 
 
-class RagAnswerRequest(BaseModel):
+class RagAnswerRequest(PersonalisedRequest):
     """One question, answered by the served model with retrieval from one collection."""
 
     model_config = ConfigDict(extra="forbid")
@@ -63,15 +63,7 @@ class RagAnswerRequest(BaseModel):
     """Passages per retrieval."""
     stream: bool = False
     """Server-sent events: one per step, then the whole answer, then ``[DONE]``."""
-    user_embedding: Embedding | None = None
-    """A fresh sample from the caller's distribution, ``(n_tokens, hidden)``, as in chat completions."""
-    user_embedding_b64: EmbeddingB64 | None = None
-    """The same sample in the compact form (base64 of little-endian float32)."""
-    codebook_version: CodebookVersion | None = None
-    """The codebook the sample's prototype belongs to (``409`` unless it is the published one)."""
 
-    _check_embedding = field_validator("user_embedding")(_finite_embedding)
-    _one_embedding = _one_form("user_embedding", "user_embedding_b64")
     _check_collection = field_validator("collection")(_collection_name)
 
     @field_validator("question")

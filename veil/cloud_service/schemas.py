@@ -144,7 +144,23 @@ KVCompression = Annotated[
 :data:`veil.models.compression.METHODS`; an unknown method or field is a 400 naming it."""
 
 
-class ChatCompletionRequest(BaseModel):
+class PersonalisedRequest(BaseModel):
+    """The fields every personalised request shares (chat completions, RAG answers, translations): one
+    fresh sample from the caller's private distribution instead of a user id (IDfree-PL,
+    arXiv:2501.06062), in either form, and the codebook its prototype belongs to."""
+
+    user_embedding: Embedding | None = None
+    """A fresh sample from the caller's distribution, ``(n_tokens, hidden)`` (flat if ``n_tokens == 1``)."""
+    user_embedding_b64: EmbeddingB64 | None = None
+    """The same sample in the compact form (base64 of little-endian float32)."""
+    codebook_version: CodebookVersion | None = None
+    """The codebook the sample's prototype belongs to (``409`` unless it is the published one)."""
+
+    _check_embedding = field_validator("user_embedding")(_finite_embedding)
+    _one_embedding = _one_form("user_embedding", "user_embedding_b64")
+
+
+class ChatCompletionRequest(PersonalisedRequest):
     """OpenAI chat completion request, plus ``user_embedding``."""
 
     model_config = ConfigDict(extra="ignore")
@@ -165,18 +181,9 @@ class ChatCompletionRequest(BaseModel):
     """Return each generated token's log-probability (``log_softmax`` of the logits, before temperature)."""
     top_logprobs: Annotated[int | None, Field(ge=0, le=20)] = None
     """With ``logprobs``: the most likely alternatives per position, 0..20 (OpenAI's limits)."""
-    user_embedding: Embedding | None = None
-    """A fresh sample from the caller's distribution, ``(n_tokens, hidden)`` (flat if ``n_tokens == 1``)."""
-    user_embedding_b64: EmbeddingB64 | None = None
-    """The same sample in the compact form (base64 of little-endian float32)."""
-    codebook_version: CodebookVersion | None = None
-    """The codebook the sample's prototype belongs to (``409`` unless it is the published one)."""
     kv_compression: KVCompression | None = None
     """Prune the prompt's KV cache once after prefill, e.g. ``{"method": "dbudgetkv", "threshold": 0.01}``
     or ``{"method": "snapkv", "budget": 0.5}``; ``usage`` then reports the kept fraction."""
-
-    _check_embedding = field_validator("user_embedding")(_finite_embedding)
-    _one_embedding = _one_form("user_embedding", "user_embedding_b64")
 
     @model_validator(mode="after")
     def _logprobs_requested(self) -> ChatCompletionRequest:

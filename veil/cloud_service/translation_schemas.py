@@ -14,7 +14,7 @@ from typing import Annotated, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from veil.client_sdk.constants import MAX_TEXT_CHARS
-from veil.cloud_service.schemas import CodebookVersion, Embedding, EmbeddingB64, _finite_embedding, _one_form
+from veil.cloud_service.schemas import PersonalisedRequest
 from veil.models.translation.languages import language_name
 
 __all__ = [
@@ -33,7 +33,7 @@ MAX_DOCUMENT_CHARS = 4000
 """Longest document, in characters (a few hundred tokens: several must fit the model's context)."""
 
 
-class TranslationRequest(BaseModel):
+class TranslationRequest(PersonalisedRequest):
     """One text to translate."""
 
     model_config = ConfigDict(extra="forbid")
@@ -57,15 +57,6 @@ class TranslationRequest(BaseModel):
     """The served model's id, if given (``404`` for any other)."""
     stream: bool = False
     """Server-sent events: the whole answer as one event, then ``data: [DONE]``."""
-    user_embedding: Embedding | None = None
-    """A fresh sample from the caller's distribution, ``(n_tokens, hidden)``, as in chat completions."""
-    user_embedding_b64: EmbeddingB64 | None = None
-    """The same sample in the compact form (base64 of little-endian float32)."""
-    codebook_version: CodebookVersion | None = None
-    """The codebook the sample's prototype belongs to (``409`` unless it is the published one)."""
-
-    _check_embedding = field_validator("user_embedding")(_finite_embedding)
-    _one_embedding = _one_form("user_embedding", "user_embedding_b64")
 
     @field_validator("text")
     @classmethod
