@@ -92,7 +92,7 @@ class RagExperimentConfig:
     first_step_drills: every training question's prompt and its gold first ``Follow up:`` line, one more
         short example per epoch, learned on that line only. Our choice for the from-scratch base model:
         the first subquery copies the question's entity, which the demonstrations alone show the quick
-        preset's model too rarely (it wrote the gold first subquery for 12 % of test questions).
+        preset's model too rarely for it to do so on held-out questions (benchmarks/README.md).
     demo_fraction, demo_retrieve_p: the share of training questions given as demonstrations and the
         probability that a demonstration retrieves on a parametric hop.
     imitation, calibration: stage I and stage II training (the paper's are for 7-8B models).
@@ -143,7 +143,7 @@ class RagExperimentConfig:
 
     @classmethod
     def quick(cls) -> RagExperimentConfig:
-        """The 2-core preset: one torch thread, about 10 minutes of one core (benchmarks/README.md).
+        """The 2-core preset: one torch thread, about 15 minutes of one core (benchmarks/README.md).
 
         What keeps it there, measured on the 2-core VM: ``threads=1`` (a 128-wide model gains nothing
         from a second thread on a shared machine); the short ``instruction`` and ``top_k=2`` (a
