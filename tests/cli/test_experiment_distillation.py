@@ -24,6 +24,7 @@ def tiny_config(**overrides) -> ExperimentConfig:
     return ExperimentConfig(**(base | overrides))
 
 
+@pytest.mark.slow  # tests/models/test_distill_experiment.py runs every method on a smaller config in make test
 def test_every_method_runs_end_to_end_and_reports_finite_metrics(tmp_path) -> None:
     result = run_distillation_experiment(tiny_config(), data_dir=tmp_path)
     assert set(result["methods"]) == set(METHODS)
@@ -38,6 +39,7 @@ def test_every_method_runs_end_to_end_and_reports_finite_metrics(tmp_path) -> No
     json.dumps(result)
 
 
+@pytest.mark.slow  # the cache of both teachers is tested in tests/models/test_distill_experiment.py
 def test_a_second_run_reuses_the_cached_teacher(tmp_path) -> None:
     cfg = tiny_config(methods=("sft",))
     first = run_distillation_experiment(cfg, data_dir=tmp_path)
@@ -92,7 +94,7 @@ def test_the_best_student_is_saved_where_export_onnx_loads_it(tmp_path) -> None:
     from veil.models.distillation.data import greedy_generate
     from veil.models.loading import load_model
 
-    cfg = tiny_config(methods=("sft", "kd-forward-kl"))
+    cfg = tiny_config(methods=("sft", "kd-forward-kl"), teacher_steps=4, n_teacher=40, n_heldout=4)
     result = run_distillation_experiment(cfg, data_dir=tmp_path, save_student=tmp_path / "student")
     saved = result["student"]
     best = min(cfg.methods, key=lambda m: result["methods"][m]["bits_per_char"])
