@@ -50,17 +50,10 @@ def _percentile(values: list[float], q: float) -> float:
 
 def _machine(threads: int) -> dict[str, Any]:
     import torch
+    from lm_timing import cpu_name  # benchmarks/, this script's folder
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return {
-        "cpu": cpu,
+        "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "torch": torch.__version__,
