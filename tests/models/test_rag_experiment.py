@@ -166,3 +166,38 @@ def test_a_first_step_drill_learns_only_the_first_follow_up_line() -> None:
     learned = [i for i, m in zip(drill["input_ids"], drill["completion_mask"], strict=True) if m]
     assert tok.decode(learned) == f"Follow up: {q.hops[0].subquery}\n"
     assert tok.decode(drill["input_ids"]).startswith("<u>Be brief.")
+
+
+def test_the_base_model_is_cached_by_its_key_and_reloaded_without_training(tmp_path) -> None:
+    from veil.models.rag.experiment import _base_model, _tokenizer
+    from veil.models.rag.world import build_world
+
+    cfg = RagExperimentConfig(
+        world=WorldConfig(seed=1, films=12, people=10, cities=8, countries=4), vocab_size=400, hidden=32,
+        layers=1, base_epochs=1.0,
+    )  # fmt: skip
+    world = build_world(cfg.world)
+    tokenizer = _tokenizer(world, cfg.vocab_size, INSTRUCTION, cfg.entity_tokens)
+    ids = tokenizer(" ".join(world.training_text()[:8]), add_special_tokens=False)["input_ids"]
+    calls: list[int] = []
+
+    def data() -> list[dict[str, list[int]]]:
+        calls.append(1)
+        return [{"input_ids": ids, "completion_mask": [1] * len(ids)}] * 8
+
+    cache = tmp_path / cfg.base_key()
+    trained, first = _base_model(cfg, tokenizer, data, cache)
+    loaded, second = _base_model(cfg, tokenizer, data, cache)
+    assert (first["cached"], second["cached"], len(calls)) == (False, True, 1)
+    assert second["train_loss"] == first["train_loss"]
+    for (name, a), (_, b) in zip(trained.state_dict().items(), loaded.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
+    # what the base model does not depend on leaves the key alone; what it does changes it
+    later = RagExperimentConfig(world=cfg.world, vocab_size=400, hidden=32, layers=1, base_epochs=1.0, n_eval=3,
+                                calibration=CalibrationConfig(beta=0.1))  # fmt: skip
+    assert later.base_key() == cfg.base_key()
+    assert (
+        RagExperimentConfig(world=cfg.world, vocab_size=400, hidden=32, layers=1, base_epochs=2.0).base_key()
+        != cfg.base_key()
+    )

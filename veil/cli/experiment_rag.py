@@ -32,7 +32,10 @@ def experiment_rag(
     out: Annotated[Path | None, typer.Option(help="Also write the result as DIR/rag.json.")] = None,
 ) -> None:
     """Exact match, F1, retrievals per question and retrieval-decision quality (MCC against the world's
-    needs-retrieval labels) of DeepRAG, DeepRAG-Imi and the base model under each baseline policy."""
+    needs-retrieval labels) of DeepRAG, DeepRAG-Imi and the base model under each baseline policy.
+
+    The trained base model is cached in the data directory (VEIL_DATA_DIR) and reused by later runs of
+    the same preset and seed."""
     import dataclasses
 
     from veil.models.rag.experiment import RagExperimentConfig
@@ -47,12 +50,12 @@ def experiment_rag(
     base = RagExperimentConfig.quick() if quick else RagExperimentConfig()
     cfg = dataclasses.replace(base, seed=seed, world=WorldConfig(seed=seed))
 
-    from veil.cli.main import _quiet_libraries
+    from veil.cli.main import _data_dir, _quiet_libraries
     from veil.models.rag.experiment import run_rag_experiment
 
     _quiet_libraries()
     say = (lambda _m: None) if as_json else (lambda m: typer.echo(m, err=True))
-    result = run_rag_experiment(cfg, progress=say)
+    result = run_rag_experiment(cfg, progress=say, data_dir=_data_dir())
     if out is not None:
         (out / "rag.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     if as_json:

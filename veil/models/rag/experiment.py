@@ -26,12 +26,15 @@ balanced accuracy, F1 and Matthews correlation against those labels (as the pape
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import random
 import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -179,6 +182,21 @@ class RagExperimentConfig:
                 f"the checks compare with every-step, which baselines must hold: {self.baselines}"
             )
 
+    def base_key(self) -> str:
+        """A short hash of everything the base model depends on: its cache key in the data directory.
+
+        The stages after it (search, imitation, calibration, evaluation) are not in it, so a run that
+        changes only those reuses the base model.
+        """
+        import torch
+
+        keys = ("world", "vocab_size", "entity_tokens", "hidden", "layers", "base_epochs", "base_lr",
+                "base_batch_size", "fact_repeats", "facts_per_example", "first_step_drills", "demo_fraction",
+                "demo_retrieve_p", "top_k", "instruction", "seed")  # fmt: skip
+        blob = {k: getattr(self, k) for k in keys} | {"world": asdict(self.world), "version": _BASE_VERSION}
+        blob["device"] = "cuda" if torch.cuda.is_available() else "cpu"  # a GPU rounds differently
+        return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:12]
+
 
 class _Instructed:
     """A :class:`~veil.models.rag.lm.TextLM` whose user turns carry ``instruction`` in place of the
@@ -193,6 +211,18 @@ class _Instructed:
 
     def complete(self, prompts: Sequence[str], stop: Sequence[str], max_new_tokens: int) -> list[Completion]:
         return self.lm.complete(prompts, stop, max_new_tokens)
+
+
+class _ChatTemplate:
+    """The prompts of a model not built yet: :meth:`HFTextLM.chat_prompt` without the model."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+
+    chat_prompt = HFTextLM.chat_prompt
+
+    def complete(self, prompts: Sequence[str], stop: Sequence[str], max_new_tokens: int) -> list[Completion]:
+        raise TypeError("a chat template alone cannot complete prompts")
 
 
 def bm25_retriever(world: World) -> Retrieve:
@@ -395,10 +425,17 @@ def _evaluate(
 
 
 def run_rag_experiment(
-    cfg: RagExperimentConfig | None = None, progress: Callable[[str], None] | None = None
+    cfg: RagExperimentConfig | None = None,
+    progress: Callable[[str], None] | None = None,
+    data_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate every method; a JSON-ready dict with ``methods``, ``checks`` (the claims the
-    experiment tests, computed) and ``seconds`` per stage."""
+    experiment tests, computed) and ``seconds`` per stage.
+
+    With ``data_dir`` the base model is cached under ``DATA_DIR/rag/experiment-base/KEY``
+    (:meth:`RagExperimentConfig.base_key`) and reused by later runs; ``training.base_cached`` says
+    whether this run trained it.
+    """
     import torch
 
     cfg = cfg or RagExperimentConfig()
@@ -406,12 +443,46 @@ def run_rag_experiment(
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     try:
-        return _run(cfg, progress or (lambda _msg: None))
+        return _run(cfg, progress or (lambda _msg: None), data_dir)
     finally:
         torch.set_num_threads(previous)
 
 
-def _run(cfg: RagExperimentConfig, say: Callable[[str], None]) -> dict[str, Any]:
+_BASE_VERSION = 1
+"""Bump when the base model's training changes in a way its config does not show (cached models go stale)."""
+
+
+def _base_model(
+    cfg: RagExperimentConfig,
+    tokenizer: Any,
+    data: Callable[[], list[dict[str, list[int]]]],
+    cache: Path | None,
+) -> tuple[Any, dict[str, Any]]:
+    """The trained base model and its training metrics, from ``cache`` when it holds one."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    if cache is not None and (cache / "config.json").is_file():
+        model = LlamaForCausalLM.from_pretrained(cache, dtype=torch.float32)
+        if torch.cuda.is_available():
+            model = model.to("cuda")
+        metrics = json.loads((cache / "metrics.json").read_text(encoding="utf-8"))
+        return model.eval(), metrics | {"cached": True}
+    model = _model(tokenizer, cfg)
+    base_cfg = ImitationConfig(lr=cfg.base_lr, epochs=cfg.base_epochs / math.ceil(cfg.base_epochs),
+                               batch_size=cfg.base_batch_size, grad_accum=1, warmup_ratio=0.05,
+                               max_length=1024, seed=cfg.seed, group_by_length=True)  # fmt: skip
+    metrics = imitate(model, tokenizer, data(), base_cfg)
+    if cache is not None:
+        # written to a sibling and renamed, so an interrupted run leaves no half a model behind
+        tmp = cache.with_name(cache.name + ".tmp")
+        model.save_pretrained(tmp)
+        (tmp / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
+        tmp.replace(cache)
+    return model, metrics | {"cached": False}
+
+
+def _run(cfg: RagExperimentConfig, say: Callable[[str], None], data_dir: Path | None) -> dict[str, Any]:
     import copy
     import dataclasses
 
@@ -437,41 +508,44 @@ def _run(cfg: RagExperimentConfig, say: Callable[[str], None]) -> dict[str, Any]
     demos, searched = train[:n_demo], train[n_demo:][: cfg.n_search]
     tests = world.split("test")[: cfg.n_eval]
     tokenizer = _tokenizer(world, cfg.vocab_size, instruction, cfg.entity_tokens)
-    model = _model(tokenizer, cfg)
 
     def text_lm(m: Any) -> TextLM:
         return _Instructed(HFTextLM(m, tokenizer, batch_size=cfg.batch_size), instruction)
 
-    lm = text_lm(model)
     lap("setup_s")
-
     facts = world.training_text()
-    say(
-        f"base model: {len(facts)} fact sentences x {cfg.fact_repeats}, {len(demos)} demonstrations, "
-        f"{len(train) if cfg.first_step_drills else 0} first-step drills"
-    )
-    demo_data = [
-        imitation_example(lm, tokenizer, _demo(q, retrieve, cfg.top_k, rng, cfg.demo_retrieve_p))
-        for q in demos
-    ]
-    drills = [_drill(lm, tokenizer, q) for q in train] if cfg.first_step_drills else []
-    # every epoch sees the facts in new sequences: one pass over a list holding each epoch's copy
-    epochs = math.ceil(cfg.base_epochs)
-    base_data = [
-        x
-        for _ in range(epochs)
-        for x in demo_data
-        + drills
-        + [
-            e
-            for _ in range(cfg.fact_repeats)
-            for e in _fact_examples(tokenizer, facts, cfg.facts_per_example, rng)
+
+    def base_data() -> list[dict[str, list[int]]]:
+        say(
+            f"base model: {len(facts)} fact sentences x {cfg.fact_repeats}, {len(demos)} demonstrations, "
+            f"{len(train) if cfg.first_step_drills else 0} first-step drills"
+        )
+        prompts = _Instructed(_ChatTemplate(tokenizer), instruction)
+        demo_data = [
+            imitation_example(prompts, tokenizer, _demo(q, retrieve, cfg.top_k, rng, cfg.demo_retrieve_p))
+            for q in demos
         ]
-    ]
-    base_cfg = ImitationConfig(lr=cfg.base_lr, epochs=cfg.base_epochs / epochs,
-                               batch_size=cfg.base_batch_size, grad_accum=1,
-                               warmup_ratio=0.05, max_length=1024, seed=cfg.seed)  # fmt: skip
-    base_metrics = imitate(model, tokenizer, base_data, base_cfg)
+        drills = [_drill(prompts, tokenizer, q) for q in train] if cfg.first_step_drills else []
+        # every epoch sees the facts in new sequences: one pass over a list holding each epoch's copy
+        return [
+            x
+            for _ in range(math.ceil(cfg.base_epochs))
+            for x in demo_data
+            + drills
+            + [
+                e
+                for _ in range(cfg.fact_repeats)
+                for e in _fact_examples(tokenizer, facts, cfg.facts_per_example, rng)
+            ]
+        ]
+
+    cache = None if data_dir is None else Path(data_dir) / "rag" / "experiment-base" / cfg.base_key()
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+    model, base_metrics = _base_model(cfg, tokenizer, base_data, cache)
+    if base_metrics["cached"]:
+        say(f"base model: cached ({cache})")
+    lm = text_lm(model)
     lap("base_train_s")
     methods: dict[str, Any] = {}
     for name in cfg.baselines:
@@ -523,6 +597,7 @@ def _run(cfg: RagExperimentConfig, say: Callable[[str], None]) -> dict[str, Any]
         },  # fmt: skip
         "training": {
             "base_loss": base_metrics.get("train_loss"),
+            "base_cached": base_metrics["cached"],
             "stage1_paths": len(found),
             "stage1_questions": len(searched),
             "stage1_retrievals_per_path": float(np.mean([p.retrievals for p in found])) if found else None,

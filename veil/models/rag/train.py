@@ -28,6 +28,9 @@ __all__ = ["CalibrationConfig", "ImitationConfig", "calibrate", "imitate"]
 
 @dataclass(frozen=True)
 class ImitationConfig:
+    """``group_by_length``: batches of examples of similar length (transformers' ``LengthGroupedSampler``),
+    which pads less; off by default, as in TRL."""
+
     lr: float = 1e-5
     epochs: float = 1.0
     batch_size: int = 1
@@ -35,6 +38,7 @@ class ImitationConfig:
     warmup_ratio: float = 0.1
     max_length: int = 4096
     seed: int = 0
+    group_by_length: bool = False
 
     def __post_init__(self) -> None:
         _check(self)
@@ -102,7 +106,11 @@ def imitate(
         [{"input_ids": e["input_ids"], "completion_mask": e["completion_mask"]} for e in examples]
     )
     with tempfile.TemporaryDirectory() as out:
-        args = SFTConfig(**_common(cfg, out), completion_only_loss=True, packing=False)
+        # grouping by length keeps a batch from padding short drills to a demonstration's length
+        strategy = "group_by_length" if cfg.group_by_length else "random"
+        args = SFTConfig(
+            **_common(cfg, out), completion_only_loss=True, packing=False, train_sampling_strategy=strategy
+        )
         trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
         result = trainer.train()
     model.eval()
