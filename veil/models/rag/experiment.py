@@ -39,6 +39,8 @@ from typing import Any
 
 import numpy as np
 
+from veil.models.entity_tokens import SPACE as _SPACE
+from veil.models.entity_tokens import with_entity_tokens as _with_entity_tokens
 from veil.models.rag.deeprag import LoopConfig, RagAnswer, Retrieve, answer_questions
 from veil.models.rag.lm import Completion, HFTextLM, TextLM
 from veil.models.rag.protocol import (
@@ -307,44 +309,10 @@ def _tokenizer(world: World, vocab_size: int, instruction: str, entity_tokens: b
     return _with_entity_tokens(tokenizer, names, pre)
 
 
-_SPACE, _JOIN = "\u2581", "\u2582"
-
-
 def _names(world: World) -> list[str]:
     """Every entity name and distractor title, longest first (so a regex prefers the whole name)."""
     titles = {d["contents"].split("\n", 1)[0] for d in world.corpus()}
     return sorted(titles | {e.name for e in world.entities}, key=lambda n: (-len(n), n))
-
-
-def _with_entity_tokens(tokenizer: Any, names: Sequence[str], pre: list[Any]) -> Any:
-    """``tokenizer`` rebuilt with each of ``names`` one vocabulary entry (see :func:`_tokenizer`)."""
-    import json
-
-    from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    spec = json.loads(tokenizer.backend_tokenizer.to_str())
-    vocab = spec["model"]["vocab"]
-    for n in names:
-        vocab.setdefault(_SPACE + n.replace(" ", _JOIN), len(vocab))
-    spec["model"]["ignore_merges"] = True
-    backend = Tokenizer.from_str(json.dumps(spec))
-    backend.normalizer = normalizers.Sequence(
-        [normalizers.Replace(n, n.replace(" ", _JOIN)) for n in names if " " in n]
-    )
-    joined = "|".join(re.escape(_SPACE + n.replace(" ", _JOIN)) for n in names)
-    # after the Metaspace split: "▁The▂Gusim?" -> "▁The▂Gusim", "?" (no "▁" is prepended to "?")
-    backend.pre_tokenizer = pre_tokenizers.Sequence(
-        [*pre, pre_tokenizers.Split(Regex(f"(?:{joined})(?!\\w)"), behavior="isolated")]
-    )
-    backend.decoder = decoders.Sequence([decoders.Replace(_JOIN, " "), backend.decoder])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        eos_token=tokenizer.eos_token,
-        pad_token=tokenizer.pad_token,
-        chat_template=tokenizer.chat_template,
-        clean_up_tokenization_spaces=False,
-    )
 
 
 def _model(tokenizer: Any, cfg: RagExperimentConfig) -> Any:
