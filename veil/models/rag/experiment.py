@@ -439,7 +439,7 @@ def _base_model(
     model = _model(tokenizer, cfg)
     base_cfg = ImitationConfig(lr=cfg.base_lr, epochs=cfg.base_epochs / math.ceil(cfg.base_epochs),
                                batch_size=cfg.base_batch_size, grad_accum=1, warmup_ratio=0.05,
-                               max_length=1024, seed=cfg.seed, group_by_length=True)  # fmt: skip
+                               max_length=1024, seed=cfg.seed)  # fmt: skip
     metrics = imitate(model, tokenizer, data(), base_cfg)
     if cache is not None:
         # written to a sibling and renamed, so an interrupted run leaves no half a model behind

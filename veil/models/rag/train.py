@@ -29,9 +29,6 @@ __all__ = ["CalibrationConfig", "ImitationConfig", "calibrate", "imitate"]
 
 @dataclass(frozen=True)
 class ImitationConfig(TrainConfigBase):
-    """``group_by_length``: batches of examples of similar length (transformers' ``LengthGroupedSampler``),
-    which pads less; off by default, as in TRL."""
-
     lr: float = 1e-5
     epochs: float = 1.0
     grad_accum: int = 4
