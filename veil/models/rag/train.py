@@ -29,6 +29,11 @@ __all__ = ["CalibrationConfig", "ImitationConfig", "calibrate", "imitate"]
 
 @dataclass(frozen=True)
 class ImitationConfig(TrainConfigBase):
+    """``group_by_length``: batches of examples of similar length (transformers' ``LengthGroupedSampler``),
+    which pads less; off by default, as in TRL. The loss is a per-batch mean over learned tokens, so a
+    batch of short examples weighs each of its tokens more than a random batch would: the RAG
+    experiment's base model, trained grouped, learned its facts worse (base loss 1.37 against 1.03)."""
+
     lr: float = 1e-5
     epochs: float = 1.0
     grad_accum: int = 4
