@@ -1,0 +1,378 @@
+"""The LongDPO experiment on generated writing tasks: does step-level DPO keep a model on length?
+
+Everything runs here on CPU from the shipped corpus (no model download):
+
+1. **Tasks.** Topics from the shipped Wikipedia sample (:func:`~veil.models.longform.data.wikipedia_topics`),
+   each with its article's sentences, keywords and two generated facts; "Write about T in about L words"
+   with L in ``lengths``. Topics are split: the search's prompts and held-out evaluation prompts.
+2. **A base model that writes but ignores L** (our stand-in for the paper's LongWriter models, which
+   write long but miss the length): by default a small Llama trained from scratch with TRL's SFT on
+   drafts: 1 to ``max_paragraphs`` paragraphs of the topic's sentences, some stating the topic's facts
+   and, with probability ``drift_p``, restating one with another value (the drift the memory pool
+   exists for). A draft's length does not depend on L. ``model`` names a pretrained model instead
+   (e.g. ``smollm2-135m-instruct``; far slower on CPU).
+3. **Collection.** The step search (width, depth, rule-based judge, memory pool with MiniLM, critique
+   refinement) on the search prompts gives step pairs and chosen paths; outcome pairs come from
+   ``width`` whole responses per prompt (the same number of generated steps, about).
+4. **Training at equal budget.** From the base model, per seed: SFT on the chosen paths, outcome DPO,
+   step-level DPO, each for the same number of optimizer updates (``budget_steps``; default: step DPO's
+   ``epochs`` over its pairs).
+5. **Evaluation** on held-out prompts, greedy: S_l, rule-based quality (mean of the seven principles,
+   1-5) and the contradiction rate. The memory pool's effect: the base model's search on the held-out
+   prompts with and without the pool, the contradiction rate of the responses it picks.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from veil.models.longform.critique import CritiqueConfig
+from veil.models.longform.data import LongformPrompt, Topic, make_prompts, wikipedia_topics
+from veil.models.longform.facts import Fact, fact_sentence
+from veil.models.longform.judge import RuleJudge
+from veil.models.longform.length import count_words, length_score
+from veil.models.longform.memory import MemoryConfig
+from veil.models.longform.policy import HFStepPolicy
+from veil.models.longform.search import StepSearchConfig, collect_pairs, contradiction_rate
+from veil.models.longform.train import LongDPOConfig, outcome_pairs, sft_examples, step_pairs
+from veil.models.rag.train import ImitationConfig
+
+__all__ = ["LongformExperimentConfig", "evaluate", "run_longform_experiment"]
+
+
+@dataclass(frozen=True)
+class LongformExperimentConfig:
+    """One run; ``quick()`` is the 2-core preset.
+
+    Attributes
+    ----------
+    model: ``None``: a Llama trained here from scratch; otherwise a name or directory for
+        :func:`veil.models.loading.load_model` used as the base model as is.
+    n_topics: topics used (of the sample's usable ones; ``None``: all).
+    lengths: the required lengths L, one bucket each.
+    n_eval: held-out topics (the rest are searched).
+    topic_sentences, sentence_words: each topic's first sentences of that many words, all a draft uses.
+    drafts_per_topic, max_paragraphs, fact_p, drift_p: the scratch base model's training drafts.
+    vocab_size, hidden, layers, base_epochs, base_lr: its tokenizer and Llama, and their training.
+    search: the collection search; ``memory`` and ``critique`` as the paper's.
+    dpo: step and outcome DPO (the paper's settings are for 8B models; small models need a larger lr).
+    sft: SFT on the chosen paths (lr and batch as DPO's).
+    budget_steps: optimizer updates per method (``None``: step DPO's epochs over its pairs).
+    seeds: training seeds; each method is trained once per seed.
+    eval_tokens: the token budget of an evaluated response.
+    threads: torch's CPU threads during the run (``None``: unchanged).
+    seed: seeds the topics' facts, the split, the drafts and the base model.
+    """
+
+    model: str | None = None
+    n_topics: int | None = None
+    lengths: tuple[int, ...] = (20, 40, 80)
+    n_eval: int = 24
+    topic_sentences: int = 8
+    sentence_words: tuple[int, int] = (6, 16)
+    drafts_per_topic: int = 8
+    max_paragraphs: int = 4
+    fact_p: float = 0.5
+    drift_p: float = 0.3
+    vocab_size: int = 2000
+    hidden: int = 128
+    layers: int = 2
+    base_epochs: float = 8.0
+    base_lr: float = 3e-3
+    search: StepSearchConfig = field(
+        default_factory=lambda: StepSearchConfig(
+            separator="\n", step_tokens=64, memory=MemoryConfig(chunk_words=24), critique=CritiqueConfig()
+        )
+    )
+    dpo: LongDPOConfig = field(
+        default_factory=lambda: LongDPOConfig(lr=3e-4, epochs=2, batch_size=8, max_length=512)
+    )
+    sft: ImitationConfig = field(
+        default_factory=lambda: ImitationConfig(lr=3e-4, epochs=2, batch_size=8, grad_accum=1, max_length=512)
+    )
+    budget_steps: int | None = None
+    seeds: tuple[int, ...] = (0, 1, 2)
+    eval_tokens: int = 256
+    threads: int | None = 1
+    seed: int = 0
+
+    @classmethod
+    def quick(cls) -> LongformExperimentConfig:
+        """The 2-core preset (about 10 minutes of one core; benchmarks/README.md)."""
+        return cls(n_topics=60, n_eval=18, seeds=(0, 1))
+
+    def __post_init__(self) -> None:
+        if not self.lengths or min(self.lengths) < 1:
+            raise ValueError(f"lengths must be non-empty and >= 1, got {self.lengths}")
+        if self.n_eval < 1 or not self.seeds or self.drafts_per_topic < 1 or self.max_paragraphs < 1:
+            raise ValueError("n_eval, drafts_per_topic and max_paragraphs must be >= 1 and seeds non-empty")
+        if not 0.0 <= self.fact_p <= 1.0 or not 0.0 <= self.drift_p <= 1.0:
+            raise ValueError(f"fact_p and drift_p must be in [0, 1], got {self.fact_p}, {self.drift_p}")
+        if self.budget_steps is not None and self.budget_steps < 1:
+            raise ValueError(f"budget_steps must be >= 1 or None, got {self.budget_steps}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1 or None, got {self.threads}")
+
+
+def _draft(topic: Topic, rng: random.Random, cfg: LongformExperimentConfig) -> str:
+    """1 to ``max_paragraphs`` paragraphs of 1-2 consecutive sentences of the topic, whatever L is."""
+    start = rng.randrange(len(topic.sentences))
+    pool = list(topic.sentences[start:] + topic.sentences[:start])
+    paragraphs: list[str] = []
+    stated: list[Fact] = []
+    for _ in range(rng.randint(1, cfg.max_paragraphs)):
+        par = [pool.pop(0) for _ in range(rng.randint(1, 2)) if pool]
+        if topic.facts and rng.random() < cfg.fact_p:
+            fact = rng.choice(topic.facts)
+            if stated and rng.random() < cfg.drift_p:
+                # drift: an earlier fact restated with another topic's value for the attribute
+                old = rng.choice(stated)
+                fact = Fact(old.subject, old.attribute, _other_value(old, rng))
+            par.insert(rng.randrange(len(par) + 1), fact_sentence(fact))
+            stated.append(fact)
+        paragraphs.append(" ".join(par))
+    return "\n".join(paragraphs)
+
+
+def _other_value(fact: Fact, rng: random.Random) -> str:
+    from veil.models.longform.data import ATTRIBUTES
+
+    return rng.choice([v for v in ATTRIBUTES[fact.attribute] if v != fact.value])
+
+
+def _tokenizer(texts: Sequence[str], vocab_size: int) -> Any:
+    """A Metaspace BPE whose tokens end at a line end, so a prompt that ends a paragraph tokenizes as
+    the training text does at that place."""
+    from tokenizers import pre_tokenizers
+
+    from veil.models.distillation.students import train_metaspace_bpe
+
+    tokenizer = train_metaspace_bpe([t.replace("\n", "\n ") for t in texts], vocab_size)
+    tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split("\n", behavior="merged_with_previous"),
+            pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always", split=True),
+        ]
+    )
+    return tokenizer
+
+
+def _scratch_model(tokenizer: Any, cfg: LongformExperimentConfig) -> Any:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=cfg.hidden, intermediate_size=3 * cfg.hidden,
+        num_hidden_layers=cfg.layers, num_attention_heads=max(1, cfg.hidden // 32),
+        num_key_value_heads=max(1, cfg.hidden // 32), max_position_embeddings=1024, tie_word_embeddings=True,
+        bos_token_id=None, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    torch.manual_seed(cfg.seed)
+    return LlamaForCausalLM(config)
+
+
+def evaluate(policy: HFStepPolicy, tasks: Sequence[LongformPrompt], max_new_tokens: int) -> dict[str, Any]:
+    """Greedy responses to ``tasks``: mean S_l, rule-based quality and contradiction rate, words per
+    target, and generation tokens per second."""
+    judge = RuleJudge()
+    start = time.perf_counter()
+    steps = policy.steps(
+        [policy.chat_prompt(t.prompt) for t in tasks], 1, separator="", max_new_tokens=max_new_tokens,
+        temperature=0.0, top_p=1.0, seed=0,
+    )  # fmt: skip
+    seconds = time.perf_counter() - start
+    texts = [s[0].text for s in steps]
+    tokens = sum(len(policy.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
+    words = [count_words(t) for t in texts]
+    by_length: dict[str, list[float]] = {}
+    for t, w in zip(tasks, words, strict=True):
+        by_length.setdefault(str(t.target_words), []).append(w)
+    return {
+        "length_score": float(np.mean([length_score(w, t.target_words) for w, t in zip(words, tasks, strict=True)])),
+        "quality": float(np.mean([judge.quality(t, x).mean for t, x in zip(tasks, texts, strict=True)])),
+        "contradiction_rate": contradiction_rate(texts),
+        "words_by_target": {k: float(np.mean(v)) for k, v in sorted(by_length.items(), key=lambda kv: int(kv[0]))},
+        "ended": float(np.mean([s[0].final for s in steps])),
+        "tokens_per_s": tokens / seconds if seconds > 0 else 0.0,
+        "sample": texts[0][:300],
+    }  # fmt: skip
+
+
+def run_longform_experiment(
+    config: LongformExperimentConfig | None = None, progress: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    """Runs the experiment (see the module docstring); a JSON-ready dict with ``methods`` mapping
+    ``base``, ``sft``, ``outcome-dpo`` and ``step-dpo`` (means over seeds; ``per_seed`` too) to
+    ``{length_score, quality, contradiction_rate}``."""
+    import torch
+
+    cfg = config or LongformExperimentConfig()
+    previous = torch.get_num_threads()
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _run(cfg, progress or (lambda _m: None))
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run(cfg: LongformExperimentConfig, say: Callable[[str], None]) -> dict[str, Any]:
+    from veil.models.rag.dense import load_minilm
+    from veil.models.rag.train import imitate
+
+    seconds: dict[str, float] = {}
+    cpu: dict[str, float] = {}
+    clock = [time.perf_counter(), time.process_time()]
+
+    def lap(name: str) -> None:
+        now = [time.perf_counter(), time.process_time()]
+        seconds[name], cpu[name] = round(now[0] - clock[0], 1), round(now[1] - clock[1], 1)
+        clock[:] = now
+        say(f"  {name}: {seconds[name]:.0f} s ({cpu[name]:.0f} s CPU)")
+
+    t0, c0 = clock
+    rng = random.Random(cfg.seed)
+    topics = wikipedia_topics(
+        seed=cfg.seed, max_sentences=cfg.topic_sentences, sentence_words=cfg.sentence_words
+    )[: cfg.n_topics]
+    if len(topics) <= cfg.n_eval:
+        raise ValueError(f"n_eval ({cfg.n_eval}) must be below the {len(topics)} topics")
+    rng.shuffle(topics)
+    held, searched = topics[: cfg.n_eval], topics[cfg.n_eval :]
+    search_tasks = make_prompts(searched, cfg.lengths, seed=cfg.seed)
+    eval_tasks = make_prompts(held, cfg.lengths, seed=cfg.seed + 1)
+    encoder = load_minilm()
+    judge = RuleJudge()
+    lap("setup_s")
+
+    if cfg.model is None:
+        drafts = [
+            (LongformPrompt(f"Write about {t.name} in about {rng.choice(cfg.lengths)} words.", 1, topic=t), _draft(t, rng, cfg))
+            for t in topics for _ in range(cfg.drafts_per_topic)
+        ]  # fmt: skip
+        tokenizer = _tokenizer([p.prompt + "\n" + d for p, d in drafts], cfg.vocab_size)
+        base = _scratch_model(tokenizer, cfg)
+        policy = HFStepPolicy(base, tokenizer)
+        examples = []
+        for p, d in drafts:
+            prompt = tokenizer(policy.chat_prompt(p.prompt), add_special_tokens=False)["input_ids"]
+            ids = tokenizer(d + policy.end_text, add_special_tokens=False)["input_ids"]
+            examples.append(
+                {"input_ids": prompt + ids, "completion_mask": [0] * len(prompt) + [1] * len(ids)}
+            )
+        say(f"base model: {len(drafts)} drafts over {len(topics)} topics, {cfg.base_epochs:g} epochs")
+        base.train()
+        imitate(base, tokenizer, examples, ImitationConfig(
+            lr=cfg.base_lr, epochs=cfg.base_epochs, batch_size=16, grad_accum=1, max_length=512, seed=cfg.seed,
+            group_by_length=True,
+        ))  # fmt: skip
+    else:
+        from veil.models.loading import load_model
+
+        loaded = load_model(cfg.model)
+        base, tokenizer = loaded.model, loaded.tokenizer
+    base.eval()
+    policy = HFStepPolicy(base, tokenizer)
+    lap("base_s")
+
+    say(f"step search on {len(search_tasks)} prompts (width {cfg.search.width}, depth {cfg.search.depth})")
+    results, cut = collect_pairs(policy, judge, search_tasks, cfg.search, encoder)
+    pairs = step_pairs(results)
+    sft = sft_examples(policy, tokenizer, results)
+    generated = sum(r.generated_steps for r in results)
+    lap("search_s")
+    outcome, outcome_generated = outcome_pairs(policy, judge, search_tasks, cfg.search)
+    lap("outcome_pairs_s")
+
+    say(f"memory pool on {len(eval_tasks)} held-out prompts: the search with and without it")
+    no_memory = dataclasses.replace(cfg.search, memory=None, critique=None)
+    with_memory = dataclasses.replace(cfg.search, critique=None)
+    pooled, _ = collect_pairs(policy, judge, eval_tasks, with_memory, encoder)
+    lap("pool_with_s")
+    unpooled, _ = collect_pairs(policy, judge, eval_tasks, no_memory, encoder)
+    lap("pool_without_s")
+
+    steps_per_epoch = math.ceil(len(pairs) / (cfg.dpo.batch_size * cfg.dpo.grad_accum))
+    budget = cfg.budget_steps or max(1, round(steps_per_epoch * cfg.dpo.epochs))
+    methods: dict[str, list[dict[str, Any]]] = {"base": [evaluate(policy, eval_tasks, cfg.eval_tokens)]}
+    lap("eval_base_s")
+    train_seconds: dict[str, float] = {}
+    for seed in cfg.seeds:
+        for name in ("sft", "outcome-dpo", "step-dpo"):
+            say(f"{name}, seed {seed}: {budget} updates")
+            model = copy.deepcopy(base).train()
+            start = time.process_time()
+            if name == "sft":
+                imitate(model, tokenizer, sft, dataclasses.replace(cfg.sft, max_steps=budget, seed=seed))
+            else:
+                from veil.models.dpo import prefix_dpo
+
+                prefix_dpo(model, tokenizer, pairs if name == "step-dpo" else outcome,
+                           dataclasses.replace(cfg.dpo, max_steps=budget, seed=seed))  # fmt: skip
+            train_seconds[name] = train_seconds.get(name, 0.0) + time.process_time() - start
+            methods.setdefault(name, []).append(
+                evaluate(HFStepPolicy(model.eval(), tokenizer), eval_tasks, cfg.eval_tokens)
+            )
+        lap(f"train_eval_seed{seed}_s")
+
+    keys = ("length_score", "quality", "contradiction_rate")
+    summary = {
+        name: {k: float(np.mean([r[k] for r in runs])) for k in keys}
+        | {"length_score_std": float(np.std([r["length_score"] for r in runs]))}
+        for name, runs in methods.items()
+    }
+    seconds["total_s"], cpu["total_s"] = (
+        round(time.perf_counter() - t0, 1),
+        round(time.process_time() - c0, 1),
+    )
+    step_ls = [r["length_score"] for r in methods["step-dpo"]]
+    checks = {
+        "step_beats_sft_every_seed": all(s > r["length_score"] for s, r in zip(step_ls, methods["sft"], strict=True)),
+        "step_beats_outcome_every_seed": all(
+            s > r["length_score"] for s, r in zip(step_ls, methods["outcome-dpo"], strict=True)
+        ),
+        "pool_lowers_contradictions": contradiction_rate([r.text for r in pooled])
+        < contradiction_rate([r.text for r in unpooled]),
+    }  # fmt: skip
+    search_cpu_min = cpu["search_s"] / 60
+    return {
+        "config": {"model": cfg.model or f"scratch llama {cfg.layers}x{cfg.hidden}", "lengths": list(cfg.lengths),
+                   "search_prompts": len(search_tasks), "eval_prompts": len(eval_tasks), "seeds": list(cfg.seeds),
+                   "width": cfg.search.width, "depth": cfg.search.depth, "mode": cfg.search.mode,
+                   "budget_steps": budget},
+        "methods": summary,
+        "per_seed": {name: [{k: r[k] for k in (*keys, "words_by_target", "ended")} for r in runs]
+                     for name, runs in methods.items()},
+        "samples": {name: runs[0]["sample"] for name, runs in methods.items()},
+        "data": {
+            "step_pairs": len(pairs), "fallback_pairs": sum(int(p["fallback"]) for r in results for p in r.pairs),
+            "outcome_pairs": len(outcome), "sft_paths": len(sft), "search_steps_generated": generated,
+            "outcome_responses_generated": outcome_generated, "refined_steps": sum(r.refined for r in results),
+            "vetoes": sum(r.vetoes for r in results), "unparsable_judgements": sum(r.unparsable for r in results),
+            "cut_short": cut,
+        },
+        "memory_pool": {
+            "contradiction_rate_with": contradiction_rate([r.text for r in pooled]),
+            "contradiction_rate_without": contradiction_rate([r.text for r in unpooled]),
+            "vetoes": sum(r.vetoes for r in pooled),
+            "seconds_per_step": sum(r.memory_seconds for r in pooled) / max(1, sum(len(r.steps) for r in pooled)),
+            "search_cpu_s_with": cpu["pool_with_s"], "search_cpu_s_without": cpu["pool_without_s"],
+        },
+        "throughput": {
+            "pairs_per_cpu_minute": len(pairs) / search_cpu_min if search_cpu_min > 0 else 0.0,
+            "tokens_per_s": {name: float(np.mean([r["tokens_per_s"] for r in runs])) for name, runs in methods.items()},
+            "train_cpu_s": {k: round(v, 1) for k, v in train_seconds.items()},
+        },
+        "checks": checks,
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+    }  # fmt: skip

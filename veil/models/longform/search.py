@@ -1,0 +1,354 @@
+"""LongDPO's step search and its preference pairs (arXiv:2502.02095, §3).
+
+A response grows one step at a time (:mod:`veil.models.longform.policy`). At each node ``width``
+candidate steps are sampled (paper: 4) and valued on the response so far *with* the candidate:
+``value = quality + length_weight * S_l`` (the judge's mean over seven principles in 1-5, plus the
+LongBench-Write length score on cumulative words divided by 10). Two searches:
+
+* ``greedy`` (the released code: ``vanila_mcts`` with one path and back-propagation left as a TODO):
+  at each depth the best-valued candidate is taken, after the memory pool's veto, until a step ends the
+  response or ``depth`` steps (paper: 4) were taken.
+* ``mcts`` (the paper's description): ``simulations`` rounds of selection by UCT from the root,
+  expansion of a leaf into ``width`` valued children, and back-propagation of the best child's value to
+  the root; the response is then the path of highest mean value (the memory pool vetoes along it).
+
+Every node on the chosen path gives a pair ``{prompt: instruction + chosen steps so far, chosen: the
+chosen step, rejected: a random sibling}``; with no distinct sibling the rejected step is the chosen one
+with adjacent words swapped with probability ``swap_p`` each (0.3, as released). A step that ends the
+response carries the end-of-turn text, so the pair also teaches where to stop; other steps carry none.
+
+A step valued below the critique threshold is refined (:mod:`veil.models.longform.critique`).
+:func:`collect_pairs` runs the search over many tasks and, when cut short (a deadline, Ctrl-C), keeps
+the pairs of the tasks it finished.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from veil.models.longform.critique import CritiqueConfig, with_suggestions
+from veil.models.longform.data import LongformPrompt
+from veil.models.longform.facts import contradictions, extract_facts
+from veil.models.longform.judge import PRINCIPLES, Judge, Quality
+from veil.models.longform.length import count_words, length_score
+from veil.models.longform.memory import MemoryConfig, MemoryPool
+from veil.models.longform.policy import Step, StepPolicy
+
+__all__ = [
+    "SearchResult",
+    "StepSearchConfig",
+    "collect_pairs",
+    "contradiction_rate",
+    "search",
+    "swap_adjacent",
+    "value",
+]
+
+
+@dataclass(frozen=True)
+class StepSearchConfig:
+    """The search (arXiv:2502.02095, §3.1 and the released ``MCTS/`` code).
+
+    Attributes
+    ----------
+    width, depth: candidates per node and most steps per response (paper: 4 and 4).
+    mode: ``greedy`` (as released) or ``mcts`` (with back-propagation, as the paper describes).
+    simulations, exploration: MCTS rounds and the UCT constant ``c`` in ``mean + c sqrt(ln N / n)``.
+    separator: the text that ends a step (the released code ends steps at the end-of-text token of
+        LongWriter, whose steps are whole sections; our default is a paragraph break).
+    step_tokens: the token budget of one step.
+    temperature, top_p: the policy's sampling (paper: 0.7, 1.0).
+    length_weight: the length score's weight in the value (paper: 1/10).
+    swap_p: the no-sibling fallback's swap probability (released: 0.3).
+    memory: the memory pool, or ``None`` for none.
+    critique: critique refinement, or ``None`` for none.
+    seed: seeds the sampling and the rejected-sibling draws.
+    """
+
+    width: int = 4
+    depth: int = 4
+    mode: Literal["greedy", "mcts"] = "greedy"
+    simulations: int = 8
+    exploration: float = 1.0
+    separator: str = "\n\n"
+    step_tokens: int = 512
+    temperature: float = 0.7
+    top_p: float = 1.0
+    length_weight: float = 0.1
+    swap_p: float = 0.3
+    memory: MemoryConfig | None = field(default_factory=MemoryConfig)
+    critique: CritiqueConfig | None = field(default_factory=CritiqueConfig)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.width < 1 or self.depth < 1 or self.simulations < 1 or self.step_tokens < 1:
+            raise ValueError(
+                f"width, depth, simulations and step_tokens must be >= 1, got "
+                f"{self.width}, {self.depth}, {self.simulations}, {self.step_tokens}"
+            )
+        if self.mode not in ("greedy", "mcts"):
+            raise ValueError(f"mode must be 'greedy' or 'mcts', got {self.mode!r}")
+        if not 0.0 < self.temperature <= 2.0 or not 0.0 < self.top_p <= 1.0:
+            raise ValueError(
+                f"temperature in (0, 2] and top_p in (0, 1] required, got {self.temperature}, {self.top_p}"
+            )
+        if not 0.0 <= self.swap_p <= 1.0 or self.length_weight < 0 or self.exploration < 0:
+            raise ValueError("swap_p must be in [0, 1], length_weight and exploration >= 0")
+
+
+@dataclass
+class SearchResult:
+    """One task's search: its response, pairs and bookkeeping."""
+
+    task: LongformPrompt
+    steps: list[Step]
+    values: list[float]
+    pairs: list[dict[str, str | int]]
+    refined: int = 0
+    vetoes: int = 0
+    unparsable: int = 0
+    generated_steps: int = 0
+    memory_seconds: float = 0.0
+
+    @property
+    def text(self) -> str:
+        return "".join(s.text for s in self.steps)
+
+
+def value(judge: Judge, task: LongformPrompt, text: str, length_weight: float = 0.1) -> tuple[float, Quality]:
+    """``quality + length_weight * S_l`` of ``text`` (the whole response so far) and the quality."""
+    q = judge.quality(task, text)
+    return q.mean + length_weight * length_score(count_words(text), task.target_words), q
+
+
+def swap_adjacent(text: str, p: float, rng: random.Random) -> str:
+    """The released no-sibling fallback: walk the words, swapping each with the next with probability
+    ``p`` (a swapped pair is skipped); whitespace between words is kept.
+
+    >>> swap_adjacent("a b c d", 1.0, random.Random(0))
+    'b a d c'
+    """
+    import re
+
+    parts = re.split(r"(\s+)", text)
+    idx = [i for i, w in enumerate(parts) if w and not w.isspace()]
+    k = 0
+    while k + 1 < len(idx):
+        if rng.random() < p:
+            i, j = idx[k], idx[k + 1]
+            parts[i], parts[j] = parts[j], parts[i]
+            k += 2
+        else:
+            k += 1
+    return "".join(parts)
+
+
+@dataclass
+class _Node:
+    step: Step | None
+    value: float = 0.0
+    quality: Quality | None = None
+    parent: _Node | None = None
+    children: list[_Node] = field(default_factory=list)
+    visits: int = 0
+    total: float = 0.0
+
+    def prefix(self) -> str:
+        out, node = [], self
+        while node is not None and node.step is not None:
+            out.append(node.step.text)
+            node = node.parent
+        return "".join(reversed(out))
+
+    def depth(self) -> int:
+        return 0 if self.parent is None else 1 + self.parent.depth()
+
+    @property
+    def final(self) -> bool:
+        return self.step is not None and self.step.final
+
+
+class _Search:
+    def __init__(
+        self, policy: StepPolicy, judge: Judge, cfg: StepSearchConfig, encoder: object | None, seed: int
+    ):
+        self.policy, self.judge, self.cfg, self.encoder = policy, judge, cfg, encoder
+        self.rng = random.Random(seed)
+        self.seed = seed
+        self.calls = 0
+        self.unparsable = 0
+        self.generated = 0
+
+    def _sample(self, user: str, prefix: str, n: int, temperature: float, top_p: float) -> list[Step]:
+        self.calls += 1
+        steps = self.policy.steps(
+            [self.policy.chat_prompt(user, prefix)], n, separator=self.cfg.separator,
+            max_new_tokens=self.cfg.step_tokens, temperature=temperature, top_p=top_p,
+            seed=self.seed * 100_003 + self.calls * 101,
+        )[0]  # fmt: skip
+        self.generated += len(steps)
+        return steps
+
+    def expand(self, task: LongformPrompt, node: _Node) -> list[_Node]:
+        prefix = node.prefix()
+        steps = self._sample(task.prompt, prefix, self.cfg.width, self.cfg.temperature, self.cfg.top_p)
+        kids = []
+        for s in steps:
+            v, q = value(self.judge, task, prefix + s.text, self.cfg.length_weight)
+            self.unparsable += q.unparsable
+            kids.append(_Node(s, v, q, parent=node))
+        return kids
+
+    def refine(self, task: LongformPrompt, node: _Node) -> _Node | None:
+        """A better step for ``node``'s place by critique, or ``None``."""
+        crit = self.cfg.critique
+        if crit is None or node.value >= crit.threshold or node.quality is None or node.step is None:
+            return None
+        parent = node.parent
+        prefix = parent.prefix() if parent else ""
+        extra = self._sample(task.prompt, prefix, crit.extra_samples, crit.temperature, crit.top_p)
+        scored = [(s, self.judge.quality(task, prefix + s.text)) for s in extra]
+        suggestions = []
+        for principle in PRINCIPLES:
+            mine = node.quality.scores.get(principle)
+            if mine is None:
+                continue
+            better = max(scored, key=lambda sq: sq[1].scores.get(principle, 0.0))
+            if better[1].scores.get(principle, 0.0) > mine:
+                tip = self.judge.suggest(task, principle, prefix + node.step.text, prefix + better[0].text)
+                if tip is not None:
+                    suggestions.append(tip)
+        if not suggestions:
+            return None
+        suggestions.sort(key=lambda t: -t.confidence)
+        user = with_suggestions(task.prompt, [t.text for t in suggestions[: crit.max_suggestions]])
+        best = None
+        for s in self._sample(user, prefix, crit.regenerations, self.cfg.temperature, self.cfg.top_p):
+            v, q = value(self.judge, task, prefix + s.text, self.cfg.length_weight)
+            if v > node.value and (best is None or v > best.value):
+                best = _Node(s, v, q, parent=parent)
+        return best
+
+
+def _pair(task: LongformPrompt, policy: StepPolicy, prefix: str, chosen: _Node, siblings: Sequence[_Node],
+          cfg: StepSearchConfig, rng: random.Random, depth: int) -> dict[str, str | int]:  # fmt: skip
+    def text(step: Step) -> str:
+        return step.text + (policy.end_text if step.final else "")
+
+    good = text(chosen.step) if chosen.step is not None else ""
+    others = [
+        text(n.step) for n in siblings if n is not chosen and n.step is not None and text(n.step) != good
+    ]
+    if others:
+        bad = rng.choice(others)
+    else:
+        bad = swap_adjacent(good, cfg.swap_p, rng)
+        for _ in range(8):
+            if bad != good:
+                break
+            bad = swap_adjacent(good, max(cfg.swap_p, 0.5), rng)
+    return {"prompt": policy.chat_prompt(task.prompt, prefix), "chosen": good, "rejected": bad,
+            "depth": depth, "fallback": int(not others)}  # fmt: skip
+
+
+def search(
+    policy: StepPolicy, judge: Judge, task: LongformPrompt, config: StepSearchConfig | None = None,
+    encoder: object | None = None, seed: int | None = None,
+) -> SearchResult:  # fmt: skip
+    """One task's search (see the module docstring). ``encoder`` embeds chunks for the memory pool
+    (required when ``config.memory`` is set)."""
+    cfg = config or StepSearchConfig()
+    if cfg.memory is not None and encoder is None:
+        raise ValueError("the memory pool needs an encoder (e.g. veil.models.rag.dense.load_minilm())")
+    run = _Search(policy, judge, cfg, encoder, cfg.seed if seed is None else seed)
+    pool = MemoryPool(judge, encoder, cfg.memory) if cfg.memory is not None else None
+    root = _Node(None)
+    if cfg.mode == "mcts":
+        _simulate(run, task, root)
+    result = SearchResult(task, [], [], [])
+    node = root
+    while len(result.steps) < cfg.depth and not node.final:
+        kids = node.children or run.expand(task, node)
+        node.children = kids
+        # greedy: by value; MCTS: by the back-propagated mean (unvisited children by their own value)
+        ranked = sorted(kids, key=lambda n: -(n.total / n.visits if n.visits else n.value))
+        k = pool.choose([n.step.text for n in ranked if n.step]) if pool else 0
+        chosen = ranked[k]
+        better = run.refine(task, chosen)
+        if better is not None:
+            kids.append(better)
+            chosen, result.refined = better, result.refined + 1
+        result.pairs.append(
+            _pair(task, run.policy, node.prefix(), chosen, kids, cfg, run.rng, len(result.steps))
+        )
+        if chosen.step is None:  # pragma: no cover - expanded nodes always hold a step
+            raise RuntimeError("a chosen node without a step")
+        result.steps.append(chosen.step)
+        result.values.append(chosen.value)
+        if pool is not None:
+            pool.add(chosen.step.text)
+        node = chosen
+    result.vetoes = pool.vetoes if pool else 0
+    result.unparsable, result.generated_steps = run.unparsable, run.generated
+    result.memory_seconds = pool.seconds if pool else 0.0
+    return result
+
+
+def _simulate(run: _Search, task: LongformPrompt, root: _Node) -> None:
+    """MCTS rounds: select by UCT, expand a leaf into ``width`` valued children, back-propagate."""
+    cfg = run.cfg
+    for _ in range(cfg.simulations):
+        node = root
+        while node.children and not node.final and node.depth() < cfg.depth:
+            parent_visits = max(1, node.visits)
+            node = max(
+                node.children,
+                key=lambda c: (
+                    (c.total / c.visits if c.visits else c.value)
+                    + cfg.exploration * math.sqrt(math.log(parent_visits + 1) / (c.visits + 1))
+                ),
+            )
+        if not node.final and node.depth() < cfg.depth:
+            node.children = run.expand(task, node)
+            leaf = max(node.children, key=lambda c: c.value)
+            leaf.visits, leaf.total = 1, leaf.value
+            v = leaf.value
+            node_up: _Node | None = node
+        else:
+            v, node_up = node.value, node
+        while node_up is not None:
+            node_up.visits += 1
+            node_up.total += v
+            node_up = node_up.parent
+
+
+def collect_pairs(
+    policy: StepPolicy, judge: Judge, tasks: Sequence[LongformPrompt], config: StepSearchConfig | None = None,
+    encoder: object | None = None, deadline: float | None = None,
+    on_task: Callable[[SearchResult], None] | None = None,
+) -> tuple[list[SearchResult], bool]:  # fmt: skip
+    """The search over ``tasks`` (task ``i`` seeded ``config.seed + i``); returns the finished results
+    and whether the run was cut short (``deadline`` in ``time.monotonic()`` seconds, or Ctrl-C): the
+    pairs of every finished task are kept."""
+    cfg = config or StepSearchConfig()
+    done: list[SearchResult] = []
+    try:
+        for i, task in enumerate(tasks):
+            if deadline is not None and time.monotonic() > deadline:
+                return done, True
+            done.append(search(policy, judge, task, cfg, encoder, seed=cfg.seed + i))
+            if on_task is not None:
+                on_task(done[-1])
+    except KeyboardInterrupt:
+        return done, True
+    return done, False
+
+
+def contradiction_rate(texts: Sequence[str]) -> float:
+    """The share of texts that state some subject's attribute with two different values."""
+    return sum(bool(contradictions(extract_facts(t))) for t in texts) / len(texts) if texts else 0.0
