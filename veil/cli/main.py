@@ -274,6 +274,7 @@ def bench_latency(
 def _register_commands() -> None:
     from veil.cli import audit as audit_cli
     from veil.cli import bench_kv, experiment_distillation, experiment_rag, fleet, onnx_export, service
+    from veil.cli import experiment_longform as longform_cli
     from veil.cli import experiment_translation as translation_cli
     from veil.cli import rag as rag_cli
 
@@ -285,6 +286,7 @@ def _register_commands() -> None:
     bench_kv.register(bench_app)
     experiment_distillation.register(experiment_app)
     experiment_rag.register(experiment_app)
+    longform_cli.register(experiment_app)
     translation_cli.register(experiment_app)
 
 

@@ -26,11 +26,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
+import json
 import math
 import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -208,11 +211,14 @@ def evaluate(policy: HFStepPolicy, tasks: Sequence[LongformPrompt], max_new_toke
 
 
 def run_longform_experiment(
-    config: LongformExperimentConfig | None = None, progress: Callable[[str], None] | None = None
+    config: LongformExperimentConfig | None = None,
+    progress: Callable[[str], None] | None = None,
+    data_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Runs the experiment (see the module docstring); a JSON-ready dict with ``methods`` mapping
     ``base``, ``sft``, ``outcome-dpo`` and ``step-dpo`` (means over seeds; ``per_seed`` too) to
-    ``{length_score, quality, contradiction_rate}``."""
+    ``{length_score, quality, contradiction_rate}``. With ``data_dir`` the scratch base model is kept
+    there and reused by later runs of the same recipe."""
     import torch
 
     cfg = config or LongformExperimentConfig()
@@ -220,12 +226,30 @@ def run_longform_experiment(
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     try:
-        return _run(cfg, progress or (lambda _m: None))
+        return _run(cfg, progress or (lambda _m: None), data_dir)
     finally:
         torch.set_num_threads(previous)
 
 
-def _run(cfg: LongformExperimentConfig, say: Callable[[str], None]) -> dict[str, Any]:
+_BASE_VERSION = 1  # bump when the base model's recipe changes in a way its config does not show
+
+
+def _cache_dir(cfg: LongformExperimentConfig, data_dir: Path | None) -> Path | None:
+    """Where the scratch base model of ``cfg`` is kept: ``<data_dir>/longform/base-<hash>`` of every
+    field it depends on (``None``: no data directory, or a pretrained model)."""
+    if data_dir is None or cfg.model is not None:
+        return None
+    import torch
+
+    keys = ("n_topics", "lengths", "topic_sentences", "sentence_words", "drafts_per_topic", "max_paragraphs",
+            "fact_p", "drift_p", "vocab_size", "hidden", "layers", "base_epochs", "base_lr", "seed")  # fmt: skip
+    blob = {k: getattr(cfg, k) for k in keys} | {"version": _BASE_VERSION}
+    blob["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+    key = hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:12]
+    return Path(data_dir) / "longform" / f"base-{key}"
+
+
+def _run(cfg: LongformExperimentConfig, say: Callable[[str], None], data_dir: Path | None) -> dict[str, Any]:
     from veil.models.rag.dense import load_minilm
     from veil.models.rag.train import imitate
 
@@ -254,7 +278,16 @@ def _run(cfg: LongformExperimentConfig, say: Callable[[str], None]) -> dict[str,
     judge = RuleJudge()
     lap("setup_s")
 
-    if cfg.model is None:
+    cached = _cache_dir(cfg, data_dir)
+    if cfg.model is None and cached is not None and (cached / "config.json").is_file():
+        from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+        base, tokenizer = (
+            AutoModelForCausalLM.from_pretrained(cached),
+            PreTrainedTokenizerFast.from_pretrained(cached),
+        )
+        say(f"base model: cached in {cached}")
+    elif cfg.model is None:
         drafts = [
             (LongformPrompt(f"Write about {t.name} in about {rng.choice(cfg.lengths)} words.", 1, topic=t), _draft(t, rng, cfg))
             for t in topics for _ in range(cfg.drafts_per_topic)
@@ -275,6 +308,9 @@ def _run(cfg: LongformExperimentConfig, say: Callable[[str], None]) -> dict[str,
             lr=cfg.base_lr, epochs=cfg.base_epochs, batch_size=16, grad_accum=1, max_length=512, seed=cfg.seed,
             group_by_length=True,
         ))  # fmt: skip
+        if cached is not None:
+            base.save_pretrained(cached)
+            tokenizer.save_pretrained(cached)
     else:
         from veil.models.loading import load_model
 

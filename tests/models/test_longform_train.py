@@ -1,0 +1,120 @@
+"""LongDPO's training: the shared prefix DPO on step pairs (no EOS unless the step is final), SFT
+examples from chosen paths, outcome pairs, and the config's paper defaults."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from veil.models.dpo import PairDPOConfig, prefix_dpo
+from veil.models.longform.data import LongformPrompt, Topic
+from veil.models.longform.experiment import LongformExperimentConfig, _scratch_model, _tokenizer
+from veil.models.longform.judge import RuleJudge
+from veil.models.longform.policy import HFStepPolicy, Step, end_of_turn
+from veil.models.longform.search import SearchResult, StepSearchConfig
+from veil.models.longform.train import LongDPOConfig, outcome_pairs, sft_examples, step_pairs
+
+TEXTS = [
+    "Write about Autism in about 20 words.\nAutism affects social skills.\nIt starts early in children.",
+    "Write about Albedo in about 40 words.\nAlbedo measures reflected light.\nSnow has a high albedo.",
+] * 20
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    tok = _tokenizer(TEXTS, 320)
+    cfg = LongformExperimentConfig(hidden=32, layers=1)
+    return _scratch_model(tok, cfg), tok
+
+
+def _logp(model, tok, prompt: str, completion: str) -> float:
+    p = tok(prompt, add_special_tokens=False)["input_ids"]
+    c = tok(completion, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        lp = torch.log_softmax(model(torch.tensor([p + c])).logits[0, len(p) - 1 : -1], -1)
+    return float(lp.gather(1, torch.tensor(c)[:, None]).sum())
+
+
+def test_the_config_defaults_are_the_papers() -> None:
+    cfg = LongDPOConfig()
+    assert (cfg.beta, cfg.lr, cfg.epochs, cfg.batch_size, cfg.warmup_ratio) == (0.1, 1e-6, 2.0, 1, 0.1)
+    assert (cfg.loss_type, cfg.label_smoothing, cfg.weight_decay, cfg.max_grad_norm) == (
+        "sigmoid",
+        0.0,
+        0.0,
+        1.0,
+    )
+    for bad in ({"beta": 0}, {"lr": 0}, {"max_steps": 0}, {"label_smoothing": 0.5}, {"warmup_ratio": 1.0}):
+        with pytest.raises(ValueError):
+            PairDPOConfig(**bad)
+
+
+def test_the_end_of_turn_is_read_from_the_chat_template(tiny) -> None:
+    _, tok = tiny
+    assert end_of_turn(tok) == "</s>"
+    assert tok("Snow.</s>", add_special_tokens=False)["input_ids"][-1] == tok.eos_token_id
+
+
+def test_step_dpo_raises_the_chosen_steps_margin_and_adds_no_eos_to_a_middle_step(tiny) -> None:
+    model, tok = tiny
+    model = _scratch_model(tok, LongformExperimentConfig(hidden=32, layers=1))
+    policy = HFStepPolicy(model, tok)
+    prompt = policy.chat_prompt("Write about Autism in about 20 words.")
+    pairs = [
+        {"prompt": prompt, "chosen": "Autism affects social skills.\n", "rejected": "Snow has a high albedo.\n"},
+        {"prompt": prompt + "Autism affects social skills.\n", "chosen": "It starts early.</s>", "rejected": "It starts early.\n"},
+    ]  # fmt: skip
+    before = [
+        _logp(model, tok, p["prompt"], p["chosen"]) - _logp(model, tok, p["prompt"], p["rejected"])
+        for p in pairs
+    ]
+    prefix_dpo(
+        model.train(), tok, pairs * 4, LongDPOConfig(lr=3e-3, epochs=4, batch_size=4, warmup_ratio=0.0)
+    )
+    after = [
+        _logp(model, tok, p["prompt"], p["chosen"]) - _logp(model, tok, p["prompt"], p["rejected"])
+        for p in pairs
+    ]
+    assert all(a > b + 0.5 for a, b in zip(after, before, strict=True))
+    # the middle step was trained without an end of turn: after it the model still prefers continuing
+    with torch.no_grad():
+        ids = tok(pairs[1]["prompt"], add_special_tokens=False)["input_ids"]
+        nxt = torch.log_softmax(model(torch.tensor([ids])).logits[0, -1], -1)
+    assert float(nxt[tok.eos_token_id]) < float(nxt.max())
+
+
+def test_sft_examples_mask_the_prompt_and_end_a_finished_path(tiny) -> None:
+    model, tok = tiny
+    policy = HFStepPolicy(model, tok)
+    task = LongformPrompt("Write about Autism in about 20 words.", 20)
+    done = SearchResult(
+        task, [Step("Autism affects social skills.\n", False), Step("It starts early.", True)], [1, 2], []
+    )
+    open_ended = SearchResult(task, [Step("Autism affects social skills.\n", False)], [1], [])
+    ex, ex2 = sft_examples(policy, tok, [done, open_ended])
+    n_prompt = len(tok(policy.chat_prompt(task.prompt), add_special_tokens=False)["input_ids"])
+    assert ex["completion_mask"] == [0] * n_prompt + [1] * (len(ex["input_ids"]) - n_prompt)
+    assert ex["input_ids"][-1] == tok.eos_token_id and ex2["input_ids"][-1] != tok.eos_token_id
+
+
+class _Fixed:
+    end_text = "</s>"
+
+    def chat_prompt(self, user, assistant_prefix=""):
+        return f"U: {user}\nA: {assistant_prefix}"
+
+    def steps(self, prompts, n, **_):
+        cands = [Step("Autism affects social skills in children early on here.", True), Step("Snow.", True),
+                 Step("Autism " * 60, False)]  # fmt: skip
+        return [[cands[i % 3] for i in range(n)] for _ in prompts]
+
+
+def test_outcome_pairs_take_the_best_and_the_worst_whole_response() -> None:
+    topic = Topic("Autism", (), ("social", "children"))
+    tasks = [LongformPrompt("Write about Autism in about 10 words.", 10, topic=topic)]
+    pairs, generated = outcome_pairs(_Fixed(), RuleJudge(), tasks, StepSearchConfig(width=3, memory=None))
+    assert generated == 3 and len(pairs) == 1
+    assert pairs[0]["chosen"].startswith("Autism affects") and pairs[0]["chosen"].endswith("</s>")
+    assert pairs[0]["rejected"].startswith("Autism Autism") and not pairs[0]["rejected"].endswith("</s>")
+    assert step_pairs([]) == []
