@@ -33,6 +33,7 @@ __all__ = [
     "GradientResponse",
     "LabelLossRequest",
     "LabelLossResponse",
+    "Longform",
     "StreamOptions",
     "TextPart",
     "UploadRequest",
@@ -160,6 +161,15 @@ class PersonalisedRequest(BaseModel):
     _one_embedding = _one_form("user_embedding", "user_embedding_b64")
 
 
+class Longform(BaseModel):
+    """Veil's long-form mode (LongDPO, arXiv:2502.02095): the answer's required length in words, as
+    LongBench-Write counts them; ``usage`` then reports the answer's words and its length score."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    target_words: Annotated[int, Field(ge=1, le=100_000)]
+
+
 class ChatCompletionRequest(PersonalisedRequest):
     """OpenAI chat completion request, plus ``user_embedding``."""
 
@@ -184,6 +194,8 @@ class ChatCompletionRequest(PersonalisedRequest):
     kv_compression: KVCompression | None = None
     """Prune the prompt's KV cache once after prefill, e.g. ``{"method": "dbudgetkv", "threshold": 0.01}``
     or ``{"method": "snapkv", "budget": 0.5}``; ``usage`` then reports the kept fraction."""
+    longform: Longform | None = None
+    """``{"target_words": N}``: ask for about N words (see :mod:`veil.cloud_service.api.routes.chat`)."""
 
     @model_validator(mode="after")
     def _logprobs_requested(self) -> ChatCompletionRequest:

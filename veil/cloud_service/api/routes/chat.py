@@ -6,6 +6,13 @@ A request the model fails is a 500 (``server_error``): with ``code: "kv_compress
 answered as usual), else without a code. A streamed answer has already sent its ``200``, so it ends
 with the same error object as an event, ``data: {"error": {...}}``, and no ``[DONE]`` (OpenAI's form of
 a failure mid-stream: its clients raise on it).
+
+``longform: {"target_words": N}`` (LongDPO's served mode, arXiv:2502.02095): the last user message gets
+"Answer in about N words." appended, the token limit defaults to ``4 N`` tokens (the length score is
+0 past three times the target, about ``4 N`` tokens of English), a target that cannot fit the context
+(``N`` tokens at least) is a 400 ``context_length_exceeded`` naming ``longform.target_words``, and
+``usage`` reports ``longform_words`` (English words plus CJK characters) and ``longform_length_score``
+(LongBench-Write's S_l, 0-100).
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from veil.cloud_service.errors import APIError, error_body
 from veil.cloud_service.schemas import ChatCompletionRequest
 from veil.models.compression import KVCompressor, KVKept
 from veil.models.generation import SamplingParams, TokenLogprobs
+from veil.models.longform.length import count_words, length_score
 
 router = APIRouter(tags=["chat"])
 
@@ -48,6 +56,8 @@ def _prepare(
     messages = [
         {"role": m.role if m.role != "developer" else "system", "content": m.text()} for m in body.messages
     ]
+    if body.longform is not None:
+        _ask_length(messages, body.longform.target_words)
     prompt = engine.encode_chat(messages)
     soft = engine.embedding_shape[0] if embedding is not None else 0
     room = engine.context_length - len(prompt) - soft
@@ -67,7 +77,20 @@ def _prepare(
             param="max_tokens",
             code="context_length_exceeded",
         )
-    limit = wanted if wanted is not None else min(state.config.default_max_tokens, room)
+    if body.longform is not None and body.longform.target_words > room:
+        raise APIError(
+            400,
+            f"longform.target_words ({body.longform.target_words}) cannot fit the {room} tokens left in "
+            f"this model's context of {engine.context_length} after the prompt",
+            param="longform.target_words",
+            code="context_length_exceeded",
+        )
+    if wanted is not None:
+        limit = wanted
+    elif body.longform is not None:
+        limit = min(room, 4 * body.longform.target_words)
+    else:
+        limit = min(state.config.default_max_tokens, room)
     params = SamplingParams(
         max_new_tokens=limit,
         temperature=body.temperature,
@@ -76,6 +99,15 @@ def _prepare(
         top_logprobs=(body.top_logprobs or 0) if body.logprobs else None,
     )
     return prompt, embedding, params, kv_compressor(engine, body.kv_compression, len(prompt) + soft)
+
+
+def _ask_length(messages: list[dict[str, str]], target: int) -> None:
+    """Appends the length requirement to the last user message (in place)."""
+    for m in reversed(messages):
+        if m["role"] == "user":
+            m["content"] = f"{m['content']}\n\nAnswer in about {target} words."
+            return
+    raise APIError(400, "longform needs a user message to answer", param="messages")
 
 
 def _failure(event: ChatEvent, body: ChatCompletionRequest, state: State, caller: Caller) -> APIError:
@@ -130,12 +162,16 @@ async def chat_completions(body: ChatCompletionRequest, state: State, caller: Ca
     created = int(time.time())
     events = engine.chat(prompt, embedding, params, body.stops(), compressor)
 
-    def usage(completion: int, kept: KVKept | None) -> dict[str, Any]:
+    def usage(completion: int, kept: KVKept | None, text: str) -> dict[str, Any]:
         counts: dict[str, Any] = {
             "prompt_tokens": len(prompt),
             "completion_tokens": completion,
             "total_tokens": len(prompt) + completion,
         }
+        if body.longform is not None:
+            words = count_words(text)
+            counts["longform_words"] = words
+            counts["longform_length_score"] = length_score(words, body.longform.target_words)
         if kept is not None:  # only when compression was asked for: OpenAI clients see nothing new
             counts["kv_kept_fraction"] = kept.mean
             counts["kv_kept_fraction_per_layer"] = list(kept.per_layer)
@@ -172,7 +208,7 @@ async def chat_completions(body: ChatCompletionRequest, state: State, caller: Ca
                     "logprobs": logprobs,
                 }
             ],
-            "usage": usage(completion, kept),
+            "usage": usage(completion, kept, "".join(parts)),
         }
 
     include_usage = body.stream_options is None or body.stream_options.include_usage
@@ -180,7 +216,9 @@ async def chat_completions(body: ChatCompletionRequest, state: State, caller: Ca
     async def stream() -> AsyncIterator[str]:
         yield _chunk(cid, created, engine.name, {"role": "assistant", "content": ""}, None)
         errored = False
+        sent: list[str] = []
         async for event in events:
+            sent.append(event.delta)
             if event.delta:
                 yield _chunk(cid, created, engine.name, {"content": event.delta}, None)
             if event.finish_reason == "error":
@@ -199,7 +237,7 @@ async def chat_completions(body: ChatCompletionRequest, state: State, caller: Ca
                         "created": created,
                         "model": engine.name,
                         "choices": [],
-                        "usage": usage(event.completion_tokens, event.kv_kept),
+                        "usage": usage(event.completion_tokens, event.kv_kept, "".join(sent)),
                     }
                     yield f"data: {json.dumps(final)}\n\n"
         if not errored:  # after an error event, the stream just ends
