@@ -55,6 +55,16 @@ def test_decision_quality_is_matthews_correlation_over_gold_hops() -> None:
     always = answer_questions(WorldReader(world), [q.text for q in qs], retrieve, LoopConfig(policy="always"))
     q_always = decision_quality(always, qs)
     assert q_always["mcc"] == 0.0 and q_always["f1"] > 0 and q_always["steps"] == sum(len(q.hops) for q in qs)
+    # the per-question counts sum to the steps, and the paired bootstrap sees the oracle's whole gain
+    from veil.models.rag.experiment import decision_counts, mcc_gain
+
+    perfect, every = decision_counts(right, qs), decision_counts(always, qs)
+    assert perfect.shape == (10, 4) and perfect.sum() == q_always["steps"] and perfect[:, [1, 3]].sum() == 0
+    gain = mcc_gain(perfect, every)
+    assert gain["gain"] == pytest.approx(1.0) and gain["low"] > 0.5 and gain["p_positive"] == 1.0
+    assert mcc_gain(every, every) == {"gain": 0.0, "low": 0.0, "high": 0.0, "p_positive": 0.0}
+    with pytest.raises(ValueError, match="one shape"):
+        mcc_gain(perfect, every[:5])
 
 
 def test_the_quick_preset_runs_on_one_thread_with_a_short_instruction() -> None:

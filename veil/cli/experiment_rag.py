@@ -67,6 +67,11 @@ def experiment_rag(
     console.print(rag_table(result))
     for name, ok in result["checks"].items():
         console.print(f"{name.replace('_', ' ')}: {'yes' if ok else 'no'}")
+    g = result["calibration_gain"]
+    console.print(
+        f"calibration's MCC gain over stage I: {g['gain']:+.3f} (95 % paired bootstrap over questions: "
+        f"{g['low']:+.3f} to {g['high']:+.3f})"
+    )
     stages = ", ".join(
         f"{k.removesuffix('_s')} {v:.0f}" for k, v in result["seconds"].items() if k != "total_s"
     )
