@@ -1,5 +1,6 @@
-"""The translation experiment end to end with a scripted model: every method and set is scored, the checks
-are computed, and noise dropped by the relevance judge costs no generation."""
+"""The translation experiment end to end at toy size: two from-scratch models trained at the same budget
+and scored with every kind of document, a scripted long-thought model through the loop, and the checks
+computed from the numbers."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import pytest
 from veil.models.rag.lm import Completion
 from veil.models.translation.experiment import TranslationExperimentConfig, run_translation_experiment
 from veil.models.translation.grounded import GroundedSetConfig
+from veil.models.translation.grounded_experiment import GroundedExperimentConfig, training_sets
+from veil.models.translation.grounded_translate import GroundedConfig
 from veil.models.translation.long_thought import (
     ADVICE_HEADER,
     DRAFT_HEADER,
@@ -20,6 +23,9 @@ from veil.models.translation.long_thought import (
     SCORE_HEADER,
     LongThoughtConfig,
 )
+from veil.models.translation.scratch import ScratchConfig
+from veil.models.translation.sft import TranslationSFTConfig
+from veil.models.translation.thought_experiment import LongThoughtExperimentConfig
 
 _RENDERING = re.compile(r"\(Chinese: (\S+?)\)|【(.+?)】")
 
@@ -53,13 +59,22 @@ class Scripted:
         return f"{(m.group(1) or m.group(2)) if m else '那个'}很好。"
 
 
-def _config(**kw) -> TranslationExperimentConfig:
+def _grounded(**kw) -> GroundedExperimentConfig:
     fields = dict(
-        grounded_set=GroundedSetConfig(n_examples=10, seed=2),
-        test_examples=6, hsk_examples=2, simile_examples=2,
-        long_thought=LongThoughtConfig(max_rounds=2), train_examples=0,
+        grounded_set=GroundedSetConfig(n_examples=12, seed=2), test_examples=4, hsk_pairs=2, train_examples=16,
+        scratch=ScratchConfig(vocab_size=320, hidden=32, layers=1, sft=TranslationSFTConfig(
+            lr=1e-3, epochs=1, batch_size=8, grad_accum=1, max_length=384)),
+        grounded=GroundedConfig(translation_tokens=6, judge_prefix=""),
     )  # fmt: skip
-    return TranslationExperimentConfig(**(fields | kw))
+    return GroundedExperimentConfig(**(fields | kw))
+
+
+def _config(**kw) -> TranslationExperimentConfig:
+    thought = LongThoughtExperimentConfig(
+        simile_examples=2, hsk_examples=2, discrimination_examples=3, evaluator="rating",
+        long_thought=LongThoughtConfig(max_rounds=2), drt_records=0,
+    )  # fmt: skip
+    return TranslationExperimentConfig(**({"grounded": _grounded(), "long_thought": thought} | kw))
 
 
 @pytest.fixture(scope="module")
@@ -70,66 +85,68 @@ def result():
     return out
 
 
-def test_every_method_is_scored_on_its_sets(result) -> None:
-    methods = result["methods"]
-    assert set(methods) == {
-        "direct", "document_clean", "document_irrelevant", "document_partial",
-        "document_irrelevant_all", "document_partial_all", "long_thought",
-    }  # fmt: skip
-    for r in methods.values():
-        assert {"bleu", "chrf", "term_accuracy"} <= set(r["generated"])
-    assert set(methods["direct"]) == set(methods["long_thought"]) == {"generated", "hsk"}
-    assert methods["document_clean"]["generated"]["term_accuracy"] == 1.0
-    assert methods["direct"]["generated"]["term_accuracy"] == 0.0
-    assert methods["document_partial"]["generated"]["documents_kept"] == 0.0
-    assert methods["document_partial_all"]["generated"]["documents_kept"] == 1.0
+@pytest.mark.slow  # trains two toy models with TRL and builds two tokenizers: about half a minute
+def test_both_models_are_scored_with_every_kind_of_document(result) -> None:
+    g = result["document_grounded"]
+    assert set(g["models"]) == {"multitask", "translation_only"}
+    rows = {"no_document", "document_clean", "document_irrelevant", "document_partial",
+            "document_irrelevant_all", "document_partial_all"}  # fmt: skip
+    assert set(g["models"]["translation_only"]) == rows | {"train_loss"}
+    assert set(g["models"]["multitask"]) == rows | {"train_loss"} | {
+        f"document_{n}_lm" for n in ("clean", "irrelevant", "partial")
+    }
+    for r in g["models"]["multitask"].values():
+        if isinstance(r, dict):
+            assert {"bleu", "chrf", "term_accuracy"} <= set(r)
+    # the name judge keeps exactly the clean documents of the generated set
+    assert g["judges"]["names"]["accuracy"] == 1.0 and g["judges"]["names"]["majority_accuracy"] == 0.6667
+    assert g["models"]["multitask"]["document_partial"]["documents_kept"] == 0.0
+    assert g["models"]["multitask"]["document_partial_all"]["documents_kept"] == 1.0
+    assert g["sets"]["train_examples"] == {"multitask": 16, "translation_only": 16}
     json.dumps({k: v for k, v in result.items() if k != "_prompts"})
 
 
-def test_the_checks_are_computed(result) -> None:
-    assert result["checks"] == {
-        "clean_document_beats_none": True,
-        "noisy_document_costs_little": True,
-        "long_thought_improves_on_similes": True,
+@pytest.mark.slow  # the same run
+def test_the_checks_are_computed_from_the_numbers(result) -> None:
+    checks, g = result["checks"], result["document_grounded"]["models"]["multitask"]
+    assert checks["clean_document_beats_none"] == (
+        g["document_clean"]["bleu"] > g["no_document"]["bleu"]
+        and g["document_clean"]["term_accuracy"] > g["no_document"]["term_accuracy"]
+    )
+    s = result["long_thought"]["similes"]
+    # the scripted evaluator scores by length and every revision grows: each one is accepted
+    assert s["sentences"] == 2 and s["final_score"] > s["draft_score"] and s["revision_win_rate"] == 1.0
+    assert checks["long_thought_improves_on_similes"] is True
+    assert checks["drt_answers_parse_complete"] is None  # no model to fine-tune behind a scripted one
+    assert set(result["long_thought"]["discrimination"]) == {"rating"}
+
+
+def test_the_multitask_model_gets_the_same_budget_with_part_of_it_auxiliary() -> None:
+    from veil.models.translation.data import hsk_pairs
+    from veil.models.translation.grounded import grounded_set
+
+    cfg = _grounded(train_examples=40, translation_share=0.25)
+    examples = grounded_set(cfg.grounded_set)
+    sets = training_sets(cfg, examples[:-4], hsk_pairs("en", "zh")[:2])
+    assert len(sets["multitask"]) == len(sets["translation_only"]) == 40
+    assert {e["objective"] for e in sets["translation_only"]} == {"translation"}
+    assert sum(e["objective"] == "translation" for e in sets["multitask"]) == 10
+    assert {e["objective"] for e in sets["multitask"]} == {
+        "translation",
+        "completion",
+        "self_knowledge",
+        "relevance",
     }
-    s = result["similes"]
-    assert s["sentences"] == 2 and s["final_score"] > s["draft_score"] and s["mean_rounds"] == 2
-
-
-def test_a_dropped_document_reuses_the_direct_translation(result) -> None:
-    generated = result["_prompts"]
-    assert len(generated) == len(set(generated)) == result["generated_prompts"]
-    translations = [p for p in generated if p.startswith(("Translate the following", "Documents:"))]
-    # direct, clean, irrelevant kept, partial kept (6 each) and HSK direct (2); the dropped noisy
-    # documents leave the direct prompt, answered from memory
-    assert len(translations) == 4 * 6 + 2
 
 
 def test_the_config_refuses_bad_settings() -> None:
     with pytest.raises(ValueError, match="test_examples"):
-        _config(test_examples=11)
-    with pytest.raises(ValueError, match="noisy_tolerance_bleu"):
-        _config(noisy_tolerance_bleu=-1.0)
+        _grounded(test_examples=12)
+    with pytest.raises(ValueError, match="translation_share"):
+        _grounded(translation_share=0.0)
     with pytest.raises(ValueError, match="English to Chinese"):
-        _config(long_thought=LongThoughtConfig(target_language="de"))
-
-
-@pytest.mark.slow  # loads the tiny Llama (49k vocabulary) and fine-tunes it with TRL: about a minute
-def test_the_training_path_fine_tunes_the_named_model_first(data_dir) -> None:
-    from veil.models.translation.grounded_translate import GroundedConfig
-    from veil.models.translation.sft import TranslationSFTConfig
-
-    cfg = _config(
-        model="tiny-llama", hsk_examples=1, simile_examples=1, train_examples=6,
-        long_thought=LongThoughtConfig(max_rounds=1, keyword_tokens=4, translation_tokens=4, advice_tokens=4),
-        grounded=GroundedConfig(translation_tokens=4), unfiltered=False,
-        sft=TranslationSFTConfig(lr=1e-4, epochs=1, grad_accum=2, max_length=512),
-    )  # fmt: skip
-    result = run_translation_experiment(cfg, data_dir=data_dir)
-    assert result["training"]["examples"] == 6 and result["training"]["train_loss"] > 0
-    assert set(result["methods"]) == {
-        "direct", "document_clean", "document_irrelevant", "document_partial", "long_thought"
-    }  # fmt: skip
-    assert set(result["checks"]) == {
-        "clean_document_beats_none", "noisy_document_costs_little", "long_thought_improves_on_similes"
-    }  # fmt: skip
+        _grounded(grounded=GroundedConfig(target_language="de"))
+    with pytest.raises(ValueError, match="evaluator"):
+        LongThoughtExperimentConfig(evaluator="bleu")
+    with pytest.raises(ValueError, match="nothing to run"):
+        TranslationExperimentConfig(grounded=None, long_thought=None)

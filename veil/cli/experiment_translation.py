@@ -23,17 +23,21 @@ def experiment_translation(
         bool,
         typer.Option(
             "--quick",
-            help="SmolLM2 inference only on small samples, one torch thread (see benchmarks/README.md).",
+            help="Small from-scratch models and a short SmolLM2 loop, one torch thread (benchmarks/README.md).",
         ),
     ] = False,
     model: Annotated[
-        str, typer.Option(help="The model, by name or local directory (default SmolLM2-135M-Instruct).")
+        str,
+        typer.Option(
+            help="The long-thought model, by name or local directory (default SmolLM2-135M-Instruct)."
+        ),
     ] = "smollm2-135m-instruct",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
     out: Annotated[Path | None, typer.Option(help="Also write the result as DIR/translation.json.")] = None,
 ) -> None:
-    """BLEU and chrF (and term accuracy on the generated set) of direct, long-thought and document-grounded
-    translation with clean, noisy and no documents; the long-thought loop's score gain on similes."""
+    """Document-grounded translation (BLEU, chrF, term accuracy with no, clean and noisy documents; the
+    relevance judges) on small models trained here, multi-task against translation-only; the long-thought
+    loop's evaluator, its score gain on similes and DRT fine-tuning on the named model."""
     import dataclasses
 
     from veil.models.translation.experiment import TranslationExperimentConfig
@@ -64,35 +68,53 @@ def experiment_translation(
     from rich.console import Console
 
     console = Console()
-    console.print(translation_table(result))
-    s = result["similes"]
-    if s:
-        console.print(
-            f"long-thought on {s['sentences']} similes: evaluator score {s['draft_score']:.1f} (first draft) -> "
-            f"{s['final_score']:.1f} (final), {s['improved_share']:.0%} improved, "
-            f"{s['mean_rounds']:.1f} revisions on average"
-        )
+    if result["document_grounded"]:
+        console.print(translation_table(result))
+        for name, j in result["document_grounded"]["judges"].items():
+            console.print(
+                f"relevance judge {name}: accuracy {j['accuracy']:.2f} (majority {j['majority_accuracy']:.2f}), "
+                f"balanced {j['balanced_accuracy']:.2f} (chance 0.50)"
+            )
+    lt = result["long_thought"]
+    if lt:
+        for name, d in (lt.get("discrimination") or {}).items():
+            console.print(
+                f"evaluator {name}: reference beats a mismatched one {d['pairwise_accuracy']:.0%} (chance 50%)"
+            )
+        s = lt.get("similes")
+        if s:
+            console.print(
+                f"long-thought on {s['sentences']} similes ({lt['evaluator']} evaluator): {s['draft_score']:.1f} "
+                f"(first draft) -> {s['final_score']:.1f} (final), {s['improved_share']:.0%} improved, "
+                f"revisions beat what they revise {s['revision_win_rate'] or 0:.0%}"
+            )
+        h = lt.get("hsk")
+        if h:
+            console.print(f"long-thought on {h['sentences']} HSK sentences: chrF {h['draft_chrf']:.1f} (draft) -> "
+                          f"{h['final_chrf']:.1f} (final)")  # fmt: skip
+        d = lt.get("drt")
+        if d and "complete_share" in d:
+            console.print(f"DRT fine-tuned on {d['records']} records: {d['complete_share']:.0%} of answers complete "
+                          f"<thought>/<output>, parsed by {d['parsed_by']}")  # fmt: skip
     for name, ok in result["checks"].items():
         console.print(f"{name.replace('_', ' ')}: {'n/a' if ok is None else 'yes' if ok else 'no'}")
-    console.print(f"seconds: {result['seconds']['total_s']:.0f}")
+    console.print(f"seconds: {result['seconds']['total_s']:.0f} wall, {result['cpu_seconds']:.0f} CPU")
 
 
 def translation_table(result: dict[str, Any]) -> Any:
-    """Methods x (BLEU, chrF, term accuracy, documents kept on the generated set; BLEU, chrF on HSK)."""
+    """Model x evaluation (BLEU, chrF, term accuracy, documents kept) on the generated set."""
     from rich.table import Table
 
-    sets = result["sets"]
-    table = Table(
-        title=f"Translation en->zh: generated set ({sets['generated']['test']}), HSK ({sets['hsk']['test']})"
-    )
-    for head in ("method", "BLEU", "chrF", "term acc.", "docs kept", "HSK BLEU", "HSK chrF"):
-        table.add_column(head, justify="left" if head == "method" else "right")
-    for name, r in result["methods"].items():
-        g, h = r["generated"], r.get("hsk")
-        kept = f"{g['documents_kept']:.2f}" if "documents_kept" in g else "-"
-        table.add_row(
-            name.replace("direct", "direct (= no document)") if name == "direct" else name,
-            f"{g['bleu']:.2f}", f"{g['chrf']:.2f}", f"{g['term_accuracy']:.2f}", kept,
-            f"{h['bleu']:.2f}" if h else "-", f"{h['chrf']:.2f}" if h else "-",
-        )  # fmt: skip
+    g = result["document_grounded"]
+    table = Table(title=f"Document-grounded translation en->zh, {g['sets']['test']} held-out entities")
+    for head in ("model", "documents", "BLEU", "chrF", "term acc.", "docs kept"):
+        table.add_column(head, justify="left" if head in ("model", "documents") else "right")
+    for model, rows in g["models"].items():
+        for name, r in rows.items():
+            if not isinstance(r, dict):
+                continue
+            kept = f"{r['documents_kept']:.2f}" if "documents_kept" in r else "-"
+            table.add_row(
+                model, name, f"{r['bleu']:.2f}", f"{r['chrf']:.2f}", f"{r['term_accuracy']:.2f}", kept
+            )
     return table

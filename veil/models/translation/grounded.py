@@ -133,6 +133,8 @@ class GroundedExample:
     """The language of all three documents (``"en"`` or ``"zh"``)."""
     documents: dict[str, str]
     """Noise kind (:data:`NOISE_KINDS`) -> document."""
+    namesake: Entity | None = None
+    """The entity of the ``partial`` document (same English stem, another kind and rendering)."""
 
     def record(self, noise: str) -> RagTransRecord:
         """The example with one of its documents, as a RAGtrans record (``partial`` and ``irrelevant``
@@ -233,7 +235,7 @@ def grounded_set(config: GroundedSetConfig | None = None) -> list[GroundedExampl
             "partial": namesake.document(lang),
         }
         src, tgt = _fill(en, mention, entity.rendering), _fill(zh, mention, entity.rendering)
-        examples.append(GroundedExample(f"grounded-{i}", src, tgt, entity, lang, docs))
+        examples.append(GroundedExample(f"grounded-{i}", src, tgt, entity, lang, docs, namesake))
     return examples
 
 

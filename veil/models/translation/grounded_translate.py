@@ -77,6 +77,9 @@ class GroundedConfig:
     max_documents: the most documents one request may carry.
     max_document_chars: the longest document accepted, in characters.
     translation_tokens, judgement_tokens: generation budgets.
+    judge_prefix: how the ``"lm"`` judge's answer starts (the assistant turn is continued after it):
+        ``"Answer:"`` steers an instruct model to a one-word reply; a model trained on the multi-task
+        relevance examples (whose answers are a bare ``yes`` or ``no``) takes ``""``.
     """
 
     source_language: str = "en"
@@ -87,6 +90,7 @@ class GroundedConfig:
     max_document_chars: int = 4000
     translation_tokens: int = 128
     judgement_tokens: int = 3
+    judge_prefix: str = "Answer:"
 
     def __post_init__(self) -> None:
         language_name(self.source_language), language_name(self.target_language)  # raise if unsupported
@@ -239,7 +243,8 @@ class GroundedTranslator:
             return [tuple(1.0 for _ in docs) for docs in documents]
         flat = [(t, d) for t, docs in zip(texts, documents, strict=True) for d in docs]
         prompts = [
-            self.lm.chat_prompt(relevance_prompt(t, d, cfg.source_language), "Answer:") for t, d in flat
+            self.lm.chat_prompt(relevance_prompt(t, d, cfg.source_language), cfg.judge_prefix)
+            for t, d in flat
         ]
         replies = (
             self.lm.complete(prompts, stop=["\n"], max_new_tokens=cfg.judgement_tokens) if prompts else []
@@ -247,7 +252,8 @@ class GroundedTranslator:
         verdicts = iter(float(r.text.strip().lower().startswith("yes")) for r in replies)
         return [tuple(next(verdicts) for _ in docs) for docs in documents]
 
-    def _threshold(self) -> float:
+    def threshold(self) -> float:
+        """The relevance score from which a document is kept."""
         return float(self.config.min_name_matches) if self.config.relevance == "names" else 1.0
 
     def translate(
@@ -264,7 +270,7 @@ class GroundedTranslator:
         for t, d in zip(texts, docs, strict=True):
             self.check(t, d)
         scores = self.judge(texts, docs)
-        used = [tuple(i for i, s in enumerate(sc) if s >= self._threshold()) for sc in scores]
+        used = [tuple(i for i, s in enumerate(sc) if s >= self.threshold()) for sc in scores]
         cfg = self.config
         prompts = [
             self.lm.chat_prompt(

@@ -37,12 +37,15 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from veil.models.rag.lm import TextLM
 from veil.models.translation.data import MetaphorTransRecord
 from veil.models.translation.languages import language_name
 from veil.models.translation.thought import TRANSLATION_CUE, sft_example, strip_tags
+
+if TYPE_CHECKING:
+    from veil.models.translation.evaluators import Scorer
 
 __all__ = [
     "ADVICE_HEADER",
@@ -203,14 +206,17 @@ class LongThoughtLoop:
     ----------
     translator: proposes keyword pairs, the draft and the revisions.
     advisor: critiques; the translator when ``None``.
-    evaluator: scores; the translator when ``None``.
+    evaluator: scores by its text reply; the translator when ``None``.
     config: the loop's settings.
+    scorer: scores instead of ``evaluator`` when given (any of
+        :mod:`~veil.models.translation.evaluators`, e.g. the expected rating under the model's logits).
     """
 
     translator: TextLM
     advisor: TextLM | None = None
     evaluator: TextLM | None = None
     config: LongThoughtConfig = field(default_factory=LongThoughtConfig)
+    scorer: Scorer | None = None
 
     def _names(self) -> tuple[str, str]:
         return language_name(self.config.source_language), language_name(self.config.target_language)
@@ -279,6 +285,8 @@ class LongThoughtLoop:
         return [clean_translation(r) for r in replies]
 
     def _scores(self, sources: Sequence[str], translations: Sequence[str]) -> list[float]:
+        if self.scorer is not None:
+            return self.scorer.score(sources, translations) if sources else []
         src, tgt = self._names()
         users = [
             f"{SCORE_HEADER} from {src} into {tgt} for faithfulness and fluency, from 0 to 100.\n"

@@ -22,7 +22,10 @@ documents) and each an :data:`OBJECTIVES` name:
   language, answered ``yes`` when the document is the pair's other side and ``no`` when it is another
   pair's (``negatives`` per positive), in the prompt of the ``"lm"`` relevance judge
   (:func:`~veil.models.translation.grounded_translate.relevance_prompt`), so the trained model is its
-  own judge.
+  own judge. With ``record_relevance``, every translation record also gives one such example, its source
+  and its document, answered by the record's tag (``clean``: ``yes``, ``noisy``: ``no``): the records
+  carry the tag anyway, and the judge is then trained on the question it is asked at inference (a source
+  sentence and a document in either language) and not only on pairs of parallel texts.
 
 Which objectives are built, the mask fraction and the negatives are fields of :class:`MultiTaskConfig`.
 Examples are TRL's conversational prompt-completion form ``{"prompt": [user], "completion": [assistant]}``
@@ -75,12 +78,14 @@ class MultiTaskConfig:
     mask_fraction: for ``completion``, the share of a text's words masked (one contiguous span), (0, 1).
     negatives: for ``relevance``, irrelevant documents per relevant one, >= 0.
     seed: seeds the masks, the negatives and the final shuffle.
+    record_relevance: also one relevance example per translation record, answered by its tag.
     """
 
     objectives: tuple[str, ...] = OBJECTIVES
     mask_fraction: float = 0.3
     negatives: int = 1
     seed: int = 0
+    record_relevance: bool = False
 
     def __post_init__(self) -> None:
         if not self.objectives or not set(self.objectives) <= set(OBJECTIVES):
@@ -145,6 +150,15 @@ def multitask_examples(
         out += [
             _example(
                 translation_prompt(r.src, [r.doc], source_language, target_language), r.tgt, "translation"
+            )
+            for r in records
+        ]
+    if "relevance" in cfg.objectives and cfg.record_relevance:
+        out += [
+            _example(
+                relevance_prompt(r.src, r.doc, source_language),
+                "yes" if r.tag.startswith("clean") else "no",
+                "relevance",
             )
             for r in records
         ]

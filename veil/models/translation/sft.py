@@ -32,6 +32,7 @@ class TranslationSFTConfig:
     lr, epochs, batch_size, grad_accum, warmup_ratio, seed: as TRL's ``SFTConfig``.
     max_length: examples longer than this many tokens are dropped (not cut: a cut answer teaches a
         translation that stops mid-sentence).
+    group_by_length: batches of examples of similar length (less padding), as the imitation stage's.
     """
 
     lr: float = 1e-5
@@ -41,6 +42,7 @@ class TranslationSFTConfig:
     warmup_ratio: float = 0.1
     max_length: int = 1024
     seed: int = 0
+    group_by_length: bool = False
 
     def __post_init__(self) -> None:
         self.imitation()  # ImitationConfig raises ValueError on a bad setting
@@ -50,6 +52,7 @@ class TranslationSFTConfig:
         return ImitationConfig(
             lr=self.lr, epochs=self.epochs, batch_size=self.batch_size, grad_accum=self.grad_accum,
             warmup_ratio=self.warmup_ratio, max_length=self.max_length, seed=self.seed,
+            group_by_length=self.group_by_length,
         )  # fmt: skip
 
 
