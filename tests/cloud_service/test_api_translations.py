@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from veil.client_sdk.ohttp import OHTTPClient
 from veil.cloud_service.background import BackgroundServer
 
 pytestmark = pytest.mark.integration
@@ -25,12 +26,17 @@ OTHER = "Bralo Company (Chinese: 布拉公司) is a company based on the souther
 
 
 @pytest.fixture(scope="module")
-def client(keyed_app, tmp_path_factory: pytest.TempPathFactory):
+def server(keyed_app, tmp_path_factory: pytest.TempPathFactory):
     app, key = keyed_app(tmp_path_factory.mktemp("translations-api"), MODEL)
     with BackgroundServer(app) as api:
         c = httpx.Client(base_url=api.url, headers={"Authorization": f"Bearer {key}"}, timeout=120)
-        yield c
+        yield api, c
         c.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return server[1]
 
 
 def _translate(client: httpx.Client, **body: Any) -> httpx.Response:
@@ -65,6 +71,34 @@ def test_long_thought_returns_the_rounds_as_one_thought(client) -> None:
     answer = _ok(_translate(client, mode="long_thought", target_language="zh-Hans"))
     assert answer["mode"] == "long_thought" and answer["documents_used"] is None
     assert "My first draft:" in answer["thought"] and "Finally, I settle on:" in answer["thought"]
+
+
+def _events(r: httpx.Response) -> list[Any]:
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream"), r.text
+    lines = [line for line in r.text.split("\n\n") if line]
+    assert all(line.startswith("data: ") for line in lines) and lines[-1] == "data: [DONE]"
+    return [json.loads(line.removeprefix("data: ")) for line in lines[:-1]]
+
+
+def test_a_streamed_long_thought_sends_each_round_then_the_plain_answer(client) -> None:
+    plain = _ok(_translate(client, mode="long_thought"))
+    events = _events(_translate(client, mode="long_thought", stream=True))
+    rounds, answer = events[:-1], events[-1]
+    assert answer == plain
+    # the draft, then one round per revision the thought tells of
+    assert [e["round"] for e in rounds] == list(range(1 + plain["thought"].count("So I revise it:")))
+    assert all(e["object"] == "translation.round" and isinstance(e["score"], float) for e in rounds)
+    assert rounds[0]["feedback"] is None and rounds[0]["accepted"] is True
+    assert all(isinstance(e["feedback"], str) for e in rounds[1:])
+    assert [e for e in rounds if e["accepted"]][-1]["translation"] == plain["translation"]
+
+
+def test_a_streamed_request_that_outgrows_the_context_is_a_json_400(client) -> None:
+    long = " ".join(["The Tavreno River floods every spring."] * 300)
+    for mode in ("long_thought", "direct"):
+        r = _translate(client, mode=mode, text=long, stream=True)
+        assert r.status_code == 400 and r.headers["content-type"].startswith("application/json"), r.text
+        assert r.json()["error"]["code"] == "context_length_exceeded"
 
 
 def test_a_streamed_answer_is_the_plain_one_then_done(client) -> None:
@@ -103,3 +137,20 @@ def test_bad_input_is_a_clear_4xx(client, body, status, param) -> None:
     error = r.json()["error"]
     assert set(error) == {"type", "message", "param", "code"} and error["message"]
     assert error["param"] == param
+
+
+def test_the_ohttp_gateway_forwards_translations_and_rag_answers(server) -> None:
+    api, client = server
+    body = {"text": TEXT, "source_language": "en", "target_language": "zh", "mode": "document",
+            "documents": [OTHER, CLEAN]}  # fmt: skip
+    content, headers = json.dumps(body).encode(), {"content-type": "application/json"}
+    with OHTTPClient(api.url + "/ohttp", key_config_url=api.url + "/.well-known/ohttp-gateway") as phone:
+        through = phone.request("POST", "/v1/translations", content=content, headers=headers)
+        assert through.status == 200 and through.json() == _ok(client.post("/v1/translations", json=body))
+        streamed = phone.request("POST", "/v1/translations", content=json.dumps(body | {"stream": True}).encode(),
+                                 headers=headers)  # fmt: skip
+        assert streamed.status == 200 and streamed.content.decode().endswith("data: [DONE]\n\n")
+        rag = phone.request("POST", "/v1/rag/answers", content=b'{"question": ""}', headers=headers)
+        assert rag.status == 400 and rag.json()["error"]["param"] == "question"  # the route's own check
+        other = phone.request("GET", "/v1/rag/collections")
+        assert other.status == 403 and other.json()["error"]["code"] == "route_not_allowed"

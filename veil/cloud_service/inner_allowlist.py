@@ -28,6 +28,8 @@ PHONE_ROUTES: frozenset[tuple[str, str]] = frozenset(
         ("POST", "/v1/label-losses"),
         ("POST", "/v1/uploads"),
         ("POST", "/v1/chat/completions"),
+        ("POST", "/v1/translations"),
+        ("POST", "/v1/rag/answers"),
     }
 )
 """``(method, path)`` of every route a phone may reach through the gateway."""

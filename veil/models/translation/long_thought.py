@@ -35,7 +35,7 @@ the same over the service's personalised model, a scripted stand-in in tests, or
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -296,8 +296,15 @@ class LongThoughtLoop:
         lm = self.evaluator or self.translator
         return [parse_score(r) for r in self._ask(lm, users, ("\n",), self.config.score_tokens, "Score:")]
 
-    def run(self, sources: Sequence[str]) -> list[LongThoughtTrace]:
-        """One trace per source, in order."""
+    def run(
+        self, sources: Sequence[str], on_round: Callable[[int, int, Round], None] | None = None
+    ) -> list[LongThoughtTrace]:
+        """One trace per source, in order.
+
+        ``on_round(i, k, round)`` is called as soon as source ``i``'s round ``k`` is scored (``k = 0``: the
+        draft), e.g. to stream the rounds of one request.
+        """
+        report = on_round or (lambda i, k, r: None)
         if isinstance(sources, str):
             raise ValueError("sources must be a sequence of strings, not one string")
         if any(not s.strip() for s in sources):
@@ -306,6 +313,8 @@ class LongThoughtLoop:
         drafts = self._drafts(sources, keywords)
         scores = self._scores(sources, drafts)
         rounds = [[Round(d, s, None, True)] for d, s in zip(drafts, scores, strict=True)]
+        for i, r in enumerate(rounds):
+            report(i, 0, r[0])
         best = list(zip(drafts, scores, strict=True))
         cap = self.config.max_rounds
         for _ in range(cap):
@@ -320,6 +329,7 @@ class LongThoughtLoop:
             for i, a, t, s in zip(active, advice, revised, self._scores(src, revised), strict=True):
                 accepted = s > best[i][1]
                 rounds[i].append(Round(t, s, a, accepted))
+                report(i, len(rounds[i]) - 1, rounds[i][-1])
                 if accepted:
                     best[i] = (t, s)
         return [

@@ -8,16 +8,21 @@ ones, and translates with the rest before the text. ``user_embedding`` personali
 as it does a chat completion.
 
 The work runs on the engine's model thread (:meth:`ServingEngine.run_exclusive`), between two batches,
-as a RAG question does. ``stream: true`` sends the whole answer as one server-sent event, then
-``data: [DONE]`` (the methods produce their translation at the end). A generation that would outgrow
-the model's context is a ``400`` (``context_length_exceeded``), never a model failure.
+as a RAG question does. ``stream: true`` sends server-sent events: in ``long_thought`` mode one event per
+round as soon as it is scored (``{"object": "translation.round", "round", "translation", "score",
+"feedback", "accepted"}``; round 0 is the draft), then the whole answer as one event, then
+``data: [DONE]``; the other modes produce their translation at the end, so the answer is their only
+event. The first event is awaited before the response starts, so bad input found by the model thread
+(a generation that would outgrow the model's context: ``400`` ``context_length_exceeded``) is still a
+JSON error; a failure after that ends the stream with an ``{"error": ...}`` event.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -27,7 +32,7 @@ from fastapi.responses import StreamingResponse
 from veil.cloud_service.api.checks import check_codebook_version, check_model, served_embedding
 from veil.cloud_service.api.deps import Caller, State
 from veil.cloud_service.engine import ServingEngine
-from veil.cloud_service.errors import APIError
+from veil.cloud_service.errors import APIError, error_body
 from veil.cloud_service.translation_schemas import (
     MAX_DOCUMENT_CHARS,
     MAX_TRANSLATION_DOCUMENTS,
@@ -37,7 +42,7 @@ from veil.cloud_service.translation_schemas import (
 from veil.models.rag.lm import Completion, HFTextLM
 from veil.models.translation.grounded_translate import GroundedConfig, GroundedTranslator
 from veil.models.translation.languages import primary_subtag
-from veil.models.translation.long_thought import LongThoughtConfig, LongThoughtLoop, render_thought
+from veil.models.translation.long_thought import LongThoughtConfig, LongThoughtLoop, Round, render_thought
 
 __all__ = ["router", "translate"]
 
@@ -87,15 +92,27 @@ def _check_fit(body: TranslationRequest) -> None:
         raise APIError(400, f"documents are for mode 'document', not {body.mode!r}", param="documents")
 
 
+def round_event(k: int, r: Round) -> dict[str, Any]:
+    """One long-thought round as a streamed event."""
+    return {"object": "translation.round", "round": k, "translation": r.translation, "score": r.score,
+            "feedback": r.feedback, "accepted": r.accepted}  # fmt: skip
+
+
 def translate(
-    engine: ServingEngine, body: TranslationRequest, embedding: np.ndarray | None
+    engine: ServingEngine,
+    body: TranslationRequest,
+    embedding: np.ndarray | None,
+    on_round: Callable[[int, Round], None] | None = None,
 ) -> dict[str, Any]:
-    """The answer (:class:`TranslationResponse`) to one request; runs on the model thread."""
+    """The answer (:class:`TranslationResponse`) to one request; runs on the model thread.
+
+    ``on_round(k, round)`` hears each long-thought round as it is scored."""
     soft = engine.embedding_shape[0] if embedding is not None else 0
     lm = _BoundedLM(HFTextLM(engine.model, engine.tokenizer, embedding), engine.context_length, soft)
     src, tgt = body.source_language, body.target_language
     if body.mode == "long_thought":
-        (trace,) = LongThoughtLoop(lm, config=LongThoughtConfig(src, tgt)).run([body.text])
+        hear = (lambda i, k, r: on_round(k, r)) if on_round is not None else None
+        (trace,) = LongThoughtLoop(lm, config=LongThoughtConfig(src, tgt)).run([body.text], hear)
         return {
             "translation": trace.final,
             "mode": body.mode,
@@ -120,16 +137,55 @@ async def translations(body: TranslationRequest, state: State, _: Caller) -> Any
     check_model(engine, body.model)
     _check_fit(body)
     embedding = served_embedding(engine, body.user_embedding, "user_embedding", body.user_embedding_b64)
+    if body.stream:
+        return await _stream(engine, body, embedding)
     try:
-        result = await engine.run_exclusive(lambda: translate(engine, body, embedding))
+        return await engine.run_exclusive(lambda: translate(engine, body, embedding))
     except Exception as exc:
         raise _api_error(exc, engine) from None
-    if not body.stream:
-        return result
 
-    async def events() -> Any:
-        yield f"data: {json.dumps(result, ensure_ascii=False)}\n\n"
-        yield "data: [DONE]\n\n"
+
+def _sse(payload: Any) -> str:
+    return f"data: {payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)}\n\n"
+
+
+async def _stream(engine: ServingEngine, body: TranslationRequest, embedding: np.ndarray | None) -> Any:
+    """Run the translation on the model thread, its rounds and answer queued as events (see the module
+    docstring); the response starts once the first event is there."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+    def on_round(k: int, r: Round) -> None:  # on the model thread
+        loop.call_soon_threadsafe(queue.put_nowait, ("round", round_event(k, r)))
+
+    async def work() -> None:
+        try:
+            result = await engine.run_exclusive(lambda: translate(engine, body, embedding, on_round))
+        except Exception as exc:
+            queue.put_nowait(("error", exc))
+        else:
+            queue.put_nowait(("answer", result))
+
+    task = asyncio.create_task(work())
+    first = await queue.get()
+    if first[0] == "error":
+        raise _api_error(first[1], engine)
+
+    async def events() -> AsyncIterator[str]:
+        kind, value = first
+        while True:
+            if kind == "round":
+                yield _sse(value)
+            elif kind == "answer":
+                yield _sse(value)
+                break
+            else:
+                err = _api_error(value, engine)
+                yield _sse(error_body(err.status, err.message, type=err.type, param=err.param, code=err.code))
+                break
+            kind, value = await queue.get()
+        yield _sse("[DONE]")
+        await task
 
     return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
 
