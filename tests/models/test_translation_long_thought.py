@@ -162,3 +162,14 @@ def test_smollm2_translates_and_advises_through_every_stage(data_dir) -> None:
         assert record is not None
         answer = training_example(record)["completion"][0]["content"]
         assert parse_long_thought(answer).translation == record.trans.strip()
+
+
+def test_each_round_is_reported_as_soon_as_it_is_scored_in_trace_order() -> None:
+    heard: list[tuple[int, int, object]] = []
+    traces = LongThoughtLoop(ScriptedAgents(helpful=False), config=LongThoughtConfig(max_rounds=2)).run(
+        SOURCES, on_round=lambda i, k, r: heard.append((i, k, r))
+    )
+    for i, trace in enumerate(traces):
+        assert [(k, r) for j, k, r in heard if j == i] == list(enumerate(trace.rounds))
+    # the drafts of every source come before any revision
+    assert [k for _, k, _ in heard[: len(SOURCES)]] == [0] * len(SOURCES)

@@ -58,7 +58,7 @@ class TranslationExperimentConfig:
         on 8 similes and 4 HSK sentences with two revisions, DRT fine-tuning on what improved."""
         return cls(
             grounded=GroundedExperimentConfig(
-                grounded_set=GroundedSetConfig(n_examples=600), test_examples=64, hsk_pairs=300,
+                grounded_set=GroundedSetConfig(n_examples=600, rendering_pool=40), test_examples=64, hsk_pairs=300,
                 train_examples=2400,
             ),
             long_thought=LongThoughtExperimentConfig(
@@ -66,7 +66,7 @@ class TranslationExperimentConfig:
                 long_thought=LongThoughtConfig(max_rounds=2, keyword_tokens=32, translation_tokens=40,
                                                advice_tokens=40),
                 drt_records=8, drt_test=4, drt_tokens=160,
-                drt_sft=TranslationSFTConfig(lr=1e-4, epochs=1, batch_size=1, grad_accum=2, max_length=512),
+                drt_sft=TranslationSFTConfig(lr=1e-4, epochs=1, batch_size=1, grad_accum=2, max_length=768),
             ),
         )  # fmt: skip
 

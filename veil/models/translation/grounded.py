@@ -22,7 +22,8 @@ only in the documents:
     English name but its own rendering (as Georgia the country is 格鲁吉亚 and the US state 佐治亚).
     It matches part of the source's name, so only reading the whole name tells that it is wrong for it.
 
-Every example has one entity, and no two examples share one, so a split by example is a split by entity.
+Every example has one entity, and no two examples share one, so a split by example is a split by entity
+(with a ``rendering_pool``, entities share renderings but not names).
 The set is a pure function of :class:`GroundedSetConfig` (seeded).
 """
 
@@ -156,12 +157,19 @@ class GroundedSetConfig:
     doc_languages: the documents' languages, used in turn (example ``i`` gets ``doc_languages[i % len]``);
         ``"en"`` and ``"zh"`` are supported.
     kinds: the entity kinds to draw from.
+    rendering_pool: ``0``: every entity gets a rendering of its own. ``k > 0``: renderings' characters
+        are drawn from a pool of ``k`` stems that entities share (each still ends in its kind's word), so
+        every held-out entity's rendering is one that training examples wrote for other entities; the
+        name-to-rendering pairing is still stated only in the entity's documents. A small model trained
+        from scratch can only write a token it has been trained to write; real transliterations reuse
+        a few hundred characters the same way.
     """
 
     n_examples: int = 200
     seed: int = 0
     doc_languages: tuple[str, ...] = ("en", "zh")
     kinds: tuple[str, ...] = field(default=ENTITY_KINDS)
+    rendering_pool: int = 0
 
     def __post_init__(self) -> None:
         if not 2 <= self.n_examples <= 5000:
@@ -170,6 +178,8 @@ class GroundedSetConfig:
             raise ValueError(
                 f"doc_languages must be a non-empty tuple of 'en'/'zh', got {self.doc_languages}"
             )
+        if self.rendering_pool < 0 or self.rendering_pool == 1:
+            raise ValueError(f"rendering_pool must be 0 or >= 2, got {self.rendering_pool}")
         if len(set(self.kinds)) < 2 or not set(self.kinds) <= set(ENTITY_KINDS):
             raise ValueError(f"kinds must be at least two of {ENTITY_KINDS}, got {self.kinds}")
 
@@ -216,19 +226,29 @@ def grounded_set(config: GroundedSetConfig | None = None) -> list[GroundedExampl
     def draw_rendering() -> str:
         return "".join(rng.choice(_CHARS) for _ in range(rng.choice((2, 3))))
 
+    pool = [fresh(draw_rendering, set(renderings)) for _ in range(config.rendering_pool)]
+    pool = list(dict.fromkeys(pool))
+
+    def rendering() -> str:
+        return rng.choice(pool) if pool else fresh(draw_rendering, renderings)
+
     entities, namesakes = [], []
     for _ in range(config.n_examples):
         stem = fresh(lambda: _stem(rng), stems)
         kind, other = rng.sample(config.kinds, 2)
-        entities.append(_entity(stem, fresh(draw_rendering, renderings), kind, rng))
-        namesakes.append(_entity(stem, fresh(draw_rendering, renderings), other, rng))
+        entities.append(_entity(stem, rendering(), kind, rng))
+        namesakes.append(_entity(stem, rendering(), other, rng))
     examples = []
     for i, (entity, namesake) in enumerate(zip(entities, namesakes, strict=True)):
         en, zh = rng.choice(_SENTENCES[entity.kind])
         mention = entity.name.lower() if entity.kind == "mineral" else entity.name
         lang = config.doc_languages[i % len(config.doc_languages)]
-        # another example's entity: a shift in 1..n-1, so never the example's own
-        irrelevant = entities[(i + rng.randint(1, config.n_examples - 1)) % config.n_examples]
+        # another example's entity: a shift in 1..n-1, so never the example's own (nor, with a pool, one
+        # that happens to share its rendering, unless every other entity does)
+        for _ in range(100):
+            irrelevant = entities[(i + rng.randint(1, config.n_examples - 1)) % config.n_examples]
+            if irrelevant.rendering != entity.rendering:
+                break
         docs = {
             "clean": entity.document(lang),
             "irrelevant": irrelevant.document(lang),

@@ -68,7 +68,9 @@ class GroundedExperimentConfig:
     batch_size: prompts per generation batch.
     """
 
-    grounded_set: GroundedSetConfig = field(default_factory=lambda: GroundedSetConfig(n_examples=600))
+    grounded_set: GroundedSetConfig = field(
+        default_factory=lambda: GroundedSetConfig(n_examples=600, rendering_pool=40)
+    )
     test_examples: int = 64
     hsk_pairs: int = 300
     train_examples: int = 4000

@@ -217,6 +217,11 @@ def _drt(
         return out | {"trained": False}
     examples = [training_example(r, lt.source_language, lt.target_language) for r in records]
     lengths = [len(e["input_ids"]) for e in tokenize_examples(tokenizer, examples, cfg.drt_sft.max_length)]
+    if not lengths:
+        return out | {
+            "trained": False,
+            "reason": f"no record fits max_length={cfg.drt_sft.max_length} tokens",
+        }
     with progress.stage(f"DRT fine-tuning ({len(records)} records)", None):
         metrics = fine_tune(model.train(), tokenizer, examples, cfg.drt_sft)
     out |= {"trained": True, "train_loss": round(float(metrics.get("train_loss", 0.0)), 4),
