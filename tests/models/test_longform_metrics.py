@@ -120,3 +120,12 @@ def test_longbench_write_records_load_and_bad_ones_name_their_line(tmp_path) -> 
         path.write_text(json.dumps(rows[0]) + "\n" + bad + "\n", encoding="utf-8")
         with pytest.raises(ValueError, match=f":2: .*{match}"):
             load_longbench_write(path)
+
+
+def test_a_topics_prompts_have_different_lengths() -> None:
+    topics = [Topic(f"T{i}", ("S.",), ("k",)) for i in range(7)]
+    prompts = make_prompts(topics, (20, 40, 80), seed=0, per_topic=3)
+    by_topic: dict[str, set[int]] = {}
+    for p in prompts:
+        by_topic.setdefault(p.topic.name, set()).add(p.target_words)
+    assert all(v == {20, 40, 80} for v in by_topic.values()) and len(prompts) == 21

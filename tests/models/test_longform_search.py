@@ -219,3 +219,15 @@ def test_search_config_refuses_bad_values() -> None:
     for kwargs in ({"width": 0}, {"depth": 0}, {"mode": "beam"}, {"temperature": 0.0}, {"swap_p": 2.0}):
         with pytest.raises(ValueError):
             StepSearchConfig(**kwargs)
+
+
+def test_cross_step_contradictions_count_a_later_step_against_an_earlier_one_only() -> None:
+    from veil.models.longform.search import SearchResult, cross_step_contradiction_rate
+
+    def result(*texts: str) -> SearchResult:
+        return SearchResult(TASK, [Step(t, False) for t in texts], [], [])
+
+    across = result("The year of Autism is 1841.\n", "The year of Autism is 1903.\n")
+    within = result("The year of Autism is 1841. The year of Autism is 1903.\n", "Autism grows.\n")
+    consistent = result("The year of Autism is 1841.\n", "The year of Autism is 1841.\n")
+    assert cross_step_contradiction_rate([across, within, consistent, result()]) == 0.25

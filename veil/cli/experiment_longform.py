@@ -30,14 +30,20 @@ def experiment_longform(
     ] = None,
     mode: Annotated[str, typer.Option(help="The search: greedy (as released) or mcts.")] = "greedy",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
-    out: Annotated[Path | None, typer.Option(help="Also write the result as DIR/longform.json.")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also write the result as DIR/longform.json and the first seed's step-DPO model to "
+            "DIR/step-dpo-model (servable: veil serve --model DIR/step-dpo-model)."
+        ),
+    ] = None,
 ) -> None:
     """Length score S_l, rule-based quality and contradiction rate of the base model, SFT on the chosen
     paths, outcome DPO and step-level DPO on held-out prompts, each trained for the same number of
     updates; and the contradiction rate of the search with and without the memory pool.
 
     The scratch base model is cached in the data directory (VEIL_DATA_DIR) and reused by later runs of
-    the same preset and seed."""
+    the same preset and seed. Progress goes to stderr, also with --json."""
     import dataclasses
 
     from veil.models.longform.experiment import LongformExperimentConfig
@@ -59,8 +65,10 @@ def experiment_longform(
     from veil.models.longform.experiment import run_longform_experiment
 
     _quiet_libraries()
-    say = (lambda _m: None) if as_json else (lambda m: typer.echo(m, err=True))
-    result = run_longform_experiment(cfg, progress=say, data_dir=_data_dir())
+    save = out / "step-dpo-model" if out is not None else None
+    result = run_longform_experiment(
+        cfg, progress=lambda m: typer.echo(m, err=True), data_dir=_data_dir(), save_dir=save
+    )
     if out is not None:
         (out / "longform.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     if as_json:

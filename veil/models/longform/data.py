@@ -145,15 +145,17 @@ def make_prompts(
     topics: Sequence[Topic], lengths: Sequence[int] = (20, 40, 80), seed: int = 0, per_topic: int = 1
 ) -> list[LongformPrompt]:
     """``per_topic`` prompts per topic, "Write about T in about L words.", ``L`` cycling through
-    ``lengths`` in a seeded order so every length gets ``len(topics) * per_topic / len(lengths)``."""
+    ``lengths`` in a seeded order so every length gets about ``len(topics) * per_topic / len(lengths)``
+    and one topic's prompts have different lengths (while ``per_topic <= len(lengths)``)."""
     if not lengths or min(lengths) < 1:
         raise ValueError(f"lengths must be non-empty and >= 1, got {lengths}")
     rng = random.Random(seed)
+    first = [i % len(lengths) for i in range(len(topics))]
+    rng.shuffle(first)
     out = []
-    for _ in range(per_topic):
-        order = [lengths[i % len(lengths)] for i in range(len(topics))]
-        rng.shuffle(order)
-        for topic, n in zip(topics, order, strict=False):
+    for k in range(per_topic):  # round k moves every topic k lengths on: a topic's prompts differ in L
+        for topic, i in zip(topics, first, strict=True):
+            n = lengths[(i + k) % len(lengths)]
             out.append(LongformPrompt(f"Write about {topic.name} in about {n} words.", n, topic=topic))
     return out
 

@@ -24,12 +24,14 @@ Everything runs here on CPU from the shipped corpus (no model download):
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
 import json
 import math
 import random
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -45,7 +47,12 @@ from veil.models.longform.judge import RuleJudge
 from veil.models.longform.length import count_words, length_score
 from veil.models.longform.memory import MemoryConfig
 from veil.models.longform.policy import HFStepPolicy
-from veil.models.longform.search import StepSearchConfig, collect_pairs, contradiction_rate
+from veil.models.longform.search import (
+    StepSearchConfig,
+    collect_pairs,
+    contradiction_rate,
+    cross_step_contradiction_rate,
+)
 from veil.models.longform.train import LongDPOConfig, outcome_pairs, sft_examples, step_pairs
 from veil.models.rag.train import ImitationConfig
 
@@ -62,7 +69,8 @@ class LongformExperimentConfig:
         :func:`veil.models.loading.load_model` used as the base model as is.
     n_topics: topics used (of the sample's usable ones; ``None``: all).
     lengths: the required lengths L, one bucket each.
-    n_eval: held-out topics (the rest are searched).
+    n_eval: held-out topics (the rest are searched); each is evaluated at every length.
+    search_per_topic: prompts per searched topic (each at another length).
     topic_sentences, sentence_words: each topic's first sentences of that many words, all a draft uses.
     drafts_per_topic, max_paragraphs, fact_p, drift_p: the scratch base model's training drafts.
     vocab_size, hidden, layers, base_epochs, base_lr: its tokenizer and Llama, and their training.
@@ -80,27 +88,28 @@ class LongformExperimentConfig:
     n_topics: int | None = None
     lengths: tuple[int, ...] = (20, 40, 80)
     n_eval: int = 24
+    search_per_topic: int = 2
     topic_sentences: int = 8
     sentence_words: tuple[int, int] = (6, 16)
     drafts_per_topic: int = 8
     max_paragraphs: int = 4
     fact_p: float = 0.5
-    drift_p: float = 0.3
+    drift_p: float = 0.5
     vocab_size: int = 2000
     hidden: int = 128
     layers: int = 2
-    base_epochs: float = 8.0
+    base_epochs: float = 6.0
     base_lr: float = 3e-3
     search: StepSearchConfig = field(
         default_factory=lambda: StepSearchConfig(
-            separator="\n", step_tokens=64, memory=MemoryConfig(chunk_words=24), critique=CritiqueConfig()
+            separator="\n", step_tokens=64, memory=MemoryConfig(chunk_words=12), critique=CritiqueConfig()
         )
     )
     dpo: LongDPOConfig = field(
-        default_factory=lambda: LongDPOConfig(lr=3e-4, epochs=2, batch_size=8, max_length=512)
+        default_factory=lambda: LongDPOConfig(lr=1e-3, epochs=6, batch_size=8, max_length=512)
     )
     sft: ImitationConfig = field(
-        default_factory=lambda: ImitationConfig(lr=3e-4, epochs=2, batch_size=8, grad_accum=1, max_length=512)
+        default_factory=lambda: ImitationConfig(lr=1e-3, epochs=6, batch_size=8, grad_accum=1, max_length=512)
     )
     budget_steps: int | None = None
     seeds: tuple[int, ...] = (0, 1, 2)
@@ -214,11 +223,13 @@ def run_longform_experiment(
     config: LongformExperimentConfig | None = None,
     progress: Callable[[str], None] | None = None,
     data_dir: Path | None = None,
+    save_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Runs the experiment (see the module docstring); a JSON-ready dict with ``methods`` mapping
     ``base``, ``sft``, ``outcome-dpo`` and ``step-dpo`` (means over seeds; ``per_seed`` too) to
     ``{length_score, quality, contradiction_rate}``. With ``data_dir`` the scratch base model is kept
-    there and reused by later runs of the same recipe."""
+    there and reused by later runs of the same recipe; with ``save_dir`` the first seed's step-DPO model
+    and its tokenizer are saved there (a directory ``veil serve --model`` loads)."""
     import torch
 
     cfg = config or LongformExperimentConfig()
@@ -226,7 +237,9 @@ def run_longform_experiment(
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     try:
-        return _run(cfg, progress or (lambda _m: None), data_dir)
+        # TRL prints its final metrics on stdout, which must hold only the result (``--json``)
+        with contextlib.redirect_stdout(sys.stderr):
+            return _run(cfg, progress or (lambda _m: None), data_dir, save_dir)
     finally:
         torch.set_num_threads(previous)
 
@@ -249,7 +262,9 @@ def _cache_dir(cfg: LongformExperimentConfig, data_dir: Path | None) -> Path | N
     return Path(data_dir) / "longform" / f"base-{key}"
 
 
-def _run(cfg: LongformExperimentConfig, say: Callable[[str], None], data_dir: Path | None) -> dict[str, Any]:
+def _run(
+    cfg: LongformExperimentConfig, say: Callable[[str], None], data_dir: Path | None, save_dir: Path | None
+) -> dict[str, Any]:
     from veil.models.rag.dense import load_minilm
     from veil.models.rag.train import imitate
 
@@ -272,8 +287,9 @@ def _run(cfg: LongformExperimentConfig, say: Callable[[str], None], data_dir: Pa
         raise ValueError(f"n_eval ({cfg.n_eval}) must be below the {len(topics)} topics")
     rng.shuffle(topics)
     held, searched = topics[: cfg.n_eval], topics[cfg.n_eval :]
-    search_tasks = make_prompts(searched, cfg.lengths, seed=cfg.seed)
-    eval_tasks = make_prompts(held, cfg.lengths, seed=cfg.seed + 1)
+    search_tasks = make_prompts(searched, cfg.lengths, seed=cfg.seed, per_topic=cfg.search_per_topic)
+    # every held-out topic at every length: the evaluation and the memory pool's comparison
+    eval_tasks = pool_tasks = make_prompts(held, cfg.lengths, seed=cfg.seed + 1, per_topic=len(cfg.lengths))
     encoder = load_minilm()
     judge = RuleJudge()
     lap("setup_s")
@@ -329,12 +345,12 @@ def _run(cfg: LongformExperimentConfig, say: Callable[[str], None], data_dir: Pa
     outcome, outcome_generated = outcome_pairs(policy, judge, search_tasks, cfg.search)
     lap("outcome_pairs_s")
 
-    say(f"memory pool on {len(eval_tasks)} held-out prompts: the search with and without it")
+    say(f"memory pool on {len(pool_tasks)} held-out prompts: the search with and without it")
     no_memory = dataclasses.replace(cfg.search, memory=None, critique=None)
     with_memory = dataclasses.replace(cfg.search, critique=None)
-    pooled, _ = collect_pairs(policy, judge, eval_tasks, with_memory, encoder)
+    pooled, _ = collect_pairs(policy, judge, pool_tasks, with_memory, encoder)
     lap("pool_with_s")
-    unpooled, _ = collect_pairs(policy, judge, eval_tasks, no_memory, encoder)
+    unpooled, _ = collect_pairs(policy, judge, pool_tasks, no_memory, encoder)
     lap("pool_without_s")
 
     steps_per_epoch = math.ceil(len(pairs) / (cfg.dpo.batch_size * cfg.dpo.grad_accum))
@@ -355,6 +371,9 @@ def _run(cfg: LongformExperimentConfig, say: Callable[[str], None], data_dir: Pa
                 prefix_dpo(model, tokenizer, pairs if name == "step-dpo" else outcome,
                            dataclasses.replace(cfg.dpo, max_steps=budget, seed=seed))  # fmt: skip
             train_seconds[name] = train_seconds.get(name, 0.0) + time.process_time() - start
+            if save_dir is not None and name == "step-dpo" and seed == cfg.seeds[0]:
+                model.save_pretrained(save_dir)
+                tokenizer.save_pretrained(save_dir)
             methods.setdefault(name, []).append(
                 evaluate(HFStepPolicy(model.eval(), tokenizer), eval_tasks, cfg.eval_tokens)
             )
@@ -378,11 +397,13 @@ def _run(cfg: LongformExperimentConfig, say: Callable[[str], None], data_dir: Pa
         ),
         "pool_lowers_contradictions": contradiction_rate([r.text for r in pooled])
         < contradiction_rate([r.text for r in unpooled]),
+        "pool_lowers_cross_step_contradictions": cross_step_contradiction_rate(pooled)
+        < cross_step_contradiction_rate(unpooled),
     }  # fmt: skip
     search_cpu_min = cpu["search_s"] / 60
     return {
         "config": {"model": cfg.model or f"scratch llama {cfg.layers}x{cfg.hidden}", "lengths": list(cfg.lengths),
-                   "search_prompts": len(search_tasks), "eval_prompts": len(eval_tasks), "seeds": list(cfg.seeds),
+                   "search_prompts": len(search_tasks), "eval_prompts": len(eval_tasks), "pool_prompts": len(pool_tasks), "seeds": list(cfg.seeds),
                    "width": cfg.search.width, "depth": cfg.search.depth, "mode": cfg.search.mode,
                    "budget_steps": budget},
         "methods": summary,
@@ -393,12 +414,15 @@ def _run(cfg: LongformExperimentConfig, say: Callable[[str], None], data_dir: Pa
             "step_pairs": len(pairs), "fallback_pairs": sum(int(p["fallback"]) for r in results for p in r.pairs),
             "outcome_pairs": len(outcome), "sft_paths": len(sft), "search_steps_generated": generated,
             "outcome_responses_generated": outcome_generated, "refined_steps": sum(r.refined for r in results),
+            "refine_attempts": sum(r.refine_attempts for r in results),
             "vetoes": sum(r.vetoes for r in results), "unparsable_judgements": sum(r.unparsable for r in results),
             "cut_short": cut,
         },
         "memory_pool": {
             "contradiction_rate_with": contradiction_rate([r.text for r in pooled]),
             "contradiction_rate_without": contradiction_rate([r.text for r in unpooled]),
+            "cross_step_rate_with": cross_step_contradiction_rate(pooled),
+            "cross_step_rate_without": cross_step_contradiction_rate(unpooled),
             "vetoes": sum(r.vetoes for r in pooled),
             "seconds_per_step": sum(r.memory_seconds for r in pooled) / max(1, sum(len(r.steps) for r in pooled)),
             "search_cpu_s_with": cpu["pool_with_s"], "search_cpu_s_without": cpu["pool_without_s"],

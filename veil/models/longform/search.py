@@ -44,6 +44,7 @@ __all__ = [
     "StepSearchConfig",
     "collect_pairs",
     "contradiction_rate",
+    "cross_step_contradiction_rate",
     "search",
     "swap_adjacent",
     "value",
@@ -110,6 +111,7 @@ class SearchResult:
     values: list[float]
     pairs: list[dict[str, str | int]]
     refined: int = 0
+    refine_attempts: int = 0
     vetoes: int = 0
     unparsable: int = 0
     generated_steps: int = 0
@@ -279,6 +281,8 @@ def search(
         ranked = sorted(kids, key=lambda n: -(n.total / n.visits if n.visits else n.value))
         k = pool.choose([n.step.text for n in ranked if n.step]) if pool else 0
         chosen = ranked[k]
+        if cfg.critique is not None and chosen.value < cfg.critique.threshold:
+            result.refine_attempts += 1
         better = run.refine(task, chosen)
         if better is not None:
             kids.append(better)
@@ -347,6 +351,23 @@ def collect_pairs(
     except KeyboardInterrupt:
         return done, True
     return done, False
+
+
+def cross_step_contradiction_rate(results: Sequence[SearchResult]) -> float:
+    """The share of searched responses in which a step states a fact that an earlier step stated with
+    another value (what the memory pool is there to veto; a step contradicting itself is not counted)."""
+    hits = 0
+    for r in results:
+        earlier: list = []
+        for step in r.steps:
+            facts = extract_facts(step.text)
+            if contradictions(facts, known=earlier) and any(
+                f.key() in {e.key() for e in earlier} for f in facts
+            ):
+                hits += 1
+                break
+            earlier += facts
+    return hits / len(results) if results else 0.0
 
 
 def contradiction_rate(texts: Sequence[str]) -> float:
