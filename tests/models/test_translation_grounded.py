@@ -83,3 +83,17 @@ def test_english_documents_only_and_bad_configs() -> None:
         GroundedSetConfig(doc_languages=("de",))
     with pytest.raises(ValueError, match="kinds"):
         GroundedSetConfig(kinds=("river",))
+
+
+def test_a_rendering_pool_shares_renderings_but_never_names_or_a_noise_rendering() -> None:
+    from veil.models.translation.grounded import GroundedSetConfig, grounded_set
+
+    examples = grounded_set(GroundedSetConfig(n_examples=200, rendering_pool=10, seed=1))
+    renderings = [e.entity.rendering for e in examples]
+    assert len(set(renderings)) <= 10 * 5 < len(renderings)  # 10 stems, each with a kind's word
+    assert len({e.entity.name for e in examples}) == len(examples)
+    for e in examples:
+        assert e.entity.rendering in e.documents["clean"] and e.entity.rendering in e.tgt
+        assert e.entity.rendering not in e.documents["irrelevant"]
+    with pytest.raises(ValueError, match="rendering_pool"):
+        GroundedSetConfig(rendering_pool=1)

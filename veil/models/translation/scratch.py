@@ -59,7 +59,7 @@ class ScratchConfig:
         default_factory=lambda: TranslationSFTConfig(
             lr=3e-3,
             epochs=1.0,
-            batch_size=8,
+            batch_size=4,
             grad_accum=1,
             warmup_ratio=0.05,
             max_length=384,
