@@ -155,20 +155,23 @@ class RagExperimentConfig:
 
     @classmethod
     def quick(cls) -> RagExperimentConfig:
-        """The 2-core preset: one torch thread, about 15 minutes of one core (benchmarks/README.md).
+        """The 2-core preset: one torch thread, about 16 minutes of one core, 12 of them the base model's
+        training, which a later run with the same seed loads from the data directory (benchmarks/README.md).
 
         What keeps it there, measured on the 2-core VM: ``threads=1`` (a 128-wide model gains nothing
         from a second thread on a shared machine); the short ``instruction`` and ``top_k=2`` (a
         demonstration is about 110 tokens, against 530 with the protocol's instruction, top 3 and a
         tokenizer whose merges crossed line ends); facts packed 16 to a sequence (a batch no longer
         pads 8-token rows to a demonstration's length); half the training questions as
-        demonstrations and 96 of the rest searched in each stage. Entity names are one token each
+        demonstrations and the other half (194) searched in each stage (with 96 of them, stage II had 88
+        pairs and left the retrievals per question unchanged; with 194 it has about 200). Entity names
+        are one token each
         (``entity_tokens``): without it the base model of this preset never copied the question's
         entity into a subquery.
         """
         return cls(
             hidden=128, base_epochs=12.0, base_lr=3e-3, base_batch_size=8, fact_repeats=4,
-            facts_per_example=16, demo_fraction=0.5, n_search=96, top_k=2, instruction="Answer step by step.",
+            facts_per_example=16, demo_fraction=0.5, n_search=None, top_k=2, instruction="Answer step by step.",
             n_eval=49, threads=1,
         )  # fmt: skip
 
