@@ -1,0 +1,3 @@
+"""Evaluation harnesses that measure a model through its chat interface (any OpenAI-compatible endpoint)."""
+
+__all__: list[str] = []
