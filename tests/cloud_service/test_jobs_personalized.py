@@ -57,16 +57,7 @@ def _cfg(**overrides) -> PersonalizedTrainingConfig:
     return PersonalizedTrainingConfig(**fields)
 
 
-# The plain run is slow: the DP run makes every assertion it makes (counts, steps, held-out accuracy with
-# and without the samples, the merged checkpoint), and tests/cli/test_service_cli.py trains without DP
-# through the same job (no epsilon reported).
-@pytest.mark.parametrize(
-    "dp",
-    [
-        pytest.param(None, id="plain", marks=pytest.mark.slow),
-        pytest.param(DPConfig(noise_multiplier=1.0, max_grad_norm=1.0), id="dp"),
-    ],
-)
+@pytest.mark.parametrize("dp", [None, DPConfig(noise_multiplier=1.0, max_grad_norm=1.0)], ids=["plain", "dp"])
 def test_train_personalized_end_to_end(data_dir, tmp_path, dp: DPConfig | None) -> None:
     uploads = _uploads() + _junk()
     seen: list[tuple[int, int, float]] = []
