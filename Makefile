@@ -29,10 +29,14 @@ $(STAMP): pyproject.toml
 demo: install
 	$(VENV)/bin/veil demo
 
+# Two pytest-xdist workers, whole files per worker (module fixtures such as an ONNX export are built
+# once); `make test TEST_WORKERS=0` runs in one process.
+TEST_WORKERS ?= 2
+
 test: install
 	$(VENV)/bin/ruff check veil tests benchmarks
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -m "not slow and not gpu" -q -p no:cacheprovider --timeout=600
+	$(PY) -m pytest -m "not slow and not gpu" -q -p no:cacheprovider --timeout=600 -n $(TEST_WORKERS) --dist loadfile
 
 test-all: install
 	$(PY) -m pytest -q -m "not gpu" --timeout=1800

@@ -12,12 +12,26 @@ os.environ["TOKENIZERS_PARALLELISM"] = "false"
 # The service defaults to production (generated secrets refused); tests, like `veil demo`, run as
 # development, and the servers they start as subprocesses inherit it.
 os.environ["VEIL_ENVIRONMENT"] = "development"
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Under pytest-xdist (`make test` runs one worker per core) each worker is one process on one core:
+    # torch's intra-op threads would only contend with the other workers.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A session-wide VEIL_DATA_DIR (converted models are cached here between tests)."""
-    path = os.environ.get("VEIL_TEST_DATA_DIR") or str(tmp_path_factory.mktemp("veil-data"))
+    """A session-wide VEIL_DATA_DIR (converted models are cached here between tests).
+
+    Under pytest-xdist the workers share one, beside their own temp dirs, so the tiny models are built
+    once per run (builds rename a finished directory into place, so concurrent ones are safe).
+    """
+    path = os.environ.get("VEIL_TEST_DATA_DIR")
+    if not path and os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = tmp_path_factory.getbasetemp().parent / "veil-data"
+        shared.mkdir(exist_ok=True)
+        path = str(shared)
+    path = path or str(tmp_path_factory.mktemp("veil-data"))
     os.environ["VEIL_DATA_DIR"] = path
     return path
 
