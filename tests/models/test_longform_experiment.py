@@ -37,6 +37,7 @@ def test_the_experiment_reports_every_method_and_caches_its_base_model(tmp_path)
         )
     assert all(len(result["per_seed"][m]) == 2 for m in ("sft", "outcome-dpo", "step-dpo"))
     assert result["data"]["step_pairs"] >= result["data"]["sft_paths"] > 0 and not result["data"]["cut_short"]
+    assert sum(result["data"]["step_pair_kinds"].values()) == result["data"]["step_pairs"]
     assert result["config"]["budget_steps"] >= 1 and set(result["checks"]) >= {"pool_lowers_contradictions"}
     assert any("base model: 20 drafts" in m for m in messages)
     from veil.models.loading import load_model

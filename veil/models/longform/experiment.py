@@ -106,10 +106,10 @@ class LongformExperimentConfig:
         )
     )
     dpo: LongDPOConfig = field(
-        default_factory=lambda: LongDPOConfig(lr=1e-3, epochs=6, batch_size=8, max_length=512)
+        default_factory=lambda: LongDPOConfig(lr=2e-4, epochs=4, batch_size=8, max_length=512)
     )
     sft: ImitationConfig = field(
-        default_factory=lambda: ImitationConfig(lr=1e-3, epochs=6, batch_size=8, grad_accum=1, max_length=512)
+        default_factory=lambda: ImitationConfig(lr=1e-3, epochs=4, batch_size=8, grad_accum=1, max_length=512)
     )
     budget_steps: int | None = None
     seeds: tuple[int, ...] = (0, 1, 2)
@@ -242,6 +242,17 @@ def run_longform_experiment(
             return _run(cfg, progress or (lambda _m: None), data_dir, save_dir)
     finally:
         torch.set_num_threads(previous)
+
+
+def _pair_kinds(pairs: Sequence[dict[str, str]], end: str) -> dict[str, int]:
+    """How many pairs end the answer in the chosen step only, the rejected only, both or neither."""
+    kinds = {"chosen_ends": 0, "rejected_ends": 0, "both_end": 0, "neither_ends": 0}
+    for p in pairs:
+        c, r = p["chosen"].endswith(end), p["rejected"].endswith(end)
+        kinds[
+            "both_end" if c and r else "chosen_ends" if c else "rejected_ends" if r else "neither_ends"
+        ] += 1
+    return kinds
 
 
 _BASE_VERSION = 1  # bump when the base model's recipe changes in a way its config does not show
@@ -411,7 +422,7 @@ def _run(
                      for name, runs in methods.items()},
         "samples": {name: runs[0]["sample"] for name, runs in methods.items()},
         "data": {
-            "step_pairs": len(pairs), "fallback_pairs": sum(int(p["fallback"]) for r in results for p in r.pairs),
+            "step_pairs": len(pairs), "step_pair_kinds": _pair_kinds(pairs, policy.end_text), "fallback_pairs": sum(int(p["fallback"]) for r in results for p in r.pairs),
             "outcome_pairs": len(outcome), "sft_paths": len(sft), "search_steps_generated": generated,
             "outcome_responses_generated": outcome_generated, "refined_steps": sum(r.refined for r in results),
             "refine_attempts": sum(r.refine_attempts for r in results),
