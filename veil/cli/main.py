@@ -274,6 +274,7 @@ def bench_latency(
 def _register_commands() -> None:
     from veil.cli import audit as audit_cli
     from veil.cli import bench_kv, experiment_distillation, experiment_rag, fleet, onnx_export, service
+    from veil.cli import eval_punchbench as eval_punchbench_cli
     from veil.cli import experiment_longform as longform_cli
     from veil.cli import experiment_translation as translation_cli
     from veil.cli import rag as rag_cli
@@ -283,6 +284,7 @@ def _register_commands() -> None:
     audit_cli.register(app)
     onnx_export.register(app)
     rag_cli.register(app)
+    eval_punchbench_cli.register(app)
     bench_kv.register(bench_app)
     experiment_distillation.register(experiment_app)
     experiment_rag.register(experiment_app)
