@@ -66,3 +66,22 @@ def test_the_model_fits_the_tokenizer_and_bad_configs_are_refused(world) -> None
     for bad in ({"vocab_size": 300}, {"hidden": 16}, {"layers": 0}):
         with pytest.raises(ValueError, match="required"):
             ScratchConfig(**bad)
+
+
+def test_with_stem_tokens_a_rendering_is_its_stem_then_its_kinds_word(world) -> None:
+    examples, _ = world
+    texts = [t for e in examples for t in (e.src, e.tgt, e.documents["clean"])]
+    stems = [e.entity.rendering_stem for e in examples]
+    tok = build_tokenizer(
+        texts,
+        [e.entity.name for e in examples],
+        ScratchConfig(vocab_size=320, rendering_tokens="stem"),
+        stems,
+    )
+    for e in examples:
+        pieces = _pieces(tok, e.tgt)
+        at = pieces.index(e.entity.rendering_stem)
+        assert "".join(pieces[at:]).startswith(e.entity.rendering)
+        assert e.entity.rendering_stem in _pieces(tok, e.documents["clean"])
+    with pytest.raises(ValueError, match="rendering_tokens"):
+        ScratchConfig(rendering_tokens="whole")

@@ -117,6 +117,11 @@ class Entity:
     document_en: str
     document_zh: str
 
+    @property
+    def rendering_stem(self) -> str:
+        """The rendering without its kind's word (``索卡`` of ``索卡河``)."""
+        return self.rendering[: -len(_KINDS[self.kind][1])]
+
     def document(self, language: str) -> str:
         """The entity's clean document in ``"en"`` or ``"zh"``."""
         return self.document_zh if primary_subtag(language) == "zh" else self.document_en

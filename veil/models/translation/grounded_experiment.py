@@ -178,9 +178,9 @@ def run_grounded_experiment(
     texts += [t for p in hsk for t in (p.source, p.target)] + _prompt_texts(sets["multitask"])
     names = [e.entity.name for e in examples] + [e.namesake.name for e in examples if e.namesake]
     clock = time.process_time()
-    renderings = [e.entity.rendering for e in examples] + [
-        e.namesake.rendering for e in examples if e.namesake
-    ]
+    entities = [e.entity for e in examples] + [e.namesake for e in examples if e.namesake]
+    stems = cfg.scratch.rendering_tokens == "stem"
+    renderings = [x.rendering_stem if stems else x.rendering for x in entities]
     tokenizer = build_tokenizer(texts, names, cfg.scratch, renderings)
     seconds["tokenizer_cpu_s"] = round(time.process_time() - clock, 1)
 

@@ -45,6 +45,8 @@ class ScratchConfig:
     rendering_tokens: every Chinese rendering one token (in documents and translations alike), so that
         using a document is copying one token; held-out entities' renderings are then tokens never
         trained as an answer, and the copy has to be generic (see benchmarks/README.md for how it fares).
+        ``"stem"``: the rendering's characters before its kind's word are one token (a pool's stems recur
+        across entities and kinds, so each is trained far more often than a whole rendering).
     hidden, layers: the Llama's width and depth (heads of 32 dimensions).
     sft: the training (every model compared gets the same settings and number of examples).
     seed: seeds the weights.
@@ -52,7 +54,7 @@ class ScratchConfig:
 
     vocab_size: int = 1000
     entity_tokens: bool = True
-    rendering_tokens: bool = True
+    rendering_tokens: bool | str = True
     hidden: int = 128
     layers: int = 2
     sft: TranslationSFTConfig = field(
@@ -69,6 +71,8 @@ class ScratchConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.rendering_tokens not in (True, False, "stem"):
+            raise ValueError(f"rendering_tokens must be True, False or 'stem', got {self.rendering_tokens!r}")
         if self.vocab_size <= 300 or self.hidden < 32 or self.layers < 1:
             raise ValueError(
                 f"vocab_size > 300, hidden >= 32 and layers >= 1 are required, got {self.vocab_size}, "
