@@ -75,7 +75,7 @@ def test_the_report_matches_a_participant_of_known_accuracy(
     log = tmp_path / "scored.jsonl"
     with BackgroundServer(_endpoint(participant)) as server:
         args = ["eval", "punchbench", "--pairs", str(PAIRS), "--base-url", server.url + "/v1", "--api-key", "k",
-                "--model", "m", "--strategy", "zero-shot", "--strategy", "sc-coq", "--log", str(log), "--json"]  # fmt: skip
+                "--model", "m", "--judge", "rule", "--strategy", "zero-shot", "--strategy", "sc-coq", "--log", str(log), "--json"]  # fmt: skip
         code, out, err = _veil(tmp_path, capsys, monkeypatch, *args)
         assert code == 0, err
         result = json.loads(out)
@@ -123,3 +123,6 @@ def test_an_unknown_strategy_is_a_one_line_error(tmp_path: Path, capsys, monkeyp
     code, _, err = _veil(tmp_path, capsys, monkeypatch, "eval", "punchbench", "--base-url", "http://127.0.0.1:9/v1",
                          "--strategy", "tree-of-thought")  # fmt: skip
     assert code == 2 and err.count("\n") == 1 and "unknown strategy 'tree-of-thought'" in err
+    code, _, err = _veil(tmp_path, capsys, monkeypatch, "eval", "punchbench", "--base-url", "http://127.0.0.1:9/v1",
+                         "--judge", "gpt")  # fmt: skip
+    assert code == 2 and "--judge must be 'rule' or 'lm'" in err

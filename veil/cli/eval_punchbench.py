@@ -71,6 +71,9 @@ def punchbench(
     limit: Annotated[int | None, typer.Option(help="Only the first N items.")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds per completion before the run stops.")] = 120.0,
     max_tokens: Annotated[int, typer.Option(help="Completion budget per question.")] = 48,
+    judge: Annotated[
+        str, typer.Option(help="Generation judge: rule (content-word recall) or lm (the endpoint's model).")
+    ] = "rule",
     seed: Annotated[int, typer.Option(help="Seed for templates, option order and demonstrations.")] = 0,
     quick: Annotated[bool, typer.Option("--quick", help="12 synthetic pairs (about 160 items).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
@@ -80,8 +83,10 @@ def punchbench(
         STRATEGIES,
         EndpointError,
         ItemError,
+        LMJudge,
         OpenAIChat,
         ResumeError,
+        RuleJudge,
         SyntheticConfig,
         WordNetMissingError,
         build_synthetic,
@@ -97,6 +102,8 @@ def punchbench(
         raise UserError(f"unknown strategy {unknown[0]!r}; choose from {sorted(STRATEGIES)}")
     if "zero-shot" not in names:
         names.insert(0, "zero-shot")  # the paired control every comparison needs
+    if judge not in ("rule", "lm"):
+        raise UserError(f"--judge must be 'rule' or 'lm', got {judge!r}")
     if timeout <= 0 or max_tokens < 1:
         raise UserError(f"--timeout must be > 0 and --max-tokens >= 1, got {timeout} and {max_tokens}")
     try:
@@ -125,12 +132,15 @@ def punchbench(
     try:
         with server as (url, key, name), progress.stage("PunchBench: scoring items", None) as bar:
             chat = OpenAIChat(url, key, name, timeout_s=timeout, max_tokens=max_tokens)
+            # the LM judge is the evaluated model itself: a stand-in for the paper's gpt-3.5 judge
+            scorer = LMJudge(chat) if judge == "lm" else RuleJudge()
             records = run_punchbench(
                 items,
                 names,
                 chat,
                 log_path=log,
                 seed=seed,
+                judge=scorer,
                 on_item=lambda done, total: bar.update(done, total),
             )
     except (EndpointError, ResumeError) as exc:
