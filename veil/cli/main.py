@@ -275,6 +275,7 @@ def _register_commands() -> None:
     from veil.cli import audit as audit_cli
     from veil.cli import bench_kv, experiment_distillation, experiment_rag, fleet, onnx_export, service
     from veil.cli import eval_punchbench as eval_punchbench_cli
+    from veil.cli import experiment_forecasting as forecasting_cli
     from veil.cli import experiment_longform as longform_cli
     from veil.cli import experiment_translation as translation_cli
     from veil.cli import rag as rag_cli
@@ -290,6 +291,7 @@ def _register_commands() -> None:
     experiment_rag.register(experiment_app)
     longform_cli.register(experiment_app)
     translation_cli.register(experiment_app)
+    forecasting_cli.register(experiment_app)
 
 
 _register_commands()

@@ -1,0 +1,71 @@
+"""``veil experiment forecasting``: bad input is one line and exit code 2, before any training."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+def _veil(capsys, monkeypatch, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    from veil.cli.main import main
+
+    monkeypatch.setenv("VEIL_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setattr(sys, "argv", ["veil", "experiment", "forecasting", *args])
+    capsys.readouterr()
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out, err)
+
+
+def _files(path: Path, series: np.ndarray, adj: str) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    np.savez(path / "data.npz", data=series)
+    (path / "adj.csv").write_text(adj)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (
+            lambda p: _files(p, np.zeros((100, 4, 2), np.float32), "from,to,cost\n0,1,1\n"),
+            "must be (T, N, 3)",
+        ),
+        (
+            lambda p: _files(p, np.zeros((100, 4, 3), np.float32), "from,to,cost\n0,9,1\n"),
+            "names a node outside 0..3",
+        ),
+        (lambda p: p / "absent", "is not a directory"),
+    ],
+)
+def test_bad_data_is_one_line_and_exit_two(capsys, monkeypatch, tmp_path, make, message) -> None:
+    bad = make(tmp_path / "files")
+    if message == "must be (T, N, 3)" or "outside" in message:
+        series = np.load(bad / "data.npz")["data"]
+        if series.shape[2] == 3:
+            series[:, :, 1] = (np.arange(100) % 24 / 24)[:, None]
+            np.savez(bad / "data.npz", data=series)
+    proc = _veil(capsys, monkeypatch, tmp_path, "--quick", "--data", str(bad), "--json")
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and message in proc.stderr and proc.stdout == ""
+
+
+def test_a_series_shorter_than_the_week_window_and_bad_options_are_refused(
+    capsys, monkeypatch, tmp_path
+) -> None:
+    from veil.models.forecasting import synthesize
+
+    synthesize(tmp_path / "short", steps=24 * 30, nodes=4, steps_per_day=24)
+    proc = _veil(capsys, monkeypatch, tmp_path, "--quick", "--data", str(tmp_path / "short"), "--json")
+    assert proc.returncode == 2 and "fewer than a window's 336" in proc.stderr
+    for args, fragment in ((["--device", "tpu"], "--device"), (["--seed", "-1"], "--seed")):
+        proc = _veil(capsys, monkeypatch, tmp_path, "--quick", *args)
+        assert proc.returncode == 2 and fragment in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

@@ -1,0 +1,108 @@
+"""``veil experiment forecasting``: Extralonger against its baselines, centralised and federated
+(:mod:`veil.models.forecasting.experiment`, :mod:`veil.simulation.forecasting_fleet`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from veil.cli.errors import UserError
+
+__all__ = ["forecasting_table", "register"]
+
+
+def register(experiment: typer.Typer) -> None:
+    experiment.command("forecasting")(experiment_forecasting)
+
+
+def experiment_forecasting(
+    quick: Annotated[
+        bool,
+        typer.Option("--quick", help="The 2-core preset: hourly steps, 24 sensors, one-week windows."),
+    ] = False,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="A directory with data.npz (T, N, 3) and adj.csv (from,to,cost); default: synthetic."
+        ),
+    ] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    federated: Annotated[
+        bool, typer.Option(help="Also train Extralonger federatedly across regions on Flower.")
+    ] = True,
+    regions: Annotated[int, typer.Option(help="Regions (Flower clients) in the federated run.")] = 3,
+    seed: Annotated[int, typer.Option(help="Seeds the synthetic data and the models.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
+    out: Annotated[Path | None, typer.Option(help="Also write the result as DIR/forecasting.json.")] = None,
+) -> None:
+    """Masked MAE, RMSE and MAPE at 1 hour, 1 day and 1 week for Extralonger, the historical average,
+    STID and grid attention (centralised), and Extralonger trained federatedly across regions, with each
+    method's training seconds and peak memory."""
+    import re
+
+    from veil.models.forecasting.experiment import ForecastExperimentConfig, run_forecast_experiment
+
+    if seed < 0:
+        raise UserError(f"--seed must be >= 0, got {seed}")
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise UserError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
+    if data is not None and not data.is_dir():
+        raise UserError(f"--data {data} is not a directory")
+    if out is not None:
+        from veil.cli.main import _writable_dir
+
+        _writable_dir(out, "--out")
+    base = ForecastExperimentConfig.quick() if quick else ForecastExperimentConfig()
+    cfg = dataclasses.replace(base, data=data, seed=seed, train=dataclasses.replace(base.train, seed=seed))
+    say = (lambda m: typer.echo(m, err=True)) if not as_json else (lambda _m: None)
+    with tempfile.TemporaryDirectory() as work:
+        result = run_forecast_experiment(cfg, Path(work), device=device, progress=say)
+        if federated:
+            result["methods"].update(_federated(cfg, Path(work), regions, result, say))
+    if out is not None:
+        (out / "forecasting.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    from rich.console import Console
+
+    Console().print(forecasting_table(result))
+
+
+def _federated(cfg: Any, work: Path, regions: int, result: dict[str, Any], say: Any) -> dict[str, Any]:
+    from veil.models.forecasting.experiment import load_or_synthesize
+    from veil.simulation.forecasting_fleet import run_federated
+
+    data = load_or_synthesize(cfg, work)
+    if not 1 <= regions <= data.nodes:
+        raise UserError(f"--regions must be in 1..{data.nodes} (the sensors), got {regions}")
+    say(f"extralonger-federated: {regions} regions on Flower")
+    fed = run_federated(data, cfg, regions=regions, horizons=result["horizon_steps"], progress=say)
+    return {"extralonger-federated": fed}
+
+
+def forecasting_table(result: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    horizons = list(result["horizon_steps"])
+    table = Table(title="Traffic forecasting (masked MAE / RMSE / MAPE %)")
+    table.add_column("method")
+    for h in horizons:
+        table.add_column(h, justify="right")
+    table.add_column("train s", justify="right")
+    table.add_column("peak MB", justify="right")
+    for name, r in result["methods"].items():
+        if "skipped" in r:
+            table.add_row(name, *(["-"] * len(horizons)), "-", "-", end_section=False)
+            continue
+        cells = [
+            f"{r['horizons'][h]['mae']:.2f} / {r['horizons'][h]['rmse']:.2f} / {r['horizons'][h]['mape']:.1f}"
+            for h in horizons
+        ]
+        table.add_row(name, *cells, f"{r['train_seconds']:.0f}", f"{r.get('peak_memory_mb', 0.0):.0f}")
+    return table

@@ -1,0 +1,230 @@
+"""The centralised half of ``veil experiment forecasting``: Extralonger (arXiv:2411.00844) against the
+historical average, STID and grid attention on one synthetic (or real) data set, at named horizons.
+
+Each trained method reports masked MAE, RMSE and MAPE at every horizon, training seconds and peak memory
+(MB above the process's level before training: sampled resident memory on CPU, the allocator's peak on a
+GPU). The federated half lives in :mod:`veil.simulation.forecasting_fleet`.
+
+Presets: the default is PEMS08's size (170 sensors, 5-minute steps, 62 days) with a one-week horizon
+(2016 steps in and out), for a GPU. :meth:`ForecastExperimentConfig.quick` is for 2 CPU cores: hourly
+steps (as the released SEATTLE set), so a week is 168 steps and the one-week horizon fits; 24 sensors,
+16 weeks; small widths; a few hundred batches per method.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from veil.models.forecasting.baselines import (
+    STID,
+    GridAttention,
+    GridAttentionConfig,
+    HistoricalAverage,
+    STIDConfig,
+)
+from veil.models.forecasting.data import (
+    ForecastingDataError,
+    TrafficData,
+    load_traffic,
+    split_windows,
+    synthesize,
+)
+from veil.models.forecasting.model import Extralonger, ExtralongerConfig
+from veil.models.forecasting.train import TrainConfig, evaluate, predict, train_forecaster
+
+__all__ = ["METHODS", "ForecastExperimentConfig", "horizon_steps", "run_forecast_experiment"]
+
+METHODS = ("extralonger", "historical-average", "stid", "grid-attention")
+
+
+@dataclass(frozen=True)
+class ForecastExperimentConfig:
+    """One run.
+
+    Attributes
+    ----------
+    data: a directory with ``data.npz`` and ``adj.csv`` (real files drop in here); ``None``: synthesize.
+    nodes, days, steps_per_day: the synthetic set's size.
+    in_steps, out_steps: the window (the released CLI: 36 and 36; a week at 5 minutes: 2016).
+    horizons: named horizons in minutes (``{"1h": 60, "1d": 1440, "1w": 10080}``), turned into steps.
+    model: Extralonger's widths (``nodes``, ``in_steps``, ``out_steps`` and ``steps_per_day`` are set
+        from the data).
+    train: the training loop shared by every trained method.
+    methods: which of :data:`METHODS` run.
+    grid_max_nodes: grid attention runs only where ``nodes`` is at most this (its N x T x T maps).
+    eval_windows: test windows scored, evenly spaced (``None``: all).
+    stride: window stride for training (1 as released).
+    seed: the synthetic data and the models.
+    """
+
+    data: Path | None = None
+    nodes: int = 170
+    days: int = 62
+    steps_per_day: int = 288
+    in_steps: int = 2016
+    out_steps: int = 2016
+    horizons: dict[str, int] = field(default_factory=lambda: {"1h": 60, "1d": 1440, "1w": 10080})
+    model: ExtralongerConfig = field(default_factory=lambda: ExtralongerConfig(nodes=1))
+    train: TrainConfig = field(default_factory=TrainConfig)
+    methods: tuple[str, ...] = METHODS
+    grid_max_nodes: int = 64
+    eval_windows: int | None = None
+    stride: int = 1
+    seed: int = 0
+
+    @classmethod
+    def quick(cls) -> ForecastExperimentConfig:
+        """Hourly steps, 24 sensors, 16 weeks, one-week windows; about 10 minutes of 2 CPU cores."""
+        return cls(
+            nodes=24, days=112, steps_per_day=24, in_steps=168, out_steps=168,
+            model=ExtralongerConfig(nodes=1, in_steps=168, out_steps=168, d_in=32, d_tod=16, d_dow=16,
+                                    d_sp=16, feed_forward=64),
+            train=TrainConfig(lr=1e-3, epochs=12, patience=4, max_batches=40, milestones=(9,)),
+            eval_windows=200, stride=2,
+        )  # fmt: skip
+
+    def __post_init__(self) -> None:
+        if unknown := [m for m in self.methods if m not in METHODS]:
+            raise ValueError(f"unknown method(s) {unknown}; known: {', '.join(METHODS)}")
+        if not self.horizons:
+            raise ValueError("horizons must name at least one horizon")
+        if self.nodes < 2 or self.days < 1 or self.steps_per_day < 2 or self.stride < 1:
+            raise ValueError("nodes >= 2, days >= 1, steps_per_day >= 2 and stride >= 1 are required")
+
+
+def horizon_steps(horizons: dict[str, int], steps_per_day: int, out_steps: int) -> dict[str, int]:
+    """Minutes to 1-based steps ahead; a horizon beyond the forecast is a :class:`ForecastingDataError`."""
+    minutes = 1440 / steps_per_day
+    out = {}
+    for name, mins in horizons.items():
+        step = max(1, round(mins / minutes))
+        if step > out_steps:
+            raise ForecastingDataError(
+                f"horizon {name} ({mins} min) is step {step}, beyond the forecast's {out_steps} steps "
+                f"of {minutes:g} min"
+            )
+        out[name] = step
+    return out
+
+
+class _PeakMemory:
+    """Peak memory in MB above the level at entry: the CUDA allocator's peak, or sampled RSS on CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.peak_mb = device, 0.0
+
+    def __enter__(self) -> _PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._base = torch.cuda.memory_allocated(self.device)
+            return self
+        import psutil
+
+        self._proc, self._stop = psutil.Process(), threading.Event()
+        self._base = self._top = self._proc.memory_info().rss
+
+        def sample() -> None:
+            while not self._stop.wait(0.02):
+                self._top = max(self._top, self._proc.memory_info().rss)
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.type == "cuda":
+            self.peak_mb = (torch.cuda.max_memory_allocated(self.device) - self._base) / 2**20
+            return
+        self._stop.set()
+        self._thread.join()
+        self.peak_mb = max(self._top, self._proc.memory_info().rss) - self._base
+        self.peak_mb /= 2**20
+
+
+def _model(name: str, cfg: ForecastExperimentConfig, data: TrafficData) -> nn.Module:
+    shape = {"nodes": data.nodes, "in_steps": cfg.in_steps, "out_steps": cfg.out_steps,
+             "steps_per_day": data.steps_per_day}  # fmt: skip
+    torch.manual_seed(cfg.seed)
+    if name == "extralonger":
+        return Extralonger(replace(cfg.model, **shape), torch.as_tensor(data.mask()))
+    if name == "stid":
+        return STID(STIDConfig(**shape))
+    return GridAttention(GridAttentionConfig(**shape))
+
+
+def load_or_synthesize(cfg: ForecastExperimentConfig, work_dir: Path) -> TrafficData:
+    if cfg.data is not None:
+        return load_traffic(cfg.data)
+    return synthesize(work_dir, steps=cfg.days * cfg.steps_per_day, nodes=cfg.nodes,
+                      steps_per_day=cfg.steps_per_day, seed=cfg.seed)  # fmt: skip
+
+
+def run_forecast_experiment(
+    cfg: ForecastExperimentConfig,
+    work_dir: Path,
+    device: str = "cpu",
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Every centralised method of ``cfg``; ``{"config", "data", "horizon_steps", "methods"}`` where
+    ``methods`` maps a name to ``{horizons: {name: {mae, rmse, mape}}, all, train_seconds,
+    peak_memory_mb}`` (``skipped`` with the reason for grid attention above ``grid_max_nodes``)."""
+    say = progress or (lambda _m: None)
+    data = load_or_synthesize(cfg, work_dir)
+    windows, scaler = split_windows(data, cfg.in_steps, cfg.out_steps)
+    train_windows = dict(windows)
+    if cfg.stride > 1:
+        train_windows, _ = split_windows(data, cfg.in_steps, cfg.out_steps, stride=cfg.stride)
+        train_windows = {"train": train_windows["train"], "val": train_windows["val"]}
+    steps = horizon_steps(cfg.horizons, data.steps_per_day, cfg.out_steps)
+    dev = torch.device(device)
+    methods: dict[str, Any] = {}
+    for name in cfg.methods:
+        if name == "grid-attention" and data.nodes > cfg.grid_max_nodes:
+            methods[name] = {"skipped": f"{data.nodes} sensors > grid_max_nodes {cfg.grid_max_nodes}"}
+            continue
+        say(f"{name}: training")
+        start = time.perf_counter()
+        if name == "historical-average":
+            with _PeakMemory(torch.device("cpu")) as mem:
+                ha = HistoricalAverage(windows["train"], data.steps_per_day)
+            forecast = ha.predict
+            seconds, history = time.perf_counter() - start, []
+        else:
+            model = _model(name, cfg, data).to(dev)
+            with _PeakMemory(dev) as mem:
+                result = train_forecaster(model, train_windows, scaler, cfg.train,
+                                          progress=lambda e, t, v: say(f"  epoch {e}: train {t:.2f}, val {v:.2f}"))  # fmt: skip
+            seconds, history = result.train_seconds, result.history
+
+            def forecast(w: Any, i: np.ndarray, m: nn.Module = model) -> np.ndarray:
+                return predict(m, w, i, scaler)
+
+        scores = evaluate(forecast, windows["test"], steps, max_windows=cfg.eval_windows)
+        methods[name] = {
+            "horizons": scores["horizons"], "all": scores["all"], "train_seconds": seconds,
+            "peak_memory_mb": mem.peak_mb, "epochs": len(history),
+        }  # fmt: skip
+        say(f"{name}: " + ", ".join(f"{h} MAE {v['mae']:.2f}" for h, v in scores["horizons"].items()))
+    config = asdict(cfg)
+    config["data"] = None if cfg.data is None else str(cfg.data)
+    return {
+        "config": config,
+        "data": {
+            "nodes": data.nodes,
+            "steps": data.steps,
+            "steps_per_day": data.steps_per_day,
+            "edges": int(len(data.edges)),
+            "synthetic": cfg.data is None,
+        },  # fmt: skip
+        "horizon_steps": steps,
+        "methods": methods,
+    }
