@@ -8,7 +8,9 @@ from it is symmetric and has self-loops. Real PEMS04/PEMS08 files drop in by pat
 
 **Synthetic data** (:func:`synthesize`): a ring road with random shortcuts (about 1.7 edges per node, as
 PEMS08's 295 edges for 170 sensors), flow = per-node scale x (a two-peak daily profile, damped on
-weekends) diffused a few steps over the graph, plus AR(1) noise, clipped at zero, with sensor dropouts
+weekends) x a daily level that drifts (AR(1) over days, persistence 0.9, our choice: without it the
+historical average is the best forecast beyond a few hours and no model can beat it) diffused a few
+steps over the graph, plus AR(1) noise, clipped at zero, with sensor dropouts
 written as zeros (the masked metrics ignore them). Real sizes (PEMS08: 17,856 x 170) for timing, small
 ones for tests.
 
@@ -176,6 +178,13 @@ def synthesize(
     scale = rng.uniform(100.0, 400.0, size=nodes)  # (N,)
     phase = rng.integers(-steps_per_day // 48, steps_per_day // 48 + 1, size=nodes)  # per-sensor shift
     flow = scale[None, :] * profile[(t[:, None] + phase[None, :]) % steps]  # (T, N)
+    # each sensor's daily level drifts (AR(1) over days, persistence 0.9): recent days say more about
+    # the next week than the training mean does, as with roadworks, school holidays and weather
+    level = np.zeros((steps // steps_per_day + 1, nodes))
+    shocks = rng.normal(0.0, 0.08, size=level.shape)
+    for d in range(1, len(level)):
+        level[d] = 0.9 * level[d - 1] + shocks[d]
+    flow *= 1.0 + level[t // steps_per_day]
     # diffusion over the road graph: neighbours' traffic spills over
     mask = adjacency_mask(edges, nodes).astype(np.float64)
     walk = mask / mask.sum(axis=1, keepdims=True)

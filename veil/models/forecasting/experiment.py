@@ -41,7 +41,7 @@ from veil.models.forecasting.data import (
 from veil.models.forecasting.model import Extralonger, ExtralongerConfig
 from veil.models.forecasting.train import TrainConfig, evaluate, predict, train_forecaster
 
-__all__ = ["METHODS", "ForecastExperimentConfig", "horizon_steps", "run_forecast_experiment"]
+__all__ = ["METHODS", "ForecastExperimentConfig", "PeakMemory", "horizon_steps", "run_forecast_experiment"]
 
 METHODS = ("extralonger", "historical-average", "stid", "grid-attention")
 
@@ -83,12 +83,18 @@ class ForecastExperimentConfig:
 
     @classmethod
     def quick(cls) -> ForecastExperimentConfig:
-        """Hourly steps, 24 sensors, 16 weeks, one-week windows; about 10 minutes of 2 CPU cores."""
+        """Hourly steps, 24 sensors, 32 weeks, one-week windows; a few CPU minutes per method.
+
+        Grid attention is left out: at T = 168 and N = 24 one of its training steps costs about 80 GFLOP
+        (64,512 tokens per batch of 16), so 40 steps took over 10 minutes of a loaded core without
+        finishing an epoch; ``benchmarks/forecast_scaling.py`` measures its cost against Extralonger's.
+        """
         return cls(
-            nodes=24, days=112, steps_per_day=24, in_steps=168, out_steps=168,
+            nodes=24, days=224, steps_per_day=24, in_steps=168, out_steps=168,
+            methods=("extralonger", "historical-average", "stid"),
             model=ExtralongerConfig(nodes=1, in_steps=168, out_steps=168, d_in=32, d_tod=16, d_dow=16,
                                     d_sp=16, feed_forward=64),
-            train=TrainConfig(lr=1e-3, epochs=12, patience=4, max_batches=40, milestones=(9,)),
+            train=TrainConfig(lr=1e-3, epochs=12, patience=4, max_batches=60, milestones=(9,)),
             eval_windows=200, stride=2,
         )  # fmt: skip
 
@@ -116,13 +122,13 @@ def horizon_steps(horizons: dict[str, int], steps_per_day: int, out_steps: int) 
     return out
 
 
-class _PeakMemory:
+class PeakMemory:
     """Peak memory in MB above the level at entry: the CUDA allocator's peak, or sampled RSS on CPU."""
 
     def __init__(self, device: torch.device) -> None:
         self.device, self.peak_mb = device, 0.0
 
-    def __enter__(self) -> _PeakMemory:
+    def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
             self._base = torch.cuda.memory_allocated(self.device)
@@ -194,13 +200,13 @@ def run_forecast_experiment(
         say(f"{name}: training")
         start = time.perf_counter()
         if name == "historical-average":
-            with _PeakMemory(torch.device("cpu")) as mem:
+            with PeakMemory(torch.device("cpu")) as mem:
                 ha = HistoricalAverage(windows["train"], data.steps_per_day)
             forecast = ha.predict
             seconds, history = time.perf_counter() - start, []
         else:
             model = _model(name, cfg, data).to(dev)
-            with _PeakMemory(dev) as mem:
+            with PeakMemory(dev) as mem:
                 result = train_forecaster(model, train_windows, scaler, cfg.train,
                                           progress=lambda e, t, v: say(f"  epoch {e}: train {t:.2f}, val {v:.2f}"))  # fmt: skip
             seconds, history = result.train_seconds, result.history
