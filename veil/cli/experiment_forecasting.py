@@ -89,7 +89,7 @@ def _federated(cfg: Any, work: Path, regions: int, result: dict[str, Any], say: 
     fed = run_federated(
         data, regions, model=model, train=cfg.train, rounds=cfg.train.epochs, local_epochs=1,
         horizons=result["horizon_steps"], eval_windows=cfg.eval_windows, work_dir=work / "federated",
-        progress=lambda r, summary: say(f"  round {r}: {summary}"),
+        progress=lambda r, m: say(f"  round {r}: train {m['train_loss']:.2f}, val {m['val_loss']:.2f}"),
     )  # fmt: skip
     return {
         "extralonger-federated": {
