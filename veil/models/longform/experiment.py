@@ -55,6 +55,7 @@ from veil.models.longform.search import (
 )
 from veil.models.longform.train import LongDPOConfig, outcome_pairs, sft_examples, step_pairs
 from veil.models.rag.train import ImitationConfig
+from veil.models.scratch import scratch_llama
 
 __all__ = ["LongformExperimentConfig", "evaluate", "run_longform_experiment"]
 
@@ -179,17 +180,7 @@ def _tokenizer(texts: Sequence[str], vocab_size: int) -> Any:
 
 
 def _scratch_model(tokenizer: Any, cfg: LongformExperimentConfig) -> Any:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=cfg.hidden, intermediate_size=3 * cfg.hidden,
-        num_hidden_layers=cfg.layers, num_attention_heads=max(1, cfg.hidden // 32),
-        num_key_value_heads=max(1, cfg.hidden // 32), max_position_embeddings=1024, tie_word_embeddings=True,
-        bos_token_id=None, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )  # fmt: skip
-    torch.manual_seed(cfg.seed)
-    return LlamaForCausalLM(config)
+    return scratch_llama(tokenizer, cfg.hidden, cfg.layers, cfg.seed)
 
 
 def evaluate(policy: HFStepPolicy, tasks: Sequence[LongformPrompt], max_new_tokens: int) -> dict[str, Any]:

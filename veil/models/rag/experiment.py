@@ -67,6 +67,7 @@ from veil.models.rag.search import (
 from veil.models.rag.sparse import BM25Index
 from veil.models.rag.train import CalibrationConfig, ImitationConfig, calibrate, imitate
 from veil.models.rag.world import World, WorldConfig, WorldQuestion, build_world
+from veil.models.scratch import scratch_llama
 
 __all__ = [
     "BASELINES",
@@ -355,17 +356,7 @@ def _names(world: World) -> list[str]:
 
 
 def _model(tokenizer: Any, cfg: RagExperimentConfig) -> Any:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=cfg.hidden, intermediate_size=3 * cfg.hidden,
-        num_hidden_layers=cfg.layers, num_attention_heads=max(1, cfg.hidden // 32),
-        num_key_value_heads=max(1, cfg.hidden // 32), max_position_embeddings=1024, tie_word_embeddings=True,
-        bos_token_id=None, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )  # fmt: skip
-    torch.manual_seed(cfg.seed)
-    return LlamaForCausalLM(config)
+    return scratch_llama(tokenizer, cfg.hidden, cfg.layers, cfg.seed)
 
 
 def _demo(q: WorldQuestion, retrieve: Retrieve, k: int, rng: random.Random, p: float) -> Trace:

@@ -26,6 +26,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from veil.models.scratch import scratch_llama
 from veil.models.translation.sft import TranslationSFTConfig
 
 __all__ = ["ScratchConfig", "build_model", "build_tokenizer"]
@@ -153,15 +154,4 @@ def _with_characters(tokenizer: Any, chars: Sequence[str]) -> Any:
 
 def build_model(tokenizer: Any, cfg: ScratchConfig) -> Any:
     """A randomly initialised Llama for ``tokenizer`` (seeded by ``cfg.seed``)."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    heads = max(1, cfg.hidden // 32)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=cfg.hidden, intermediate_size=3 * cfg.hidden,
-        num_hidden_layers=cfg.layers, num_attention_heads=heads, num_key_value_heads=heads,
-        max_position_embeddings=1024, tie_word_embeddings=True, bos_token_id=None,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )  # fmt: skip
-    torch.manual_seed(cfg.seed)
-    return LlamaForCausalLM(config)
+    return scratch_llama(tokenizer, cfg.hidden, cfg.layers, cfg.seed)
