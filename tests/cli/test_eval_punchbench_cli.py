@@ -4,7 +4,6 @@ scripted participant of known accuracy: the printed accuracies and p-values must
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,19 +22,9 @@ pytestmark = pytest.mark.skipif(
 PAIRS = 3
 
 
-def _veil(tmp_path: Path, capsys, monkeypatch, *args: str) -> tuple[int, str, str]:
-    from veil.cli.main import main
-
-    monkeypatch.setenv("VEIL_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setattr(sys, "argv", ["veil", *args])
-    capsys.readouterr()
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
+def _veil(veil_here, tmp_path: Path, *args: str) -> tuple[int, str, str]:
+    proc = veil_here(tmp_path / "data", *args)
+    return proc.returncode, proc.stdout, proc.stderr
 
 
 def _endpoint(participant: ScriptedParticipant, fail_after: int | None = None) -> Starlette:
@@ -68,15 +57,13 @@ def items(tmp_path: Path):
     )
 
 
-def test_the_report_matches_a_participant_of_known_accuracy(
-    tmp_path: Path, items, capsys, monkeypatch
-) -> None:
+def test_the_report_matches_a_participant_of_known_accuracy(tmp_path: Path, items, veil_here) -> None:
     participant = ScriptedParticipant(items, accuracy=0.75, draw_seed=5)
     log = tmp_path / "scored.jsonl"
     with BackgroundServer(_endpoint(participant)) as server:
         args = ["eval", "punchbench", "--pairs", str(PAIRS), "--base-url", server.url + "/v1", "--api-key", "k",
                 "--model", "m", "--judge", "rule", "--strategy", "zero-shot", "--strategy", "sc-coq", "--log", str(log), "--json"]  # fmt: skip
-        code, out, err = _veil(tmp_path, capsys, monkeypatch, *args)
+        code, out, err = _veil(veil_here, tmp_path, *args)
         assert code == 0, err
         result = json.loads(out)
         planned = sum(participant.planned.values()) / len(items)
@@ -90,23 +77,23 @@ def test_the_report_matches_a_participant_of_known_accuracy(
             }
         assert result["comparisons"]["sc-coq"]["p_value"] == 1.0  # same planned answers under both strategies
         calls = participant.calls
-        code, out2, _ = _veil(tmp_path, capsys, monkeypatch, *args)  # resumes: nothing left to ask
+        code, out2, _ = _veil(veil_here, tmp_path, *args)  # resumes: nothing left to ask
         assert code == 0 and participant.calls == calls and json.loads(out2) == result
 
 
 def test_an_endpoint_failing_mid_run_is_one_line_and_the_rerun_resumes(
-    tmp_path: Path, items, capsys, monkeypatch
+    tmp_path: Path, items, veil_here
 ) -> None:
     participant = ScriptedParticipant(items, accuracy=0.5)
     log = tmp_path / "scored.jsonl"
     base = ["eval", "punchbench", "--pairs", str(PAIRS), "--api-key", "k", "--log", str(log), "--json"]
     with BackgroundServer(_endpoint(participant, fail_after=10)) as server:
-        code, _, err = _veil(tmp_path, capsys, monkeypatch, *base, "--base-url", server.url + "/v1")
+        code, _, err = _veil(veil_here, tmp_path, *base, "--base-url", server.url + "/v1")
     assert code == 2 and err.startswith("veil: error:") and "503" in err and "rerun to resume" in err
     scored = len(log.read_text().splitlines())
     assert scored == 10
     with BackgroundServer(_endpoint(participant)) as server:
-        code, out, err = _veil(tmp_path, capsys, monkeypatch, *base, "--base-url", server.url + "/v1")
+        code, out, err = _veil(veil_here, tmp_path, *base, "--base-url", server.url + "/v1")
     assert code == 0, err
     result = json.loads(out)
     assert {name: s["items"] for name, s in result["strategies"].items()} == {
@@ -119,10 +106,10 @@ def test_an_endpoint_failing_mid_run_is_one_line_and_the_rerun_resumes(
     assert len(log.read_text().splitlines()) == 2 * len(items)
 
 
-def test_an_unknown_strategy_is_a_one_line_error(tmp_path: Path, capsys, monkeypatch) -> None:
-    code, _, err = _veil(tmp_path, capsys, monkeypatch, "eval", "punchbench", "--base-url", "http://127.0.0.1:9/v1",
+def test_an_unknown_strategy_is_a_one_line_error(tmp_path: Path, veil_here) -> None:
+    code, _, err = _veil(veil_here, tmp_path, "eval", "punchbench", "--base-url", "http://127.0.0.1:9/v1",
                          "--strategy", "tree-of-thought")  # fmt: skip
     assert code == 2 and err.count("\n") == 1 and "unknown strategy 'tree-of-thought'" in err
-    code, _, err = _veil(tmp_path, capsys, monkeypatch, "eval", "punchbench", "--base-url", "http://127.0.0.1:9/v1",
+    code, _, err = _veil(veil_here, tmp_path, "eval", "punchbench", "--base-url", "http://127.0.0.1:9/v1",
                          "--judge", "gpt")  # fmt: skip
     assert code == 2 and "--judge must be 'rule' or 'lm'" in err

@@ -2,27 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-
-def _veil(capsys, monkeypatch, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    from veil.cli.main import main
-
-    monkeypatch.setenv("VEIL_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setattr(sys, "argv", ["veil", "experiment", "forecasting", *args])
-    capsys.readouterr()
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return subprocess.CompletedProcess(args, code, out, err)
 
 
 def _files(path: Path, series: np.ndarray, adj: str) -> Path:
@@ -46,26 +29,26 @@ def _files(path: Path, series: np.ndarray, adj: str) -> Path:
         (lambda p: p / "absent", "is not a directory"),
     ],
 )
-def test_bad_data_is_one_line_and_exit_two(capsys, monkeypatch, tmp_path, make, message) -> None:
+def test_bad_data_is_one_line_and_exit_two(veil_here, tmp_path, make, message) -> None:
     bad = make(tmp_path / "files")
     if message == "must be (T, N, 3)" or "outside" in message:
         series = np.load(bad / "data.npz")["data"]
         if series.shape[2] == 3:
             series[:, :, 1] = (np.arange(100) % 24 / 24)[:, None]
             np.savez(bad / "data.npz", data=series)
-    proc = _veil(capsys, monkeypatch, tmp_path, "--quick", "--data", str(bad), "--json")
+    proc = veil_here(tmp_path / "data", "experiment", "forecasting", "--quick", "--data", str(bad), "--json")
     assert proc.returncode == 2, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and message in proc.stderr and proc.stdout == ""
 
 
-def test_a_series_shorter_than_the_week_window_and_bad_options_are_refused(
-    capsys, monkeypatch, tmp_path
-) -> None:
+def test_a_series_shorter_than_the_week_window_and_bad_options_are_refused(veil_here, tmp_path) -> None:
     from veil.models.forecasting import synthesize
 
     synthesize(tmp_path / "short", steps=24 * 30, nodes=4, steps_per_day=24)
-    proc = _veil(capsys, monkeypatch, tmp_path, "--quick", "--data", str(tmp_path / "short"), "--json")
+    proc = veil_here(
+        tmp_path / "data", "experiment", "forecasting", "--quick", "--data", str(tmp_path / "short"), "--json"
+    )
     assert proc.returncode == 2 and "fewer than a window's 336" in proc.stderr
     for args, fragment in ((["--device", "tpu"], "--device"), (["--seed", "-1"], "--seed")):
-        proc = _veil(capsys, monkeypatch, tmp_path, "--quick", *args)
+        proc = veil_here(tmp_path / "data", "experiment", "forecasting", "--quick", *args)
         assert proc.returncode == 2 and fragment in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

@@ -20,6 +20,7 @@ order of the two levels at a step; perception first is our choice.
 from __future__ import annotations
 
 import random
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -59,13 +60,14 @@ class Trial:
     transcript: list[dict[str, str]] = field(default_factory=list)
 
 
-class Strategy:
+class Strategy(ABC):
     """Base class: ``run(target, bank, chat)`` asks the model and returns a :class:`Trial`."""
 
     name: str = ""
 
+    @abstractmethod
     def run(self, target: Item, bank: Sequence[Item], chat: Chat, seed: int = 0) -> Trial:
-        raise NotImplementedError
+        """Ask ``chat`` about ``target`` (``bank``: other items, for examples and chains)."""
 
 
 def _ask(chat: Chat, history: list[Message], text: str) -> str:
