@@ -14,7 +14,8 @@ the gold) in the history of the next question; only the target is scored. Chains
 
 Only questions of the same pair *and caption variant* join a chain, and a step is skipped when the pair
 has no such item (a caption without a punchline has no reasoning items). The paper does not state the
-order of the two levels at a step; perception first is our choice.
+order of the two levels at a step; perception first is our choice. The dialogue itself (who sees what)
+is :func:`veil.models.evaluation.punchbench.chain.chain_dialogue`, shared with the chat API.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from veil.models.evaluation.punchbench.chain import ask_chain
 from veil.models.evaluation.punchbench.questions import Question, render
 from veil.models.evaluation.punchbench.schema import Item
 
@@ -167,16 +169,14 @@ class SCCoQ(Strategy):
         return [*earlier, target]
 
     def run(self, target: Item, bank: Sequence[Item], chat: Chat, seed: int = 0) -> Trial:
-        history: list[Message] = []
-        transcript: list[dict[str, str]] = []
-        reply, q = "", render(target, seed)
-        for it in self.chain_for(target, bank):
-            q = render(it, seed)
-            reply = _ask(chat, history, q.text)
-            transcript.append({"item_id": it.item_id, "question": q.text, "answer": reply})
-            # the model's own reply goes forward, never the item's gold answer
-            history += [{"role": "user", "content": q.text}, {"role": "assistant", "content": reply}]
-        return Trial(q, reply, transcript)
+        items = self.chain_for(target, bank)
+        questions = [render(it, seed) for it in items]
+        turns = ask_chain(chat, [q.text for q in questions], [{"role": "system", "content": SYSTEM}])
+        transcript = [
+            {"item_id": it.item_id, "question": t.question, "answer": t.answer}
+            for it, t in zip(items, turns, strict=True)
+        ]
+        return Trial(questions[-1], turns[-1].answer, transcript)
 
 
 STRATEGIES: dict[str, Callable[[], Strategy]] = {
