@@ -24,7 +24,7 @@ import time
 import torch
 
 from veil.models.forecasting.baselines import GridAttention, GridAttentionConfig
-from veil.models.forecasting.experiment import PeakMemory
+from veil.models.forecasting.memory import PeakMemory
 from veil.models.forecasting.model import Extralonger, ExtralongerConfig
 
 

@@ -19,6 +19,9 @@ from veil.simulation.forecasting_fleet import (
     shared_parameter_names,
     weighted_metrics,
 )
+from veil.simulation.forecasting_fleet.regions import flatten_metrics, unflatten_metrics
+
+ROOT = Path(__file__).resolve().parents[2]
 
 TINY = {"in_steps": 12, "out_steps": 12, "d_in": 8, "d_tod": 8, "d_dow": 8, "d_sp": 8, "feed_forward": 32,
         "heads": 2}  # fmt: skip
@@ -112,6 +115,51 @@ def test_weighted_metrics_equal_the_pooled_ones_for_equal_regions_and_follow_the
     assert skewed["all"]["mape"] == pytest.approx(15.0)
 
 
+def test_metrics_survive_the_flat_keys_of_a_metric_record() -> None:
+    nested = {
+        "all": {"mae": 1.0, "rmse": 2.0, "mape": 3.0},
+        "horizons": {
+            "1h": {"mae": 4.0, "rmse": 5.0, "mape": 6.0},
+            "1.5d": {"mae": 7.0, "rmse": 8.0, "mape": 9.0},
+        },
+    }
+    flat = flatten_metrics(nested)
+    assert flat["h.1.5d.rmse"] == 8.0 and len(flat) == 9
+    assert unflatten_metrics(flat, ["1h", "1.5d"]) == nested
+
+
+def test_importing_the_package_does_not_import_flower() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, veil.simulation.forecasting_fleet; print('flwr' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
+
+
+def test_the_flower_app_folder_validates_and_its_run_config_becomes_a_plan(tmp_path: Path) -> None:
+    import tomllib
+
+    from flwr.common.config import validate_config
+    from flwr.serverapp import ServerApp
+
+    from veil.simulation.forecasting_fleet import apps
+
+    folder = ROOT / "deploy" / "flwr" / "forecasting"
+    config = tomllib.loads((folder / "pyproject.toml").read_text())
+    ok, errors, _ = validate_config(config, check_module=True, project_dir=folder)
+    assert ok, errors
+    assert isinstance(apps.server_app, ServerApp)
+    run_config = {**config["tool"]["flwr"]["app"]["config"], "nodes": 6, "days": 84, "regions": 2,
+                  "rounds": 2, "clipping-norm": 1.0, "work-dir": str(tmp_path)}  # fmt: skip
+    plan = apps.plan_from_run_config(run_config)
+    assert plan.regions == 2 and plan.rounds == 2 and plan.dp == FederatedDP(0.0, 1.0)
+    assert plan.horizons == {"1h": 1, "1d": 24, "1w": 168} and plan.eval_windows == 200
+    assert sorted(p.name for p in (tmp_path / "regions").iterdir()) == ["region-0.npz", "region-1.npz"]
+    with pytest.raises(ValueError, match="preset must be quick or full, got 'huge'"):
+        apps.plan_from_run_config({**run_config, "preset": "huge"})
+
+
 @pytest.fixture(scope="module")
 def federated(data: TrafficData, tmp_path_factory: pytest.TempPathFactory) -> FederatedResult:
     return _run(data, tmp_path_factory.mktemp("work"))
@@ -151,6 +199,17 @@ def test_every_region_is_scored_at_every_horizon_and_the_rounds_are_recorded(
     assert [h["round"] for h in federated.history] == [1, 2]
     assert all(len(h["regions"]) == 2 and np.isfinite(h["val_loss"]) for h in federated.history)
     assert federated.train_seconds > 0 and federated.privacy is None
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_the_clients_measure_their_peak_memory_and_the_run_reports_the_largest(
+    federated: FederatedResult,
+) -> None:
+    peaks = [r.peak_memory_mb for r in federated.regions]
+    assert all(p >= 0 for p in peaks) and federated.peak_memory_mb == max(peaks) > 0
+    # a worker's whole resident set (Python, torch, Ray) is far above what one local training adds
+    assert federated.peak_rss_mb > max(100.0, federated.peak_memory_mb)
 
 
 @pytest.mark.slow

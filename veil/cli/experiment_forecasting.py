@@ -96,7 +96,8 @@ def _federated(cfg: Any, work: Path, regions: int, result: dict[str, Any], say: 
             "horizons": fed.mean["horizons"],
             "all": fed.mean["all"],
             "train_seconds": fed.train_seconds,
-            "peak_memory_mb": None,
+            "peak_memory_mb": fed.peak_memory_mb,
+            "peak_rss_mb": fed.peak_rss_mb,
             "regions": regions,
             "rounds": len(fed.history),
         }  # fmt: skip

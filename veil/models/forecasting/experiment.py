@@ -13,7 +13,6 @@ steps (as the released SEATTLE set), so a week is 168 steps and the one-week hor
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -38,6 +37,7 @@ from veil.models.forecasting.data import (
     split_windows,
     synthesize,
 )
+from veil.models.forecasting.memory import PeakMemory
 from veil.models.forecasting.model import Extralonger, ExtralongerConfig
 from veil.models.forecasting.train import TrainConfig, evaluate, predict, train_forecaster
 
@@ -120,40 +120,6 @@ def horizon_steps(horizons: dict[str, int], steps_per_day: int, out_steps: int) 
             )
         out[name] = step
     return out
-
-
-class PeakMemory:
-    """Peak memory in MB above the level at entry: the CUDA allocator's peak, or sampled RSS on CPU."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device, self.peak_mb = device, 0.0
-
-    def __enter__(self) -> PeakMemory:
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self._base = torch.cuda.memory_allocated(self.device)
-            return self
-        import psutil
-
-        self._proc, self._stop = psutil.Process(), threading.Event()
-        self._base = self._top = self._proc.memory_info().rss
-
-        def sample() -> None:
-            while not self._stop.wait(0.02):
-                self._top = max(self._top, self._proc.memory_info().rss)
-
-        self._thread = threading.Thread(target=sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.device.type == "cuda":
-            self.peak_mb = (torch.cuda.max_memory_allocated(self.device) - self._base) / 2**20
-            return
-        self._stop.set()
-        self._thread.join()
-        self.peak_mb = max(self._top, self._proc.memory_info().rss) - self._base
-        self.peak_mb /= 2**20
 
 
 def _model(name: str, cfg: ForecastExperimentConfig, data: TrafficData) -> nn.Module:
