@@ -169,3 +169,22 @@ def test_the_sft_config_refuses_bad_settings() -> None:
 
     with pytest.raises(ValueError):
         TranslationSFTConfig(lr=0.0)
+
+
+def test_term_masking_hides_the_term_the_document_gives() -> None:
+    pair = ParallelText(
+        "Tavreno River (Chinese: 索卡河) is a river.", "【索卡河】索卡河（Tavreno River）是一条河流。", "en", "zh",
+        ("Tavreno River", "索卡河"),
+    )
+    plain = ParallelText("I like tea.", "我喜欢茶。", "en", "zh")
+    config = MultiTaskConfig(objectives=("completion",), completion_mask="term")
+    examples = multitask_examples([], [pair, plain], config=config)
+    by_answer = {e["completion"][0]["content"]: e["prompt"][0]["content"] for e in examples}
+    assert "【[MASK]】[MASK]（Tavreno River）" in by_answer["索卡河"]
+    assert "[MASK] (Chinese: 索卡河)" in by_answer["Tavreno River"]
+    assert len(examples) == 4  # the plain pair keeps its random span, both ways
+    assert sum("[MASK]" in p and "茶" not in a for a, p in by_answer.items()) >= 2
+    with pytest.raises(ValueError, match="must occur"):
+        ParallelText("a river", "一条河", "en", "zh", ("Tavreno River", "索卡河"))
+    with pytest.raises(ValueError, match="completion_mask"):
+        MultiTaskConfig(completion_mask="words")

@@ -54,7 +54,7 @@ class TextLM(Protocol):
         ...
 
     def complete(self, prompts: Sequence[str], stop: Sequence[str], max_new_tokens: int) -> list[Completion]:
-        """One greedy continuation per prompt."""
+        """One continuation per prompt (greedy, unless the LM is built to sample)."""
         ...
 
 
@@ -67,13 +67,27 @@ class HFTextLM:
     tokenizer: its tokenizer, with a chat template.
     user_embedding: ``(n_tokens, hidden)`` soft tokens for every call, or ``None`` (the population model).
     batch_size: prompts per forward batch.
+    temperature: ``0``: greedy (the default); above 0 every continuation is sampled (nucleus ``top_p``).
+    top_p: the nucleus mass when sampling.
+    seed: with sampling, seeds the k-th row this LM generates with ``seed + k`` (``None``: fresh
+        randomness), so a run is reproducible and no two rows share a draw.
     """
 
     def __init__(
-        self, lm: Any, tokenizer: Any, user_embedding: np.ndarray | None = None, batch_size: int = 8
+        self,
+        lm: Any,
+        tokenizer: Any,
+        user_embedding: np.ndarray | None = None,
+        batch_size: int = 8,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        SamplingParams(temperature=temperature, top_p=top_p)  # raises on values out of range
+        self.temperature, self.top_p, self.seed = temperature, top_p, seed
+        self._calls = 0
         if not isinstance(lm, PersonalizedLM):
             from veil.models.personalization import PersonalizationConfig
 
@@ -130,10 +144,20 @@ class HFTextLM:
                     done.add(r)
             return done
 
-        params = [SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, stop_token_ids=self._eos)]
+        params = [
+            SamplingParams(
+                max_new_tokens=max_new_tokens,
+                temperature=self.temperature,
+                top_p=self.top_p,
+                seed=None if self.seed is None else self.seed + self._calls + r,
+                stop_token_ids=self._eos,
+            )
+            for r in range(len(ids))
+        ]
+        self._calls += len(ids)
         with torch.inference_mode():
             generate_batch(
-                self.lm, ids, [self.user_embedding] * len(ids), params * len(ids), pad_id=self._pad,
+                self.lm, ids, [self.user_embedding] * len(ids), params, pad_id=self._pad,
                 on_step=on_step, on_logits=on_logits,
             )  # fmt: skip
         return [self._completion(t, lp, stop) for t, lp in zip(tokens, logprobs, strict=True)]

@@ -17,6 +17,12 @@ threshold-and-accept loop at once or never. Veil's evaluators, one per :data:`EV
   ``100 * exp(mean)``, the geometric mean of the token probabilities. Needs the model's logits. It
   rewards what the model itself would write, so with the translator as evaluator it prefers the
   translator's own draft: a self-preference bias to keep in mind when reading its gains.
+* ``round_trip``: the other direction, BARTScore's *recall* (arXiv:2106.11520, §3.3: ``p(x | y)``, how
+  much of the source the output lets the model recover): the *source's* mean per-token log-probability
+  under the model asked to translate the translation back, as ``100 * exp(mean)``. The translator's
+  greedy draft has no advantage here, so a revision that carries more of the source scores higher.
+  A translation that merely echoes the source would score highest of all, so a translation less than
+  ``min_target_share`` in the target language's script scores 0 (:func:`target_share`).
 
 Where we depart from the paper: the paper's evaluator is a large LLM whose rating is its text; both
 logit-based evaluators exist because a small offline model's text rating does not discriminate
@@ -30,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol, get_args
 
 from veil.models.rag.lm import TextLM
-from veil.models.translation.languages import language_name
+from veil.models.translation.languages import is_chinese, language_name
 from veil.models.translation.long_thought import SCORE_HEADER, parse_score
 
 __all__ = [
@@ -39,11 +45,13 @@ __all__ = [
     "LikelihoodScorer",
     "RatingScorer",
     "Scorer",
+    "RoundTripScorer",
     "make_scorer",
     "rating_prompt",
+    "target_share",
 ]
 
-EvaluatorName = Literal["rating", "expected_rating", "likelihood"]
+EvaluatorName = Literal["rating", "expected_rating", "likelihood", "round_trip"]
 EVALUATORS: tuple[str, ...] = get_args(EvaluatorName)
 
 
@@ -161,6 +169,31 @@ class ExpectedRatingScorer:
         return out
 
 
+def _answer_likelihoods(
+    model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]], batch_size: int
+) -> list[float]:
+    """``100 * exp(mean log p(answer | chat(user)))`` for each ``(user, answer)``; 0 for an empty answer."""
+    import math
+
+    out: list[float] = []
+    for start in range(0, len(pairs), batch_size):
+        rows, spans = [], []
+        for user, answer_text in pairs[start : start + batch_size]:
+            prompt = tokenizer(_chat(tokenizer, user), add_special_tokens=False)["input_ids"]
+            answer = (
+                tokenizer(answer_text.strip(), add_special_tokens=False)["input_ids"]
+                if answer_text.strip()
+                else []
+            )
+            rows.append(prompt + answer)
+            spans.append((len(prompt), answer))
+        # the distribution at position j predicts token j + 1
+        lps = _log_probs(model, rows, [list(range(n - 1, n - 1 + len(a))) for n, a in spans])
+        for lp, (_, answer) in zip(lps, spans, strict=True):
+            out.append(100.0 * math.exp(float(lp[range(len(answer)), answer].mean())) if answer else 0.0)
+    return out
+
+
 @dataclass
 class LikelihoodScorer:
     """``likelihood``: ``100 * exp(mean log p(translation | direct-translation prompt))``; 0 when empty."""
@@ -172,29 +205,60 @@ class LikelihoodScorer:
     batch_size: int = 8
 
     def score(self, sources: Sequence[str], translations: Sequence[str]) -> list[float]:
-        import math
-
         from veil.models.translation.grounded_translate import translation_prompt
 
-        out: list[float] = []
+        pairs = [
+            (translation_prompt(s, [], self.source_language, self.target_language), t)
+            for s, t in zip(sources, translations, strict=True)
+        ]
+        return _answer_likelihoods(self.model, self.tokenizer, pairs, self.batch_size)
+
+
+def target_share(text: str, language: str) -> float:
+    """The share of ``text``'s letters written in ``language``'s script: CJK ideographs for Chinese,
+    Latin letters otherwise (1.0 for a text without letters).
+
+    >>> target_share("许多农民 live", "zh"), target_share("许多农民 live", "en")
+    (0.5, 0.5)
+    """
+    cjk = sum("\u4e00" <= c <= "\u9fff" or "\u3400" <= c <= "\u4dbf" for c in text)
+    latin = sum(c.isascii() and c.isalpha() for c in text)
+    if not cjk + latin:
+        return 1.0
+    return (cjk if is_chinese(language) else latin) / (cjk + latin)
+
+
+@dataclass
+class RoundTripScorer:
+    """``round_trip``: ``100 * exp(mean log p(source | prompt to translate the translation back))``; 0
+    when the translation is empty or less than ``min_target_share`` in the target script."""
+
+    model: Any
+    tokenizer: Any
+    source_language: str = "en"
+    target_language: str = "zh"
+    batch_size: int = 8
+    min_target_share: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.min_target_share <= 1.0:
+            raise ValueError(f"min_target_share must be in [0, 1], got {self.min_target_share}")
+
+    def score(self, sources: Sequence[str], translations: Sequence[str]) -> list[float]:
+        from veil.models.translation.grounded_translate import translation_prompt
+
         pairs = list(zip(sources, translations, strict=True))
-        for start in range(0, len(pairs), self.batch_size):
-            rows, spans = [], []
-            for s, t in pairs[start : start + self.batch_size]:
-                user = translation_prompt(s, [], self.source_language, self.target_language)
-                prompt = self.tokenizer(_chat(self.tokenizer, user), add_special_tokens=False)["input_ids"]
-                answer = self.tokenizer(t.strip(), add_special_tokens=False)["input_ids"] if t.strip() else []
-                rows.append(prompt + answer)
-                spans.append((len(prompt), answer))
-            # the distribution at position j predicts token j + 1
-            lps = _log_probs(self.model, rows, [list(range(n - 1, n - 1 + len(a))) for n, a in spans])
-            for lp, (_, answer) in zip(lps, spans, strict=True):
-                if not answer:
-                    out.append(0.0)
-                    continue
-                mean = float(lp[range(len(answer)), answer].mean())
-                out.append(100.0 * math.exp(mean))
-        return out
+        valid = [
+            bool(t.strip()) and target_share(t, self.target_language) >= self.min_target_share
+            for _, t in pairs
+        ]
+        asked = [
+            (translation_prompt(t, [], self.target_language, self.source_language), s)
+            for (s, t), ok in zip(pairs, valid, strict=True)
+            if ok
+        ]
+        scores = iter(_answer_likelihoods(self.model, self.tokenizer, asked, self.batch_size))
+        return [next(scores) if ok else 0.0 for ok in valid]
 
 
 def make_scorer(
@@ -212,5 +276,9 @@ def make_scorer(
         return RatingScorer(lm, source_language, target_language)
     if model is None or tokenizer is None:
         raise ValueError(f"the {name!r} evaluator reads the model's logits: give model and tokenizer")
-    cls = ExpectedRatingScorer if name == "expected_rating" else LikelihoodScorer
-    return cls(model, tokenizer, source_language, target_language)
+    classes = {
+        "expected_rating": ExpectedRatingScorer,
+        "likelihood": LikelihoodScorer,
+        "round_trip": RoundTripScorer,
+    }
+    return classes[name](model, tokenizer, source_language, target_language)

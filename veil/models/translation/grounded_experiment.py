@@ -60,7 +60,8 @@ class GroundedExperimentConfig:
         and publishes no ratio; ours keeps most records clean, because in a noisy record the answer's
         rendering is nowhere in the prompt and the model learns to guess it instead of copying.
     scratch: the tokenizer, model and optimiser (both models).
-    multitask: the auxiliary objectives' settings.
+    multitask: the auxiliary objectives' settings (completion masks the entity's name or rendering in its
+        documents, the content the translation needs from a document).
     grounded: translation and the judges at evaluation (``judge_prefix=""``: the trained judge answers
         ``yes`` or ``no`` right away).
     unfiltered: also evaluate with every noisy document kept.
@@ -77,7 +78,9 @@ class GroundedExperimentConfig:
     translation_share: float = 0.5
     noisy_share: float = 0.3
     scratch: ScratchConfig = field(default_factory=ScratchConfig)
-    multitask: MultiTaskConfig = field(default_factory=lambda: MultiTaskConfig(record_relevance=True))
+    multitask: MultiTaskConfig = field(
+        default_factory=lambda: MultiTaskConfig(record_relevance=True, completion_mask="term")
+    )
     grounded: GroundedConfig = field(
         default_factory=lambda: GroundedConfig(translation_tokens=40, judge_prefix="")
     )
@@ -134,7 +137,12 @@ def training_sets(
     noisy = train[: round(cfg.noisy_share * len(train))]
     records = grounded_records(train, "clean")
     records += [e.record(NOISES[1 + i % 2]) for i, e in enumerate(noisy)]
-    parallel = [ParallelText(e.entity.document_en, e.entity.document_zh, "en", "zh") for e in train]
+    parallel = [
+        ParallelText(
+            e.entity.document_en, e.entity.document_zh, "en", "zh", (e.entity.name, e.entity.rendering)
+        )
+        for e in train
+    ]
     parallel += [ParallelText(p.source, p.target, "en", "zh") for p in hsk]
     translation = multitask_examples(
         records, [], config=dataclasses.replace(cfg.multitask, objectives=("translation",))

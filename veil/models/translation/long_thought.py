@@ -21,6 +21,11 @@ Veil's choices (each a field of :class:`LongThoughtConfig` where it is a number)
   the loop goes on from the best one, so accepted scores never decrease. The final translation is the best.
 * The loop stops once the best score reaches ``score_threshold`` (90) or after ``max_rounds`` (3)
   revisions. Items run in lockstep, so each agent call is one batch over the items still running.
+* A round may draw several revisions (``revision_samples``) from a *sampling* translator (``sampler``):
+  each is scored, and the best of them is the round's revision (then accepted or not as above). The
+  paper's loop makes one revision per round; a small model's greedy revision mostly restates the
+  translation it was given, and sampling several is the cheapest way to give the advice a chance to
+  change something.
 * The rewrite is a fixed first-person template instead of an LM (:func:`render_thought`): keyword pairs,
   the draft, then per round the advice as a reflection, the revision, and whether it is better; finally
   ``Finally, I settle on:`` and the final translation. Every translation sits on its own
@@ -90,6 +95,8 @@ class LongThoughtConfig:
     max_keywords: keyword pairs kept from the translator's list.
     keyword_tokens, translation_tokens, advice_tokens, score_tokens: generation budgets per agent call.
     require_improvement: keep only traces whose final score beats the draft's as training records.
+    revision_samples: revisions drawn per round (the best-scored one is the round's); above 1 the loop
+        needs a ``sampler``.
     """
 
     source_language: str = "en"
@@ -102,8 +109,11 @@ class LongThoughtConfig:
     advice_tokens: int = 128
     score_tokens: int = 8
     require_improvement: bool = True
+    revision_samples: int = 1
 
     def __post_init__(self) -> None:
+        if self.revision_samples < 1:
+            raise ValueError(f"revision_samples must be >= 1, got {self.revision_samples}")
         language_name(self.source_language), language_name(self.target_language)  # raise if unsupported
         if self.max_rounds < 1:
             raise ValueError(f"max_rounds must be >= 1, got {self.max_rounds}")
@@ -210,6 +220,8 @@ class LongThoughtLoop:
     config: the loop's settings.
     scorer: scores instead of ``evaluator`` when given (any of
         :mod:`~veil.models.translation.evaluators`, e.g. the expected rating under the model's logits).
+    sampler: draws the revisions when ``config.revision_samples > 1`` (a sampling
+        :class:`~veil.models.rag.lm.TextLM`, e.g. the translator's model at a temperature above 0).
     """
 
     translator: TextLM
@@ -217,6 +229,11 @@ class LongThoughtLoop:
     evaluator: TextLM | None = None
     config: LongThoughtConfig = field(default_factory=LongThoughtConfig)
     scorer: Scorer | None = None
+    sampler: TextLM | None = None
+
+    def __post_init__(self) -> None:
+        if self.config.revision_samples > 1 and self.sampler is None:
+            raise ValueError("revision_samples > 1 needs a sampler (a TextLM that samples)")
 
     def _names(self) -> tuple[str, str]:
         return language_name(self.config.source_language), language_name(self.config.target_language)
@@ -274,15 +291,25 @@ class LongThoughtLoop:
         keywords: Sequence[tuple[KeywordPair, ...]],
         best: Sequence[str],
         advice: Sequence[str],
-    ) -> list[str]:
+    ) -> tuple[list[str], list[float]]:
+        """Each source's revision and its score (the best-scored of ``revision_samples`` candidates)."""
         src, tgt = self._names()
         users = [
             f"{REVISE_HEADER} from {src} into {tgt}.\nText: {s}\nKey phrases:\n{self._pairs_text(k)}\n"
             f"Translation: {t}\nAdvice: {a}\nReply with the improved {tgt} translation only."
             for s, k, t, a in zip(sources, keywords, best, advice, strict=True)
         ]
-        replies = self._ask(self.translator, users, ("\n\n",), self.config.translation_tokens)
-        return [clean_translation(r) for r in replies]
+        n = self.config.revision_samples
+        lm = self.translator if n == 1 else self.sampler
+        assert lm is not None  # a sampler is checked at construction
+        # the candidates of source i are replies[i * n : (i + 1) * n]
+        replies = self._ask(
+            lm, [u for u in users for _ in range(n)], ("\n\n",), self.config.translation_tokens
+        )
+        candidates = [clean_translation(r) for r in replies]
+        scores = self._scores([s for s in sources for _ in range(n)], candidates)
+        picks = [max(range(i * n, (i + 1) * n), key=lambda j: scores[j]) for i in range(len(sources))]
+        return [candidates[j] for j in picks], [scores[j] for j in picks]
 
     def _scores(self, sources: Sequence[str], translations: Sequence[str]) -> list[float]:
         if self.scorer is not None:
@@ -323,10 +350,10 @@ class LongThoughtLoop:
                 break
             src = [sources[i] for i in active]
             advice = self._advice(src, [best[i][0] for i in active])
-            revised = self._revisions(
+            revised, revised_scores = self._revisions(
                 src, [keywords[i] for i in active], [best[i][0] for i in active], advice
             )
-            for i, a, t, s in zip(active, advice, revised, self._scores(src, revised), strict=True):
+            for i, a, t, s in zip(active, advice, revised, revised_scores, strict=True):
                 accepted = s > best[i][1]
                 rounds[i].append(Round(t, s, a, accepted))
                 report(i, len(rounds[i]) - 1, rounds[i][-1])

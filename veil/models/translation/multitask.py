@@ -14,7 +14,12 @@ documents) and each an :data:`OBJECTIVES` name:
 * ``completion`` (cross-lingual information completion): one side of a pair with a contiguous span of
   words (``mask_fraction`` of them, at least one) replaced by ``[MASK]``, the other side as the
   document; the answer is the masked words. It teaches reading a document in another language for the
-  content a text lacks, which is what a document gives a translation.
+  content a text lacks, which is what a document gives a translation. With ``completion_mask="term"``,
+  a pair that names a term (:attr:`ParallelText.terms`: e.g. an entity's English documents name it and
+  its Chinese one writes its Chinese rendering) has *the term* masked instead, every occurrence of it,
+  and the answer is the term: the content a translator cannot know is exactly the term, and a random
+  span hits it rarely (about one example in ten here), so the copy that grounded translation needs is
+  seldom trained. Pairs without terms keep the random span.
 * ``self_knowledge`` (self-knowledge-enhanced translation): the pair translated with *no* document, so the
   model keeps translating from its own knowledge when there is no document or every document was judged
   irrelevant (then grounded translation's prompt is exactly this one).
@@ -50,6 +55,7 @@ __all__ = [
     "ParallelText",
     "completion_prompt",
     "mask_span",
+    "mask_term",
     "multitask_examples",
 ]
 
@@ -66,6 +72,13 @@ class ParallelText:
     b: str
     a_language: str
     b_language: str
+    terms: tuple[str, str] | None = None
+    """The same term as ``a`` and ``b`` write it (an entity's name and its rendering), if the pair
+    names one; ``completion_mask="term"`` masks it."""
+
+    def __post_init__(self) -> None:
+        if self.terms is not None and not (self.terms[0] in self.a and self.terms[1] in self.b):
+            raise ValueError(f"terms {self.terms!r} must occur in a and b respectively")
 
 
 @dataclass(frozen=True)
@@ -79,6 +92,8 @@ class MultiTaskConfig:
     negatives: for ``relevance``, irrelevant documents per relevant one, >= 0.
     seed: seeds the masks, the negatives and the final shuffle.
     record_relevance: also one relevance example per translation record, answered by its tag.
+    completion_mask: ``"span"``: ``completion`` masks a random span; ``"term"``: it masks a pair's term
+        where the pair names one (a random span otherwise).
     """
 
     objectives: tuple[str, ...] = OBJECTIVES
@@ -86,8 +101,11 @@ class MultiTaskConfig:
     negatives: int = 1
     seed: int = 0
     record_relevance: bool = False
+    completion_mask: Literal["span", "term"] = "span"
 
     def __post_init__(self) -> None:
+        if self.completion_mask not in ("span", "term"):
+            raise ValueError(f"completion_mask must be 'span' or 'term', got {self.completion_mask!r}")
         if not self.objectives or not set(self.objectives) <= set(OBJECTIVES):
             raise ValueError(f"objectives must be a non-empty subset of {OBJECTIVES}, got {self.objectives}")
         if not 0.0 < self.mask_fraction < 1.0:
@@ -116,6 +134,17 @@ def mask_span(text: str, language: str, fraction: float, rng: random.Random) -> 
     joiner = "" if is_chinese(language) else " "
     masked = units[:start] + [MASK] + units[start + n :]
     return joiner.join(masked), joiner.join(units[start : start + n])
+
+
+def mask_term(text: str, term: str) -> str:
+    """``text`` with every occurrence of ``term`` replaced by :data:`MASK`.
+
+    >>> mask_term("【索卡河】索卡河（Tavreno River）是一条河流。", "索卡河")
+    '【[MASK]】[MASK]（Tavreno River）是一条河流。'
+    """
+    if not term or term not in text:
+        raise ValueError(f"term {term!r} does not occur in the text")
+    return text.replace(term, MASK)
 
 
 def completion_prompt(masked: str, document: str, language: str) -> str:
@@ -162,11 +191,14 @@ def multitask_examples(
             )
             for r in records
         ]
-    sides = [(p.a, p.a_language, p.b, p.b_language) for p in parallel]
-    sides += [(p.b, p.b_language, p.a, p.a_language) for p in parallel]
-    for k, (text, lang, other, other_lang) in enumerate(sides):
+    sides = [(p.a, p.a_language, p.b, p.b_language, p.terms and p.terms[0]) for p in parallel]
+    sides += [(p.b, p.b_language, p.a, p.a_language, p.terms and p.terms[1]) for p in parallel]
+    for k, (text, lang, other, other_lang, term) in enumerate(sides):
         if "completion" in cfg.objectives:
-            masked, span = mask_span(text, lang, cfg.mask_fraction, rng)
+            if cfg.completion_mask == "term" and term:
+                masked, span = mask_term(text, term), term
+            else:
+                masked, span = mask_span(text, lang, cfg.mask_fraction, rng)
             out.append(_example(completion_prompt(masked, other, lang), span, "completion"))
         if "self_knowledge" in cfg.objectives:
             out.append(_example(translation_prompt(text, [], lang, other_lang), other, "self_knowledge"))

@@ -51,6 +51,9 @@ class LongThoughtExperimentConfig:
     drt_test: held-out similes the fine-tuned model answers.
     drt_sft: the DRT fine-tuning (arXiv:2412.17498 publishes no optimiser settings).
     drt_tokens: the fine-tuned model's generation budget per answer.
+    revision_temperature: the temperature of the sampler that draws revisions when
+        ``long_thought.revision_samples > 1`` (the translator's model, sampling).
+    seed: seeds the sampler.
     """
 
     simile_examples: int = 50
@@ -63,8 +66,12 @@ class LongThoughtExperimentConfig:
     drt_test: int = 16
     drt_sft: TranslationSFTConfig = field(default_factory=lambda: TranslationSFTConfig(lr=5e-5, epochs=2))
     drt_tokens: int = 512
+    revision_temperature: float = 0.8
+    seed: int = 0
 
     def __post_init__(self) -> None:
+        if not 0.0 < self.revision_temperature <= 2.0:
+            raise ValueError(f"revision_temperature must be in (0, 2], got {self.revision_temperature}")
         if self.evaluator not in EVALUATORS or not set(self.compared_evaluators) <= set(EVALUATORS):
             raise ValueError(
                 f"evaluator and compared_evaluators must be among {EVALUATORS}, got {self.evaluator!r}, "
@@ -166,7 +173,17 @@ def run_long_thought_experiment(
                 bar.advance(1)
         lap("discrimination_cpu_s")
     scorer = make_scorer(cfg.evaluator, lm, model, tokenizer, lt.source_language, lt.target_language)
-    loop = LongThoughtLoop(lm, config=lt, scorer=scorer)
+    sampler = None
+    if lt.revision_samples > 1:
+        from veil.models.rag.lm import HFTextLM
+
+        # a scripted stand-in (no model) draws its own "samples"
+        sampler = (
+            HFTextLM(model, tokenizer, batch_size=16, temperature=cfg.revision_temperature, seed=cfg.seed)
+            if model is not None
+            else lm
+        )
+    loop = LongThoughtLoop(lm, config=lt, scorer=scorer, sampler=sampler)
     loop_similes, drt_test = similes[: cfg.simile_examples], similes[cfg.simile_examples :][: cfg.drt_test]
     traces: list[LongThoughtTrace] = []
     if loop_similes:
