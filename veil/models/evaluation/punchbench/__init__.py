@@ -4,9 +4,12 @@ through any chat model, with prompting strategies compared by paired tests.
 Modules: ``schema`` (items), ``questions`` (rendering), ``scoring`` (parsing, judges), ``loader`` (the
 published layout), ``synthetic`` (an offline set with verified labels), ``wordnet`` (rewrites),
 ``strategies`` (zero-shot, few-shot, CoT, SC-CoQ), ``stats`` (McNemar, paired bootstrap), ``participant``
-(a scripted model of known accuracy), ``runner`` (resumable runs over an OpenAI-compatible endpoint).
+(a scripted model of known accuracy), ``runner`` (resumable runs over an OpenAI-compatible endpoint),
+``chain`` (SC-CoQ's dialogue, shared with the chat API), ``agreement`` (two judges' kappa and Gwet's AC1).
 """
 
+from veil.models.evaluation.punchbench.agreement import cohen_kappa, gwet_ac1, judge_agreement
+from veil.models.evaluation.punchbench.chain import ChainTurn, ask_chain, chain_dialogue
 from veil.models.evaluation.punchbench.loader import PublishedFields, load_published
 from veil.models.evaluation.punchbench.participant import ScriptedParticipant
 from veil.models.evaluation.punchbench.questions import Question, render
@@ -52,6 +55,7 @@ __all__ = [
     "STRATEGIES",
     "VARIANTS",
     "ChainOfThought",
+    "ChainTurn",
     "EndpointError",
     "EndpointTimeoutError",
     "FewShot",
@@ -71,8 +75,13 @@ __all__ = [
     "WordNet",
     "WordNetMissingError",
     "ZeroShot",
+    "ask_chain",
     "build_synthetic",
+    "chain_dialogue",
+    "cohen_kappa",
+    "gwet_ac1",
     "item_from_dict",
+    "judge_agreement",
     "load_published",
     "load_synthetic",
     "make_strategy",
