@@ -197,3 +197,47 @@ def test_a_short_training_run_beats_the_historical_average(small) -> None:
     assert result.history[-1]["val_loss"] < result.history[0]["val_loss"]
     for name in horizons:
         assert ours["horizons"][name]["mae"] < ha["horizons"][name]["mae"], name
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"weight_decay": -0.1}, "weight_decay must be >= 0, got -0.1"),
+        ({"ema": 1.0}, r"ema must be in \(0, 1\)"),
+    ],
+)
+def test_regularisation_settings_outside_their_range_are_refused(kwargs, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**kwargs)
+
+
+def _tiny(data) -> Extralonger:
+    torch.manual_seed(0)
+    cfg = ExtralongerConfig(
+        nodes=12, in_steps=12, out_steps=12, d_in=8, d_tod=8, d_dow=8, d_sp=8, feed_forward=16, heads=2
+    )
+    return Extralonger(cfg, torch.tensor(data.mask()))
+
+
+def _norm(model: torch.nn.Module) -> float:
+    return float(sum(p.detach().pow(2).sum() for p in model.parameters()))
+
+
+def test_weight_decay_shrinks_the_weights_and_ema_keeps_the_average_it_validated(small) -> None:
+    from veil.models.forecasting.train import _batches, _loss
+
+    _, data = small
+    torch.set_num_threads(1)
+    windows, scaler = split_windows(data, 12, 12, stride=8)
+    short = TrainConfig(lr=1e-3, epochs=3, patience=3, max_batches=4)
+    plain, decayed, averaged = _tiny(data), _tiny(data), _tiny(data)
+    train_forecaster(plain, windows, scaler, short)
+    train_forecaster(decayed, windows, scaler, TrainConfig(**{**short.__dict__, "weight_decay": 50.0}))
+    assert _norm(decayed) < 0.9 * _norm(plain)
+
+    result = train_forecaster(averaged, windows, scaler, TrainConfig(**{**short.__dict__, "ema": 0.5}))
+    assert any(not torch.equal(a, b) for a, b in zip(averaged.parameters(), plain.parameters(), strict=True))
+    with torch.no_grad():  # the kept weights are those whose validation loss the history records
+        batches = _batches(len(windows["val"]), 16, None, 2)
+        kept = float(np.mean([float(_loss(averaged, windows["val"], i, scaler)) for i in batches]))
+    assert kept == pytest.approx(result.history[result.best_epoch - 1]["val_loss"], rel=1e-5)
