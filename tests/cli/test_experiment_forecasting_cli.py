@@ -49,6 +49,10 @@ def test_a_series_shorter_than_the_week_window_and_bad_options_are_refused(veil_
         tmp_path / "data", "experiment", "forecasting", "--quick", "--data", str(tmp_path / "short"), "--json"
     )
     assert proc.returncode == 2 and "fewer than a window's 336" in proc.stderr
-    for args, fragment in ((["--device", "tpu"], "--device"), (["--seed", "-1"], "--seed")):
+    for args, fragment in (
+        (["--device", "tpu"], "--device"),
+        (["--seed", "-1"], "--seed"),
+        (["--concurrency", "0"], "--concurrency"),
+    ):
         proc = veil_here(tmp_path / "data", "experiment", "forecasting", "--quick", *args)
         assert proc.returncode == 2 and fragment in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

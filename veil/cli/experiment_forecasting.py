@@ -36,6 +36,10 @@ def experiment_forecasting(
         bool, typer.Option(help="Also train Extralonger federatedly across regions on Flower.")
     ] = True,
     regions: Annotated[int, typer.Option(help="Regions (Flower clients) in the federated run.")] = 3,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(help="Regions training at once in the federated run; default: one per CPU."),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seeds the synthetic data and the models.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
     out: Annotated[Path | None, typer.Option(help="Also write the result as DIR/forecasting.json.")] = None,
@@ -49,6 +53,8 @@ def experiment_forecasting(
 
     if seed < 0:
         raise UserError(f"--seed must be >= 0, got {seed}")
+    if concurrency is not None and concurrency < 1:
+        raise UserError(f"--concurrency must be >= 1, got {concurrency}")
     if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
         raise UserError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
     if data is not None and not data.is_dir():
@@ -63,7 +69,7 @@ def experiment_forecasting(
     with tempfile.TemporaryDirectory() as work:
         result = run_forecast_experiment(cfg, Path(work), device=device, progress=say)
         if federated:
-            result["methods"].update(_federated(cfg, Path(work), regions, result, say))
+            result["methods"].update(_federated(cfg, Path(work), regions, concurrency, result, say))
     if out is not None:
         (out / "forecasting.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     if as_json:
@@ -74,7 +80,9 @@ def experiment_forecasting(
     Console().print(forecasting_table(result))
 
 
-def _federated(cfg: Any, work: Path, regions: int, result: dict[str, Any], say: Any) -> dict[str, Any]:
+def _federated(
+    cfg: Any, work: Path, regions: int, concurrency: int | None, result: dict[str, Any], say: Any
+) -> dict[str, Any]:
     """Extralonger on Flower, one region per client, as many rounds of one local epoch as the centralised
     run's epoch budget; scored as the sensor-weighted mean of the regions' test metrics."""
     from veil.models.forecasting.experiment import load_or_synthesize
@@ -89,6 +97,7 @@ def _federated(cfg: Any, work: Path, regions: int, result: dict[str, Any], say: 
     fed = run_federated(
         data, regions, model=model, train=cfg.train, rounds=cfg.train.epochs, local_epochs=1,
         horizons=result["horizon_steps"], eval_windows=cfg.eval_windows, work_dir=work / "federated",
+        concurrency=concurrency,
         progress=lambda r, m: say(f"  round {r}: train {m['train_loss']:.2f}, val {m['val_loss']:.2f}"),
     )  # fmt: skip
     return {
@@ -99,6 +108,7 @@ def _federated(cfg: Any, work: Path, regions: int, result: dict[str, Any], say: 
             "peak_memory_mb": fed.peak_memory_mb,
             "peak_rss_mb": fed.peak_rss_mb,
             "regions": regions,
+            "concurrency": concurrency,
             "rounds": len(fed.history),
         }  # fmt: skip
     }

@@ -31,9 +31,10 @@ def run_federated(
     work_dir: str | Path | None = None,
     progress: Any = None,
     timeout_s: float = 3600.0,
+    concurrency: int | None = None,
 ) -> FederatedResult:
     """Train one Extralonger per region with FedAvg over the shared parameters, on Flower's simulation
-    engine (one SuperNode per region, one CPU each), and score every region on its test windows.
+    engine (one SuperNode per region), and score every region on its test windows.
 
     Parameters
     ----------
@@ -50,7 +51,11 @@ def run_federated(
     work_dir: where the regions' data files go (a temporary folder when ``None``).
     progress: ``progress(round, summary)`` after each round, ``summary`` as in ``history``.
     timeout_s: how long the server waits for one round's replies.
+    concurrency: regions training at once (each simulation worker is given ``cpus / concurrency`` of
+        the machine's CPUs, Flower's ``client_resources``); ``None``: one per CPU.
     """
+    if concurrency is not None and concurrency < 1:
+        raise ValueError(f"concurrency must be >= 1, got {concurrency}")
     work = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="veil-forecast-"))
     plan = prepare_plan(data, regions, work, model, train, rounds, local_epochs, dp, horizons, eval_windows,
                         return_models, timeout_s)  # fmt: skip
@@ -62,9 +67,10 @@ def run_federated(
     from veil.simulation.forecasting_fleet.apps import client_app, make_server_app
 
     out: list[FederatedResult] = []
+    cpus = os.cpu_count() or 1
     run_simulation(
         make_server_app(plan, progress, out), client_app, num_supernodes=regions,
-        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}},
+        backend_config={"client_resources": {"num_cpus": cpus / (concurrency or cpus), "num_gpus": 0.0}},
     )  # fmt: skip
     if not out:
         raise RuntimeError("the federated run ended without a result (see Flower's log above)")
