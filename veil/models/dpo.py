@@ -75,11 +75,15 @@ class PairDPOConfig(TrainConfigBase):
     beta: the KL weight of the sigmoid loss.
     loss_type: TRL's ``loss_type`` (``sigmoid`` is the paper's).
     label_smoothing: the conservative-DPO smoothing (0: none, as the paper).
+    sft_weight: the weight of an added negative log-likelihood of the chosen completion (TRL's ``sft``
+        loss term, mean over its tokens; RPO, Pang et al., arXiv:2404.19733), which keeps DPO from
+        lowering the chosen completion's own likelihood (0: none, as the paper).
     """
 
     beta: float = 0.1
     loss_type: str = "sigmoid"
     label_smoothing: float = 0.0
+    sft_weight: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -87,6 +91,8 @@ class PairDPOConfig(TrainConfigBase):
             raise ValueError(f"beta must be > 0, got {self.beta}")
         if not 0.0 <= self.label_smoothing < 0.5:
             raise ValueError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+        if self.sft_weight < 0:
+            raise ValueError(f"sft_weight must be >= 0, got {self.sft_weight}")
 
 
 def trainer_kwargs(cfg: Any, out: str) -> dict[str, Any]:
@@ -153,9 +159,12 @@ def prefix_dpo(
     data = Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs])
     with tempfile.TemporaryDirectory() as out:
         # the reference is the model before training: its log-probabilities once, before the first step
+        losses, weights = [getattr(cfg, "loss_type", "sigmoid")], [1.0]
+        if getattr(cfg, "sft_weight", 0.0) > 0:
+            losses, weights = [*losses, "sft"], [1.0, cfg.sft_weight]
         args = DPOConfig(
-            **trainer_kwargs(cfg, out), beta=cfg.beta, precompute_ref_log_probs=True,
-            loss_type=[getattr(cfg, "loss_type", "sigmoid")], label_smoothing=getattr(cfg, "label_smoothing", 0.0),
+            **trainer_kwargs(cfg, out), beta=cfg.beta, precompute_ref_log_probs=True, loss_type=losses,
+            loss_weights=weights, label_smoothing=getattr(cfg, "label_smoothing", 0.0),
         )  # fmt: skip
         trainer = _prefix_dpo_trainer()(
             model=model, args=args, train_dataset=data, processing_class=tokenizer

@@ -75,7 +75,15 @@ class LongformExperimentConfig:
     topic_sentences, sentence_words: each topic's first sentences of that many words, all a draft uses.
     drafts_per_topic, max_paragraphs, fact_p, drift_p: the scratch base model's training drafts.
     vocab_size, hidden, layers, base_epochs, base_lr: its tokenizer and Llama, and their training.
-    search: the collection search; ``memory`` and ``critique`` as the paper's.
+    search: the collection search, the paper's but for: steps end at a line break (64 tokens at
+        most); a step's S_l is that of its greedy rollout to the end of the turn (``rollout``, 256
+        tokens, the evaluation's budget; the released ``cumulative`` value teaches answers never to
+        end here, benchmarks/README.md); the memory pool checks a step against itself too
+        (``within_step``) at cosine 0.6 (MiniLM's cosines between two values of one attribute go down
+        to 0.61; the paper's 0.8 is for another embedding model), on sentence chunks.
+    pool_value_sees_facts: whether the memory pool's comparison values candidates with the full rule
+        judge (``True``) or one blind to stated facts (``False``, the default): the full judge's quality
+        already rules out a self-contradicting candidate, leaving the pool nothing to veto.
     dpo: step and outcome DPO (the paper's settings are for 8B models; small models need a larger lr).
     sft: SFT on the chosen paths (lr and batch as DPO's).
     budget_steps: optimizer updates per method (``None``: step DPO's epochs over its pairs).
@@ -103,15 +111,17 @@ class LongformExperimentConfig:
     base_lr: float = 3e-3
     search: StepSearchConfig = field(
         default_factory=lambda: StepSearchConfig(
-            separator="\n", step_tokens=64, memory=MemoryConfig(chunk_words=12), critique=CritiqueConfig()
+            separator="\n", step_tokens=64, step_value="rollout", rollout_tokens=256, critique=CritiqueConfig(),
+            memory=MemoryConfig(chunk_words=12, within_step=True, threshold=0.6),
         )
-    )
+    )  # fmt: skip
     dpo: LongDPOConfig = field(
         default_factory=lambda: LongDPOConfig(lr=2e-4, epochs=4, batch_size=8, max_length=512)
     )
     sft: ImitationConfig = field(
         default_factory=lambda: ImitationConfig(lr=1e-3, epochs=4, batch_size=8, grad_accum=1, max_length=512)
     )
+    pool_value_sees_facts: bool = False
     budget_steps: int | None = None
     seeds: tuple[int, ...] = (0, 1, 2)
     eval_tokens: int = 256
@@ -235,6 +245,16 @@ def run_longform_experiment(
         torch.set_num_threads(previous)
 
 
+def _kinds_by_length(results: Sequence[Any], end: str) -> dict[str, dict[str, int]]:
+    """:func:`_pair_kinds` of the step pairs of each required length."""
+    by: dict[int, list[dict[str, str]]] = {}
+    for r in results:
+        by.setdefault(r.task.target_words, []).extend(
+            {k: str(p[k]) for k in ("chosen", "rejected")} for p in r.pairs
+        )
+    return {str(n): _pair_kinds(pairs, end) for n, pairs in sorted(by.items())}
+
+
 def _pair_kinds(pairs: Sequence[dict[str, str]], end: str) -> dict[str, int]:
     """How many pairs end the answer in the chosen step only, the rejected only, both or neither."""
     kinds = {"chosen_ends": 0, "rejected_ends": 0, "both_end": 0, "neither_ends": 0}
@@ -350,9 +370,10 @@ def _run(
     say(f"memory pool on {len(pool_tasks)} held-out prompts: the search with and without it")
     no_memory = dataclasses.replace(cfg.search, memory=None, critique=None)
     with_memory = dataclasses.replace(cfg.search, critique=None)
-    pooled, _ = collect_pairs(policy, judge, pool_tasks, with_memory, encoder)
+    pool_judge = RuleJudge(sees_facts=cfg.pool_value_sees_facts)
+    pooled, _ = collect_pairs(policy, pool_judge, pool_tasks, with_memory, encoder)
     lap("pool_with_s")
-    unpooled, _ = collect_pairs(policy, judge, pool_tasks, no_memory, encoder)
+    unpooled, _ = collect_pairs(policy, pool_judge, pool_tasks, no_memory, encoder)
     lap("pool_without_s")
 
     steps_per_epoch = math.ceil(len(pairs) / (cfg.dpo.batch_size * cfg.dpo.grad_accum))
@@ -407,13 +428,18 @@ def _run(
         "config": {"model": cfg.model or f"scratch llama {cfg.layers}x{cfg.hidden}", "lengths": list(cfg.lengths),
                    "search_prompts": len(search_tasks), "eval_prompts": len(eval_tasks), "pool_prompts": len(pool_tasks), "seeds": list(cfg.seeds),
                    "width": cfg.search.width, "depth": cfg.search.depth, "mode": cfg.search.mode,
+                   "step_value": cfg.search.step_value, "rejected": cfg.search.rejected,
+                   "dpo_lr": cfg.dpo.lr, "dpo_sft_weight": cfg.dpo.sft_weight,
+                   "memory": dataclasses.asdict(cfg.search.memory) if cfg.search.memory else None,
                    "budget_steps": budget},
         "methods": summary,
         "per_seed": {name: [{k: r[k] for k in (*keys, "words_by_target", "ended")} for r in runs]
                      for name, runs in methods.items()},
         "samples": {name: runs[0]["sample"] for name, runs in methods.items()},
         "data": {
-            "step_pairs": len(pairs), "step_pair_kinds": _pair_kinds(pairs, policy.end_text), "fallback_pairs": sum(int(p["fallback"]) for r in results for p in r.pairs),
+            "step_pairs": len(pairs), "step_pair_kinds": _pair_kinds(pairs, policy.end_text),
+            "step_pair_kinds_by_length": _kinds_by_length(results, policy.end_text), "rollouts": sum(r.rollouts for r in results),
+            "fallback_pairs": sum(int(p["fallback"]) for r in results for p in r.pairs),
             "outcome_pairs": len(outcome), "sft_paths": len(sft), "search_steps_generated": generated,
             "outcome_responses_generated": outcome_generated, "refined_steps": sum(r.refined for r in results),
             "refine_attempts": sum(r.refine_attempts for r in results),
@@ -427,7 +453,7 @@ def _run(
             "cross_step_rate_without": cross_step_contradiction_rate(unpooled),
             "vetoes": sum(r.vetoes for r in pooled),
             "seconds_per_step": sum(r.memory_seconds for r in pooled) / max(1, sum(len(r.steps) for r in pooled)),
-            "search_cpu_s_with": cpu["pool_with_s"], "search_cpu_s_without": cpu["pool_without_s"],
+            "value_sees_facts": cfg.pool_value_sees_facts, "search_cpu_s_with": cpu["pool_with_s"], "search_cpu_s_without": cpu["pool_without_s"],
         },
         "throughput": {
             "pairs_per_cpu_minute": len(pairs) / search_cpu_min if search_cpu_min > 0 else 0.0,

@@ -100,7 +100,14 @@ def _sentences(text: str) -> list[str]:
 
 
 class RuleJudge:
-    """The seven principles from the text alone (see the module docstring)."""
+    """The seven principles from the text alone (see the module docstring).
+
+    ``sees_facts=False`` scores ``accuracy`` 3 and ``formatting and logic`` 5 whatever facts the text
+    states: a value blind to contradictions, against which the memory pool's own effect can be measured
+    (with facts seen, a self-contradicting candidate already loses 4/7 of a point of quality)."""
+
+    def __init__(self, sees_facts: bool = True) -> None:
+        self.sees_facts = sees_facts
 
     def quality(self, task: LongformPrompt, text: str) -> Quality:
         words = re.findall(r"[A-Za-z]+", text.lower())
@@ -113,10 +120,10 @@ class RuleJudge:
         wanted = [k.lower() for k in (*task.keywords, *(task.topic.name.split() if task.topic else ()))]
         content = [w for w in words if len(w) >= 4]
         scores = {
-            "accuracy": 1 + 4 * right / len(checked) if checked else 3.0,
+            "accuracy": 1 + 4 * right / len(checked) if checked and self.sees_facts else 3.0,
             "meets needs": 1 + 4 * sum(k in words for k in wanted) / len(wanted) if wanted else 3.0,
             "non-toxic": 5.0,
-            "formatting and logic": 1.0 if contradictions(stated) else 5.0,
+            "formatting and logic": 1.0 if self.sees_facts and contradictions(stated) else 5.0,
             "non-repetitive": 1 + 4 * (1 - repetition(text)),
             "reading experience": 1 + 4 * shaped / len(sentences) if sentences else 1.0,
             "insight": 1 + 4 * min(1.0, 2 * len(set(content)) / len(words)) if words else 1.0,

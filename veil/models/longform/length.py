@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["LENGTH_BUCKETS", "count_words", "length_bucket", "length_score"]
+__all__ = ["LENGTH_BUCKETS", "count_words", "length_bucket", "length_score", "reachable_length_score"]
 
 LENGTH_BUCKETS = ((0, 500), (500, 2000), (2000, 4000), (4000, 20000))
 """LongBench-Write's required-length buckets ``[lo, hi)`` in words (arXiv:2408.07055, Table 1)."""
@@ -48,6 +48,21 @@ def length_score(words: int, target: int) -> float:
     if words < target:
         return 100.0 * max(0.0, 1.0 - (target / words - 1.0) / 3.0)
     return 100.0 * max(0.0, 1.0 - (words / target - 1.0) / 2.0)
+
+
+def reachable_length_score(words: int, target: int, final: bool) -> float:
+    """The best S_l a response of ``words`` words so far can still reach: its own S_l if it has ended,
+    otherwise the best over every longer length (it gains at least one more word).
+
+    A look-ahead value for a step that does not end the response: scoring it on the words so far (as
+    if it ended there) makes continuing look worse than ending whenever the target is still ahead.
+
+    >>> round(reachable_length_score(14, 20, final=True), 1), reachable_length_score(14, 20, final=False)
+    (85.7, 100.0)
+    >>> reachable_length_score(40, 40, final=True), reachable_length_score(40, 40, final=False)
+    (100.0, 98.75)
+    """
+    return length_score(words if final else max(words + 1, target), target)
 
 
 def length_bucket(target: int, buckets: tuple[tuple[int, int], ...] = LENGTH_BUCKETS) -> int:

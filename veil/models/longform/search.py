@@ -3,7 +3,25 @@
 A response grows one step at a time (:mod:`veil.models.longform.policy`). At each node ``width``
 candidate steps are sampled (paper: 4) and valued on the response so far *with* the candidate:
 ``value = quality + length_weight * S_l`` (the judge's mean over seven principles in 1-5, plus the
-LongBench-Write length score on cumulative words divided by 10). Two searches:
+LongBench-Write length score on cumulative words divided by 10). What S_l is taken of is
+``step_value``:
+
+* ``cumulative`` (the paper and its released code): the words so far, as if the response ended with
+  this step. A step that goes on is then scored as a response that stopped short, so whenever the
+  target lies ahead a continuing step beats one that ends, even when the target is nearly reached; the
+  pairs then mostly prefer "go on" to "end here", and DPO on them pushes the end-of-turn token down
+  until answers never end (benchmarks/README.md, the longform section).
+* ``lookahead``: a step that ends is scored on its words; one that goes on on the best S_l it can still
+  reach (:func:`~veil.models.longform.length.reachable_length_score`: 100 below the target, the S_l of
+  one more word past it). No generation; optimistic, so below the target it always prefers going on.
+* ``rollout``: a step that goes on is completed by the policy, greedily, to the end of the turn (at
+  most ``rollout_tokens``), and scored on the completed response's words: the value of where the step
+  leads under the current policy, as a Monte-Carlo tree search's simulation values a leaf. One
+  batched greedy generation per node. The rollout is not bound by ``depth``: the trained model is not
+  either. Quality is still the step's own (the response so far with it), so the judge scores what the
+  pair trains, not the rollout's text.
+
+Two searches:
 
 * ``greedy`` (the released code: ``vanila_mcts`` with one path and back-propagation left as a TODO):
   at each depth the best-valued candidate is taken, after the memory pool's veto, until a step ends the
@@ -13,8 +31,9 @@ LongBench-Write length score on cumulative words divided by 10). Two searches:
   the root; the response is then the path of highest mean value (the memory pool vetoes along it).
 
 Every node on the chosen path gives a pair ``{prompt: instruction + chosen steps so far, chosen: the
-chosen step, rejected: a random sibling}``; with no distinct sibling the rejected step is the chosen one
-with adjacent words swapped with probability ``swap_p`` each (0.3, as released). A step that ends the
+chosen step, rejected: a sibling}``: a random one (``rejected="random"``, as released) or the
+lowest-valued one (``"worst"``: the widest value gap); with no distinct sibling the rejected step is
+the chosen one with adjacent words swapped with probability ``swap_p`` each (0.3, as released). A step that ends the
 response carries the end-of-turn text, so the pair also teaches where to stop; other steps carry none.
 
 A step valued below the critique threshold is refined (:mod:`veil.models.longform.critique`).
@@ -29,19 +48,20 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 from veil.models.longform.critique import CritiqueConfig, with_suggestions
 from veil.models.longform.data import LongformPrompt
 from veil.models.longform.facts import contradictions, extract_facts
 from veil.models.longform.judge import PRINCIPLES, Judge, Quality
-from veil.models.longform.length import count_words, length_score
+from veil.models.longform.length import count_words, length_score, reachable_length_score
 from veil.models.longform.memory import MemoryConfig, MemoryPool
 from veil.models.longform.policy import Step, StepPolicy
 
 __all__ = [
     "SearchResult",
     "StepSearchConfig",
+    "StepValue",
     "collect_pairs",
     "contradiction_rate",
     "cross_step_contradiction_rate",
@@ -49,6 +69,10 @@ __all__ = [
     "swap_adjacent",
     "value",
 ]
+
+
+StepValue = Literal["cumulative", "lookahead", "rollout"]
+STEP_VALUES: tuple[str, ...] = get_args(StepValue)
 
 
 @dataclass(frozen=True)
@@ -65,6 +89,9 @@ class StepSearchConfig:
     step_tokens: the token budget of one step.
     temperature, top_p: the policy's sampling (paper: 0.7, 1.0).
     length_weight: the length score's weight in the value (paper: 1/10).
+    step_value: what a candidate's S_l is taken of (module docstring; paper: ``cumulative``).
+    rollout_tokens: the token budget of a ``rollout`` completion.
+    rejected: which sibling a pair rejects: ``random`` (released) or ``worst`` (lowest value).
     swap_p: the no-sibling fallback's swap probability (released: 0.3).
     memory: the memory pool, or ``None`` for none.
     critique: critique refinement, or ``None`` for none.
@@ -81,6 +108,9 @@ class StepSearchConfig:
     temperature: float = 0.7
     top_p: float = 1.0
     length_weight: float = 0.1
+    step_value: StepValue = "cumulative"
+    rollout_tokens: int = 256
+    rejected: Literal["random", "worst"] = "random"
     swap_p: float = 0.3
     memory: MemoryConfig | None = field(default_factory=MemoryConfig)
     critique: CritiqueConfig | None = field(default_factory=CritiqueConfig)
@@ -94,6 +124,13 @@ class StepSearchConfig:
             )
         if self.mode not in ("greedy", "mcts"):
             raise ValueError(f"mode must be 'greedy' or 'mcts', got {self.mode!r}")
+        if self.step_value not in STEP_VALUES or self.rejected not in ("random", "worst"):
+            raise ValueError(
+                f"step_value must be one of {STEP_VALUES} and rejected 'random' or 'worst', got "
+                f"{self.step_value!r}, {self.rejected!r}"
+            )
+        if self.rollout_tokens < 1:
+            raise ValueError(f"rollout_tokens must be >= 1, got {self.rollout_tokens}")
         if not 0.0 < self.temperature <= 2.0 or not 0.0 < self.top_p <= 1.0:
             raise ValueError(
                 f"temperature in (0, 2] and top_p in (0, 1] required, got {self.temperature}, {self.top_p}"
@@ -115,6 +152,7 @@ class SearchResult:
     vetoes: int = 0
     unparsable: int = 0
     generated_steps: int = 0
+    rollouts: int = 0
     memory_seconds: float = 0.0
 
     @property
@@ -185,6 +223,7 @@ class _Search:
         self.calls = 0
         self.unparsable = 0
         self.generated = 0
+        self.rollouts = 0
 
     def _sample(self, user: str, prefix: str, n: int, temperature: float, top_p: float) -> list[Step]:
         self.calls += 1
@@ -196,15 +235,41 @@ class _Search:
         self.generated += len(steps)
         return steps
 
+    def value_steps(
+        self, task: LongformPrompt, prefix: str, steps: Sequence[Step]
+    ) -> list[tuple[float, Quality]]:
+        """Each candidate's ``(value, quality)`` after ``prefix``, by ``step_value`` (module docstring)."""
+        cfg = self.cfg
+        qualities = [self.judge.quality(task, prefix + s.text) for s in steps]
+        self.unparsable += sum(q.unparsable for q in qualities)
+        words = [count_words(prefix + s.text) for s in steps]
+        if cfg.step_value == "cumulative":
+            scores = [length_score(w, task.target_words) for w in words]
+        elif cfg.step_value == "lookahead":
+            scores = [
+                reachable_length_score(w, task.target_words, s.final)
+                for w, s in zip(words, steps, strict=True)
+            ]
+        else:
+            going = [i for i, s in enumerate(steps) if not s.final]
+            if going:
+                self.rollouts += len(going)
+                done = self.policy.steps(
+                    [self.policy.chat_prompt(task.prompt, prefix + steps[i].text) for i in going], 1,
+                    separator="", max_new_tokens=cfg.rollout_tokens, temperature=0.0, top_p=1.0, seed=0,
+                )  # fmt: skip
+                for i, rest in zip(going, done, strict=True):
+                    words[i] += count_words(rest[0].text)
+            scores = [length_score(w, task.target_words) for w in words]
+        return [(q.mean + cfg.length_weight * sl, q) for q, sl in zip(qualities, scores, strict=True)]
+
     def expand(self, task: LongformPrompt, node: _Node) -> list[_Node]:
         prefix = node.prefix()
         steps = self._sample(task.prompt, prefix, self.cfg.width, self.cfg.temperature, self.cfg.top_p)
-        kids = []
-        for s in steps:
-            v, q = value(self.judge, task, prefix + s.text, self.cfg.length_weight)
-            self.unparsable += q.unparsable
-            kids.append(_Node(s, v, q, parent=node))
-        return kids
+        return [
+            _Node(s, v, q, parent=node)
+            for s, (v, q) in zip(steps, self.value_steps(task, prefix, steps), strict=True)
+        ]
 
     def refine(self, task: LongformPrompt, node: _Node) -> _Node | None:
         """A better step for ``node``'s place by critique, or ``None``."""
@@ -230,8 +295,8 @@ class _Search:
         suggestions.sort(key=lambda t: -t.confidence)
         user = with_suggestions(task.prompt, [t.text for t in suggestions[: crit.max_suggestions]])
         best = None
-        for s in self._sample(user, prefix, crit.regenerations, self.cfg.temperature, self.cfg.top_p):
-            v, q = value(self.judge, task, prefix + s.text, self.cfg.length_weight)
+        regenerated = self._sample(user, prefix, crit.regenerations, self.cfg.temperature, self.cfg.top_p)
+        for s, (v, q) in zip(regenerated, self.value_steps(task, prefix, regenerated), strict=True):
             if v > node.value and (best is None or v > best.value):
                 best = _Node(s, v, q, parent=parent)
         return best
@@ -243,11 +308,11 @@ def _pair(task: LongformPrompt, policy: StepPolicy, prefix: str, chosen: _Node, 
         return step.text + (policy.end_text if step.final else "")
 
     good = text(chosen.step) if chosen.step is not None else ""
-    others = [
-        text(n.step) for n in siblings if n is not chosen and n.step is not None and text(n.step) != good
-    ]
+    others = [n for n in siblings if n is not chosen and n.step is not None and text(n.step) != good]
     if others:
-        bad = rng.choice(others)
+        # "worst": the lowest value; among equals the first sampled (a draw would make ties random)
+        pick = min(others, key=lambda n: n.value) if cfg.rejected == "worst" else rng.choice(others)
+        bad = text(pick.step)  # type: ignore[arg-type]
     else:
         bad = swap_adjacent(good, cfg.swap_p, rng)
         for _ in range(8):
@@ -298,7 +363,7 @@ def search(
             pool.add(chosen.step.text)
         node = chosen
     result.vetoes = pool.vetoes if pool else 0
-    result.unparsable, result.generated_steps = run.unparsable, run.generated
+    result.unparsable, result.generated_steps, result.rollouts = run.unparsable, run.generated, run.rollouts
     result.memory_seconds = pool.seconds if pool else 0.0
     return result
 
