@@ -256,6 +256,10 @@ class Service:
         if req.path == "/v1/chat/completions":
             text = "personalised" if "user_embedding_b64" in body else "plain"
             return 200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": text}}]}
+        if req.path == "/v1/translations":
+            text = "personalised" if "user_embedding_b64" in body else "plain"
+            used = list(range(len(body["documents"]))) if "documents" in body else None
+            return 200, {"translation": text, "mode": body["mode"], "thought": None, "documents_used": used}
         return 404, {"error": {"type": "not_found_error", "message": "no route", "param": None, "code": None}}
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
@@ -471,6 +475,34 @@ def test_chat_is_personalised_with_a_fresh_sample(tmp_path: Path) -> None:
         run(lambda: client.chat(msgs))
 
 
+def test_translate_sends_the_mode_documents_and_a_fresh_sample(tmp_path: Path) -> None:
+    service = Service()
+    client = make_client(service, ParamStore(tmp_path / "params.veil"))
+    client.initialise(gaussian())
+    out = run(
+        lambda: client.translate("The river floods.", "en", "zh", mode="document", documents=["d0", "d1"])
+    )
+    assert out == {
+        "translation": "personalised",
+        "mode": "document",
+        "thought": None,
+        "documents_used": [0, 1],
+    }
+    body = json.loads(service.seen[-1].content)
+    assert (body["source_language"], body["target_language"], body["documents"]) == ("en", "zh", ["d0", "d1"])
+    assert _sample(body, "user_embedding").shape == SHAPE
+    assert run(lambda: client.translate("Hi.", "en", "zh", personalised=False))["translation"] == "plain"
+    assert "documents" not in json.loads(service.seen[-1].content)
+    error = {"error": {"type": "invalid_request_error", "message": "unsupported", "param": "target_language"}}
+    service.inner.append((400, error))
+    with pytest.raises(VeilAPIError) as refused:
+        run(lambda: client.translate("Hi.", "en", "xx"))
+    assert refused.value.status == 400 and refused.value.param == "target_language"
+    service.inner.extend([(200, {"mode": "direct"})] * 4)  # no translation field: malformed, retried
+    with pytest.raises(InvalidResponseError, match="translation"):
+        run(lambda: client.translate("Hi.", "en", "zh"))
+
+
 def test_a_prediction_is_one_request_for_every_label(tmp_path: Path) -> None:
     service = Service()
     client = make_client(service, ParamStore(tmp_path / "params.veil"))
@@ -608,6 +640,10 @@ def test_reference_client_against_the_real_service(stack, tmp_path: Path) -> Non
             with sessions() as s:
                 assert count_uploads(s) == before + 1
             assert isinstance(await c.chat([{"role": "user", "content": "Hi"}], max_tokens=3), str)
+            translated = await c.translate(
+                "The river floods.", "en", "zh", mode="document", documents=["A river."]
+            )
+            assert translated["mode"] == "document" and isinstance(translated["translation"], str)
             # the inner response is what PROTOCOL.md and the vectors say: only a content-type header
             raw = await c.transport.request("GET", "/v1/models")
             assert raw.status == 200 and raw.headers == (("content-type", "application/json"),)

@@ -270,6 +270,35 @@ class PhoneAPI:
         out = _decode(await self.transport.request("POST", "/v1/chat/completions", json=body))
         return str(out["choices"][0]["message"]["content"])
 
+    async def translate(
+        self,
+        text: str,
+        source_language: str,
+        target_language: str,
+        *,
+        mode: str = "direct",
+        documents: Sequence[str] | None = None,
+        embedding: np.ndarray | None = None,
+        codebook_version: str | None = None,
+    ) -> dict[str, Any]:
+        """``POST /v1/translations`` (not streamed): ``{"translation", "mode", "thought",
+        "documents_used"}``. ``mode`` is ``direct``, ``long_thought`` (DRT-o1, arXiv:2412.17498) or
+        ``document`` (RAGtrans, arXiv:2412.04342, which needs ``documents``); languages are BCP 47 codes.
+        The service checks every field (a :class:`VeilAPIError` names the one it refuses)."""
+        body: dict[str, Any] = {
+            "model": self.model,
+            "text": text,
+            "source_language": source_language,
+            "target_language": target_language,
+            "mode": mode,
+        }
+        if documents is not None:
+            body["documents"] = list(documents)
+        if embedding is not None:
+            body.update(embedding_field("user_embedding", embedding, self.embedding_encoding))
+        body.update(_versioned(codebook_version))
+        return _decode(await self.transport.request("POST", "/v1/translations", json=body))
+
     async def prototype_answers(
         self,
         messages: Sequence[dict[str, str]],

@@ -536,6 +536,36 @@ class VeilClient:
 
         return await self._send(send, version)
 
+    async def translate(
+        self,
+        text: str,
+        source_language: str,
+        target_language: str,
+        *,
+        mode: str = "direct",
+        documents: Sequence[str] | None = None,
+        personalised: bool = True,
+    ) -> dict[str, Any]:
+        """A translation (``/v1/translations``), personalised with a fresh sample unless
+        ``personalised=False``: ``{"translation", "mode", "thought", "documents_used"}``.
+
+        ``mode``: ``direct``, ``long_thought`` (the answer's ``thought`` holds the rounds) or ``document``
+        (``documents`` in any supported language; ``documents_used`` lists the ones judged relevant).
+        """
+        embedding = self.sample() if personalised else None
+        version = self._choice_version() if personalised else None
+
+        async def send() -> dict[str, Any]:
+            out = await self.api.translate(
+                text, source_language, target_language, mode=mode, documents=documents,
+                embedding=embedding, codebook_version=version,
+            )  # fmt: skip
+            if not isinstance(out, dict) or not isinstance(out.get("translation"), str):
+                raise InvalidResponseError(f"translation answer is malformed: {out!r}")
+            return out
+
+        return await self._send(send, version)
+
     async def mixed_next_token(
         self,
         messages: Sequence[dict[str, str]],
