@@ -3,7 +3,8 @@
 Chat follows OpenAI's ``/v1/chat/completions`` so the official client works unchanged; Veil's own
 field is ``user_embedding``. Fields a client may send that could identify a person (OpenAI's ``user``)
 are accepted and dropped, never stored or logged. ``kv_compression`` asks for the prompt's KV cache to
-be pruned after prefill (:mod:`veil.models.compression`).
+be pruned after prefill (:mod:`veil.models.compression`); ``strategy: "sc-coq"`` with a ``chain`` of
+questions asks them before the target (SC-CoQ, arXiv:2412.11906).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from veil.models.compression.registry import METHODS
 __all__ = [
     "ChatCompletionRequest",
     "ChatMessage",
+    "ChainQuestion",
+    "ChatStrategy",
     "CodebookBody",
     "CodebookLossRequest",
     "CodebookLossResponse",
@@ -170,6 +173,27 @@ class Longform(BaseModel):
     target_words: Annotated[int, Field(ge=1, le=100_000)]
 
 
+ChatStrategy = Literal["sc-coq"]
+"""Served prompting strategies of ``/v1/chat/completions`` (``strategy``)."""
+MAX_CHAIN_QUESTIONS = 8
+"""Questions a ``chain`` may hold: each costs one generation (the paper's longest chain has four)."""
+
+
+class ChainQuestion(BaseModel):
+    """One question of an SC-CoQ chain (arXiv:2412.11906, Sec. 4.2), asked before the target."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    question: Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]
+
+    @field_validator("question")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("is blank; a chain question needs text")
+        return value
+
+
 class ChatCompletionRequest(PersonalisedRequest):
     """OpenAI chat completion request, plus ``user_embedding``."""
 
@@ -196,6 +220,11 @@ class ChatCompletionRequest(PersonalisedRequest):
     or ``{"method": "snapkv", "budget": 0.5}``; ``usage`` then reports the kept fraction."""
     longform: Longform | None = None
     """``{"target_words": N}``: ask for about N words (see :mod:`veil.cloud_service.api.routes.chat`)."""
+    strategy: ChatStrategy | None = None
+    """``"sc-coq"``: ask ``chain`` first, easy to hard, feeding the model its own answers, then the last
+    user message (see :mod:`veil.cloud_service.api.routes.chat`)."""
+    chain: Annotated[list[ChainQuestion], Field(min_length=1, max_length=MAX_CHAIN_QUESTIONS)] | None = None
+    """With ``strategy: "sc-coq"``: the questions asked before the target, e.g. ``[{"question": ...}]``."""
 
     @model_validator(mode="after")
     def _logprobs_requested(self) -> ChatCompletionRequest:

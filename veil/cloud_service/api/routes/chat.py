@@ -13,6 +13,17 @@ a failure mid-stream: its clients raise on it).
 (``N`` tokens at least) is a 400 ``context_length_exceeded`` naming ``longform.target_words``, and
 ``usage`` reports ``longform_words`` (English words plus CJK characters) and ``longform_length_score``
 (LongBench-Write's S_l, 0-100).
+
+``strategy: "sc-coq", chain: [{"question": q1}, ..., {"question": qk}]`` (SC-CoQ, arXiv:2412.11906,
+Sec. 4.2): the last message is the target question; the model is asked q1..qk and then the target, one
+generation each, every call seeing the conversation before the target, the earlier questions and the
+model's *own* answers to them (never a gold answer). The target's answer is the choice's message; the
+response adds ``chain: [{"question", "answer", "finish_reason"}, ...]``; ``usage`` counts the tokens of
+every generation; sampling, ``max_tokens``, ``stop``, the embedding and ``kv_compression`` apply to each
+call (``logprobs``, ``longform`` and the kept fraction are the target's). It is not streamed (``stream:
+true`` is a 400 naming ``stream``); a chain without the strategy, the strategy without a chain, an empty
+or blank question, more than 8 questions, or a last message that is not the user's are 400s naming the
+field; a chain whose answers outgrow the context is a 400 ``context_length_exceeded``.
 """
 
 from __future__ import annotations
@@ -21,6 +32,7 @@ import json
 import secrets
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -38,26 +50,35 @@ from veil.cloud_service.engine import KV_COMPRESSION_FAILED, ChatEvent
 from veil.cloud_service.errors import APIError, error_body
 from veil.cloud_service.schemas import ChatCompletionRequest
 from veil.models.compression import KVCompressor, KVKept
+from veil.models.evaluation.punchbench.chain import ChainTurn, chain_dialogue
 from veil.models.generation import SamplingParams, TokenLogprobs
 from veil.models.longform.length import count_words, length_score
 
 router = APIRouter(tags=["chat"])
 
 
-def _prepare(
-    body: ChatCompletionRequest, state: State
-) -> tuple[list[int], np.ndarray | None, SamplingParams, KVCompressor | None]:
+def _prepare(body: ChatCompletionRequest, state: State) -> tuple[list[dict[str, str]], np.ndarray | None]:
+    """Checks the request once; its messages (the length requirement appended) and decoded embedding."""
     check_codebook_version(state, body.codebook_version)
     engine = state.engine
     check_model(engine, body.model)
     if body.logprobs and body.stream:
         raise APIError(400, "logprobs are returned by non-streamed completions only", param="logprobs")
+    _check_strategy(body)
     embedding = served_embedding(engine, body.user_embedding, "user_embedding", body.user_embedding_b64)
     messages = [
         {"role": m.role if m.role != "developer" else "system", "content": m.text()} for m in body.messages
     ]
     if body.longform is not None:
         _ask_length(messages, body.longform.target_words)
+    return messages, embedding
+
+
+def _generation(
+    body: ChatCompletionRequest, state: State, messages: list[dict[str, str]], embedding: np.ndarray | None
+) -> tuple[list[int], SamplingParams, KVCompressor | None]:
+    """One generation's prompt, sampling parameters and compressor; a 400 when it cannot fit the context."""
+    engine = state.engine
     prompt = engine.encode_chat(messages)
     soft = engine.embedding_shape[0] if embedding is not None else 0
     room = engine.context_length - len(prompt) - soft
@@ -98,7 +119,7 @@ def _prepare(
         seed=body.seed,
         top_logprobs=(body.top_logprobs or 0) if body.logprobs else None,
     )
-    return prompt, embedding, params, kv_compressor(engine, body.kv_compression, len(prompt) + soft)
+    return prompt, params, kv_compressor(engine, body.kv_compression, len(prompt) + soft)
 
 
 def _ask_length(messages: list[dict[str, str]], target: int) -> None:
@@ -108,6 +129,35 @@ def _ask_length(messages: list[dict[str, str]], target: int) -> None:
             m["content"] = f"{m['content']}\n\nAnswer in about {target} words."
             return
     raise APIError(400, "longform needs a user message to answer", param="messages")
+
+
+def _check_strategy(body: ChatCompletionRequest) -> None:
+    """400 for a ``strategy`` or ``chain`` that cannot be answered."""
+    if body.strategy is None:
+        if body.chain is not None:
+            raise APIError(400, 'chain is asked only with strategy: "sc-coq"', param="chain")
+        return
+    if body.chain is None:
+        raise APIError(
+            400,
+            f"strategy {body.strategy!r} needs chain, the questions asked before the target: "
+            '[{"question": "..."}, ...]',
+            param="chain",
+        )
+    if body.stream:
+        raise APIError(
+            400,
+            f"strategy {body.strategy!r} is answered whole, not streamed: send stream: false",
+            param="stream",
+        )
+    last = body.messages[-1].role
+    if last != "user":
+        raise APIError(
+            400,
+            f"strategy {body.strategy!r} answers the last message, the target question, which must be the "
+            f"user's; got role {last!r}",
+            param="messages",
+        )
 
 
 def _failure(event: ChatEvent, body: ChatCompletionRequest, state: State, caller: Caller) -> APIError:
@@ -154,19 +204,78 @@ def _chunk(cid: str, created: int, model: str, delta: dict[str, Any], finish: st
     return f"data: {json.dumps(body)}\n\n"
 
 
+@dataclass
+class _Answer:
+    """One generation: its text, its prompt's length and the event that ended it."""
+
+    text: str
+    prompt_tokens: int
+    end: ChatEvent
+
+
+async def _complete(
+    body: ChatCompletionRequest,
+    state: State,
+    caller: Caller,
+    messages: list[dict[str, str]],
+    embedding: np.ndarray | None,
+) -> _Answer:
+    """One whole (non-streamed) generation for ``messages``; a 500 when the model fails it."""
+    prompt, params, compressor = _generation(body, state, messages, embedding)
+    parts: list[str] = []
+    end: ChatEvent | None = None
+    async for event in state.engine.chat(prompt, embedding, params, body.stops(), compressor):
+        parts.append(event.delta)
+        if event.finish_reason is not None:
+            end = event
+    if end is None:
+        raise RuntimeError("the engine ended a completion without a finish reason")
+    if end.finish_reason == "error":
+        raise _failure(end, body, state, caller)
+    return _Answer("".join(parts), len(prompt), end)
+
+
+async def _sc_coq(
+    body: ChatCompletionRequest,
+    state: State,
+    caller: Caller,
+    messages: list[dict[str, str]],
+    embedding: np.ndarray | None,
+) -> tuple[list[ChainTurn], list[_Answer]]:
+    """SC-CoQ (arXiv:2412.11906, Sec. 4.2): ``body.chain``, then the last message, each asked after the
+    conversation so far and the model's own earlier answers; every turn and generation, the target's last."""
+    questions = [q.question for q in body.chain or ()] + [messages[-1]["content"]]
+    talk = chain_dialogue(questions, messages[:-1])
+    asked = next(talk)
+    answers: list[_Answer] = []
+    while True:
+        try:
+            answers.append(await _complete(body, state, caller, asked, embedding))
+        except APIError as exc:
+            if exc.code == "context_length_exceeded":
+                exc.message = (
+                    f"after {len(answers)} of the chain's {len(questions) - 1} questions and the model's "
+                    f"answers: {exc.message}"
+                )
+            raise
+        try:
+            asked = talk.send(answers[-1].text)
+        except StopIteration as done:
+            return done.value, answers
+
+
 @router.post("/v1/chat/completions", response_model=None)
 async def chat_completions(body: ChatCompletionRequest, state: State, caller: Caller) -> Any:
-    prompt, embedding, params, compressor = _prepare(body, state)
+    messages, embedding = _prepare(body, state)
     engine = state.engine
     cid = "chatcmpl-" + secrets.token_hex(12)
     created = int(time.time())
-    events = engine.chat(prompt, embedding, params, body.stops(), compressor)
 
-    def usage(completion: int, kept: KVKept | None, text: str) -> dict[str, Any]:
+    def usage(prompt_tokens: int, completion: int, kept: KVKept | None, text: str) -> dict[str, Any]:
         counts: dict[str, Any] = {
-            "prompt_tokens": len(prompt),
+            "prompt_tokens": prompt_tokens,
             "completion_tokens": completion,
-            "total_tokens": len(prompt) + completion,
+            "total_tokens": prompt_tokens + completion,
         }
         if body.longform is not None:
             words = count_words(text)
@@ -178,24 +287,20 @@ async def chat_completions(body: ChatCompletionRequest, state: State, caller: Ca
         return counts
 
     if not body.stream:
-        parts: list[str] = []
-        finish, completion = "length", 0
-        logprobs = None
-        kept = None
-        failed: ChatEvent | None = None
-        async for event in events:
-            parts.append(event.delta)
-            if event.finish_reason == "error":
-                failed = event
-            elif event.finish_reason is not None:
-                finish, completion, kept = event.finish_reason, event.completion_tokens, event.kv_kept
-                if event.logprobs is not None:
-                    logprobs = {"content": _logprobs_content(engine.tokenizer, event.logprobs)}
-        if failed is not None:
-            raise _failure(failed, body, state, caller)
+        turns: list[ChainTurn] | None = None
+        if body.strategy == "sc-coq":
+            turns, answers = await _sc_coq(body, state, caller, messages, embedding)
+        else:
+            answers = [await _complete(body, state, caller, messages, embedding)]
+        target = answers[-1]
+        # a chain's usage counts every generation it took, as its cost does
+        completion = sum(a.end.completion_tokens for a in answers)
         if not caller.via_gateway:  # a phone's answer length stays out of the metrics
             state.metrics.tokens.inc(completion)
-        return {
+        logprobs = None
+        if target.end.logprobs is not None:
+            logprobs = {"content": _logprobs_content(engine.tokenizer, target.end.logprobs)}
+        out: dict[str, Any] = {
             "id": cid,
             "object": "chat.completion",
             "created": created,
@@ -203,14 +308,24 @@ async def chat_completions(body: ChatCompletionRequest, state: State, caller: Ca
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": "".join(parts)},
-                    "finish_reason": finish,
+                    "message": {"role": "assistant", "content": target.text},
+                    "finish_reason": target.end.finish_reason,
                     "logprobs": logprobs,
                 }
             ],
-            "usage": usage(completion, kept, "".join(parts)),
+            "usage": usage(
+                sum(a.prompt_tokens for a in answers), completion, target.end.kv_kept, target.text
+            ),
         }
+        if turns is not None:
+            out["chain"] = [
+                {"question": t.question, "answer": t.answer, "finish_reason": a.end.finish_reason}
+                for t, a in zip(turns[:-1], answers[:-1], strict=True)
+            ]
+        return out
 
+    prompt, params, compressor = _generation(body, state, messages, embedding)
+    events = engine.chat(prompt, embedding, params, body.stops(), compressor)
     include_usage = body.stream_options is None or body.stream_options.include_usage
 
     async def stream() -> AsyncIterator[str]:
@@ -237,7 +352,7 @@ async def chat_completions(body: ChatCompletionRequest, state: State, caller: Ca
                         "created": created,
                         "model": engine.name,
                         "choices": [],
-                        "usage": usage(event.completion_tokens, event.kv_kept, "".join(sent)),
+                        "usage": usage(len(prompt), event.completion_tokens, event.kv_kept, "".join(sent)),
                     }
                     yield f"data: {json.dumps(final)}\n\n"
         if not errored:  # after an error event, the stream just ends
