@@ -84,7 +84,10 @@ class LongformExperimentConfig:
     pool_value_sees_facts: whether the memory pool's comparison values candidates with the full rule
         judge (``True``) or one blind to stated facts (``False``, the default): the full judge's quality
         already rules out a self-contradicting candidate, leaving the pool nothing to veto.
-    dpo: step and outcome DPO (the paper's settings are for 8B models; small models need a larger lr).
+    dpo: step and outcome DPO (the paper's settings are for 8B models; small models need a larger lr),
+        both with an NLL term on the chosen completion of weight 1 (RPO): without it DPO drives the
+        end-of-turn token's log-probability down wherever a rejected step ends, until no answer ends
+        (benchmarks/README.md, runs 1-3).
     sft: SFT on the chosen paths (lr and batch as DPO's).
     budget_steps: optimizer updates per method (``None``: step DPO's epochs over its pairs).
     seeds: training seeds; each method is trained once per seed.
@@ -116,7 +119,7 @@ class LongformExperimentConfig:
         )
     )  # fmt: skip
     dpo: LongDPOConfig = field(
-        default_factory=lambda: LongDPOConfig(lr=2e-4, epochs=4, batch_size=8, max_length=512)
+        default_factory=lambda: LongDPOConfig(lr=2e-4, epochs=4, batch_size=8, max_length=512, sft_weight=1.0)
     )
     sft: ImitationConfig = field(
         default_factory=lambda: ImitationConfig(lr=1e-3, epochs=4, batch_size=8, grad_accum=1, max_length=512)
