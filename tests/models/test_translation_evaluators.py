@@ -102,6 +102,10 @@ def test_round_trip_scores_an_echoed_source_or_an_empty_translation_zero(tiny) -
     assert target_share(mixed, "zh") == pytest.approx(3 / 13)
     assert RoundTripScorer(model, tok, min_target_share=0.2).score(SOURCES[:1], [mixed])[0] > 0.0
     assert target_share("123。", "zh") == 1.0
+    # between two languages of one script only the exact echo is caught
+    en_de = RoundTripScorer(model, tok, "en", "de")
+    assert en_de.score(SOURCES[:1], [" " + SOURCES[0].upper()]) == [0.0]
+    assert en_de.score(SOURCES[:1], ["Er isst wie ein Pferd."])[0] > 0.0
     with pytest.raises(ValueError, match="min_target_share"):
         RoundTripScorer(model, tok, min_target_share=1.5)
 

@@ -21,8 +21,10 @@ threshold-and-accept loop at once or never. Veil's evaluators, one per :data:`EV
   much of the source the output lets the model recover): the *source's* mean per-token log-probability
   under the model asked to translate the translation back, as ``100 * exp(mean)``. The translator's
   greedy draft has no advantage here, so a revision that carries more of the source scores higher.
-  A translation that merely echoes the source would score highest of all, so a translation less than
-  ``min_target_share`` in the target language's script scores 0 (:func:`target_share`).
+  A translation that merely echoes the source would score highest of all, so the source itself, and a
+  translation less than ``min_target_share`` in the target language's script (:func:`target_share`),
+  score 0. Between two languages of one script a partial echo is not caught: there, read its gains with
+  the references' metrics beside them.
 
 Where we depart from the paper: the paper's evaluator is a large LLM whose rating is its text; both
 logit-based evaluators exist because a small offline model's text rating does not discriminate
@@ -231,7 +233,8 @@ def target_share(text: str, language: str) -> float:
 @dataclass
 class RoundTripScorer:
     """``round_trip``: ``100 * exp(mean log p(source | prompt to translate the translation back))``; 0
-    when the translation is empty or less than ``min_target_share`` in the target script."""
+    when the translation is empty, is the source, or is less than ``min_target_share`` in the target
+    script."""
 
     model: Any
     tokenizer: Any
@@ -249,8 +252,10 @@ class RoundTripScorer:
 
         pairs = list(zip(sources, translations, strict=True))
         valid = [
-            bool(t.strip()) and target_share(t, self.target_language) >= self.min_target_share
-            for _, t in pairs
+            bool(t.strip())
+            and " ".join(t.casefold().split()) != " ".join(s.casefold().split())
+            and target_share(t, self.target_language) >= self.min_target_share
+            for s, t in pairs
         ]
         asked = [
             (translation_prompt(t, [], self.target_language, self.source_language), s)

@@ -2,7 +2,11 @@
 arXiv:2412.04342) translation by the served model.
 
 ``direct`` asks once; ``long_thought`` runs the translator/advisor/evaluator loop with the served model in
-every role and returns the rounds rewritten as one ``thought``; ``document`` judges each document's
+every role and returns the rounds rewritten as one ``thought`` (the evaluator is ``round_trip``, the
+source's likelihood given the translation, and each round keeps the best of ``REVISION_SAMPLES``
+revisions sampled at ``REVISION_TEMPERATURE`` with a fixed seed, so one request always gets one answer:
+a small model's text rating does not tell translations apart, see
+:mod:`veil.models.translation.evaluators`); ``document`` judges each document's
 relevance (whole-name matching, :mod:`veil.models.translation.grounded_translate`), drops the irrelevant
 ones, and translates with the rest before the text. ``user_embedding`` personalises every generation,
 as it does a chat completion.
@@ -40,6 +44,7 @@ from veil.cloud_service.translation_schemas import (
     TranslationResponse,
 )
 from veil.models.rag.lm import Completion, HFTextLM
+from veil.models.translation.evaluators import RoundTripScorer
 from veil.models.translation.grounded_translate import GroundedConfig, GroundedTranslator
 from veil.models.translation.languages import primary_subtag
 from veil.models.translation.long_thought import LongThoughtConfig, LongThoughtLoop, Round, render_thought
@@ -49,6 +54,10 @@ __all__ = ["router", "translate"]
 log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["translations"])
+
+REVISION_SAMPLES = 4
+"""Revisions sampled per long-thought round (the best-scored one is the round's)."""
+REVISION_TEMPERATURE = 0.8
 
 
 class _ContextExceededError(Exception):
@@ -112,7 +121,16 @@ def translate(
     src, tgt = body.source_language, body.target_language
     if body.mode == "long_thought":
         hear = (lambda i, k, r: on_round(k, r)) if on_round is not None else None
-        (trace,) = LongThoughtLoop(lm, config=LongThoughtConfig(src, tgt)).run([body.text], hear)
+        sampler = HFTextLM(
+            engine.model, engine.tokenizer, embedding, temperature=REVISION_TEMPERATURE, seed=0
+        )
+        loop = LongThoughtLoop(
+            lm,
+            config=LongThoughtConfig(src, tgt, revision_samples=REVISION_SAMPLES),
+            scorer=RoundTripScorer(engine.model.base, engine.tokenizer, src, tgt),
+            sampler=_BoundedLM(sampler, engine.context_length, soft),
+        )
+        (trace,) = loop.run([body.text], hear)
         return {
             "translation": trace.final,
             "mode": body.mode,
