@@ -61,6 +61,7 @@ def test_the_adjacency_mask_is_symmetric_with_self_loops(small) -> None:
     ("damage", "message"),
     [
         ("channels", r"must be \(T, N, 3\)"),
+        ("shape", r"must be \(T, N, 3\)"),
         ("tod", r"time of day \(channel 1\) must lie in \[0, 1\)"),
         ("unknown_node", "names a node outside 0..11"),
         ("header", "header must start with from,to"),
@@ -72,6 +73,8 @@ def test_malformed_files_are_refused_with_a_typed_one_line_error(small, tmp_path
     series, adj = data.series.copy(), "from,to,cost\n0,1,1.0\n"
     if damage == "channels":
         series = series[..., :2]
+    elif damage == "shape":
+        series = series[..., 0]
     elif damage == "tod":
         series[5, 0, 1] = 1.5
     elif damage == "unknown_node":

@@ -65,6 +65,12 @@ def experiment_forecasting(
         _writable_dir(out, "--out")
     base = ForecastExperimentConfig.quick() if quick else ForecastExperimentConfig()
     cfg = dataclasses.replace(base, data=data, seed=seed, train=dataclasses.replace(base.train, seed=seed))
+    if federated:  # checked here, not after the centralised methods have trained
+        from veil.models.forecasting.data import load_traffic
+
+        nodes = cfg.nodes if data is None else load_traffic(data).nodes
+        if not 1 <= regions <= nodes:
+            raise UserError(f"--regions must be in 1..{nodes} (the sensors), got {regions}")
     say = (lambda m: typer.echo(m, err=True)) if not as_json else (lambda _m: None)
     with tempfile.TemporaryDirectory() as work:
         result = run_forecast_experiment(cfg, Path(work), device=device, progress=say)
@@ -89,8 +95,6 @@ def _federated(
     from veil.simulation.forecasting_fleet import run_federated
 
     data = load_or_synthesize(cfg, work)
-    if not 1 <= regions <= data.nodes:
-        raise UserError(f"--regions must be in 1..{data.nodes} (the sensors), got {regions}")
     say(f"extralonger-federated: {regions} regions on Flower, {cfg.train.epochs} rounds")
     model = {k: v for k, v in dataclasses.asdict(cfg.model).items() if k not in ("nodes", "steps_per_day")}
     model.update(in_steps=cfg.in_steps, out_steps=cfg.out_steps)

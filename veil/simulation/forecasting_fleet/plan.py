@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from veil.models.forecasting.data import TrafficData, split_windows
+from veil.models.forecasting.data import ForecastingDataError, TrafficData, split_windows
 from veil.models.forecasting.model import ExtralongerConfig
 from veil.models.forecasting.train import TrainConfig
 from veil.simulation.forecasting_fleet.regions import FederatedDP, partition_regions, shared_parameter_names
@@ -70,8 +70,8 @@ def prepare_plan(
     return_models: bool = False,
     timeout_s: float = 3600.0,
 ) -> FederatedPlan:
-    """Check the settings (``ValueError``, or :class:`ForecastingDataError` for a series shorter than a
-    window) and write ``work/region-<k>.npz`` for each region; see :func:`run_federated`."""
+    """Check the settings (``ValueError``, or :class:`ForecastingDataError` for a horizon beyond the forecast
+    or a series shorter than a window) and write ``work/region-<k>.npz`` for each region; see :func:`run_federated`."""
     if rounds < 1 or local_epochs < 1:
         raise ValueError(f"rounds and local_epochs must be >= 1, got {rounds} and {local_epochs}")
     blocks = partition_regions(data.nodes, regions)
@@ -84,7 +84,9 @@ def prepare_plan(
     horizons = dict(horizons or {})
     for name, step in horizons.items():
         if not 1 <= step <= config.out_steps:
-            raise ValueError(f"horizon {name!r} is step {step}, outside the forecast's 1..{config.out_steps}")
+            raise ForecastingDataError(
+                f"horizon {name!r} is step {step}, outside the forecast's 1..{config.out_steps}"
+            )
     split_windows(data, config.in_steps, config.out_steps)  # the horizon fits the series, or a typed error
 
     work.mkdir(parents=True, exist_ok=True)
