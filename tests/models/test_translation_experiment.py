@@ -88,9 +88,10 @@ def result():
 @pytest.mark.slow  # trains two toy models with TRL and builds two tokenizers: about half a minute
 def test_both_models_are_scored_with_every_kind_of_document(result) -> None:
     g = result["document_grounded"]
-    assert set(g["models"]) == {"multitask", "translation_only"}
+    assert set(g["models"]) == {"served", "multitask", "translation_only"}
     rows = {"no_document", "document_clean", "document_irrelevant", "document_partial",
             "document_irrelevant_all", "document_partial_all"}  # fmt: skip
+    assert set(g["models"]["served"]) == rows
     assert set(g["models"]["translation_only"]) == rows | {"train_loss"}
     assert set(g["models"]["multitask"]) == rows | {"train_loss"} | {
         f"document_{n}_lm" for n in ("clean", "irrelevant", "partial")
@@ -113,6 +114,11 @@ def test_the_checks_are_computed_from_the_numbers(result) -> None:
         g["document_clean"]["bleu"] > g["no_document"]["bleu"]
         and g["document_clean"]["term_accuracy"] > g["no_document"]["term_accuracy"]
     )
+    served = result["document_grounded"]["models"]["served"]
+    # the scripted model copies a document's rendering: with the clean one every term is right
+    assert served["document_clean"]["term_accuracy"] == 1.0 and served["no_document"]["term_accuracy"] == 0.0
+    assert checks["served_clean_document_beats_none"] is True
+    assert checks["served_noisy_document_costs_little"] is True  # the name judge drops both kinds
     s = result["long_thought"]["similes"]
     # the scripted evaluator scores by length and every revision grows: each one is accepted
     assert s["sentences"] == 2 and s["final_score"] > s["draft_score"] and s["revision_win_rate"] == 1.0

@@ -5,7 +5,8 @@ arXiv:2412.17498) on a local instruct model.
 * :mod:`~veil.models.translation.grounded_experiment`: two small Llamas trained from scratch at the same
   budget, one on RAGtrans-style multi-task data, one on translation records alone, on the generated
   document-grounded set (held-out entities); BLEU, chrF and term accuracy with no, clean, irrelevant
-  and namesake documents, with and without the relevance judge; each judge's accuracy against chance.
+  and namesake documents, with and without the relevance judge; each judge's accuracy against chance;
+  the named (served) model zero-shot the same ways.
 * :mod:`~veil.models.translation.thought_experiment`: the translator/advisor/evaluator loop over the
   named model (SmolLM2-135M-Instruct by default): the evaluators' discrimination, the loop's score
   gain on similes, whether it holds against HSK references, and DRT synthesis end to end (rewrite,
@@ -41,7 +42,8 @@ class TranslationExperimentConfig:
 
     Attributes
     ----------
-    model: the long-thought model, by the name :func:`veil.models.loading.load_model` takes.
+    model: the served model (every long-thought role, and the grounded half's zero-shot rows), by the name
+        :func:`veil.models.loading.load_model` takes.
     grounded: the document-grounded experiment (``None``: skipped).
     long_thought: the long-thought experiment (``None``: skipped).
     threads: torch's CPU threads during the run, restored afterwards.
@@ -54,8 +56,9 @@ class TranslationExperimentConfig:
 
     @classmethod
     def quick(cls) -> TranslationExperimentConfig:
-        """About 10 minutes of one core: the from-scratch models on a few thousand examples, the loop
-        on 8 similes and 4 HSK sentences with two revisions, DRT fine-tuning on what improved."""
+        """About 20 minutes of one core: the from-scratch models on a few thousand examples, the served
+        model zero-shot on 32 of their test examples, the loop on 8 similes and 4 HSK sentences with two
+        rounds of four sampled revisions each, DRT fine-tuning on what improved."""
         return cls(
             grounded=GroundedExperimentConfig(
                 grounded_set=GroundedSetConfig(n_examples=600, rendering_pool=40), test_examples=64, hsk_pairs=300,
@@ -64,7 +67,7 @@ class TranslationExperimentConfig:
             long_thought=LongThoughtExperimentConfig(
                 simile_examples=8, hsk_examples=4, discrimination_examples=16,
                 long_thought=LongThoughtConfig(max_rounds=2, keyword_tokens=32, translation_tokens=40,
-                                               advice_tokens=40),
+                                               advice_tokens=40, revision_samples=4),
                 drt_records=8, drt_test=4, drt_tokens=160,
                 drt_sft=TranslationSFTConfig(lr=1e-4, epochs=1, batch_size=1, grad_accum=2, max_length=768),
             ),
@@ -119,26 +122,27 @@ def _run(
     result: dict[str, Any] = {"config": dataclasses.asdict(cfg), "machine_before": _machine()}
     seconds: dict[str, float] = {}
     grounded = thought = None
-    if cfg.long_thought is not None:
-        t0 = time.perf_counter()
-        model = tokenizer = None
-        if lm is None:
-            from veil.models.loading import load_model
-            from veil.models.rag.lm import HFTextLM
+    model = tokenizer = None
+    served = cfg.grounded is not None and cfg.grounded.served_examples > 0
+    if lm is None and (cfg.long_thought is not None or served):
+        from veil.models.loading import load_model
+        from veil.models.rag.lm import HFTextLM
 
-            loaded = load_model(cfg.model, data_dir)
-            model, tokenizer = loaded.model.eval(), loaded.tokenizer
-            lm = HFTextLM(model, tokenizer, batch_size=8)
+        loaded = load_model(cfg.model, data_dir)
+        model, tokenizer = loaded.model.eval(), loaded.tokenizer
+        lm = HFTextLM(model, tokenizer, batch_size=8)
+    if cfg.grounded is not None:  # first: DRT's fine-tuning below changes the named model
+        t0 = time.perf_counter()
+        grounded = run_grounded_experiment(cfg.grounded, progress, lm if served else None)
+        seconds["grounded_s"] = round(time.perf_counter() - t0, 1)
+    if cfg.long_thought is not None and lm is not None:
+        t0 = time.perf_counter()
         lt = cfg.long_thought
         thought = run_long_thought_experiment(
             lt, lm, _similes(lt.simile_examples + lt.drt_test),
             _hsk(lt.discrimination_examples + lt.hsk_examples), model, tokenizer, progress,
         )  # fmt: skip
         seconds["long_thought_s"] = round(time.perf_counter() - t0, 1)
-    if cfg.grounded is not None:
-        t0 = time.perf_counter()
-        grounded = run_grounded_experiment(cfg.grounded, progress)
-        seconds["grounded_s"] = round(time.perf_counter() - t0, 1)
     seconds["total_s"] = round(time.perf_counter() - wall, 1)
     return result | {
         "machine_after": _machine(),

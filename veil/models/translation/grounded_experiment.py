@@ -21,6 +21,10 @@ document gives the plain prompt); with ``unfiltered`` also every noisy document 
 model must ignore it itself); and the multi-task model under its own ``lm`` judge (``_lm``). Each judge's
 verdicts on the test documents (one relevant, two not per example) are scored against the truth, with
 the majority-class accuracy (2/3) and balanced accuracy's chance (0.5) beside them.
+
+The served model (``served``: the instruct model ``/v1/translations`` runs, SmolLM2-135M-Instruct by
+default) translates the first ``served_examples`` test examples zero-shot the same ways, minus its own
+judge: what document mode gives an API consumer, next to what RAGtrans's training gives a small model.
 """
 
 from __future__ import annotations
@@ -28,9 +32,11 @@ from __future__ import annotations
 import dataclasses
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from veil.models.rag.lm import TextLM
 from veil.models.translation.grounded import GroundedSetConfig, grounded_records, grounded_set
 from veil.models.translation.grounded_translate import GroundedConfig, GroundedTranslator
 from veil.models.translation.metrics import corpus_bleu, corpus_chrf, term_accuracy
@@ -67,6 +73,8 @@ class GroundedExperimentConfig:
     unfiltered: also evaluate with every noisy document kept.
     noisy_tolerance_bleu: the BLEU a noisy document may cost against none and still "cost little".
     batch_size: prompts per generation batch.
+    served_examples: at most this many test examples are translated by the served model, when one is
+        given (0: none).
     """
 
     grounded_set: GroundedSetConfig = field(
@@ -87,6 +95,7 @@ class GroundedExperimentConfig:
     unfiltered: bool = True
     noisy_tolerance_bleu: float = 1.0
     batch_size: int = 32
+    served_examples: int = 32
 
     def __post_init__(self) -> None:
         if not 1 <= self.test_examples < self.grounded_set.n_examples:
@@ -102,8 +111,10 @@ class GroundedExperimentConfig:
                 f"translation_share must be in (0, 1] and noisy_share in [0, 1], got "
                 f"{self.translation_share}, {self.noisy_share}"
             )
-        if self.noisy_tolerance_bleu < 0 or self.batch_size < 1:
-            raise ValueError("noisy_tolerance_bleu must be >= 0 and batch_size >= 1")
+        if self.noisy_tolerance_bleu < 0 or self.batch_size < 1 or self.served_examples < 0:
+            raise ValueError(
+                "noisy_tolerance_bleu >= 0, batch_size >= 1 and served_examples >= 0 are required"
+            )
         if (self.grounded.source_language, self.grounded.target_language) != ("en", "zh"):
             raise ValueError("the generated set is English to Chinese")
 
@@ -168,9 +179,10 @@ def _prompt_texts(examples: list[dict[str, Any]], n: int = 200) -> list[str]:
 
 
 def run_grounded_experiment(
-    cfg: GroundedExperimentConfig, progress: Progress | None = None
+    cfg: GroundedExperimentConfig, progress: Progress | None = None, served: TextLM | None = None
 ) -> dict[str, Any]:
-    """Train both models and evaluate them; a JSON-ready dict (``models``, ``judges``, ``checks``)."""
+    """Train both models and evaluate them, and the ``served`` model zero-shot when one is given; a
+    JSON-ready dict (``models``, ``judges``, ``checks``)."""
     from veil.models.rag.lm import HFTextLM
     from veil.models.translation.data import hsk_pairs
     from veil.models.translation.scratch import build_model, build_tokenizer
@@ -192,9 +204,13 @@ def run_grounded_experiment(
     tokenizer = build_tokenizer(texts, names, cfg.scratch, renderings)
     seconds["tokenizer_cpu_s"] = round(time.process_time() - clock, 1)
 
-    srcs, refs, terms = [e.src for e in test], [e.tgt for e in test], [e.entity.rendering for e in test]
     models: dict[str, Any] = {}
     judges: dict[str, Any] = {}
+    if served is not None and cfg.served_examples:
+        clock = time.process_time()
+        with progress.stage("evaluating the served model", None):
+            models["served"] = _evaluate(served, cfg, test[: cfg.served_examples], _variants(cfg, False))
+        seconds["served_eval_cpu_s"] = round(time.process_time() - clock, 1)
     for name in MODELS:
         clock = time.process_time()
         model = build_model(tokenizer, cfg.scratch)
@@ -203,24 +219,10 @@ def run_grounded_experiment(
         seconds[f"{name}_train_cpu_s"] = round(time.process_time() - clock, 1)
         clock = time.process_time()
         lm = HFTextLM(model.eval(), tokenizer, batch_size=cfg.batch_size)
-        rows: dict[str, Any] = {"train_loss": round(float(metrics.get("train_loss", 0.0)), 4)}
-        variants: list[tuple[str, str, str | None]] = [("no_document", "names", None)]
-        variants += [(f"document_{n}", "names", n) for n in NOISES]
-        if cfg.unfiltered:
-            variants += [(f"document_{n}_all", "all", n) for n in NOISES[1:]]
-        if name == "multitask":
-            variants += [(f"document_{n}_lm", "lm", n) for n in NOISES]
+        variants = _variants(cfg, name == "multitask")
         with progress.stage(f"evaluating the {name} model", len(variants)) as bar:
-            for row, relevance, noise in variants:
-                translator = GroundedTranslator(lm, dataclasses.replace(cfg.grounded, relevance=relevance))
-                docs = [[e.documents[noise]] if noise else [] for e in test]
-                out = translator.translate(srcs, docs)
-                rows[row] = scores([o.translation for o in out], refs, terms)
-                if noise:
-                    rows[row]["documents_kept"] = round(
-                        sum(bool(o.documents_used) for o in out) / len(out), 4
-                    )
-                bar.advance(1)
+            rows = {"train_loss": round(float(metrics.get("train_loss", 0.0)), 4)}
+            rows |= _evaluate(lm, cfg, test, variants, lambda: bar.advance(1))
         if name == "multitask":
             judges["lm"] = _judge_accuracy(
                 GroundedTranslator(lm, dataclasses.replace(cfg.grounded, relevance="lm")), test
@@ -242,6 +244,37 @@ def run_grounded_experiment(
         "checks": _checks(cfg, models, judges),
         "cpu_seconds": seconds,
     }
+
+
+def _variants(cfg: GroundedExperimentConfig, own_judge: bool) -> list[tuple[str, str, str | None]]:
+    """(row, relevance method, document kind) for each evaluation of one model."""
+    variants: list[tuple[str, str, str | None]] = [("no_document", "names", None)]
+    variants += [(f"document_{n}", "names", n) for n in NOISES]
+    if cfg.unfiltered:
+        variants += [(f"document_{n}_all", "all", n) for n in NOISES[1:]]
+    if own_judge:
+        variants += [(f"document_{n}_lm", "lm", n) for n in NOISES]
+    return variants
+
+
+def _evaluate(
+    lm: TextLM,
+    cfg: GroundedExperimentConfig,
+    test: list[Any],
+    variants: list[tuple[str, str, str | None]],
+    advance: Callable[[], None] = lambda: None,
+) -> dict[str, Any]:
+    """BLEU, chrF and term accuracy (and the share of documents kept) per variant."""
+    srcs, refs, terms = [e.src for e in test], [e.tgt for e in test], [e.entity.rendering for e in test]
+    rows: dict[str, Any] = {}
+    for row, relevance, noise in variants:
+        translator = GroundedTranslator(lm, dataclasses.replace(cfg.grounded, relevance=relevance))
+        out = translator.translate(srcs, [[e.documents[noise]] if noise else [] for e in test])
+        rows[row] = scores([o.translation for o in out], refs, terms)
+        if noise:
+            rows[row]["documents_kept"] = round(sum(bool(o.documents_used) for o in out) / len(out), 4)
+        advance()
+    return rows
 
 
 def _objective_counts(examples: list[dict[str, Any]]) -> dict[str, int]:
@@ -268,15 +301,27 @@ def _judge_accuracy(translator: GroundedTranslator, test: list[Any]) -> dict[str
     }
 
 
-def _checks(cfg: GroundedExperimentConfig, models: dict[str, Any], judges: dict[str, Any]) -> dict[str, bool]:
-    """Computed, never asserted: the issue's claims on the multi-task model, and the comparison."""
-    m, t = models["multitask"], models["translation_only"]
-    none, clean = m["no_document"], m["document_clean"]
+def _checks(
+    cfg: GroundedExperimentConfig, models: dict[str, Any], judges: dict[str, Any]
+) -> dict[str, bool | None]:
+    """Computed, never asserted: the issue's claims on the multi-task model and on the served one (``None``
+    where it was not evaluated), and the comparison."""
+    m, t, s = models["multitask"], models["translation_only"], models.get("served")
+
+    def beats(rows: dict[str, Any]) -> bool:
+        none, clean = rows["no_document"], rows["document_clean"]
+        return clean["bleu"] > none["bleu"] and clean["term_accuracy"] > none["term_accuracy"]
+
+    def costs_little(rows: dict[str, Any]) -> bool:
+        none = rows["no_document"]["bleu"]
+        return all(none - rows[f"document_{n}"]["bleu"] <= cfg.noisy_tolerance_bleu for n in NOISES[1:])
+
+    clean = m["document_clean"]
     return {
-        "clean_document_beats_none": clean["bleu"] > none["bleu"] and clean["term_accuracy"] > none["term_accuracy"],
-        "noisy_document_costs_little": all(
-            none["bleu"] - m[f"document_{n}"]["bleu"] <= cfg.noisy_tolerance_bleu for n in NOISES[1:]
-        ),
+        "clean_document_beats_none": beats(m),
+        "noisy_document_costs_little": costs_little(m),
+        "served_clean_document_beats_none": beats(s) if s else None,
+        "served_noisy_document_costs_little": costs_little(s) if s else None,
         "relevance_judge_above_chance": judges["lm"]["balanced_accuracy"] > 0.5,
         "multitask_beats_translation_only_with_clean_document": (
             clean["term_accuracy"] > t["document_clean"]["term_accuracy"]

@@ -44,7 +44,8 @@ class LongThoughtExperimentConfig:
     simile_examples: simile sentences the loop runs on (spread over the set's sources).
     hsk_examples: HSK sentences the loop runs on (scored against their references).
     discrimination_examples: HSK pairs each evaluator is tested on (0: skip).
-    evaluator: the loop's evaluator, one of :data:`~veil.models.translation.evaluators.EVALUATORS`.
+    evaluator: the loop's evaluator, one of :data:`~veil.models.translation.evaluators.EVALUATORS`
+        (``round_trip``: the one whose score a revision can raise, see that module).
     compared_evaluators: the evaluators whose discrimination is measured.
     long_thought: the loop's settings.
     drt_records: the most rewritten traces the model is fine-tuned on (0: no DRT fine-tuning).
@@ -59,9 +60,9 @@ class LongThoughtExperimentConfig:
     simile_examples: int = 50
     hsk_examples: int = 50
     discrimination_examples: int = 100
-    evaluator: str = "likelihood"
+    evaluator: str = "round_trip"
     compared_evaluators: tuple[str, ...] = EVALUATORS
-    long_thought: LongThoughtConfig = field(default_factory=LongThoughtConfig)
+    long_thought: LongThoughtConfig = field(default_factory=lambda: LongThoughtConfig(revision_samples=4))
     drt_records: int = 64
     drt_test: int = 16
     drt_sft: TranslationSFTConfig = field(default_factory=lambda: TranslationSFTConfig(lr=5e-5, epochs=2))
