@@ -7,9 +7,8 @@ process, one torch thread. Each run appends one JSON line to ``--out``.
 
 Usage::
 
-    .venv/bin/python benchmarks/forecast_quick_sweep.py --name wd05 --model '{"dropout": 0.3}' \\
-        --train '{"lr": 5e-4, "weight_decay": 0.5}' --preset '{"stride": 1}' \\
-        --out benchmarks/results/forecast_quick_sweep_2core.jsonl
+    .venv/bin/python benchmarks/forecast_quick_sweep.py --name wd4 --train '{"weight_decay": 4.0}' \\
+        --model '{"dropout": 0.3}' --preset '{"days": 336}' --out /tmp/sweep.jsonl
 """
 
 from __future__ import annotations
