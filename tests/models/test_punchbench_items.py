@@ -15,6 +15,7 @@ from veil.models.evaluation.punchbench import (
     RuleJudge,
     item_from_dict,
     load_published,
+    load_synthetic,
     render,
     score,
 )
@@ -154,3 +155,41 @@ def test_the_loader_reports_file_line_and_field_of_a_bad_record(tmp_path: Path) 
     assert load_published(tmp_path, fields=fields)[0].gold == "a"
     with pytest.raises(FileNotFoundError, match="dev0610"):
         load_published(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize(
+    ("line", "field", "reason"),
+    [
+        ('{"id": 1, "caption": "a",', "record", "not JSON"),
+        ('["id", 1]', "record", "JSON object, got list"),
+        ('{"id": 1, "caption": "a", "options": ["a", "b", "c"], "answer": "a"}', "options", "needs 4 options"),
+        ('{"id": 1, "caption": "a", "options": ["a", "b", "c", "d"], "answer": "e"}', "gold", "one of"),
+        ('{"id": 1, "caption": "a", "options": ["a", "b", "c", "d"], "answer": "a", "caption_type": "x"}',
+         "variant", "got 'x'"),
+    ],
+)  # fmt: skip
+def test_a_bad_published_line_names_its_file_line_and_field(
+    tmp_path: Path, line: str, field: str, reason: str
+) -> None:
+    path = tmp_path / "dev0610" / "Reasoning" / "Multi_Option.jsonl"
+    path.parent.mkdir(parents=True)
+    good = '{"id": 0, "caption": "a", "options": ["a", "b", "c", "d"], "answer": "b"}'
+    path.write_text(f"{good}\n\n{line}\n")
+    with pytest.raises(ItemError) as info:
+        load_published(tmp_path)
+    assert info.value.field == field and info.value.item_id == f"{path}:3" and reason in str(info.value)
+
+
+def test_a_published_file_of_an_unknown_format_is_refused_by_name(tmp_path: Path) -> None:
+    _write(tmp_path / "dev0610" / "Perception" / "Essay.jsonl", [{"id": 1, "caption": "a", "answer": "b"}])
+    with pytest.raises(ValueError, match=r"Essay.jsonl: unknown format file; known stems: .*yes_no"):
+        load_published(tmp_path)
+
+
+def test_a_corrupt_synthetic_set_names_the_line(tmp_path: Path) -> None:
+    (tmp_path / "items.jsonl").write_text(json.dumps(MC) + "\n" + json.dumps({**MC, "level": "vibes"}) + "\n")
+    with pytest.raises(ItemError, match=r"items.jsonl:2'?: level: must be one of"):
+        load_synthetic(tmp_path)
+    (tmp_path / "items.jsonl").write_text(json.dumps(MC) + "\nnot json\n")
+    with pytest.raises(ItemError, match=r"items.jsonl:2'?: record: not JSON"):
+        load_synthetic(tmp_path)

@@ -12,6 +12,7 @@ from veil.models.evaluation.punchbench import (
     STRATEGIES,
     EndpointError,
     Item,
+    ItemError,
     ResumeError,
     SCCoQ,
     ScriptedParticipant,
@@ -165,6 +166,10 @@ def test_the_report_tests_each_strategy_against_zero_shot_on_the_same_items() ->
     b = np.array([strong.planned[it.item_id] for it in BANK])
     assert cmp["p_value"] == pytest.approx(mcnemar_exact(a, b).p_value)
     assert cmp["p_value"] < 1e-4 and cmp["diff"] == pytest.approx(b.mean() - a.mean())
+    calls = {name: s["calls"] for name, s in out["strategies"].items()}
+    assert calls == {"zero-shot": weak.calls, "sc-coq": strong.calls} and strong.calls > weak.calls == len(
+        BANK
+    )
     twin = ScriptedParticipant(BANK, accuracy=0.35, draw_seed=2)
     records2 = run_punchbench(BANK, ["zero-shot", "cot"], twin)
     assert report(records2)["comparisons"]["cot"]["p_value"] == 1.0
@@ -193,3 +198,9 @@ def test_a_run_that_fails_mid_way_resumes_from_the_items_already_scored(tmp_path
     assert {r["item_id"]: r["correct"] for r in records if r["strategy"] == "zero-shot"} == fresh.planned
     with pytest.raises(ResumeError, match="seed 0"):
         run_punchbench(BANK, ["zero-shot"], fresh, log_path=log, seed=1)
+
+
+def test_a_repeated_item_id_is_refused_before_any_call() -> None:
+    twin = Item(**{**BANK[1].to_dict(), "item_id": BANK[0].item_id, "options": BANK[1].options})
+    with pytest.raises(ItemError, match=rf"{BANK[0].item_id}.*appears 2 times"):
+        run_punchbench([*BANK, twin], ["zero-shot"], lambda m: pytest.fail("called"))

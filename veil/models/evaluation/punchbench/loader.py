@@ -10,11 +10,10 @@ The level comes from the folder and the format from the file name. Options given
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from veil.models.evaluation.punchbench.schema import Item, ItemError
+from veil.models.evaluation.punchbench.schema import Item, ItemError, read_record
 
 __all__ = ["FORMAT_FILES", "PublishedFields", "load_published"]
 
@@ -71,7 +70,7 @@ def load_published(root: Path, split: str = "dev0610", fields: PublishedFields |
                 raise ValueError(f"{path}: unknown format file; known stems: {sorted(FORMAT_FILES)}")
             for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
                 if line.strip():
-                    items.append(_record(json.loads(line), level, fmt, fields, f"{path}:{n}"))
+                    items.append(_record(read_record(line, f"{path}:{n}"), level, fmt, fields, f"{path}:{n}"))
     if not items:
         raise FileNotFoundError(f"no items under {base}/{{Perception,Reasoning}}/*.jsonl")
     return items
@@ -97,16 +96,19 @@ def _record(raw: dict, level: str, fmt: str, f: PublishedFields, where: str) -> 
         gold = list(options)[("ABCD".index(gold.upper()))]
     variants = dict(f.variant_names)
     variant = variants.get(str(raw.get(f.variant, "original")).lower(), str(raw.get(f.variant)))
-    item_id = str(need(f.item_id))
-    return Item(
-        item_id=f"{level}-{fmt}-{item_id}",
-        pair_id=str(raw.get(f.pair_id, item_id)),
-        variant=variant,  # type: ignore[arg-type]  # validated by Item
-        level=level,  # type: ignore[arg-type]
-        format=fmt,  # type: ignore[arg-type]
-        caption=str(need(f.caption)),
-        statement=str(raw.get(f.statement, "")),
-        options=tuple(str(o) for o in options),
-        gold=gold,
-        image=raw.get(f.image),
-    )
+    item_id, caption = str(need(f.item_id)), str(need(f.caption))
+    try:
+        return Item(
+            item_id=f"{level}-{fmt}-{item_id}",
+            pair_id=str(raw.get(f.pair_id, item_id)),
+            variant=variant,  # type: ignore[arg-type]  # validated by Item
+            level=level,  # type: ignore[arg-type]
+            format=fmt,  # type: ignore[arg-type]
+            caption=caption,
+            statement=str(raw.get(f.statement, "")),
+            options=tuple(str(o) for o in options),
+            gold=gold,
+            image=raw.get(f.image),
+        )
+    except ItemError as exc:  # the file and line find the record; the item id alone may not
+        raise ItemError(where, exc.field, exc.reason) from exc

@@ -9,7 +9,7 @@ zero-shot on the items both scored (arXiv:2412.11906, Sec. 4.3 compares regimes 
 from __future__ import annotations
 
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from veil.models.evaluation.punchbench.schema import Item
+from veil.models.evaluation.punchbench.schema import Item, ItemError
 from veil.models.evaluation.punchbench.scoring import Judge, RuleJudge, score
 from veil.models.evaluation.punchbench.stats import mcnemar_exact, paired_bootstrap
 from veil.models.evaluation.punchbench.strategies import Chat, make_strategy
@@ -125,10 +125,16 @@ def run_punchbench(
     """Score every item under every strategy; return all records (resumed and new).
 
     Raises :class:`~veil.models.evaluation.punchbench.strategies.UnknownStrategyError` for an unknown
-    name before any call, and lets :class:`EndpointError` through after saving what was scored.
+    name and :class:`~veil.models.evaluation.punchbench.schema.ItemError` for a repeated item id before
+    any call, and lets :class:`EndpointError` through after saving what was scored.
     """
     judge = judge or RuleJudge()
     made = [make_strategy(name) for name in strategies]
+    # records, the resume log and the paired tests are keyed by item id: a repeated id would merge items
+    counts = Counter(it.item_id for it in items)
+    repeated = next((iid for iid, n in counts.items() if n > 1), None)
+    if repeated is not None:
+        raise ItemError(repeated, "item_id", f"appears {counts[repeated]} times; item ids must be unique")
     if len({s.name for s in made}) != len(made):
         raise ValueError(f"strategies must be distinct, got {list(strategies)}")
     done = load_log(log_path, seed) if log_path else []
@@ -168,15 +174,22 @@ def run_punchbench(
 def report(
     records: Sequence[dict[str, Any]], *, baseline: str = "zero-shot", seed: int = 0
 ) -> dict[str, Any]:
-    """Accuracy per strategy (overall, by format, level, variant) and paired tests against ``baseline``."""
+    """Accuracy per strategy (overall, by format, level, variant), the model calls its answers took, and
+    paired tests against ``baseline``."""
     by_strategy: dict[str, dict[str, bool]] = defaultdict(dict)
+    calls: dict[str, int] = defaultdict(int)
     meta: dict[str, dict[str, Any]] = {}
     for r in records:
         by_strategy[r["strategy"]][r["item_id"]] = bool(r["correct"])
+        calls[r["strategy"]] += len(r["transcript"])  # one turn per model call (an LM judge's are apart)
         meta[r["item_id"]] = r
     out: dict[str, Any] = {"strategies": {}, "comparisons": {}}
     for name, outcomes in by_strategy.items():
-        entry: dict[str, Any] = {"items": len(outcomes), "accuracy": float(np.mean(list(outcomes.values())))}
+        entry: dict[str, Any] = {
+            "items": len(outcomes),
+            "calls": calls[name],
+            "accuracy": float(np.mean(list(outcomes.values()))),
+        }
         for key in ("format", "level", "variant"):
             groups: dict[str, list[bool]] = defaultdict(list)
             for iid, ok in outcomes.items():

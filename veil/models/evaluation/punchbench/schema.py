@@ -10,6 +10,7 @@ time without touching the item (the paper shuffles option order, Sec. 3.3).
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, get_args
 
@@ -24,6 +25,7 @@ __all__ = [
     "Level",
     "Variant",
     "item_from_dict",
+    "read_record",
 ]
 
 Variant = Literal["original", "synonymous", "antonymous"]
@@ -44,6 +46,7 @@ class ItemError(ValueError):
         super().__init__(f"item {item_id!r}: {field}: {message}")
         self.item_id = item_id
         self.field = field
+        self.reason = message
 
 
 @dataclass(frozen=True)
@@ -143,3 +146,14 @@ def item_from_dict(raw: Any) -> Item:
     if not isinstance(options, (list, tuple)):
         raise ItemError(iid, "options", f"must be a list, got {type(options).__name__}")
     return Item(**{**raw, "options": tuple(options)})
+
+
+def read_record(line: str, where: str) -> dict:
+    """One JSONL line as a JSON object; anything else is an :class:`ItemError` naming ``where``."""
+    try:
+        raw = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ItemError(where, "record", f"not JSON ({exc.msg} at column {exc.colno})") from exc
+    if not isinstance(raw, dict):
+        raise ItemError(where, "record", f"must be a JSON object, got {type(raw).__name__}")
+    return raw

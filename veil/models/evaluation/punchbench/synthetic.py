@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from veil.models.evaluation.punchbench.schema import Item, item_from_dict
+from veil.models.evaluation.punchbench.schema import Item, ItemError, item_from_dict, read_record
 from veil.models.evaluation.punchbench.wordnet import WordNet
 
 __all__ = [
@@ -315,6 +315,11 @@ def load_synthetic(root: Path) -> list[Item]:
     path = Path(root) / "items.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"no synthetic PunchBench at {path}; build it with build_synthetic")
-    return [
-        item_from_dict(json.loads(line)) for line in path.read_text(encoding="utf-8").splitlines() if line
-    ]
+    items = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                items.append(item_from_dict(read_record(line, f"{path}:{n}")))
+            except ItemError as exc:
+                raise ItemError(f"{path}:{n}", exc.field, exc.reason) from exc
+    return items
