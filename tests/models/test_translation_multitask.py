@@ -164,6 +164,22 @@ def test_multitask_fine_tuning_lowers_the_answer_loss(tiny) -> None:
     assert _answer_nll(model, tok, subset) < before - 0.5 and math.isfinite(metrics["train_loss"])
 
 
+def test_fine_tuning_prints_nothing_on_stdout(capsys) -> None:
+    # a --json run's stdout holds only its result; the Trainer prints its logs there unless told not to
+    from veil.models.translation.scratch import ScratchConfig, build_model, build_tokenizer
+    from veil.models.translation.sft import TranslationSFTConfig, fine_tune
+
+    cfg = ScratchConfig(vocab_size=320, hidden=32, layers=1)
+    tok = build_tokenizer(["hello world"] * 20, [], cfg, [])
+    one = {
+        "prompt": [{"role": "user", "content": "hello"}],
+        "completion": [{"role": "assistant", "content": "world"}],
+    }
+    sft = TranslationSFTConfig(lr=1e-3, epochs=1, batch_size=4, grad_accum=1, max_length=64)
+    metrics = fine_tune(build_model(tok, cfg).train(), tok, [one] * 8, sft)
+    assert "train_loss" in metrics and capsys.readouterr().out == ""
+
+
 def test_the_sft_config_refuses_bad_settings() -> None:
     from veil.models.translation.sft import TranslationSFTConfig
 
@@ -173,7 +189,10 @@ def test_the_sft_config_refuses_bad_settings() -> None:
 
 def test_term_masking_hides_the_term_the_document_gives() -> None:
     pair = ParallelText(
-        "Tavreno River (Chinese: 索卡河) is a river.", "【索卡河】索卡河（Tavreno River）是一条河流。", "en", "zh",
+        "Tavreno River (Chinese: 索卡河) is a river.",
+        "【索卡河】索卡河（Tavreno River）是一条河流。",
+        "en",
+        "zh",
         ("Tavreno River", "索卡河"),
     )
     plain = ParallelText("I like tea.", "我喜欢茶。", "en", "zh")

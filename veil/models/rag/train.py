@@ -58,6 +58,7 @@ def imitate(
 ) -> dict[str, float]:
     """Stage I in place on ``model``; returns TRL's final training metrics (``train_loss``, ...)."""
     from datasets import Dataset
+    from transformers import PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
     cfg = config or ImitationConfig()
@@ -82,6 +83,8 @@ def imitate(
             train_sampling_strategy=strategy,
         )
         trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
+        # with its progress bar off the Trainer prints each log on stdout, where a --json run's result goes
+        trainer.remove_callback(PrinterCallback)
         result = trainer.train()
     model.eval()
     return dict(result.metrics)
