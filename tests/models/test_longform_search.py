@@ -12,6 +12,7 @@ from veil.models.longform.critique import SUGGESTION_HEADER, CritiqueConfig
 from veil.models.longform.data import LongformPrompt, Topic
 from veil.models.longform.facts import Fact
 from veil.models.longform.judge import LMJudge, RuleJudge
+from veil.models.longform.length import count_words, length_score
 from veil.models.longform.memory import MemoryConfig, MemoryPool
 from veil.models.longform.policy import Step
 from veil.models.longform.search import StepSearchConfig, collect_pairs, search, swap_adjacent
@@ -231,3 +232,36 @@ def test_cross_step_contradictions_count_a_later_step_against_an_earlier_one_onl
     within = result("The year of Autism is 1841. The year of Autism is 1903.\n", "Autism grows.\n")
     consistent = result("The year of Autism is 1841.\n", "The year of Autism is 1841.\n")
     assert cross_step_contradiction_rate([across, within, consistent, result()]) == 0.25
+
+
+def test_a_target_past_the_context_is_refused_before_any_search_starts() -> None:
+    policy = ScriptedPolicy(lambda p: [Step("Autism affects social skills.", True)])
+    policy.context_length = 64
+    fits = LongformPrompt("Write about Autism in about 63 words.", 63, topic=TOPIC)
+    past = LongformPrompt("Write about Autism in about 64 words.", 64, topic=TOPIC)
+    cfg = StepSearchConfig(width=2, memory=None, critique=None)
+    with pytest.raises(ValueError, match=r"task 1: the required length \(64 words\) cannot fit .* 64 tokens"):
+        collect_pairs(policy, RuleJudge(), [fits, past], cfg)
+    assert policy.prompts == []  # refused up front, not half-way
+    with pytest.raises(ValueError, match="cannot fit"):
+        search(policy, RuleJudge(), past, cfg)
+    assert search(policy, RuleJudge(), fits, cfg).pairs
+    for bad in (0, -5):
+        with pytest.raises(ValueError, match=">= 1 word"):
+            LongformPrompt("Write about Autism.", bad)
+    with pytest.raises(ValueError, match="empty"):
+        LongformPrompt("   ", 20)
+
+
+def test_a_judge_answering_unparsable_text_scores_2_5_is_counted_and_the_search_keeps_its_pairs() -> None:
+    gen = ScriptedPolicy(lambda p: [Step("", True)])
+    judge = LMJudge(_Scorer([0.1] * 5, False), gen)
+    policy = ScriptedPolicy(_by_depth(LEVELS))
+    r = search(policy, judge, TASK, StepSearchConfig(width=2, depth=4, memory=None, critique=None))
+    assert len(r.steps) == 3 and len(r.pairs) == 3
+    # every candidate judged (2 per node, 3 nodes) on all 7 principles, each counted as unparsable
+    assert r.unparsable == 2 * 3 * 7
+    words = 0
+    for step, v in zip(r.steps, r.values, strict=True):
+        words += count_words(step.text)
+        assert v == pytest.approx(2.5 + 0.1 * length_score(words, TASK.target_words))

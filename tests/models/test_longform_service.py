@@ -80,3 +80,12 @@ def test_bad_targets_are_400s_naming_the_field(client, longform, param) -> None:
     assert r.status_code == 400, r.text
     err = r.json()["error"]
     assert err["param"].startswith(param) and err["message"]
+
+
+def test_longform_without_a_user_message_is_a_400_naming_messages(client) -> None:
+    c, _ = client
+    body = _body(longform={"target_words": 20})
+    body["messages"] = [{"role": "system", "content": "Be brief."}]
+    r = c.post("/v1/chat/completions", json=body)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == "messages" and "user message" in r.json()["error"]["message"]

@@ -118,3 +118,58 @@ def test_outcome_pairs_take_the_best_and_the_worst_whole_response() -> None:
     assert pairs[0]["chosen"].startswith("Autism affects") and pairs[0]["chosen"].endswith("</s>")
     assert pairs[0]["rejected"].startswith("Autism Autism") and not pairs[0]["rejected"].endswith("</s>")
     assert step_pairs([]) == []
+
+
+def test_a_copy_of_a_trained_model_runs_its_own_weights_once_trained(tiny) -> None:
+    import copy
+
+    from veil.models.dpo import restore_forward
+    from veil.models.rag.train import ImitationConfig, imitate
+
+    _, tok = tiny
+    model = _scratch_model(tok, LongformExperimentConfig(hidden=32, layers=1))
+    prompt = HFStepPolicy(model, tok).chat_prompt("Write about Autism in about 20 words.")
+    pair = {"prompt": prompt, "chosen": "Autism affects social skills.\n", "rejected": "Snow is white.\n"}
+    pairs = [pair] * 4
+    cfg = LongDPOConfig(lr=3e-3, batch_size=4, warmup_ratio=0.0, max_steps=2)
+    prefix_dpo(model.train(), tok, pairs, cfg)
+    assert "forward" not in model.__dict__  # TRL's patched forward is gone
+    twin = copy.deepcopy(model)
+    prefix_dpo(twin.train(), tok, pairs, cfg)
+    ids = torch.tensor([tok(prompt + pairs[0]["chosen"], add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        own = twin.lm_head(twin.model(ids).last_hidden_state)
+        assert torch.allclose(twin(ids).logits, own, atol=1e-5)
+        assert not torch.allclose(twin(ids).logits, model(ids).logits, atol=1e-3)
+
+    # SFT (TRL's SFTTrainer) patches the same way; the experiment restores its base model after it
+    base = _scratch_model(tok, LongformExperimentConfig(hidden=32, layers=1))
+    ids_only = tok(prompt + pairs[0]["chosen"], add_special_tokens=False)["input_ids"]
+    example = {"input_ids": ids_only, "completion_mask": [1] * len(ids_only)}
+    sft_cfg = ImitationConfig(lr=3e-3, epochs=1, batch_size=4, grad_accum=1, max_length=128, max_steps=2)
+    imitate(base.train(), tok, [example] * 4, sft_cfg)
+    restore_forward(base)
+    twin = copy.deepcopy(base)
+    imitate(twin.train(), tok, [example] * 4, sft_cfg)
+    with torch.no_grad():
+        assert torch.allclose(twin(ids).logits, twin.lm_head(twin.model(ids).last_hidden_state), atol=1e-5)
+        assert not torch.allclose(twin(ids).logits, base(ids).logits, atol=1e-3)
+
+
+def test_balancing_keeps_as_many_end_here_as_go_on_pairs_and_every_two_sided_one() -> None:
+    from veil.models.longform.train import balance_end_pairs
+
+    def pair(i: int, chosen_ends: bool, rejected_ends: bool) -> dict[str, str]:
+        return {
+            "prompt": f"p{i}",
+            "chosen": "a" + "</s>" * chosen_ends,
+            "rejected": "b" + "</s>" * rejected_ends,
+        }
+
+    pairs = [pair(i, c, r) for i, (c, r) in enumerate([(True, False)] * 2 + [(False, True)] * 5 + [(True, True), (False, False)])]  # fmt: skip
+    kept = balance_end_pairs(pairs, "</s>", seed=1)
+    kinds = [(p["chosen"].endswith("</s>"), p["rejected"].endswith("</s>")) for p in kept]
+    assert kinds.count((True, False)) == kinds.count((False, True)) == 2
+    assert (True, True) in kinds and (False, False) in kinds and len(kept) == 6
+    assert [p["prompt"] for p in kept] == sorted((p["prompt"] for p in kept), key=lambda s: int(s[1:]))
+    assert balance_end_pairs(pairs, "</s>", seed=1) == kept  # seeded

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["PairDPOConfig", "TrainConfigBase", "prefix_dpo", "trainer_kwargs"]
+__all__ = ["PairDPOConfig", "TrainConfigBase", "prefix_dpo", "restore_forward", "trainer_kwargs"]
 
 
 @dataclass(frozen=True)
@@ -114,6 +114,20 @@ def trainer_kwargs(cfg: Any, out: str) -> dict[str, Any]:
     return kwargs
 
 
+def restore_forward(model: Any) -> Any:
+    """Undoes the ``forward`` a TRL trainer left on ``model`` (in place; returns ``model``).
+
+    TRL's trainers (1.16) patch the instance with a fused LM head (``trl.trainer.utils.add_fused_lm_head``)
+    whose plain path calls the forward *bound at patch time*. A ``copy.deepcopy`` of the patched model
+    keeps that closure, so the copy's ``copy(x)`` runs the original model's weights, however the copy is
+    trained afterwards (its training goes through the fused path and does update the copy). An
+    experiment that trains a base model, then copies it per method, would evaluate the base every time.
+    Removing the instance attribute brings back the class's forward; the next trainer patches again.
+    """
+    model.__dict__.pop("forward", None)
+    return model
+
+
 def _prefix_dpo_trainer() -> Any:
     from trl import DPOTrainer
 
@@ -170,5 +184,5 @@ def prefix_dpo(
             model=model, args=args, train_dataset=data, processing_class=tokenizer
         )
         result = trainer.train()
-    model.eval()
+    restore_forward(model).eval()
     return dict(result.metrics)

@@ -53,11 +53,23 @@ from veil.models.longform.search import (
     contradiction_rate,
     cross_step_contradiction_rate,
 )
-from veil.models.longform.train import LongDPOConfig, outcome_pairs, sft_examples, step_pairs
+from veil.models.longform.train import (
+    LongDPOConfig,
+    balance_end_pairs,
+    outcome_pairs,
+    sft_examples,
+    step_pairs,
+)
 from veil.models.rag.train import ImitationConfig
 from veil.models.scratch import scratch_llama
 
-__all__ = ["LongformExperimentConfig", "evaluate", "run_longform_experiment"]
+__all__ = [
+    "LongformExperimentConfig",
+    "base_model_dir",
+    "evaluate",
+    "experiment_tasks",
+    "run_longform_experiment",
+]
 
 
 @dataclass(frozen=True)
@@ -89,6 +101,9 @@ class LongformExperimentConfig:
         end-of-turn token's log-probability down wherever a rejected step ends, until no answer ends
         (benchmarks/README.md, runs 1-3).
     sft: SFT on the chosen paths (lr and batch as DPO's).
+    balance_end_pairs: step DPO trains on :func:`~veil.models.longform.train.balance_end_pairs` of the
+        step pairs (as many "end here" as "go on" pairs; not in the paper). Off: it does not stop step
+        DPO's answers from running on here (benchmarks/README.md).
     budget_steps: optimizer updates per method (``None``: step DPO's epochs over its pairs).
     seeds: training seeds; each method is trained once per seed.
     eval_tokens: the token budget of an evaluated response.
@@ -125,6 +140,7 @@ class LongformExperimentConfig:
         default_factory=lambda: ImitationConfig(lr=1e-3, epochs=4, batch_size=8, grad_accum=1, max_length=512)
     )
     pool_value_sees_facts: bool = False
+    balance_end_pairs: bool = False
     budget_steps: int | None = None
     seeds: tuple[int, ...] = (0, 1, 2)
     eval_tokens: int = 256
@@ -194,6 +210,27 @@ def _tokenizer(texts: Sequence[str], vocab_size: int) -> Any:
 
 def _scratch_model(tokenizer: Any, cfg: LongformExperimentConfig) -> Any:
     return scratch_llama(tokenizer, cfg.hidden, cfg.layers, cfg.seed)
+
+
+def experiment_tasks(
+    cfg: LongformExperimentConfig, rng: random.Random
+) -> tuple[list[Topic], list[LongformPrompt], list[LongformPrompt]]:
+    """The run's topics (shuffled by ``rng``, from which the base model's drafts go on drawing), the
+    search prompts and the held-out prompts (every held-out topic at every length: the evaluation and
+    the memory pool's comparison)."""
+    topics = wikipedia_topics(
+        seed=cfg.seed, max_sentences=cfg.topic_sentences, sentence_words=cfg.sentence_words
+    )[: cfg.n_topics]
+    if len(topics) <= cfg.n_eval:
+        raise ValueError(f"n_eval ({cfg.n_eval}) must be below the {len(topics)} topics")
+    rng.shuffle(topics)
+    held, searched = topics[: cfg.n_eval], topics[cfg.n_eval :]
+    search_tasks = make_prompts(searched, cfg.lengths, seed=cfg.seed, per_topic=cfg.search_per_topic)
+    return (
+        topics,
+        search_tasks,
+        make_prompts(held, cfg.lengths, seed=cfg.seed + 1, per_topic=len(cfg.lengths)),
+    )
 
 
 def evaluate(policy: HFStepPolicy, tasks: Sequence[LongformPrompt], max_new_tokens: int) -> dict[str, Any]:
@@ -272,7 +309,7 @@ def _pair_kinds(pairs: Sequence[dict[str, str]], end: str) -> dict[str, int]:
 _BASE_VERSION = 1  # bump when the base model's recipe changes in a way its config does not show
 
 
-def _cache_dir(cfg: LongformExperimentConfig, data_dir: Path | None) -> Path | None:
+def base_model_dir(cfg: LongformExperimentConfig, data_dir: Path | None) -> Path | None:
     """Where the scratch base model of ``cfg`` is kept: ``<data_dir>/longform/base-<hash>`` of every
     field it depends on (``None``: no data directory, or a pretrained model)."""
     if data_dir is None or cfg.model is not None:
@@ -290,6 +327,7 @@ def _cache_dir(cfg: LongformExperimentConfig, data_dir: Path | None) -> Path | N
 def _run(
     cfg: LongformExperimentConfig, say: Callable[[str], None], data_dir: Path | None, save_dir: Path | None
 ) -> dict[str, Any]:
+    from veil.models.dpo import restore_forward
     from veil.models.rag.dense import load_minilm
     from veil.models.rag.train import imitate
 
@@ -305,21 +343,13 @@ def _run(
 
     t0, c0 = clock
     rng = random.Random(cfg.seed)
-    topics = wikipedia_topics(
-        seed=cfg.seed, max_sentences=cfg.topic_sentences, sentence_words=cfg.sentence_words
-    )[: cfg.n_topics]
-    if len(topics) <= cfg.n_eval:
-        raise ValueError(f"n_eval ({cfg.n_eval}) must be below the {len(topics)} topics")
-    rng.shuffle(topics)
-    held, searched = topics[: cfg.n_eval], topics[cfg.n_eval :]
-    search_tasks = make_prompts(searched, cfg.lengths, seed=cfg.seed, per_topic=cfg.search_per_topic)
-    # every held-out topic at every length: the evaluation and the memory pool's comparison
-    eval_tasks = pool_tasks = make_prompts(held, cfg.lengths, seed=cfg.seed + 1, per_topic=len(cfg.lengths))
+    topics, search_tasks, eval_tasks = experiment_tasks(cfg, rng)
+    pool_tasks = eval_tasks
     encoder = load_minilm()
     judge = RuleJudge()
     lap("setup_s")
 
-    cached = _cache_dir(cfg, data_dir)
+    cached = base_model_dir(cfg, data_dir)
     if cfg.model is None and cached is not None and (cached / "config.json").is_file():
         from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
@@ -349,6 +379,8 @@ def _run(
             lr=cfg.base_lr, epochs=cfg.base_epochs, batch_size=16, grad_accum=1, max_length=512, seed=cfg.seed,
             group_by_length=True,
         ))  # fmt: skip
+        # the trainer's forward would make every copy below run this model's weights (restore_forward)
+        restore_forward(base)
         if cached is not None:
             base.save_pretrained(cached)
             tokenizer.save_pretrained(cached)
@@ -363,7 +395,8 @@ def _run(
 
     say(f"step search on {len(search_tasks)} prompts (width {cfg.search.width}, depth {cfg.search.depth})")
     results, cut = collect_pairs(policy, judge, search_tasks, cfg.search, encoder)
-    pairs = step_pairs(results)
+    found = step_pairs(results)
+    pairs = balance_end_pairs(found, policy.end_text, cfg.seed) if cfg.balance_end_pairs else found
     sft = sft_examples(policy, tokenizer, results)
     generated = sum(r.generated_steps for r in results)
     lap("search_s")
@@ -379,7 +412,8 @@ def _run(
     unpooled, _ = collect_pairs(policy, pool_judge, pool_tasks, no_memory, encoder)
     lap("pool_without_s")
 
-    steps_per_epoch = math.ceil(len(pairs) / (cfg.dpo.batch_size * cfg.dpo.grad_accum))
+    # the budget counts every step pair found, so balancing changes the pairs, not the number of updates
+    steps_per_epoch = math.ceil(len(found) / (cfg.dpo.batch_size * cfg.dpo.grad_accum))
     budget = cfg.budget_steps or max(1, round(steps_per_epoch * cfg.dpo.epochs))
     methods: dict[str, list[dict[str, Any]]] = {"base": [evaluate(policy, eval_tasks, cfg.eval_tokens)]}
     lap("eval_base_s")
@@ -391,6 +425,7 @@ def _run(
             start = time.process_time()
             if name == "sft":
                 imitate(model, tokenizer, sft, dataclasses.replace(cfg.sft, max_steps=budget, seed=seed))
+                restore_forward(model)
             else:
                 from veil.models.dpo import prefix_dpo
 
@@ -432,7 +467,8 @@ def _run(
                    "search_prompts": len(search_tasks), "eval_prompts": len(eval_tasks), "pool_prompts": len(pool_tasks), "seeds": list(cfg.seeds),
                    "width": cfg.search.width, "depth": cfg.search.depth, "mode": cfg.search.mode,
                    "step_value": cfg.search.step_value, "rejected": cfg.search.rejected,
-                   "dpo_lr": cfg.dpo.lr, "dpo_sft_weight": cfg.dpo.sft_weight,
+                   "dpo_lr": cfg.dpo.lr, "dpo_sft_weight": cfg.dpo.sft_weight, "dpo_loss": cfg.dpo.loss_type,
+                   "dpo_beta": cfg.dpo.beta, "balance_end_pairs": cfg.balance_end_pairs,
                    "memory": dataclasses.asdict(cfg.search.memory) if cfg.search.memory else None,
                    "budget_steps": budget},
         "methods": summary,
@@ -440,7 +476,7 @@ def _run(
                      for name, runs in methods.items()},
         "samples": {name: runs[0]["sample"] for name, runs in methods.items()},
         "data": {
-            "step_pairs": len(pairs), "step_pair_kinds": _pair_kinds(pairs, policy.end_text),
+            "step_pairs": len(found), "step_pairs_trained": len(pairs), "step_pair_kinds": _pair_kinds(found, policy.end_text),
             "step_pair_kinds_by_length": _kinds_by_length(results, policy.end_text), "rollouts": sum(r.rollouts for r in results),
             "fallback_pairs": sum(int(p["fallback"]) for r in results for p in r.pairs),
             "outcome_pairs": len(outcome), "sft_paths": len(sft), "search_steps_generated": generated,
@@ -459,7 +495,7 @@ def _run(
             "value_sees_facts": cfg.pool_value_sees_facts, "search_cpu_s_with": cpu["pool_with_s"], "search_cpu_s_without": cpu["pool_without_s"],
         },
         "throughput": {
-            "pairs_per_cpu_minute": len(pairs) / search_cpu_min if search_cpu_min > 0 else 0.0,
+            "pairs_per_cpu_minute": len(found) / search_cpu_min if search_cpu_min > 0 else 0.0,
             "tokens_per_s": {name: float(np.mean([r["tokens_per_s"] for r in runs])) for name, runs in methods.items()},
             "train_cpu_s": {k: round(v, 1) for k, v in train_seconds.items()},
         },

@@ -25,6 +25,9 @@ class Step:
 
 
 class StepPolicy(Protocol):
+    """A policy may also tell its ``context_length`` in tokens; the search then refuses a task whose
+    required length cannot fit it (:func:`veil.models.longform.search.check_targets`)."""
+
     end_text: str
     """What the tokenizer reads as the end of the assistant's turn (appended to a final step's pair)."""
 
@@ -66,6 +69,12 @@ class HFStepPolicy:
         eos = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(self.end_text)]
         self._eos = tuple(sorted({int(t) for t in eos if isinstance(t, int) and t >= 0}))
         self._pad = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self._eos[0])
+
+    @property
+    def context_length(self) -> int | None:
+        """The model's context in tokens (``max_position_embeddings``; ``None`` if it names none)."""
+        n = getattr(self.model.config, "max_position_embeddings", None)
+        return int(n) if n else None
 
     def chat_prompt(self, user: str, assistant_prefix: str = "") -> str:
         rendered = self.tokenizer.apply_chat_template(

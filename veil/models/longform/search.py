@@ -62,6 +62,7 @@ __all__ = [
     "SearchResult",
     "StepSearchConfig",
     "StepValue",
+    "check_targets",
     "collect_pairs",
     "contradiction_rate",
     "cross_step_contradiction_rate",
@@ -323,6 +324,24 @@ def _pair(task: LongformPrompt, policy: StepPolicy, prefix: str, chosen: _Node, 
             "depth": depth, "fallback": int(not others)}  # fmt: skip
 
 
+def check_targets(policy: StepPolicy, tasks: Sequence[LongformPrompt]) -> None:
+    """Refuses, before any search starts, a task whose required length cannot fit the policy's context
+    (a word takes a token at least); a policy without ``context_length`` has no limit to check.
+
+    Zero, negative and empty are refused when a :class:`~veil.models.longform.data.LongformPrompt` is
+    built, so a search never stops half-way on a task it could never have finished.
+    """
+    context = getattr(policy, "context_length", None)
+    if context is None:
+        return
+    for i, task in enumerate(tasks):
+        if task.target_words >= context:
+            raise ValueError(
+                f"task {i}: the required length ({task.target_words} words) cannot fit the policy's "
+                f"context of {context} tokens"
+            )
+
+
 def search(
     policy: StepPolicy, judge: Judge, task: LongformPrompt, config: StepSearchConfig | None = None,
     encoder: object | None = None, seed: int | None = None,
@@ -332,6 +351,7 @@ def search(
     cfg = config or StepSearchConfig()
     if cfg.memory is not None and encoder is None:
         raise ValueError("the memory pool needs an encoder (e.g. veil.models.rag.dense.load_minilm())")
+    check_targets(policy, [task])
     run = _Search(policy, judge, cfg, encoder, cfg.seed if seed is None else seed)
     pool = MemoryPool(judge, encoder, cfg.memory) if cfg.memory is not None else None
     root = _Node(None)
@@ -403,8 +423,12 @@ def collect_pairs(
 ) -> tuple[list[SearchResult], bool]:  # fmt: skip
     """The search over ``tasks`` (task ``i`` seeded ``config.seed + i``); returns the finished results
     and whether the run was cut short (``deadline`` in ``time.monotonic()`` seconds, or Ctrl-C): the
-    pairs of every finished task are kept."""
+    pairs of every finished task are kept. Every task's target is checked first
+    (:func:`check_targets`), so a bad one stops the run before it starts."""
     cfg = config or StepSearchConfig()
+    if cfg.memory is not None and encoder is None:
+        raise ValueError("the memory pool needs an encoder (e.g. veil.models.rag.dense.load_minilm())")
+    check_targets(policy, tasks)
     done: list[SearchResult] = []
     try:
         for i, task in enumerate(tasks):
