@@ -123,7 +123,6 @@ def test_outcome_pairs_take_the_best_and_the_worst_whole_response() -> None:
 def test_a_copy_of_a_trained_model_runs_its_own_weights_once_trained(tiny) -> None:
     import copy
 
-    from veil.models.dpo import restore_forward
     from veil.models.rag.train import ImitationConfig, imitate
 
     _, tok = tiny
@@ -142,13 +141,13 @@ def test_a_copy_of_a_trained_model_runs_its_own_weights_once_trained(tiny) -> No
         assert torch.allclose(twin(ids).logits, own, atol=1e-5)
         assert not torch.allclose(twin(ids).logits, model(ids).logits, atol=1e-3)
 
-    # SFT (TRL's SFTTrainer) patches the same way; the experiment restores its base model after it
+    # SFT (TRL's SFTTrainer) patches the same way, and imitate restores the model after it too
     base = _scratch_model(tok, LongformExperimentConfig(hidden=32, layers=1))
     ids_only = tok(prompt + pairs[0]["chosen"], add_special_tokens=False)["input_ids"]
     example = {"input_ids": ids_only, "completion_mask": [1] * len(ids_only)}
     sft_cfg = ImitationConfig(lr=3e-3, epochs=1, batch_size=4, grad_accum=1, max_length=128, max_steps=2)
     imitate(base.train(), tok, [example] * 4, sft_cfg)
-    restore_forward(base)
+    assert "forward" not in base.__dict__
     twin = copy.deepcopy(base)
     imitate(twin.train(), tok, [example] * 4, sft_cfg)
     with torch.no_grad():

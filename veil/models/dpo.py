@@ -163,6 +163,7 @@ def prefix_dpo(
         :class:`TrainConfigBase`'s); ``None``: the defaults.
     """
     from datasets import Dataset
+    from transformers import PrinterCallback
     from trl import DPOConfig
 
     cfg = config or PairDPOConfig()
@@ -183,6 +184,7 @@ def prefix_dpo(
         trainer = _prefix_dpo_trainer()(
             model=model, args=args, train_dataset=data, processing_class=tokenizer
         )
+        trainer.remove_callback(PrinterCallback)  # stdout holds only a --json run's result
         result = trainer.train()
     restore_forward(model).eval()
     return dict(result.metrics)

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from veil.models.dpo import PairDPOConfig, TrainConfigBase, prefix_dpo, trainer_kwargs
+from veil.models.dpo import PairDPOConfig, TrainConfigBase, prefix_dpo, restore_forward, trainer_kwargs
 
 __all__ = ["CalibrationConfig", "ImitationConfig", "calibrate", "imitate"]
 
@@ -86,7 +86,7 @@ def imitate(
         # with its progress bar off the Trainer prints each log on stdout, where a --json run's result goes
         trainer.remove_callback(PrinterCallback)
         result = trainer.train()
-    model.eval()
+    restore_forward(model).eval()  # so that a copy of it runs its own weights
     return dict(result.metrics)
 
 
