@@ -23,10 +23,11 @@ from veil.cli.errors import UserError
 __all__ = ["register"]
 
 eval_app = typer.Typer(no_args_is_help=True, help="Evaluate a model through its chat endpoint.")
-# --quick: 4 pairs (54 items; zero-shot and SC-CoQ make 162 calls), 24 tokens an answer, one torch thread.
-# On a 2-core box shared with other jobs, two threads spin against each other: the same 162 calls took
-# 611 CPU-s and were not done after 14 minutes, against 183 CPU-s and 5.4 minutes with one thread
-QUICK_PAIRS, FULL_PAIRS = 4, 60
+# --quick: 12 pairs (159 items; zero-shot and SC-CoQ make 477 calls), 24 tokens an answer, one torch thread:
+# 493 CPU-s, 11.4 minutes at load 3-5 on the shared 2-core VM. Two threads spin against each other on a
+# shared box: 4 pairs' 162 calls took 611 CPU-s and were not done after 14 minutes, against 183 CPU-s
+# and 5.4 minutes with one thread
+QUICK_PAIRS, FULL_PAIRS = 12, 60
 QUICK_MAX_TOKENS, FULL_MAX_TOKENS = 24, 48
 QUICK_THREADS = 1
 
@@ -81,7 +82,7 @@ def punchbench(
         Path | None, typer.Option(help="PunchBench root holding dev0610/{Perception,Reasoning}.")
     ] = None,
     log: Annotated[Path | None, typer.Option(help="JSONL of scored items; a rerun resumes from it.")] = None,
-    pairs: Annotated[int | None, typer.Option(help="Synthetic pairs (default 60; 4 with --quick).")] = None,
+    pairs: Annotated[int | None, typer.Option(help="Synthetic pairs (default 60; 12 with --quick).")] = None,
     limit: Annotated[int | None, typer.Option(help="Only the first N items.")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds per completion before the run stops.")] = 120.0,
     max_tokens: Annotated[
@@ -96,7 +97,7 @@ def punchbench(
     ] = "rule",
     seed: Annotated[int, typer.Option(help="Seed for templates, option order and demonstrations.")] = 0,
     quick: Annotated[
-        bool, typer.Option("--quick", help="4 synthetic pairs (54 items), 24 tokens an answer, 1 thread.")
+        bool, typer.Option("--quick", help="12 synthetic pairs (159 items), 24 tokens an answer, 1 thread.")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
 ) -> None:
