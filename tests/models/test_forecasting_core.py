@@ -244,3 +244,40 @@ def test_weight_decay_shrinks_the_weights_and_ema_keeps_the_average_it_validated
         batches = _batches(len(windows["val"]), 16, None, 2)
         kept = float(np.mean([float(_loss(averaged, windows["val"], i, scaler)) for i in batches]))
     assert kept == pytest.approx(result.history[result.best_epoch - 1]["val_loss"], rel=1e-5)
+
+
+def _options_pair(**options) -> tuple[Extralonger, Extralonger, torch.Tensor]:
+    """A released model and one with ``options``, with the released weights copied into it."""
+    n, steps = 5, 12
+    adj = torch.eye(n, dtype=torch.bool) | torch.roll(torch.eye(n, dtype=torch.bool), 1, 0)
+    base = ExtralongerConfig(
+        nodes=n, in_steps=steps, out_steps=steps, d_in=8, d_tod=4, d_dow=4, d_sp=4, feed_forward=16, heads=2
+    )
+    torch.manual_seed(0)
+    released = Extralonger(base, adj).eval()
+    variant = Extralonger(ExtralongerConfig(**{**base.__dict__, **options}), adj).eval()
+    variant.load_state_dict(released.state_dict(), strict=False)
+    x = torch.randn(3, steps, n, 3)
+    x[..., 1], x[..., 2] = torch.rand(3, steps, n), 2.0
+    return released, variant, x
+
+
+def test_the_learned_fusion_and_the_linear_skip_start_as_the_released_model() -> None:
+    released, variant, x = _options_pair(fusion="learned", linear_skip=True)
+    torch.testing.assert_close(variant(x), released(x))
+    with torch.no_grad():  # a skip that copies the last step adds the last reading to every step
+        variant.skip.weight[:, -1] = 1.0
+    torch.testing.assert_close(variant(x), released(x) + x[:, -1:, :, 0])
+
+
+def test_a_learned_fusion_weighs_the_routes_by_its_softmax() -> None:
+    released, variant, x = _options_pair(fusion="learned")
+    with torch.no_grad():  # all weight on the mixed route at every step
+        variant.fusion_logits.copy_(torch.tensor([50.0, 0.0, 0.0]))
+    mixed_only = variant(x)
+    with torch.no_grad():
+        variant.fusion_logits.copy_(torch.log(torch.tensor([2.0, 1.0, 1.0])))
+    torch.testing.assert_close(variant(x), released(x))
+    assert not torch.allclose(mixed_only, released(x))
+    with pytest.raises(ValueError, match="fusion must be one of"):
+        ExtralongerConfig(nodes=5, fusion="mean")

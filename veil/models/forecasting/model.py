@@ -16,6 +16,11 @@ As the released code builds it (what the paper leaves out is marked *released*):
   ``Linear(T_in -> T_out)``;
 * fusion ``(2 mixed + spatial + temporal) / 4``, fixed (*released*).
 
+Two options depart from the released model and are off by default: a fusion whose route weights are
+learned per output step (``fusion="learned"``), and a linear skip from each sensor's input series to its
+forecast (``linear_skip``). Both aim at the next hours, where a sensor's own last readings matter most;
+at one-day windows each gained a little at 1 h and nothing at 1 d (``benchmarks/README.md``).
+
 The defaults are the released PEMS08 configuration (d_in = d_tod = d_dow = d_sp = 64, feed-forward 256,
 4 heads, 1 layer); ``dropout`` 0.1 is our choice (the STAEformer code it forks from uses 0.1).
 """
@@ -24,11 +29,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 from torch import nn
 
-__all__ = ["Extralonger", "ExtralongerConfig", "GlobalLocalAttention"]
+__all__ = ["FUSIONS", "Extralonger", "ExtralongerConfig", "GlobalLocalAttention"]
+
+Fusion = Literal["fixed", "learned"]
+FUSIONS: tuple[str, ...] = get_args(Fusion)
 
 
 @dataclass(frozen=True)
@@ -47,6 +56,14 @@ class ExtralongerConfig:
         blocks; mixed_heads: heads of the channel attention (2 as released; must divide ``in_steps``).
     layers: blocks per route.
     dropout: in every block.
+    fusion: ``"fixed"``, the released ``(2 mixed + spatial + temporal) / 4``; or ``"learned"``, a softmax
+        over three logits per output step, started at the released 2:1:1. Departs from the paper (whose
+        weights are fixed): the spatial route is the only one that keeps the sensors apart (the others
+        fold them into one token per step), and the fixed fusion gives it a quarter at every horizon.
+    linear_skip: add ``Linear(T_in -> T_out)`` of each sensor's scaled input series (shared by the
+        sensors, started at zero so the model starts as released) to the fused output. Departs from the
+        paper (no such skip): the next hours follow a sensor's own last readings, and every released
+        route passes them through post-LayerNorm blocks, which divide out each token's level.
     """
 
     nodes: int
@@ -62,6 +79,8 @@ class ExtralongerConfig:
     mixed_heads: int = 2
     layers: int = 1
     dropout: float = 0.1
+    fusion: Fusion = "fixed"
+    linear_skip: bool = False
 
     def __post_init__(self) -> None:
         for name in ("nodes", "in_steps", "out_steps", "steps_per_day", "d_in", "d_tod", "d_dow", "d_sp",
@@ -76,6 +95,8 @@ class ExtralongerConfig:
             raise ValueError(f"mixed_heads ({self.mixed_heads}) must divide in_steps ({self.in_steps})")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
 
     @property
     def model_dim(self) -> int:
@@ -161,6 +182,12 @@ class Extralonger(nn.Module):
         self.mixed_time = _encoder(d, c.heads, c.feed_forward, c.dropout, c.layers)
         self.mixed_channels = _encoder(c.in_steps, c.mixed_heads, c.feed_forward, c.dropout, c.layers)
         self.mixed_out, self.mixed_timemap = nn.Linear(d, c.nodes), _time_map(c.in_steps, c.out_steps)
+        if c.fusion == "learned":  # logits of (mixed, spatial, temporal) per output step, from 2:1:1
+            self.fusion_logits = nn.Parameter(torch.log(torch.tensor([2.0, 1.0, 1.0])).repeat(c.out_steps, 1))
+        if c.linear_skip:
+            self.skip = nn.Linear(c.in_steps, c.out_steps)
+            nn.init.zeros_(self.skip.weight)
+            nn.init.zeros_(self.skip.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self.config
@@ -190,4 +217,11 @@ class Extralonger(nn.Module):
             m = block(m)
         m = self.mixed_out(m.transpose(1, 2))  # (B, T_in, N)
         mixed = self.mixed_timemap(m.transpose(1, 2)).transpose(1, 2)  # (B, T_out, N)
-        return (2 * mixed + spatial + temporal) / 4
+        if c.fusion == "learned":
+            w = self.fusion_logits.softmax(dim=-1)[:, None, :]  # (T_out, 1, 3)
+            out = w[..., 0] * mixed + w[..., 1] * spatial + w[..., 2] * temporal
+        else:
+            out = (2 * mixed + spatial + temporal) / 4
+        if c.linear_skip:
+            out = out + self.skip(x[..., 0].transpose(1, 2)).transpose(1, 2)  # (B, N, T_in) -> (B, T_out, N)
+        return out
