@@ -60,3 +60,27 @@ def test_the_command_refuses_bad_arguments() -> None:
         LongformExperimentConfig(n_eval=0)
     with pytest.raises(ValueError, match="drift_p"):
         LongformExperimentConfig(drift_p=2.0)
+
+
+def test_the_base_models_drafts_follow_the_required_length_only_when_asked() -> None:
+    import random
+
+    from veil.models.longform.experiment import base_drafts, experiment_tasks
+    from veil.models.longform.length import count_words
+
+    def words(cfg: LongformExperimentConfig) -> dict[int, float]:
+        rng = random.Random(cfg.seed)
+        topics, _, _ = experiment_tasks(cfg, rng)
+        by: dict[int, list[int]] = {}
+        for p, d in base_drafts(topics, rng, cfg):
+            assert d.strip() and p.target_words in cfg.lengths and f"{p.target_words} words" in p.prompt
+            by.setdefault(p.target_words, []).append(count_words(d))
+        return {n: sum(w) / len(w) for n, w in by.items()}
+
+    blind = words(LongformExperimentConfig(n_topics=40, n_eval=4))
+    assert max(blind.values()) < 1.3 * min(blind.values())  # 1-4 paragraphs whatever L
+    reads = words(LongformExperimentConfig(n_topics=40, n_eval=4, draft_words=(0.8, 1.25)))
+    for n, w in reads.items():
+        assert 0.7 * n <= w <= 1.4 * n, (n, w)  # a draft ends at the paragraph closest to its aim
+    with pytest.raises(ValueError, match="draft_words"):
+        LongformExperimentConfig(draft_words=(1.5, 0.5))

@@ -9,8 +9,9 @@ Everything runs here on CPU from the shipped corpus (no model download):
    write long but miss the length): by default a small Llama trained from scratch with TRL's SFT on
    drafts: 1 to ``max_paragraphs`` paragraphs of the topic's sentences, some stating the topic's facts
    and, with probability ``drift_p``, restating one with another value (the drift the memory pool
-   exists for). A draft's length does not depend on L. ``model`` names a pretrained model instead
-   (e.g. ``smollm2-135m-instruct``; far slower on CPU).
+   exists for). A draft's length does not depend on L, unless ``draft_words`` ties it to L within a
+   factor range (a base model that reads L roughly, as LongWriter's do). ``model`` names a pretrained
+   model instead (e.g. ``smollm2-135m-instruct``; far slower on CPU).
 3. **Collection.** The step search (width, depth, rule-based judge, memory pool with MiniLM, critique
    refinement) on the search prompts gives step pairs and chosen paths; outcome pairs come from
    ``width`` whole responses per prompt (the same number of generated steps, about).
@@ -33,7 +34,7 @@ import math
 import random
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,7 @@ from veil.models.scratch import scratch_llama
 
 __all__ = [
     "LongformExperimentConfig",
+    "base_drafts",
     "base_model_dir",
     "evaluate",
     "experiment_tasks",
@@ -86,6 +88,12 @@ class LongformExperimentConfig:
     search_per_topic: prompts per searched topic (each at another length).
     topic_sentences, sentence_words: each topic's first sentences of that many words, all a draft uses.
     drafts_per_topic, max_paragraphs, fact_p, drift_p: the scratch base model's training drafts.
+    draft_words: ``None``: a draft has 1 to ``max_paragraphs`` paragraphs whatever its prompt's L (a
+        base model that ignores L); ``(lo, hi)``: a draft aims at ``L * u`` words, ``u`` drawn
+        log-uniformly from ``[lo, hi]``, and takes paragraphs while one more brings it closer (at
+        least one, at most the topic's sentences, ``max_paragraphs`` not applied): a base model that
+        reads L but misses it by that factor (benchmarks/README.md, run 5). Not in the paper, whose base
+        models are LongWriter's.
     vocab_size, hidden, layers, base_epochs, base_lr: its tokenizer and Llama, and their training.
     search: the collection search, the paper's but for: steps end at a line break (64 tokens at
         most); a step's S_l is that of its greedy rollout to the end of the turn (``rollout``, 256
@@ -120,6 +128,7 @@ class LongformExperimentConfig:
     sentence_words: tuple[int, int] = (6, 16)
     drafts_per_topic: int = 8
     max_paragraphs: int = 4
+    draft_words: tuple[float, float] | None = None
     fact_p: float = 0.5
     drift_p: float = 0.5
     vocab_size: int = 2000
@@ -159,19 +168,33 @@ class LongformExperimentConfig:
             raise ValueError("n_eval, drafts_per_topic and max_paragraphs must be >= 1 and seeds non-empty")
         if not 0.0 <= self.fact_p <= 1.0 or not 0.0 <= self.drift_p <= 1.0:
             raise ValueError(f"fact_p and drift_p must be in [0, 1], got {self.fact_p}, {self.drift_p}")
+        if self.draft_words is not None and not 0.0 < self.draft_words[0] <= self.draft_words[1]:
+            raise ValueError(
+                f"draft_words must be None or (lo, hi) with 0 < lo <= hi, got {self.draft_words}"
+            )
         if self.budget_steps is not None and self.budget_steps < 1:
             raise ValueError(f"budget_steps must be >= 1 or None, got {self.budget_steps}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1 or None, got {self.threads}")
 
 
-def _draft(topic: Topic, rng: random.Random, cfg: LongformExperimentConfig) -> str:
-    """1 to ``max_paragraphs`` paragraphs of 1-2 consecutive sentences of the topic, whatever L is."""
+def _draft(topic: Topic, target: int, rng: random.Random, cfg: LongformExperimentConfig) -> str:
+    """Paragraphs of 1-2 consecutive sentences of the topic: 1 to ``max_paragraphs`` of them whatever
+    ``target`` is, or, with ``cfg.draft_words = (lo, hi)``, as many as bring the draft closest to
+    ``target * u`` words (``u`` log-uniform in ``[lo, hi]``)."""
     start = rng.randrange(len(topic.sentences))
     pool = list(topic.sentences[start:] + topic.sentences[:start])
     paragraphs: list[str] = []
     stated: list[Fact] = []
-    for _ in range(rng.randint(1, cfg.max_paragraphs)):
+    if cfg.draft_words is None:
+        count, aim = rng.randint(1, cfg.max_paragraphs), None
+    else:
+        lo, hi = cfg.draft_words
+        count, aim = len(pool), target * math.exp(rng.uniform(math.log(lo), math.log(hi)))
+    words = 0
+    for _ in range(count):
+        if not pool and aim is not None:  # (the blind drafts keep their released behaviour)
+            break
         par = [pool.pop(0) for _ in range(rng.randint(1, 2)) if pool]
         if topic.facts and rng.random() < cfg.fact_p:
             fact = rng.choice(topic.facts)
@@ -181,8 +204,31 @@ def _draft(topic: Topic, rng: random.Random, cfg: LongformExperimentConfig) -> s
                 fact = Fact(old.subject, old.attribute, _other_value(old, rng))
             par.insert(rng.randrange(len(par) + 1), fact_sentence(fact))
             stated.append(fact)
+        more = count_words(" ".join(par))
+        # a paragraph that would take the draft further from its aim ends it (the first is always kept)
+        if aim is not None and paragraphs and abs(words + more - aim) >= abs(words - aim):
+            break
         paragraphs.append(" ".join(par))
+        words += more
     return "\n".join(paragraphs)
+
+
+def base_drafts(
+    topics: Sequence[Topic], rng: random.Random, cfg: LongformExperimentConfig
+) -> list[tuple[LongformPrompt, str]]:
+    """The base model's training texts: ``drafts_per_topic`` per topic, each a prompt at a length drawn
+    from ``cfg.lengths`` and its :func:`_draft`."""
+    out = []
+    for t in topics:
+        for _ in range(cfg.drafts_per_topic):
+            n = rng.choice(cfg.lengths)
+            out.append(
+                (
+                    LongformPrompt(f"Write about {t.name} in about {n} words.", n, topic=t),
+                    _draft(t, n, rng, cfg),
+                )
+            )
+    return out  # fmt: skip
 
 
 def _other_value(fact: Fact, rng: random.Random) -> str:
@@ -306,6 +352,22 @@ def _pair_kinds(pairs: Sequence[dict[str, str]], end: str) -> dict[str, int]:
     return kinds
 
 
+def _words_by_target(drafts: Sequence[tuple[LongformPrompt, str]]) -> dict[str, float]:
+    """The base model's training drafts' mean words per required length."""
+    by: dict[int, list[int]] = {}
+    for p, d in drafts:
+        by.setdefault(p.target_words, []).append(count_words(d))
+    return {str(n): round(float(np.mean(w)), 1) for n, w in sorted(by.items())}
+
+
+def _count_by(values: Iterable[Any]) -> dict[str, int]:
+    """How many of ``values`` are each value, keyed by its text, in sorted order."""
+    counts: dict[Any, int] = {}
+    for v in values:
+        counts[v] = counts.get(v, 0) + 1
+    return {str(k): n for k, n in sorted(counts.items())}
+
+
 _BASE_VERSION = 1  # bump when the base model's recipe changes in a way its config does not show
 
 
@@ -319,6 +381,8 @@ def base_model_dir(cfg: LongformExperimentConfig, data_dir: Path | None) -> Path
     keys = ("n_topics", "lengths", "topic_sentences", "sentence_words", "drafts_per_topic", "max_paragraphs",
             "fact_p", "drift_p", "vocab_size", "hidden", "layers", "base_epochs", "base_lr", "seed")  # fmt: skip
     blob = {k: getattr(cfg, k) for k in keys} | {"version": _BASE_VERSION}
+    if cfg.draft_words is not None:  # only when set, so the bases cached before it existed stay valid
+        blob["draft_words"] = list(cfg.draft_words)
     blob["device"] = "cuda" if torch.cuda.is_available() else "cpu"
     key = hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:12]
     return Path(data_dir) / "longform" / f"base-{key}"
@@ -350,6 +414,8 @@ def _run(
     lap("setup_s")
 
     cached = base_model_dir(cfg, data_dir)
+    # drawn even when the base model is cached: the JSON reports their lengths
+    drafts = base_drafts(topics, rng, cfg) if cfg.model is None else []
     if cfg.model is None and cached is not None and (cached / "config.json").is_file():
         from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
@@ -359,10 +425,6 @@ def _run(
         )
         say(f"base model: cached in {cached}")
     elif cfg.model is None:
-        drafts = [
-            (LongformPrompt(f"Write about {t.name} in about {rng.choice(cfg.lengths)} words.", 1, topic=t), _draft(t, rng, cfg))
-            for t in topics for _ in range(cfg.drafts_per_topic)
-        ]  # fmt: skip
         tokenizer = _tokenizer([p.prompt + "\n" + d for p, d in drafts], cfg.vocab_size)
         base = _scratch_model(tokenizer, cfg)
         policy = HFStepPolicy(base, tokenizer)
@@ -469,6 +531,7 @@ def _run(
                    "step_value": cfg.search.step_value, "rejected": cfg.search.rejected,
                    "dpo_lr": cfg.dpo.lr, "dpo_sft_weight": cfg.dpo.sft_weight, "dpo_loss": cfg.dpo.loss_type,
                    "dpo_beta": cfg.dpo.beta, "balance_end_pairs": cfg.balance_end_pairs,
+                   "draft_words": list(cfg.draft_words) if cfg.draft_words else None, "base_epochs": cfg.base_epochs,
                    "memory": dataclasses.asdict(cfg.search.memory) if cfg.search.memory else None,
                    "budget_steps": budget},
         "methods": summary,
@@ -476,6 +539,8 @@ def _run(
                      for name, runs in methods.items()},
         "samples": {name: runs[0]["sample"] for name, runs in methods.items()},
         "data": {
+            "draft_words_by_target": _words_by_target(drafts),
+            "step_pairs_by_depth": _count_by(p["depth"] for r in results for p in r.pairs),
             "step_pairs": len(found), "step_pairs_trained": len(pairs), "step_pair_kinds": _pair_kinds(found, policy.end_text),
             "step_pair_kinds_by_length": _kinds_by_length(results, policy.end_text), "rollouts": sum(r.rollouts for r in results),
             "fallback_pairs": sum(int(p["fallback"]) for r in results for p in r.pairs),
