@@ -2,7 +2,8 @@
 command has no option for (e.g. a base model whose drafts follow the required length).
 
 ``--set`` takes JSON: the fields of :class:`~veil.models.longform.experiment.LongformExperimentConfig` to
-replace (lists become tuples). The base model is cached in ``VEIL_DATA_DIR`` as the command caches it.
+replace (lists become tuples; an object replaces fields of a dataclass field, e.g.
+``{"step_dpo": {"loss_type": "sigmoid_norm", "beta": 2.0}}`` starts from the preset's ``dpo``). The base model is cached in ``VEIL_DATA_DIR`` as the command caches it.
 Prints one JSON object on stdout (the command's, with ``config.overrides`` added); progress on stderr.
 
 Usage::
@@ -21,6 +22,17 @@ import sys
 import torch
 
 
+def _field(preset: object, name: str, value: object) -> object:
+    """``value`` as the preset's field ``name``: a list as a tuple, an object as the preset's dataclass
+    (``step_dpo``: its ``dpo``) with those fields replaced."""
+    if isinstance(value, list):
+        return tuple(value)
+    if isinstance(value, dict):
+        current = getattr(preset, name)
+        return dataclasses.replace(current if current is not None else preset.dpo, **value)
+    return value
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--set", default="{}", help="JSON: preset fields to replace")
@@ -32,8 +44,9 @@ def main() -> None:
     torch.set_num_threads(1)
     _quiet_libraries()
     over = json.loads(args.set)
-    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in over.items()}
-    cfg = dataclasses.replace(LongformExperimentConfig.quick(), **fields)
+    preset = LongformExperimentConfig.quick()
+    fields = {k: _field(preset, k, v) for k, v in over.items()}
+    cfg = dataclasses.replace(preset, **fields)
     result = run_longform_experiment(
         cfg, progress=lambda m: print(m, file=sys.stderr, flush=True), data_dir=_data_dir()
     )

@@ -45,8 +45,16 @@ def test_the_experiment_reports_every_method_and_caches_its_base_model(tmp_path)
     saved = load_model(tmp_path / "saved")  # what veil serve --model loads
     assert saved.model.config.hidden_size == 32 and saved.tokenizer.eos_token == "</s>"
     again: list[str] = []
-    run_longform_experiment(dataclasses.replace(cfg, seeds=(0,)), progress=again.append, data_dir=tmp_path)
+    step_only = dataclasses.replace(cfg.dpo, loss_type="sigmoid_norm", beta=2.0)
+    capped = run_longform_experiment(
+        dataclasses.replace(cfg, seeds=(0,), cap_first_step_pairs=True, step_dpo=step_only),
+        progress=again.append, data_dir=tmp_path,
+    )  # fmt: skip
     assert any("cached" in m for m in again)
+    by_depth = capped["data"]["step_pairs_by_depth"]
+    later = sum(n for d, n in by_depth.items() if d != "0")
+    assert capped["data"]["step_pairs_trained"] == later + min(by_depth.get("0", 0), later)
+    assert (capped["config"]["step_dpo_loss"], capped["config"]["dpo_loss"]) == ("sigmoid_norm", "sigmoid")
 
 
 def test_the_command_refuses_bad_arguments() -> None:

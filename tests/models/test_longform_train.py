@@ -12,7 +12,13 @@ from veil.models.longform.experiment import LongformExperimentConfig, _scratch_m
 from veil.models.longform.judge import RuleJudge
 from veil.models.longform.policy import HFStepPolicy, Step, end_of_turn
 from veil.models.longform.search import SearchResult, StepSearchConfig
-from veil.models.longform.train import LongDPOConfig, outcome_pairs, sft_examples, step_pairs
+from veil.models.longform.train import (
+    LongDPOConfig,
+    cap_first_step_pairs,
+    outcome_pairs,
+    sft_examples,
+    step_pairs,
+)
 
 TEXTS = [
     "Write about Autism in about 20 words.\nAutism affects social skills.\nIt starts early in children.",
@@ -172,3 +178,21 @@ def test_balancing_keeps_as_many_end_here_as_go_on_pairs_and_every_two_sided_one
     assert (True, True) in kinds and (False, False) in kinds and len(kept) == 6
     assert [p["prompt"] for p in kept] == sorted((p["prompt"] for p in kept), key=lambda s: int(s[1:]))
     assert balance_end_pairs(pairs, "</s>", seed=1) == kept  # seeded
+
+
+def test_capping_keeps_every_later_step_pair_and_as_many_first_step_ones_in_order() -> None:
+    task = LongformPrompt("Write about Autism in about 20 words.", 20)
+
+    def result(tag: str, depths: list[int]) -> SearchResult:
+        pairs = [
+            {"prompt": f"{tag}{i}", "chosen": "a", "rejected": "b", "depth": d} for i, d in enumerate(depths)
+        ]
+        return SearchResult(task, [], [], pairs)  # type: ignore[arg-type]
+
+    results = [result("x", [0, 1, 2]), result("y", [0]), result("z", [0, 1]), result("w", [0])]
+    kept = cap_first_step_pairs(results, seed=3)
+    prompts = [p["prompt"] for p in kept]
+    assert {"x1", "x2", "z1"} <= set(prompts) and len(prompts) == 6
+    assert prompts == [p["prompt"] for p in step_pairs(results) if p["prompt"] in prompts]
+    assert set(kept[0]) == {"prompt", "chosen", "rejected"} and cap_first_step_pairs(results, seed=3) == kept
+    assert len(cap_first_step_pairs(results[1:2])) == 0  # no later pairs: no first-step pair either

@@ -57,6 +57,7 @@ from veil.models.longform.search import (
 from veil.models.longform.train import (
     LongDPOConfig,
     balance_end_pairs,
+    cap_first_step_pairs,
     outcome_pairs,
     sft_examples,
     step_pairs,
@@ -112,6 +113,12 @@ class LongformExperimentConfig:
     balance_end_pairs: step DPO trains on :func:`~veil.models.longform.train.balance_end_pairs` of the
         step pairs (as many "end here" as "go on" pairs; not in the paper). Off: it does not stop step
         DPO's answers from running on here (benchmarks/README.md).
+    cap_first_step_pairs: step DPO trains on :func:`~veil.models.longform.train.cap_first_step_pairs` of
+        the step pairs (at most as many first-step pairs as pairs at later steps; applied before
+        ``balance_end_pairs``; not in the paper): the search gives one first-step pair per prompt and
+        few later, where an answer learns to stop.
+    step_dpo: step DPO's own settings (``None``: ``dpo``'s, as outcome DPO), e.g. the length-normalised
+        loss for step pairs only.
     budget_steps: optimizer updates per method (``None``: step DPO's epochs over its pairs).
     seeds: training seeds; each method is trained once per seed.
     eval_tokens: the token budget of an evaluated response.
@@ -150,6 +157,8 @@ class LongformExperimentConfig:
     )
     pool_value_sees_facts: bool = False
     balance_end_pairs: bool = False
+    cap_first_step_pairs: bool = False
+    step_dpo: LongDPOConfig | None = None
     budget_steps: int | None = None
     seeds: tuple[int, ...] = (0, 1, 2)
     eval_tokens: int = 256
@@ -458,7 +467,8 @@ def _run(
     say(f"step search on {len(search_tasks)} prompts (width {cfg.search.width}, depth {cfg.search.depth})")
     results, cut = collect_pairs(policy, judge, search_tasks, cfg.search, encoder)
     found = step_pairs(results)
-    pairs = balance_end_pairs(found, policy.end_text, cfg.seed) if cfg.balance_end_pairs else found
+    pairs = cap_first_step_pairs(results, cfg.seed) if cfg.cap_first_step_pairs else found
+    pairs = balance_end_pairs(pairs, policy.end_text, cfg.seed) if cfg.balance_end_pairs else pairs
     sft = sft_examples(policy, tokenizer, results)
     generated = sum(r.generated_steps for r in results)
     lap("search_s")
@@ -491,8 +501,9 @@ def _run(
             else:
                 from veil.models.dpo import prefix_dpo
 
+                dpo = (cfg.step_dpo or cfg.dpo) if name == "step-dpo" else cfg.dpo
                 prefix_dpo(model, tokenizer, pairs if name == "step-dpo" else outcome,
-                           dataclasses.replace(cfg.dpo, max_steps=budget, seed=seed))  # fmt: skip
+                           dataclasses.replace(dpo, max_steps=budget, seed=seed))  # fmt: skip
             train_seconds[name] = train_seconds.get(name, 0.0) + time.process_time() - start
             if save_dir is not None and name == "step-dpo" and seed == cfg.seeds[0]:
                 model.save_pretrained(save_dir)
@@ -531,6 +542,9 @@ def _run(
                    "step_value": cfg.search.step_value, "rejected": cfg.search.rejected,
                    "dpo_lr": cfg.dpo.lr, "dpo_sft_weight": cfg.dpo.sft_weight, "dpo_loss": cfg.dpo.loss_type,
                    "dpo_beta": cfg.dpo.beta, "balance_end_pairs": cfg.balance_end_pairs,
+                   "cap_first_step_pairs": cfg.cap_first_step_pairs,
+                   "step_dpo_loss": (cfg.step_dpo or cfg.dpo).loss_type,
+                   "step_dpo_beta": (cfg.step_dpo or cfg.dpo).beta,
                    "draft_words": list(cfg.draft_words) if cfg.draft_words else None, "base_epochs": cfg.base_epochs,
                    "memory": dataclasses.asdict(cfg.search.memory) if cfg.search.memory else None,
                    "budget_steps": budget},

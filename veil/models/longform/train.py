@@ -18,7 +18,14 @@ from veil.models.longform.judge import Judge
 from veil.models.longform.policy import StepPolicy
 from veil.models.longform.search import SearchResult, StepSearchConfig, value
 
-__all__ = ["LongDPOConfig", "balance_end_pairs", "outcome_pairs", "sft_examples", "step_pairs"]
+__all__ = [
+    "LongDPOConfig",
+    "balance_end_pairs",
+    "cap_first_step_pairs",
+    "outcome_pairs",
+    "sft_examples",
+    "step_pairs",
+]
 
 
 @dataclass(frozen=True)
@@ -31,6 +38,20 @@ class LongDPOConfig(PairDPOConfig):
 def step_pairs(results: Sequence[SearchResult]) -> list[dict[str, str]]:
     """Every search's step pairs ``{prompt, chosen, rejected}`` in order."""
     return [{k: str(p[k]) for k in ("prompt", "chosen", "rejected")} for r in results for p in r.pairs]
+
+
+def cap_first_step_pairs(results: Sequence[SearchResult], seed: int = 0) -> list[dict[str, str]]:
+    """:func:`step_pairs` with at most as many first-step pairs (depth 0) as pairs at later steps: the
+    first-step pairs are thinned at random, the others all kept, in order.
+
+    Why: the search gives one first-step pair per prompt but few later ones (84 of 148 at depth 0 on the
+    quick preset with a base that reads L), and a first step teaches how long a first paragraph is, not
+    where the answer stops. Not in the paper.
+    """
+    depth = [int(p["depth"]) for r in results for p in r.pairs]
+    first = [i for i, d in enumerate(depth) if d == 0]
+    keep = set(random.Random(seed).sample(first, min(len(first), len(depth) - len(first))))
+    return [p for i, p in enumerate(step_pairs(results)) if depth[i] != 0 or i in keep]
 
 
 def balance_end_pairs(pairs: Sequence[dict[str, str]], end_text: str, seed: int = 0) -> list[dict[str, str]]:
