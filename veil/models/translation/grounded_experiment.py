@@ -44,7 +44,14 @@ from veil.models.translation.multitask import MultiTaskConfig, ParallelText, mul
 from veil.models.translation.scratch import ScratchConfig
 from veil.progress import NullProgress, Progress
 
-__all__ = ["NOISES", "GroundedExperimentConfig", "run_grounded_experiment", "scores"]
+__all__ = [
+    "NOISES",
+    "GroundedExperimentConfig",
+    "evaluate_variants",
+    "grounded_variants",
+    "run_grounded_experiment",
+    "scores",
+]
 
 NOISES = ("clean", "irrelevant", "partial")
 MODELS = ("multitask", "translation_only")
@@ -209,7 +216,9 @@ def run_grounded_experiment(
     if served is not None and cfg.served_examples:
         clock = time.process_time()
         with progress.stage("evaluating the served model", None):
-            models["served"] = _evaluate(served, cfg, test[: cfg.served_examples], _variants(cfg, False))
+            models["served"] = evaluate_variants(
+                served, cfg, test[: cfg.served_examples], grounded_variants(cfg, False)
+            )
         seconds["served_eval_cpu_s"] = round(time.process_time() - clock, 1)
     for name in MODELS:
         clock = time.process_time()
@@ -219,10 +228,10 @@ def run_grounded_experiment(
         seconds[f"{name}_train_cpu_s"] = round(time.process_time() - clock, 1)
         clock = time.process_time()
         lm = HFTextLM(model.eval(), tokenizer, batch_size=cfg.batch_size)
-        variants = _variants(cfg, name == "multitask")
+        variants = grounded_variants(cfg, name == "multitask")
         with progress.stage(f"evaluating the {name} model", len(variants)) as bar:
             rows = {"train_loss": round(float(metrics.get("train_loss", 0.0)), 4)}
-            rows |= _evaluate(lm, cfg, test, variants, lambda: bar.advance(1))
+            rows |= evaluate_variants(lm, cfg, test, variants, lambda: bar.advance(1))
         if name == "multitask":
             judges["lm"] = _judge_accuracy(
                 GroundedTranslator(lm, dataclasses.replace(cfg.grounded, relevance="lm")), test
@@ -246,7 +255,7 @@ def run_grounded_experiment(
     }
 
 
-def _variants(cfg: GroundedExperimentConfig, own_judge: bool) -> list[tuple[str, str, str | None]]:
+def grounded_variants(cfg: GroundedExperimentConfig, own_judge: bool) -> list[tuple[str, str, str | None]]:
     """(row, relevance method, document kind) for each evaluation of one model."""
     variants: list[tuple[str, str, str | None]] = [("no_document", "names", None)]
     variants += [(f"document_{n}", "names", n) for n in NOISES]
@@ -257,7 +266,7 @@ def _variants(cfg: GroundedExperimentConfig, own_judge: bool) -> list[tuple[str,
     return variants
 
 
-def _evaluate(
+def evaluate_variants(
     lm: TextLM,
     cfg: GroundedExperimentConfig,
     test: list[Any],
