@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -54,3 +57,22 @@ def tiny_base():
 
     torch.manual_seed(0)
     return AutoModelForCausalLM.from_config(tiny_llama_config(vocab_size=128)).eval()
+
+
+@pytest.fixture(scope="session")
+def keyed_app(data_dir: str) -> Callable[..., tuple[Any, str]]:
+    """``keyed_app(root, model="tiny-llama")``: a service app over a fresh store in ``root`` serving
+    ``model`` (loaded from the session's data dir), and an API key for it; the loopback API tests start
+    their servers from it."""
+    from veil.cloud_service.app import create_app, load_served_model
+    from veil.cloud_service.config import ServiceConfig
+    from veil.cloud_service.store import create_api_key, make_engine, migrate, session_factory
+
+    def make(root: Path, model: str = "tiny-llama") -> tuple[Any, str]:
+        engine = make_engine(None, root)
+        migrate(engine)
+        key = create_api_key(session_factory(engine)(), "tests")
+        served = load_served_model(ServiceConfig(data_dir=Path(data_dir), model=model))
+        return create_app(ServiceConfig(data_dir=root, model=model), preloaded=served), key
+
+    return make

@@ -29,25 +29,6 @@ def veil(data_dir: Path, *args: str, timeout: float = 300) -> subprocess.Complet
     )
 
 
-def veil_in_process(
-    data_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, *args: str
-) -> subprocess.CompletedProcess[str]:
-    """``veil *args`` through the console entry point in this process: the same error mapping as
-    :func:`veil`, without a new interpreter importing torch (for checks that end before any work)."""
-    from veil.cli.main import main
-
-    monkeypatch.setenv("VEIL_DATA_DIR", str(data_dir))
-    monkeypatch.setattr(sys, "argv", ["veil", *args])
-    capsys.readouterr()
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return subprocess.CompletedProcess(["veil", *args], code, out, err)
-
-
 def assert_one_line_error(proc: subprocess.CompletedProcess[str], *fragments: str) -> None:
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.splitlines()
@@ -178,16 +159,10 @@ def test_demo_gaussian_mechanism_json(cli_data_dir: Path, tmp_path: Path) -> Non
     ],
 )
 def test_experiment_rejects_bad_sizes_and_methods(
-    cli_data_dir: Path,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
-    args: tuple[str, ...],
-    fragment: str,
+    cli_data_dir: Path, veil_here, args: tuple[str, ...], fragment: str
 ) -> None:
     # In process: the tests around it show a real `veil` process turning such errors into one line.
-    proc = veil_in_process(
-        cli_data_dir, capsys, monkeypatch, "experiment", "personalization", "--quick", *args
-    )
+    proc = veil_here(cli_data_dir, "experiment", "personalization", "--quick", *args)
     assert_one_line_error(proc, fragment)
 
 

@@ -16,9 +16,9 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 from sqlalchemy import Engine
@@ -189,22 +189,3 @@ def store_session(store_engine: Engine) -> Iterator[Session]:
 
     with session_factory(store_engine)() as session:
         yield session
-
-
-@pytest.fixture(scope="session")
-def keyed_app(data_dir: str) -> Callable[..., tuple[Any, str]]:
-    """``keyed_app(root, model="tiny-llama")``: a service app over a fresh store in ``root`` serving
-    ``model`` (loaded from the session's data dir), and an API key for it; the loopback API tests start
-    their servers from it."""
-    from veil.cloud_service.app import create_app, load_served_model
-    from veil.cloud_service.config import ServiceConfig
-    from veil.cloud_service.store import create_api_key, make_engine, migrate, session_factory
-
-    def make(root: Path, model: str = "tiny-llama") -> tuple[Any, str]:
-        engine = make_engine(None, root)
-        migrate(engine)
-        key = create_api_key(session_factory(engine)(), "tests")
-        served = load_served_model(ServiceConfig(data_dir=Path(data_dir), model=model))
-        return create_app(ServiceConfig(data_dir=root, model=model), preloaded=served), key
-
-    return make

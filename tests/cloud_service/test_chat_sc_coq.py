@@ -5,16 +5,11 @@ official client carries it, and bad requests are 400s naming the field."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import httpx
 import openai
 import pytest
 
-from veil.cloud_service.app import create_app, load_served_model
 from veil.cloud_service.background import BackgroundServer
-from veil.cloud_service.config import ServiceConfig
-from veil.cloud_service.store import create_api_key, make_engine, migrate, session_factory
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]  # a real server on the shared 2 cores
 
@@ -25,13 +20,8 @@ TARGET = "Why is 'What a perfect beach day!' funny here?"
 
 
 @pytest.fixture(scope="module")
-def stack(data_dir: str, tmp_path_factory: pytest.TempPathFactory):
-    served = load_served_model(ServiceConfig(data_dir=Path(data_dir), model=MODEL))
-    root = tmp_path_factory.mktemp("sc-coq-api")
-    engine = make_engine(None, root)
-    migrate(engine)
-    key = create_api_key(session_factory(engine)(), "tests")
-    app = create_app(ServiceConfig(data_dir=root, model=MODEL), preloaded=served)
+def stack(keyed_app, tmp_path_factory: pytest.TempPathFactory):
+    app, key = keyed_app(tmp_path_factory.mktemp("sc-coq-api"), MODEL)
     with (
         BackgroundServer(app) as api,
         httpx.Client(base_url=api.url, headers={"Authorization": f"Bearer {key}"}, timeout=120) as c,

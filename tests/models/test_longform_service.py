@@ -5,15 +5,11 @@ are 400s naming the field."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import httpx
 import pytest
 
-from veil.cloud_service.app import create_app, load_served_model
 from veil.cloud_service.background import BackgroundServer
-from veil.cloud_service.config import ServiceConfig
-from veil.cloud_service.store import create_api_key, make_engine, migrate, session_factory
 from veil.models.longform.length import count_words, length_score
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]  # a real server: about 90 s on the shared 2 cores
@@ -22,13 +18,8 @@ MODEL = "tiny-llama"
 
 
 @pytest.fixture(scope="module")
-def client(data_dir: str, tmp_path_factory: pytest.TempPathFactory):
-    served = load_served_model(ServiceConfig(data_dir=Path(data_dir), model=MODEL))
-    root = tmp_path_factory.mktemp("longform-api")
-    engine = make_engine(None, root)
-    migrate(engine)
-    key = create_api_key(session_factory(engine)(), "tests")
-    app = create_app(ServiceConfig(data_dir=root, model=MODEL), preloaded=served)
+def client(keyed_app, tmp_path_factory: pytest.TempPathFactory):
+    app, key = keyed_app(tmp_path_factory.mktemp("longform-api"), MODEL)
     with (
         BackgroundServer(app) as api,
         httpx.Client(base_url=api.url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as c,

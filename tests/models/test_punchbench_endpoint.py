@@ -36,18 +36,8 @@ ITEMS = [
 
 
 @pytest.mark.slow  # ~50 s on the shared 2-core box, mostly building the tiny model
-def test_veils_own_server_answers_every_strategy_through_the_openai_client(
-    data_dir: str, tmp_path: Path
-) -> None:
-    from veil.cloud_service.app import create_app, load_served_model
-    from veil.cloud_service.config import ServiceConfig
-    from veil.cloud_service.store import create_api_key, make_engine, migrate, session_factory
-
-    engine = make_engine(None, tmp_path)
-    migrate(engine)
-    key = create_api_key(session_factory(engine)(), "tests")
-    served = load_served_model(ServiceConfig(data_dir=Path(data_dir), model="tiny-llama"))
-    app = create_app(ServiceConfig(data_dir=tmp_path, model="tiny-llama"), preloaded=served)
+def test_veils_own_server_answers_every_strategy_through_the_openai_client(keyed_app, tmp_path: Path) -> None:
+    app, key = keyed_app(tmp_path)
     with BackgroundServer(app) as server:
         chat = OpenAIChat(server.url + "/v1", key, "tiny-llama", max_tokens=4, timeout_s=60)
         records = run_punchbench(ITEMS, ["zero-shot", "sc-coq"], chat, log_path=tmp_path / "log.jsonl")
