@@ -59,12 +59,16 @@ def test_a_missing_default_collection_is_built_saved_and_served_from_then_on(tmp
     assert len(asyncio.run(again.get_or_build(DEFAULT_COLLECTION))) == 1 and build.calls == 1
 
 
-def test_concurrent_questions_share_one_build(tmp_path: Path) -> None:
-    build = Builder(delay=0.3)
+@pytest.mark.parametrize("attempt", range(8))
+def test_concurrent_questions_share_one_build(tmp_path: Path, attempt: int) -> None:
+    """More callers than the default thread pool has workers, so some callers' first look at the cache
+    runs while the build saves: they must still get the build's copy, not a second one read from disk
+    (a race CI caught once; repeated to make it likelier to show)."""
+    build = Builder(delay=0.05 * (1 + attempt % 3))
     store = CollectionStore(tmp_path, build_default=build)
 
     async def ask_many() -> list[Collection | None]:
-        return await asyncio.gather(*(store.get_or_build(DEFAULT_COLLECTION) for _ in range(6)))
+        return await asyncio.gather(*(store.get_or_build(DEFAULT_COLLECTION) for _ in range(12)))
 
     got = asyncio.run(ask_many())
     assert build.calls == 1 and all(c is got[0] for c in got)

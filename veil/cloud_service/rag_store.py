@@ -114,7 +114,11 @@ class CollectionStore:
         if cached is not None:
             return cached
         with self._locked(name, fcntl.LOCK_SH):
-            collection = self._load(name)
+            # a save (e.g. the default's build) may have finished while this waited for the lock: serve
+            # the copy it cached rather than a second one read from disk
+            collection = self._cached(name, directory)
+            if collection is None:
+                collection = self._load(name)
             if collection is not None:
                 self._remember(name, directory, collection)
             return collection
@@ -141,8 +145,10 @@ class CollectionStore:
         build-default``) finished meanwhile is loaded, not repeated.
         """
         with self._locked(DEFAULT_COLLECTION, fcntl.LOCK_EX):
-            collection = self._load(DEFAULT_COLLECTION)
             directory = collection_dir(DEFAULT_COLLECTION, self.root.parent)
+            collection = self._cached(DEFAULT_COLLECTION, directory)
+            if collection is None:
+                collection = self._load(DEFAULT_COLLECTION)
             if collection is None:
                 started = time.perf_counter()
                 collection = self._build_default()
