@@ -3,6 +3,7 @@ MCTS, and a search cut short."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 
@@ -177,6 +178,28 @@ def test_mcts_back_propagates_and_returns_a_path_with_pairs() -> None:
     )
     assert r.steps and len(r.pairs) == len(r.steps) and r.steps[0].text == "Autism affects social skills.\n"
     assert r.generated_steps >= 6  # every simulation expanded a leaf or re-valued a final one
+
+
+def test_tree_pairs_add_a_pair_at_every_node_the_simulations_expanded_off_the_path() -> None:
+    # a large exploration constant: the simulations expand nodes off the chosen path too
+    cfg = StepSearchConfig(
+        width=2, depth=4, mode="mcts", simulations=10, exploration=10.0, memory=None, critique=None
+    )
+    path_only = search(ScriptedPolicy(_by_depth(LEVELS)), RuleJudge(), TASK, cfg)
+    policy = ScriptedPolicy(_by_depth(LEVELS))
+    tree = search(policy, RuleJudge(), TASK, dataclasses.replace(cfg, pairs="tree"))
+    expanded = len(policy.prompts)  # one sampling call per expanded node (cumulative value: no rollouts)
+    assert tree.steps == path_only.steps and tree.pairs[: len(path_only.pairs)] == path_only.pairs
+    off = tree.pairs[len(path_only.pairs) :]
+    assert len(tree.pairs) == expanded and off and all(p["on_path"] == 0 for p in off)
+    assert all(p["on_path"] == 1 for p in path_only.pairs)
+    assert all(p["chosen"] != p["rejected"] and str(p["prompt"]).startswith("U: ") for p in off)
+    assert {p["prompt"] for p in off}.isdisjoint(p["prompt"] for p in path_only.pairs)
+    greedy = dataclasses.replace(cfg, mode="greedy")
+    assert search(ScriptedPolicy(_by_depth(LEVELS)), RuleJudge(), TASK, dataclasses.replace(greedy, pairs="tree")).pairs \
+        == search(ScriptedPolicy(_by_depth(LEVELS)), RuleJudge(), TASK, greedy).pairs  # fmt: skip
+    with pytest.raises(ValueError, match="pairs must be"):
+        StepSearchConfig(pairs="all")  # type: ignore[arg-type]
 
 
 def test_a_search_cut_short_keeps_the_pairs_it_finished() -> None:

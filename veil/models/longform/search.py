@@ -93,6 +93,9 @@ class StepSearchConfig:
     step_value: what a candidate's S_l is taken of (module docstring; paper: ``cumulative``).
     rollout_tokens: the token budget of a ``rollout`` completion.
     rejected: which sibling a pair rejects: ``random`` (released) or ``worst`` (lowest value).
+    pairs: which nodes give pairs: ``path`` (the chosen path's, as released) or ``tree`` (also every
+        other expanded node: with ``mcts``, the nodes the simulations expanded off the chosen path;
+        with ``greedy`` the same as ``path``). Not in the paper.
     swap_p: the no-sibling fallback's swap probability (released: 0.3).
     memory: the memory pool, or ``None`` for none.
     critique: critique refinement, or ``None`` for none.
@@ -112,6 +115,7 @@ class StepSearchConfig:
     step_value: StepValue = "cumulative"
     rollout_tokens: int = 256
     rejected: Literal["random", "worst"] = "random"
+    pairs: Literal["path", "tree"] = "path"
     swap_p: float = 0.3
     memory: MemoryConfig | None = field(default_factory=MemoryConfig)
     critique: CritiqueConfig | None = field(default_factory=CritiqueConfig)
@@ -130,6 +134,8 @@ class StepSearchConfig:
                 f"step_value must be one of {STEP_VALUES} and rejected 'random' or 'worst', got "
                 f"{self.step_value!r}, {self.rejected!r}"
             )
+        if self.pairs not in ("path", "tree"):
+            raise ValueError(f"pairs must be 'path' or 'tree', got {self.pairs!r}")
         if self.rollout_tokens < 1:
             raise ValueError(f"rollout_tokens must be >= 1, got {self.rollout_tokens}")
         if not 0.0 < self.temperature <= 2.0 or not 0.0 < self.top_p <= 1.0:
@@ -321,7 +327,7 @@ def _pair(task: LongformPrompt, policy: StepPolicy, prefix: str, chosen: _Node, 
                 break
             bad = swap_adjacent(good, max(cfg.swap_p, 0.5), rng)
     return {"prompt": policy.chat_prompt(task.prompt, prefix), "chosen": good, "rejected": bad,
-            "depth": depth, "fallback": int(not others)}  # fmt: skip
+            "depth": depth, "fallback": int(not others), "on_path": 1}  # fmt: skip
 
 
 def check_targets(policy: StepPolicy, tasks: Sequence[LongformPrompt]) -> None:
@@ -358,12 +364,13 @@ def search(
     if cfg.mode == "mcts":
         _simulate(run, task, root)
     result = SearchResult(task, [], [], [])
-    node = root
+    node, paired = root, set()
     while len(result.steps) < cfg.depth and not node.final:
+        paired.add(id(node))
         kids = node.children or run.expand(task, node)
         node.children = kids
         # greedy: by value; MCTS: by the back-propagated mean (unvisited children by their own value)
-        ranked = sorted(kids, key=lambda n: -(n.total / n.visits if n.visits else n.value))
+        ranked = sorted(kids, key=lambda n: -_mean(n))
         k = pool.choose([n.step.text for n in ranked if n.step]) if pool else 0
         chosen = ranked[k]
         if cfg.critique is not None and chosen.value < cfg.critique.threshold:
@@ -382,10 +389,35 @@ def search(
         if pool is not None:
             pool.add(chosen.step.text)
         node = chosen
+    if cfg.pairs == "tree":
+        result.pairs.extend(_off_path_pairs(run, task, root, paired))
     result.vetoes = pool.vetoes if pool else 0
     result.unparsable, result.generated_steps, result.rollouts = run.unparsable, run.generated, run.rollouts
     result.memory_seconds = pool.seconds if pool else 0.0
     return result
+
+
+def _mean(node: _Node) -> float:
+    """The back-propagated mean, or the node's own value while unvisited."""
+    return node.total / node.visits if node.visits else node.value
+
+
+def _off_path_pairs(
+    run: _Search, task: LongformPrompt, root: _Node, paired: set[int]
+) -> list[dict[str, str | int]]:
+    """A pair at every expanded node not yet paired (depth first, children in sampled order): chosen =
+    the child of highest mean, rejected as ``config.rejected`` says; no memory pool or critique here."""
+    out, stack = [], [root]
+    while stack:
+        node = stack.pop()
+        if node.children and id(node) not in paired:
+            chosen = max(node.children, key=_mean)
+            pair = _pair(
+                task, run.policy, node.prefix(), chosen, node.children, run.cfg, run.rng, node.depth()
+            )
+            out.append(pair | {"on_path": 0})
+        stack.extend(reversed(node.children))
+    return out
 
 
 def _simulate(run: _Search, task: LongformPrompt, root: _Node) -> None:
