@@ -47,7 +47,7 @@ def test_the_experiment_reports_every_method_and_caches_its_base_model(tmp_path)
     again: list[str] = []
     step_only = dataclasses.replace(cfg.dpo, loss_type="sigmoid_norm", beta=2.0)
     capped = run_longform_experiment(
-        dataclasses.replace(cfg, seeds=(0,), cap_first_step_pairs=True, step_dpo=step_only),
+        dataclasses.replace(cfg, seeds=(0,), cap_first_step_pairs=True, step_dpo=step_only, pool_seeds=(0, 1)),
         progress=again.append, data_dir=tmp_path,
     )  # fmt: skip
     assert any("cached" in m for m in again)
@@ -55,6 +55,9 @@ def test_the_experiment_reports_every_method_and_caches_its_base_model(tmp_path)
     later = sum(n for d, n in by_depth.items() if d != "0")
     assert capped["data"]["step_pairs_trained"] == later + min(by_depth.get("0", 0), later)
     assert (capped["config"]["step_dpo_loss"], capped["config"]["dpo_loss"]) == ("sigmoid_norm", "sigmoid")
+    pool = capped["memory_pool"]  # 4 held-out topics at 3 lengths, searched at 2 seeds each way
+    assert pool["responses"] == 24 and result["memory_pool"]["responses"] == 12
+    assert pool["only_without"] + pool["only_with"] <= 24 and 0.0 <= pool["mcnemar_p"] <= 1.0
 
 
 def test_the_command_refuses_bad_arguments() -> None:
@@ -92,3 +95,17 @@ def test_the_base_models_drafts_follow_the_required_length_only_when_asked() -> 
         assert 0.7 * n <= w <= 1.4 * n, (n, w)  # a draft ends at the paragraph closest to its aim
     with pytest.raises(ValueError, match="draft_words"):
         LongformExperimentConfig(draft_words=(1.5, 0.5))
+
+
+def test_a_config_is_overridden_from_json_fields() -> None:
+    quick = LongformExperimentConfig.quick()
+    cfg = quick.overridden(
+        json.loads('{"draft_words": [0.5, 1.5], "search": {"mode": "mcts"}, "step_dpo": {"beta": 2.0}}')
+    )
+    assert cfg.draft_words == (0.5, 1.5) and cfg.search.mode == "mcts"
+    assert cfg.search.step_value == quick.search.step_value  # the rest of the preset's search stays
+    assert cfg.step_dpo is not None and cfg.step_dpo.beta == 2.0 and cfg.step_dpo.lr == quick.dpo.lr
+    with pytest.raises(ValueError, match="not fields"):
+        quick.overridden({"draft_wrds": [0.5, 1.5]})
+    with pytest.raises(ValueError, match="drift_p"):
+        quick.overridden({"drift_p": 3})

@@ -132,6 +132,27 @@ def test_the_memory_pool_vetoes_a_top_scoring_contradicting_candidate(encoder) -
         search(ScriptedPolicy(_by_depth(levels)), judge, TASK, StepSearchConfig())
 
 
+def test_the_pool_comparison_pairs_each_task_and_seed_with_and_without_the_pool(encoder) -> None:
+    from veil.models.longform.experiment import LongformExperimentConfig, compare_memory_pool
+
+    contradicting = Step("The year of Autism is 1903. Social communication in children.\n", False)
+    levels = [
+        [Step("The year of Autism is 1841.\n", False)],
+        [contradicting, Step("Autism is studied.\n", False)],
+    ]
+    search_cfg = StepSearchConfig(width=2, depth=2, memory=MemoryConfig(chunk_words=8))
+    cfg = LongformExperimentConfig(search=search_cfg, pool_value_sees_facts=False, pool_seeds=(0, 1, 2))
+    pool = compare_memory_pool(ScriptedPolicy(_by_depth(levels)), [TASK, TASK], cfg, encoder)
+    assert pool["responses"] == 6 and pool["seeds"] == [0, 1, 2]
+    # without the pool every response states 1841 then 1903; with it none does
+    assert (pool["contradiction_rate_without"], pool["contradiction_rate_with"]) == (1.0, 0.0)
+    assert (pool["only_without"], pool["only_with"], pool["vetoes"]) == (6, 0, 6)
+    assert pool["mcnemar_p"] == pytest.approx(2 * 0.5**6)  # exact two-sided binomial, 6 of 6 discordant
+    assert pool["cross_step_rate_without"] == 1.0 and pool["cross_step_rate_with"] == 0.0
+    with pytest.raises(ValueError, match="pool_seeds"):
+        LongformExperimentConfig(pool_seeds=())
+
+
 def test_critique_refinement_with_a_suggestion_following_policy_improves_a_weak_step() -> None:
     weak = Step("Weather is nice today and nice today.", True)
 

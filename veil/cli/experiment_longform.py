@@ -81,7 +81,8 @@ def experiment_longform(
     pool = result["memory_pool"]
     console.print(
         f"memory pool: contradiction rate {pool['contradiction_rate_with']:.3f} with, "
-        f"{pool['contradiction_rate_without']:.3f} without ({pool['vetoes']} vetoes, "
+        f"{pool['contradiction_rate_without']:.3f} without over {pool['responses']} responses each "
+        f"(McNemar p = {pool['mcnemar_p']:.3g}; {pool['vetoes']} vetoes, "
         f"{1000 * pool['seconds_per_step']:.1f} ms per step)"
     )
     for name, ok in result["checks"].items():

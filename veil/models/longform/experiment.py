@@ -68,7 +68,9 @@ from veil.models.scratch import scratch_llama
 __all__ = [
     "LongformExperimentConfig",
     "base_drafts",
+    "base_model",
     "base_model_dir",
+    "compare_memory_pool",
     "evaluate",
     "experiment_tasks",
     "run_longform_experiment",
@@ -110,6 +112,8 @@ class LongformExperimentConfig:
         end-of-turn token's log-probability down wherever a rejected step ends, until no answer ends
         (benchmarks/README.md, runs 1-3).
     sft: SFT on the chosen paths (lr and batch as DPO's).
+    pool_seeds: the memory pool's comparison runs the search once per seed here, with and without the
+        pool (:func:`compare_memory_pool`).
     balance_end_pairs: step DPO trains on :func:`~veil.models.longform.train.balance_end_pairs` of the
         step pairs (as many "end here" as "go on" pairs; not in the paper). Off: it does not stop step
         DPO's answers from running on here (benchmarks/README.md).
@@ -156,6 +160,7 @@ class LongformExperimentConfig:
         default_factory=lambda: ImitationConfig(lr=1e-3, epochs=4, batch_size=8, grad_accum=1, max_length=512)
     )
     pool_value_sees_facts: bool = False
+    pool_seeds: tuple[int, ...] = (0,)
     balance_end_pairs: bool = False
     cap_first_step_pairs: bool = False
     step_dpo: LongDPOConfig | None = None
@@ -170,6 +175,24 @@ class LongformExperimentConfig:
         """The 2-core preset (about 10 minutes of one core; benchmarks/README.md)."""
         return cls(n_topics=60, n_eval=18, seeds=(0, 1))
 
+    def overridden(self, fields: dict[str, Any]) -> LongformExperimentConfig:
+        """This config with ``fields`` (as parsed from JSON) replaced: a list becomes a tuple, an object
+        replaces fields of a dataclass field (``step_dpo``, when unset, starts from ``dpo``), e.g.
+        ``{"search": {"mode": "mcts"}, "draft_words": [0.5, 1.5]}``."""
+
+        def value(name: str, given: Any) -> Any:
+            if isinstance(given, list):
+                return tuple(given)
+            if isinstance(given, dict):
+                current = getattr(self, name)
+                return dataclasses.replace(current if current is not None else self.dpo, **given)
+            return given
+
+        unknown = set(fields) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ValueError(f"not fields of LongformExperimentConfig: {sorted(unknown)}")
+        return dataclasses.replace(self, **{k: value(k, v) for k, v in fields.items()})
+
     def __post_init__(self) -> None:
         if not self.lengths or min(self.lengths) < 1:
             raise ValueError(f"lengths must be non-empty and >= 1, got {self.lengths}")
@@ -181,6 +204,8 @@ class LongformExperimentConfig:
             raise ValueError(
                 f"draft_words must be None or (lo, hi) with 0 < lo <= hi, got {self.draft_words}"
             )
+        if not self.pool_seeds:
+            raise ValueError("pool_seeds must be non-empty")
         if self.budget_steps is not None and self.budget_steps < 1:
             raise ValueError(f"budget_steps must be >= 1 or None, got {self.budget_steps}")
         if self.threads is not None and self.threads < 1:
@@ -397,30 +422,15 @@ def base_model_dir(cfg: LongformExperimentConfig, data_dir: Path | None) -> Path
     return Path(data_dir) / "longform" / f"base-{key}"
 
 
-def _run(
-    cfg: LongformExperimentConfig, say: Callable[[str], None], data_dir: Path | None, save_dir: Path | None
-) -> dict[str, Any]:
+def base_model(
+    cfg: LongformExperimentConfig, topics: Sequence[Topic], rng: random.Random, data_dir: Path | None,
+    say: Callable[[str], None] = lambda _m: None,
+) -> tuple[Any, Any, list[tuple[LongformPrompt, str]]]:  # fmt: skip
+    """The run's base model and tokenizer, and the drafts it trains on (drawn from ``rng`` even when the
+    model is cached, so the rest of the run draws the same): ``cfg.model`` loaded, or the scratch Llama
+    read from :func:`base_model_dir` or trained there (train mode left off; call ``.eval()``)."""
     from veil.models.dpo import restore_forward
-    from veil.models.rag.dense import load_minilm
     from veil.models.rag.train import imitate
-
-    seconds: dict[str, float] = {}
-    cpu: dict[str, float] = {}
-    clock = [time.perf_counter(), time.process_time()]
-
-    def lap(name: str) -> None:
-        now = [time.perf_counter(), time.process_time()]
-        seconds[name], cpu[name] = round(now[0] - clock[0], 1), round(now[1] - clock[1], 1)
-        clock[:] = now
-        say(f"  {name}: {seconds[name]:.0f} s ({cpu[name]:.0f} s CPU)")
-
-    t0, c0 = clock
-    rng = random.Random(cfg.seed)
-    topics, search_tasks, eval_tasks = experiment_tasks(cfg, rng)
-    pool_tasks = eval_tasks
-    encoder = load_minilm()
-    judge = RuleJudge()
-    lap("setup_s")
 
     cached = base_model_dir(cfg, data_dir)
     # drawn even when the base model is cached: the JSON reports their lengths
@@ -460,6 +470,73 @@ def _run(
 
         loaded = load_model(cfg.model)
         base, tokenizer = loaded.model, loaded.tokenizer
+    return base, tokenizer, drafts
+
+
+def compare_memory_pool(
+    policy: HFStepPolicy, tasks: Sequence[LongformPrompt], cfg: LongformExperimentConfig, encoder: object,
+    seeds: Sequence[int] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """The memory pool's effect: ``cfg.search`` (critique off) on ``tasks`` with and without the pool,
+    once per search seed (``seeds``, default ``cfg.pool_seeds``), valued by a rule judge that sees stated
+    facts only if ``cfg.pool_value_sees_facts``. The rates are over every response of every seed; the
+    same task and seed with and without the pool make a pair for McNemar's exact test
+    (``only_without``: responses that contradict themselves without the pool only)."""
+    from veil.models.evaluation.punchbench.stats import mcnemar_exact
+
+    judge = RuleJudge(sees_facts=cfg.pool_value_sees_facts)
+    runs: dict[str, list[Any]] = {"with": [], "without": []}
+    cpu = dict.fromkeys(runs, 0.0)
+    for seed in cfg.pool_seeds if seeds is None else seeds:
+        for kind, memory in (("with", cfg.search.memory), ("without", None)):
+            start = time.process_time()
+            search = dataclasses.replace(cfg.search, memory=memory, critique=None, seed=seed)
+            runs[kind] += collect_pairs(policy, judge, tasks, search, encoder)[0]
+            cpu[kind] += time.process_time() - start
+    flags = {k: np.array([contradiction_rate([r.text]) > 0 for r in v]) for k, v in runs.items()}
+    test = mcnemar_exact(flags["without"], flags["with"])
+    return {
+        "responses": len(runs["with"]),
+        "seeds": list(cfg.pool_seeds if seeds is None else seeds),
+        "contradiction_rate_with": float(flags["with"].mean()) if flags["with"].size else 0.0,
+        "contradiction_rate_without": float(flags["without"].mean()) if flags["without"].size else 0.0,
+        "only_without": test.only_a, "only_with": test.only_b, "mcnemar_p": test.p_value,
+        "cross_step_rate_with": cross_step_contradiction_rate(runs["with"]),
+        "cross_step_rate_without": cross_step_contradiction_rate(runs["without"]),
+        "vetoes": sum(r.vetoes for r in runs["with"]),
+        "seconds_per_step": sum(r.memory_seconds for r in runs["with"])
+        / max(1, sum(len(r.steps) for r in runs["with"])),
+        "value_sees_facts": cfg.pool_value_sees_facts,
+        "search_cpu_s_with": round(cpu["with"], 1), "search_cpu_s_without": round(cpu["without"], 1),
+    }  # fmt: skip
+
+
+def _run(
+    cfg: LongformExperimentConfig, say: Callable[[str], None], data_dir: Path | None, save_dir: Path | None
+) -> dict[str, Any]:
+    from veil.models.dpo import restore_forward
+    from veil.models.rag.dense import load_minilm
+    from veil.models.rag.train import imitate
+
+    seconds: dict[str, float] = {}
+    cpu: dict[str, float] = {}
+    clock = [time.perf_counter(), time.process_time()]
+
+    def lap(name: str) -> None:
+        now = [time.perf_counter(), time.process_time()]
+        seconds[name], cpu[name] = round(now[0] - clock[0], 1), round(now[1] - clock[1], 1)
+        clock[:] = now
+        say(f"  {name}: {seconds[name]:.0f} s ({cpu[name]:.0f} s CPU)")
+
+    t0, c0 = clock
+    rng = random.Random(cfg.seed)
+    topics, search_tasks, eval_tasks = experiment_tasks(cfg, rng)
+    pool_tasks = eval_tasks
+    encoder = load_minilm()
+    judge = RuleJudge()
+    lap("setup_s")
+
+    base, tokenizer, drafts = base_model(cfg, topics, rng, data_dir, say)
     base.eval()
     policy = HFStepPolicy(base, tokenizer)
     lap("base_s")
@@ -476,13 +553,8 @@ def _run(
     lap("outcome_pairs_s")
 
     say(f"memory pool on {len(pool_tasks)} held-out prompts: the search with and without it")
-    no_memory = dataclasses.replace(cfg.search, memory=None, critique=None)
-    with_memory = dataclasses.replace(cfg.search, critique=None)
-    pool_judge = RuleJudge(sees_facts=cfg.pool_value_sees_facts)
-    pooled, _ = collect_pairs(policy, pool_judge, pool_tasks, with_memory, encoder)
-    lap("pool_with_s")
-    unpooled, _ = collect_pairs(policy, pool_judge, pool_tasks, no_memory, encoder)
-    lap("pool_without_s")
+    pool = compare_memory_pool(policy, pool_tasks, cfg, encoder)
+    lap("pool_s")
 
     # the budget counts every step pair found, so balancing changes the pairs, not the number of updates
     steps_per_epoch = math.ceil(len(found) / (cfg.dpo.batch_size * cfg.dpo.grad_accum))
@@ -529,10 +601,8 @@ def _run(
         "step_beats_outcome_every_seed": all(
             s > r["length_score"] for s, r in zip(step_ls, methods["outcome-dpo"], strict=True)
         ),
-        "pool_lowers_contradictions": contradiction_rate([r.text for r in pooled])
-        < contradiction_rate([r.text for r in unpooled]),
-        "pool_lowers_cross_step_contradictions": cross_step_contradiction_rate(pooled)
-        < cross_step_contradiction_rate(unpooled),
+        "pool_lowers_contradictions": pool["contradiction_rate_with"] < pool["contradiction_rate_without"],
+        "pool_lowers_cross_step_contradictions": pool["cross_step_rate_with"] < pool["cross_step_rate_without"],
     }  # fmt: skip
     search_cpu_min = cpu["search_s"] / 60
     return {
@@ -565,15 +635,7 @@ def _run(
             "vetoes": sum(r.vetoes for r in results), "unparsable_judgements": sum(r.unparsable for r in results),
             "cut_short": cut,
         },
-        "memory_pool": {
-            "contradiction_rate_with": contradiction_rate([r.text for r in pooled]),
-            "contradiction_rate_without": contradiction_rate([r.text for r in unpooled]),
-            "cross_step_rate_with": cross_step_contradiction_rate(pooled),
-            "cross_step_rate_without": cross_step_contradiction_rate(unpooled),
-            "vetoes": sum(r.vetoes for r in pooled),
-            "seconds_per_step": sum(r.memory_seconds for r in pooled) / max(1, sum(len(r.steps) for r in pooled)),
-            "value_sees_facts": cfg.pool_value_sees_facts, "search_cpu_s_with": cpu["pool_with_s"], "search_cpu_s_without": cpu["pool_without_s"],
-        },
+        "memory_pool": pool,
         "throughput": {
             "pairs_per_cpu_minute": len(found) / search_cpu_min if search_cpu_min > 0 else 0.0,
             "tokens_per_s": {name: float(np.mean([r["tokens_per_s"] for r in runs])) for name, runs in methods.items()},
