@@ -15,22 +15,10 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 
 import torch
-
-
-def _field(preset: object, name: str, value: object) -> object:
-    """``value`` as the preset's field ``name``: a list as a tuple, an object as the preset's dataclass
-    (``step_dpo``: its ``dpo``) with those fields replaced."""
-    if isinstance(value, list):
-        return tuple(value)
-    if isinstance(value, dict):
-        current = getattr(preset, name)
-        return dataclasses.replace(current if current is not None else preset.dpo, **value)
-    return value
 
 
 def main() -> None:
@@ -44,9 +32,7 @@ def main() -> None:
     torch.set_num_threads(1)
     _quiet_libraries()
     over = json.loads(args.set)
-    preset = LongformExperimentConfig.quick()
-    fields = {k: _field(preset, k, v) for k, v in over.items()}
-    cfg = dataclasses.replace(preset, **fields)
+    cfg = LongformExperimentConfig.quick().overridden(over)
     result = run_longform_experiment(
         cfg, progress=lambda m: print(m, file=sys.stderr, flush=True), data_dir=_data_dir()
     )
