@@ -47,7 +47,7 @@ def test_the_experiment_reports_every_method_and_caches_its_base_model(tmp_path)
     again: list[str] = []
     step_only = dataclasses.replace(cfg.dpo, loss_type="sigmoid_norm", beta=2.0)
     capped = run_longform_experiment(
-        dataclasses.replace(cfg, seeds=(0,), cap_first_step_pairs=True, step_dpo=step_only, pool_seeds=(0, 1)),
+        dataclasses.replace(cfg, seeds=(0,), cap_first_step_pairs=True, step_dpo=step_only, pool_seeds=(3, 4)),
         progress=again.append, data_dir=tmp_path,
     )  # fmt: skip
     assert any("cached" in m for m in again)
@@ -55,8 +55,8 @@ def test_the_experiment_reports_every_method_and_caches_its_base_model(tmp_path)
     later = sum(n for d, n in by_depth.items() if d != "0")
     assert capped["data"]["step_pairs_trained"] == later + min(by_depth.get("0", 0), later)
     assert (capped["config"]["step_dpo_loss"], capped["config"]["dpo_loss"]) == ("sigmoid_norm", "sigmoid")
-    pool = capped["memory_pool"]  # 4 held-out topics at 3 lengths, searched at 2 seeds each way
-    assert pool["responses"] == 24 and result["memory_pool"]["responses"] == 12
+    pool = capped["memory_pool"]  # 4 held-out topics at 3 lengths, searched at 2 seeds (4 by default)
+    assert pool["responses"] == 24 and pool["seeds"] == [3, 4] and result["memory_pool"]["responses"] == 48
     assert pool["only_without"] + pool["only_with"] <= 24 and 0.0 <= pool["mcnemar_p"] <= 1.0
 
 
@@ -73,7 +73,7 @@ def test_the_command_refuses_bad_arguments() -> None:
         LongformExperimentConfig(drift_p=2.0)
 
 
-def test_the_base_models_drafts_follow_the_required_length_only_when_asked() -> None:
+def test_the_base_models_drafts_follow_the_required_length_unless_told_not_to() -> None:
     import random
 
     from veil.models.longform.experiment import base_drafts, experiment_tasks
@@ -88,7 +88,7 @@ def test_the_base_models_drafts_follow_the_required_length_only_when_asked() -> 
             by.setdefault(p.target_words, []).append(count_words(d))
         return {n: sum(w) / len(w) for n, w in by.items()}
 
-    blind = words(LongformExperimentConfig(n_topics=40, n_eval=4))
+    blind = words(LongformExperimentConfig(n_topics=40, n_eval=4, draft_words=None))
     assert max(blind.values()) < 1.3 * min(blind.values())  # 1-4 paragraphs whatever L
     reads = words(LongformExperimentConfig(n_topics=40, n_eval=4, draft_words=(0.8, 1.25)))
     for n, w in reads.items():

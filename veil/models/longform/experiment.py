@@ -5,12 +5,13 @@ Everything runs here on CPU from the shipped corpus (no model download):
 1. **Tasks.** Topics from the shipped Wikipedia sample (:func:`~veil.models.longform.data.wikipedia_topics`),
    each with its article's sentences, keywords and two generated facts; "Write about T in about L words"
    with L in ``lengths``. Topics are split: the search's prompts and held-out evaluation prompts.
-2. **A base model that writes but ignores L** (our stand-in for the paper's LongWriter models, which
+2. **A base model that reads L but misses it** (our stand-in for the paper's LongWriter models, which
    write long but miss the length): by default a small Llama trained from scratch with TRL's SFT on
-   drafts: 1 to ``max_paragraphs`` paragraphs of the topic's sentences, some stating the topic's facts
-   and, with probability ``drift_p``, restating one with another value (the drift the memory pool
-   exists for). A draft's length does not depend on L, unless ``draft_words`` ties it to L within a
-   factor range (a base model that reads L roughly, as LongWriter's do). ``model`` names a pretrained
+   drafts of the topic's sentences in paragraphs, some stating the topic's facts and, with probability
+   ``drift_p``, restating one with another value (the drift the memory pool exists for). A draft aims
+   at ``L * u`` words, ``u`` in ``draft_words`` (0.5 to 1.5), so the base model follows L only
+   roughly; ``draft_words=None`` gives drafts of 1 to ``max_paragraphs`` paragraphs whatever L (a base
+   model that ignores L, the preset before 2026-12; benchmarks/README.md). ``model`` names a pretrained
    model instead (e.g. ``smollm2-135m-instruct``; far slower on CPU).
 3. **Collection.** The step search (width, depth, rule-based judge, memory pool with MiniLM, critique
    refinement) on the search prompts gives step pairs and chosen paths; outcome pairs come from
@@ -95,8 +96,8 @@ class LongformExperimentConfig:
         base model that ignores L); ``(lo, hi)``: a draft aims at ``L * u`` words, ``u`` drawn
         log-uniformly from ``[lo, hi]``, and takes paragraphs while one more brings it closer (at
         least one, at most the topic's sentences, ``max_paragraphs`` not applied): a base model that
-        reads L but misses it by that factor (benchmarks/README.md, run 5). Not in the paper, whose base
-        models are LongWriter's.
+        reads L but misses it by that factor (the default, 0.5 to 1.5; benchmarks/README.md, run 5).
+        Not in the paper, whose base models are LongWriter's.
     vocab_size, hidden, layers, base_epochs, base_lr: its tokenizer and Llama, and their training.
     search: the collection search, the paper's but for: steps end at a line break (64 tokens at
         most); a step's S_l is that of its greedy rollout to the end of the turn (``rollout``, 256
@@ -139,13 +140,13 @@ class LongformExperimentConfig:
     sentence_words: tuple[int, int] = (6, 16)
     drafts_per_topic: int = 8
     max_paragraphs: int = 4
-    draft_words: tuple[float, float] | None = None
+    draft_words: tuple[float, float] | None = (0.5, 1.5)
     fact_p: float = 0.5
     drift_p: float = 0.5
     vocab_size: int = 2000
     hidden: int = 128
     layers: int = 2
-    base_epochs: float = 6.0
+    base_epochs: float = 20.0
     base_lr: float = 3e-3
     search: StepSearchConfig = field(
         default_factory=lambda: StepSearchConfig(
@@ -160,7 +161,7 @@ class LongformExperimentConfig:
         default_factory=lambda: ImitationConfig(lr=1e-3, epochs=4, batch_size=8, grad_accum=1, max_length=512)
     )
     pool_value_sees_facts: bool = False
-    pool_seeds: tuple[int, ...] = (0,)
+    pool_seeds: tuple[int, ...] = (0, 1, 2, 3)
     balance_end_pairs: bool = False
     cap_first_step_pairs: bool = False
     step_dpo: LongDPOConfig | None = None
