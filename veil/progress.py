@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Protocol
 
-__all__ = ["Progress", "RichProgress", "NullProgress"]
+__all__ = ["Laps", "NullProgress", "Progress", "RichProgress"]
 
 
 class Progress(Protocol):
@@ -73,3 +74,33 @@ class RichProgress:
         with self._progress:
             task = self._progress.add_task(description, total=total)
             yield _RichHandle(self._progress, task)
+
+
+class Laps:
+    """Wall and CPU seconds of a run's stages, each timed from the end of the one before.
+
+    >>> laps = Laps()
+    >>> laps.lap("setup_s"); laps.total(); sorted(laps.seconds)
+    ['setup_s', 'total_s']
+    """
+
+    def __init__(self, say: Callable[[str], None] | None = None) -> None:
+        self.seconds: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+        self._say = say
+        self._start = self._clock = (time.perf_counter(), time.process_time())
+
+    def lap(self, name: str) -> None:
+        """Record the stage ``name`` as ending now (and tell ``say`` one line about it)."""
+        now = (time.perf_counter(), time.process_time())
+        self.seconds[name] = round(now[0] - self._clock[0], 1)
+        self.cpu[name] = round(now[1] - self._clock[1], 1)
+        self._clock = now
+        if self._say is not None:
+            self._say(f"  {name}: {self.seconds[name]:.0f} s ({self.cpu[name]:.0f} s CPU)")
+
+    def total(self, name: str = "total_s") -> None:
+        """Record the whole run so far as ``name``."""
+        now = (time.perf_counter(), time.process_time())
+        self.seconds[name] = round(now[0] - self._start[0], 1)
+        self.cpu[name] = round(now[1] - self._start[1], 1)

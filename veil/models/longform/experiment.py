@@ -65,6 +65,7 @@ from veil.models.longform.train import (
 )
 from veil.models.rag.train import ImitationConfig
 from veil.models.scratch import scratch_llama
+from veil.progress import Laps
 
 __all__ = [
     "LongformExperimentConfig",
@@ -519,17 +520,8 @@ def _run(
     from veil.models.rag.dense import load_minilm
     from veil.models.rag.train import imitate
 
-    seconds: dict[str, float] = {}
-    cpu: dict[str, float] = {}
-    clock = [time.perf_counter(), time.process_time()]
-
-    def lap(name: str) -> None:
-        now = [time.perf_counter(), time.process_time()]
-        seconds[name], cpu[name] = round(now[0] - clock[0], 1), round(now[1] - clock[1], 1)
-        clock[:] = now
-        say(f"  {name}: {seconds[name]:.0f} s ({cpu[name]:.0f} s CPU)")
-
-    t0, c0 = clock
+    laps = Laps(say)
+    lap, seconds, cpu = laps.lap, laps.seconds, laps.cpu
     rng = random.Random(cfg.seed)
     topics, search_tasks, eval_tasks = experiment_tasks(cfg, rng)
     pool_tasks = eval_tasks
@@ -592,10 +584,7 @@ def _run(
         | {"length_score_std": float(np.std([r["length_score"] for r in runs]))}
         for name, runs in methods.items()
     }
-    seconds["total_s"], cpu["total_s"] = (
-        round(time.perf_counter() - t0, 1),
-        round(time.process_time() - c0, 1),
-    )
+    laps.total()
     step_ls = [r["length_score"] for r in methods["step-dpo"]]
     checks = {
         "step_beats_sft_every_seed": all(s > r["length_score"] for s, r in zip(step_ls, methods["sft"], strict=True)),

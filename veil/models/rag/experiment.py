@@ -68,6 +68,7 @@ from veil.models.rag.sparse import BM25Index
 from veil.models.rag.train import CalibrationConfig, ImitationConfig, calibrate, imitate
 from veil.models.rag.world import World, WorldConfig, WorldQuestion, build_world
 from veil.models.scratch import scratch_llama
+from veil.progress import Laps
 
 __all__ = [
     "BASELINES",
@@ -485,17 +486,8 @@ def _run(cfg: RagExperimentConfig, say: Callable[[str], None], data_dir: Path | 
     import copy
     import dataclasses
 
-    seconds: dict[str, float] = {}
-    cpu: dict[str, float] = {}
-    clock = [time.perf_counter(), time.process_time()]
-
-    def lap(name: str) -> None:
-        now = [time.perf_counter(), time.process_time()]
-        seconds[name], cpu[name] = round(now[0] - clock[0], 1), round(now[1] - clock[1], 1)
-        clock[:] = now
-        say(f"  {name}: {seconds[name]:.0f} s ({cpu[name]:.0f} s CPU)")
-
-    t0, c0 = clock
+    laps = Laps(say)
+    lap, seconds, cpu = laps.lap, laps.seconds, laps.cpu
     search = dataclasses.replace(cfg.search, top_k=cfg.top_k)
     instruction = cfg.instruction or INSTRUCTION
     world = build_world(cfg.world)
@@ -588,8 +580,7 @@ def _run(cfg: RagExperimentConfig, say: Callable[[str], None], data_dir: Path | 
         f"calibration: MCC {gain['gain']:+.3f} over stage I (95 % interval {gain['low']:+.3f} to "
         f"{gain['high']:+.3f}, positive in {gain['p_positive']:.0%} of resamples)"
     )
-    seconds["total_s"] = round(time.perf_counter() - t0, 1)
-    cpu["total_s"] = round(time.process_time() - c0, 1)
+    laps.total()
     return {
         "config": asdict(cfg),
         "world": {
