@@ -102,12 +102,15 @@ def main() -> None:
         for name in ("extralonger", "grid-attention"):
             maps_gb = args.batch * args.nodes * 4 * steps * steps * 4 / 2**30
             if name == "grid-attention" and maps_gb > args.grid_max_gb:
-                print(
-                    f"T={steps} {name}: skipped (temporal attention maps alone {maps_gb:.1f} GB > {args.grid_max_gb})"
-                )
-                continue
-            row = measure(name, args.nodes, steps, args.batch, args.repeats, device) | {"machine": machine}
-            rows.append(row)
+                reason = f"temporal attention maps alone {maps_gb:.3g} GiB > --grid-max-gb {args.grid_max_gb}"
+                print(f"T={steps} {name}: skipped ({reason})")
+                row = {"model": name, "N": args.nodes, "T": steps, "batch": args.batch, "skipped": reason,
+                       "machine": machine}  # fmt: skip
+            else:
+                row = measure(name, args.nodes, steps, args.batch, args.repeats, device) | {
+                    "machine": machine
+                }
+                rows.append(row)
             print(json.dumps(row))
             if args.out:
                 with open(args.out, "a", encoding="utf-8") as f:
