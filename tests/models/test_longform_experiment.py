@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -39,6 +40,8 @@ def test_the_experiment_reports_every_method_and_caches_its_base_model(tmp_path)
     assert result["data"]["step_pairs"] >= result["data"]["sft_paths"] > 0 and not result["data"]["cut_short"]
     assert sum(result["data"]["step_pair_kinds"].values()) == result["data"]["step_pairs"]
     assert result["config"]["budget_steps"] >= 1 and set(result["checks"]) >= {"pool_lowers_contradictions"}
+    assert set(result["paired"]) == {"step-dpo_vs_sft", "step-dpo_vs_outcome-dpo"}
+    assert all(c["pairs"] == 2 * 12 for c in result["paired"].values())  # 2 seeds x 4 topics x 3 lengths
     assert any("base model: 20 drafts" in m for m in messages)
     from veil.models.loading import load_model
 
@@ -109,3 +112,30 @@ def test_a_config_is_overridden_from_json_fields() -> None:
         quick.overridden({"draft_wrds": [0.5, 1.5]})
     with pytest.raises(ValueError, match="drift_p"):
         quick.overridden({"drift_p": 3})
+
+
+def test_paired_length_scores_pair_each_seeds_runs_prompt_by_prompt() -> None:
+    from veil.models.longform.experiment import paired_length_scores
+
+    rng = np.random.default_rng(0)
+    base = rng.uniform(40, 90, size=(2, 27))
+    better = [{"length_scores": list(b + 5 + rng.normal(0, 1, 27))} for b in base]
+    same = [{"length_scores": list(b)} for b in base]
+    cmp = paired_length_scores(better, same)
+    assert cmp["pairs"] == 54 and cmp["wins"] == 54 and cmp["losses"] == cmp["ties"] == 0
+    assert 4.5 < cmp["mean_diff"] < 5.5 and cmp["ci95"][0] < cmp["mean_diff"] < cmp["ci95"][1]
+    assert cmp["wilcoxon_p"] < 1e-6
+    # the same runs against themselves: no difference at all, nothing to test
+    assert paired_length_scores(same, same) == {
+        "pairs": 54,
+        "mean_diff": 0.0,
+        "wins": 0,
+        "losses": 0,
+        "ties": 54,
+        "ci95": None,
+        "wilcoxon_p": 1.0,
+    }
+    noise = [{"length_scores": list(b + rng.normal(0, 5, 27))} for b in base]
+    assert paired_length_scores(noise, same)["wilcoxon_p"] > 0.01
+    with pytest.raises(ValueError):
+        paired_length_scores(better, same[:1])  # a seed missing on one side

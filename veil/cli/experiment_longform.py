@@ -85,6 +85,12 @@ def experiment_longform(
         f"(McNemar p = {pool['mcnemar_p']:.3g}; {pool['vetoes']} vetoes, "
         f"{1000 * pool['seconds_per_step']:.1f} ms per step)"
     )
+    for name, cmp in result["paired"].items():
+        ci = "" if cmp["ci95"] is None else f", 95 % CI [{cmp['ci95'][0]:+.1f}, {cmp['ci95'][1]:+.1f}]"
+        console.print(
+            f"{name.replace('_', ' ')}: S_l {cmp['mean_diff']:+.2f} per prompt{ci} over {cmp['pairs']} "
+            f"prompt-seed pairs ({cmp['wins']} won, {cmp['losses']} lost; Wilcoxon p = {cmp['wilcoxon_p']:.3g})"
+        )
     for name, ok in result["checks"].items():
         console.print(f"{name.replace('_', ' ')}: {'yes' if ok else 'no'}")
     console.print(f"CPU seconds: {result['cpu_seconds']['total_s']:.0f}")

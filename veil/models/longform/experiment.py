@@ -73,6 +73,7 @@ __all__ = [
     "base_model",
     "base_model_dir",
     "compare_memory_pool",
+    "paired_length_scores",
     "evaluate",
     "experiment_tasks",
     "run_longform_experiment",
@@ -332,7 +333,8 @@ def evaluate(policy: HFStepPolicy, tasks: Sequence[LongformPrompt], max_new_toke
     for t, w in zip(tasks, words, strict=True):
         by_length.setdefault(str(t.target_words), []).append(w)
     return {
-        "length_score": float(np.mean([length_score(w, t.target_words) for w, t in zip(words, tasks, strict=True)])),
+        "length_score": float(np.mean(scores := [length_score(w, t.target_words) for w, t in zip(words, tasks, strict=True)])),
+        "length_scores": [round(float(x), 3) for x in scores],
         "quality": float(np.mean([judge.quality(t, x).mean for t, x in zip(tasks, texts, strict=True)])),
         "contradiction_rate": contradiction_rate(texts),
         "words_by_target": {k: float(np.mean(v)) for k, v in sorted(by_length.items(), key=lambda kv: int(kv[0]))},
@@ -365,6 +367,28 @@ def run_longform_experiment(
             return _run(cfg, progress or (lambda _m: None), data_dir, save_dir)
     finally:
         torch.set_num_threads(previous)
+
+
+def paired_length_scores(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Method ``a`` against ``b`` prompt by prompt: each seed's run of ``a`` is paired with the same
+    seed's run of ``b`` on the same held-out prompt (the ``length_scores`` of :func:`evaluate`). The
+    mean difference in S_l (a - b), its 95 % paired bootstrap interval and Wilcoxon's signed-rank test
+    (scipy; two-sided, ties and zero differences dropped), and how many pairs ``a`` wins, loses and ties."""
+    from scipy.stats import bootstrap, wilcoxon
+
+    diff = np.concatenate(
+        [np.subtract(x["length_scores"], y["length_scores"]) for x, y in zip(a, b, strict=True)]
+    )
+    out: dict[str, Any] = {"pairs": int(diff.size), "mean_diff": float(diff.mean()) if diff.size else 0.0,
+                           "wins": int((diff > 0).sum()), "losses": int((diff < 0).sum()),
+                           "ties": int((diff == 0).sum()), "ci95": None, "wilcoxon_p": 1.0}  # fmt: skip
+    if np.count_nonzero(diff) >= 2:
+        ci = bootstrap(
+            (diff,), np.mean, n_resamples=10_000, random_state=0, method="percentile"
+        ).confidence_interval
+        out["ci95"] = [float(ci.low), float(ci.high)]
+        out["wilcoxon_p"] = float(wilcoxon(diff, zero_method="wilcox").pvalue)
+    return out
 
 
 def _kinds_by_length(results: Sequence[Any], end: str) -> dict[str, dict[str, int]]:
@@ -586,6 +610,10 @@ def _run(
     }
     laps.total()
     step_ls = [r["length_score"] for r in methods["step-dpo"]]
+    paired = {
+        f"step-dpo_vs_{other}": paired_length_scores(methods["step-dpo"], methods[other])
+        for other in ("sft", "outcome-dpo")
+    }
     checks = {
         "step_beats_sft_every_seed": all(s > r["length_score"] for s, r in zip(step_ls, methods["sft"], strict=True)),
         "step_beats_outcome_every_seed": all(
@@ -631,6 +659,7 @@ def _run(
             "tokens_per_s": {name: float(np.mean([r["tokens_per_s"] for r in runs])) for name, runs in methods.items()},
             "train_cpu_s": {k: round(v, 1) for k, v in train_seconds.items()},
         },
+        "paired": paired,
         "checks": checks,
         "seconds": seconds,
         "cpu_seconds": cpu,
