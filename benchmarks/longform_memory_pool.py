@@ -54,7 +54,7 @@ def main() -> None:
     policy = HFStepPolicy(base.eval(), tokenizer)
     say(f"memory pool on {len(held_out)} held-out prompts, search seeds {args.pool_seeds}")
     pool = compare_memory_pool(policy, held_out, cfg, load_minilm(), seeds=args.pool_seeds)
-    greedy = evaluate(policy, held_out, cfg.eval_tokens)
+    greedy = evaluate(policy, held_out, cfg.eval_tokens, cfg.eval_repetition_penalty)
     print(json.dumps({
         "overrides": over,
         "memory_pool": pool,

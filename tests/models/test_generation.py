@@ -83,7 +83,47 @@ def test_top_p_keeps_only_the_nucleus() -> None:
     assert sample_next(logits, SamplingParams(temperature=0.0), None) == 0
 
 
-@pytest.mark.parametrize("kwargs", [{"max_new_tokens": 0}, {"temperature": 3.0}, {"top_p": 0.0}])
+def test_top_k_keeps_only_the_k_most_likely_tokens() -> None:
+    logits = torch.log(torch.tensor([0.4, 0.3, 0.2, 0.1]))
+    g = torch.Generator().manual_seed(0)
+    draws = {sample_next(logits, SamplingParams(temperature=1.0, top_k=2), g) for _ in range(300)}
+    assert draws == {0, 1}
+    assert {sample_next(logits, SamplingParams(temperature=2.0, top_k=1), g) for _ in range(50)} == {0}
+    everything = {sample_next(logits, SamplingParams(temperature=1.0, top_k=0), g) for _ in range(300)}
+    assert everything == {0, 1, 2, 3}
+
+
+def test_repetition_penalty_divides_a_seen_positive_logit_and_multiplies_a_negative_one() -> None:
+    logits = torch.tensor([2.0, 1.9, -1.0, -1.05])
+    before = logits.clone()
+    greedy = SamplingParams(temperature=0.0, repetition_penalty=1.1)
+    assert sample_next(logits, greedy, None) == 0  # nothing seen yet
+    assert sample_next(logits, greedy, None, seen=[0, 0]) == 1  # 2.0 / 1.1 < 1.9
+    assert sample_next(torch.tensor([-1.0, -1.05]), greedy, None, seen=[0]) == 1  # -1.1 < -1.05
+    assert torch.equal(logits, before)  # the caller's logits are left alone
+
+
+def test_repetition_penalty_matches_transformers_generate(lm: PersonalizedLM) -> None:
+    prompts = [[5, 9, 17, 33, 5, 9], [7, 8, 7, 8]]
+    params = [SamplingParams(max_new_tokens=8, temperature=0.0, repetition_penalty=5.0)] * 2
+    got = generate_batch(lm, prompts, [None, None], params, pad_id=0)
+    plain = generate_batch(
+        lm, prompts, [None, None], [SamplingParams(max_new_tokens=8, temperature=0.0)] * 2, 0
+    )
+    for (tokens, _), prompt in zip(got, prompts, strict=True):
+        ids = torch.tensor([prompt])
+        # the base model from token ids: transformers then penalises the prompt's tokens too, as we do (at
+        # 5.0 the answer differs from penalising the generated tokens only)
+        ref = lm.base.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False,
+                               pad_token_id=0, eos_token_id=None, repetition_penalty=5.0)  # fmt: skip
+        assert tokens == ref[0, len(prompt) :].tolist()
+    assert got != plain  # the penalty changed what was generated
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"max_new_tokens": 0}, {"temperature": 3.0}, {"top_p": 0.0}, {"top_k": -1}, {"repetition_penalty": 0.0}],
+)
 def test_sampling_params_validate(kwargs) -> None:
     with pytest.raises(ValueError):
         SamplingParams(**kwargs)

@@ -110,6 +110,13 @@ def test_a_config_is_overridden_from_json_fields() -> None:
     assert cfg.step_dpo is not None and cfg.step_dpo.beta == 2.0 and cfg.step_dpo.lr == quick.dpo.lr
     with pytest.raises(ValueError, match="not fields"):
         quick.overridden({"draft_wrds": [0.5, 1.5]})
+    deep = quick.overridden({"search": {"critique": {"top_k": 50}}, "eval_repetition_penalty": 1.1})
+    assert deep.search.critique is not None and deep.search.critique.top_k == 50
+    assert deep.search.critique.top_p == quick.search.critique.top_p and deep.eval_repetition_penalty == 1.1
+    with pytest.raises(ValueError, match="not fields of CritiqueConfig"):
+        quick.overridden({"search": {"critique": {"topk": 50}}})
+    with pytest.raises(ValueError, match="eval_repetition_penalty"):
+        quick.overridden({"eval_repetition_penalty": 0})
     with pytest.raises(ValueError, match="drift_p"):
         quick.overridden({"drift_p": 3})
 

@@ -189,6 +189,25 @@ def test_critique_refinement_with_a_suggestion_following_policy_improves_a_weak_
     assert calm.refined == 0
 
 
+def test_critique_top_k_reaches_the_extra_samples_only() -> None:
+    seen: list[tuple[float, int | None]] = []
+
+    class Recording(ScriptedPolicy):
+        def steps(self, prompts, n, *, top_k=None, **kw):
+            seen.append((kw["temperature"], top_k))
+            return super().steps(prompts, n, **kw)
+
+    weak = Step("Weather is nice today and nice today.", True)
+    policy = Recording(lambda p: [weak] if not seen[1:] else [Step("Autism in children.", True)])
+    crit = CritiqueConfig(threshold=14.0, top_k=50)
+    search(policy, RuleJudge(), TASK, StepSearchConfig(width=2, depth=1, memory=None, critique=crit))
+    # the search's candidates at 0.7 without top-k; the extra samples at 1.0 with it; the regenerations
+    # (if any) at the search's temperature again
+    assert seen[0] == (0.7, None) and seen[1] == (1.0, 50) and all(k is None for _, k in seen[2:])
+    with pytest.raises(ValueError, match="top_k"):
+        CritiqueConfig(top_k=-1)
+
+
 def test_mcts_back_propagates_and_returns_a_path_with_pairs() -> None:
     policy = ScriptedPolicy(_by_depth(LEVELS))
     r = search(

@@ -196,3 +196,15 @@ def test_capping_keeps_every_later_step_pair_and_as_many_first_step_ones_in_orde
     assert prompts == [p["prompt"] for p in step_pairs(results) if p["prompt"] in prompts]
     assert set(kept[0]) == {"prompt", "chosen", "rejected"} and cap_first_step_pairs(results, seed=3) == kept
     assert len(cap_first_step_pairs(results[1:2])) == 0  # no later pairs: no first-step pair either
+
+
+def test_the_policy_passes_top_k_and_the_repetition_penalty_to_the_sampler(tiny) -> None:
+    model, tok = tiny
+    policy = HFStepPolicy(model, tok)
+    prompt = [policy.chat_prompt("Write about Autism in about 20 words.")]
+    kw = {"separator": "", "max_new_tokens": 12, "seed": 0}
+    greedy = policy.steps(prompt, 1, temperature=0.0, top_p=1.0, **kw)[0][0]
+    assert policy.steps(prompt, 1, temperature=0.0, top_p=1.0, repetition_penalty=1.0, **kw)[0][0] == greedy
+    assert policy.steps(prompt, 1, temperature=0.0, top_p=1.0, repetition_penalty=50.0, **kw)[0][0] != greedy
+    # top-k 1 samples the greedy answer whatever the temperature
+    assert policy.steps(prompt, 3, temperature=2.0, top_p=1.0, top_k=1, **kw)[0] == [greedy] * 3

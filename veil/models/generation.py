@@ -62,10 +62,17 @@ class SamplingParams(DecodingParams):
     stop_token_ids: token ids that end the row (reason ``"stop"``); the token itself is not emitted.
     top_logprobs: ``None``: no log-probabilities; ``k`` in ``[0, 20]``: each emitted token's
         log-probability and the ``k`` most likely alternatives (see :func:`token_logprobs`).
+    top_k: sample among the ``k`` most likely tokens only (after the temperature, before top-p);
+        0 keeps them all.
+    repetition_penalty: CTRL's penalty (arXiv:1909.05858, §4.1) on every token already in the row,
+        prompt included: its logit is divided by it when positive and multiplied when negative
+        (greedy rows too); 1 is none.
     """
 
     stop_token_ids: tuple[int, ...] = ()
     top_logprobs: int | None = None
+    top_k: int = 0
+    repetition_penalty: float = 1.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -73,6 +80,10 @@ class SamplingParams(DecodingParams):
             raise ValueError(f"top_logprobs must be in [0, {MAX_TOP_LOGPROBS}], got {self.top_logprobs}")
         if self.seed is not None and not -(2**63) <= self.seed < 2**64:  # torch.Generator.manual_seed's range
             raise ValueError(f"seed must be in [-2**63, 2**64), got {self.seed}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0: off), got {self.top_k}")
+        if not self.repetition_penalty > 0.0:
+            raise ValueError(f"repetition_penalty must be > 0 (1: none), got {self.repetition_penalty}")
 
 
 def first_stop(text: str, stop: Sequence[str]) -> int | None:
@@ -122,8 +133,16 @@ def token_logprobs(logits: Tensor, token: int, k: int) -> TokenLogprobs:
     )
 
 
-def sample_next(logits: Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
-    """One token id from next-token ``logits`` ``(vocab,)`` under ``params``."""
+def sample_next(
+    logits: Tensor, params: SamplingParams, generator: torch.Generator | None, seen: Sequence[int] = ()
+) -> int:
+    """One token id from next-token ``logits`` ``(vocab,)`` under ``params``; ``seen``: the row's tokens
+    so far (prompt and generated), for ``repetition_penalty``."""
+    if params.repetition_penalty != 1.0 and len(seen):
+        index = torch.as_tensor(sorted(set(seen)), dtype=torch.long)
+        old = logits[index]
+        logits = logits.clone()
+        logits[index] = torch.where(old > 0, old / params.repetition_penalty, old * params.repetition_penalty)
     if params.temperature == 0.0:
         return int(torch.argmax(logits))
     # Shifted before the division: a tiny temperature (1e-40) overflows raw logits to inf and inf - inf is
@@ -131,6 +150,10 @@ def sample_next(logits: Tensor, params: SamplingParams, generator: torch.Generat
     # temperatures and top_p down to 5e-324, which float32 would round to 0.
     shifted = logits.double() - logits.double().max()
     probs = torch.softmax(shifted / params.temperature, dim=-1)
+    if 0 < params.top_k < probs.numel():
+        # ties at the k-th probability are kept, so the top token is never dropped
+        probs = torch.where(probs >= torch.topk(probs, params.top_k).values[-1], probs, 0.0)
+        probs = probs / probs.sum()
     if params.top_p < 1.0:
         sorted_p, order = torch.sort(probs, descending=True)
         # keep the smallest prefix whose mass reaches top_p (always at least the top token)
@@ -301,12 +324,16 @@ def generate_batch(
         on_teacher_logits(_teacher_forced(model.base, cache, cache_kw, extra, attn, pos, last, fed, pad_id))
     tokens: list[list[int]] = [[] for _ in range(n)]
     reasons: list[str | None] = [None] * n
+
+    def _seen(r: int) -> Sequence[int]:
+        return [*prompts[r], *tokens[r]] if params[r].repetition_penalty != 1.0 else ()
+
     while True:
         logits = last.float().cpu()  # (B, V)
         if on_logits is not None:
             on_logits(logits)
         step = decode_step(
-            lambda r, lg=logits: sample_next(lg[r], params[r], gens[r]),
+            lambda r, lg=logits: sample_next(lg[r], params[r], gens[r], _seen(r)),
             [p.stop_token_ids for p in params], [p.max_new_tokens for p in params], tokens, reasons, on_step,
         )  # fmt: skip
         if step is None:

@@ -129,6 +129,8 @@ class LongformExperimentConfig:
     budget_steps: optimizer updates per method (``None``: step DPO's epochs over its pairs).
     seeds: training seeds; each method is trained once per seed.
     eval_tokens: the token budget of an evaluated response.
+    eval_repetition_penalty: the evaluation's repetition penalty (the paper's vLLM evaluation: 1.1; 1,
+        none, is our default, so that the quick preset's figures stand: benchmarks/README.md, run 6).
     threads: torch's CPU threads during the run (``None``: unchanged).
     seed: seeds the topics' facts, the split, the drafts and the base model.
     """
@@ -170,6 +172,7 @@ class LongformExperimentConfig:
     budget_steps: int | None = None
     seeds: tuple[int, ...] = (0, 1, 2)
     eval_tokens: int = 256
+    eval_repetition_penalty: float = 1.0
     threads: int | None = 1
     seed: int = 0
 
@@ -180,21 +183,28 @@ class LongformExperimentConfig:
 
     def overridden(self, fields: dict[str, Any]) -> LongformExperimentConfig:
         """This config with ``fields`` (as parsed from JSON) replaced: a list becomes a tuple, an object
-        replaces fields of a dataclass field (``step_dpo``, when unset, starts from ``dpo``), e.g.
-        ``{"search": {"mode": "mcts"}, "draft_words": [0.5, 1.5]}``."""
+        replaces fields of a dataclass field, at any depth (``step_dpo``, when unset, starts from
+        ``dpo``), e.g. ``{"search": {"mode": "mcts", "critique": {"top_k": 50}}}``."""
 
-        def value(name: str, given: Any) -> Any:
+        def value(current: Any, given: Any) -> Any:
             if isinstance(given, list):
                 return tuple(given)
-            if isinstance(given, dict):
-                current = getattr(self, name)
-                return dataclasses.replace(current if current is not None else self.dpo, **given)
+            if isinstance(given, dict) and dataclasses.is_dataclass(current):
+                unknown = set(given) - {f.name for f in dataclasses.fields(current)}
+                if unknown:
+                    raise ValueError(f"not fields of {type(current).__name__}: {sorted(unknown)}")
+                return dataclasses.replace(
+                    current, **{k: value(getattr(current, k), v) for k, v in given.items()}
+                )  # type: ignore[type-var]
             return given
 
         unknown = set(fields) - {f.name for f in dataclasses.fields(self)}
         if unknown:
             raise ValueError(f"not fields of LongformExperimentConfig: {sorted(unknown)}")
-        return dataclasses.replace(self, **{k: value(k, v) for k, v in fields.items()})
+        start = {
+            k: self.dpo if k == "step_dpo" and self.step_dpo is None else getattr(self, k) for k in fields
+        }
+        return dataclasses.replace(self, **{k: value(start[k], v) for k, v in fields.items()})
 
     def __post_init__(self) -> None:
         if not self.lengths or min(self.lengths) < 1:
@@ -211,6 +221,10 @@ class LongformExperimentConfig:
             raise ValueError("pool_seeds must be non-empty")
         if self.budget_steps is not None and self.budget_steps < 1:
             raise ValueError(f"budget_steps must be >= 1 or None, got {self.budget_steps}")
+        if not self.eval_repetition_penalty > 0:
+            raise ValueError(
+                f"eval_repetition_penalty must be > 0 (1: none), got {self.eval_repetition_penalty}"
+            )
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1 or None, got {self.threads}")
 
@@ -316,14 +330,19 @@ def experiment_tasks(
     )
 
 
-def evaluate(policy: HFStepPolicy, tasks: Sequence[LongformPrompt], max_new_tokens: int) -> dict[str, Any]:
-    """Greedy responses to ``tasks``: mean S_l, rule-based quality and contradiction rate, words per
-    target, and generation tokens per second."""
+def evaluate(
+    policy: HFStepPolicy,
+    tasks: Sequence[LongformPrompt],
+    max_new_tokens: int,
+    repetition_penalty: float = 1.0,
+) -> dict[str, Any]:
+    """Greedy responses to ``tasks`` (with ``repetition_penalty``): mean S_l and each prompt's, rule-based
+    quality and contradiction rate, words per target, and generation tokens per second."""
     judge = RuleJudge()
     start = time.perf_counter()
     steps = policy.steps(
         [policy.chat_prompt(t.prompt) for t in tasks], 1, separator="", max_new_tokens=max_new_tokens,
-        temperature=0.0, top_p=1.0, seed=0,
+        temperature=0.0, top_p=1.0, seed=0, repetition_penalty=repetition_penalty,
     )  # fmt: skip
     seconds = time.perf_counter() - start
     texts = [s[0].text for s in steps]
@@ -576,7 +595,9 @@ def _run(
     # the budget counts every step pair found, so balancing changes the pairs, not the number of updates
     steps_per_epoch = math.ceil(len(found) / (cfg.dpo.batch_size * cfg.dpo.grad_accum))
     budget = cfg.budget_steps or max(1, round(steps_per_epoch * cfg.dpo.epochs))
-    methods: dict[str, list[dict[str, Any]]] = {"base": [evaluate(policy, eval_tasks, cfg.eval_tokens)]}
+    methods: dict[str, list[dict[str, Any]]] = {
+        "base": [evaluate(policy, eval_tasks, cfg.eval_tokens, cfg.eval_repetition_penalty)]
+    }
     lap("eval_base_s")
     train_seconds: dict[str, float] = {}
     for seed in cfg.seeds:
@@ -598,7 +619,12 @@ def _run(
                 model.save_pretrained(save_dir)
                 tokenizer.save_pretrained(save_dir)
             methods.setdefault(name, []).append(
-                evaluate(HFStepPolicy(model.eval(), tokenizer), eval_tasks, cfg.eval_tokens)
+                evaluate(
+                    HFStepPolicy(model.eval(), tokenizer),
+                    eval_tasks,
+                    cfg.eval_tokens,
+                    cfg.eval_repetition_penalty,
+                )
             )
         lap(f"train_eval_seed{seed}_s")
 
@@ -634,6 +660,8 @@ def _run(
                    "step_dpo_loss": (cfg.step_dpo or cfg.dpo).loss_type,
                    "step_dpo_beta": (cfg.step_dpo or cfg.dpo).beta,
                    "draft_words": list(cfg.draft_words) if cfg.draft_words else None, "base_epochs": cfg.base_epochs,
+                   "critique_top_k": cfg.search.critique.top_k if cfg.search.critique else None,
+                   "eval_repetition_penalty": cfg.eval_repetition_penalty,
                    "memory": dataclasses.asdict(cfg.search.memory) if cfg.search.memory else None,
                    "budget_steps": budget},
         "methods": summary,

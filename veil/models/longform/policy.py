@@ -3,8 +3,9 @@
 LongDPO (arXiv:2502.02095, §3.1) grows a response one *step* at a time: a step is one generation call
 that ends at a separator, the end of the turn or a token budget, sampled at temperature 0.7 (1.0, top-p
 0.8 and top-k 50 for the extra samples of critique refinement). :class:`HFStepPolicy` samples ``n``
-steps per prompt in one batch with :func:`veil.models.generation.generate_batch`, seeded per row. The
-service's sampler has temperature and top-p but no top-k, so top-k is not applied (our departure).
+steps per prompt in one batch with :func:`veil.models.generation.generate_batch`, seeded per row, and
+takes ``top_k`` and ``repetition_penalty`` too (a policy need only accept them when a caller sets them:
+the search passes ``top_k`` only when its critique sets one).
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ class HFStepPolicy:
 
     def steps(
         self, prompts: Sequence[str], n: int, *, separator: str, max_new_tokens: int,
-        temperature: float, top_p: float, seed: int,
+        temperature: float, top_p: float, seed: int, top_k: int = 0, repetition_penalty: float = 1.0,
     ) -> list[list[Step]]:  # fmt: skip
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
@@ -92,12 +93,13 @@ class HFStepPolicy:
         out: list[Step] = []
         for start in range(0, len(rows), self.batch_size):
             out += self._batch(rows[start : start + self.batch_size], separator, max_new_tokens,
-                               temperature, top_p, seed + start)  # fmt: skip
+                               temperature, top_p, seed + start, top_k, repetition_penalty)  # fmt: skip
         return [out[i * n : (i + 1) * n] for i in range(len(prompts))]
 
     def _batch(
-        self, prompts: list[str], separator: str, max_new: int, temperature: float, top_p: float, seed: int
-    ) -> list[Step]:
+        self, prompts: list[str], separator: str, max_new: int, temperature: float, top_p: float, seed: int,
+        top_k: int = 0, repetition_penalty: float = 1.0,
+    ) -> list[Step]:  # fmt: skip
         import torch
 
         from veil.models.generation import SamplingParams, generate_batch
@@ -123,7 +125,7 @@ class HFStepPolicy:
 
         params = [
             SamplingParams(max_new_tokens=max_new, temperature=temperature, top_p=top_p, seed=seed + r,
-                           stop_token_ids=self._eos)
+                           stop_token_ids=self._eos, top_k=top_k, repetition_penalty=repetition_penalty)
             for r in range(len(prompts))
         ]  # fmt: skip
         with torch.inference_mode():

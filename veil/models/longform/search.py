@@ -232,12 +232,14 @@ class _Search:
         self.generated = 0
         self.rollouts = 0
 
-    def _sample(self, user: str, prefix: str, n: int, temperature: float, top_p: float) -> list[Step]:
+    def _sample(
+        self, user: str, prefix: str, n: int, temperature: float, top_p: float, top_k: int = 0
+    ) -> list[Step]:
         self.calls += 1
         steps = self.policy.steps(
             [self.policy.chat_prompt(user, prefix)], n, separator=self.cfg.separator,
             max_new_tokens=self.cfg.step_tokens, temperature=temperature, top_p=top_p,
-            seed=self.seed * 100_003 + self.calls * 101,
+            seed=self.seed * 100_003 + self.calls * 101, **({"top_k": top_k} if top_k else {}),
         )[0]  # fmt: skip
         self.generated += len(steps)
         return steps
@@ -285,7 +287,9 @@ class _Search:
             return None
         parent = node.parent
         prefix = parent.prefix() if parent else ""
-        extra = self._sample(task.prompt, prefix, crit.extra_samples, crit.temperature, crit.top_p)
+        extra = self._sample(
+            task.prompt, prefix, crit.extra_samples, crit.temperature, crit.top_p, crit.top_k
+        )
         scored = [(s, self.judge.quality(task, prefix + s.text)) for s in extra]
         suggestions = []
         for principle in PRINCIPLES:
