@@ -131,6 +131,22 @@ def test_seed_reproduces_sampling_and_stop_cuts_the_text(client) -> None:
     assert cut["choices"][0]["message"]["content"] == text[: text.index(stop)]
 
 
+def test_top_k_and_repetition_penalty_reach_the_sampler(client) -> None:
+    def answer(**kw: object) -> str:
+        r = client.post("/v1/chat/completions", json=_chat(max_tokens=12, **kw))
+        assert r.status_code == 200, r.text
+        return r.json()["choices"][0]["message"]["content"]
+
+    greedy = answer(temperature=0)
+    # top-k 1 samples the greedy answer at any temperature; -1 and 0 keep every token (vLLM's "off")
+    assert answer(temperature=2.0, top_k=1, seed=3) == greedy
+    assert answer(temperature=2.0, top_k=-1, seed=3) == answer(temperature=2.0, top_k=0, seed=3)
+    assert answer(temperature=0, repetition_penalty=2.0) != greedy
+    for bad in ({"top_k": -2}, {"repetition_penalty": 0}, {"repetition_penalty": 2.5}):
+        r = client.post("/v1/chat/completions", json=_chat(**bad))
+        assert r.status_code == 400 and next(iter(bad)) in r.text
+
+
 def test_concurrent_requests_are_batched(service) -> None:
     server, key, _ = service
 

@@ -205,6 +205,10 @@ class ChatCompletionRequest(PersonalisedRequest):
     max_completion_tokens: Annotated[int | None, Field(ge=1)] = None
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 1.0
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
+    top_k: Annotated[int, Field(ge=-1)] = -1
+    """vLLM's extra field: sample among the ``k`` most likely tokens only; -1 or 0 keeps them all."""
+    repetition_penalty: Annotated[float, Field(gt=0.0, le=2.0)] = 1.0
+    """vLLM's extra field: CTRL's penalty on every token already in the prompt or the answer; 1 is none."""
     seed: Annotated[int | None, Field(ge=-(2**63), le=2**63 - 1)] = None
     """A signed 64-bit integer, as in OpenAI's API (a torch generator takes no larger seed)."""
     stop: str | Annotated[list[str], Field(max_length=4)] | None = None

@@ -116,6 +116,8 @@ def _generation(
         max_new_tokens=limit,
         temperature=body.temperature,
         top_p=body.top_p,
+        top_k=max(body.top_k, 0),
+        repetition_penalty=body.repetition_penalty,
         seed=body.seed,
         top_logprobs=(body.top_logprobs or 0) if body.logprobs else None,
     )
