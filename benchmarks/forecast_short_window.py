@@ -38,6 +38,7 @@ def main() -> None:
     parser.add_argument(
         "--methods", default="extralonger,grid-attention,historical-average", help="comma-separated"
     )
+    parser.add_argument("--seed", type=int, default=0, help="seeds the synthetic data and the models")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -52,6 +53,7 @@ def main() -> None:
         methods=tuple(args.methods.split(",")),
         model=replace(base.model, in_steps=args.steps, out_steps=args.steps, **json.loads(args.model)),
         train=train,
+        seed=args.seed,
     )
     with tempfile.TemporaryDirectory(prefix="veil-short-") as work:
         result = run_forecast_experiment(cfg, Path(work), progress=lambda m: print(m, flush=True))
