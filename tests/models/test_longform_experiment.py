@@ -110,9 +110,10 @@ def test_a_config_is_overridden_from_json_fields() -> None:
     assert cfg.step_dpo is not None and cfg.step_dpo.beta == 2.0 and cfg.step_dpo.lr == quick.dpo.lr
     with pytest.raises(ValueError, match="not fields"):
         quick.overridden({"draft_wrds": [0.5, 1.5]})
-    deep = quick.overridden({"search": {"critique": {"top_k": 50}}, "eval_repetition_penalty": 1.1})
-    assert deep.search.critique is not None and deep.search.critique.top_k == 50
-    assert deep.search.critique.top_p == quick.search.critique.top_p and deep.eval_repetition_penalty == 1.1
+    deep = quick.overridden({"search": {"critique": {"top_k": 20}}, "eval_repetition_penalty": 1.0})
+    assert deep.search.critique is not None and deep.search.critique.top_k == 20
+    assert deep.search.critique.top_p == quick.search.critique.top_p and deep.eval_repetition_penalty == 1.0
+    assert (quick.search.critique.top_k, quick.eval_repetition_penalty) == (50, 1.1)  # the paper's
     with pytest.raises(ValueError, match="not fields of CritiqueConfig"):
         quick.overridden({"search": {"critique": {"topk": 50}}})
     with pytest.raises(ValueError, match="eval_repetition_penalty"):

@@ -38,7 +38,19 @@ class ScriptedPolicy:
     def chat_prompt(self, user: str, assistant_prefix: str = "") -> str:
         return f"U: {user}\nA: {assistant_prefix}"
 
-    def steps(self, prompts, n, *, separator, max_new_tokens, temperature, top_p, seed):
+    def steps(
+        self,
+        prompts,
+        n,
+        *,
+        separator,
+        max_new_tokens,
+        temperature,
+        top_p,
+        seed,
+        top_k=0,
+        repetition_penalty=1.0,
+    ):
         out = []
         for p in prompts:
             self.prompts.append(p)
@@ -195,11 +207,12 @@ def test_critique_top_k_reaches_the_extra_samples_only() -> None:
     class Recording(ScriptedPolicy):
         def steps(self, prompts, n, *, top_k=None, **kw):
             seen.append((kw["temperature"], top_k))
-            return super().steps(prompts, n, **kw)
+            return super().steps(prompts, n, **kw)  # the script ignores top-k
 
     weak = Step("Weather is nice today and nice today.", True)
     policy = Recording(lambda p: [weak] if not seen[1:] else [Step("Autism in children.", True)])
-    crit = CritiqueConfig(threshold=14.0, top_k=50)
+    crit = CritiqueConfig(threshold=14.0)
+    assert crit.top_k == 50  # the paper's
     search(policy, RuleJudge(), TASK, StepSearchConfig(width=2, depth=1, memory=None, critique=crit))
     # the search's candidates at 0.7 without top-k; the extra samples at 1.0 with it; the regenerations
     # (if any) at the search's temperature again

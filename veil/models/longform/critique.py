@@ -23,8 +23,7 @@ SUGGESTION_HEADER = "Here are some suggestions for you to improve your writing q
 @dataclass(frozen=True)
 class CritiqueConfig:
     """threshold: steps valued below it are refined (paper: 6.0, on quality 1-5 plus S_l / 10).
-    extra_samples, temperature, top_p, top_k: the extra candidates (paper: 1.0, 0.8 and 50; ``top_k`` 0,
-        none, is our default, so that the quick preset's figures stand: benchmarks/README.md, run 6).
+    extra_samples, temperature, top_p, top_k: the extra candidates (paper: 1.0, 0.8 and 50; 0: no top-k).
     max_suggestions: suggestions appended (paper: the top 1-3).
     regenerations: steps sampled with the suggestions."""
 
@@ -32,7 +31,7 @@ class CritiqueConfig:
     extra_samples: int = 4
     temperature: float = 1.0
     top_p: float = 0.8
-    top_k: int = 0
+    top_k: int = 50
     max_suggestions: int = 3
     regenerations: int = 2
 

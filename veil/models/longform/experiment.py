@@ -129,8 +129,9 @@ class LongformExperimentConfig:
     budget_steps: optimizer updates per method (``None``: step DPO's epochs over its pairs).
     seeds: training seeds; each method is trained once per seed.
     eval_tokens: the token budget of an evaluated response.
-    eval_repetition_penalty: the evaluation's repetition penalty (the paper's vLLM evaluation: 1.1; 1,
-        none, is our default, so that the quick preset's figures stand: benchmarks/README.md, run 6).
+    eval_repetition_penalty: the evaluation's repetition penalty on greedy decoding (the paper's vLLM
+        evaluation: 1.1; 1 is none, the preset before run 7 in benchmarks/README.md, under which step
+        DPO loses to outcome DPO in both seeds).
     threads: torch's CPU threads during the run (``None``: unchanged).
     seed: seeds the topics' facts, the split, the drafts and the base model.
     """
@@ -172,7 +173,7 @@ class LongformExperimentConfig:
     budget_steps: int | None = None
     seeds: tuple[int, ...] = (0, 1, 2)
     eval_tokens: int = 256
-    eval_repetition_penalty: float = 1.0
+    eval_repetition_penalty: float = 1.1
     threads: int | None = 1
     seed: int = 0
 
@@ -665,7 +666,7 @@ def _run(
                    "memory": dataclasses.asdict(cfg.search.memory) if cfg.search.memory else None,
                    "budget_steps": budget},
         "methods": summary,
-        "per_seed": {name: [{k: r[k] for k in (*keys, "words_by_target", "ended")} for r in runs]
+        "per_seed": {name: [{k: r[k] for k in (*keys, "words_by_target", "ended", "length_scores")} for r in runs]
                      for name, runs in methods.items()},
         "samples": {name: runs[0]["sample"] for name, runs in methods.items()},
         "data": {

@@ -4,8 +4,8 @@ LongDPO (arXiv:2502.02095, §3.1) grows a response one *step* at a time: a step 
 that ends at a separator, the end of the turn or a token budget, sampled at temperature 0.7 (1.0, top-p
 0.8 and top-k 50 for the extra samples of critique refinement). :class:`HFStepPolicy` samples ``n``
 steps per prompt in one batch with :func:`veil.models.generation.generate_batch`, seeded per row, and
-takes ``top_k`` and ``repetition_penalty`` too (a policy need only accept them when a caller sets them:
-the search passes ``top_k`` only when its critique sets one).
+takes ``top_k`` and ``repetition_penalty`` too (the search passes ``top_k`` only when its critique sets
+one, the evaluation ``repetition_penalty`` always).
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ class StepPolicy(Protocol):
 
     def steps(
         self, prompts: Sequence[str], n: int, *, separator: str, max_new_tokens: int,
-        temperature: float, top_p: float, seed: int,
+        temperature: float, top_p: float, seed: int, top_k: int = 0, repetition_penalty: float = 1.0,
     ) -> list[list[Step]]:  # fmt: skip
-        """``n`` sampled steps for each raw prompt."""
+        """``n`` sampled steps for each raw prompt (``top_k`` 0: none; ``repetition_penalty`` 1: none)."""
         ...
 
 
