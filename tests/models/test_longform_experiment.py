@@ -133,6 +133,9 @@ def test_paired_length_scores_pair_each_seeds_runs_prompt_by_prompt() -> None:
     assert cmp["pairs"] == 54 and cmp["wins"] == 54 and cmp["losses"] == cmp["ties"] == 0
     assert 4.5 < cmp["mean_diff"] < 5.5 and cmp["ci95"][0] < cmp["mean_diff"] < cmp["ci95"][1]
     assert cmp["wilcoxon_p"] < 1e-6
+    # by prompt: the two seeds' differences averaged, 27 prompts
+    assert cmp["by_prompt"]["prompts"] == 27 and cmp["by_prompt"]["wilcoxon_p"] < 1e-4
+    assert cmp["by_prompt"]["ci95"][0] < cmp["mean_diff"] < cmp["by_prompt"]["ci95"][1]
     # the same runs against themselves: no difference at all, nothing to test
     assert paired_length_scores(same, same) == {
         "pairs": 54,
@@ -142,6 +145,7 @@ def test_paired_length_scores_pair_each_seeds_runs_prompt_by_prompt() -> None:
         "ties": 54,
         "ci95": None,
         "wilcoxon_p": 1.0,
+        "by_prompt": {"prompts": 27, "ci95": None, "wilcoxon_p": 1.0},
     }
     noise = [{"length_scores": list(b + rng.normal(0, 5, 27))} for b in base]
     assert paired_length_scores(noise, same)["wilcoxon_p"] > 0.01

@@ -89,7 +89,8 @@ def experiment_longform(
         ci = "" if cmp["ci95"] is None else f", 95 % CI [{cmp['ci95'][0]:+.1f}, {cmp['ci95'][1]:+.1f}]"
         console.print(
             f"{name.replace('_', ' ')}: S_l {cmp['mean_diff']:+.2f} per prompt{ci} over {cmp['pairs']} "
-            f"prompt-seed pairs ({cmp['wins']} won, {cmp['losses']} lost; Wilcoxon p = {cmp['wilcoxon_p']:.3g})"
+            f"prompt-seed pairs ({cmp['wins']} won, {cmp['losses']} lost; Wilcoxon p = {cmp['wilcoxon_p']:.3g}; "
+            f"over the {cmp['by_prompt']['prompts']} prompts, seeds averaged, p = {cmp['by_prompt']['wilcoxon_p']:.3g})"
         )
     for name, ok in result["checks"].items():
         console.print(f"{name.replace('_', ' ')}: {'yes' if ok else 'no'}")

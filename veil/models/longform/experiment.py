@@ -391,24 +391,37 @@ def run_longform_experiment(
 
 def paired_length_scores(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Method ``a`` against ``b`` prompt by prompt: each seed's run of ``a`` is paired with the same
-    seed's run of ``b`` on the same held-out prompt (the ``length_scores`` of :func:`evaluate`). The
-    mean difference in S_l (a - b), its 95 % paired bootstrap interval and Wilcoxon's signed-rank test
-    (scipy; two-sided, ties and zero differences dropped), and how many pairs ``a`` wins, loses and ties."""
-    from scipy.stats import bootstrap, wilcoxon
+    seed's run of ``b`` on the same held-out prompt (the ``length_scores`` of :func:`evaluate`).
 
-    diff = np.concatenate(
-        [np.subtract(x["length_scores"], y["length_scores"]) for x, y in zip(a, b, strict=True)]
-    )
+    Over every prompt-seed pair: the mean difference in S_l (a - b), its 95 % bootstrap interval,
+    Wilcoxon's signed-rank p (scipy; two-sided, zero differences dropped) and how many pairs ``a``
+    wins, loses and ties. The pairs of one prompt under several seeds are not independent, so
+    ``by_prompt`` repeats the interval and the test on each prompt's difference averaged over the seeds
+    (the prompts are the sample; with one seed the two agree)."""
+    diffs = np.stack([np.subtract(x["length_scores"], y["length_scores"]) for x, y in zip(a, b, strict=True)])
+    diff = diffs.ravel()
     out: dict[str, Any] = {"pairs": int(diff.size), "mean_diff": float(diff.mean()) if diff.size else 0.0,
                            "wins": int((diff > 0).sum()), "losses": int((diff < 0).sum()),
-                           "ties": int((diff == 0).sum()), "ci95": None, "wilcoxon_p": 1.0}  # fmt: skip
-    if np.count_nonzero(diff) >= 2:
-        ci = bootstrap(
-            (diff,), np.mean, n_resamples=10_000, random_state=0, method="percentile"
-        ).confidence_interval
-        out["ci95"] = [float(ci.low), float(ci.high)]
-        out["wilcoxon_p"] = float(wilcoxon(diff, zero_method="wilcox").pvalue)
+                           "ties": int((diff == 0).sum())} | _mean_test(diff)  # fmt: skip
+    per_prompt = diffs.mean(axis=0)
+    out["by_prompt"] = {"prompts": int(per_prompt.size)} | _mean_test(per_prompt)
     return out
+
+
+def _mean_test(diff: np.ndarray) -> dict[str, Any]:
+    """The 95 % percentile bootstrap interval of ``diff``'s mean and Wilcoxon's signed-rank p (1 and no
+    interval with fewer than two non-zero differences)."""
+    from scipy.stats import bootstrap, wilcoxon
+
+    if np.count_nonzero(diff) < 2:
+        return {"ci95": None, "wilcoxon_p": 1.0}
+    ci = bootstrap(
+        (diff,), np.mean, n_resamples=10_000, random_state=0, method="percentile"
+    ).confidence_interval
+    return {
+        "ci95": [float(ci.low), float(ci.high)],
+        "wilcoxon_p": float(wilcoxon(diff, zero_method="wilcox").pvalue),
+    }
 
 
 def _kinds_by_length(results: Sequence[Any], end: str) -> dict[str, dict[str, int]]:
