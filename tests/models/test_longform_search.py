@@ -38,19 +38,7 @@ class ScriptedPolicy:
     def chat_prompt(self, user: str, assistant_prefix: str = "") -> str:
         return f"U: {user}\nA: {assistant_prefix}"
 
-    def steps(
-        self,
-        prompts,
-        n,
-        *,
-        separator,
-        max_new_tokens,
-        temperature,
-        top_p,
-        seed,
-        top_k=0,
-        repetition_penalty=1.0,
-    ):
+    def steps(self, prompts, n, *, separator, max_new_tokens, temperature, top_p, seed, **_sampling):
         out = []
         for p in prompts:
             self.prompts.append(p)

@@ -39,19 +39,7 @@ class RollingPolicy:
     def chat_prompt(self, user: str, assistant_prefix: str = "") -> str:
         return f"U: {user}\nA: {assistant_prefix}"
 
-    def steps(
-        self,
-        prompts,
-        n,
-        *,
-        separator,
-        max_new_tokens,
-        temperature,
-        top_p,
-        seed,
-        top_k=0,
-        repetition_penalty=1.0,
-    ):
+    def steps(self, prompts, n, *, separator, max_new_tokens, temperature, top_p, seed, **_sampling):
         if temperature == 0.0 and separator == "":
             self.rollout_prompts += prompts
             return [[Step(REST, True)] for _ in prompts]
