@@ -41,6 +41,10 @@ def test_the_experiment_reports_every_method_and_caches_its_base_model(tmp_path)
     assert sum(result["data"]["step_pair_kinds"].values()) == result["data"]["step_pairs"]
     assert result["config"]["budget_steps"] >= 1 and set(result["checks"]) >= {"pool_lowers_contradictions"}
     assert set(result["paired"]) == {"step-dpo_vs_sft", "step-dpo_vs_outcome-dpo"}
+    speed = result["throughput"]
+    assert (
+        speed["device"] == "cpu" and speed["pairs_per_wall_minute"] > 0 and speed["pairs_per_cpu_minute"] > 0
+    )
     assert all(c["pairs"] == 2 * 12 for c in result["paired"].values())  # 2 seeds x 4 topics x 3 lengths
     assert any("base model: 20 drafts" in m for m in messages)
     from veil.models.loading import load_model

@@ -698,6 +698,9 @@ def _run(
         "memory_pool": pool,
         "throughput": {
             "pairs_per_cpu_minute": len(found) / search_cpu_min if search_cpu_min > 0 else 0.0,
+            # on a GPU, pairs per GPU-minute: the search's wall time, the device held throughout
+            "pairs_per_wall_minute": len(found) / (seconds["search_s"] / 60) if seconds["search_s"] > 0 else 0.0,
+            "device": str(getattr(base, "device", "cpu")),
             "tokens_per_s": {name: float(np.mean([r["tokens_per_s"] for r in runs])) for name, runs in methods.items()},
             "train_cpu_s": {k: round(v, 1) for k, v in train_seconds.items()},
         },
