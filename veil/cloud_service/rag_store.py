@@ -114,11 +114,7 @@ class CollectionStore:
         if cached is not None:
             return cached
         with self._locked(name, fcntl.LOCK_SH):
-            # a save (e.g. the default's build) may have finished while this waited for the lock: serve
-            # the copy it cached rather than a second one read from disk
-            collection = self._cached(name, directory)
-            if collection is None:
-                collection = self._load(name)
+            collection = self._cached_or_loaded(name, directory)
             if collection is not None:
                 self._remember(name, directory, collection)
             return collection
@@ -146,9 +142,7 @@ class CollectionStore:
         """
         with self._locked(DEFAULT_COLLECTION, fcntl.LOCK_EX):
             directory = collection_dir(DEFAULT_COLLECTION, self.root.parent)
-            collection = self._cached(DEFAULT_COLLECTION, directory)
-            if collection is None:
-                collection = self._load(DEFAULT_COLLECTION)
+            collection = self._cached_or_loaded(DEFAULT_COLLECTION, directory)
             if collection is None:
                 started = time.perf_counter()
                 collection = self._build_default()
@@ -250,6 +244,13 @@ class CollectionStore:
         with self._guard:
             cached = self._cache.get(name)
         return cached[1] if cached is not None and inode is not None and cached[0] == inode else None
+
+    def _cached_or_loaded(self, name: str, directory: Path) -> Collection | None:
+        """Under the collection's lock: the cached copy if a save (e.g. the default's build) cached it
+        while the caller waited for the lock, else the one on disk (a second copy of the same would
+        differ from what the others were served)."""
+        cached = self._cached(name, directory)
+        return cached if cached is not None else self._load(name)
 
     def _load(self, name: str) -> Collection | None:
         directory = collection_dir(name, self.root.parent)

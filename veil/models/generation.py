@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -134,12 +134,12 @@ def token_logprobs(logits: Tensor, token: int, k: int) -> TokenLogprobs:
 
 
 def sample_next(
-    logits: Tensor, params: SamplingParams, generator: torch.Generator | None, seen: Sequence[int] = ()
+    logits: Tensor, params: SamplingParams, generator: torch.Generator | None, seen: Collection[int] = ()
 ) -> int:
-    """One token id from next-token ``logits`` ``(vocab,)`` under ``params``; ``seen``: the row's tokens
-    so far (prompt and generated), for ``repetition_penalty``."""
+    """One token id from next-token ``logits`` ``(vocab,)`` under ``params``; ``seen``: the distinct
+    tokens of the row so far (prompt and generated), for ``repetition_penalty``."""
     if params.repetition_penalty != 1.0 and len(seen):
-        index = torch.as_tensor(sorted(set(seen)), dtype=torch.long)
+        index = torch.as_tensor(list(seen), dtype=torch.long)
         old = logits[index]
         logits = logits.clone()
         logits[index] = torch.where(old > 0, old / params.repetition_penalty, old * params.repetition_penalty)
@@ -324,20 +324,22 @@ def generate_batch(
         on_teacher_logits(_teacher_forced(model.base, cache, cache_kw, extra, attn, pos, last, fed, pad_id))
     tokens: list[list[int]] = [[] for _ in range(n)]
     reasons: list[str | None] = [None] * n
-
-    def _seen(r: int) -> Sequence[int]:
-        return [*prompts[r], *tokens[r]] if params[r].repetition_penalty != 1.0 else ()
-
+    # each penalised row's distinct tokens so far, kept up to date step by step
+    penalised = [p.repetition_penalty != 1.0 for p in params]
+    seen: list[set[int]] = [set(prompts[r]) if penalised[r] else set() for r in range(n)]
     while True:
         logits = last.float().cpu()  # (B, V)
         if on_logits is not None:
             on_logits(logits)
         step = decode_step(
-            lambda r, lg=logits: sample_next(lg[r], params[r], gens[r], _seen(r)),
+            lambda r, lg=logits: sample_next(lg[r], params[r], gens[r], seen[r]),
             [p.stop_token_ids for p in params], [p.max_new_tokens for p in params], tokens, reasons, on_step,
         )  # fmt: skip
         if step is None:
             break
+        for r, t in enumerate(step):
+            if t is not None and penalised[r]:
+                seen[r].add(t)
         feed = torch.tensor([[t if t is not None else pad_id] for t in step], dtype=torch.long)
         attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)  # (B, L + 1)
         pos = pos + 1

@@ -543,10 +543,11 @@ def compare_memory_pool(
     (``only_without``: responses that contradict themselves without the pool only)."""
     from veil.models.evaluation.punchbench.stats import mcnemar_exact
 
+    seeds = list(cfg.pool_seeds if seeds is None else seeds)
     judge = RuleJudge(sees_facts=cfg.pool_value_sees_facts)
     runs: dict[str, list[Any]] = {"with": [], "without": []}
     cpu = dict.fromkeys(runs, 0.0)
-    for seed in cfg.pool_seeds if seeds is None else seeds:
+    for seed in seeds:
         for kind, memory in (("with", cfg.search.memory), ("without", None)):
             start = time.process_time()
             search = dataclasses.replace(cfg.search, memory=memory, critique=None, seed=seed)
@@ -556,7 +557,7 @@ def compare_memory_pool(
     test = mcnemar_exact(flags["without"], flags["with"])
     return {
         "responses": len(runs["with"]),
-        "seeds": list(cfg.pool_seeds if seeds is None else seeds),
+        "seeds": seeds,
         "contradiction_rate_with": float(flags["with"].mean()) if flags["with"].size else 0.0,
         "contradiction_rate_without": float(flags["without"].mean()) if flags["without"].size else 0.0,
         "only_without": test.only_a, "only_with": test.only_b, "mcnemar_p": test.p_value,
