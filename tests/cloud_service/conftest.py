@@ -16,6 +16,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -157,8 +158,28 @@ def postgres_database_url(postgres_url: str) -> Iterator[str]:
     try:
         yield make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
     finally:
-        with _admin_connect(postgres_url) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        _drop_database(postgres_url, name)
+
+
+def _drop_database(url: str, name: str) -> None:
+    """Drop a test database, ending the sessions a test left open.
+
+    ``WITH (FORCE)`` refuses a role without ``pg_signal_backend`` while an autovacuum worker happens
+    to be in the database (the worker belongs to no role the test's role is a member of); the worker
+    is done within moments, so the drop is tried again for a few seconds.
+    """
+    import psycopg
+
+    deadline = time.monotonic() + 15
+    with _admin_connect(url) as conn:
+        while True:
+            try:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                return
+            except psycopg.errors.InsufficientPrivilege:
+                if time.monotonic() > deadline:
+                    raise
+            time.sleep(0.2)
 
 
 @pytest.fixture(params=BACKENDS)

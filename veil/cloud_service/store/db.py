@@ -10,6 +10,8 @@ serialised by a transaction-scoped advisory lock.
 from __future__ import annotations
 
 import re
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +112,27 @@ def _one_line(exc: BaseException, url: URL) -> str:
     return message[:300]
 
 
+def _enter_wal(cursor: Any) -> None:
+    """``PRAGMA journal_mode = WAL``, retried while another connection holds the lock it needs.
+
+    The busy timeout does not cover this switch: connections that open a fresh file at once each
+    hold a shared lock and each need the exclusive one, and SQLite answers one of them
+    ``SQLITE_BUSY`` at once rather than let them wait on each other (https://sqlite.org/c3ref/busy_handler.html).
+    The mode is stored in the file, so once another connection has switched, the retry is a no-op.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    pause = 0.005
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(2 * pause, 0.25)
+
+
 def _install_sqlite_pragmas(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -120,7 +143,7 @@ def _install_sqlite_pragmas(engine: Engine) -> None:
         try:
             # busy_timeout first: switching to WAL needs a lock another process may hold.
             cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            cursor.execute("PRAGMA journal_mode = WAL")
+            _enter_wal(cursor)
             # FULL syncs the WAL at every commit (NORMAL can lose the last commits on power loss).
             cursor.execute("PRAGMA synchronous = FULL")
             cursor.execute("PRAGMA foreign_keys = ON")
