@@ -3,8 +3,10 @@ as the window grows: T = 12, 288 and 2016 steps (an hour, a day and a week at 5 
 
 For each T and model: seconds per training step (forward, Huber loss, backward, Adam) and per inference
 batch, the median of ``--repeats`` after one warm-up, and peak memory above the level before the step
-(the CUDA allocator's peak on a GPU, sampled resident memory on CPU). Grid attention is skipped where its
-attention maps alone (B x N x heads x T x T floats for the temporal half) would exceed ``--grid-max-gb``.
+(the CUDA allocator's peak on a GPU, sampled resident memory on CPU). On CPU grid attention is skipped where
+its attention maps alone (B x N x heads x T x T floats for the temporal half) would exceed ``--grid-max-gb``
+(default 4); on a GPU PyTorch's fused attention kernels never hold those maps, so there is no limit by
+default and a model that runs out of GPU memory is reported as such.
 Ratios grid / Extralonger are printed for every T where both ran, measured in the same run.
 
 Usage::
@@ -83,7 +85,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--steps", type=int, nargs="+", default=[12, 288, 2016])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--grid-max-gb", type=float, default=4.0)
+    parser.add_argument(
+        "--grid-max-gb",
+        type=float,
+        default=None,
+        help="skip grid attention above this size of its T x T maps (default: 4 on CPU, none on GPU)",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default=None, help="Append one JSON line per measurement here.")
@@ -91,6 +98,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    grid_max_gb = (
+        args.grid_max_gb if args.grid_max_gb is not None else (4.0 if device.type == "cpu" else float("inf"))
+    )
     machine = (
         torch.cuda.get_device_name(device)
         if device.type == "cuda"
@@ -101,16 +111,23 @@ def main() -> None:
     for steps in args.steps:
         for name in ("extralonger", "grid-attention"):
             maps_gb = args.batch * args.nodes * 4 * steps * steps * 4 / 2**30
-            if name == "grid-attention" and maps_gb > args.grid_max_gb:
-                reason = f"temporal attention maps alone {maps_gb:.3g} GiB > --grid-max-gb {args.grid_max_gb}"
+            reason = None
+            if name == "grid-attention" and maps_gb > grid_max_gb:
+                reason = f"temporal attention maps alone {maps_gb:.3g} GiB > --grid-max-gb {grid_max_gb}"
+            else:
+                try:
+                    row = measure(name, args.nodes, steps, args.batch, args.repeats, device) | {
+                        "machine": machine
+                    }
+                    rows.append(row)
+                except torch.OutOfMemoryError as exc:
+                    reason = f"out of {device.type} memory: {str(exc).splitlines()[0][:200]}"
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
+            if reason is not None:
                 print(f"T={steps} {name}: skipped ({reason})")
                 row = {"model": name, "N": args.nodes, "T": steps, "batch": args.batch, "skipped": reason,
                        "machine": machine}  # fmt: skip
-            else:
-                row = measure(name, args.nodes, steps, args.batch, args.repeats, device) | {
-                    "machine": machine
-                }
-                rows.append(row)
             print(json.dumps(row))
             if args.out:
                 with open(args.out, "a", encoding="utf-8") as f:

@@ -588,6 +588,10 @@ def _run(
     lap("setup_s")
 
     base, tokenizer, drafts = base_model(cfg, topics, rng, data_dir, say)
+    import torch
+
+    if torch.cuda.is_available():  # a model read from the cache or loaded from disk starts on the CPU
+        base = base.to("cuda")
     base.eval()
     policy = HFStepPolicy(base, tokenizer)
     lap("base_s")
