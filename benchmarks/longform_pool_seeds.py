@@ -2,6 +2,9 @@
 ``veil experiment longform --json`` (or ``longform_quick_variant.py``) on one search: the runs' ``per_seed``
 entries are joined and paired as the experiment pairs them
 (:func:`~veil.models.longform.experiment.paired_length_scores`). A seed given by two files counts once.
+Quality and the contradiction rate, which the runs keep per seed only, are compared seed by seed: how
+many seeds step DPO is better in, and a two-sided Wilcoxon signed-rank test over the seeds (tied seeds
+dropped).
 
 Usage::
 
@@ -15,6 +18,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import wilcoxon
 
 
 def main() -> None:
@@ -49,6 +53,15 @@ def main() -> None:
         n: sum(runs["step-dpo"][s]["length_score"] > runs[n][s]["length_score"] for s in seeds)
         for n in ("sft", "outcome-dpo")
     }
+    for key, sign in (("quality", 1.0), ("contradiction_rate", -1.0)):  # sign: +1 where higher is better
+        out[key] = {n: float(np.mean([runs[n][s][key] for s in seeds])) for n in runs}
+        for other in ("sft", "outcome-dpo"):
+            diff = sign * np.array([runs["step-dpo"][s][key] - runs[other][s][key] for s in seeds])
+            out[f"{key}_step-dpo_vs_{other}"] = {
+                "step_better_in": int((diff > 0).sum()),
+                "step_worse_in": int((diff < 0).sum()),
+                "wilcoxon_p": float(wilcoxon(diff).pvalue) if np.any(diff != 0) else 1.0,
+            }
     print(json.dumps(out))
 
 
