@@ -104,6 +104,33 @@ def test_failed_migration_leaves_nothing_behind(store_url: str, tmp_path: Path) 
         engine.dispose()
 
 
+def test_opening_waits_for_a_writer_that_blocks_the_switch_to_wal(tmp_path: Path) -> None:
+    """SQLite answers the switch to WAL 'database is locked' at once, busy timeout or not, while another
+    connection holds the write lock of a file still in rollback mode (what processes opening a fresh file
+    together run into); the engine must wait for the lock instead of failing."""
+    import sqlite3
+    import threading
+
+    path = tmp_path / "veil.sqlite3"
+    writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    writer.execute("CREATE TABLE t (x INTEGER)")
+    writer.execute("BEGIN IMMEDIATE")
+    with pytest.raises(sqlite3.OperationalError, match="locked"):  # the immediate refusal being worked around
+        sqlite3.connect(path, timeout=5).execute("PRAGMA journal_mode = WAL")
+    release = threading.Timer(0.3, lambda: writer.execute("COMMIT"))
+    release.start()
+    start = time.monotonic()
+    engine = make_engine(f"sqlite:///{path}", tmp_path)
+    try:
+        assert time.monotonic() - start >= 0.25  # it waited for the writer
+        with engine.connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    finally:
+        release.join()
+        writer.close()
+        engine.dispose()
+
+
 _MIGRATOR = textwrap.dedent(
     """
     import sys, time
