@@ -115,8 +115,12 @@ def test_opening_waits_for_a_writer_that_blocks_the_switch_to_wal(tmp_path: Path
     writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     writer.execute("CREATE TABLE t (x INTEGER)")
     writer.execute("BEGIN IMMEDIATE")
-    with pytest.raises(sqlite3.OperationalError, match="locked"):  # the immediate refusal being worked around
-        sqlite3.connect(path, timeout=5).execute("PRAGMA journal_mode = WAL")
+    other = sqlite3.connect(path, timeout=5)
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="locked"):  # the immediate refusal worked around
+            other.execute("PRAGMA journal_mode = WAL")
+    finally:
+        other.close()
     release = threading.Timer(0.3, lambda: writer.execute("COMMIT"))
     release.start()
     start = time.monotonic()
