@@ -487,7 +487,10 @@ def base_model(
 ) -> tuple[Any, Any, list[tuple[LongformPrompt, str]]]:  # fmt: skip
     """The run's base model and tokenizer, and the drafts it trains on (drawn from ``rng`` even when the
     model is cached, so the rest of the run draws the same): ``cfg.model`` loaded, or the scratch Llama
-    read from :func:`base_model_dir` or trained there (train mode left off; call ``.eval()``)."""
+    read from :func:`base_model_dir` or trained there (train mode left off; call ``.eval()``), on the GPU
+    when there is one."""
+    import torch
+
     from veil.models.dpo import restore_forward
     from veil.models.rag.train import imitate
 
@@ -529,6 +532,8 @@ def base_model(
 
         loaded = load_model(cfg.model)
         base, tokenizer = loaded.model, loaded.tokenizer
+    if torch.cuda.is_available():  # a model read from the cache or loaded from disk starts on the CPU
+        base = base.to("cuda")
     return base, tokenizer, drafts
 
 
@@ -588,10 +593,6 @@ def _run(
     lap("setup_s")
 
     base, tokenizer, drafts = base_model(cfg, topics, rng, data_dir, say)
-    import torch
-
-    if torch.cuda.is_available():  # a model read from the cache or loaded from disk starts on the CPU
-        base = base.to("cuda")
     base.eval()
     policy = HFStepPolicy(base, tokenizer)
     lap("base_s")
